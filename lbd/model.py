@@ -1,0 +1,338 @@
+"""Plain data shared by every piece of lbd.
+
+Nothing here does I/O or holds logic beyond trivial derived properties: these
+are the nouns the pure pipeline passes along
+
+    sources -> ServiceSpec -> ipam -> Allocation -> planner -> intents -> announcers
+
+The typed configuration lives here too (``Config`` and its sections) so that
+the pure pieces can depend on it without importing the TOML parser.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+
+
+class Family(str, enum.Enum):
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+    @staticmethod
+    def of(address: IPAddress | IPNetwork) -> "Family":
+        return Family.IPV4 if address.version == 4 else Family.IPV6
+
+
+# ---------------------------------------------------------------------------
+# Configuration (produced by lbd.config from /etc/lbd.toml)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddressRange:
+    """An inclusive range of addresses of one family.
+
+    A CIDR in a pool is a range too: every address of ``192.168.1.48/28`` is
+    usable, ``.48`` to ``.63`` (a pool is not a subnet).
+    """
+
+    first: IPAddress
+    last: IPAddress
+    text: str  # as written in the config, for messages
+
+    @property
+    def family(self) -> Family:
+        return Family.of(self.first)
+
+    @property
+    def size(self) -> int:
+        return int(self.last) - int(self.first) + 1
+
+    def __contains__(self, address: object) -> bool:
+        if not isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            return False
+        return address.version == self.first.version and self.first <= address <= self.last
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str
+    addresses: tuple[AddressRange, ...]
+    auto_assign: bool = True
+    avoid_buggy_ips: bool = False
+
+
+@dataclass(frozen=True)
+class L2AdvertisementConfig:
+    name: str
+    pools: tuple[str, ...] = ()  # empty: every pool
+    interfaces: tuple[str, ...] = ()  # empty: the interface whose subnet holds the VIP
+    node_selector: Mapping[str, str] = field(default_factory=dict)  # empty: every node
+    mode: str = "bind"  # "bind" (kernel answers) or "responder" (userspace ARP/NDP)
+    announce_burst: int = 3  # gratuitous packets sent on takeover, 100 ms apart
+    announce_interval: float = 10.0  # periodic refresh in seconds; 0 disables
+
+
+@dataclass(frozen=True)
+class BgpPeerConfig:
+    name: str
+    my_asn: int
+    peer_address: IPAddress
+    peer_asn: int | None = None
+    dynamic_asn: str | None = None  # "internal" or "external"
+    local_asn: int | None = None
+    source_address: IPAddress | None = None
+    peer_port: int = 179
+    hold_time: float = 90.0
+    keepalive_time: float | None = None  # default hold_time / 3
+    connect_time: float = 10.0
+    router_id: ipaddress.IPv4Address | None = None
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    password: str | None = None
+    password_file: Path | None = None
+    bfd_profile: str | None = None
+    graceful_restart: bool = False
+    graceful_restart_time: int = 120
+    ebgp_multihop: int | None = None  # TTL; None means directly connected (TTL 1 on eBGP)
+    vrf: str | None = None
+    passive: bool = False
+    dual_stack_address_family: bool = False
+
+
+@dataclass(frozen=True)
+class BgpAdvertisementConfig:
+    name: str
+    pools: tuple[str, ...] = ()
+    aggregation_length: int = 32
+    aggregation_length_v6: int = 128
+    local_pref: int | None = None
+    communities: tuple[str, ...] = ()  # resolved: "A:B" or "large:A:B:C"
+    peers: tuple[str, ...] = ()  # empty: every peer
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RouteExportConfig:
+    """Install VIP routes into a kernel table for an existing BIRD/FRR to export."""
+
+    name: str
+    table: int
+    pools: tuple[str, ...] = ()
+    protocol: int = 252  # rtnetlink protocol number lbd marks its routes with
+    metric: int | None = None
+    interface: str = "lo"
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    type: str  # "tcp", "http" or "exec"
+    port: int | None = None
+    host: str = "127.0.0.1"
+    path: str = "/"
+    expected_status: int = 200
+    command: tuple[str, ...] = ()
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 2
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    protocol: str  # "tcp", "udp" or "sctp"
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.protocol}/{self.port}"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service that needs addresses, from any source.
+
+    ``name`` is namespaced by its source (``static/web``, ``k8s/default/web``)
+    so two sources can never collide.
+    """
+
+    name: str
+    pool: str | None = None
+    addresses: tuple[IPAddress, ...] = ()  # requested; at most one per family
+    ports: tuple[PortSpec, ...] = ()
+    share_key: str | None = None
+    ip_families: tuple[Family, ...] = (Family.IPV4,)  # both: dual-stack
+    backend_key: str = ""  # services share only with an equal backend key (MetalLB's ETP rule)
+    health_check: HealthCheckConfig | None = None
+    eligible_nodes: frozenset[str] | None = None  # None: every node (e.g. ETP=Local narrows it)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    type: str
+    name: str
+    options: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    state_dir: Path = Path("/var/lib/lbd")
+    control_socket: Path = Path("/run/lbd/lbd.sock")
+    drained: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    enabled: bool = False  # true once bind or join is set
+    bind: str = "0.0.0.0:7946"
+    advertise: str | None = None
+    join: tuple[str, ...] = ()
+    keys_file: Path | None = None
+    profile: str = "default"  # "default", "fast" or "lan" (memberlist's)
+    failback_delay: float | None = 30.0  # None: never fail back
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "auto"  # "auto" (console on a terminal, JSON otherwise), "console", "json"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str | None = None  # "127.0.0.1:9120"; None: off
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    node: NodeConfig
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    pools: tuple[PoolConfig, ...] = ()
+    l2_advertisements: tuple[L2AdvertisementConfig, ...] = ()
+    bgp_peers: tuple[BgpPeerConfig, ...] = ()
+    bgp_advertisements: tuple[BgpAdvertisementConfig, ...] = ()
+    route_exports: tuple[RouteExportConfig, ...] = ()
+    services: tuple[ServiceSpec, ...] = ()  # the built-in static source
+    sources: tuple[SourceConfig, ...] = ()
+    communities: Mapping[str, str] = field(default_factory=dict)  # alias -> value
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def pool(self, name: str) -> PoolConfig | None:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        return None
+
+
+# ---------------------------------------------------------------------------
+# Runtime state
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Addresses held by one service; sticky and persisted."""
+
+    service: str
+    pool: str
+    addresses: tuple[IPAddress, ...]
+
+
+class MemberState(str, enum.Enum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+@dataclass(frozen=True)
+class LocalInterface:
+    """What one node can announce on: an interface and its connected networks."""
+
+    name: str
+    index: int
+    mac: str
+    networks: tuple[IPInterface, ...]  # addresses with prefix, e.g. 10.77.0.2/24
+    up: bool = True
+
+
+@dataclass(frozen=True)
+class Member:
+    """A cluster member as the planner sees it (this node included)."""
+
+    name: str
+    address: str = ""
+    state: MemberState = MemberState.ALIVE
+    incarnation: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    networks: tuple[IPInterface, ...] = ()  # announceable connected networks
+    interfaces: tuple[str, ...] = ()  # interface names present on the node
+    drained: bool = False
+
+
+@dataclass(frozen=True)
+class L2Intent:
+    """This node must announce ``vip`` on ``interface``."""
+
+    vip: IPAddress
+    interface: str
+    mode: str  # "bind" or "responder"
+    services: tuple[str, ...]
+    announce_burst: int = 3
+    announce_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class BgpRoute:
+    """This node must announce ``prefix`` to ``peers`` (peer names)."""
+
+    prefix: IPNetwork
+    peers: tuple[str, ...]
+    communities: tuple[tuple[int, int], ...] = ()
+    large_communities: tuple[tuple[int, int, int], ...] = ()
+    local_pref: int | None = None
+
+
+@dataclass(frozen=True)
+class ExportRoute:
+    """This node must install ``prefix`` in kernel table ``table``."""
+
+    prefix: IPNetwork
+    table: int
+    protocol: int
+    interface: str
+    metric: int | None = None
+
+
+@dataclass(frozen=True)
+class VipDecision:
+    """Why a VIP is (not) announced, and by whom: shown by lbd-ctl status."""
+
+    vip: IPAddress
+    services: tuple[str, ...]
+    owner: str | None  # node name, or None when nobody may announce it
+    interface: str | None  # on this node, when this node is the owner
+    reason: str  # human-readable: "elected among 3 eligible nodes", "no interface holds ..."
+    candidates: tuple[str, ...] = ()  # eligible nodes in rank order
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The desired state for one node, computed from the inputs."""
+
+    l2: tuple[L2Intent, ...] = ()
+    bgp: tuple[BgpRoute, ...] = ()
+    exports: tuple[ExportRoute, ...] = ()
+    decisions: tuple[VipDecision, ...] = ()
