@@ -280,6 +280,8 @@ class Member:
     networks: tuple[IPInterface, ...] = ()  # announceable connected networks
     interfaces: tuple[str, ...] = ()  # interface names present on the node
     drained: bool = False
+    failing: frozenset[str] = frozenset()  # services whose health check fails on this node
+    holds: tuple[str, ...] = ()  # VIPs this member currently announces (for sticky failback)
 
 
 @dataclass(frozen=True)
@@ -288,7 +290,7 @@ class L2Intent:
 
     vip: IPAddress
     interface: str
-    mode: str  # "bind" or "responder"
+    mode: str  # "bind", "responder", or "local" (bind only, no announcements: BGP/export VIPs)
     services: tuple[str, ...]
     announce_burst: int = 3
     announce_interval: float = 10.0
