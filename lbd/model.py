@@ -277,8 +277,8 @@ class Member:
     state: MemberState = MemberState.ALIVE
     incarnation: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)
-    networks: tuple[IPInterface, ...] = ()  # announceable connected networks
-    interfaces: tuple[str, ...] = ()  # interface names present on the node
+    # Announceable interfaces and their connected networks: name -> networks.
+    interfaces: Mapping[str, tuple[IPInterface, ...]] = field(default_factory=dict)
     drained: bool = False
     failing: frozenset[str] = frozenset()  # services whose health check fails on this node
     holds: tuple[str, ...] = ()  # VIPs this member currently announces (for sticky failback)
@@ -324,10 +324,13 @@ class VipDecision:
 
     vip: IPAddress
     services: tuple[str, ...]
-    owner: str | None  # node name, or None when nobody may announce it
-    interface: str | None  # on this node, when this node is the owner
+    owner: str | None  # L2 owner's node name, or None when nobody may announce it by L2
+    interface: str | None  # on this node, when this node announces it
     reason: str  # human-readable: "elected among 3 eligible nodes", "no interface holds ..."
     candidates: tuple[str, ...] = ()  # eligible nodes in rank order
+    pool: str = ""
+    modes: tuple[str, ...] = ()  # "l2", "bgp", "export": how the VIP is announced
+    announced_here: bool = False  # this node announces it (any mode)
 
 
 @dataclass(frozen=True)
