@@ -1,0 +1,190 @@
+"""The planner: election order, eligibility, failback, and the intents it emits."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from pathlib import Path
+
+from hypothesis import given, strategies as st
+
+from lbd.model import (
+    Allocation,
+    BgpAdvertisementConfig,
+    BgpPeerConfig,
+    Config,
+    ClusterConfig,
+    L2AdvertisementConfig,
+    Member,
+    MemberState,
+    NodeConfig,
+    RouteExportConfig,
+    ServiceSpec,
+)
+from lbd.planner import PlannerInput, elect, plan, rank
+
+ip = ipaddress.ip_address
+LAN = {"eth0": (ipaddress.ip_interface("10.77.0.11/24"), ipaddress.ip_interface("fd77::11/64"))}
+
+
+def config(**kw) -> Config:
+    base = dict(
+        path=Path("/dev/null"),
+        node=NodeConfig(name="n1"),
+        l2_advertisements=(L2AdvertisementConfig(name="l2"),),
+    )
+    base.update(kw)
+    return Config(**base)
+
+
+def member(name: str, **kw) -> Member:
+    kw.setdefault("interfaces", LAN)
+    return Member(name=name, **kw)
+
+
+def alloc(service: str, *addresses: str, pool: str = "p") -> Allocation:
+    return Allocation(service=service, pool=pool, addresses=tuple(ip(a) for a in addresses))
+
+
+def run(node: str, members, allocations, cfg=None, services=None, **kw):
+    allocs = {a.service: a for a in allocations}
+    specs = services or {a.service: ServiceSpec(name=a.service) for a in allocations}
+    return plan(PlannerInput(config=cfg or config(), node=node, allocations=allocs,
+                             services=specs, members=members, **kw))
+
+
+def test_rank_is_metallb_order():
+    vip = ip("10.77.0.100")
+    nodes = ["n1", "n2", "n3", "n4"]
+    expected = sorted(nodes, key=lambda n: hashlib.sha256(f"{n}#10.77.0.100".encode()).digest())
+    assert rank(vip, nodes) == expected
+    assert rank(vip, reversed(nodes)) == expected
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), unique=True, min_size=1),
+       st.integers(min_value=0, max_value=2**32 - 1))
+def test_every_node_agrees_on_the_owner(nodes, address):
+    vip = ipaddress.IPv4Address(address)
+    members = [Member(name=n, interfaces={"eth0": (ipaddress.ip_interface(f"{vip}/0"),)}) for n in nodes]
+    allocs = [Allocation("s", "p", (vip,))]
+    owners = {run(n, members, allocs).decisions[0].owner for n in nodes}
+    assert owners == {rank(vip, nodes)[0]}
+    holders = [n for n in nodes if run(n, members, allocs).l2]
+    assert holders == [rank(vip, nodes)[0]]
+
+
+def test_single_node_owns_and_binds_on_fitting_interface():
+    result = run("n1", [member("n1")], [alloc("static/web", "10.77.0.100", "fd77::100")])
+    assert [(str(i.vip), i.interface, i.mode) for i in result.l2] == [
+        ("10.77.0.100", "eth0", "bind"), ("fd77::100", "eth0", "bind")]
+    assert all(d.owner == "n1" and d.announced_here for d in result.decisions)
+
+
+def test_vip_outside_every_subnet_is_not_announced_and_says_why():
+    result = run("n1", [member("n1")], [alloc("static/web", "10.99.0.5")])
+    assert result.l2 == ()
+    (decision,) = result.decisions
+    assert decision.owner is None
+    assert "no interface has a subnet holding 10.99.0.5" in decision.reason
+    assert "eth0: 10.77.0.0/24" in decision.reason
+
+
+def test_configured_interfaces_restrict_the_choice():
+    interfaces = {"eth0": LAN["eth0"], "eth1": (ipaddress.ip_interface("10.77.0.12/24"),)}
+    cfg = config(l2_advertisements=(L2AdvertisementConfig(name="l2", interfaces=("eth1",), mode="responder"),))
+    result = run("n1", [member("n1", interfaces=interfaces)], [alloc("s", "10.77.0.100")], cfg)
+    assert [(i.interface, i.mode) for i in result.l2] == [("eth1", "responder")]
+
+
+def test_dead_drained_failing_and_unselected_nodes_are_not_candidates():
+    vip = "10.77.0.100"
+    cfg = config(l2_advertisements=(L2AdvertisementConfig(name="l2", node_selector={"zone": "a"}),))
+    members = [
+        member("dead", state=MemberState.DEAD, labels={"zone": "a"}),
+        member("drained", drained=True, labels={"zone": "a"}),
+        member("failing", failing=frozenset({"s"}), labels={"zone": "a"}),
+        member("other-zone", labels={"zone": "b"}),
+        member("ok", labels={"zone": "a"}),
+    ]
+    result = run("ok", members, [alloc("s", vip)], cfg)
+    (decision,) = result.decisions
+    assert decision.owner == "ok" and decision.candidates == ("ok",)
+
+
+def test_etp_local_eligible_nodes():
+    members = [member("n1"), member("n2"), member("n3")]
+    services = {"s": ServiceSpec(name="s", eligible_nodes=frozenset({"n3"}))}
+    result = run("n3", members, [alloc("s", "10.77.0.100")], services=services)
+    assert result.decisions[0].owner == "n3"
+    nobody = run("n3", members, [alloc("s", "10.77.0.100")],
+                 services={"s": ServiceSpec(name="s", eligible_nodes=frozenset())})
+    assert nobody.decisions[0].owner is None and "no ready endpoint" in nobody.decisions[0].reason
+
+
+def test_failback_waits_for_the_delay():
+    vip = ip("10.77.0.100")
+    ideal, other = rank(vip, ["n1", "n2"])
+    kept = elect(vip, ["n1", "n2"], holders=[other], eligible_since={ideal: 100.0}, now=110.0, failback_delay=30)
+    assert kept.owner == other and "20.0s left" in kept.reason
+    back = elect(vip, ["n1", "n2"], holders=[other], eligible_since={ideal: 100.0}, now=131.0, failback_delay=30)
+    assert back.owner == ideal
+    never = elect(vip, ["n1", "n2"], holders=[other], eligible_since={ideal: 0.0}, now=1e9, failback_delay=None)
+    assert never.owner == other
+    immediate = elect(vip, ["n1", "n2"], holders=[other], eligible_since={ideal: 100.0}, now=100.0, failback_delay=0)
+    assert immediate.owner == ideal
+
+
+def test_make_before_break_handover():
+    vip = "10.77.0.100"
+    ideal, other = rank(ip(vip), ["n1", "n2"])
+    cfg = config(cluster=ClusterConfig(failback_delay=0))
+    # The old holder keeps announcing until the new owner says it holds the VIP...
+    members = [member(ideal), member(other, holds=(vip,))]
+    assert run(other, members, [alloc("s", vip)], cfg).l2
+    assert run(ideal, members, [alloc("s", vip)], cfg).l2
+    # ...then lets go.
+    members = [member(ideal, holds=(vip,)), member(other, holds=(vip,))]
+    assert not run(other, members, [alloc("s", vip)], cfg).l2
+
+
+def test_shared_vip_is_one_decision():
+    result = run("n1", [member("n1")], [alloc("static/a", "10.77.0.100"), alloc("static/b", "10.77.0.100")])
+    assert len(result.l2) == 1 and result.l2[0].services == ("static/a", "static/b")
+
+
+def test_bgp_routes_aggregate_and_bind_locally():
+    peer = BgpPeerConfig(name="gw", my_asn=64512, peer_asn=64512, peer_address=ip("10.77.0.254"))
+    cfg = config(
+        l2_advertisements=(),
+        bgp_peers=(peer,),
+        bgp_advertisements=(BgpAdvertisementConfig(name="b", aggregation_length=24,
+                                                   communities=("64512:100", "large:64512:1:2"), local_pref=200),),
+    )
+    result = run("n1", [member("n1")], [alloc("a", "10.42.0.1"), alloc("b", "10.42.0.2")], cfg)
+    (route,) = result.bgp
+    assert str(route.prefix) == "10.42.0.0/24" and route.peers == ("gw",)
+    assert route.communities == ((64512, 100),) and route.large_communities == ((64512, 1, 2),)
+    assert route.local_pref == 200
+    assert {(str(i.vip), i.interface, i.mode) for i in result.l2} == {("10.42.0.1", "lo", "local"),
+                                                                      ("10.42.0.2", "lo", "local")}
+
+
+def test_bgp_withdrawn_on_failing_health_only_on_that_node():
+    peer = BgpPeerConfig(name="gw", my_asn=64512, peer_asn=64512, peer_address=ip("10.77.0.254"))
+    cfg = config(l2_advertisements=(), bgp_peers=(peer,), bgp_advertisements=(BgpAdvertisementConfig(name="b"),))
+    members = [member("n1", failing=frozenset({"a"})), member("n2")]
+    assert run("n1", members, [alloc("a", "10.42.0.1")], cfg).bgp == ()
+    assert len(run("n2", members, [alloc("a", "10.42.0.1")], cfg).bgp) == 1
+
+
+def test_route_export():
+    cfg = config(l2_advertisements=(), route_exports=(RouteExportConfig(name="bird", table=100),))
+    result = run("n1", [member("n1")], [alloc("a", "10.42.0.1")], cfg)
+    (route,) = result.exports
+    assert (str(route.prefix), route.table, route.protocol) == ("10.42.0.1/32", 100, 252)
+    assert [i.mode for i in result.l2] == ["local"]
+
+
+def test_no_advertisement_says_so():
+    result = run("n1", [member("n1")], [alloc("a", "10.42.0.1")], config(l2_advertisements=()))
+    assert result.l2 == () and "no l2_advertisement" in result.decisions[0].reason
