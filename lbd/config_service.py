@@ -1,0 +1,251 @@
+"""``[[service]]`` tables: the static source, and drop-in files with the same rules.
+
+Kept apart from ``lbd.config`` so the ``directory`` source validates services
+from other files with exactly the same code and messages.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+from lbd.config_read import (
+    NAME_RE,
+    Errors,
+    Table,
+    array_of_tables,
+    check_string,
+    did_you_mean,
+    got,
+    parse_ip,
+    quote,
+)
+from lbd.model import Family, HealthCheckConfig, IPAddress, PortSpec, ServiceSpec
+
+SERVICE_KEYS = (
+    "name", "pool", "addresses", "ports", "share_key", "ip_families", "health_check", "labels", "nodes",
+)
+HEALTH_KEYS = (
+    "type", "port", "host", "path", "expected_status", "command", "interval", "timeout", "rise", "fall",
+)
+HEALTH_TYPES = ("tcp", "http", "exec")
+PROTOCOLS = ("tcp", "udp", "sctp")
+FAMILIES = ("ipv4", "ipv6")
+PORT_RE = re.compile(r"([A-Za-z]+)/(\d{1,5})")
+REVERSED_PORT_RE = re.compile(r"(\d{1,5})/([A-Za-z]+)")
+
+# Which health-check keys make sense for which type: anything else is a mistake
+# worth reporting (a "command" on a tcp check would silently do nothing).
+HEALTH_KEYS_FOR = {
+    "tcp": {"type", "port", "host", "interval", "timeout", "rise", "fall"},
+    "http": {"type", "port", "host", "path", "expected_status", "interval", "timeout", "rise", "fall"},
+    "exec": {"type", "command", "interval", "timeout", "rise", "fall"},
+}
+
+
+def parse_port(errors: Errors, where: str, value: object) -> PortSpec | None:
+    text = check_string(errors, where, value)
+    if text is None:
+        return None
+    match = PORT_RE.fullmatch(text.strip())
+    if not match:
+        reversed_match = REVERSED_PORT_RE.fullmatch(text.strip())
+        hint = ""
+        if reversed_match:
+            hint = f'; write "{reversed_match.group(2).lower()}/{reversed_match.group(1)}"'
+        errors.add(where, f"{quote(text)} is not protocol/port like \"tcp/80\"{hint}")
+        return None
+    protocol, port = match.group(1), int(match.group(2))
+    if protocol not in PROTOCOLS:
+        hint = f'; write "{protocol.lower()}/{port}"' if protocol.lower() in PROTOCOLS else ""
+        errors.add(where, f"{quote(text)}: the protocol must be tcp, udp or sctp{hint}")
+        return None
+    if not 1 <= port <= 65535:
+        errors.add(where, f"{quote(text)}: the port {port} is out of range 1..65535")
+        return None
+    return PortSpec(protocol, port)
+
+
+def parse_health_check(errors: Errors, where: str, data: dict) -> HealthCheckConfig | None:
+    t = Table(errors, where, data, HEALTH_KEYS)
+    before = len(errors)
+    kind = t.string("type", required=True, choices=HEALTH_TYPES)
+    if kind is None:
+        return None
+    for key in data:
+        if key in HEALTH_KEYS and key not in HEALTH_KEYS_FOR[kind]:
+            users = [k for k, keys in HEALTH_KEYS_FOR.items() if key in keys]
+            t.error(key, f"only applies to type = {' or '.join(repr(u) for u in users)}, not {kind!r}")
+    port = None
+    if kind in ("tcp", "http"):
+        port = t.integer("port", lo=1, hi=65535, required=True)
+    host = t.string("host", "127.0.0.1")
+    path = t.string("path", "/")
+    if isinstance(path, str) and not path.startswith("/"):
+        t.error("path", f"{quote(path)} must start with '/'")
+    expected_status = t.integer("expected_status", 200, lo=100, hi=599)
+    command: tuple[str, ...] = ()
+    if kind == "exec":
+        if not t.has("command"):
+            t.errors.add(where, "missing required key 'command' (an array: program and arguments)")
+        else:
+            command = t.string_list("command", unique=False)
+            if t.array("command") == []:
+                t.error("command", "must name at least the program to run")
+    interval = t.seconds("interval", 2.0, positive=True)
+    timeout = t.seconds("timeout", 1.0, positive=True)
+    if interval is not None and timeout is not None and timeout > interval:
+        t.error("timeout", f"{timeout:g} s is longer than the interval ({interval:g} s)")
+    rise = t.integer("rise", 2, lo=1, hi=1000)
+    fall = t.integer("fall", 2, lo=1, hi=1000)
+    if len(errors) > before:
+        return None
+    return HealthCheckConfig(
+        type=kind, port=port, host=host, path=path, expected_status=expected_status, command=command,
+        interval=interval, timeout=timeout, rise=rise, fall=fall,
+    )
+
+
+def parse_service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | None, list[str]]:
+    """Validate one ``[[service]]`` table.
+
+    ``where`` names the table in messages when it has no usable name (for
+    example ``service[2]``); with a name, messages say ``service "web"``. The
+    returned spec carries the bare name: the caller adds its namespace prefix.
+    Checks that need the pools (does the named pool exist, is a requested
+    address inside it) are the caller's: see ``lbd.config.check_services``.
+    """
+    spec, errors = _service_table(table, where, file)
+    return (spec if not errors else None), errors
+
+
+def _service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | None, list[str]]:
+    """Like ``parse_service_table`` but returns what is valid even when some
+    keys are not (for cross-checks that find the remaining errors)."""
+    errors = Errors(file)
+    if not isinstance(table, dict):
+        errors.add(where, f"expected a table, {got(table)}")
+        return None, errors.items
+    name = table.get("name")
+    label = f'service "{name}"' if isinstance(name, str) and NAME_RE.fullmatch(name) else where
+    t = Table(errors, label, table, SERVICE_KEYS)
+    name = t.name(required=True)
+    pool = t.name("pool")
+
+    addresses: list[IPAddress] = []
+    by_family: dict[Family, int] = {}
+    for i, item in enumerate(t.array("addresses") or []):
+        at = f"{t.at('addresses')}[{i}]"
+        text = check_string(errors, at, item)
+        if text is None:
+            continue
+        address = parse_ip(text)
+        if address is None:
+            hint = " (request one address, not a network)" if "/" in text or "-" in text else ""
+            errors.add(at, f"{quote(text)} is not an IP address{hint}")
+            continue
+        family = Family.of(address)
+        if family in by_family:
+            errors.add(at, f"{quote(text)}: a service requests at most one address per family, "
+                           f"and addresses[{by_family[family]}] is already {family.value}")
+            continue
+        by_family[family] = i
+        addresses.append(address)
+
+    ports: list[PortSpec] = []
+    for i, item in enumerate(t.array("ports") or []):
+        at = f"{t.at('ports')}[{i}]"
+        spec = parse_port(errors, at, item)
+        if spec is None:
+            continue
+        if spec in ports:
+            errors.add(at, f'"{spec}" repeats ports[{ports.index(spec)}]')
+            continue
+        ports.append(spec)
+
+    share_key = t.string("share_key")
+
+    families: tuple[Family, ...]
+    if t.has("ip_families"):
+        names = t.string_list("ip_families")
+        good = []
+        for i, fam in enumerate(names):
+            if fam not in FAMILIES:
+                t.error(f"ip_families[{i}]", f'{quote(fam)} is not "ipv4" or "ipv6"{did_you_mean(fam, FAMILIES)}')
+            else:
+                good.append(Family(fam))
+        if t.array("ip_families") == []:
+            t.error("ip_families", 'must list "ipv4", "ipv6" or both')
+        families = tuple(good)
+        for address in addresses:
+            if Family.of(address) not in families and good:
+                errors.add(t.at("addresses"),
+                           f"{address} is {Family.of(address).value} but ip_families is "
+                           f"{[f.value for f in families]}")
+    else:
+        families = tuple(Family.of(a) for a in addresses) or (Family.IPV4,)
+
+    health = None
+    health_table = t.table("health_check")
+    if health_table is not None:
+        health = parse_health_check(errors, t.at("health_check"), health_table)
+
+    labels = t.string_map("labels")
+    nodes = t.string_list("nodes")
+    if t.array("nodes") == []:
+        t.error("nodes", "an empty list would leave the service with no node: omit the key for every node")
+
+    if name is None:
+        return None, errors.items
+    return ServiceSpec(
+        name=name,
+        pool=pool,
+        addresses=tuple(addresses),
+        ports=tuple(ports),
+        share_key=share_key,
+        ip_families=families,
+        health_check=health,
+        eligible_nodes=frozenset(nodes) if t.has("nodes") else None,
+        labels=labels,
+    ), errors.items
+
+
+def parse_services_document(doc: dict, file: str, prefix: str) -> tuple[list[ServiceSpec], list[str]]:
+    """Validate a document made of ``[[service]]`` tables (a drop-in file).
+
+    Every service's name becomes ``prefix + name``; names must be unique in the
+    document. Any other top-level key is an error.
+    """
+    errors = Errors(file)
+    if not isinstance(doc, dict):
+        errors.add("", f"expected a table, {got(doc)}")
+        return [], errors.items
+    for key in doc:
+        if key != "service":
+            errors.add("", f"unknown key {key!r}{did_you_mean(str(key), ['service'])}")
+    return _parse_services(errors, doc, prefix, partial=False)
+
+
+def _parse_services(errors: Errors, doc: dict, prefix: str, *, partial: bool) -> tuple[list[ServiceSpec], list[str]]:
+    """With ``partial``, services with errors are returned too (with what was valid)."""
+    specs: list[ServiceSpec] = []
+    seen: dict[str, int] = {}
+    for i, table in array_of_tables(errors, doc, "service"):
+        spec, messages = _service_table(table, f"service[{i}]", errors.file)
+        errors.extend(messages)
+        if messages and not partial:
+            spec = None
+        name: Any = table.get("name")
+        if isinstance(name, str) and NAME_RE.fullmatch(name):
+            if name in seen:
+                errors.add(f"service[{i}]", f'name: "{name}" is already the name of service[{seen[name]}]')
+                continue
+            seen[name] = i
+        if spec is not None:
+            specs.append(_with_prefix(spec, prefix))
+    return specs, errors.items
+
+
+def _with_prefix(spec: ServiceSpec, prefix: str) -> ServiceSpec:
+    return replace(spec, name=prefix + spec.name)
