@@ -1,0 +1,310 @@
+"""Running every configured source, keeping their snapshots, merging them.
+
+Each source runs as its own task. A source that raises is restarted with
+exponential backoff while its last good snapshot stays in effect: a source
+failure never withdraws a VIP. The manager is level-triggered:
+``reconfigure(configs)`` converges the running set to ``configs`` (unchanged
+sources keep running untouched), and ``services()`` is always the merged view
+of the latest snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
+
+import structlog
+from prometheus_client import Counter, Gauge
+
+from lbd.metrics import REGISTRY
+from lbd.model import ServiceSpec, SourceConfig
+from lbd.sources.base import ServiceResult, Source, SourceContext
+from lbd.sources.registry import discover
+
+log = structlog.get_logger(__name__)
+
+SOURCE_SERVICES = Gauge("lbd_source_services", "Services in the source's current snapshot",
+                        ["source"], registry=REGISTRY)
+SOURCE_UP = Gauge("lbd_source_up", "1 when the source is healthy, 0 when degraded or starting",
+                  ["source"], registry=REGISTRY)
+SOURCE_ERRORS = Counter("lbd_source_errors", "Source failures: crashes, rejected snapshots, reported errors",
+                        ["source"], registry=REGISTRY)
+
+
+class SnapshotError(ValueError):
+    """A snapshot a source published is unusable (kept out; the last good one stays)."""
+
+
+@dataclass
+class _Running:
+    config: SourceConfig
+    source: Source | None = None
+    task: asyncio.Task[None] | None = None
+    snapshot: dict[str, ServiceSpec] | None = None  # full names; None until the first publish
+    state: str = "starting"
+    last_error: str | None = None
+    reported_error: str | None = None  # from context.set_error, cleared by the source
+    last_update: float | None = None  # wall clock of the last snapshot change
+    failures: int = 0
+    done: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SourceManager:
+    def __init__(self, *, node_name: str, state_dir: Any = None,
+                 on_change: Callable[[], None] | None = None,
+                 plugins: Mapping[str, type[Source]] | None = None,
+                 backoff_initial: float = 1.0, backoff_max: float = 60.0,
+                 report_timeout: float = 30.0) -> None:
+        self.node_name = node_name
+        self.state_dir = state_dir
+        self.on_change = on_change
+        self.changed = asyncio.Event()
+        self._plugins = dict(plugins) if plugins is not None else None
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.report_timeout = report_timeout
+        self._running: dict[str, _Running] = {}
+        self._is_writer = False
+        self._merged: list[ServiceSpec] = []
+        self._closed = False
+
+    # -- public API -------------------------------------------------------
+
+    def services(self) -> list[ServiceSpec]:
+        """Every source's last good snapshot merged, sorted by full name."""
+        return list(self._merged)
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for name in sorted(self._running):
+            r = self._running[name]
+            out.append({
+                "name": name,
+                "type": r.config.type,
+                "state": r.state,
+                "services": len(r.snapshot or {}),
+                "last_error": r.last_error,
+                "last_update": r.last_update,
+            })
+        return out
+
+    async def reconfigure(self, configs: Sequence[SourceConfig]) -> None:
+        """Converge the running sources to ``configs``.
+
+        A source whose type and options are unchanged keeps running. A changed
+        one is restarted and its old snapshot stays in effect until the new
+        instance publishes (no withdrawal while it re-lists). A removed one is
+        stopped and its services go away.
+        """
+        names = [c.name for c in configs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate source names: {', '.join(dupes)}")
+        wanted = {c.name: c for c in configs}
+        for name in list(self._running):
+            if name not in wanted:
+                await self._stop(name, forget=True)
+        for name, cfg in wanted.items():
+            current = self._running.get(name)
+            if current is not None and current.config == cfg:
+                continue
+            snapshot = None
+            if current is not None:
+                snapshot = current.snapshot
+                await self._stop(name, forget=False)
+            entry = _Running(config=cfg, snapshot=snapshot)
+            self._running[name] = entry
+            SOURCE_UP.labels(name).set(0)
+            SOURCE_SERVICES.labels(name).set(len(snapshot or {}))
+            SOURCE_ERRORS.labels(name)  # export 0 from the start
+            entry.task = asyncio.create_task(self._supervise(entry), name=f"lbd-source-{name}")
+        self._remerge()
+
+    async def report(self, results: Mapping[str, ServiceResult]) -> None:
+        """Fan allocation results (by full name) out to their sources' ``report``."""
+        by_source: dict[str, dict[str, ServiceResult]] = {}
+        for full, result in results.items():
+            source_name, sep, local = full.partition("/")
+            if sep and source_name in self._running:
+                by_source.setdefault(source_name, {})[local] = result
+        calls = []
+        for name, entry in self._running.items():
+            if entry.source is not None:
+                calls.append(self._report_one(name, entry.source, by_source.get(name, {})))
+        if calls:
+            await asyncio.gather(*calls)
+
+    def set_writer(self, is_writer: bool) -> None:
+        """Tell every source whether this node writes results back."""
+        self._is_writer = is_writer
+        for name, entry in self._running.items():
+            if entry.source is not None:
+                self._call_set_writer(name, entry.source)
+
+    async def close(self) -> None:
+        self._closed = True
+        for name in list(self._running):
+            await self._stop(name, forget=True)
+
+    # -- internals --------------------------------------------------------
+
+    def _plugin(self, type_name: str) -> type[Source]:
+        if self._plugins is None:
+            self._plugins = discover()
+        cls = self._plugins.get(type_name)
+        if cls is None:
+            raise LookupError(f'no source plugin "{type_name}" is installed')
+        return cls
+
+    def _call_set_writer(self, name: str, source: Source) -> None:
+        try:
+            source.set_writer(self._is_writer)
+        except Exception as exc:
+            log.error("source_set_writer_failed", source=name, error=repr(exc))
+            SOURCE_ERRORS.labels(name).inc()
+
+    async def _report_one(self, name: str, source: Source, results: Mapping[str, ServiceResult]) -> None:
+        try:
+            await asyncio.wait_for(source.report(results), self.report_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a plugin's report bug must not stop the daemon
+            log.warning("source_report_failed", source=name, error=repr(exc))
+            SOURCE_ERRORS.labels(name).inc()
+
+    async def _stop(self, name: str, *, forget: bool) -> None:
+        entry = self._running.get(name)
+        if entry is None:
+            return
+        if entry.task is not None and not entry.task.done():
+            entry.task.cancel()
+            try:
+                await entry.task
+            except BaseException:  # noqa: BLE001 - cancelled or crashed: it is stopped either way
+                pass
+        entry.source = None
+        if forget:
+            del self._running[name]
+            for metric in (SOURCE_UP, SOURCE_SERVICES, SOURCE_ERRORS):
+                try:
+                    metric.remove(name)
+                except KeyError:
+                    pass
+            self._remerge()
+
+    def _delay(self, failures: int) -> float:
+        base = min(self.backoff_max, self.backoff_initial * (2 ** max(0, failures - 1)))
+        # Jitter (±20%) so that many nodes restarting a source do not hit an
+        # API server in lockstep.
+        return base * random.uniform(0.8, 1.2)
+
+    def _set_state(self, entry: _Running) -> None:
+        if entry.reported_error is not None:
+            entry.state = "degraded"
+        elif entry.task is not None and entry.last_error is not None and entry.failures:
+            entry.state = "degraded"
+        elif entry.snapshot is None and not entry.done:
+            entry.state = "starting"
+        else:
+            entry.state = "ok"
+        SOURCE_UP.labels(entry.config.name).set(1 if entry.state == "ok" else 0)
+
+    async def _supervise(self, entry: _Running) -> None:
+        name = entry.config.name
+        while not self._closed:
+            ctx = SourceContext(
+                node_name=self.node_name,
+                log=structlog.get_logger("lbd.sources").bind(source=name),
+                state_dir=self.state_dir,
+                set_error=lambda error, e=entry: self._reported(e, error),
+            )
+            try:
+                cls = self._plugin(entry.config.type)
+                entry.source = cls(entry.config, ctx)
+                self._call_set_writer(name, entry.source)
+                await entry.source.run(lambda snap, e=entry: self._publish(e, snap))
+                entry.done = True
+                entry.failures = 0
+                entry.last_error = None
+                self._set_state(entry)
+                log.info("source_finished", source=name)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                entry.failures += 1
+                entry.last_error = f"{type(exc).__name__}: {exc}"
+                SOURCE_ERRORS.labels(name).inc()
+                self._set_state(entry)
+                delay = self._delay(entry.failures)
+                log.error("source_failed", source=name, error=entry.last_error,
+                          failures=entry.failures, retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+
+    def _reported(self, entry: _Running, error: str | None) -> None:
+        if error is not None and error != entry.reported_error:
+            SOURCE_ERRORS.labels(entry.config.name).inc()
+            entry.last_error = error
+            log.warning("source_degraded", source=entry.config.name, error=error)
+        if error is None and entry.reported_error is not None:
+            log.info("source_recovered", source=entry.config.name)
+        entry.reported_error = error
+        self._set_state(entry)
+
+    def _check(self, source_name: str, snapshot: Sequence[ServiceSpec]) -> dict[str, ServiceSpec]:
+        out: dict[str, ServiceSpec] = {}
+        for spec in snapshot:
+            if not isinstance(spec, ServiceSpec):
+                raise SnapshotError(f"expected ServiceSpec, got {type(spec).__name__}")
+            if not spec.name or spec.name.startswith("/") or spec.name.endswith("/"):
+                raise SnapshotError(f"invalid service name {spec.name!r}")
+            full = f"{source_name}/{spec.name}"
+            if full in out:
+                raise SnapshotError(f"service {spec.name!r} appears twice in one snapshot")
+            out[full] = replace(spec, name=full)
+        return out
+
+    def _publish(self, entry: _Running, snapshot: Sequence[ServiceSpec]) -> None:
+        if self._running.get(entry.config.name) is not entry:
+            return  # a stopped instance's late publish
+        try:
+            checked = self._check(entry.config.name, snapshot)
+        except SnapshotError as exc:
+            # Reject the whole snapshot: a partial one would withdraw services.
+            entry.last_error = f"rejected snapshot: {exc}"
+            entry.failures += 1
+            SOURCE_ERRORS.labels(entry.config.name).inc()
+            self._set_state(entry)
+            log.error("source_snapshot_rejected", source=entry.config.name, error=str(exc))
+            return
+        entry.failures = 0
+        if entry.reported_error is None:
+            entry.last_error = None
+        if checked != entry.snapshot:
+            entry.snapshot = checked
+            entry.last_update = time.time()
+            SOURCE_SERVICES.labels(entry.config.name).set(len(checked))
+            self._set_state(entry)
+            self._remerge()
+        else:
+            self._set_state(entry)
+
+    def _remerge(self) -> None:
+        merged: list[ServiceSpec] = []
+        for name in sorted(self._running):
+            snap = self._running[name].snapshot
+            if snap:
+                merged.extend(snap[k] for k in sorted(snap))
+        merged.sort(key=lambda s: s.name)
+        if merged != self._merged:
+            self._merged = merged
+            self.changed.set()
+            if self.on_change is not None:
+                try:
+                    self.on_change()
+                except Exception as exc:
+                    log.error("source_on_change_failed", error=repr(exc))
