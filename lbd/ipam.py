@@ -1,0 +1,537 @@
+"""Address allocation: requested IPs, pool choice, sharing, stickiness. Pure.
+
+``allocate(pools, services, previous)`` is a deterministic function of its
+inputs (the order of ``services`` does not matter) and never raises: every
+inconsistency becomes a pending reason that ``lbd-ctl status`` shows.
+
+The rules are MetalLB's (``internal/allocator/``, see the notes, section 2):
+
+* a requested address, if it lies in a pool (``auto_assign = false`` pools
+  included) and in the named pool when a pool is named too;
+* else the named pool (``auto_assign`` ignored);
+* else the ``auto_assign`` pools in config order;
+* inside a pool the lowest usable free address (``lbd.pools``);
+* a dual-stack service takes one address of each family from the same pool;
+* two services share an address only with the same non-empty share key, the
+  same backend key and no common (protocol, port).
+
+Stickiness, which MetalLB lacks across restarts (its issues #1774, #2443,
+#2449, #2723): a previous allocation is kept whenever it is still valid.
+Services are processed in three passes so that nothing valid ever moves and a
+pending service never steals an address:
+
+1. services with a previous allocation, in name order: keep it if valid;
+2. the same services whose allocation was invalid, in name order:
+   re-allocate, keeping the addresses that are still individually valid
+   (a service that turns dual-stack keeps its IPv4 address);
+3. new services, in name order.
+
+Addresses only ever get added to the book during a run, which is what lets
+``lbd.pools.FreeScanner`` find the lowest free address in amortised O(1).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import AbstractSet, Mapping, Sequence
+
+from lbd import pools as poolmath
+from lbd.model import Allocation, Family, IPAddress, PoolConfig, ServiceSpec
+
+__all__ = [
+    "AllocationChange",
+    "AllocationResult",
+    "FamilyUsage",
+    "PoolUsage",
+    "allocate",
+    "pool_usage",
+    "sharing_conflict",
+]
+
+
+@dataclass(frozen=True)
+class AllocationChange:
+    """An allocation that was released or moved; the daemon logs each as a warning."""
+
+    service: str
+    kind: str  # "released" (no new addresses) or "moved"
+    old: tuple[IPAddress, ...]
+    new: tuple[IPAddress, ...]
+    reason: str
+    old_pool: str = ""
+    new_pool: str = ""
+
+    def __str__(self) -> str:
+        old = ", ".join(map(str, self.old)) or "-"
+        if self.kind == "released":
+            return f"{self.service}: released {old}: {self.reason}"
+        new = ", ".join(map(str, self.new))
+        return f"{self.service}: moved {old} -> {new}: {self.reason}"
+
+
+@dataclass
+class AllocationResult:
+    allocations: dict[str, Allocation] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)  # service -> reason
+    changes: list[AllocationChange] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FamilyUsage:
+    used: int
+    total: int  # usable addresses; a /64 is 2**64
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    pool: str
+    ipv4: FamilyUsage
+    ipv6: FamilyUsage
+
+    def family(self, family: Family) -> FamilyUsage:
+        return self.ipv4 if family is Family.IPV4 else self.ipv6
+
+    @property
+    def used(self) -> int:
+        return self.ipv4.used + self.ipv6.used
+
+    @property
+    def total(self) -> int:
+        return self.ipv4.total + self.ipv6.total
+
+
+# ---------------------------------------------------------------------------
+# Sharing
+# ---------------------------------------------------------------------------
+
+_Port = tuple[str, int]
+
+
+def _ports(spec: ServiceSpec) -> frozenset[_Port]:
+    return frozenset((p.protocol.lower(), p.port) for p in spec.ports)
+
+
+@dataclass
+class _Use:
+    """Who holds one address; every holder has the same share and backend key."""
+
+    pool: str
+    share_key: str | None
+    backend_key: str
+    ports: set[_Port]
+    services: list[str]
+
+
+def _conflict(share_key: str | None, backend_key: str, ports: frozenset[_Port], use: _Use) -> str | None:
+    if not share_key or share_key != use.share_key:
+        return "no common share key"
+    if backend_key != use.backend_key:
+        return f"backend keys differ ({backend_key!r} and {use.backend_key!r})"
+    common = sorted(ports & use.ports)
+    if common:
+        return "both use " + ", ".join(f"{proto}/{port}" for proto, port in common)
+    return None
+
+
+def sharing_conflict(a: ServiceSpec, b: ServiceSpec) -> str | None:
+    """Why ``a`` and ``b`` may not share an address, or None if they may."""
+    use = _Use("", b.share_key, b.backend_key, set(_ports(b)), [b.name])
+    return _conflict(a.share_key, a.backend_key, _ports(a), use)
+
+
+# ---------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------
+
+
+def _family_name(family: Family) -> str:
+    return "IPv4" if family is Family.IPV4 else "IPv6"
+
+
+@dataclass(frozen=True)
+class _Request:
+    spec: ServiceSpec
+    families: tuple[Family, ...]
+    requested: dict[Family, IPAddress]
+    pool: str | None
+    ports: frozenset[_Port]
+
+
+def _items(value: object) -> list[object]:
+    """The elements of a sequence or set argument; anything else is empty (never raise)."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (Sequence, AbstractSet)):
+        return []
+    return list(value)
+
+
+def _is_address(value: object) -> bool:
+    return isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+
+
+def _request(spec: ServiceSpec) -> _Request | str:
+    """Normalise a service, or say why it cannot be allocated at all."""
+    families: list[Family] = []
+    for f in spec.ip_families if isinstance(spec.ip_families, (tuple, list)) else ():
+        if isinstance(f, Family) and f not in families:
+            families.append(f)
+    if not families:
+        return "the service has no valid ip families"
+    if spec.share_key is not None and not isinstance(spec.share_key, str):
+        return "the share key is not a string"
+    if not isinstance(spec.backend_key, str):
+        return "the backend key is not a string"
+    ports: set[_Port] = set()
+    for p in spec.ports if isinstance(spec.ports, (tuple, list)) else ():
+        if not (isinstance(getattr(p, "protocol", None), str) and isinstance(getattr(p, "port", None), int)):
+            return f"invalid port {p!r}"
+        ports.add((p.protocol.lower(), p.port))
+    pool = spec.pool if isinstance(spec.pool, str) and spec.pool else None
+    if spec.pool is not None and not isinstance(spec.pool, str):
+        return "the pool name is not a string"
+    requested: dict[Family, IPAddress] = {}
+    addresses = spec.addresses if isinstance(spec.addresses, (tuple, list)) else ()
+    for a in addresses:
+        if not _is_address(a):
+            return f"requested address {a!r} is not an IP address"
+        f = Family.of(a)
+        if f in requested and requested[f] != a:
+            return f"more than one requested {_family_name(f)} address ({requested[f]}, {a})"
+        if f not in families:
+            wanted = ", ".join(x.value for x in families)
+            return f"requested address {a} is {_family_name(f)} but the service's ip families are {wanted}"
+        requested[f] = a
+    return _Request(spec, tuple(families), requested, pool, frozenset(ports))
+
+
+# ---------------------------------------------------------------------------
+# The book: addresses held during one run (only ever grows)
+# ---------------------------------------------------------------------------
+
+
+class _Book:
+    def __init__(self, pools: Sequence[PoolConfig]) -> None:
+        self.pools: list[PoolConfig] = []
+        self.by_name: dict[str, PoolConfig] = {}
+        for p in pools:
+            # Duplicate names are the config parser's error; the first one wins here.
+            if isinstance(p, PoolConfig) and isinstance(p.name, str) and p.name not in self.by_name:
+                self.pools.append(p)
+                self.by_name[p.name] = p
+        self.uses: dict[IPAddress, _Use] = {}
+        self.taken: dict[Family, set[int]] = {Family.IPV4: set(), Family.IPV6: set()}
+        self.used: dict[tuple[str, Family], int] = {}
+        self.scanners: dict[tuple[str, Family], poolmath.FreeScanner] = {}
+        # (share_key, pool, family) -> addresses a sharing service could join
+        self.shared: dict[tuple[str, str, Family], list[IPAddress]] = {}
+
+    def pool_of(self, address: IPAddress, prefer: str | None = None) -> PoolConfig | None:
+        """The pool holding ``address``; ``prefer`` first, should pools overlap.
+
+        Overlapping pools are a config error, but preferring the named (or
+        previous) pool keeps allocations sticky even then.
+        """
+        preferred = self.by_name.get(prefer) if prefer is not None else None
+        if preferred is not None and poolmath.space(preferred).contains_int(Family.of(address), int(address)):
+            return preferred
+        return poolmath.pool_of(self.pools, address)
+
+    def conflict(self, req: _Request, address: IPAddress) -> str | None:
+        use = self.uses.get(address)
+        if use is None:
+            return None
+        why = _conflict(req.spec.share_key, req.spec.backend_key, req.ports, use)
+        if why is None:
+            return None
+        return f"{address} is held by {', '.join(sorted(use.services))} and sharing is not allowed ({why})"
+
+    def hold(self, req: _Request, pool: str, address: IPAddress) -> None:
+        use = self.uses.get(address)
+        if use is None:
+            family = Family.of(address)
+            use = _Use(pool, req.spec.share_key, req.spec.backend_key, set(), [])
+            self.uses[address] = use
+            self.taken[family].add(int(address))
+            self.used[(pool, family)] = self.used.get((pool, family), 0) + 1
+            if req.spec.share_key:
+                self.shared.setdefault((req.spec.share_key, pool, family), []).append(address)
+        use.ports |= req.ports
+        use.services.append(req.spec.name)
+
+    def exhausted(self, pool: PoolConfig, family: Family) -> str:
+        total = poolmath.usable_count(pool, family)
+        used = self.used.get((pool.name, family), 0)
+        what = "addresses" if len(poolmath.families(pool)) < 2 else f"{_family_name(family)} addresses"
+        return f'pool "{pool.name}" is exhausted ({used} of {total} {what} in use)'
+
+    def pick(self, req: _Request, pool: PoolConfig, family: Family) -> IPAddress | None:
+        """The lowest address of ``family`` in ``pool`` that ``req`` may take."""
+        key = (pool.name, family)
+        scanner = self.scanners.get(key)
+        if scanner is None:
+            scanner = self.scanners[key] = poolmath.FreeScanner(pool, family, self.taken[family])
+        best = scanner.lowest_free()
+        share_key = req.spec.share_key
+        if share_key:
+            for address in self.shared.get((share_key, pool.name, family), ()):
+                if (best is None or address < best) and self.conflict(req, address) is None:
+                    best = address
+        return best
+
+
+# ---------------------------------------------------------------------------
+# Allocation of one service
+# ---------------------------------------------------------------------------
+
+
+def _try_pool(book: _Book, req: _Request, pool: PoolConfig, fixed: Mapping[Family, IPAddress]) -> tuple[IPAddress, ...] | str:
+    """Addresses for every family of ``req`` from ``pool``, ``fixed`` ones included."""
+    have = poolmath.families(pool)
+    missing = [f for f in req.families if f not in have]
+    if missing:
+        return f'pool "{pool.name}" has no {" or ".join(_family_name(f) for f in missing)} addresses'
+    chosen: list[IPAddress] = []
+    for family in req.families:
+        address = fixed.get(family)
+        if address is None:
+            address = book.pick(req, pool, family)
+            if address is None:
+                return book.exhausted(pool, family)
+        chosen.append(address)
+    return tuple(chosen)
+
+
+def _with_requests(book: _Book, req: _Request, fixed: Mapping[Family, IPAddress], what: str) -> tuple[str, tuple[IPAddress, ...]] | str:
+    """Allocate around fixed addresses (requested ones, or kept ones: ``what``)."""
+    pool: PoolConfig | None = None
+    for family in req.families:
+        address = fixed.get(family)
+        if address is None:
+            continue
+        p = book.pool_of(address, req.pool if req.pool is not None else (pool.name if pool else None))
+        if p is None:
+            return f"{what} {address} is in no pool"
+        if req.pool is not None and p.name != req.pool:
+            return f'{what} {address} is in pool "{p.name}", not in the requested pool "{req.pool}"'
+        if not poolmath.usable(p, address):
+            return f'{what} {address} is skipped by pool "{p.name}" (avoid_buggy_ips)'
+        if pool is not None and p.name != pool.name:
+            return f'{what}s are in different pools ("{pool.name}" and "{p.name}"); one service takes all its addresses from one pool'
+        pool = p
+        conflict = book.conflict(req, address)
+        if conflict is not None:
+            return f"{what} {conflict}"
+    if pool is None:  # unreachable: callers pass at least one family of req
+        return f"no {what} given"
+    chosen = _try_pool(book, req, pool, fixed)
+    if isinstance(chosen, str):
+        return chosen
+    return pool.name, chosen
+
+
+def _fresh(book: _Book, req: _Request) -> tuple[str, tuple[IPAddress, ...]] | str:
+    if req.requested:
+        return _with_requests(book, req, req.requested, "requested address")
+    if req.pool is not None:
+        pool = book.by_name.get(req.pool)
+        if pool is None:
+            return f'pool "{req.pool}" does not exist'
+        chosen = _try_pool(book, req, pool, {})
+        return chosen if isinstance(chosen, str) else (pool.name, chosen)
+    candidates = [p for p in book.pools if p.auto_assign]
+    if not candidates:
+        return "no pool has auto_assign enabled (name a pool or request an address)"
+    wanted = set(req.families)
+    fitting = [p for p in candidates if wanted <= poolmath.families(p)]
+    if not fitting:
+        fams = " and ".join(_family_name(f) for f in req.families)
+        return f"no auto-assign pool has {fams} addresses"
+    reasons = []
+    for pool in fitting:
+        chosen = _try_pool(book, req, pool, {})
+        if not isinstance(chosen, str):
+            return pool.name, chosen
+        reasons.append(chosen)
+    if len(reasons) == 1:
+        return reasons[0]
+    return "every auto-assign pool is exhausted: " + "; ".join(reasons)
+
+
+def _previous_addresses(prev: object) -> tuple[str, tuple[IPAddress, ...]] | None:
+    if not isinstance(prev, Allocation):
+        return None
+    addresses = prev.addresses if isinstance(prev.addresses, (tuple, list)) else ()
+    if not all(_is_address(a) for a in addresses):
+        return None
+    return (prev.pool if isinstance(prev.pool, str) else ""), tuple(addresses)
+
+
+def _check_previous(book: _Book, req: _Request, old_pool: str, old: tuple[IPAddress, ...]) -> tuple[dict[Family, IPAddress], str | None]:
+    """The previous addresses still individually valid, and why the whole is not (None: valid)."""
+    keep: dict[Family, IPAddress] = {}
+    reason: str | None = None
+    by_family: dict[Family, IPAddress] = {}
+    for a in old:
+        f = Family.of(a)
+        if f in by_family:
+            reason = reason or f"the previous allocation holds two {_family_name(f)} addresses"
+            continue
+        by_family[f] = a
+    pool_seen: str | None = None
+    for f, a in by_family.items():
+        if f not in req.families:
+            reason = reason or f"the service no longer has the {f.value} family"
+            continue
+        p = book.pool_of(a, req.pool if req.pool is not None else old_pool)
+        if p is None:
+            reason = reason or f'address {a} left pool "{old_pool}"'
+            continue
+        if not poolmath.usable(p, a):
+            reason = reason or f'address {a} is now skipped by pool "{p.name}" (avoid_buggy_ips)'
+            continue
+        if req.pool is not None and p.name != req.pool:
+            reason = reason or f'the service now asks for pool "{req.pool}" and {a} is in pool "{p.name}"'
+            continue
+        wanted = req.requested.get(f)
+        if wanted is not None and wanted != a:
+            reason = reason or f"the service now requests {wanted} instead of {a}"
+            continue
+        conflict = book.conflict(req, a)
+        if conflict is not None:
+            reason = reason or f"address {conflict}"
+            continue
+        if pool_seen is not None and p.name != pool_seen:
+            reason = reason or "the previous addresses are in different pools"
+            continue
+        pool_seen = p.name
+        keep[f] = a
+    if reason is None:
+        missing = [f for f in req.families if f not in keep]
+        if missing:
+            reason = f"the service now also needs {' and '.join(_family_name(f) for f in missing)}"
+    return keep, reason
+
+
+def allocate(
+    pools: Sequence[PoolConfig],
+    services: Sequence[ServiceSpec],
+    previous: Mapping[str, Allocation],
+) -> AllocationResult:
+    """Allocate addresses to ``services`` from ``pools``, keeping ``previous`` where valid."""
+    result = AllocationResult()
+    book = _Book(_items(pools))  # type: ignore[arg-type]
+    prev = dict(previous) if isinstance(previous, Mapping) else {}
+
+    specs: dict[str, ServiceSpec] = {}
+    duplicates: set[str] = set()
+    for spec in _items(services):
+        if not isinstance(spec, ServiceSpec) or not isinstance(spec.name, str):
+            continue  # nothing to name it by: a source's bug, not an allocation
+        if spec.name in specs and specs[spec.name] != spec:
+            duplicates.add(spec.name)
+        specs[spec.name] = spec
+
+    requests: dict[str, _Request] = {}
+    for name in sorted(specs):
+        if name in duplicates:
+            result.pending[name] = f'service "{name}" is defined more than once, differently'
+            continue
+        req = _request(specs[name])
+        if isinstance(req, str):
+            result.pending[name] = req
+        else:
+            requests[name] = req
+
+    olds: dict[str, tuple[str, tuple[IPAddress, ...]]] = {}
+    for name in sorted(k for k in prev if isinstance(k, str)):
+        old = _previous_addresses(prev[name])
+        if old is None or not old[1]:
+            continue  # malformed or empty: nothing held, nothing to release
+        olds[name] = old
+        if name not in specs:
+            result.changes.append(AllocationChange(name, "released", old[1], (), "the service was removed", old_pool=old[0]))
+
+    def finish(name: str, outcome: tuple[str, tuple[IPAddress, ...]] | str, why_moved: str | None) -> None:
+        req = requests.get(name)
+        old = olds.get(name)
+        if isinstance(outcome, str) or req is None:
+            result.pending[name] = outcome if isinstance(outcome, str) else result.pending.get(name, "")
+            if old is not None:
+                result.changes.append(AllocationChange(name, "released", old[1], (), why_moved or str(outcome), old_pool=old[0]))
+            return
+        pool, addresses = outcome
+        for a in addresses:
+            book.hold(req, pool, a)
+        result.allocations[name] = Allocation(name, pool, addresses)
+        if old is not None and why_moved is not None:
+            result.changes.append(AllocationChange(name, "moved", old[1], addresses, why_moved, old_pool=old[0], new_pool=pool))
+
+    # Pass 1: keep every previous allocation that is still valid.
+    invalid: dict[str, tuple[dict[Family, IPAddress], str]] = {}
+    for name in sorted(olds):
+        if name not in specs:
+            continue
+        req = requests.get(name)
+        if req is None:  # the service itself is invalid now: release
+            finish(name, result.pending[name], result.pending[name])
+            continue
+        keep, reason = _check_previous(book, req, *olds[name])
+        if reason is None:
+            pool = book.pool_of(next(iter(keep.values())), req.pool if req.pool is not None else olds[name][0])
+            finish(name, (pool.name if pool else olds[name][0], tuple(keep[f] for f in req.families)), None)
+        else:
+            invalid[name] = (keep, reason)
+
+    # Pass 2: re-allocate the invalid ones, keeping what is still individually valid.
+    for name in sorted(invalid):
+        req = requests[name]
+        keep, reason = invalid[name]
+        outcome: tuple[str, tuple[IPAddress, ...]] | str = "unreachable"
+        # Kept addresses were checked against the book of pass 1 only; re-check
+        # them inside _with_requests against what pass 2 added since.
+        fixed = {**{f: a for f, a in keep.items() if f not in req.requested}, **req.requested}
+        if fixed:
+            outcome = _with_requests(book, req, fixed, "address")
+        if not fixed or isinstance(outcome, str):
+            outcome = _fresh(book, req)
+        finish(name, outcome, reason)
+
+    # Pass 3: new services.
+    for name in sorted(requests):
+        if name in olds:
+            continue
+        finish(name, _fresh(book, requests[name]), None)
+
+    result.allocations = dict(sorted(result.allocations.items()))
+    result.pending = dict(sorted(result.pending.items()))
+    return result
+
+
+def pool_usage(pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation]) -> dict[str, PoolUsage]:
+    """Used and total usable addresses per pool and family (config order).
+
+    An address counts once however many services share it, for the first
+    pool (config order) in which it is usable.
+    """
+    valid = [p for p in _items(pools) if isinstance(p, PoolConfig)]
+    seen: set[IPAddress] = set()
+    used: dict[tuple[str, Family], int] = {}
+    for alloc in allocations.values():
+        for a in getattr(alloc, "addresses", ()):
+            if not _is_address(a) or a in seen:
+                continue
+            seen.add(a)
+            pool = poolmath.pool_of(valid, a)
+            if pool is not None and poolmath.usable(pool, a):
+                key = (pool.name, Family.of(a))
+                used[key] = used.get(key, 0) + 1
+    out: dict[str, PoolUsage] = {}
+    for p in valid:
+        if p.name in out:
+            continue
+        out[p.name] = PoolUsage(
+            p.name,
+            FamilyUsage(used.get((p.name, Family.IPV4), 0), poolmath.usable_count(p, Family.IPV4)),
+            FamilyUsage(used.get((p.name, Family.IPV6), 0), poolmath.usable_count(p, Family.IPV6)),
+        )
+    return out

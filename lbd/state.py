@@ -1,0 +1,292 @@
+"""Persisted state: allocations (and what later pieces add), written atomically.
+
+File: ``<state_dir>/allocations.json``::
+
+    {"version": 1,
+     "drained": false,
+     "allocations": {"static/web": {"pool": "lan", "addresses": ["192.168.1.48"]}},
+     "extra": {}}
+
+Atomicity. ``save`` writes a temp file in the same directory, flushes and
+fsyncs it, renames it over ``allocations.json`` (``rename(2)`` replaces the
+name atomically within one file system) and fsyncs the directory so the rename
+itself is durable. A crash at any point leaves either the old or the new file;
+a leftover temp file is never read and is removed by the next ``load``.
+
+Failure policy.
+
+* Missing file: empty state (first start).
+* Unreadable or corrupt file: it is renamed aside to
+  ``allocations.json.corrupt-<UTC timestamp>``, logged at error level, and
+  ``load`` returns an empty state. Moving it aside first means the next
+  ``save`` can never overwrite the evidence, and an operator can restore it.
+  If it cannot be moved aside, ``load`` raises ``StateError``: starting empty
+  and later saving would destroy it.
+* A file written by a newer lbd (``version`` above ``FORMAT_VERSION``) is not
+  corrupt: ``load`` raises ``StateError`` and leaves the file alone, so a
+  downgrade never silently drops allocations.
+
+``decode_state`` parses hostile bytes and raises only ``StateError``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import math
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from lbd.model import Allocation, IPAddress
+
+__all__ = [
+    "FORMAT_VERSION",
+    "STATE_FILE",
+    "PersistedState",
+    "StateError",
+    "StateVersionError",
+    "StateStore",
+    "decode_state",
+    "encode_state",
+]
+
+log = structlog.get_logger(__name__)
+
+FORMAT_VERSION = 1
+STATE_FILE = "allocations.json"
+_TEMP_PREFIX = f".{STATE_FILE}.tmp-"
+_MAX_BYTES = 64 * 1024 * 1024  # far above any real table; refuse to read a runaway file
+
+
+class StateError(ValueError):
+    """The state file is malformed, or cannot be handled safely."""
+
+
+class StateVersionError(StateError):
+    """The state file was written by a newer lbd: not corrupt, not ours to touch."""
+
+
+@dataclass
+class PersistedState:
+    allocations: dict[str, Allocation] = field(default_factory=dict)
+    drained: bool = False
+    extra: dict[str, object] = field(default_factory=dict)  # JSON values, for later pieces
+    version: int = FORMAT_VERSION
+
+
+# ---------------------------------------------------------------------------
+# Codec (pure)
+# ---------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> object:
+    raise StateError(f"invalid JSON number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise StateError(f"number {text} out of range")
+    return value
+
+
+def _address(text: object, where: str) -> IPAddress:
+    if not isinstance(text, str) or "%" in text:
+        raise StateError(f"{where}: {text!r} is not an IP address")
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise StateError(f"{where}: {text!r} is not an IP address") from None
+
+
+def decode_state(data: bytes) -> PersistedState:
+    """Parse the file's bytes; raises ``StateError`` (only) on anything malformed."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise StateError("state must be bytes")
+    try:
+        doc = json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
+    except StateError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise StateError(f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise StateError("the top level is not an object")
+    version = doc.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise StateError(f"version: {version!r} is not a positive integer")
+    if version > FORMAT_VERSION:
+        raise StateVersionError(f"version {version} was written by a newer lbd (this one reads up to {FORMAT_VERSION})")
+    unknown = set(doc) - {"version", "drained", "allocations", "extra"}
+    if unknown:
+        raise StateError(f"unknown keys: {', '.join(sorted(map(str, unknown)))}")
+    drained = doc.get("drained", False)
+    if not isinstance(drained, bool):
+        raise StateError("drained: not a boolean")
+    extra = doc.get("extra", {})
+    if not isinstance(extra, dict):
+        raise StateError("extra: not an object")
+    raw = doc.get("allocations", {})
+    if not isinstance(raw, dict):
+        raise StateError("allocations: not an object")
+    allocations: dict[str, Allocation] = {}
+    for name, entry in raw.items():
+        where = f"allocations[{name!r}]"
+        if not name:
+            raise StateError(f"{where}: empty service name")
+        if not isinstance(entry, dict) or set(entry) - {"pool", "addresses"}:
+            raise StateError(f"{where}: not an object with pool and addresses")
+        pool = entry.get("pool")
+        if not isinstance(pool, str):
+            raise StateError(f"{where}.pool: not a string")
+        addresses = entry.get("addresses")
+        if not isinstance(addresses, list) or not addresses:
+            raise StateError(f"{where}.addresses: not a non-empty list")
+        parsed = tuple(_address(a, f"{where}.addresses[{i}]") for i, a in enumerate(addresses))
+        if len(set(parsed)) != len(parsed):
+            raise StateError(f"{where}.addresses: duplicate address")
+        allocations[name] = Allocation(service=name, pool=pool, addresses=parsed)
+    return PersistedState(allocations=allocations, drained=drained, extra=extra, version=version)
+
+
+def _check_json(value: object, where: str, depth: int = 0) -> None:
+    if depth > 64:
+        raise StateError(f"{where}: nested too deeply")
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise StateError(f"{where}: {value} is not representable in JSON")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_json(item, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise StateError(f"{where}: key {key!r} is not a string")
+            _check_json(item, f"{where}.{key}", depth + 1)
+        return
+    raise StateError(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+def encode_state(state: PersistedState) -> bytes:
+    """Serialise (always at ``FORMAT_VERSION``); ``StateError`` if ``extra`` is not JSON."""
+    _check_json(state.extra, "extra")
+    allocations = {}
+    for name in sorted(state.allocations):
+        alloc = state.allocations[name]
+        allocations[name] = {"pool": alloc.pool, "addresses": [str(a) for a in alloc.addresses]}
+    doc = {
+        "version": FORMAT_VERSION,
+        "drained": bool(state.drained),
+        "allocations": allocations,
+        "extra": state.extra,
+    }
+    return (json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------------------
+# Store (I/O)
+# ---------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StateStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / STATE_FILE
+
+    def load(self) -> PersistedState:
+        """The saved state; empty if there is none or it was corrupt (moved aside)."""
+        self._remove_temp_files()
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read(_MAX_BYTES + 1)
+        except FileNotFoundError:
+            return PersistedState()
+        except OSError as exc:
+            return self._set_aside(f"unreadable: {exc}")
+        if len(data) > _MAX_BYTES:
+            return self._set_aside(f"larger than {_MAX_BYTES} bytes")
+        try:
+            state = decode_state(data)
+        except StateVersionError as exc:
+            log.error("state_from_newer_version", path=str(self.path), error=str(exc))
+            raise
+        except StateError as exc:
+            return self._set_aside(str(exc))
+        log.info("state_loaded", path=str(self.path), allocations=len(state.allocations), drained=state.drained)
+        return state
+
+    def save(self, state: PersistedState) -> None:
+        """Write ``state`` atomically; raises ``OSError`` or ``StateError`` and leaves the old file."""
+        data = encode_state(state)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / f"{_TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)  # the data is on disk before the name points at it
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        _fsync_dir(self.state_dir)  # make the rename itself durable
+
+    def _remove_temp_files(self) -> None:
+        # Leftovers of a crash between write and rename: never read, safe to drop
+        # (one daemon per state_dir).
+        try:
+            names = [n for n in os.listdir(self.state_dir) if n.startswith(_TEMP_PREFIX)]
+        except OSError:
+            return
+        for name in names:
+            try:
+                os.unlink(self.state_dir / name)
+                log.info("state_temp_removed", path=str(self.state_dir / name))
+            except OSError:
+                pass
+
+    def _set_aside(self, error: str) -> PersistedState:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = self.path.with_name(f"{STATE_FILE}.corrupt-{stamp}")
+        n = 1
+        while target.exists() and n < 1000:
+            target = self.path.with_name(f"{STATE_FILE}.corrupt-{stamp}.{n}")
+            n += 1
+        try:
+            os.rename(self.path, target)
+            _fsync_dir(self.state_dir)
+        except OSError as exc:
+            log.error("state_corrupt_not_moved", path=str(self.path), error=error, rename_error=str(exc))
+            raise StateError(f"{self.path} is corrupt ({error}) and could not be moved aside: {exc}") from None
+        log.error(
+            "state_corrupt",
+            path=str(self.path),
+            moved_to=str(target),
+            error=error,
+            consequence="starting with no allocations; services may get new addresses",
+        )
+        return PersistedState()
