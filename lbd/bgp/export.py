@@ -1,0 +1,348 @@
+"""Route export: VIPs as kernel routes for the node's own BIRD or FRR to announce.
+
+The Calico case: the gateway already peers with the node's BIRD, so lbd cannot
+open a second BGP session to it (and must not listen on port 179). Instead lbd
+writes each VIP as a route into a dedicated kernel routing table, marked with
+its own rtnetlink protocol number, and the node's routing daemon learns that
+table and announces it:
+
+* BIRD 2: ``protocol kernel { ipv4 { import all; }; kernel table N; learn; }``
+  (``learn`` imports routes that other programs put in the table; routes of
+  protocol ``kernel`` would need ``learn all``, lbd's 252 does not).
+* FRR: ``ip import-table N`` in zebra, then ``redistribute table N`` in bgpd.
+
+Route type. Each VIP is a plain unicast route through ``interface`` (``lo`` by
+default): ``VIP/32 dev lo table N proto 252``, the form kube-vip's routing-table
+mode uses too. Why not a blackhole or ``local`` route:
+
+* BIRD's kernel protocol learns unicast device routes; it skips ``local``
+  routes, and a learnt blackhole is carried into BGP as a blackhole, which is
+  misleading to read.
+* FRR's ``ip import-table`` copies the route into zebra's main RIB; a blackhole
+  there would be installed into the main table and drop traffic for a VIP that
+  is bound on ``lo``, whereas a device route through ``lo`` is harmless (the
+  ``local`` table, consulted first, already delivers it).
+* The table is not referenced by any ``ip rule``, so none of this changes the
+  node's own forwarding: the table is only a mailbox for the routing daemon.
+
+The exporter is level-triggered: ``apply(desired)`` reads back what lbd owns in
+the kernel (routes in the export tables with lbd's protocol number), installs
+what is missing or different and deletes what is no longer desired. It never
+deletes or replaces a route of another protocol: when a foreign route already
+holds the same (table, destination, metric) slot the VIP is reported as a
+conflict and left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import structlog
+from prometheus_client import Counter, Gauge
+
+from lbd.metrics import REGISTRY
+from lbd.model import ExportRoute, IPNetwork, RouteExportConfig
+
+log = structlog.get_logger(__name__)
+
+ROUTES_INSTALLED = Gauge(
+    "lbd_route_export_routes",
+    "VIP routes lbd holds in a kernel export table",
+    ["table"],
+    registry=REGISTRY,
+)
+ROUTE_CHANGES = Counter(
+    "lbd_route_export_changes_total",
+    "Kernel route changes made by the route exporter",
+    ["op"],
+    registry=REGISTRY,
+)
+ROUTE_ERRORS = Counter(
+    "lbd_route_export_errors_total",
+    "Kernel route changes that failed (conflicts with foreign routes included)",
+    ["reason"],
+    registry=REGISTRY,
+)
+
+# The kernel stores an IPv6 route added without a metric with priority 1024
+# (IP6_RT_PRIO_USER); IPv4 routes get 0. Normalising both sides lets the diff
+# compare what we ask for with what a dump returns.
+_DEFAULT_METRIC = {4: 0, 6: 1024}
+
+
+@dataclass(frozen=True)
+class KernelRoute:
+    """One route as the kernel identifies it, plus the attributes lbd sets.
+
+    The kernel's identity of a route in a table is (destination, TOS, priority);
+    lbd never sets a TOS, so (table, prefix, metric) is the key.
+    """
+
+    table: int
+    prefix: IPNetwork
+    metric: int
+    protocol: int
+    ifindex: int
+
+    @property
+    def key(self) -> tuple[int, IPNetwork, int]:
+        return (self.table, self.prefix, self.metric)
+
+
+@dataclass(frozen=True)
+class ExportDiff:
+    install: tuple[KernelRoute, ...] = ()  # missing: add
+    replace: tuple[KernelRoute, ...] = ()  # ours but with other attributes: replace in place
+    remove: tuple[KernelRoute, ...] = ()  # ours and no longer desired: delete
+
+    @property
+    def empty(self) -> bool:
+        return not (self.install or self.replace or self.remove)
+
+
+def effective_metric(prefix: IPNetwork, metric: int | None) -> int:
+    return _DEFAULT_METRIC[prefix.version] if metric is None else metric
+
+
+def diff_routes(desired: Iterable[KernelRoute], current: Iterable[KernelRoute]) -> ExportDiff:
+    """What to change so that lbd's routes in the kernel equal ``desired``.
+
+    ``current`` must hold only routes lbd owns (its protocol number, its tables);
+    the caller filters, so a foreign route can never land in ``remove``.
+    Duplicates in ``desired`` collapse (last one wins, as a later service
+    sharing a VIP would ask for the same route anyway).
+    """
+    want: dict[tuple[int, IPNetwork, int], KernelRoute] = {}
+    for route in desired:
+        want[route.key] = route
+    have: dict[tuple[int, IPNetwork, int], KernelRoute] = {}
+    for route in current:
+        have[route.key] = route
+    install = [r for k, r in want.items() if k not in have]
+    replace = [r for k, r in want.items() if k in have and have[k] != r]
+    remove = [r for k, r in have.items() if k not in want]
+    order = _sort_key
+    return ExportDiff(
+        install=tuple(sorted(install, key=order)),
+        replace=tuple(sorted(replace, key=order)),
+        remove=tuple(sorted(remove, key=order)),
+    )
+
+
+def _sort_key(route: KernelRoute) -> tuple[int, int, int, int, int]:
+    return (route.table, route.prefix.version, int(route.prefix.network_address), route.prefix.prefixlen, route.metric)
+
+
+def scopes_of(configs: Iterable[RouteExportConfig]) -> set[tuple[int, int]]:
+    """The (table, protocol) pairs lbd owns for the given ``[[route_export]]`` sections."""
+    return {(c.table, c.protocol) for c in configs}
+
+
+@dataclass
+class _Status:
+    installed: dict[tuple[int, IPNetwork, int], KernelRoute] = field(default_factory=dict)
+    conflicts: dict[str, str] = field(default_factory=dict)  # prefix -> why
+    missing_interfaces: set[str] = field(default_factory=set)
+    last_error: str | None = None
+    last_apply: float | None = None
+    applies: int = 0
+
+
+class RouteExporter:
+    """Keeps lbd's VIP routes in kernel export tables equal to the desired set.
+
+    ``scopes`` are the (table, protocol) pairs lbd owns (from the configured
+    ``[[route_export]]`` sections, see ``scopes_of``): routes there that are no
+    longer desired are removed, also ones left by an earlier lbd process. Every
+    (table, protocol) pair seen in a desired route is owned from then on, so a
+    table dropped from the config is still emptied by the next ``apply``.
+    ``netns`` runs the netlink socket in that network namespace (tests).
+    """
+
+    def __init__(self, scopes: Iterable[tuple[int, int]] = (), *, netns: str | None = None) -> None:
+        self._scopes: set[tuple[int, int]] = set(scopes)
+        self._netns = netns
+        self._ipr: Any = None
+        self._lock = asyncio.Lock()
+        self._status = _Status()
+
+    @classmethod
+    def from_configs(cls, configs: Sequence[RouteExportConfig], *, netns: str | None = None) -> "RouteExporter":
+        return cls(scopes_of(configs), netns=netns)
+
+    # -- netlink -------------------------------------------------------------
+
+    async def _socket(self) -> Any:
+        if self._ipr is None:
+            # Imported here so that importing lbd.bgp does not need netlink.
+            from pyroute2 import AsyncIPRoute
+
+            # groups=0: we only ask, we do not want a multicast firehose queued up.
+            ipr = AsyncIPRoute(netns=self._netns, groups=0)
+            await ipr.setup_endpoint()
+            self._ipr = ipr
+        return self._ipr
+
+    async def _ifindex(self, ipr: Any, name: str, cache: dict[str, int | None]) -> int | None:
+        if name not in cache:
+            found = await ipr.link_lookup(ifname=name)
+            cache[name] = found[0] if found else None
+        return cache[name]
+
+    async def _read_current(self, ipr: Any) -> list[KernelRoute]:
+        """lbd's routes as the kernel has them: only owned (table, protocol) pairs."""
+        current: list[KernelRoute] = []
+        tables = {t for t, _ in self._scopes}
+        for table in sorted(tables):
+            protocols = {p for t, p in self._scopes if t == table}
+            async for msg in await ipr.route("dump", table=table):
+                route = _parse_route(msg)
+                if route is not None and route.table == table and route.protocol in protocols:
+                    current.append(route)
+        return current
+
+    # -- public API ----------------------------------------------------------
+
+    async def apply(self, routes: Sequence[ExportRoute]) -> None:
+        """Converge the kernel on ``routes`` (level-triggered, idempotent)."""
+        async with self._lock:
+            await self._apply(routes)
+
+    async def _apply(self, routes: Sequence[ExportRoute]) -> None:
+        ipr = await self._socket()
+        cache: dict[str, int | None] = {}
+        desired: list[KernelRoute] = []
+        missing: set[str] = set()
+        for r in routes:
+            self._scopes.add((r.table, r.protocol))
+            ifindex = await self._ifindex(ipr, r.interface, cache)
+            if ifindex is None:
+                missing.add(r.interface)
+                continue
+            desired.append(
+                KernelRoute(
+                    table=r.table,
+                    prefix=r.prefix,
+                    metric=effective_metric(r.prefix, r.metric),
+                    protocol=r.protocol,
+                    ifindex=ifindex,
+                )
+            )
+        for name in sorted(missing - self._status.missing_interfaces):
+            log.error("route_export_interface_missing", interface=name)
+        self._status.missing_interfaces = missing
+
+        current = await self._read_current(ipr)
+        plan = diff_routes(desired, current)
+        conflicts: dict[str, str] = {}
+        errors: list[str] = []
+        for route in plan.remove:
+            await self._change(ipr, "del", route, errors)
+        for route in plan.replace:
+            await self._change(ipr, "replace", route, errors)
+        for route in plan.install:
+            why = await self._change(ipr, "add", route, errors)
+            if why == "exists":
+                # Same (table, destination, metric) held by a route of another
+                # protocol: it is not ours to replace.
+                conflicts[str(route.prefix)] = f"table {route.table} already has a route of another protocol"
+        for prefix in sorted(set(conflicts) - set(self._status.conflicts)):
+            log.warning("route_export_conflict", prefix=prefix, reason=conflicts[prefix])
+        self._status.conflicts = conflicts
+        self._status.last_error = errors[-1] if errors else None
+        self._status.applies += 1
+        self._status.last_apply = time.time()
+        # What the kernel holds now (read back: the truth, not our intent).
+        after = await self._read_current(ipr) if not plan.empty else current
+        self._status.installed = {r.key: r for r in after}
+        for table in {t for t, _ in self._scopes}:
+            ROUTES_INSTALLED.labels(table=str(table)).set(sum(1 for r in after if r.table == table))
+        if not plan.empty:
+            log.info(
+                "route_export_applied",
+                installed=len(plan.install) - len(conflicts),
+                replaced=len(plan.replace),
+                removed=len(plan.remove),
+                total=len(after),
+            )
+
+    async def _change(self, ipr: Any, op: str, route: KernelRoute, errors: list[str]) -> str | None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        kwargs: dict[str, Any] = dict(
+            dst=str(route.prefix),
+            table=route.table,
+            proto=route.protocol,
+            priority=route.metric,
+        )
+        if op != "del":
+            kwargs["oif"] = route.ifindex
+        try:
+            await ipr.route(op, **kwargs)
+        except NetlinkError as exc:
+            if op == "add" and exc.code == errno.EEXIST:
+                ROUTE_ERRORS.labels(reason="conflict").inc()
+                return "exists"
+            if op == "del" and exc.code == errno.ESRCH:
+                return None  # gone already: the goal is reached
+            ROUTE_ERRORS.labels(reason="netlink").inc()
+            message = f"{op} {route.prefix} table {route.table}: {exc}"
+            errors.append(message)
+            log.error("route_export_failed", op=op, prefix=str(route.prefix), table=route.table, error=str(exc))
+            return "error"
+        ROUTE_CHANGES.labels(op=op).inc()
+        return None
+
+    async def close(self) -> None:
+        """Remove every route lbd owns in its export tables, then close the socket."""
+        async with self._lock:
+            try:
+                await self._apply(())
+            finally:
+                if self._ipr is not None:
+                    self._ipr.close()
+                    self._ipr = None
+
+    def status(self) -> dict[str, object]:
+        """For ``lbd-ctl status``: what is installed, conflicts and the last error."""
+        s = self._status
+        return {
+            "scopes": [{"table": t, "protocol": p} for t, p in sorted(self._scopes)],
+            "routes": [
+                {"table": r.table, "prefix": str(r.prefix), "metric": r.metric, "protocol": r.protocol}
+                for r in sorted(s.installed.values(), key=_sort_key)
+            ],
+            "conflicts": dict(sorted(s.conflicts.items())),
+            "missing_interfaces": sorted(s.missing_interfaces),
+            "last_error": s.last_error,
+            "last_apply": s.last_apply,
+            "applies": s.applies,
+        }
+
+
+def _parse_route(msg: Mapping[str, Any] | Any) -> KernelRoute | None:
+    """A kernel route message as a KernelRoute, or None for forms lbd never makes."""
+    family = msg["family"]
+    dst = msg.get("dst")
+    if dst is None:
+        # A default route has no RTA_DST: lbd never exports one.
+        dst = "0.0.0.0" if family == 2 else "::"
+    try:
+        prefix = ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False)
+    except ValueError:
+        return None
+    table = msg.get("table") or 0  # RTA_TABLE (tables > 255), else rtm_table
+    metric = msg.get("priority")
+    oif = msg.get("oif")
+    return KernelRoute(
+        table=int(table),
+        prefix=prefix,
+        metric=effective_metric(prefix, metric),
+        protocol=int(msg["proto"]),
+        ifindex=int(oif) if oif is not None else 0,
+    )
