@@ -1,0 +1,48 @@
+"""The daemon's own metrics (pools, VIPs, reloads, reconcile errors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from lbd.metrics import REGISTRY
+
+POOL_SIZE = Gauge("lbd_pool_addresses", "Usable addresses in a pool", ["pool", "family"], registry=REGISTRY)
+POOL_USED = Gauge("lbd_pool_addresses_in_use", "Allocated addresses in a pool", ["pool", "family"], registry=REGISTRY)
+SERVICES = Gauge("lbd_services", "Services by state", ["state"], registry=REGISTRY)
+VIPS_ANNOUNCED = Gauge("lbd_vips_announced", "VIPs this node announces, by mode", ["mode"], registry=REGISTRY)
+RECONCILE_ERRORS = Counter("lbd_reconcile_errors", "Reconcile passes that failed", registry=REGISTRY)
+RECONCILES = Counter("lbd_reconciles", "Reconcile passes", registry=REGISTRY)
+RELOADS = Counter("lbd_config_reloads", "Config reloads by result", ["result"], registry=REGISTRY)
+ALLOCATION_CHANGES = Counter("lbd_allocation_changes", "Allocations released or moved (pool edits, conflicts)",
+                             registry=REGISTRY)
+DRAINED = Gauge("lbd_node_drained", "1 when this node is drained", registry=REGISTRY)
+
+
+def update(daemon: Any) -> None:
+    from lbd.ipam import pool_usage
+
+    RECONCILES.inc()
+    POOL_SIZE.clear()
+    POOL_USED.clear()
+    for usage in pool_usage(daemon.config.pools, daemon.allocations).values():
+        for family, counts in (("ipv4", usage.ipv4), ("ipv6", usage.ipv6)):
+            if counts.total:
+                POOL_SIZE.labels(usage.pool, family).set(counts.total)
+                POOL_USED.labels(usage.pool, family).set(counts.used)
+    states = {"announced": 0, "pending": len(daemon.pending), "allocated": len(daemon.allocations)}
+    states["announced"] = sum(
+        1 for name in daemon.allocations
+        if any(d.announced_here and name in d.services for d in daemon.plan.decisions)
+    )
+    for state, count in states.items():
+        SERVICES.labels(state).set(count)
+    modes = {"bind": 0, "responder": 0, "local": 0}
+    for intent in daemon.plan.l2:
+        modes[intent.mode] = modes.get(intent.mode, 0) + 1
+    for mode, count in modes.items():
+        VIPS_ANNOUNCED.labels(mode).set(count)
+    VIPS_ANNOUNCED.labels("bgp").set(len(daemon.plan.bgp))
+    VIPS_ANNOUNCED.labels("export").set(len(daemon.plan.exports))
+    DRAINED.set(1 if daemon.drained else 0)

@@ -1,0 +1,65 @@
+"""Who is in the cluster, as the planner needs it.
+
+``LocalMembership`` is a cluster of one: this node. ``lbd.cluster.membership``
+implements the same interface over gossip.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from typing import Any, Callable
+
+from lbd.model import Config, Member
+
+
+class Membership(abc.ABC):
+    @abc.abstractmethod
+    def update_local(self, me: Member) -> None:
+        """This node's own view of itself (labels, interfaces, health, drain, holds)."""
+
+    @abc.abstractmethod
+    def members(self) -> list[Member]:
+        """Every known member, this node included."""
+
+    @abc.abstractmethod
+    def eligible_since(self) -> dict[str, float]:
+        """When each member last became alive (monotonic seconds), for failback."""
+
+    async def configure(self, config: Config) -> None:
+        """A (re)loaded config."""
+
+    async def start(self, on_change: Callable[[], None]) -> None:
+        """Begin; call ``on_change`` whenever membership or a member's state changes."""
+
+    async def wait_handover(self, daemon: Any) -> str:
+        """After this node was drained: wait until others hold its VIPs."""
+        return "no other node to hand over to" if len(self.members()) <= 1 else "done"
+
+    async def leave(self, daemon: Any) -> None:
+        """Hand over and leave the cluster gracefully (before announcements are withdrawn)."""
+
+    async def close(self) -> None:
+        """Release resources."""
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {"name": m.name, "address": m.address, "state": m.state.value, "incarnation": m.incarnation,
+             "drained": m.drained, "holds": list(m.holds), "failing": sorted(m.failing)}
+            for m in self.members()
+        ]
+
+
+class LocalMembership(Membership):
+    def __init__(self, name: str) -> None:
+        self._me = Member(name=name)
+        self._since = time.monotonic()
+
+    def update_local(self, me: Member) -> None:
+        self._me = me
+
+    def members(self) -> list[Member]:
+        return [self._me]
+
+    def eligible_since(self) -> dict[str, float]:
+        return {self._me.name: self._since}
