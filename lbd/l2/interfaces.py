@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from lbd.model import IPAddress, IPInterface, LocalInterface
+
+if TYPE_CHECKING:
+    from lbd.l2.netlink import Netlink
 
 # The IFA_PROTO value lbd marks its addresses with (kernel >= 5.18): 0-3 are
 # the kernel's (unspec, kernel_lo, kernel_ra, kernel_ll); lbd uses 252, like
@@ -98,18 +101,17 @@ def usable_link(flags: int, has_master: bool) -> bool:
     return bool(flags & IFF_UP and flags & IFF_BROADCAST) and not flags & (IFF_LOOPBACK | IFF_NOARP) and not has_master
 
 
-async def list_interfaces(ipr: object | None = None) -> list[LocalInterface]:
+async def list_interfaces(nl: "Netlink | None" = None) -> list[LocalInterface]:
     """The usable interfaces of this network namespace, with their connected subnets."""
-    from pyroute2 import AsyncIPRoute
+    from lbd.l2.netlink import Netlink
 
-    own = ipr is None
-    conn = AsyncIPRoute() if own else ipr
+    conn = nl or Netlink()
     try:
-        links = [link async for link in await conn.get_links()]  # type: ignore[attr-defined]
-        addrs = [a async for a in await conn.get_addr()]  # type: ignore[attr-defined]
+        links = await conn.call("get_links")
+        addrs = await conn.call("get_addr")
     finally:
-        if own:
-            conn.close()  # type: ignore[attr-defined]
+        if nl is None:
+            await conn.aclose()
     by_index: dict[int, list[tuple[str, int, int | None]]] = {}
     for a in addrs:
         if a["family"] not in (socket.AF_INET, socket.AF_INET6):

@@ -248,6 +248,9 @@ class NdpReplier:
     def __len__(self) -> int:
         return len(self._templates)
 
+    def __contains__(self, vip: object) -> bool:
+        return isinstance(vip, ipaddress.IPv6Address) and vip.packed in self._templates
+
     def reply(self, frame: bytes) -> bytes | None:
         """The solicited NA answering ``frame`` if it is a valid NS for an owned VIP."""
         if len(frame) < 78 or frame[12:14] != b"\x86\xdd" or frame[20] != ICMPV6 or frame[54] != TYPE_NS:

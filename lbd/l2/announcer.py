@@ -1,0 +1,328 @@
+"""The layer-2 announcer: makes this node answer for the VIPs it owns.
+
+``apply(intents)`` is level-triggered: it diffs the desired ``L2Intent``s
+against what is applied and converges. Per VIP and mode:
+
+- ``bind``: the VIP is added to the interface (``binding``), so the kernel
+  answers ARP/NS and accepts the traffic; lbd sends gratuitous ARP (request
+  and reply) or an unsolicited NA on takeover and every
+  ``announce_interval`` seconds;
+- ``responder``: the VIP is not bound; a userspace responder answers ARP/NS
+  for it (``responder``), with the same announcements;
+- ``local``: bound (for BGP / route export), never announced at layer 2.
+
+Errors are per VIP: logged, counted, shown in ``status()`` and retried on the
+next ``apply``; they never escape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import structlog
+
+from lbd.l2 import arp, metrics, ndp, rawsock
+from lbd.l2.binding import DEFAULT_LIFETIME, AddressBinder
+from lbd.l2.frame import mac_to_bytes
+from lbd.l2.interfaces import holds, list_interfaces
+from lbd.l2.netlink import Netlink
+from lbd.l2.responder import Responder
+from lbd.model import IPAddress, L2Intent, LocalInterface
+
+log = structlog.get_logger(__name__)
+
+MODES = ("bind", "responder", "local")
+BURST_SPACING = 0.1  # seconds between the takeover packets
+DEFAULT_REFRESH = 30.0  # address lifetime refresh; a quarter of the 120 s lifetime
+
+
+@dataclass
+class _Entry:
+    intent: L2Intent
+    since: float
+    ifindex: int | None = None
+    mac: bytes = b""
+    bound: bool = False  # the address is on the interface (bind/local)
+    responding: bool = False  # the responder answers for it
+    ready: bool = False  # fully applied
+    gratuitous_sent: int = 0
+    last_error: str | None = None
+    errors: int = 0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+def _key(intent: L2Intent) -> tuple[str, str]:
+    return (intent.interface, intent.mode)
+
+
+class L2Announcer:
+    def __init__(
+        self,
+        *,
+        netlink: Netlink | None = None,
+        address_lifetime: float = DEFAULT_LIFETIME,
+        refresh_interval: float = DEFAULT_REFRESH,
+        burst_spacing: float = BURST_SPACING,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._nl = netlink
+        self._own_nl = netlink is None
+        self._lifetime = address_lifetime
+        self._refresh_interval = refresh_interval
+        self._burst_spacing = burst_spacing
+        self._wall = wall_clock
+        self._entries: dict[IPAddress, _Entry] = {}
+        self._responders: dict[str, Responder] = {}
+        self._senders: dict[str, socket.socket] = {}
+        self._binder: AddressBinder | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    # -- public API ---------------------------------------------------------
+
+    async def apply(self, intents: Sequence[L2Intent]) -> None:
+        async with self._lock:
+            desired: dict[IPAddress, L2Intent] = {}
+            for intent in intents:
+                if intent.vip in desired and _key(desired[intent.vip]) != _key(intent):
+                    log.warning("l2_duplicate_intent", vip=str(intent.vip), kept=desired[intent.vip].interface, dropped=intent.interface)
+                    continue
+                desired.setdefault(intent.vip, intent)
+            for vip in list(self._entries):
+                entry = self._entries[vip]
+                if vip not in desired or _key(desired[vip]) != _key(entry.intent):
+                    await self._withdraw(vip)
+            inventory: list[LocalInterface] | None = None
+            for vip, intent in desired.items():
+                entry = self._entries.get(vip)
+                if entry is not None and entry.ready:
+                    entry.intent = intent  # burst/interval/services changes apply from now on
+                    if intent.mode != "local" and intent.announce_interval > 0 and (entry.task is None or entry.task.done()):
+                        # Periodic announcements were off and are now on: no new burst.
+                        entry.task = asyncio.create_task(self._announce(entry, burst=False), name=f"l2-announce-{vip}")
+                    continue
+                if inventory is None:
+                    inventory = await self._inventory()
+                if entry is None:
+                    entry = self._entries[vip] = _Entry(intent=intent, since=self._wall())
+                entry.intent = intent
+                await self._takeover(entry, inventory)
+            self._update_gauge()
+            self._ensure_refresh()
+
+    def status(self) -> list[dict[str, object]]:
+        rows = []
+        for vip, entry in sorted(self._entries.items(), key=lambda kv: (kv[0].version, kv[0])):
+            rows.append(
+                {
+                    "vip": str(vip),
+                    "interface": entry.intent.interface,
+                    "mode": entry.intent.mode,
+                    "state": "announced" if entry.ready else "error",
+                    "since": entry.since,
+                    "gratuitous_sent": entry.gratuitous_sent,
+                    "last_error": entry.last_error,
+                    "services": list(entry.intent.services),
+                }
+            )
+        return rows
+
+    async def close(self) -> None:
+        """Withdraw everything lbd added: addresses, responders, timers."""
+        async with self._lock:
+            if self._refresh_task is not None:
+                self._refresh_task.cancel()
+                await asyncio.gather(self._refresh_task, return_exceptions=True)
+                self._refresh_task = None
+            for vip in list(self._entries):
+                await self._withdraw(vip)
+            for responder in self._responders.values():
+                responder.close()
+            self._responders.clear()
+            for sock in self._senders.values():
+                sock.close()
+            self._senders.clear()
+            self._update_gauge()
+            if self._own_nl and self._nl is not None:
+                await self._nl.aclose()
+                self._nl = None
+                self._binder = None
+
+    async def cleanup_stale(self) -> int:
+        """Remove lbd-marked addresses that no applied VIP accounts for (after a crash)."""
+        async with self._lock:
+            binder = await self._get_binder()
+            keep = {(e.ifindex, vip) for vip, e in self._entries.items() if e.bound}
+            removed = 0
+            for marked in await binder.marked():
+                if (marked.ifindex, marked.address) in keep:
+                    continue
+                try:
+                    if await binder.remove(marked):
+                        removed += 1
+                        log.info("stale_address_removed", vip=str(marked.address), ifindex=marked.ifindex)
+                except Exception as exc:  # noqa: BLE001 - report, go on with the rest
+                    metrics.ERRORS.inc()
+                    log.warning("stale_address_remove_failed", vip=str(marked.address), error=str(exc))
+            return removed
+
+    # -- takeover and withdraw ----------------------------------------------
+
+    async def _takeover(self, entry: _Entry, inventory: list[LocalInterface]) -> None:
+        intent = entry.intent
+        vip, ifname = intent.vip, intent.interface
+        try:
+            if intent.mode not in MODES:
+                raise ValueError(f"unknown mode {intent.mode!r} (expected one of {', '.join(MODES)})")
+            if intent.mode == "local":
+                entry.ifindex = await self._ifindex(ifname)
+            else:
+                interface = next((i for i in inventory if i.name == ifname), None)
+                if interface is None:
+                    raise LookupError(f"interface {ifname} is not present or not usable (down, loopback, NOARP or enslaved)")
+                # Never announce where the VIP does not fit: nobody there would ask for it.
+                if not any(holds(n, vip) for n in interface.networks):
+                    nets = ", ".join(str(n.network) for n in interface.networks if n.version == vip.version) or "none"
+                    raise LookupError(f"{vip} does not fit any subnet of {ifname} ({nets})")
+                entry.ifindex = interface.index
+                entry.mac = mac_to_bytes(interface.mac)
+            if intent.mode in ("bind", "local") and not entry.bound:
+                await (await self._get_binder()).bind(entry.ifindex, vip)
+                entry.bound = True
+            if intent.mode == "responder" and not entry.responding:
+                self._responder(ifname, entry.ifindex, entry.mac).add(vip)
+                entry.responding = True
+            if intent.mode != "local" and entry.task is None:
+                entry.task = asyncio.create_task(self._announce(entry), name=f"l2-announce-{vip}")
+            entry.ready = True
+            entry.last_error = None
+            entry.since = self._wall()
+            log.info("vip_announced", vip=str(vip), interface=ifname, mode=intent.mode, services=list(intent.services))
+        except Exception as exc:  # noqa: BLE001 - per-VIP errors never crash the daemon
+            entry.ready = False
+            self._fail(entry, "vip_announce_failed", exc)
+
+    async def _withdraw(self, vip: IPAddress) -> None:
+        entry = self._entries.pop(vip)
+        if entry.task is not None:
+            entry.task.cancel()
+            await asyncio.gather(entry.task, return_exceptions=True)
+        ifname = entry.intent.interface
+        if entry.responding:
+            responder = self._responders.get(ifname)
+            if responder is not None:
+                responder.remove(vip)
+                if responder.vips == 0:
+                    responder.close()
+                    del self._responders[ifname]
+        if entry.bound and entry.ifindex is not None:
+            try:
+                await (await self._get_binder()).unbind(entry.ifindex, vip)
+            except Exception as exc:  # noqa: BLE001 - cleanup_stale or the lifetime gets it
+                self._fail(entry, "vip_unbind_failed", exc)
+        if not any(e.intent.interface == ifname for e in self._entries.values()):
+            sock = self._senders.pop(ifname, None)
+            if sock is not None:
+                sock.close()
+        # Like MetalLB, nothing is sent on losing ownership: the new owner's
+        # announcements replace the neighbours' entries.
+        if entry.ready or entry.bound or entry.responding:
+            log.info("vip_withdrawn", vip=str(vip), interface=ifname, mode=entry.intent.mode)
+
+    def _fail(self, entry: _Entry, event: str, exc: BaseException) -> None:
+        entry.errors += 1
+        entry.last_error = str(exc) or type(exc).__name__
+        metrics.ERRORS.inc()
+        log.warning(event, vip=str(entry.intent.vip), interface=entry.intent.interface, mode=entry.intent.mode, error=entry.last_error)
+
+    # -- announcements ------------------------------------------------------
+
+    def _frames(self, entry: _Entry) -> list[bytes]:
+        vip = entry.intent.vip
+        if isinstance(vip, ipaddress.IPv4Address):
+            return [arp.build_gratuitous(entry.mac, vip, arp.OP_REQUEST), arp.build_gratuitous(entry.mac, vip, arp.OP_REPLY)]
+        return [ndp.build_unsolicited_na(entry.mac, vip)]
+
+    def _send_announcement(self, entry: _Entry) -> None:
+        ifname = entry.intent.interface
+        try:
+            sock = self._senders.get(ifname)
+            if sock is None:
+                sock = self._senders[ifname] = rawsock.open_sender(ifname)
+            frames = self._frames(entry)
+            for frame in frames:
+                sock.send(frame)
+            entry.gratuitous_sent += len(frames)
+            metrics.GRATUITOUS_SENT.labels(vip=str(entry.intent.vip), interface=ifname).inc(len(frames))
+        except OSError as exc:
+            self._fail(entry, "gratuitous_send_failed", exc)
+
+    async def _announce(self, entry: _Entry, burst: bool = True) -> None:
+        """The takeover burst, then one announcement every ``announce_interval`` (0: none)."""
+        for i in range(max(1, entry.intent.announce_burst) if burst else 0):
+            if i:
+                await asyncio.sleep(self._burst_spacing)
+            self._send_announcement(entry)
+        while entry.intent.announce_interval > 0:
+            await asyncio.sleep(entry.intent.announce_interval)
+            self._send_announcement(entry)
+
+    # -- address lifetime refresh ---------------------------------------------
+
+    def _ensure_refresh(self) -> None:
+        if self._refresh_task is None and any(e.bound for e in self._entries.values()):
+            self._refresh_task = asyncio.create_task(self._refresh_loop(), name="l2-address-refresh")
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_interval)
+            async with self._lock:
+                await self._refresh_once()
+
+    async def _refresh_once(self) -> None:
+        """Renew every bound address's lifetime (and re-add one someone removed)."""
+        binder = await self._get_binder()
+        for vip, entry in self._entries.items():
+            if not entry.bound or entry.ifindex is None:
+                continue
+            try:
+                await binder.bind(entry.ifindex, vip)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(entry, "vip_refresh_failed", exc)
+
+    # -- plumbing -------------------------------------------------------------
+
+    async def _get_binder(self) -> AddressBinder:
+        if self._binder is None:
+            if self._nl is None:
+                self._nl = Netlink()
+            self._binder = AddressBinder(self._nl, lifetime=self._lifetime)
+        return self._binder
+
+    async def _inventory(self) -> list[LocalInterface]:
+        await self._get_binder()
+        try:
+            return await list_interfaces(self._nl)
+        except Exception as exc:  # noqa: BLE001 - every VIP then fails with this reason
+            metrics.ERRORS.inc()
+            log.warning("interface_inventory_failed", error=str(exc))
+            return []
+
+    async def _ifindex(self, ifname: str) -> int:
+        index = socket.if_nametoindex(ifname)  # OSError when absent
+        return index
+
+    def _responder(self, ifname: str, ifindex: int | None, mac: bytes) -> Responder:
+        responder = self._responders.get(ifname)
+        if responder is None:
+            assert ifindex is not None
+            responder = self._responders[ifname] = Responder(ifname, ifindex, mac)
+        return responder
+
+    def _update_gauge(self) -> None:
+        metrics.ANNOUNCED_VIPS.set(sum(1 for e in self._entries.values() if e.ready and e.intent.mode != "local"))
