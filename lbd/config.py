@@ -124,7 +124,9 @@ def load_config(path: Path, validate_source: SourceValidator | None = None) -> C
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: byte {exc.start}: the file is not valid UTF-8"]) from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError([f"{path}: line {line}, column {column}: the file is not valid UTF-8"]) from None
     return parse_config(text, path, validate_source)
 
 
@@ -195,9 +197,9 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
     pool_list = [pool for _, pool, _ in pools]
     pool_names = {pool.name for pool in pool_list}
     for label, item in [*l2, *exports]:
-        for j, name in enumerate(item.pools):
+        for name in item.pools:
             if name not in pool_names:
-                errors.add(f"{label}: pools[{j}]", f'no pool is named "{name}"{did_you_mean(name, pool_names)}')
+                errors.add(f"{label}: pools", f'no pool is named "{name}"{did_you_mean(name, pool_names)}')
     check_advertisements(errors, advertisements, pools, peers, peer_names, pool_names)
     errors.extend(check_services(services, pool_list, str(path), STATIC_PREFIX))
 
@@ -362,14 +364,14 @@ def _l2_advertisements(errors: Errors, doc: dict) -> list[tuple[str, L2Advertise
         before = len(errors)
         name = t.name("name", f"l2-{i}")
         pools = t.string_list("pools", names=True)
-        interfaces = []
+        interfaces: dict[str, int] = {}  # name -> index in the file
         for j, item in enumerate(t.array("interfaces") or []):
             ifname = check_ifname(errors, f"{t.at('interfaces')}[{j}]", item)
             if ifname is not None:
                 if ifname in interfaces:
-                    t.error(f"interfaces[{j}]", f"{quote(ifname)} repeats interfaces[{interfaces.index(ifname)}]")
+                    t.error(f"interfaces[{j}]", f"{quote(ifname)} repeats interfaces[{interfaces[ifname]}]")
                 else:
-                    interfaces.append(ifname)
+                    interfaces[ifname] = j
         node_selector = t.string_map("node_selector")
         mode = t.string("mode", defaults.mode, choices=("bind", "responder"))
         burst = t.integer("announce_burst", defaults.announce_burst, lo=1, hi=100)

@@ -240,7 +240,7 @@ def parse_advertisements(errors: Errors, doc: dict, aliases: dict[str, str]) -> 
         length = t.integer("aggregation_length", 32, lo=0, hi=32)
         length_v6 = t.integer("aggregation_length_v6", 128, lo=0, hi=128)
         local_pref = t.integer("local_pref", lo=0, hi=U32_MAX)
-        communities: list[str] = []
+        communities: dict[str, int] = {}  # value -> index in the file
         for j, item in enumerate(t.array("communities") or []):
             where = f"{t.at('communities')}[{j}]"
             text = check_string(errors, where, item)
@@ -252,9 +252,9 @@ def parse_advertisements(errors: Errors, doc: dict, aliases: dict[str, str]) -> 
                 continue
             assert value is not None
             if value in communities:
-                errors.add(where, f"{quote(text)} ({value}) repeats communities[{communities.index(value)}]")
+                errors.add(where, f"{quote(text)} ({value}) repeats communities[{communities[value]}]")
                 continue
-            communities.append(value)
+            communities[value] = j
         peers = t.string_list("peers", names=True)
         node_selector = t.string_map("node_selector")
         if name is not None and name in seen:
@@ -279,12 +279,12 @@ def check_advertisements(errors: Errors, advertisements: list[tuple[str, BgpAdve
     peer_by_name = {peer.name: peer for _, peer in peers}
     local_prefs: dict[tuple[str, int, int], tuple[int, str]] = {}
     for label, adv in advertisements:
-        for j, name in enumerate(adv.pools):
+        for name in adv.pools:
             if name not in pool_names:
-                errors.add(f"{label}: pools[{j}]", f'no pool is named "{name}"{did_you_mean(name, pool_names)}')
-        for j, name in enumerate(adv.peers):
+                errors.add(f"{label}: pools", f'no pool is named "{name}"{did_you_mean(name, pool_names)}')
+        for name in adv.peers:
             if name not in peer_names:
-                errors.add(f"{label}: peers[{j}]", f'no bgp_peer is named "{name}"{did_you_mean(name, peer_names)}')
+                errors.add(f"{label}: peers", f'no bgp_peer is named "{name}"{did_you_mean(name, peer_names)}')
         applies_to = [pool_by_name[n] for n in adv.pools if n in pool_by_name] or list(pool_by_name.values())
         for pool_label, pool, positions in applies_to:
             _check_aggregation(errors, label, adv, pool_label, pool, positions)

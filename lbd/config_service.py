@@ -153,16 +153,16 @@ def _service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | No
         by_family[family] = i
         addresses.append(address)
 
-    ports: list[PortSpec] = []
+    ports: dict[PortSpec, int] = {}  # port -> index in the file
     for i, item in enumerate(t.array("ports") or []):
         at = f"{t.at('ports')}[{i}]"
         spec = parse_port(errors, at, item)
         if spec is None:
             continue
         if spec in ports:
-            errors.add(at, f'"{spec}" repeats ports[{ports.index(spec)}]')
+            errors.add(at, f'"{spec}" repeats ports[{ports[spec]}]')
             continue
-        ports.append(spec)
+        ports[spec] = i
 
     share_key = t.string("share_key")
 
