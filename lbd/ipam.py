@@ -316,7 +316,7 @@ def _with_requests(book: _Book, req: _Request, fixed: Mapping[Family, IPAddress]
         if not poolmath.usable(p, address):
             return f'{what} {address} is skipped by pool "{p.name}" (avoid_buggy_ips)'
         if pool is not None and p.name != pool.name:
-            return f'{what}s are in different pools ("{pool.name}" and "{p.name}"); one service takes all its addresses from one pool'
+            return f'{what}es are in different pools ("{pool.name}" and "{p.name}"); one service takes all its addresses from one pool'
         pool = p
         conflict = book.conflict(req, address)
         if conflict is not None:
