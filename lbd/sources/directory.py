@@ -1,0 +1,282 @@
+"""The ``directory`` source: drop-in ``*.toml`` files of ``[[service]]`` tables.
+
+::
+
+    [[source]]
+    type = "directory"
+    name = "dropins"
+    path = "/etc/lbd/services.d"
+    rescan_interval = 5   # seconds; the safety net behind inotify
+
+Each file is validated with the main config's rules and messages
+(``lbd.config_service.parse_services_document``). Service names are
+``<source name>/<service name>``.
+
+Never read a half-written file as a deletion:
+
+- files are (re)read on ``IN_CLOSE_WRITE`` and ``IN_MOVED_TO`` only, i.e. once a
+  writer closed it or an atomic rename put it in place; ``IN_CREATE`` and
+  ``IN_MODIFY`` are ignored because the content is not complete yet;
+- deletions (``IN_DELETE``, ``IN_MOVED_FROM``) are acted on after a short
+  grace: editors that rename the old file away and write a new one produce
+  "gone" then "written" for the same name, which nets to a re-read;
+- temporary names are ignored: dotfiles (``.web.toml.swp``, ``.#web.toml``),
+  backups (``web.toml~``), and anything not ending in ``.toml``;
+- a file that does not parse keeps its last good services, and the error
+  (path, key, what) is reported: the source shows degraded;
+- the periodic rescan reads only files whose stat changed and that have been
+  left alone for ``settle`` seconds, so it cannot catch a ``cp`` mid-copy.
+
+Removing the directory itself withdraws nothing (reported as an error): remove
+the files to withdraw services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from lbd.model import ServiceSpec
+from lbd.sources.base import Publish, Source
+from lbd.sources.inotify import (
+    IN_CLOSE_WRITE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_IGNORED,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    IN_Q_OVERFLOW,
+    Inotify,
+)
+from lbd.sources.options import options_table
+
+try:  # the config engineer's public entry point, once it is re-exported there
+    from lbd.config import parse_services_document
+except ImportError:  # pragma: no cover - depends on what lbd.config exports
+    from lbd.config_service import parse_services_document
+
+WATCH_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+OPTION_KEYS = ("path", "rescan_interval", "settle")
+
+
+def is_candidate(name: str) -> bool:
+    """Whether a file name is a drop-in (not an editor temp file or backup)."""
+    return name.endswith(".toml") and not name.startswith((".", "#")) and "~" not in name and len(name) > 5
+
+
+@dataclass
+class _File:
+    signature: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) of the last read
+    services: list[ServiceSpec] = field(default_factory=list)  # last good
+    errors: list[str] = field(default_factory=list)
+
+
+class DirectorySource(Source):
+    debounce = 0.15  # seconds between an event and acting on it (batches editor save sequences)
+
+    @classmethod
+    def validate(cls, options: Mapping[str, Any]) -> list[str]:
+        t, errors = options_table(options, OPTION_KEYS)
+        path = t.string("path", required=True)
+        if path is not None and not os.path.isabs(path):
+            t.error("path", f"{path!r} must be an absolute path")
+        t.seconds("rescan_interval", 5.0, positive=True, hi=3600)
+        t.seconds("settle", 1.0, hi=60)
+        return errors.messages()
+
+    def __init__(self, config, context) -> None:
+        super().__init__(config, context)
+        self.path = Path(str(config.options["path"]))
+        self.rescan_interval = float(config.options.get("rescan_interval", 5.0))  # type: ignore[arg-type]
+        self.settle = float(config.options.get("settle", 1.0))  # type: ignore[arg-type]
+        self.files: dict[str, _File] = {}
+        self._pending: dict[str, str] = {}  # name -> "write" | "gone"
+        self._full_rescan = False
+        self._wake = asyncio.Event()
+        self._inotify: Inotify | None = None
+        self._watching = False
+        self._dir_error: str | None = None
+        self._published: list[ServiceSpec] | None = None
+        self._publish: Publish | None = None
+
+    # -- run loop ---------------------------------------------------------
+
+    async def run(self, publish: Publish) -> None:
+        self._publish = publish
+        loop = asyncio.get_running_loop()
+        self._inotify = Inotify()
+        loop.add_reader(self._inotify.fd, self._on_readable)
+        try:
+            self._ensure_watch()
+            self._rescan(initial=True)
+            self._emit()
+            while True:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.rescan_interval)
+                except asyncio.TimeoutError:
+                    self._ensure_watch()
+                    self._rescan(initial=False)
+                    self._emit()
+                    continue
+                await asyncio.sleep(self.debounce)
+                self._wake.clear()
+                self._flush()
+                self._emit()
+        finally:
+            loop.remove_reader(self._inotify.fd)
+            self._inotify.close()
+
+    def _ensure_watch(self) -> None:
+        assert self._inotify is not None
+        if self._watching:
+            return
+        try:
+            self._inotify.add_watch(str(self.path), WATCH_MASK)
+        except OSError as exc:
+            self._dir_error = f"{self.path}: cannot watch: {exc.strerror or exc}"
+            return
+        self._watching = True
+        self._dir_error = None
+        self._full_rescan = True
+
+    def _on_readable(self) -> None:
+        assert self._inotify is not None
+        try:
+            events = self._inotify.read()
+        except (OSError, ValueError) as exc:
+            self.log.warning("inotify_read_failed", error=repr(exc))
+            self._full_rescan = True
+            events = []
+        for ev in events:
+            if ev.mask & IN_Q_OVERFLOW:
+                self._full_rescan = True
+            elif ev.mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+                # The directory went away (or was moved): the watch is dead.
+                self._watching = False
+                self._dir_error = f"{self.path}: the directory was removed or moved; keeping its services"
+            elif is_candidate(ev.name):
+                if ev.mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
+                    self._pending[ev.name] = "write"
+                elif ev.mask & (IN_DELETE | IN_MOVED_FROM):
+                    self._pending.setdefault(ev.name, "gone")
+        self._wake.set()
+
+    # -- reading ----------------------------------------------------------
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        if self._full_rescan:
+            self._rescan(initial=False)
+        for name, what in sorted(pending.items()):
+            path = self.path / name
+            if what == "write":
+                self._load(name, path)
+            elif not path.exists():
+                self._forget(name)
+            # "gone" but present again: it was replaced; its close/rename event
+            # or the rescan will read the new content.
+
+    def _forget(self, name: str) -> None:
+        if self.files.pop(name, None) is not None:
+            self.log.info("dropin_removed", file=str(self.path / name))
+
+    def _rescan(self, *, initial: bool) -> None:
+        self._full_rescan = False
+        try:
+            entries = list(os.scandir(self.path))
+        except OSError as exc:
+            # Unreadable or missing directory: keep everything (never a silent deletion).
+            self._dir_error = f"{self.path}: cannot list: {exc.strerror or exc}"
+            return
+        if self._watching:
+            self._dir_error = None
+        present: set[str] = set()
+        now_ns = time.time_ns()
+        for entry in entries:
+            if not is_candidate(entry.name):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            present.add(entry.name)
+            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+            known = self.files.get(entry.name)
+            if known is not None and known.signature == sig:
+                continue
+            if not initial and now_ns - st.st_mtime_ns < self.settle * 1e9:
+                continue  # being written right now: its close event or a later rescan reads it
+            self._load(entry.name, Path(entry.path))
+        for name in list(self.files):
+            if name not in present:
+                self._forget(name)
+
+    def _load(self, name: str, path: Path) -> None:
+        entry = self.files.setdefault(name, _File())
+        try:
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    return
+                data = fh.read(16 * 1024 * 1024 + 1)
+        except FileNotFoundError:
+            self._forget(name)
+            return
+        except OSError as exc:
+            entry.errors = [f"{path}: cannot read: {exc.strerror or exc}"]
+            return
+        entry.signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if len(data) > 16 * 1024 * 1024:
+            entry.errors = [f"{path}: larger than 16 MiB; ignored (keeping its last good services)"]
+            return
+        try:
+            doc = tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            entry.errors = [f"{path}: not UTF-8 at byte {exc.start}"]
+            return
+        except tomllib.TOMLDecodeError as exc:
+            entry.errors = [f"{path}: {exc}"]
+            return
+        services, errors = parse_services_document(doc, str(path), "")
+        if errors:
+            entry.errors = list(errors)
+            self.log.warning("dropin_invalid", file=str(path), errors=errors,
+                             kept=len(entry.services))
+            return
+        entry.services = list(services)
+        entry.errors = []
+        self.log.info("dropin_loaded", file=str(path), services=len(services))
+
+    # -- output -----------------------------------------------------------
+
+    def _emit(self) -> None:
+        errors: list[str] = []
+        if self._dir_error:
+            errors.append(self._dir_error)
+        seen: dict[str, str] = {}
+        snapshot: list[ServiceSpec] = []
+        for name in sorted(self.files):
+            entry = self.files[name]
+            errors.extend(entry.errors)
+            for spec in entry.services:
+                if spec.name in seen:
+                    errors.append(f'{self.path / name}: service "{spec.name}": name: already defined in '
+                                  f"{self.path / seen[spec.name]}")
+                    continue
+                seen[spec.name] = name
+                snapshot.append(spec)
+        self.context.set_error("; ".join(errors) if errors else None)
+        if snapshot != self._published:
+            self._published = snapshot
+            assert self._publish is not None
+            self._publish(snapshot)
