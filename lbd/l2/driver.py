@@ -19,12 +19,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import queue
+import subprocess
 import sys
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 from lbd.l2.announcer import L2Announcer
 from lbd.l2.interfaces import choose_interface, list_interfaces
 from lbd.model import L2Intent
+
+if TYPE_CHECKING:
+    from lbd.netlab import Host
 
 
 async def _intents(raw: list[dict[str, Any]]) -> tuple[list[L2Intent], dict[str, str]]:
@@ -77,6 +83,63 @@ async def main() -> None:
     finally:
         await announcer.close()
         print(json.dumps({"closed": True}), flush=True)
+
+
+class DriverClient:
+    """Runs this driver in a lab host (``lbd.netlab.Host``) and talks JSON lines to it."""
+
+    def __init__(self, host: "Host", refresh: float = 30.0) -> None:
+        self.host = host
+        self.proc = host.popen(
+            [sys.executable, "-m", "lbd.l2.driver", str(refresh)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines.put), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
+        first = self._next(timeout=20)
+        if first != "ready":
+            raise RuntimeError(f"driver did not start: {first!r} {self.stderr[-20:]}")
+
+    @staticmethod
+    def _pump(stream: Any, sink: Any) -> None:
+        for raw in stream:
+            sink(raw.decode().rstrip("\n"))
+
+    def _next(self, timeout: float = 20.0) -> str:
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"driver gave no answer in {timeout}s; stderr: {self.stderr[-20:]}") from None
+
+    def send(self, command: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+        self.proc.stdin.flush()
+        return json.loads(self._next())
+
+    def apply(self, *intents: dict[str, Any]) -> dict[str, Any]:
+        return self.send({"apply": list(intents)})
+
+    def status(self, vip: str) -> dict[str, Any]:
+        rows = [r for r in self.send({"status": True})["status"] if r["vip"] == vip]
+        assert rows, f"{vip} not in status"
+        return rows[0]
+
+    def close(self) -> None:
+        """Withdraw everything (the driver's finally: announcer.close()) and wait for exit."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b'{"close": true}\n')
+        self.proc.stdin.flush()
+        assert json.loads(self._next()) == {"closed": True}
+        self.proc.wait(timeout=20)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, nothing cleaned up."""
+        self.host.lab.stop(self.proc, sig=9)
 
 
 if __name__ == "__main__":
