@@ -70,6 +70,23 @@ class Host:
         out = self.run(["cat", f"/sys/class/net/{self.ifname}/address"]).stdout
         return out.strip()
 
+    def arping(self, address: str, timeout: float = 3.0) -> str | None:
+        """Resolve ``address`` by one ARP request (arping); the replying MAC, or None."""
+        import re
+
+        out = self.run(["arping", "-c1", f"-w{timeout:g}", "-I", self.ifname, address], check=False,
+                       timeout=timeout + 10).stdout
+        found = re.search(r"bytes from ([0-9a-f:]{17}) ", out)
+        return found.group(1) if found else None
+
+    def ndisc(self, address: str) -> str | None:
+        """Resolve ``address`` by Neighbor Solicitation (ndisc6); the advertised MAC, or None."""
+        import re
+
+        out = self.run(["ndisc6", "-n", "-r2", "-w", "1000", address, self.ifname], check=False, timeout=15).stdout
+        found = re.search(r"Target link-layer address: ([0-9A-F:]{17})", out)
+        return found.group(1).lower() if found else None
+
     def add_address(self, address: str) -> None:
         flags = ["nodad"] if ":" in address else []
         self.run(["ip", "addr", "add", address, "dev", self.ifname, *flags])
@@ -200,3 +217,100 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
             return last
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class LbdNode:
+    """The real lbd daemon running in a lab host, with its own config, state and socket.
+
+    ``config`` is the TOML text without ``[node]`` paths: ``state_dir`` and
+    ``control_socket`` are filled in (in ``workdir``) unless the text sets them.
+    """
+
+    def __init__(self, host: Host, workdir: "os.PathLike[str] | str", config: str, name: str | None = None) -> None:
+        import sys
+        from pathlib import Path
+
+        self.host = host
+        self.name = name or host.name
+        self.workdir = Path(workdir) / f"lbd-{self.name}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.workdir / "lbd.sock"
+        self.state_dir = self.workdir / "state"
+        self.config_path = self.workdir / "lbd.toml"
+        self.log_path = self.workdir / "lbd.log"
+        self.bindir = Path(sys.executable).parent
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.write_config(config)
+
+    def write_config(self, config: str) -> None:
+        if "[node]" not in config:
+            config = f'[node]\nname = "{self.name}"\n' + config
+        head, sep, rest = config.partition("[node]\n")
+        extra = ""
+        if "state_dir" not in config:
+            extra += f'state_dir = "{self.state_dir}"\n'
+        if "control_socket" not in config:
+            extra += f'control_socket = "{self.socket}"\n'
+        if "name =" not in rest.split("[", 1)[0]:
+            extra += f'name = "{self.name}"\n'
+        text = head + sep + extra + rest
+        if "[log]" not in text:
+            text += '\n[log]\nformat = "json"\nlevel = "debug"\n'
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
+
+    def start(self, wait: bool = True, timeout: float = 20.0, env: dict[str, str] | None = None) -> "LbdNode":
+        log = open(self.log_path, "ab")
+        self.proc = self.host.popen(
+            [str(self.bindir / "lbd"), "--config", str(self.config_path), "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
+        )
+        log.close()
+        if wait:
+            wait_for(lambda: self.running() and self.ctl_ok("status"), timeout, what=f"lbd on {self.name} to answer")
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.bindir / "lbd-ctl"), "--socket", str(self.socket), *args],
+            capture_output=True, text=True, timeout=30,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"lbd-ctl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def ctl_ok(self, *args: str) -> bool:
+        try:
+            return self.ctl(*args, check=False).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def status(self) -> dict:
+        import json
+
+        return json.loads(self.ctl("--json", "status").stdout)
+
+    def service(self, name: str) -> dict:
+        for row in self.status()["services"]:
+            if row["name"] == name:
+                return row
+        raise KeyError(name)
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        code = self.host.lab.stop(self.proc, sig=sig, timeout=timeout)
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -32,6 +32,6 @@ def require_binary(*names: str) -> None:
     """Skip unless every named program is installed (CI installs them all)."""
     missing = [n for n in names if shutil.which(n) is None]
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must install: {', '.join(missing)}")
+        if os.environ.get("CI") or os.environ.get("LBD_REQUIRE_ALL"):
+            pytest.fail(f"not installed (make test installs them): {', '.join(missing)}")
         pytest.skip(f"not installed: {', '.join(missing)}")
