@@ -22,6 +22,10 @@ from lbd.model import AddressRange, IPAddress
 
 MISSING: Any = object()
 
+# Integers beyond this are reported without their digits: Python refuses to
+# print ints of more than 4300 digits, and no setting needs more than 20.
+HUGE = 10**30
+
 # Names of pools, advertisements, peers, services, sources: they show up in
 # messages, metrics labels, state files and namespaced service names.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -42,6 +46,8 @@ def quote(value: object, limit: int = 60) -> str:
     """Render a value from the document for a message: strings in double quotes."""
     if isinstance(value, str):
         text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > HUGE:
+        text = "a number of more than 30 digits"
     else:
         text = repr(value)
     if len(text) > limit:
@@ -303,6 +309,9 @@ def check_int(errors: Errors, where: str, value: object, *, lo: int | None = Non
             hint = "; write the number without quotes"
         errors.add(where, f"expected an integer, {got(value)}{hint}")
         return default
+    if abs(value) > HUGE and (lo is not None or hi is not None):
+        errors.add(where, f"{quote(value)} is out of range {lo}..{hi}")
+        return default
     if lo is not None and hi is not None and not lo <= value <= hi:
         errors.add(where, f"{value} is out of range {lo}..{hi}")
         return default
@@ -325,6 +334,9 @@ def check_seconds(errors: Errors, where: str, value: object, *, lo: float = 0.0,
                 number = float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match.group(2)]
                 hint = f"; durations are plain numbers of seconds: write {number:g}"
         errors.add(where, f"expected a number of seconds, {got(value)}{hint}")
+        return default
+    if isinstance(value, int) and abs(value) > HUGE:
+        errors.add(where, f"{quote(value)} is not a sensible number of seconds")
         return default
     if not math.isfinite(value):
         errors.add(where, f"{value} is not a finite number of seconds")
