@@ -1,0 +1,509 @@
+"""BGP path attributes and NLRI prefixes (RFC 4271 §4.3, §5; RFC 4760; RFC 1997;
+RFC 8092; RFC 6793), with the revised error handling of RFC 7606.
+
+Decoding never raises anything but :class:`BgpError`. Attribute faults that
+RFC 7606 downgrades are not raised: they are returned as :class:`Problem`
+records with the action to take ("treat-as-withdraw" or "attribute discard")
+and the RFC 4271 NOTIFICATION that the base spec would have sent. Faults
+that still require a session reset raise.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from lbd.bgp.errors import BgpError, ErrorCode, UpdateSubcode
+from lbd.model import IPNetwork
+
+AS_TRANS = 23456  # RFC 6793 §9
+
+AFI_IPV4 = 1
+AFI_IPV6 = 2
+SAFI_UNICAST = 1
+
+# Attribute flags (RFC 4271 §4.3)
+FLAG_OPTIONAL = 0x80
+FLAG_TRANSITIVE = 0x40
+FLAG_PARTIAL = 0x20
+FLAG_EXTENDED = 0x10
+
+
+class AttrType(enum.IntEnum):
+    ORIGIN = 1
+    AS_PATH = 2
+    NEXT_HOP = 3
+    MULTI_EXIT_DISC = 4
+    LOCAL_PREF = 5
+    ATOMIC_AGGREGATE = 6
+    AGGREGATOR = 7
+    COMMUNITIES = 8
+    ORIGINATOR_ID = 9
+    CLUSTER_LIST = 10
+    MP_REACH_NLRI = 14
+    MP_UNREACH_NLRI = 15
+    AS4_PATH = 17
+    AS4_AGGREGATOR = 18
+    LARGE_COMMUNITY = 32
+
+
+# Expected Optional/Transitive bits per recognised attribute (RFC 7606 §3 c).
+_EXPECTED_FLAGS: dict[int, int] = {
+    AttrType.ORIGIN: FLAG_TRANSITIVE,
+    AttrType.AS_PATH: FLAG_TRANSITIVE,
+    AttrType.NEXT_HOP: FLAG_TRANSITIVE,
+    AttrType.MULTI_EXIT_DISC: FLAG_OPTIONAL,
+    AttrType.LOCAL_PREF: FLAG_TRANSITIVE,
+    AttrType.ATOMIC_AGGREGATE: FLAG_TRANSITIVE,
+    AttrType.AGGREGATOR: FLAG_OPTIONAL | FLAG_TRANSITIVE,
+    AttrType.COMMUNITIES: FLAG_OPTIONAL | FLAG_TRANSITIVE,
+    AttrType.ORIGINATOR_ID: FLAG_OPTIONAL,
+    AttrType.CLUSTER_LIST: FLAG_OPTIONAL,
+    AttrType.MP_REACH_NLRI: FLAG_OPTIONAL,
+    AttrType.MP_UNREACH_NLRI: FLAG_OPTIONAL,
+    AttrType.AS4_PATH: FLAG_OPTIONAL | FLAG_TRANSITIVE,
+    AttrType.AS4_AGGREGATOR: FLAG_OPTIONAL | FLAG_TRANSITIVE,
+    AttrType.LARGE_COMMUNITY: FLAG_OPTIONAL | FLAG_TRANSITIVE,
+}
+
+ORIGIN_IGP = 0
+ORIGIN_EGP = 1
+ORIGIN_INCOMPLETE = 2
+
+AS_SET = 1
+AS_SEQUENCE = 2
+AS_CONFED_SEQUENCE = 3
+AS_CONFED_SET = 4
+
+AsPath = tuple[tuple[int, tuple[int, ...]], ...]  # ((segment type, (asn, ...)), ...)
+
+
+class Action(enum.IntEnum):
+    """RFC 7606 §2 approaches, ordered by strength (§3 f: the strongest wins)."""
+
+    ATTRIBUTE_DISCARD = 1
+    TREAT_AS_WITHDRAW = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    action: Action
+    error: BgpError
+
+
+# ---------------------------------------------------------------------------
+# Prefixes (RFC 4271 §4.3 NLRI encoding: length in bits, then the minimum octets)
+# ---------------------------------------------------------------------------
+
+
+def encode_prefix(prefix: IPNetwork) -> bytes:
+    plen = prefix.prefixlen
+    return bytes((plen,)) + prefix.network_address.packed[: (plen + 7) // 8]
+
+
+def encode_prefixes(prefixes: Iterable[IPNetwork]) -> bytes:
+    return b"".join(encode_prefix(p) for p in prefixes)
+
+
+def decode_prefixes(data: bytes, afi: int, subcode: int = UpdateSubcode.INVALID_NETWORK_FIELD) -> list[IPNetwork]:
+    """Decode a run of NLRI prefixes; syntactic faults raise ``BgpError(3, subcode)``."""
+    out: list[IPNetwork] = []
+    width = 4 if afi == AFI_IPV4 else 16
+    maxlen = width * 8
+    i = 0
+    n = len(data)
+    make = ipaddress.IPv4Network if width == 4 else ipaddress.IPv6Network
+    while i < n:
+        plen = data[i]
+        if plen > maxlen:
+            raise BgpError(ErrorCode.UPDATE_MESSAGE, subcode, reason=f"prefix length {plen} > {maxlen}")
+        nbytes = (plen + 7) // 8
+        if i + 1 + nbytes > n:
+            raise BgpError(ErrorCode.UPDATE_MESSAGE, subcode, reason="prefix runs past the field")
+        value = int.from_bytes(data[i + 1 : i + 1 + nbytes], "big") << (8 * (width - nbytes))
+        # Trailing bits beyond the prefix length are irrelevant (RFC 4271 §4.3): mask them.
+        value &= ((1 << maxlen) - 1) ^ ((1 << (maxlen - plen)) - 1)
+        out.append(make((value, plen)))
+        i += 1 + nbytes
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Path attributes
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MpReach:
+    afi: int
+    safi: int
+    next_hops: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]  # global[, link-local]
+    nlri: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
+class MpUnreach:
+    afi: int
+    safi: int
+    nlri: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
+class RawAttribute:
+    flags: int
+    type: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class PathAttributes:
+    origin: int | None = None
+    as_path: AsPath | None = None  # true (4-octet) ASNs
+    next_hop: ipaddress.IPv4Address | None = None
+    med: int | None = None
+    local_pref: int | None = None
+    atomic_aggregate: bool = False
+    aggregator: tuple[int, ipaddress.IPv4Address] | None = None
+    communities: tuple[tuple[int, int], ...] = ()
+    large_communities: tuple[tuple[int, int, int], ...] = ()
+    originator_id: ipaddress.IPv4Address | None = None
+    cluster_list: tuple[ipaddress.IPv4Address, ...] = ()
+    as4_path: AsPath | None = None
+    as4_aggregator: tuple[int, ipaddress.IPv4Address] | None = None
+    mp_reach: MpReach | None = None
+    mp_unreach: MpUnreach | None = None
+    unknown: tuple[RawAttribute, ...] = field(default=())
+
+    def is_empty(self) -> bool:
+        return self == _EMPTY
+
+
+_EMPTY = PathAttributes()
+
+
+def attribute_header(flags: int, type_code: int, length: int) -> bytes:
+    """Flags, type and a one- or two-octet length (extended length when > 255)."""
+    if length > 255:
+        return struct.pack("!BBH", (flags | FLAG_EXTENDED) & 0xF0, type_code, length)
+    return struct.pack("!BBB", flags & ~FLAG_EXTENDED & 0xF0, type_code, length)
+
+
+def encode_attribute(flags: int, type_code: int, value: bytes) -> bytes:
+    return attribute_header(flags, type_code, len(value)) + value
+
+
+def encode_as_path(path: AsPath, four_octet: bool) -> bytes:
+    """Encode AS_PATH segments; with 2-octet ASNs, ASNs above 65535 become AS_TRANS."""
+    out = []
+    fmt = "!I" if four_octet else "!H"
+    for seg_type, asns in path:
+        # A segment holds at most 255 ASNs: split longer ones.
+        for start in range(0, max(len(asns), 1), 255):
+            chunk = asns[start : start + 255]
+            out.append(struct.pack("!BB", seg_type, len(chunk)))
+            for asn in chunk:
+                out.append(struct.pack(fmt, asn if four_octet or asn <= 0xFFFF else AS_TRANS))
+    return b"".join(out)
+
+
+def needs_as4_path(path: AsPath) -> bool:
+    return any(asn > 0xFFFF for _, asns in path for asn in asns)
+
+
+def encode_mp_reach(reach: MpReach) -> bytes:
+    nh = b"".join(a.packed for a in reach.next_hops)
+    value = struct.pack("!HBB", reach.afi, reach.safi, len(nh)) + nh + b"\x00" + encode_prefixes(reach.nlri)
+    return encode_attribute(FLAG_OPTIONAL, AttrType.MP_REACH_NLRI, value)
+
+
+def encode_mp_unreach(unreach: MpUnreach) -> bytes:
+    value = struct.pack("!HB", unreach.afi, unreach.safi) + encode_prefixes(unreach.nlri)
+    return encode_attribute(FLAG_OPTIONAL, AttrType.MP_UNREACH_NLRI, value)
+
+
+def encode_attributes(attrs: PathAttributes, four_octet: bool = True) -> bytes:
+    """Encode every present attribute; MP_(UN)REACH first (RFC 7606 §5.1), then by type."""
+    out: list[bytes] = []
+    if attrs.mp_reach is not None:
+        out.append(encode_mp_reach(attrs.mp_reach))
+    if attrs.mp_unreach is not None:
+        out.append(encode_mp_unreach(attrs.mp_unreach))
+    if attrs.origin is not None:
+        out.append(encode_attribute(FLAG_TRANSITIVE, AttrType.ORIGIN, bytes((attrs.origin,))))
+    if attrs.as_path is not None:
+        out.append(encode_attribute(FLAG_TRANSITIVE, AttrType.AS_PATH, encode_as_path(attrs.as_path, four_octet)))
+    if attrs.next_hop is not None:
+        out.append(encode_attribute(FLAG_TRANSITIVE, AttrType.NEXT_HOP, attrs.next_hop.packed))
+    if attrs.med is not None:
+        out.append(encode_attribute(FLAG_OPTIONAL, AttrType.MULTI_EXIT_DISC, struct.pack("!I", attrs.med)))
+    if attrs.local_pref is not None:
+        out.append(encode_attribute(FLAG_TRANSITIVE, AttrType.LOCAL_PREF, struct.pack("!I", attrs.local_pref)))
+    if attrs.atomic_aggregate:
+        out.append(encode_attribute(FLAG_TRANSITIVE, AttrType.ATOMIC_AGGREGATE, b""))
+    if attrs.aggregator is not None:
+        asn, ip = attrs.aggregator
+        fmt = "!I" if four_octet else "!H"
+        value = struct.pack(fmt, asn if four_octet or asn <= 0xFFFF else AS_TRANS) + ip.packed
+        out.append(encode_attribute(FLAG_OPTIONAL | FLAG_TRANSITIVE, AttrType.AGGREGATOR, value))
+    if attrs.communities:
+        value = b"".join(struct.pack("!HH", a, b) for a, b in attrs.communities)
+        out.append(encode_attribute(FLAG_OPTIONAL | FLAG_TRANSITIVE, AttrType.COMMUNITIES, value))
+    if attrs.originator_id is not None:
+        out.append(encode_attribute(FLAG_OPTIONAL, AttrType.ORIGINATOR_ID, attrs.originator_id.packed))
+    if attrs.cluster_list:
+        out.append(encode_attribute(FLAG_OPTIONAL, AttrType.CLUSTER_LIST, b"".join(a.packed for a in attrs.cluster_list)))
+    as4_path = attrs.as4_path
+    if as4_path is None and not four_octet and attrs.as_path is not None and needs_as4_path(attrs.as_path):
+        as4_path = attrs.as_path  # RFC 6793 §4.2.2: carry the true path beside AS_TRANS
+    if as4_path is not None:
+        out.append(encode_attribute(FLAG_OPTIONAL | FLAG_TRANSITIVE, AttrType.AS4_PATH, encode_as_path(as4_path, True)))
+    as4_aggregator = attrs.as4_aggregator
+    if as4_aggregator is None and not four_octet and attrs.aggregator is not None and attrs.aggregator[0] > 0xFFFF:
+        as4_aggregator = attrs.aggregator
+    if as4_aggregator is not None:
+        value = struct.pack("!I", as4_aggregator[0]) + as4_aggregator[1].packed
+        out.append(encode_attribute(FLAG_OPTIONAL | FLAG_TRANSITIVE, AttrType.AS4_AGGREGATOR, value))
+    if attrs.large_communities:
+        value = b"".join(struct.pack("!III", *c) for c in attrs.large_communities)
+        out.append(encode_attribute(FLAG_OPTIONAL | FLAG_TRANSITIVE, AttrType.LARGE_COMMUNITY, value))
+    for raw in attrs.unknown:
+        out.append(encode_attribute(raw.flags, raw.type, raw.value))
+    return b"".join(out)
+
+
+# ---------------------------------------------------------------------------
+# Decoding with RFC 7606
+# ---------------------------------------------------------------------------
+
+
+def _upd(subcode: int, data: bytes = b"", reason: str = "") -> BgpError:
+    return BgpError(ErrorCode.UPDATE_MESSAGE, subcode, data, reason)
+
+
+def _decode_as_path(value: bytes, four_octet: bool) -> AsPath:
+    width = 4 if four_octet else 2
+    fmt = "!I" if four_octet else "!H"
+    segs: list[tuple[int, tuple[int, ...]]] = []
+    i = 0
+    while i < len(value):
+        if i + 2 > len(value):
+            raise _upd(UpdateSubcode.MALFORMED_AS_PATH, reason="truncated AS_PATH segment header")
+        seg_type, count = value[i], value[i + 1]
+        if seg_type not in (AS_SET, AS_SEQUENCE, AS_CONFED_SEQUENCE, AS_CONFED_SET):
+            raise _upd(UpdateSubcode.MALFORMED_AS_PATH, reason=f"bad AS_PATH segment type {seg_type}")
+        if count == 0:
+            raise _upd(UpdateSubcode.MALFORMED_AS_PATH, reason="empty AS_PATH segment")  # RFC 7606 §7.2
+        end = i + 2 + count * width
+        if end > len(value):
+            raise _upd(UpdateSubcode.MALFORMED_AS_PATH, reason="AS_PATH segment overruns attribute")
+        asns = tuple(struct.unpack(fmt, value[j : j + width])[0] for j in range(i + 2, end, width))
+        segs.append((seg_type, asns))
+        i = end
+    return tuple(segs)
+
+
+def _decode_mp_reach(value: bytes) -> MpReach:
+    # Malformed MP_REACH_NLRI cannot be treat-as-withdrawn (the NLRI are in it):
+    # RFC 7606 §7.11 asks for session reset (or AFI/SAFI disable, which we lack).
+    if len(value) < 5:
+        raise _upd(UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR, reason="MP_REACH_NLRI too short")
+    afi, safi, nhlen = struct.unpack("!HBB", value[:4])
+    if 4 + nhlen + 1 > len(value):
+        raise _upd(UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR, reason="MP_REACH_NLRI next hop overruns")
+    nh = value[4 : 4 + nhlen]
+    hops: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    if afi == AFI_IPV6 and nhlen in (16, 32):
+        hops = tuple(ipaddress.IPv6Address(nh[k : k + 16]) for k in range(0, nhlen, 16))
+    elif afi == AFI_IPV4 and nhlen == 4:
+        hops = (ipaddress.IPv4Address(nh),)
+    elif afi == AFI_IPV4 and nhlen in (16, 32):  # RFC 8950: IPv4 NLRI with an IPv6 next hop
+        hops = tuple(ipaddress.IPv6Address(nh[k : k + 16]) for k in range(0, nhlen, 16))
+    elif afi in (AFI_IPV4, AFI_IPV6):
+        raise _upd(UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR, reason=f"bad MP next hop length {nhlen}")
+    else:
+        return MpReach(afi, safi, (), ())  # a family we do not speak: keep it opaque
+    nlri_bytes = value[4 + nhlen + 1 :]
+    if safi != SAFI_UNICAST:
+        return MpReach(afi, safi, hops, ())
+    return MpReach(afi, safi, hops, tuple(decode_prefixes(nlri_bytes, afi, UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR)))
+
+
+def _decode_mp_unreach(value: bytes) -> MpUnreach:
+    if len(value) < 3:
+        raise _upd(UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR, reason="MP_UNREACH_NLRI too short")
+    afi, safi = struct.unpack("!HB", value[:3])
+    if afi not in (AFI_IPV4, AFI_IPV6) or safi != SAFI_UNICAST:
+        return MpUnreach(afi, safi, ())
+    return MpUnreach(afi, safi, tuple(decode_prefixes(value[3:], afi, UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR)))
+
+
+def decode_attributes(
+    data: bytes, *, four_octet: bool, ibgp: bool = True, peer_as: int | None = None
+) -> tuple[PathAttributes, list[Problem]]:
+    """Decode the Path Attributes field of an UPDATE.
+
+    Raises ``BgpError`` only for faults that RFC 7606 still answers with a
+    session reset; returns the others as problems.
+    """
+    values: dict[str, object] = {}
+    unknown: list[RawAttribute] = []
+    problems: list[Problem] = []
+    seen: set[int] = set()
+
+    def problem(action: Action, subcode: int, attr: bytes, reason: str) -> None:
+        problems.append(Problem(action, _upd(subcode, attr, reason)))
+
+    i = 0
+    n = len(data)
+    while i < n:
+        if n - i < 3 or (data[i] & FLAG_EXTENDED and n - i < 4):
+            # RFC 7606 §4: too few octets for an attribute header: treat-as-withdraw;
+            # the Total Attribute Length still locates the NLRI.
+            problem(Action.TREAT_AS_WITHDRAW, UpdateSubcode.MALFORMED_ATTRIBUTE_LIST, b"", "truncated attribute header")
+            break
+        flags, code = data[i], data[i + 1]
+        if flags & FLAG_EXTENDED:
+            length = struct.unpack("!H", data[i + 2 : i + 4])[0]
+            hdr = 4
+        else:
+            length = data[i + 2]
+            hdr = 3
+        if i + hdr + length > n:
+            # RFC 7606 §4: the last attribute overruns the field: treat-as-withdraw.
+            problem(Action.TREAT_AS_WITHDRAW, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, data[i:], "attribute overruns the attribute field")
+            break
+        whole = data[i : i + hdr + length]
+        value = data[i + hdr : i + hdr + length]
+        i += hdr + length
+
+        if code in seen:
+            # RFC 7606 §3 g: a repeated MP_(UN)REACH is a session reset; any other
+            # repeat is discarded.
+            if code in (AttrType.MP_REACH_NLRI, AttrType.MP_UNREACH_NLRI):
+                raise _upd(UpdateSubcode.MALFORMED_ATTRIBUTE_LIST, reason=f"attribute {code} repeated")
+            continue
+        seen.add(code)
+
+        expected = _EXPECTED_FLAGS.get(code)
+        if expected is None:
+            if not flags & FLAG_OPTIONAL:
+                # RFC 4271 §6.3: an unrecognised well-known attribute; RFC 7606 keeps the reset.
+                raise _upd(UpdateSubcode.UNRECOGNIZED_WELL_KNOWN_ATTRIBUTE, whole, f"unrecognized well-known attribute {code}")
+            unknown.append(RawAttribute(flags, code, bytes(value)))
+            continue
+        if flags & (FLAG_OPTIONAL | FLAG_TRANSITIVE) != expected:
+            if code in (AttrType.MP_REACH_NLRI, AttrType.MP_UNREACH_NLRI):
+                raise _upd(UpdateSubcode.ATTRIBUTE_FLAGS_ERROR, whole, f"bad flags on attribute {code}")
+            # RFC 7606 §3 c: treat-as-withdraw.
+            problem(Action.TREAT_AS_WITHDRAW, UpdateSubcode.ATTRIBUTE_FLAGS_ERROR, whole, f"bad flags 0x{flags:02x} on attribute {code}")
+            continue
+        if length == 0 and code not in (AttrType.AS_PATH, AttrType.ATOMIC_AGGREGATE):
+            # RFC 7606 §3 e (zero-length attributes that may not be empty).
+            if code in (AttrType.MP_REACH_NLRI, AttrType.MP_UNREACH_NLRI):
+                raise _upd(UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, f"empty attribute {code}")
+            action = Action.ATTRIBUTE_DISCARD if code in (AttrType.AGGREGATOR, AttrType.AS4_PATH, AttrType.AS4_AGGREGATOR) else Action.TREAT_AS_WITHDRAW
+            problem(action, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, f"empty attribute {code}")
+            continue
+        try:
+            _decode_one(code, value, whole, values, four_octet, ibgp, problem)
+        except BgpError as exc:
+            if code in (AttrType.MP_REACH_NLRI, AttrType.MP_UNREACH_NLRI):
+                raise
+            # A syntactic fault inside AS_PATH (RFC 7606 §7.2): treat-as-withdraw;
+            # in AS4_PATH (RFC 6793 §6): discard the attribute.
+            act = Action.ATTRIBUTE_DISCARD if code == AttrType.AS4_PATH else Action.TREAT_AS_WITHDRAW
+            problems.append(Problem(act, BgpError(exc.code, exc.subcode, whole, exc.reason)))
+
+    # eBGP: the leftmost AS must be the peer's (RFC 4271 §6.3, RFC 7606 §7.2 treat-as-withdraw).
+    as_path = values.get("as_path")
+    if not ibgp and peer_as is not None and isinstance(as_path, tuple) and as_path:
+        first_type, first_asns = as_path[0]
+        leftmost_ok = first_type == AS_SEQUENCE and (first_asns[0] == peer_as or (not four_octet and first_asns[0] == AS_TRANS))
+        if not leftmost_ok:
+            problem(Action.TREAT_AS_WITHDRAW, UpdateSubcode.MALFORMED_AS_PATH, b"", "leftmost AS is not the peer's")
+    if unknown:
+        values["unknown"] = tuple(unknown)
+    return PathAttributes(**values), problems  # type: ignore[arg-type]
+
+
+def _decode_one(code: int, value: bytes, whole: bytes, values: dict[str, object], four_octet: bool, ibgp: bool, problem) -> None:  # type: ignore[no-untyped-def]
+    tw = Action.TREAT_AS_WITHDRAW
+    ln = len(value)
+    if code == AttrType.ORIGIN:
+        if ln != 1:
+            problem(tw, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, "ORIGIN length")
+        elif value[0] > ORIGIN_INCOMPLETE:
+            problem(tw, UpdateSubcode.INVALID_ORIGIN, whole, f"ORIGIN value {value[0]}")
+        else:
+            values["origin"] = value[0]
+    elif code == AttrType.AS_PATH:
+        values["as_path"] = _decode_as_path(value, four_octet)
+    elif code == AttrType.NEXT_HOP:
+        if ln != 4:
+            problem(tw, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, "NEXT_HOP length")
+            return
+        nh = ipaddress.IPv4Address(value)
+        # RFC 4271 §6.3: a semantically wrong NEXT_HOP is logged and the route
+        # ignored, without a NOTIFICATION; RFC 7606 §7.3 keeps treat-as-withdraw.
+        if nh.is_unspecified or nh.is_multicast or nh == ipaddress.IPv4Address("255.255.255.255"):
+            problem(tw, UpdateSubcode.INVALID_NEXT_HOP, whole, f"NEXT_HOP {nh}")
+            return
+        values["next_hop"] = nh
+    elif code == AttrType.MULTI_EXIT_DISC:
+        if ln != 4:
+            problem(tw, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, "MED length")
+        else:
+            values["med"] = struct.unpack("!I", value)[0]
+    elif code == AttrType.LOCAL_PREF:
+        if not ibgp:
+            return  # RFC 4271 §5.1.5 / RFC 7606 §7.5: ignored (discarded) from an external peer
+        if ln != 4:
+            problem(tw, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, "LOCAL_PREF length")
+        else:
+            values["local_pref"] = struct.unpack("!I", value)[0]
+    elif code == AttrType.ATOMIC_AGGREGATE:
+        if ln != 0:
+            problem(Action.ATTRIBUTE_DISCARD, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, "ATOMIC_AGGREGATE length")
+        else:
+            values["atomic_aggregate"] = True
+    elif code in (AttrType.AGGREGATOR, AttrType.AS4_AGGREGATOR):
+        width = 4 if (four_octet or code == AttrType.AS4_AGGREGATOR) else 2
+        if ln != width + 4:
+            problem(Action.ATTRIBUTE_DISCARD, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, "AGGREGATOR length")  # RFC 7606 §7.7
+            return
+        asn = int.from_bytes(value[:width], "big")
+        key = "aggregator" if code == AttrType.AGGREGATOR else "as4_aggregator"
+        values[key] = (asn, ipaddress.IPv4Address(value[width:]))
+    elif code == AttrType.COMMUNITIES:
+        if ln % 4:
+            problem(tw, UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR, whole, "COMMUNITIES length")  # RFC 7606 §7.8
+        else:
+            values["communities"] = tuple(struct.unpack("!HH", value[k : k + 4]) for k in range(0, ln, 4))
+    elif code == AttrType.ORIGINATOR_ID:
+        if ln != 4:
+            problem(tw, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, "ORIGINATOR_ID length")
+        else:
+            values["originator_id"] = ipaddress.IPv4Address(value)
+    elif code == AttrType.CLUSTER_LIST:
+        if ln % 4:
+            problem(tw, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, "CLUSTER_LIST length")
+        else:
+            values["cluster_list"] = tuple(ipaddress.IPv4Address(value[k : k + 4]) for k in range(0, ln, 4))
+    elif code == AttrType.AS4_PATH:
+        values["as4_path"] = _decode_as_path(value, True)
+    elif code == AttrType.LARGE_COMMUNITY:
+        if ln % 12:
+            problem(tw, UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR, whole, "LARGE_COMMUNITY length")  # RFC 8092 §6
+        else:
+            values["large_communities"] = tuple(struct.unpack("!III", value[k : k + 12]) for k in range(0, ln, 12))
+    elif code == AttrType.MP_REACH_NLRI:
+        values["mp_reach"] = _decode_mp_reach(value)
+    elif code == AttrType.MP_UNREACH_NLRI:
+        values["mp_unreach"] = _decode_mp_unreach(value)
+
+
+def strongest(problems: Sequence[Problem]) -> Action | None:
+    return max((p.action for p in problems), default=None)
