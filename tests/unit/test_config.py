@@ -519,3 +519,45 @@ def test_example_cluster_block_is_valid() -> None:
 def test_base_skeleton_is_valid() -> None:
     assert ok("").pool("lan") is not None
     assert BASE.strip()
+
+
+# --- docs/configuration.md --------------------------------------------------------
+
+
+def _doc_blocks(lang: str) -> list[str]:
+    text = (REPO / "docs" / "configuration.md").read_text()
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+def test_documented_examples_are_valid() -> None:
+    blocks = _doc_blocks("toml")
+    assert len(blocks) >= 2
+    story = parse_config(blocks[-1], FILE)
+    assert [p.name for p in story.pools] == ["lan", "routed"]
+    assert story.bgp_advertisements[0].aggregation_length == 32
+    assert story.bgp_peers[0].my_asn == story.bgp_peers[0].peer_asn == 64512
+    # the [communities] snippet is valid on its own
+    assert parse_config('[node]\nname = "n"\n' + blocks[0], FILE).communities["tenant-a"] == "large:64512:1:42"
+
+
+def test_documented_error_output_is_what_lbd_prints() -> None:
+    shown = _doc_blocks("")[0]  # the first plain fence: the `lbd check` output
+    expected = [line for line in shown.splitlines() if line.startswith("/etc/lbd.toml: ")]
+    found = errors("""
+[[pool]]
+name = "lan2"
+addresses = ["10.0.0.0/24"]
+""", base='[node]\nname = "n"\n[[pool]]\nname = "lan"\naddresses = ["192.168.1.48/28", "10.0.0.300/24"]\n'
+         'auto_asign = true\n[[l2_advertisement]]\nname = "lan-arp"\npools = ["lna"]\n')
+    assert found == expected
+
+
+def test_every_key_is_documented() -> None:
+    from lbd import config as cfg
+    from lbd.config_bgp import ADVERTISEMENT_KEYS, PEER_KEYS
+    from lbd.config_service import HEALTH_KEYS, SERVICE_KEYS
+
+    text = (REPO / "docs" / "configuration.md").read_text()
+    for key in (cfg.TOP_KEYS + cfg.NODE_KEYS + cfg.CLUSTER_KEYS + cfg.POOL_KEYS + cfg.L2_KEYS + cfg.EXPORT_KEYS
+                + cfg.LOG_KEYS + cfg.METRICS_KEYS + PEER_KEYS + ADVERTISEMENT_KEYS + SERVICE_KEYS + HEALTH_KEYS):
+        assert f"`{key}`" in text or f"[{key}]" in text or f"[[{key}]]" in text, key
