@@ -293,7 +293,15 @@ class L2Announcer:
             try:
                 await binder.bind(entry.ifindex, vip)
             except Exception as exc:  # noqa: BLE001
+                # Typically the interface went away (ENODEV). Forget what was
+                # applied so the next apply() redoes the whole takeover
+                # (interface lookup, bind, burst) instead of trusting state.
                 self._fail(entry, "vip_refresh_failed", exc)
+                entry.ready = entry.bound = False
+                if entry.task is not None:
+                    entry.task.cancel()
+                    entry.task = None
+                self._update_gauge()
 
     # -- plumbing -------------------------------------------------------------
 

@@ -255,3 +255,20 @@ async def test_local_mode_binds_without_announcing(sent: list[bytes], monkeypatc
     assert ann.status()[0]["state"] == "announced"
     await ann.close()
     assert (1, "10.88.0.1") not in nl.addrs
+
+
+async def test_failed_refresh_makes_the_next_apply_redo_the_takeover(sent: list[bytes]) -> None:
+    nl = FakeNetlink()
+    ann = make(nl, refresh_interval=0.01)
+    await ann.apply([intent(V4, burst=1)])
+    await settle()
+    assert len(sent) == 2
+    nl.fail_next_add["10.77.0.10"] = 1
+    await asyncio.sleep(0.05)
+    (row,) = ann.status()
+    assert row["state"] == "error" and row["last_error"]
+    await ann.apply([intent(V4, burst=1)])
+    await settle()
+    assert ann.status()[0]["state"] == "announced"
+    assert len(sent) == 4  # a new takeover burst
+    await ann.close()
