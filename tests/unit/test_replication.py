@@ -1,0 +1,130 @@
+"""The replicated allocation table: convergence, partition merge, hostile input."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from lbd.cluster.replication import AllocationTable, TableEntry, TableError
+from lbd.model import Allocation, PortSpec, ServiceSpec
+
+ip = ipaddress.ip_address
+
+
+def alloc(name: str, *addresses: str, pool: str = "p") -> Allocation:
+    return Allocation(name, pool, tuple(ip(a) for a in addresses))
+
+
+def test_allocator_records_deltas_and_tombstones():
+    table = AllocationTable("n1")
+    changed = table.record({"a": alloc("a", "10.77.0.1"), "b": alloc("b", "10.77.0.2")}, {}, now_ms=1000)
+    assert [e.service for e in changed] == ["a", "b"]
+    assert table.record({"a": alloc("a", "10.77.0.1"), "b": alloc("b", "10.77.0.2")}, {}, now_ms=2000) == []
+    changed = table.record({"a": alloc("a", "10.77.0.1")}, {}, now_ms=3000)
+    assert [(e.service, e.addresses) for e in changed] == [("b", ())]
+    assert table.live()[0] == {"a": alloc("a", "10.77.0.1")}
+
+
+def test_replicas_converge_whatever_the_order():
+    writer = AllocationTable("n1")
+    deltas = []
+    for step in range(20):
+        allocations = {f"s{i}": alloc(f"s{i}", f"10.77.0.{i + step % 3}") for i in range(0, 10, 3)}
+        deltas.extend(writer.record(allocations, {}, now_ms=step * 10))
+    replicas = []
+    for seed in range(5):
+        replica = AllocationTable(f"r{seed}")
+        shuffled = deltas[:]
+        random.Random(seed).shuffle(shuffled)
+        for entry in shuffled:
+            replica.merge([entry])
+            replica.merge([entry])  # duplicates are harmless
+        replicas.append(replica)
+    for replica in replicas:
+        assert replica.entries == writer.entries
+        assert replica.live() == writer.live()
+
+
+def test_partition_heal_keeps_older_allocation_and_moves_one_side():
+    base = AllocationTable("a")
+    base.record({"old": alloc("old", "10.77.0.1")}, {}, now_ms=100)
+    left, right = AllocationTable("a"), AllocationTable("b")
+    left.merge(base.entries.values())
+    right.merge(base.entries.values())
+    # Each side's allocator hands the next free address to a different new service.
+    left.record({"old": alloc("old", "10.77.0.1"), "x": alloc("x", "10.77.0.2")}, {}, now_ms=200)
+    right.record({"old": alloc("old", "10.77.0.1"), "y": alloc("y", "10.77.0.2")}, {}, now_ms=300)
+    left.merge(right.entries.values())
+    right.merge(left.entries.values())
+    assert left.entries == right.entries
+    live, conflicts = left.live()
+    assert live["old"].addresses == (ip("10.77.0.1"),) and live["x"].addresses == (ip("10.77.0.2"),)
+    assert "y" not in live
+    assert [str(c) for c in conflicts] == ["10.77.0.2: kept by x (older allocation), y will be re-allocated"]
+    assert right.live() == (live, conflicts)
+
+
+def test_sharing_is_not_a_conflict():
+    table = AllocationTable("n1")
+    services = {
+        "a": ServiceSpec("a", share_key="k", ports=(PortSpec("tcp", 80),)),
+        "b": ServiceSpec("b", share_key="k", ports=(PortSpec("tcp", 443),)),
+    }
+    table.record({"a": alloc("a", "10.77.0.1"), "b": alloc("b", "10.77.0.1")}, services, now_ms=1)
+    live, conflicts = table.live()
+    assert set(live) == {"a", "b"} and conflicts == []
+
+
+def test_restart_from_persisted_state_keeps_everything():
+    table = AllocationTable("n1")
+    table.record({"a": alloc("a", "10.77.0.1", "fd77::1")}, {}, now_ms=5)
+    again = AllocationTable.from_state("n1", table.to_state())
+    assert again.entries == table.entries and again.clock == table.clock
+    seeded = AllocationTable.from_state("n1", None, legacy={"a": alloc("a", "10.77.0.1")}, now_ms=9)
+    assert seeded.live()[0] == {"a": alloc("a", "10.77.0.1")}
+
+
+def test_tombstones_are_collected_after_a_day():
+    table = AllocationTable("n1")
+    table.record({"a": alloc("a", "10.77.0.1")}, {}, now_ms=0)
+    table.record({}, {}, now_ms=1)
+    assert table.collect_garbage(now_ms=10) == 0
+    assert table.collect_garbage(now_ms=2 * 24 * 3600 * 1000) == 1 and table.entries == {}
+
+
+@given(st.binary(max_size=400))
+def test_decode_garbage_raises_table_error_only(data):
+    try:
+        AllocationTable.decode(data)
+    except TableError:
+        pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=3), children, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.sampled_from(list("spacuoktb") + ["x"]), json_values, max_size=10))
+def test_entry_from_json_rejects_precisely(raw):
+    try:
+        TableEntry.from_json(raw)
+    except TableError:
+        pass
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"s": "a", "p": "p", "o": "n", "c": 1, "u": 1}, "lacks 'a'"),
+    ({"s": "a", "p": "p", "o": "n", "c": 1, "u": 1, "a": ["10.0.0.300"]}, "entry address"),
+    ({"s": "a", "p": "p", "o": "n", "c": -1, "u": 1, "a": []}, "created is not a timestamp"),
+    ({"s": "a", "p": "p", "o": "n", "c": 1, "u": 1, "a": [], "t": ["tcp/0"]}, "PROTO/PORT"),
+])
+def test_entry_errors_are_precise(raw, message):
+    with pytest.raises(TableError, match=message):
+        TableEntry.from_json(raw)
