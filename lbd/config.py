@@ -39,11 +39,8 @@ from lbd.config_read import (
 from lbd.config_service import _parse_services, parse_service_table, parse_services_document
 from lbd.model import (
     AddressRange,
-    BgpAdvertisementConfig,
-    BgpPeerConfig,
     ClusterConfig,
     Config,
-    Family,
     L2AdvertisementConfig,
     LogConfig,
     MetricsConfig,
@@ -301,7 +298,6 @@ def _pools(errors: Errors, doc: dict) -> list[tuple[str, PoolConfig, tuple[int, 
     for i, data in array_of_tables(errors, doc, "pool"):
         label = entry_label("pool", data, i)
         t = Table(errors, label, data, POOL_KEYS)
-        before = len(errors)
         name = t.name(required=True)
         ranges: list[AddressRange] = []
         positions: list[int] = []
@@ -361,7 +357,6 @@ def _l2_advertisements(errors: Errors, doc: dict) -> list[tuple[str, L2Advertise
     for i, data in array_of_tables(errors, doc, "l2_advertisement"):
         label = entry_label("l2_advertisement", data, i)
         t = Table(errors, label, data, L2_KEYS)
-        before = len(errors)
         name = t.name("name", f"l2-{i}")
         pools = t.string_list("pools", names=True)
         interfaces: dict[str, int] = {}  # name -> index in the file
@@ -396,7 +391,6 @@ def _route_exports(errors: Errors, doc: dict) -> list[tuple[str, RouteExportConf
     for i, data in array_of_tables(errors, doc, "route_export"):
         label = entry_label("route_export", data, i)
         t = Table(errors, label, data, EXPORT_KEYS)
-        before = len(errors)
         name = t.name("name", f"export-{i}")
         table = t.integer("table", lo=1, hi=2**32 - 1, required=True)
         allow_main = t.boolean("allow_main_table", False)
@@ -432,7 +426,6 @@ def _sources(errors: Errors, doc: dict, validate_source: SourceValidator | None)
     seen: dict[str, int] = {}
     for i, data in array_of_tables(errors, doc, "source"):
         t = Table(errors, f"source[{i}]", data, tuple(data))  # options are the plugin's to check
-        before = len(errors)
         kind = t.name("type", required=True)
         name = t.name("name", kind)
         label = f'source "{name}"' if name is not None else f"source[{i}]"
@@ -440,7 +433,7 @@ def _sources(errors: Errors, doc: dict, validate_source: SourceValidator | None)
             errors.add(f"source[{i}]", f'name: "{name}" is already the name of source[{seen[name]}]'
                        + ("" if t.has("name") else " (set 'name' to run two sources of one type)"))
             continue
-        if len(errors) > before or kind is None or name is None:
+        if kind is None or name is None:
             continue
         seen[name] = i
         options = {k: v for k, v in data.items() if k not in ("type", "name")}

@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 import datetime
 import os
-import tomllib
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lbd import config as cfg
+from lbd.config import tomllib  # tomli before Python 3.11
 from lbd.config import ConfigError, config_from_document, parse_config
 from lbd.config_bgp import ADVERTISEMENT_KEYS, PEER_KEYS
 from lbd.config_service import HEALTH_KEYS, SERVICE_KEYS
@@ -93,7 +93,10 @@ LINE = st.one_of(
 @settings(max_examples=300 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(LINE, max_size=25))
 def test_toml_ish_documents(lines: list[str]) -> None:
-    check(lambda: parse_config("\n".join(lines) + "\n", FILE))
+    text = "\n".join(lines) + "\n"
+    check(lambda: parse_config(text, FILE))
+    # a source validator's messages join the others, still as ConfigError
+    check(lambda: parse_config(text, FILE, validate_source=lambda s: [f"checked {s.type}"] if s.options else []))
 
 
 def _mutate(doc: object, path: list, value: object) -> object:
