@@ -1,0 +1,595 @@
+"""BGP session FSM with a simulated clock (RFC 4271 §8, RFC 4724, RFC 7313)."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lbd.bgp import codec
+from lbd.bgp.attributes import AFI_IPV4, AFI_IPV6, AS_SEQUENCE, AS_TRANS, SAFI_UNICAST
+from lbd.bgp.codec import (
+    FourOctetAsCap,
+    GracefulRestartCap,
+    MultiprotocolCap,
+    Notification,
+    Open,
+    RouteRefresh,
+    RouteRefreshCap,
+    EnhancedRouteRefreshCap,
+    Update,
+)
+from lbd.bgp.fsm import (
+    CloseRequested,
+    ConnectRequested,
+    EndOfRibSent,
+    NotificationReceived,
+    NotificationSent,
+    Session,
+    SessionConfig,
+    SessionDown,
+    SessionEstablished,
+    State,
+    UpdateReceived,
+    collision_loser,
+)
+from lbd.bgp.packing import RouteAttrs
+
+A_ID = ipaddress.IPv4Address("10.77.0.1")
+B_ID = ipaddress.IPv4Address("10.77.0.2")
+LOCAL = ipaddress.IPv4Address("10.77.0.1")
+REMOTE = ipaddress.IPv4Address("10.77.0.2")
+
+
+def cfg(**kw: object) -> SessionConfig:
+    base: dict[str, object] = dict(local_as=64512, router_id=A_ID, peer_as=64513)
+    base.update(kw)
+    return SessionConfig(**base)  # type: ignore[arg-type]
+
+
+def peer_open(asn: int = 64513, hold: int = 90, rid: ipaddress.IPv4Address = B_ID, caps: tuple | None = None) -> bytes:  # type: ignore[type-arg]
+    if caps is None:
+        caps = (
+            MultiprotocolCap(AFI_IPV4, SAFI_UNICAST),
+            MultiprotocolCap(AFI_IPV6, SAFI_UNICAST),
+            RouteRefreshCap(),
+            EnhancedRouteRefreshCap(),
+            GracefulRestartCap(0, 120, ((1, 1, 0), (2, 1, 0))),
+        )
+    return codec.encode_open(Open.for_asn(asn, hold, rid, caps))
+
+
+def messages(data: bytes, four_octet: bool = True) -> list[codec.Message]:
+    return list(codec.iter_messages(data, four_octet=four_octet, ibgp=True))
+
+
+def notifications(events: list) -> list[tuple[int, int]]:  # type: ignore[type-arg]
+    return [(e.code, e.subcode) for e in events if isinstance(e, NotificationSent)]
+
+
+def establish(s: Session, now: float = 0.0, **open_kw: object) -> list:  # type: ignore[type-arg]
+    s.start(now)
+    s.connection_made(now, LOCAL, REMOTE)
+    s.data_to_send()
+    events = s.handle_bytes(peer_open(**open_kw), now)  # type: ignore[arg-type]
+    events += s.handle_bytes(codec.encode_keepalive(), now)
+    return events
+
+
+def routes(n: int, start: int = 0, attrs: RouteAttrs = RouteAttrs()) -> dict:  # type: ignore[type-arg]
+    return {ipaddress.IPv4Network((0x0A4D0000 + i, 32)): attrs for i in range(start, start + n)}
+
+
+def announced_prefixes(data: bytes) -> list:  # type: ignore[type-arg]
+    out = []
+    for m in messages(data):
+        if isinstance(m, Update):
+            out += m.announced()
+    return out
+
+
+# ------------------------------------------------------------- establishment
+
+
+def test_establish_sends_open_keepalive_routes_and_eor() -> None:
+    s = Session(cfg())
+    assert isinstance(s.start(0.0)[-1], ConnectRequested)
+    assert s.state == State.CONNECT
+    s.connection_made(0.0, LOCAL, REMOTE)
+    sent = messages(s.data_to_send())
+    assert isinstance(sent[0], Open) and sent[0].asn == 64512 and sent[0].hold_time == 90
+    s.set_routes(routes(3), 0.0)
+    s.handle_bytes(peer_open(), 0.0)
+    assert s.state == State.OPENCONFIRM
+    assert isinstance(messages(s.data_to_send())[0], codec.Keepalive)
+    events = s.handle_bytes(codec.encode_keepalive(), 1.0)
+    assert s.state == State.ESTABLISHED
+    assert any(isinstance(e, SessionEstablished) for e in events)
+    out = messages(s.data_to_send())
+    ups = [m for m in out if isinstance(m, Update)]
+    assert sorted(p for u in ups for p in u.announced()) == sorted(routes(3))
+    assert [u.end_of_rib() for u in ups[-2:]] == [(1, 1), (2, 1)]
+    eor = [e for e in events if isinstance(e, EndOfRibSent)]
+    assert (eor[0].afi, eor[0].prefixes) == (1, 3)
+    attrs = ups[0].attributes
+    assert attrs.next_hop == LOCAL and attrs.as_path == ((AS_SEQUENCE, (64512,)),) and attrs.local_pref is None
+
+
+def test_ibgp_sends_local_pref_and_empty_as_path() -> None:
+    s = Session(cfg(peer_as=64512))
+    s.set_routes(routes(1, attrs=RouteAttrs(local_pref=250, communities=((1, 2),), large_communities=((3, 4, 5),))), 0)
+    establish(s, asn=64512)
+    u = [m for m in messages(s.data_to_send()) if isinstance(m, Update)][0]
+    assert u.attributes.local_pref == 250 and u.attributes.as_path == ()
+    assert u.attributes.communities == ((1, 2),) and u.attributes.large_communities == ((3, 4, 5),)
+
+
+def test_two_octet_peer_gets_as_trans_and_as4_path() -> None:
+    s = Session(cfg(local_as=4200000001))
+    s.set_routes(routes(1), 0)
+    s.start(0)
+    s.connection_made(0, LOCAL, REMOTE)
+    assert messages(s.data_to_send())[0].my_as == AS_TRANS
+    s.handle_bytes(codec.encode_open(Open(64513, 90, B_ID, ())), 0)  # no capabilities at all
+    s.handle_bytes(codec.encode_keepalive(), 0)
+    assert s.negotiated is not None and not s.negotiated.four_octet and s.negotiated.families == ((1, 1),)
+    u = [m for m in messages(s.data_to_send(), four_octet=False) if isinstance(m, Update)][0]
+    assert u.attributes.as_path == ((AS_SEQUENCE, (AS_TRANS,)),)
+    assert u.attributes.as4_path == ((AS_SEQUENCE, (4200000001,)),)
+
+
+def test_ipv6_routes_use_mp_reach_with_configured_next_hop() -> None:
+    s = Session(cfg(next_hop_v6=ipaddress.IPv6Address("fd77::1")))
+    s.set_routes({ipaddress.IPv6Network("fd77:5::1/128"): RouteAttrs()}, 0)
+    establish(s)
+    u = [m for m in messages(s.data_to_send()) if isinstance(m, Update) and m.attributes.mp_reach][0]
+    assert u.attributes.mp_reach.next_hops == (ipaddress.IPv6Address("fd77::1"),)
+    assert u.announced() == (ipaddress.IPv6Network("fd77:5::1/128"),)
+
+
+def test_ipv6_route_without_next_hop_is_held_back() -> None:
+    s = Session(cfg())
+    s.set_routes({ipaddress.IPv6Network("fd77:5::1/128"): RouteAttrs()}, 0)
+    establish(s)
+    assert announced_prefixes(s.data_to_send()) == []
+    assert len(s.advertised) == 0
+
+
+# --------------------------------------------------------------------- timers
+
+
+def test_keepalive_cadence_and_hold_timer_expiry() -> None:
+    s = Session(cfg(hold_time=9))
+    establish(s, hold=30)
+    s.data_to_send()
+    assert s.negotiated.hold_time == 9 and s.negotiated.keepalive_time == 3
+    assert s.next_deadline() == 3
+    sent_at = []
+    t = 0.0
+    while t < 8.5:
+        t = s.next_deadline()
+        if t >= 9:
+            break
+        s.tick(t)
+        if s.data_to_send() == codec.encode_keepalive():
+            sent_at.append(t)
+    assert sent_at == [3, 6]
+    # Nothing received for the negotiated hold time: NOTIFICATION 4/0 and Idle.
+    events = s.tick(9.0)
+    assert notifications(events) == [(4, 0)]
+    assert any(isinstance(e, CloseRequested) for e in events)
+    assert any(isinstance(e, SessionDown) for e in events)
+    assert s.state == State.IDLE
+    assert messages(s.data_to_send()) == [Notification(4, 0)]
+
+
+def test_received_messages_restart_hold_timer() -> None:
+    s = Session(cfg(hold_time=9))
+    establish(s)
+    for t in (5.0, 10.0, 15.0):
+        s.handle_bytes(codec.encode_keepalive(), t)
+        s.tick(t)
+    assert s.state == State.ESTABLISHED
+    s.tick(23.9)
+    assert s.state == State.ESTABLISHED
+    s.tick(24.0)
+    assert s.state == State.IDLE
+
+
+def test_keepalive_time_configured_is_used_below_hold_third() -> None:
+    s = Session(cfg(hold_time=90, keepalive_time=10))
+    establish(s)
+    assert s.negotiated.keepalive_time == 10
+    s2 = Session(cfg(hold_time=90, keepalive_time=60))
+    establish(s2, hold=30)
+    assert s2.negotiated.keepalive_time == 10  # never slower than hold / 3
+
+
+def test_hold_zero_means_no_keepalives_and_no_hold_timer() -> None:
+    s = Session(cfg(hold_time=0))
+    establish(s)
+    assert s.state == State.ESTABLISHED and s.negotiated.hold_time == 0
+    assert s.next_deadline() is None
+    s.data_to_send()
+    s.tick(10_000.0)
+    assert s.state == State.ESTABLISHED and s.data_to_send() == b""
+
+
+def test_opensent_uses_large_hold_timer() -> None:
+    s = Session(cfg())
+    s.start(0)
+    s.connection_made(0, LOCAL, REMOTE)
+    assert s.next_deadline() == 240.0
+    s.tick(239.0)
+    assert s.state == State.OPENSENT
+    assert notifications(s.tick(240.0)) == [(4, 0)]
+
+
+def test_both_sides_enforce_hold_through_keepalives() -> None:
+    a = Session(cfg(hold_time=6), name="a")
+    b = Session(cfg(local_as=64513, peer_as=64512, router_id=B_ID, passive=True, hold_time=6), name="b")
+    a.start(0)
+    b.start(0)
+    a.connection_made(0, LOCAL, REMOTE)
+    b.connection_made(0, REMOTE, LOCAL, outbound=False)
+    t = 0.0
+    for _ in range(200):
+        b.handle_bytes(a.data_to_send(), t)
+        a.handle_bytes(b.data_to_send(), t)
+        deadlines = [d for d in (a.next_deadline(), b.next_deadline()) if d is not None]
+        t = min(deadlines)
+        if t > 60:
+            break
+        a.tick(t)
+        b.tick(t)
+    assert a.state == b.state == State.ESTABLISHED
+    # Now b stops hearing a (frozen peer): b expires hold at its next deadline.
+    a.data_to_send()  # a's keepalives are lost from here on
+    start = t
+    while b.state == State.ESTABLISHED and t < start + 10:
+        t = b.next_deadline()
+        b.tick(t)
+        b.data_to_send()
+    assert b.state in (State.ACTIVE, State.IDLE) and 0 < t - start <= 6
+
+
+# ------------------------------------------------------------ connect retry
+
+
+def test_connect_retry_backoff_is_exponential_and_capped() -> None:
+    s = Session(cfg(connect_retry_initial=1.0, connect_retry_max=8.0))
+    s.start(0.0)
+    t = 0.0
+    gaps = []
+    for _ in range(7):
+        assert s.state == State.CONNECT
+        s.connection_failed(t)
+        assert s.state == State.ACTIVE
+        nxt = s.next_deadline()
+        gaps.append(nxt - t)
+        t = nxt
+        events = s.tick(t)
+        assert any(isinstance(e, ConnectRequested) for e in events)
+    assert gaps == [1, 2, 4, 8, 8, 8, 8]
+
+
+def test_connect_timeout_aborts_attempt() -> None:
+    s = Session(cfg(connect_time=5))
+    s.start(0.0)
+    assert s.next_deadline() == 5
+    events = s.tick(5.0)
+    assert any(isinstance(e, CloseRequested) for e in events) and s.state == State.ACTIVE
+    assert s.next_deadline() == 6.0
+
+
+def test_backoff_resets_after_established() -> None:
+    s = Session(cfg())
+    s.start(0)
+    for t in range(3):
+        s.connection_failed(float(t))
+        s.tick(s.next_deadline())
+    s.connection_made(20, LOCAL, REMOTE)
+    s.handle_bytes(peer_open(), 20)
+    s.handle_bytes(codec.encode_keepalive(), 20)
+    s.connection_lost(30)
+    assert s.state == State.IDLE and s.next_deadline() == 31
+
+
+def test_passive_session_waits_in_active() -> None:
+    s = Session(cfg(passive=True))
+    events = s.start(0)
+    assert s.state == State.ACTIVE and not any(isinstance(e, ConnectRequested) for e in events)
+    s.connection_made(1, LOCAL, REMOTE, outbound=False)
+    assert s.state == State.OPENSENT
+    s.connection_lost(2)
+    assert s.state == State.ACTIVE
+    for t in range(3, 300, 7):
+        assert not any(isinstance(e, ConnectRequested) for e in s.tick(float(t)))
+
+
+def test_stop_sends_cease_and_stays_idle() -> None:
+    s = Session(cfg())
+    establish(s)
+    s.data_to_send()
+    events = s.stop(5.0)
+    assert notifications(events) == [(6, 2)] and s.state == State.IDLE
+    assert s.next_deadline() is None
+
+
+# ----------------------------------------------------------- OPEN negotiation
+
+
+@pytest.mark.parametrize(
+    "kw,open_kw,pair",
+    [
+        ({}, {"asn": 65000}, (2, 2)),
+        ({"peer_as": None, "dynamic_asn": "internal"}, {"asn": 65000}, (2, 2)),
+        ({"peer_as": None, "dynamic_asn": "external"}, {"asn": 64512, "rid": B_ID}, (2, 2)),
+        ({}, {"hold": 1}, (2, 6)),
+        ({}, {"hold": 2}, (2, 6)),
+        ({}, {"rid": ipaddress.IPv4Address("0.0.0.0")}, (2, 3)),
+        ({"peer_as": 64512}, {"asn": 64512, "rid": A_ID}, (2, 3)),
+        ({"families": ((2, 1),)}, {"caps": (MultiprotocolCap(1, 1),)}, (2, 7)),
+        ({"peer_as": 70000}, {"wire": codec.encode_open(Open(AS_TRANS, 90, B_ID, ()))}, (2, 2)),  # AS_TRANS without the capability
+    ],
+)
+def test_open_negotiation_failures(kw: dict, open_kw: dict, pair: tuple[int, int]) -> None:  # type: ignore[type-arg]
+    s = Session(cfg(**kw))
+    s.start(0)
+    s.connection_made(0, LOCAL, REMOTE)
+    s.data_to_send()
+    open_kw = dict(open_kw)
+    wire = open_kw.pop("wire", None) or peer_open(**open_kw)
+    events = s.handle_bytes(wire, 0)
+    assert notifications(events) == [pair]
+    assert s.state == State.IDLE
+    assert any(isinstance(e, CloseRequested) for e in events)
+    assert [m for m in messages(s.data_to_send()) if isinstance(m, Notification)][0].code == pair[0]
+
+
+def test_dynamic_asn_accepts_matching_peer() -> None:
+    s = Session(cfg(peer_as=None, dynamic_asn="external"))
+    establish(s, asn=65010)
+    assert s.state == State.ESTABLISHED and s.negotiated.peer_as == 65010
+
+
+def test_unsupported_version_from_peer() -> None:
+    s = Session(cfg())
+    s.start(0)
+    s.connection_made(0, LOCAL, REMOTE)
+    bad = bytearray(peer_open())
+    bad[19] = 3
+    assert notifications(s.handle_bytes(bytes(bad), 0)) == [(2, 1)]
+
+
+def test_hold_time_is_the_minimum() -> None:
+    s = Session(cfg(hold_time=90))
+    establish(s, hold=30)
+    assert s.negotiated.hold_time == 30 and s.negotiated.keepalive_time == 10
+
+
+@pytest.mark.parametrize(
+    "state_msgs,bad,pair",
+    [
+        ([], codec.encode_keepalive(), (5, 1)),
+        ([peer_open()], codec.end_of_rib(1), (5, 2)),
+        ([peer_open(), codec.encode_keepalive()], peer_open(), (5, 3)),
+    ],
+)
+def test_unexpected_messages_are_fsm_errors(state_msgs: list[bytes], bad: bytes, pair: tuple[int, int]) -> None:
+    s = Session(cfg())
+    s.start(0)
+    s.connection_made(0, LOCAL, REMOTE)
+    for m in state_msgs:
+        s.handle_bytes(m, 0)
+    assert notifications(s.handle_bytes(bad, 0)) == [pair]
+
+
+def test_header_error_is_answered_with_notification() -> None:
+    s = Session(cfg())
+    establish(s)
+    assert notifications(s.handle_bytes(b"\x00" * 19, 1)) == [(1, 1)]
+
+
+def test_notification_received_closes_without_reply() -> None:
+    s = Session(cfg())
+    establish(s)
+    s.data_to_send()
+    events = s.handle_bytes(codec.encode_notification(Notification(6, 4)), 1)
+    assert any(isinstance(e, NotificationReceived) for e in events)
+    assert not notifications(events) and s.data_to_send() == b""
+    assert s.state == State.IDLE and s.stats.notifications_received == 1
+
+
+def test_treat_as_withdraw_update_keeps_the_session() -> None:
+    s = Session(cfg())
+    establish(s)
+    attrs = b"\x40\x01\x01\x07" + b"\x40\x02\x00" + b"\x40\x03\x04" + REMOTE.packed  # ORIGIN 7
+    body = b"\x00\x00" + struct.pack("!H", len(attrs)) + attrs + b"\x18\x0a\x4d\x01"
+    events = s.handle_bytes(codec.frame(2, body), 1)
+    ups = [e for e in events if isinstance(e, UpdateReceived)]
+    assert ups and ups[0].update.treat_as_withdraw and s.state == State.ESTABLISHED
+
+
+# ----------------------------------------------------------------- collision
+
+
+def test_collision_detection_by_bgp_identifier() -> None:
+    low, high = ipaddress.IPv4Address("10.77.0.1"), ipaddress.IPv4Address("10.77.0.9")
+    out_s, in_s = Session(cfg(), name="out"), Session(cfg(), name="in")
+    assert collision_loser(low, high, out_s, in_s) is out_s
+    assert collision_loser(high, low, out_s, in_s) is in_s
+    # The loser closes with Cease / Connection Collision Resolution (RFC 4486 subcode 7).
+    out_s.start(0)
+    out_s.connection_made(0, LOCAL, REMOTE)
+    out_s.handle_bytes(peer_open(rid=high), 0)
+    in_s.connection_made(0, LOCAL, REMOTE, outbound=False)
+    in_s.handle_bytes(peer_open(rid=high), 0)
+    loser = collision_loser(A_ID, high, out_s, in_s)
+    assert notifications(loser.close_collision(1)) == [(6, 7)]
+    in_s.take_over(out_s)
+    in_s.handle_bytes(codec.encode_keepalive(), 1)
+    assert in_s.state == State.ESTABLISHED and out_s.state == State.IDLE
+    assert out_s.next_deadline() is None  # the loser does not reconnect by itself
+
+
+# ------------------------------------------------------ Adj-RIB-Out behaviour
+
+
+def test_changes_send_only_the_difference() -> None:
+    s = Session(cfg())
+    s.set_routes(routes(100), 0)
+    establish(s)
+    s.data_to_send()
+    new = routes(99, start=1)  # drop .0, keep 1..99
+    new[ipaddress.IPv4Network("10.88.0.1/32")] = RouteAttrs(communities=((9, 9),))
+    s.set_routes(new, 1)
+    out = [m for m in messages(s.data_to_send()) if isinstance(m, Update)]
+    assert [p for u in out for p in u.withdrawn] == [ipaddress.IPv4Network("10.77.0.0/32")]
+    assert [p for u in out for p in u.announced()] == [ipaddress.IPv4Network("10.88.0.1/32")]
+    s.set_routes(new, 2)
+    assert s.data_to_send() == b""  # level-triggered: nothing new, nothing sent
+
+
+def test_attribute_change_reannounces() -> None:
+    s = Session(cfg())
+    s.set_routes(routes(2), 0)
+    establish(s)
+    s.data_to_send()
+    changed = routes(2)
+    first = next(iter(changed))
+    changed[first] = RouteAttrs(communities=((1, 1),))
+    s.set_routes(changed, 1)
+    out = [m for m in messages(s.data_to_send()) if isinstance(m, Update)]
+    assert [p for u in out for p in u.announced()] == [first]
+    assert out[0].attributes.communities == ((1, 1),)
+
+
+def test_route_refresh_resends_inside_borr_eorr() -> None:
+    s = Session(cfg())
+    s.set_routes(routes(5), 0)
+    establish(s)
+    s.data_to_send()
+    s.handle_bytes(codec.encode_route_refresh(RouteRefresh(1, 1)), 1)
+    out = messages(s.data_to_send())
+    assert out[0] == RouteRefresh(1, 1, codec.RR_BORR) and out[-1] == RouteRefresh(1, 1, codec.RR_EORR)
+    assert sorted(p for m in out if isinstance(m, Update) for p in m.announced()) == sorted(routes(5))
+    # Without enhanced route refresh: just the routes.
+    s2 = Session(cfg())
+    s2.set_routes(routes(5), 0)
+    establish(s2, caps=(MultiprotocolCap(1, 1), RouteRefreshCap()))
+    s2.data_to_send()
+    s2.handle_bytes(codec.encode_route_refresh(RouteRefresh(1, 1)), 1)
+    out2 = messages(s2.data_to_send())
+    assert all(isinstance(m, Update) for m in out2) and len(announced_prefixes(codec.encode_keepalive())) == 0
+    assert sorted(p for m in out2 for p in m.announced()) == sorted(routes(5))
+    # A family that was not negotiated is ignored.
+    s2.handle_bytes(codec.encode_route_refresh(RouteRefresh(2, 1)), 2)
+    assert s2.data_to_send() == b""
+
+
+def test_reconnect_resends_whole_adj_rib_out() -> None:
+    s = Session(cfg())
+    s.set_routes(routes(50), 0)
+    establish(s)
+    assert len(announced_prefixes(s.data_to_send())) == 50
+    s.connection_lost(10)
+    s.set_routes(routes(60), 10)  # changes while down are kept
+    t = s.next_deadline()
+    assert any(isinstance(e, ConnectRequested) for e in s.tick(t))
+    s.connection_made(t, LOCAL, REMOTE)
+    s.handle_bytes(peer_open(), t)
+    s.handle_bytes(codec.encode_keepalive(), t)
+    out = messages(s.data_to_send())
+    assert sorted(p for m in out if isinstance(m, Update) for p in m.announced()) == sorted(routes(60))
+    assert [m.end_of_rib() for m in out if isinstance(m, Update)][-2:] == [(1, 1), (2, 1)]
+
+
+def test_ten_thousand_prefixes_pack_into_few_updates() -> None:
+    s = Session(cfg())
+    many = routes(5000)
+    many.update({ipaddress.IPv4Network((0x0A580000 + i, 32)): RouteAttrs(communities=((1, 2),)) for i in range(5000)})
+    s.set_routes(many, 0)
+    establish(s)
+    data = s.data_to_send()
+    reader = codec.MessageReader()
+    reader.feed(data)
+    sizes = []
+    total = 0
+    for t, b in reader:
+        if t == 2:
+            sizes.append(codec.HEADER_LEN + len(b))
+            total += len(codec.decode_update(b, ibgp=False).announced())
+    assert total == 10_000
+    assert max(sizes) <= 4096
+    assert len(sizes) <= 20  # 13 + 2 EoR in practice; one prefix per UPDATE would be 10,000
+
+
+# ------------------------------------------------------------ graceful restart
+
+
+def test_graceful_restart_capability_and_restart_bit() -> None:
+    s = Session(cfg(graceful_restart=True, graceful_restart_time=90), restarting=True)
+    s.set_routes(routes(3), 0)
+    s.start(0)
+    s.connection_made(0, LOCAL, REMOTE)
+    gr = messages(s.data_to_send())[0].capability(GracefulRestartCap)
+    assert gr is not None and gr.restarting and gr.restart_time == 90
+    assert gr.families == ((1, 1, 0x80), (2, 1, 0x80))
+    s.handle_bytes(peer_open(), 0)
+    s.handle_bytes(codec.encode_keepalive(), 0)
+    out = [m for m in messages(s.data_to_send()) if isinstance(m, Update)]
+    assert len([p for u in out for p in u.announced()]) == 3
+    assert out[-1].end_of_rib() == (2, 1) and out[-2].end_of_rib() == (1, 1)
+    assert s.negotiated.graceful_restart
+    # Planned stop: the TCP connection closes without a NOTIFICATION.
+    events = s.stop(5, graceful=True)
+    assert not notifications(events) and s.data_to_send() == b""
+    assert any(isinstance(e, CloseRequested) for e in events)
+    # The next OPEN of this process no longer claims a restart.
+    s.start(6)
+    s.connection_made(6, LOCAL, REMOTE)
+    assert not messages(s.data_to_send())[0].capability(GracefulRestartCap).restarting
+
+
+def test_graceful_stop_without_negotiated_gr_sends_cease() -> None:
+    s = Session(cfg(graceful_restart=True))
+    establish(s, caps=(MultiprotocolCap(1, 1),))
+    s.data_to_send()
+    assert notifications(s.stop(1, graceful=True)) == [(6, 2)]
+
+
+def test_no_gr_capability_unless_configured() -> None:
+    s = Session(cfg())
+    s.start(0)
+    s.connection_made(0, LOCAL, REMOTE)
+    o = messages(s.data_to_send())[0]
+    assert o.capability(GracefulRestartCap) is None
+    assert o.capability(FourOctetAsCap) == FourOctetAsCap(64512)
+
+
+# -------------------------------------------------------------------- fuzzing
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=80), max_size=6), st.sampled_from(["opensent", "openconfirm", "established"]))
+def test_fuzz_handle_bytes_never_raises(chunks: list[bytes], where: str) -> None:
+    s = Session(cfg())
+    s.set_routes(routes(3), 0)
+    s.start(0)
+    s.connection_made(0, LOCAL, REMOTE)
+    if where != "opensent":
+        s.handle_bytes(peer_open(), 0)
+    if where == "established":
+        s.handle_bytes(codec.encode_keepalive(), 0)
+    s.data_to_send()
+    for i, c in enumerate(chunks):
+        events = s.handle_bytes(codec.MARKER + c if i % 2 == 0 else c, float(i))
+        if s.state == State.IDLE:
+            sent = notifications(events)
+            got = [e for e in events if isinstance(e, NotificationReceived)]
+            assert sent or got  # every error becomes a NOTIFICATION (or was one)
+            break
