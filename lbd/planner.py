@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
 from lbd.model import (
@@ -223,9 +223,11 @@ def plan(inp: PlannerInput) -> Plan:
                             announce_interval=ad.announce_interval,
                         )
                     )
-            elif owner is not None and str(vip) in me.holds and inp.node in eligible:
+            elif owner is not None and str(vip) in me.holds and _member_eligible(
+                replace(me, drained=False), specs
+            ) is None:
                 # Make-before-break: keep announcing until the new owner says it holds the VIP,
-                # so a drain or failback never leaves a gap.
+                # so a drain, a graceful stop or a failback never leaves a gap.
                 new_owner = members.get(owner)
                 if new_owner is not None and str(vip) not in new_owner.holds:
                     fit = _l2_fit(vip, me, l2_ads)

@@ -188,3 +188,14 @@ def test_route_export():
 def test_no_advertisement_says_so():
     result = run("n1", [member("n1")], [alloc("a", "10.42.0.1")], config(l2_advertisements=()))
     assert result.l2 == () and "no l2_advertisement" in result.decisions[0].reason
+
+
+def test_drained_node_hands_over_before_letting_go():
+    vip = "10.77.0.100"
+    cfg = config()
+    # n_old holds the VIP and is drained; the other node is now the owner but does not hold it yet.
+    members = [member("a", drained=True, holds=(vip,)), member("b")]
+    assert run("a", members, [alloc("s", vip)], cfg).l2, "keep announcing until b holds it"
+    assert run("b", members, [alloc("s", vip)], cfg).decisions[0].owner == "b"
+    members = [member("a", drained=True, holds=(vip,)), member("b", holds=(vip,))]
+    assert not run("a", members, [alloc("s", vip)], cfg).l2
