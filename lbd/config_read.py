@@ -86,7 +86,9 @@ def got(value: object) -> str:
 
 
 def did_you_mean(key: str, allowed: Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+    # Sets are sorted so that ties between equally close names resolve the same way every run.
+    candidates = sorted(allowed) if isinstance(allowed, (set, frozenset)) else list(allowed)
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
