@@ -38,6 +38,7 @@ import json
 import math
 import os
 import queue
+import random
 import shutil
 import signal
 import statistics
@@ -573,9 +574,18 @@ def restore(system: System, node: str, fault: str) -> None:
 
 
 def run_once(system: System, fault: str, settle_timeout: float = 30.0, failover_timeout: float = 15.0,
-             interval: float = 0.002) -> RunResult:
-    """Measure one failover of ``system`` (already started) under ``fault``, then restore."""
+             interval: float = 0.002, phase: float | None = None) -> RunResult:
+    """Measure one failover of ``system`` (already started) under ``fault``, then restore.
+
+    The fault comes 0.3 s + ``phase`` after steady service (``phase`` drawn
+    uniformly from [0, 1) s by default). Without it every run would hit the
+    same point of the system's timer cycle (VRRP adverts, gossip probes),
+    since a run starts a fixed time after the previous takeover, and the
+    distribution would be that of one phase instead of a random crash.
+    """
     assert system.flab is not None
+    if phase is None:
+        phase = random.random()
     owner = system.wait_settled(settle_timeout)
     probe = Probe(system.flab, interval=interval, max_seconds=settle_timeout + failover_timeout + 10)
     faulted = False
@@ -584,7 +594,7 @@ def run_once(system: System, fault: str, settle_timeout: float = 30.0, failover_
         if first is None:
             raise RunFailed(f"{system.name}: the client gets no answer from the VIP (owner {owner})")
         # Steady service from the owner for a moment before the fault.
-        if probe.wait(lambda e: e is not first, timeout=0.3) is not None or first["node"] != owner:
+        if probe.wait(lambda e: e is not first, timeout=0.3 + phase) is not None or first["node"] != owner:
             raise RunFailed(f"{system.name}: service not steady before the fault ({probe.node_events})")
         t_fault = inject(system, owner, fault)
         faulted = True
@@ -690,7 +700,7 @@ def format_table(summaries: dict[tuple[str, str], dict], skipped: dict[str, str]
         else:
             lines.append(f"{name:18} {fault:9} {s['runs']:4} {s['failed']:4} {'-':>10} {'-':>10} {'-':>10}")
     for name, reason in skipped.items():
-        lines.append(f"{name:18} not ready: {reason}")
+        lines.append(f"{name:18} not ready: {' '.join(reason.split())[-240:]}")
     lbds = sorted({n for n, _ in summaries if n.startswith("lbd")})
     kas = sorted({n for n, _ in summaries if n.startswith("keepalived")})
     if lbds and kas:
