@@ -1,0 +1,533 @@
+"""The ``kubernetes`` source: LoadBalancer Services from a Kubernetes API server.
+
+::
+
+    [[source]]
+    type = "kubernetes"
+    name = "k8s"
+    kubeconfig = "/etc/lbd/kubeconfig"        # default: in-cluster, else $KUBECONFIG, else ~/.kube/config
+    context = "prod"                          # default: the kubeconfig's current-context
+    load_balancer_class = "lbd.io/lbd"        # Services with this spec.loadBalancerClass are ours
+    claim_unclassed = true                    # ... and so are Services with no class (MetalLB's default)
+    ignore_exclude_lb = false                 # true: ignore node.kubernetes.io/exclude-from-external-load-balancers
+
+It lists and watches Services, EndpointSlices and Nodes (informer pattern:
+list, then watch from the list's resourceVersion with bookmarks; on 410 Gone a
+re-list replaces the store, and since only a changed snapshot is published a
+re-list is not churn). While the API server is unreachable the stores, and so
+the snapshot, stay as they are: nothing is withdrawn. Service names are
+``<source name>/<namespace>/<name>``.
+
+Results are written back to ``status.loadBalancer.ingress`` through the status
+subresource, only by the writer node, only when they differ, with the
+resourceVersion as precondition (409 -> re-read and retry). Allocation failures
+and invalid Services become Warning Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from lbd.model import Family, IPAddress, PortSpec, ServiceSpec, SourceConfig
+from lbd.sources.base import Publish, ServiceResult, Source, SourceContext
+from lbd.sources.options import options_table
+
+DEFAULT_CLASS = "lbd.io/lbd"
+EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+ANNOTATION_PREFIXES = ("metallb.io/", "metallb.universe.tf/")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+OPTION_KEYS = ("kubeconfig", "context", "in_cluster", "load_balancer_class", "claim_unclassed",
+               "ignore_exclude_lb", "watch_timeout", "write_concurrency")
+FAMILIES = {"IPv4": Family.IPV4, "IPv6": Family.IPV6}
+
+
+class ServiceError(ValueError):
+    """A Service whose lbd-relevant fields are contradictory or malformed."""
+
+
+# ---------------------------------------------------------------------------
+# Pure mapping: Kubernetes objects -> ServiceSpec
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassFilter:
+    load_balancer_class: str = DEFAULT_CLASS
+    claim_unclassed: bool = True
+
+    def wants(self, svc: Mapping[str, Any]) -> bool:
+        spec = svc.get("spec") or {}
+        if spec.get("type") != "LoadBalancer":
+            return False
+        cls = spec.get("loadBalancerClass")
+        if cls is None:
+            return self.claim_unclassed
+        return cls == self.load_balancer_class
+
+
+def annotation(meta: Mapping[str, Any], key: str) -> tuple[str | None, str | None]:
+    """(value, the full key it came from): ``metallb.io/`` first, then the older prefix."""
+    annotations = meta.get("annotations") or {}
+    for prefix in ANNOTATION_PREFIXES:
+        value = annotations.get(prefix + key)
+        if value is not None:
+            return str(value), prefix + key
+    return None, None
+
+
+def selector_string(selector: Mapping[str, Any] | None) -> str:
+    """``labels.Set(selector).String()``: sorted ``k=v`` joined by commas (MetalLB's backend key)."""
+    return ",".join(f"{k}={selector[k]}" for k in sorted(selector or {}))
+
+
+def _ips(text: str, where: str) -> tuple[IPAddress, ...]:
+    out: list[IPAddress] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_address(part))
+        except ValueError:
+            raise ServiceError(f'{where}: "{part}" is not an IP address') from None
+    families = [a.version for a in out]
+    if len(families) != len(set(families)):
+        raise ServiceError(f"{where}: at most one IPv4 and one IPv6 address")
+    return tuple(out)
+
+
+def service_to_spec(svc: Mapping[str, Any], *, ready_nodes: frozenset[str], all_nodes: frozenset[str],
+                    excluded: frozenset[str]) -> ServiceSpec:
+    """The ServiceSpec (local name ``namespace/name``) for one LoadBalancer Service.
+
+    ``ready_nodes`` are the nodes holding a ready endpoint of this Service
+    (from its EndpointSlices); ``excluded`` the nodes carrying the exclude
+    label. Raises ServiceError for a Service lbd must not allocate.
+    """
+    meta = svc.get("metadata") or {}
+    spec = svc.get("spec") or {}
+    ns, name = meta.get("namespace", "default"), meta.get("name", "")
+    lb_ip = spec.get("loadBalancerIP") or None
+    ips_text, ips_key = annotation(meta, "loadBalancerIPs")
+    if lb_ip and ips_text is not None:
+        raise ServiceError(f"spec.loadBalancerIP and the {ips_key} annotation are both set; use only the annotation")
+    requested: tuple[IPAddress, ...] = ()
+    if ips_text is not None:
+        requested = _ips(ips_text, f"annotation {ips_key}")
+    elif lb_ip:
+        requested = _ips(str(lb_ip), "spec.loadBalancerIP")
+    pool, _ = annotation(meta, "address-pool")
+    share, _ = annotation(meta, "allow-shared-ip")
+    ports = []
+    for i, port in enumerate(spec.get("ports") or []):
+        proto = str(port.get("protocol", "TCP")).lower()
+        number = port.get("port")
+        if proto not in ("tcp", "udp", "sctp") or not isinstance(number, int) or not 1 <= number <= 65535:
+            raise ServiceError(f"spec.ports[{i}]: unsupported {port.get('protocol')}/{number}")
+        ports.append(PortSpec(proto, number))
+    families: list[Family] = []
+    for fam in spec.get("ipFamilies") or []:
+        if fam not in FAMILIES:
+            raise ServiceError(f"spec.ipFamilies: unknown family {fam!r}")
+        families.append(FAMILIES[fam])
+    if not families:
+        families = [Family.of(a) for a in requested] or [Family.IPV4]
+    local = spec.get("externalTrafficPolicy") == "Local"
+    if local:
+        # MetalLB: only nodes with a ready local endpoint may announce, and the
+        # service shares an IP only with services of the same selector.
+        eligible: frozenset[str] | None = ready_nodes - excluded
+        backend_key = selector_string(spec.get("selector"))
+    else:
+        eligible = (all_nodes - excluded) if excluded else None
+        backend_key = ""
+    return ServiceSpec(
+        name=f"{ns}/{name}",
+        pool=pool or None,
+        addresses=requested,
+        ports=tuple(ports),
+        share_key=share or None,
+        ip_families=tuple(families),
+        backend_key=backend_key,
+        eligible_nodes=eligible,
+        labels={"kubernetes.io/namespace": ns, "kubernetes.io/name": name},
+    )
+
+
+def ready_nodes_by_service(slices: Mapping[Any, Mapping[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    """(namespace, service name) -> nodes holding a ready endpoint.
+
+    ``conditions.ready`` unset means ready (discovery/v1 API docs).
+    """
+    out: dict[tuple[str, str], set[str]] = {}
+    for sl in slices.values():
+        meta = sl.get("metadata") or {}
+        service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if not service:
+            continue
+        nodes = out.setdefault((meta.get("namespace", "default"), service), set())
+        for ep in sl.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready") is False:
+                continue
+            node = ep.get("nodeName")
+            if node:
+                nodes.add(node)
+    return out
+
+
+def ingress_ips(svc: Mapping[str, Any]) -> list[str]:
+    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    return [str(i.get("ip")) for i in ingress if isinstance(i, dict) and i.get("ip")]
+
+
+# ---------------------------------------------------------------------------
+# Informer: list + watch one resource into a dict store
+# ---------------------------------------------------------------------------
+
+
+class Informer:
+    def __init__(self, client: Any, path: str, *, on_change: Callable[[], None],
+                 on_health: Callable[[str, str | None], None], log: Any, watch_timeout: float,
+                 backoff_initial: float = 0.5, backoff_max: float = 30.0) -> None:
+        self.client = client
+        self.path = path
+        self.on_change = on_change
+        self.on_health = on_health
+        self.log = log
+        self.watch_timeout = watch_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.store: dict[tuple[str, str], dict] = {}
+        self.resource_version: str | None = None
+        self.synced = False
+        self.relists = 0
+
+    @staticmethod
+    def key(obj: Mapping[str, Any]) -> tuple[str, str]:
+        meta = obj.get("metadata") or {}
+        return (meta.get("namespace", ""), meta.get("name", ""))
+
+    async def _list(self) -> None:
+        result = await self.client.request("GET", self.path)
+        items = result.get("items") or []
+        self.store = {self.key(o): o for o in items}
+        self.resource_version = (result.get("metadata") or {}).get("resourceVersion")
+        self.synced = True
+        self.relists += 1
+        self.on_health(self.path, None)
+        self.on_change()
+
+    async def run(self) -> None:
+        from lbd.sources.kube_client import ApiError
+
+        failures = 0
+        while True:
+            try:
+                if self.resource_version is None:
+                    await self._list()
+                server_timeout = int(self.watch_timeout * random.uniform(1.0, 1.2))
+                params = {"watch": "true", "resourceVersion": self.resource_version or "",
+                          "allowWatchBookmarks": "true", "timeoutSeconds": str(server_timeout)}
+                async for event in self.client.watch(self.path, params, timeout=server_timeout + 30):
+                    if failures:
+                        failures = 0
+                        self.on_health(self.path, None)
+                    if self._apply(event):
+                        break
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                if exc.code == 410:
+                    self._expire()
+                    continue
+                failures += 1
+                await self._fail(failures, exc)
+            except (OSError, asyncio.TimeoutError, ValueError) as exc:
+                failures += 1
+                await self._fail(failures, exc)
+            except Exception as exc:  # aiohttp.ClientError and friends
+                if type(exc).__module__.startswith("aiohttp"):
+                    failures += 1
+                    await self._fail(failures, exc)
+                else:
+                    raise
+
+    def _expire(self) -> None:
+        # 410 Gone: our resourceVersion was compacted away. Re-list; the store
+        # is replaced in one step so unchanged objects cause no churn.
+        self.log.info("watch_expired_relisting", path=self.path, resource_version=self.resource_version)
+        self.resource_version = None
+
+    async def _fail(self, failures: int, exc: BaseException) -> None:
+        delay = min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
+        self.on_health(self.path, f"{self.path}: {type(exc).__name__}: {exc}")
+        self.log.warning("kube_watch_failed", path=self.path, error=repr(exc), retry_in=round(delay, 2))
+        await asyncio.sleep(delay)
+
+    def _apply(self, event: Mapping[str, Any]) -> bool:
+        """Apply one watch event; True when the watch must be restarted."""
+        from lbd.sources.kube_client import ApiError
+
+        kind = event.get("type")
+        obj = event.get("object") or {}
+        if kind == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                self._expire()
+                return True
+            raise ApiError(int(code or 500), str(obj.get("reason", "")), str(obj.get("message", "")))
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if kind == "BOOKMARK":
+            self.resource_version = rv or self.resource_version
+            return False
+        if kind in ("ADDED", "MODIFIED"):
+            self.store[self.key(obj)] = obj
+        elif kind == "DELETED":
+            self.store.pop(self.key(obj), None)
+        else:
+            return False
+        self.resource_version = rv or self.resource_version
+        self.on_change()
+        return False
+
+
+# ---------------------------------------------------------------------------
+# The source
+# ---------------------------------------------------------------------------
+
+
+class KubernetesSource(Source):
+    debounce = 0.05  # batch watch events (the initial list, a rollout) into one snapshot
+
+    @classmethod
+    def validate(cls, options: Mapping[str, Any]) -> list[str]:
+        t, errors = options_table(options, OPTION_KEYS)
+        kubeconfig = t.string("kubeconfig")
+        if kubeconfig is not None and not os.path.isabs(kubeconfig):
+            t.error("kubeconfig", f"{kubeconfig!r} must be an absolute path")
+        t.string("context")
+        in_cluster = t.boolean("in_cluster", False)
+        if in_cluster and kubeconfig is not None:
+            t.error("in_cluster", "set either kubeconfig or in_cluster = true, not both")
+        t.string("load_balancer_class")
+        t.boolean("claim_unclassed", True)
+        t.boolean("ignore_exclude_lb", False)
+        t.seconds("watch_timeout", 300.0, lo=1.0, hi=3600.0)
+        t.integer("write_concurrency", 16, lo=1, hi=256)
+        try:
+            import aiohttp  # noqa: F401
+            import yaml  # noqa: F401
+        except ImportError:
+            errors.add("", "the kubernetes source needs the lbd[kubernetes] extra (aiohttp, PyYAML)")
+        return errors.messages()
+
+    def __init__(self, config: SourceConfig, context: SourceContext) -> None:
+        super().__init__(config, context)
+        o = config.options
+        self.filter = ClassFilter(str(o.get("load_balancer_class", DEFAULT_CLASS)),
+                                  bool(o.get("claim_unclassed", True)))
+        self.ignore_exclude = bool(o.get("ignore_exclude_lb", False))
+        self.watch_timeout = float(o.get("watch_timeout", 300.0))  # type: ignore[arg-type]
+        self.write_concurrency = int(o.get("write_concurrency", 16))  # type: ignore[arg-type]
+        self.client: Any = None
+        self.services: Informer | None = None
+        self.slices: Informer | None = None
+        self.nodes: Informer | None = None
+        self._dirty = asyncio.Event()
+        self._health: dict[str, str] = {}
+        self._published: list[ServiceSpec] | None = None
+        self.invalid: dict[str, str] = {}  # local name -> why it is not allocated
+        self._evented: set[tuple[str, str, str]] = set()  # (uid, reason, message) already emitted
+        self._written: dict[str, tuple[str, list[str]]] = {}  # uid -> (resourceVersion written over, ips)
+        self._inflight: set[str] = set()
+        self._failed: dict[str, str] = {}  # uid -> the allocation failure last reported
+        self.status_writes = 0
+        self.publishes = 0
+
+    def _credentials(self) -> Any:
+        from lbd.sources.kube_client import in_cluster, load_kubeconfig
+
+        o = self.config.options
+        if o.get("kubeconfig"):
+            return load_kubeconfig(str(o["kubeconfig"]), o.get("context"))  # type: ignore[arg-type]
+        if o.get("in_cluster") or os.environ.get("KUBERNETES_SERVICE_HOST"):
+            return in_cluster()
+        path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
+        return load_kubeconfig(path, o.get("context"))  # type: ignore[arg-type]
+
+    def _on_health(self, path: str, error: str | None) -> None:
+        if error is None:
+            self._health.pop(path, None)
+        else:
+            self._health[path] = error
+        self.context.set_error("; ".join(self._health[k] for k in sorted(self._health)) or None)
+
+    async def run(self, publish: Publish) -> None:
+        from lbd.sources.kube_client import KubeClient
+
+        self.client = KubeClient(self._credentials(), user_agent=f"lbd/{self.context.node_name}")
+        mk = lambda path: Informer(self.client, path, on_change=self._dirty.set, on_health=self._on_health,  # noqa: E731
+                                   log=self.log, watch_timeout=self.watch_timeout)
+        self.services = mk("/api/v1/services")
+        self.slices = mk("/apis/discovery.k8s.io/v1/endpointslices")
+        self.nodes = mk("/api/v1/nodes")
+        informers = [self.services, self.slices, self.nodes]
+        tasks = [asyncio.create_task(i.run(), name=f"lbd-kube-{i.path}") for i in informers]
+        try:
+            while True:
+                waiter = asyncio.create_task(self._dirty.wait())
+                done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                for t in tasks:
+                    if t in done:
+                        waiter.cancel()
+                        t.result()  # an informer bug: raise so the manager restarts us
+                await asyncio.sleep(self.debounce)
+                self._dirty.clear()
+                if all(i.synced for i in informers):
+                    snapshot = self.snapshot()
+                    if snapshot != self._published:
+                        self._published = snapshot
+                        self.publishes += 1
+                        publish(snapshot)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.client.close()
+
+    def snapshot(self) -> list[ServiceSpec]:
+        assert self.services and self.slices and self.nodes
+        node_objs = self.nodes.store.values()
+        all_nodes = frozenset(n["metadata"]["name"] for n in node_objs)
+        excluded = frozenset() if self.ignore_exclude else frozenset(
+            n["metadata"]["name"] for n in node_objs if EXCLUDE_LABEL in (n["metadata"].get("labels") or {}))
+        ready = ready_nodes_by_service(self.slices.store)
+        out: list[ServiceSpec] = []
+        invalid: dict[str, str] = {}
+        for key in sorted(self.services.store):
+            svc = self.services.store[key]
+            if not self.filter.wants(svc):
+                continue
+            try:
+                out.append(service_to_spec(svc, ready_nodes=frozenset(ready.get(key, ())),
+                                           all_nodes=all_nodes, excluded=excluded))
+            except ServiceError as exc:
+                invalid[f"{key[0]}/{key[1]}"] = str(exc)
+        for name, why in invalid.items():
+            if self.invalid.get(name) != why:
+                self.log.warning("kube_service_invalid", service=name, error=why)
+        self.invalid = invalid
+        return out
+
+    # -- results back to the API -----------------------------------------
+
+    async def report(self, results: Mapping[str, ServiceResult]) -> None:
+        if not self.is_writer or self.services is None or self.client is None:
+            return
+        sem = asyncio.Semaphore(self.write_concurrency)
+        jobs = []
+        for local, result in results.items():
+            ns, _, name = local.partition("/")
+            svc = self.services.store.get((ns, name))
+            if svc is None:
+                continue
+            uid = svc["metadata"].get("uid", local)
+            desired = [str(a) for a in result.addresses]
+            if not result.addresses and result.pending:
+                message = f"Failed to allocate IP for \"{local}\": {result.pending}"
+                if self._failed.get(uid) != message:
+                    self._failed[uid] = message
+                    jobs.append(self._event(svc, "AllocationFailed", message, sem))
+            elif result.addresses:
+                self._failed.pop(uid, None)
+            if uid in self._inflight or self._up_to_date(svc, uid, desired):
+                continue
+            jobs.append(self._write(ns, name, uid, svc, desired, sem))
+        for local, why in self.invalid.items():
+            ns, _, name = local.partition("/")
+            svc = self.services.store.get((ns, name))
+            if svc is not None:
+                jobs.append(self._event(svc, "InvalidService", why, sem))
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    def _up_to_date(self, svc: Mapping[str, Any], uid: str, desired: list[str]) -> bool:
+        if ingress_ips(svc) == desired:
+            self._written.pop(uid, None)
+            return True
+        # The store can lag our own write by one watch event: do not write twice.
+        written = self._written.get(uid)
+        return written is not None and written[0] == svc["metadata"].get("resourceVersion") and written[1] == desired
+
+    async def _write(self, ns: str, name: str, uid: str, svc: Mapping[str, Any], desired: list[str],
+                     sem: asyncio.Semaphore) -> None:
+        from lbd.sources.kube_client import ApiError
+
+        path = f"/api/v1/namespaces/{ns}/services/{name}/status"
+        current: Mapping[str, Any] = svc
+        self._inflight.add(uid)
+        try:
+            async with sem:
+                for _ in range(4):
+                    rv = current["metadata"].get("resourceVersion")
+                    patch = {"metadata": {"resourceVersion": rv},
+                             "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in desired]}}}
+                    try:
+                        await self.client.request("PATCH", path, body=patch,
+                                                  content_type="application/merge-patch+json")
+                    except ApiError as exc:
+                        if exc.code == 409:  # stale resourceVersion: re-read, re-check, retry
+                            current = await self.client.request("GET", f"/api/v1/namespaces/{ns}/services/{name}")
+                            if current["metadata"].get("uid") != uid or ingress_ips(current) == desired:
+                                return
+                            continue
+                        if exc.code == 404:
+                            return
+                        raise
+                    self._written[uid] = (str(svc["metadata"].get("resourceVersion")), desired)
+                    self.status_writes += 1
+                    self.log.info("kube_status_written", service=f"{ns}/{name}", ingress=desired)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # retried on the next report
+            self.log.warning("kube_status_write_failed", service=f"{ns}/{name}", error=repr(exc))
+        finally:
+            self._inflight.discard(uid)
+
+    async def _event(self, svc: Mapping[str, Any], reason: str, message: str, sem: asyncio.Semaphore) -> None:
+        meta = svc["metadata"]
+        uid = meta.get("uid", "")
+        key = (uid, reason, message)
+        if reason != "AllocationFailed":
+            if key in self._evented:
+                return
+            self._evented.add(key)
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": "v1", "kind": "Service", "namespace": meta["namespace"],
+                               "name": meta["name"], "uid": uid, "resourceVersion": meta.get("resourceVersion")},
+            "reason": reason, "message": message, "type": "Warning", "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": "lbd", "host": self.context.node_name},
+            "reportingComponent": "lbd", "reportingInstance": self.context.node_name,
+        }
+        try:
+            async with sem:
+                await self.client.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._evented.discard(key)  # try again on the next report
+            if reason == "AllocationFailed":
+                self._failed.pop(uid, None)
+            self.log.warning("kube_event_failed", service=f"{meta['namespace']}/{meta['name']}", error=repr(exc))

@@ -1,0 +1,290 @@
+"""The kubernetes source against the API-server emulator (tests/kubeapi_emulator.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("aiohttp")
+pytest.importorskip("yaml")
+
+from lbd.model import Family, ServiceSpec, SourceConfig  # noqa: E402
+from lbd.sources.base import ServiceResult, SourceContext  # noqa: E402
+from lbd.sources.kubernetes import KubernetesSource  # noqa: E402
+from tests.kubeapi_emulator import ApiServerEmulator, write_kubeconfig  # noqa: E402
+
+MANIFESTS = Path(__file__).parent / "manifests"
+TOKEN = "s3cr3t-token"
+
+
+class Runner:
+    """Runs one KubernetesSource and plays the daemon: allocate, report."""
+
+    def __init__(self, emu: ApiServerEmulator, kubeconfig: Path, **opts) -> None:
+        self.emu = emu
+        self.snapshots: list[dict[str, ServiceSpec]] = []
+        self.error: str | None = None
+        self.errors_seen: list[str] = []
+        cfg = SourceConfig("kubernetes", "k8s", {"kubeconfig": str(kubeconfig), "watch_timeout": 2.0, **opts})
+        assert KubernetesSource.validate(cfg.options) == []
+        self.source = KubernetesSource(cfg, SourceContext(node_name="node-a", set_error=self._set_error))
+        self.task: asyncio.Task | None = None
+        self.allocated: dict[str, tuple] = {}
+        self._next = 10
+
+    def _set_error(self, error: str | None) -> None:
+        self.error = error
+        if error:
+            self.errors_seen.append(error)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.source.run(
+            lambda snap: self.snapshots.append({s.name: s for s in snap})))
+
+    @property
+    def last(self) -> dict[str, ServiceSpec]:
+        return self.snapshots[-1] if self.snapshots else {}
+
+    async def until(self, pred, timeout: float = 8.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not pred():
+            if self.task is not None and self.task.done():
+                self.task.result()
+            if loop.time() > deadline:
+                raise AssertionError(f"not met in time; last snapshot={sorted(self.last)} error={self.error}")
+            await asyncio.sleep(0.02)
+
+    def results(self, pending: dict[str, str] | None = None) -> dict[str, ServiceResult]:
+        """A toy allocator: requested addresses, else the next free 10.77.100.x; sticky."""
+        out = {}
+        for name, spec in sorted(self.last.items()):
+            if pending and name in pending:
+                out[name] = ServiceResult(pending=pending[name])
+                continue
+            if name not in self.allocated:
+                if spec.addresses:
+                    self.allocated[name] = spec.addresses
+                else:
+                    self.allocated[name] = (ipaddress.ip_address(f"10.77.100.{self._next}"),)
+                    self._next += 1
+            out[name] = ServiceResult(addresses=self.allocated[name], pool="p", nodes=("node-a",))
+        return out
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+@pytest.fixture
+async def emu():
+    server = ApiServerEmulator(token=TOKEN, bookmark_interval=0.3)
+    server.load_manifests(MANIFESTS)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path, emu: ApiServerEmulator) -> Path:
+    return write_kubeconfig(tmp_path / "kubeconfig", emu.url, TOKEN)
+
+
+@pytest.fixture
+async def run(emu, kubeconfig):
+    runners: list[Runner] = []
+
+    def make(**opts) -> Runner:
+        r = Runner(emu, kubeconfig, **opts)
+        r.start()
+        runners.append(r)
+        return r
+
+    yield make
+    for r in runners:
+        await r.stop()
+
+
+def ingress(emu: ApiServerEmulator, ns: str, name: str) -> list[str]:
+    svc = emu.get("Service", ns, name)
+    return [i["ip"] for i in svc["status"].get("loadBalancer", {}).get("ingress", [])]
+
+
+async def test_snapshot_honours_class_annotations_and_policies(run):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    snap = r.last
+    assert sorted(snap) == ["default/ours-by-class", "default/web", "infra/dns-udp", "infra/legacy-ip",
+                            "shop/shop-local"]
+    dns = snap["infra/dns-udp"]
+    assert dns.pool == "public" and dns.share_key == "dns-share"
+    assert [str(a) for a in dns.addresses] == ["10.77.100.50", "fd77::50"]
+    assert dns.ip_families == (Family.IPV4, Family.IPV6)
+    assert [str(p) for p in dns.ports] == ["udp/53"]
+    legacy = snap["infra/legacy-ip"]
+    assert legacy.pool == "legacy" and [str(a) for a in legacy.addresses] == ["10.77.100.60"]
+    # node-c carries the exclude label: Cluster services may use every other node.
+    assert snap["default/web"].eligible_nodes == frozenset({"node-a", "node-b"})
+    assert snap["default/web"].backend_key == ""
+    shop = snap["shop/shop-local"]
+    assert shop.eligible_nodes == frozenset({"node-a"}), "node-b not ready, node-c excluded"
+    assert shop.backend_key == "app=shop,tier=front"
+    assert "default/both-set" in r.source.invalid
+    assert "loadBalancerIP" in r.source.invalid["default/both-set"]
+    assert len(r.snapshots) == 1, "the initial lists make one snapshot"
+
+
+async def test_status_written_exactly_once_and_events(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    r.source.set_writer(True)
+    pending = {"default/ours-by-class": 'pool "x" is exhausted'}
+    # Back to back, with a lagging watch: the second report runs before the
+    # watch shows our write, and must not write again.
+    emu.watch_delay = 0.3
+    await r.source.report(r.results(pending=pending))
+    await r.source.report(r.results(pending=pending))
+    for _ in range(3):  # every reconcile reports; only the first one writes
+        await r.source.report(r.results(pending=pending))
+        await asyncio.sleep(0.15)
+    await r.until(lambda: ingress(emu, "default", "web") != [])
+    assert ingress(emu, "infra", "dns-udp") == ["10.77.100.50", "fd77::50"]
+    assert ingress(emu, "infra", "legacy-ip") == ["10.77.100.60"]
+    assert emu.status_writes[("default", "web")] == 1
+    assert emu.status_writes[("infra", "dns-udp")] == 1
+    # Not even attempted twice (a second attempt would only be stopped by a 409).
+    assert emu.requests.count(("PATCH", "/api/v1/namespaces/default/services/web/status")) == 1
+    assert ("default", "ours-by-class") not in emu.status_writes
+    reasons = sorted((e["reason"], e["involvedObject"]["name"]) for e in emu.events())
+    assert reasons == [("AllocationFailed", "ours-by-class"), ("InvalidService", "both-set")]
+    assert all(e["type"] == "Warning" and e["source"]["component"] == "lbd" for e in emu.events())
+    # A status write is a Service MODIFIED event; it must not change the snapshot.
+    assert len(r.snapshots) == 1
+
+
+async def test_non_writer_never_writes(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    await r.source.report(r.results())
+    await asyncio.sleep(0.3)
+    assert emu.status_writes == {} and emu.events() == []
+
+
+async def test_new_service_gets_address_once(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    r.source.set_writer(True)
+    await r.source.report(r.results())
+    emu.create({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "new", "namespace": "default",
+                             "annotations": {"metallb.io/address-pool": "public"}},
+                "spec": {"type": "LoadBalancer", "ports": [{"port": 8443, "protocol": "TCP"}],
+                         "selector": {"app": "new"}}})
+    await r.until(lambda: "default/new" in r.last)
+    assert r.last["default/new"].pool == "public"
+    for _ in range(3):
+        await r.source.report(r.results())
+        await asyncio.sleep(0.1)
+    await r.until(lambda: ingress(emu, "default", "new") != [])
+    assert emu.status_writes[("default", "new")] == 1
+    assert emu.status_writes[("default", "web")] == 1
+
+
+async def test_conflict_is_retried(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    r.source.set_writer(True)
+    emu.fail_status_writes_with_conflict = 2
+    await r.source.report(r.results())
+    await r.until(lambda: ingress(emu, "default", "web") != [])
+    assert emu.status_writes[("default", "web")] == 1
+
+
+async def test_expired_watch_relists_without_churn(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    relists = [i.relists for i in (r.source.services, r.source.slices, r.source.nodes)]
+    await emu.stop()
+    # Other objects change while the watches are cut; then history is compacted.
+    emu.create({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "x", "namespace": "default"},
+                "reason": "Unrelated"})
+    emu.compact()
+    await emu.start(emu.port)
+    await r.until(lambda: all(i.relists > n for i, n in zip((r.source.services, r.source.slices,
+                                                              r.source.nodes), relists)), timeout=15)
+    await asyncio.sleep(0.3)
+    assert len(r.snapshots) == 1, "a re-list with the same objects publishes nothing"
+    await r.until(lambda: r.error is None)
+
+
+async def test_api_outage_withdraws_nothing(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    before = dict(r.last)
+    await emu.stop()
+    await r.until(lambda: r.error is not None, timeout=10)
+    await asyncio.sleep(1.0)
+    assert r.last == before and len(r.snapshots) == 1
+    # While down, a Service is deleted: after the outage the source catches up.
+    emu.delete("Service", "default", "web")
+    await emu.start(emu.port)
+    await r.until(lambda: "default/web" not in r.last, timeout=15)
+    assert set(before) - set(r.last) == {"default/web"}
+    await r.until(lambda: r.error is None, timeout=10)
+
+
+async def test_restart_losing_history_relists(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    await emu.stop(keep_history=False)
+    emu.patch("Service", "default", "web", {"metadata": {"annotations": {"metallb.io/address-pool": "gold"}}})
+    emu.compact()
+    await emu.start(emu.port)
+    await r.until(lambda: r.last["default/web"].pool == "gold", timeout=15)
+
+
+async def test_etp_local_follows_endpointslices(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    sl = emu.get("EndpointSlice", "shop", "shop-local-x7k2p")
+    sl["endpoints"][1]["conditions"]["ready"] = True  # node-b's pod became ready
+    emu.update(sl)
+    await r.until(lambda: r.last["shop/shop-local"].eligible_nodes == frozenset({"node-a", "node-b"}))
+    emu.delete("EndpointSlice", "shop", "shop-local-x7k2p")
+    await r.until(lambda: r.last["shop/shop-local"].eligible_nodes == frozenset())
+    # The Cluster-policy services are untouched by the slice churn.
+    assert r.last["default/web"].eligible_nodes == frozenset({"node-a", "node-b"})
+
+
+async def test_exclude_label_follows_nodes(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    emu.patch("Node", "", "node-c", {"metadata": {"labels": {
+        "node.kubernetes.io/exclude-from-external-load-balancers": None}}})
+    await r.until(lambda: r.last["default/web"].eligible_nodes is None)
+    assert r.last["shop/shop-local"].eligible_nodes == frozenset({"node-a", "node-c"})
+    emu.patch("Node", "", "node-a", {"metadata": {"labels": {
+        "node.kubernetes.io/exclude-from-external-load-balancers": "true"}}})
+    await r.until(lambda: r.last["shop/shop-local"].eligible_nodes == frozenset({"node-c"}))
+
+
+async def test_ignore_exclude_and_class_options(run, emu):
+    r = run(ignore_exclude_lb=True, load_balancer_class="example.com/cloud-lb", claim_unclassed=False)
+    await r.until(lambda: bool(r.snapshots))
+    assert sorted(r.last) == ["default/other-class"]
+    assert r.last["default/other-class"].eligible_nodes is None
+
+
+async def test_bad_token_is_reported_not_published(emu, tmp_path):
+    bad = write_kubeconfig(tmp_path / "bad", emu.url, "wrong")
+    r = Runner(emu, bad)
+    r.start()
+    try:
+        await r.until(lambda: r.error is not None and "401" in r.error)
+        assert r.snapshots == []
+    finally:
+        await r.stop()
