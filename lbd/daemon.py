@@ -68,7 +68,8 @@ class Daemon:
         self.store = StateStore(config.node.state_dir)
         persisted = self.store.load()
         self.allocations: dict[str, Allocation] = dict(persisted.allocations)
-        self.drained = persisted.drained
+        # Drained by `lbd-ctl drain` (persisted) or by `[node] drained = true` in the config.
+        self.drained = persisted.drained or config.node.drained
         self.extra_state: dict[str, object] = dict(persisted.extra)
         self.pending: dict[str, str] = {}
         self.plan = Plan()
