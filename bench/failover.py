@@ -322,6 +322,10 @@ class System:
             return ""
         return log.read_text(errors="replace")[-chars:].strip()
 
+    def cluster_ready(self) -> bool:
+        """Extra readiness the system can report (lbd: every node sees every member alive)."""
+        return True
+
     def wait_settled(self, timeout: float, stable: float = 0.5) -> str:
         """Wait until exactly one node holds the VIP, the preferred one if any, for ``stable`` s."""
         assert self.flab is not None
@@ -336,7 +340,7 @@ class System:
             ok = len(holders) == 1 and (want is None or holders[0] == want)
             now = time.monotonic()
             if ok and holders[0] == holder and since is not None:
-                if now - since >= stable:
+                if now - since >= stable and self.cluster_ready():
                     return holder
             elif ok:
                 holder, since = holders[0], now
@@ -511,11 +515,11 @@ class LbdSystem(System):
         assert self.flab is not None
         return [self.flab.python, "-m", "lbd", "run", "--config", str(self.flab.workdir / self.name / f"{node}.toml")]
 
-    def status(self, node: str) -> object | None:
-        """``lbd-ctl status --json`` on ``node``, or None if it does not answer (yet)."""
+    def ctl_json(self, node: str, command: str) -> object | None:
+        """``lbd-ctl --json COMMAND`` on ``node``, or None if it does not answer (yet)."""
         assert self.flab is not None
         result = self.flab.nodes[node].run(
-            [self.flab.python, "-m", "lbd.ctl", "--socket", str(self.socket(node)), "status", "--json"],
+            [self.flab.python, "-m", "lbd.ctl", "--socket", str(self.socket(node)), "--json", command],
             check=False, timeout=10,
         )
         if result.returncode != 0:
@@ -524,6 +528,26 @@ class LbdSystem(System):
             return json.loads(result.stdout)
         except ValueError:
             return None
+
+    def owner(self, node: str) -> str | None:
+        """The VIP's owner as ``node`` sees it (``lbd-ctl status``), if it says."""
+        status = self.ctl_json(node, "status")
+        if isinstance(status, dict):
+            for row in status.get("vips", []):
+                if isinstance(row, dict) and row.get("vip") == VIP:
+                    return row.get("owner")
+        return None
+
+    def cluster_ready(self) -> bool:
+        """Every node answers ``lbd-ctl members`` and sees all three members alive."""
+        for node in NODES:
+            members = self.ctl_json(node, "members")
+            if not isinstance(members, list):
+                return False
+            alive = {m.get("name") for m in members if isinstance(m, dict) and m.get("state") == "alive"}
+            if alive != set(NODES):
+                return False
+        return True
 
     def wait_settled(self, timeout: float, stable: float = 0.5) -> str:
         try:
