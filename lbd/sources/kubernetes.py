@@ -52,6 +52,15 @@ class ServiceError(ValueError):
     """A Service whose lbd-relevant fields are contradictory or malformed."""
 
 
+def _map(value: Any) -> Mapping[str, Any]:
+    """A JSON object, or {} for anything else (API objects are input too)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _seq(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 # ---------------------------------------------------------------------------
 # Pure mapping: Kubernetes objects -> ServiceSpec
 # ---------------------------------------------------------------------------
@@ -63,7 +72,7 @@ class ClassFilter:
     claim_unclassed: bool = True
 
     def wants(self, svc: Mapping[str, Any]) -> bool:
-        spec = svc.get("spec") or {}
+        spec = _map(_map(svc).get("spec"))
         if spec.get("type") != "LoadBalancer":
             return False
         cls = spec.get("loadBalancerClass")
@@ -74,17 +83,18 @@ class ClassFilter:
 
 def annotation(meta: Mapping[str, Any], key: str) -> tuple[str | None, str | None]:
     """(value, the full key it came from): ``metallb.io/`` first, then the older prefix."""
-    annotations = meta.get("annotations") or {}
+    annotations = _map(meta.get("annotations"))
     for prefix in ANNOTATION_PREFIXES:
         value = annotations.get(prefix + key)
-        if value is not None:
-            return str(value), prefix + key
+        if isinstance(value, str):
+            return value, prefix + key
     return None, None
 
 
 def selector_string(selector: Mapping[str, Any] | None) -> str:
     """``labels.Set(selector).String()``: sorted ``k=v`` joined by commas (MetalLB's backend key)."""
-    return ",".join(f"{k}={selector[k]}" for k in sorted(selector or {}))
+    sel = _map(selector)
+    return ",".join(f"{k}={sel[k]}" for k in sorted(sel, key=str))
 
 
 def _ips(text: str, where: str) -> tuple[IPAddress, ...]:
@@ -111,10 +121,12 @@ def service_to_spec(svc: Mapping[str, Any], *, ready_nodes: frozenset[str], all_
     (from its EndpointSlices); ``excluded`` the nodes carrying the exclude
     label. Raises ServiceError for a Service lbd must not allocate.
     """
-    meta = svc.get("metadata") or {}
-    spec = svc.get("spec") or {}
-    ns, name = meta.get("namespace", "default"), meta.get("name", "")
+    meta = _map(_map(svc).get("metadata"))
+    spec = _map(_map(svc).get("spec"))
+    ns, name = str(meta.get("namespace", "default")), str(meta.get("name", ""))
     lb_ip = spec.get("loadBalancerIP") or None
+    if lb_ip is not None and not isinstance(lb_ip, str):
+        raise ServiceError("spec.loadBalancerIP: expected a string")
     ips_text, ips_key = annotation(meta, "loadBalancerIPs")
     if lb_ip and ips_text is not None:
         raise ServiceError(f"spec.loadBalancerIP and the {ips_key} annotation are both set; use only the annotation")
@@ -126,15 +138,17 @@ def service_to_spec(svc: Mapping[str, Any], *, ready_nodes: frozenset[str], all_
     pool, _ = annotation(meta, "address-pool")
     share, _ = annotation(meta, "allow-shared-ip")
     ports = []
-    for i, port in enumerate(spec.get("ports") or []):
+    for i, port in enumerate(_seq(spec.get("ports"))):
+        port = _map(port)
         proto = str(port.get("protocol", "TCP")).lower()
         number = port.get("port")
-        if proto not in ("tcp", "udp", "sctp") or not isinstance(number, int) or not 1 <= number <= 65535:
+        if (proto not in ("tcp", "udp", "sctp") or isinstance(number, bool) or not isinstance(number, int)
+                or not 1 <= number <= 65535):
             raise ServiceError(f"spec.ports[{i}]: unsupported {port.get('protocol')}/{number}")
         ports.append(PortSpec(proto, number))
     families: list[Family] = []
-    for fam in spec.get("ipFamilies") or []:
-        if fam not in FAMILIES:
+    for fam in _seq(spec.get("ipFamilies")):
+        if not isinstance(fam, str) or fam not in FAMILIES:
             raise ServiceError(f"spec.ipFamilies: unknown family {fam!r}")
         families.append(FAMILIES[fam])
     if not families:
@@ -168,22 +182,23 @@ def ready_nodes_by_service(slices: Mapping[Any, Mapping[str, Any]]) -> dict[tupl
     """
     out: dict[tuple[str, str], set[str]] = {}
     for sl in slices.values():
-        meta = sl.get("metadata") or {}
-        service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-        if not service:
+        meta = _map(_map(sl).get("metadata"))
+        service = _map(meta.get("labels")).get(SERVICE_NAME_LABEL)
+        if not isinstance(service, str) or not service:
             continue
-        nodes = out.setdefault((meta.get("namespace", "default"), service), set())
-        for ep in sl.get("endpoints") or []:
-            if (ep.get("conditions") or {}).get("ready") is False:
+        nodes = out.setdefault((str(meta.get("namespace", "default")), service), set())
+        for ep in _seq(_map(sl).get("endpoints")):
+            ep = _map(ep)
+            if _map(ep.get("conditions")).get("ready") is False:
                 continue
             node = ep.get("nodeName")
-            if node:
+            if isinstance(node, str) and node:
                 nodes.add(node)
     return out
 
 
 def ingress_ips(svc: Mapping[str, Any]) -> list[str]:
-    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    ingress = _seq(_map(_map(_map(svc).get("status")).get("loadBalancer")).get("ingress"))
     return [str(i.get("ip")) for i in ingress if isinstance(i, dict) and i.get("ip")]
 
 
@@ -211,8 +226,8 @@ class Informer:
 
     @staticmethod
     def key(obj: Mapping[str, Any]) -> tuple[str, str]:
-        meta = obj.get("metadata") or {}
-        return (meta.get("namespace", ""), meta.get("name", ""))
+        meta = _map(_map(obj).get("metadata"))
+        return (str(meta.get("namespace", "")), str(meta.get("name", "")))
 
     async def _list(self) -> None:
         result = await self.client.request("GET", self.path)
@@ -276,14 +291,14 @@ class Informer:
         from lbd.sources.kube_client import ApiError
 
         kind = event.get("type")
-        obj = event.get("object") or {}
+        obj = _map(event.get("object"))
         if kind == "ERROR":
             code = obj.get("code")
             if code == 410:
                 self._expire()
                 return True
             raise ApiError(int(code or 500), str(obj.get("reason", "")), str(obj.get("message", "")))
-        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        rv = _map(obj.get("metadata")).get("resourceVersion")
         if kind == "BOOKMARK":
             self.resource_version = rv or self.resource_version
             return False
@@ -404,10 +419,10 @@ class KubernetesSource(Source):
 
     def snapshot(self) -> list[ServiceSpec]:
         assert self.services and self.slices and self.nodes
-        node_objs = self.nodes.store.values()
-        all_nodes = frozenset(n["metadata"]["name"] for n in node_objs)
+        all_nodes = frozenset(name for (_, name) in self.nodes.store)
         excluded = frozenset() if self.ignore_exclude else frozenset(
-            n["metadata"]["name"] for n in node_objs if EXCLUDE_LABEL in (n["metadata"].get("labels") or {}))
+            name for (_, name), n in self.nodes.store.items()
+            if EXCLUDE_LABEL in _map(_map(n.get("metadata")).get("labels")))
         ready = ready_nodes_by_service(self.slices.store)
         out: list[ServiceSpec] = []
         invalid: dict[str, str] = {}
