@@ -203,12 +203,16 @@ class SourceManager:
         return base * random.uniform(0.8, 1.2)
 
     def _set_state(self, entry: _Running) -> None:
-        if entry.reported_error is not None:
+        # "starting" wins until the first snapshot, even when the source already
+        # reported an error (last_error says which): the daemon keeps the
+        # persisted allocations of a starting source, so an API server that is
+        # down when lbd starts withdraws nothing.
+        if entry.snapshot is None and not entry.done:
+            entry.state = "starting"
+        elif entry.reported_error is not None:
             entry.state = "degraded"
         elif entry.task is not None and entry.last_error is not None and entry.failures:
             entry.state = "degraded"
-        elif entry.snapshot is None and not entry.done:
-            entry.state = "starting"
         else:
             entry.state = "ok"
         SOURCE_UP.labels(entry.config.name).set(1 if entry.state == "ok" else 0)

@@ -155,8 +155,11 @@ async def test_crashing_plugins_never_kill_the_manager():
     await until(lambda: names(mgr) == ["good/a"])
     await asyncio.sleep(0.3)  # several restart rounds of the broken ones
     st = {s["name"]: s for s in mgr.status()}
-    assert st["bad"]["state"] == "degraded" and "constructor bug" in st["bad"]["last_error"]
-    assert st["ghost"]["state"] == "degraded" and "nosuchtype" in st["ghost"]["last_error"]
+    # Never published: still "starting" (the daemon keeps their persisted
+    # allocations), with the reason in last_error and lbd_source_up 0.
+    assert st["bad"]["state"] == "starting" and "constructor bug" in st["bad"]["last_error"]
+    assert st["ghost"]["state"] == "starting" and "nosuchtype" in st["ghost"]["last_error"]
+    assert metric("lbd_source_up", "bad") == 0 and metric("lbd_source_errors_total", "bad") >= 2
     await mgr.report({"good/a": ServiceResult()})  # report raising is contained too
     assert st["good"]["state"] == "ok"
     await mgr.close()
