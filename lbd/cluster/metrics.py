@@ -1,0 +1,18 @@
+"""Prometheus metrics of the gossip layer (against lbd.metrics.REGISTRY)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+from lbd.metrics import REGISTRY
+
+MEMBERS = Gauge("lbd_cluster_members", "Cluster members known to this node, by state", ["state"], registry=REGISTRY)
+RECEIVED = Counter(
+    "lbd_gossip_messages_received_total", "Gossip messages received, by message type", ["type"], registry=REGISTRY
+)
+SENT = Counter("lbd_gossip_messages_sent_total", "Gossip messages sent, by message type", ["type"], registry=REGISTRY)
+DECRYPT_FAILURES = Counter(
+    "lbd_gossip_decrypt_failures_total", "Gossip packets or streams no installed key could decrypt", registry=REGISTRY
+)
+SUSPICIONS = Counter("lbd_gossip_suspicions_total", "Suspicions this node raised after failed probes", registry=REGISTRY)
+REFUTES = Counter("lbd_gossip_refutes_total", "Accusations about this node it refuted", registry=REGISTRY)
