@@ -268,6 +268,8 @@ class Session:
         self._desired: dict[IPNetwork, RouteAttrs] = {}
         self._advertised: dict[IPNetwork, RouteAttrs] = {}
         self._packer: UpdatePacker | None = None
+        self._other_next_hop: IPAddress | None = None
+        self._nh6_ll: ipaddress.IPv6Address | None = None
 
     # ----------------------------------------------------------------- public
 
@@ -321,10 +323,19 @@ class Session:
         local_address: IPAddress | None = None,
         remote_address: IPAddress | None = None,
         outbound: bool = True,
+        other_next_hop: IPAddress | None = None,
+        next_hop_v6_link_local: ipaddress.IPv6Address | None = None,
     ) -> list[Event]:
-        """A TCP connection is up (ours, or one the peer opened): send OPEN."""
+        """A TCP connection is up (ours, or one the peer opened): send OPEN.
+
+        Next hops: the connection's ``local_address`` for its own family,
+        ``other_next_hop`` for the other family (the caller finds it on the
+        same interface), unless the configuration fixes them.
+        """
         if self.state in _CONNECTED:
             raise RuntimeError(f"connection_made in state {self.state.value}")
+        self._other_next_hop = other_next_hop
+        self._nh6_ll = next_hop_v6_link_local
         self.local_address = local_address
         self.remote_address = remote_address
         self.outbound = outbound
@@ -469,7 +480,7 @@ class Session:
             self.stats.notifications_sent += 1
             self._emit(NotificationSent(error.code, error.subcode, error.data))
             name = describe(error.code, error.subcode)
-            reason = f"sent {name}" if reason == name else f"sent {name}: {reason}"
+            reason = f"sent {name}" if reason in name else f"sent {name}: {reason}"
             self.log.warning("bgp_notification_sent", code=error.code, subcode=error.subcode, reason=reason)
         self._note_error(reason)
         if close:
@@ -612,9 +623,9 @@ class Session:
         self.log.info("bgp_session_up", peer_as=neg.peer_as, hold=neg.hold_time, capabilities=neg.capabilities())
         self._emit(SessionEstablished(neg))
         cfg = self.config
-        local = self.local_address
-        nh4 = cfg.next_hop_v4 or (local if isinstance(local, ipaddress.IPv4Address) else None)
-        nh6 = cfg.next_hop_v6 or (local if isinstance(local, ipaddress.IPv6Address) and not local.is_link_local else None)
+        hops = [self.local_address, self._other_next_hop]
+        nh4 = cfg.next_hop_v4 or next((a for a in hops if isinstance(a, ipaddress.IPv4Address)), None)
+        nh6 = cfg.next_hop_v6 or next((a for a in hops if isinstance(a, ipaddress.IPv6Address) and not a.is_link_local), None)
         self._packer = UpdatePacker(
             EncodeContext(
                 local_as=cfg.local_as,
@@ -622,7 +633,7 @@ class Session:
                 four_octet=neg.four_octet,
                 next_hop_v4=nh4,
                 next_hop_v6=nh6,
-                next_hop_v6_link_local=cfg.next_hop_v6_link_local,
+                next_hop_v6_link_local=cfg.next_hop_v6_link_local or self._nh6_ll,
             )
         )
         self._advertised = {}

@@ -1,0 +1,226 @@
+"""``python -m lbd.bgp``: a standalone BGP speaker for debugging, interop tests
+and benchmarks (one peer, one attribute set).
+
+Prints one JSON object per line on stdout for every session event
+(``{"event": "established", ...}``, ``{"event": "eor_sent", "prefixes": N}``
+...); logs go to stderr. Signals: SIGHUP re-reads ``--prefixes-file`` (and
+re-applies), SIGTERM/SIGINT stop with a NOTIFICATION Cease, SIGUSR1 stops
+gracefully (no NOTIFICATION when graceful restart was negotiated).
+See docs/bgp-speaker.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from lbd.bgp.announcer import BgpAnnouncer
+from lbd.bgp.fsm import (
+    EndOfRibSent,
+    Event,
+    NotificationReceived,
+    NotificationSent,
+    RouteRefreshReceived,
+    SessionDown,
+    SessionEstablished,
+    StateChanged,
+    UpdatesSent,
+)
+from lbd.logsetup import setup_logging
+from lbd.model import BgpPeerConfig, BgpRoute, IPNetwork, LogConfig
+
+
+def _community(text: str) -> tuple[int, int]:
+    a, b = text.split(":")
+    va, vb = int(a), int(b)
+    if not (0 <= va <= 0xFFFF and 0 <= vb <= 0xFFFF):
+        raise ValueError(text)
+    return (va, vb)
+
+
+def _large_community(text: str) -> tuple[int, int, int]:
+    parts = text.removeprefix("large:").split(":")
+    if len(parts) != 3:
+        raise ValueError(text)
+    values = tuple(int(p) for p in parts)
+    if not all(0 <= v <= 0xFFFFFFFF for v in values):
+        raise ValueError(text)
+    return values  # type: ignore[return-value]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m lbd.bgp", description="lbd's BGP speaker, standalone: announce prefixes to one peer.")
+    p.add_argument("--peer-address", required=True, type=ipaddress.ip_address)
+    p.add_argument("--peer-asn", type=int, help="expected peer AS (or --dynamic-asn)")
+    p.add_argument("--dynamic-asn", choices=("internal", "external"))
+    p.add_argument("--my-asn", required=True, type=int)
+    p.add_argument("--local-asn", type=int, help="AS to present instead of --my-asn (FRR local-as)")
+    p.add_argument("--router-id", type=ipaddress.IPv4Address)
+    p.add_argument("--hold-time", type=float, default=90.0)
+    p.add_argument("--keepalive-time", type=float)
+    p.add_argument("--connect-time", type=float, default=10.0)
+    p.add_argument("--password", help="TCP MD5 (RFC 2385) password")
+    p.add_argument("--password-file", type=Path)
+    p.add_argument("--graceful-restart", action="store_true", help="advertise RFC 4724 graceful restart")
+    p.add_argument("--graceful-restart-time", type=int, default=120)
+    p.add_argument("--restarting", action="store_true", help="set the Restart State bit (this run follows a graceful stop)")
+    p.add_argument("--passive", action="store_true", help="do not connect; accept the peer's connection")
+    p.add_argument("--listen-port", type=int, default=179, help="port to listen on when --passive")
+    p.add_argument("--listen-address", action="append", help="address to listen on when --passive (repeatable)")
+    p.add_argument("--ebgp-multihop", type=int, metavar="TTL")
+    p.add_argument("--source-address", type=ipaddress.ip_address)
+    p.add_argument("--peer-port", type=int, default=179)
+    p.add_argument("--community", action="append", default=[], help="A:B (repeatable)")
+    p.add_argument("--large-community", action="append", default=[], help="A:B:C (repeatable)")
+    p.add_argument("--local-pref", type=int)
+    p.add_argument("--prefix", action="append", default=[], help="prefix to announce (repeatable)")
+    p.add_argument("--prefixes-file", type=Path, help="one prefix per line; re-read on SIGHUP")
+    p.add_argument("--name", default="peer")
+    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    args = p.parse_args(argv)
+    if args.peer_asn is None and args.dynamic_asn is None:
+        p.error("one of --peer-asn or --dynamic-asn is required")
+    try:
+        args.communities = tuple(_community(c) for c in args.community)
+        args.large_communities = tuple(_large_community(c) for c in args.large_community)
+    except ValueError as exc:
+        p.error(f"bad community: {exc}")
+    return args
+
+
+def read_prefixes(args: argparse.Namespace) -> list[IPNetwork]:
+    """Prefixes from --prefix and the file; bad lines are reported and skipped."""
+    texts = list(args.prefix)
+    if args.prefixes_file is not None:
+        try:
+            texts += args.prefixes_file.read_text().splitlines()
+        except OSError as exc:
+            emit({"event": "error", "error": f"prefixes file: {exc}"})
+    out: list[IPNetwork] = []
+    for line in texts:
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            out.append(ipaddress.ip_network(line, strict=False))
+        except ValueError as exc:
+            emit({"event": "error", "error": f"bad prefix {line!r}: {exc}"})
+    return out
+
+
+def emit(obj: dict[str, object]) -> None:
+    obj.setdefault("time", round(time.time(), 6))
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def describe_event(event: Event) -> dict[str, object] | None:
+    if isinstance(event, StateChanged):
+        return {"event": "state", "old": event.old.value, "new": event.new.value}
+    if isinstance(event, SessionEstablished):
+        n = event.negotiated
+        return {
+            "event": "established",
+            "peer_as": n.peer_as,
+            "peer_router_id": str(n.peer_router_id),
+            "hold_time": n.hold_time,
+            "keepalive_time": n.keepalive_time,
+            "capabilities": n.capabilities(),
+        }
+    if isinstance(event, EndOfRibSent):
+        return {"event": "eor_sent", "afi": event.afi, "safi": event.safi, "prefixes": event.prefixes}
+    if isinstance(event, UpdatesSent):
+        return {"event": "updates_sent", "messages": event.messages, "announced": event.announced, "withdrawn": event.withdrawn}
+    if isinstance(event, NotificationSent):
+        return {"event": "notification_sent", "code": event.code, "subcode": event.subcode}
+    if isinstance(event, NotificationReceived):
+        return {"event": "notification_received", "code": event.code, "subcode": event.subcode}
+    if isinstance(event, SessionDown):
+        return {"event": "session_down", "reason": event.reason}
+    if isinstance(event, RouteRefreshReceived):
+        return {"event": "route_refresh_received", "afi": event.afi, "safi": event.safi, "subtype": event.subtype}
+    return None
+
+
+async def run(args: argparse.Namespace) -> int:
+    peer = BgpPeerConfig(
+        name=args.name,
+        my_asn=args.my_asn,
+        peer_address=args.peer_address,
+        peer_asn=args.peer_asn,
+        dynamic_asn=args.dynamic_asn,
+        local_asn=args.local_asn,
+        source_address=args.source_address,
+        peer_port=args.peer_port,
+        hold_time=args.hold_time,
+        keepalive_time=args.keepalive_time,
+        connect_time=args.connect_time,
+        router_id=args.router_id,
+        password=args.password,
+        password_file=args.password_file,
+        graceful_restart=args.graceful_restart,
+        graceful_restart_time=args.graceful_restart_time,
+        ebgp_multihop=args.ebgp_multihop,
+        passive=args.passive,
+    )
+
+    def on_event(name: str, event: Event) -> None:
+        line = describe_event(event)
+        if line is not None:
+            line["peer"] = name
+            emit(line)
+
+    listen = tuple(args.listen_address) if args.listen_address else (("0.0.0.0",) if args.peer_address.version == 4 else ("::",))
+    announcer = BgpAnnouncer("lbd-bgp", listen_port=args.listen_port, listen_addresses=listen, restarting=args.restarting, on_event=on_event)
+
+    def load() -> None:
+        prefixes = read_prefixes(args)
+        routes = [
+            BgpRoute(prefix=p, peers=(args.name,), communities=args.communities, large_communities=args.large_communities, local_pref=args.local_pref)
+            for p in prefixes
+        ]
+        announcer.apply(routes)
+        emit({"event": "prefixes_loaded", "count": len(routes)})
+
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+
+    def request_stop(graceful: bool) -> None:
+        if not stop.done():
+            stop.set_result(graceful)
+
+    loop.add_signal_handler(signal.SIGHUP, load)
+    loop.add_signal_handler(signal.SIGTERM, request_stop, False)
+    loop.add_signal_handler(signal.SIGINT, request_stop, False)
+    loop.add_signal_handler(signal.SIGUSR1, request_stop, True)
+
+    load()
+    emit({"event": "started", "peer_address": str(args.peer_address), "passive": args.passive})
+    await announcer.set_peers([peer])
+    graceful = await stop
+    await announcer.close(graceful_restart=graceful)
+    emit({"event": "stopped", "graceful": graceful})
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(LogConfig(level=args.log_level, format="json"), stream=sys.stderr)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The BGP announcer: one :class:`~lbd.bgp.speaker.PeerSpeaker` per configured
+peer, fed level-triggered from the planner's :class:`~lbd.model.BgpRoute` list.
+
+``set_peers`` starts new sessions, stops removed ones (Cease / Peer
+De-configured) and restarts changed ones; ``apply`` sets each peer's desired
+Adj-RIB-Out from ``BgpRoute.peers`` (the FSM sends only the differences).
+It listens for incoming BGP connections only while some peer is ``passive``.
+The caller passes only the peers whose node selector matches this node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Callable, Sequence
+
+import structlog
+from prometheus_client import Counter, Gauge
+
+from lbd.bgp import netutil
+from lbd.bgp.fsm import (
+    Event,
+    NotificationReceived,
+    NotificationSent,
+    State,
+    UpdateReceived,
+    UpdatesSent,
+    EndOfRibSent,
+)
+from lbd.bgp.packing import RouteAttrs
+from lbd.bgp.speaker import Listener, PeerSpeaker
+from lbd.metrics import REGISTRY
+from lbd.model import BgpPeerConfig, BgpRoute, IPAddress, IPNetwork
+
+log = structlog.get_logger(__name__)
+
+SESSION_UP = Gauge("lbd_bgp_session_up", "1 while the BGP session is Established", ["peer"], registry=REGISTRY)
+UPDATES_SENT = Counter("lbd_bgp_updates_sent_total", "BGP UPDATE messages sent", ["peer"], registry=REGISTRY)
+UPDATES_RECEIVED = Counter("lbd_bgp_updates_received_total", "BGP UPDATE messages received", ["peer"], registry=REGISTRY)
+NOTIFICATIONS_SENT = Counter("lbd_bgp_notifications_sent_total", "BGP NOTIFICATION messages sent", ["peer"], registry=REGISTRY)
+NOTIFICATIONS_RECEIVED = Counter("lbd_bgp_notifications_received_total", "BGP NOTIFICATION messages received", ["peer"], registry=REGISTRY)
+ANNOUNCED = Gauge("lbd_bgp_announced_prefixes", "Prefixes currently announced to the peer", ["peer"], registry=REGISTRY)
+
+ObserverCallback = Callable[[str, Event], None]
+
+
+class BgpAnnouncer:
+    def __init__(
+        self,
+        node_name: str,
+        *,
+        listen_port: int = 179,
+        listen_addresses: Sequence[str] = ("0.0.0.0", "::"),
+        restarting: bool = False,
+        on_event: ObserverCallback | None = None,
+    ) -> None:
+        """``restarting``: this process follows a graceful stop, so the first
+        sessions set the Restart State bit (RFC 4724 §4.1)."""
+        self.node_name = node_name
+        self.listen_port = listen_port
+        self.listen_addresses = tuple(listen_addresses)
+        self._restarting = restarting
+        self._on_event = on_event
+        self._peers: dict[str, BgpPeerConfig] = {}
+        self._speakers: dict[str, PeerSpeaker] = {}
+        self._routes: tuple[BgpRoute, ...] = ()
+        self._tables: dict[str, dict[IPNetwork, RouteAttrs]] = {}
+        self._listeners: list[Listener] = []
+        self._lock = asyncio.Lock()
+
+    # ----------------------------------------------------------------- public
+
+    async def set_peers(self, peers: Sequence[BgpPeerConfig]) -> None:
+        async with self._lock:
+            wanted = {p.name: p for p in peers}
+            for name in [n for n in self._peers if n not in wanted or wanted[n] != self._peers[n]]:
+                await self._stop_peer(name, graceful=False)
+            new = [peer for name, peer in wanted.items() if name not in self._speakers]
+            if new:
+                addrs = await netutil.scan_addresses_async()
+                for peer in new:
+                    self._start_peer(peer, netutil.choose_router_id(peer, self.node_name, addrs))
+            await self._configure_listeners()
+
+    def apply(self, routes: Sequence[BgpRoute]) -> None:
+        self._routes = tuple(routes)
+        tables: dict[str, dict[IPNetwork, RouteAttrs]] = {}
+        for route in self._routes:
+            attrs = RouteAttrs.of(route)
+            for name in route.peers:
+                tables.setdefault(name, {})[route.prefix] = attrs
+        self._tables = tables
+        for name, speaker in self._speakers.items():
+            speaker.set_routes(tables.get(name, {}))
+            self._update_announced(name)
+
+    async def close(self, graceful_restart: bool = False) -> None:
+        """Stop every session: Cease, or (``graceful_restart``) silently where
+        graceful restart was negotiated, so routers keep the routes."""
+        async with self._lock:
+            await asyncio.gather(*(self._stop_peer(n, graceful=graceful_restart) for n in list(self._speakers)))
+            for listener in self._listeners:
+                await listener.close()
+            self._listeners = []
+
+    def status(self) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for name, speaker in self._speakers.items():
+            s = speaker.session
+            neg = s.negotiated if s.state == State.ESTABLISHED else None
+            st = s.stats
+            peer = speaker.peer
+            out.append(
+                {
+                    "name": name,
+                    "address": str(peer.peer_address),
+                    "port": peer.peer_port,
+                    "state": s.state.value,
+                    "uptime": round(s.uptime(speaker.now()), 1),
+                    "local_address": str(s.local_address) if s.local_address else None,
+                    "router_id": str(speaker.router_id),
+                    "peer_as": neg.peer_as if neg else peer.peer_asn,
+                    "peer_router_id": str(neg.peer_router_id) if neg else None,
+                    "capabilities": neg.capabilities() if neg else [],
+                    "hold_time": neg.hold_time if neg else None,
+                    "keepalive_time": neg.keepalive_time if neg else None,
+                    "prefixes_announced": len(s.advertised) if neg else 0,
+                    "prefixes_desired": len(s.desired),
+                    "updates_sent": st.updates_sent,
+                    "updates_received": st.updates_received,
+                    "notifications_sent": st.notifications_sent,
+                    "notifications_received": st.notifications_received,
+                    "established_transitions": st.established_transitions,
+                    "last_error": st.last_error,
+                }
+            )
+        return out
+
+    # -------------------------------------------------------------- internals
+
+    def _start_peer(self, peer: BgpPeerConfig, router_id: ipaddress.IPv4Address) -> None:
+        speaker = PeerSpeaker(peer, router_id=router_id, restarting=self._restarting, on_event=self._event)
+        self._peers[peer.name] = peer
+        self._speakers[peer.name] = speaker
+        SESSION_UP.labels(peer=peer.name).set(0)
+        ANNOUNCED.labels(peer=peer.name).set(0)
+        speaker.set_routes(self._tables.get(peer.name, {}))
+        speaker.start()
+        log.info("bgp_peer_started", peer=peer.name, address=str(peer.peer_address), passive=peer.passive)
+
+    async def _stop_peer(self, name: str, graceful: bool) -> None:
+        speaker = self._speakers.pop(name, None)
+        self._peers.pop(name, None)
+        if speaker is None:
+            return
+        await speaker.stop(graceful=graceful)
+        for metric in (SESSION_UP, ANNOUNCED):
+            try:
+                metric.remove(name)
+            except KeyError:
+                pass
+        log.info("bgp_peer_stopped", peer=name, graceful=graceful)
+
+    async def _configure_listeners(self) -> None:
+        """Listen only while a peer is passive (never on 179 otherwise)."""
+        passive = any(p.passive for p in self._peers.values())
+        if not passive:
+            for listener in self._listeners:
+                await listener.close()
+            self._listeners = []
+            return
+        if not self._listeners:
+            for address in self.listen_addresses:
+                listener = Listener(address, self.listen_port, self._dispatch)
+                try:
+                    listener.start()
+                except OSError as exc:
+                    log.warning("bgp_listen_failed", address=address, port=self.listen_port, error=str(exc))
+                    continue
+                self._listeners.append(listener)
+        keys: dict[IPAddress, bytes] = {}
+        for peer in self._peers.values():
+            try:
+                key = netutil.peer_password(peer)
+            except OSError as exc:
+                log.warning("bgp_password_file_unreadable", peer=peer.name, error=str(exc))
+                continue
+            if key:
+                keys[peer.peer_address] = key
+        for listener in self._listeners:
+            try:
+                listener.set_keys(keys)
+            except OSError as exc:
+                log.warning("bgp_md5_listen_failed", error=str(exc))
+
+    def _dispatch(self, remote: IPAddress, sock: socket.socket) -> bool:
+        if isinstance(remote, ipaddress.IPv6Address) and remote.ipv4_mapped is not None:
+            remote = remote.ipv4_mapped
+        for speaker in self._speakers.values():
+            if speaker.peer.peer_address == remote:
+                speaker.accept(sock)
+                return True
+        return False
+
+    def _update_announced(self, name: str) -> None:
+        speaker = self._speakers.get(name)
+        if speaker is None:
+            return
+        s = speaker.session
+        ANNOUNCED.labels(peer=name).set(len(s.advertised) if s.state == State.ESTABLISHED else 0)
+
+    def _event(self, speaker: PeerSpeaker, event: Event) -> None:
+        name = speaker.peer.name
+        if self._speakers.get(name) is not speaker:
+            return  # a stopped speaker's last words
+        if isinstance(event, UpdatesSent):
+            UPDATES_SENT.labels(peer=name).inc(event.messages)
+        elif isinstance(event, EndOfRibSent):
+            UPDATES_SENT.labels(peer=name).inc(1)
+        elif isinstance(event, UpdateReceived):
+            UPDATES_RECEIVED.labels(peer=name).inc()
+        elif isinstance(event, NotificationSent):
+            NOTIFICATIONS_SENT.labels(peer=name).inc()
+        elif isinstance(event, NotificationReceived):
+            NOTIFICATIONS_RECEIVED.labels(peer=name).inc()
+        SESSION_UP.labels(peer=name).set(1 if speaker.session.state == State.ESTABLISHED else 0)
+        self._update_announced(name)
+        if self._on_event is not None:
+            self._on_event(name, event)

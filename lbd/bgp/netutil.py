@@ -1,0 +1,142 @@
+"""Socket options and local address discovery for the BGP speaker.
+
+TCP MD5 (RFC 2385) through Linux's ``TCP_MD5SIG``; TTL for eBGP single-hop and
+multihop; the router ID and next-hop addresses from the node's interfaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import struct
+import zlib
+from pathlib import Path
+
+import structlog
+
+from lbd.model import BgpPeerConfig, IPAddress
+
+log = structlog.get_logger(__name__)
+
+TCP_MD5SIG = getattr(socket, "TCP_MD5SIG", 14)
+TCP_MD5SIG_MAXKEYLEN = 80
+
+
+def md5_struct(address: IPAddress, key: bytes) -> bytes:
+    """``struct tcp_md5sig``: sockaddr_storage (128), flags, prefixlen, keylen, ifindex, key[80]."""
+    if len(key) > TCP_MD5SIG_MAXKEYLEN:
+        raise ValueError(f"TCP MD5 key longer than {TCP_MD5SIG_MAXKEYLEN} octets")
+    if address.version == 4:
+        sa = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 0) + address.packed
+    else:
+        sa = struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", 0, 0) + address.packed + struct.pack("=I", 0)
+    sa = sa.ljust(128, b"\x00")
+    return sa + struct.pack("=BBHI", 0, 0, len(key), 0) + key.ljust(TCP_MD5SIG_MAXKEYLEN, b"\x00")
+
+
+def set_md5(sock: socket.socket, address: IPAddress, key: bytes | None) -> None:
+    """Install (or with ``None``/empty, remove) the RFC 2385 key for ``address``."""
+    sock.setsockopt(socket.IPPROTO_TCP, TCP_MD5SIG, md5_struct(address, key or b""))
+
+
+def peer_password(peer: BgpPeerConfig) -> bytes | None:
+    """The MD5 password, ``password_file`` read now (so a rotated secret is picked up)."""
+    if peer.password_file is not None:
+        text = Path(peer.password_file).read_text().strip()
+        return text.encode() if text else None
+    if peer.password:
+        return peer.password.encode()
+    return None
+
+
+def is_ibgp_config(peer: BgpPeerConfig) -> bool:
+    local = peer.local_asn if peer.local_asn is not None else peer.my_asn
+    if peer.peer_asn is not None:
+        return peer.peer_asn == local
+    return peer.dynamic_asn == "internal"
+
+
+def peer_ttl(peer: BgpPeerConfig) -> int:
+    """TTL for the session: 255 on iBGP, ``ebgp_multihop`` or 1 (directly connected) on eBGP."""
+    if is_ibgp_config(peer):
+        return 255
+    return max(1, min(255, peer.ebgp_multihop or 1))
+
+
+def set_ttl(sock: socket.socket, version: int, ttl: int) -> None:
+    if version == 4:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    else:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+
+
+# ---------------------------------------------------------------------------
+# Local addresses (pyroute2; every failure degrades to "unknown")
+# ---------------------------------------------------------------------------
+
+
+Addresses = list[tuple[int, IPAddress, int]]  # (ifindex, address, scope)
+
+
+def scan_addresses() -> Addresses:
+    """Every address on the node, from netlink. Blocking: call it from a thread
+    (``await scan_addresses_async()``): pyroute2 cannot run inside a running
+    loop, and uvloop refuses netlink sockets (see lbd.l2.netlink)."""
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:  # pragma: no cover
+        return []
+    out: Addresses = []
+    try:
+        with IPRoute(use_event_loop=asyncio.SelectorEventLoop()) as ipr:
+            for msg in ipr.get_addr():
+                addr = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+                if addr:
+                    out.append((int(msg["index"]), ipaddress.ip_address(addr.split("%")[0]), int(msg.get("scope", 0))))
+    except Exception as exc:  # netlink unavailable: callers fall back
+        log.warning("bgp_address_scan_failed", error=str(exc))
+    return out
+
+
+async def scan_addresses_async() -> Addresses:
+    return await asyncio.to_thread(scan_addresses)
+
+
+def other_family_next_hop(local: IPAddress, addrs: Addresses) -> IPAddress | None:
+    """An address of the other family on the interface that holds ``local``.
+
+    Used as the next hop for routes of the family the session does not carry
+    natively (IPv6 routes over an IPv4 session and vice versa): the global
+    address is preferred, a host-scope one (``::1`` on ``lo``) accepted,
+    link-local never.
+    """
+    index = next((i for i, a, _ in addrs if a == local), None)
+    if index is None:
+        return None
+    want = 6 if local.version == 4 else 4
+    cands = [(scope, a) for i, a, scope in addrs if i == index and a.version == want and not a.is_link_local]
+    cands.sort(key=lambda c: c[0])  # scope 0 (universe) first
+    return cands[0][1] if cands else None
+
+
+def link_local_on_interface_of(local: IPAddress, addrs: Addresses) -> ipaddress.IPv6Address | None:
+    index = next((i for i, a, _ in addrs if a == local), None)
+    for i, a, _ in addrs:
+        if i == index and a.version == 6 and a.is_link_local:
+            return a  # type: ignore[return-value]
+    return None
+
+
+def choose_router_id(peer: BgpPeerConfig, node_name: str, addrs: Addresses) -> ipaddress.IPv4Address:
+    """MetalLB's order: configured, the IPv4 source address, an IPv4 address of
+    the node (global first), else CRC32 of the node name."""
+    if peer.router_id is not None:
+        return peer.router_id
+    if isinstance(peer.source_address, ipaddress.IPv4Address):
+        return peer.source_address
+    v4 = sorted((scope, a) for _, a, scope in addrs if a.version == 4 and not a.is_loopback)
+    if v4:
+        return v4[0][1]  # type: ignore[return-value]
+    value = zlib.crc32(node_name.encode()) or 1
+    return ipaddress.IPv4Address(value)
