@@ -32,6 +32,7 @@ Addresses only ever get added to the book during a run, which is what lets
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from dataclasses import dataclass, field
 from typing import AbstractSet, Mapping, Sequence
@@ -209,6 +210,36 @@ def _request(spec: ServiceSpec) -> _Request | str:
 # ---------------------------------------------------------------------------
 
 
+class _ShareGroup:
+    """Addresses of one pool and family held with one (share key, backend key).
+
+    Joining one of them depends only on ports. Ports held on an address only
+    grow, so an address that clashes with a port set clashes with it for the
+    rest of the run: a cursor per port set skips the clashing prefix of the
+    sorted list once, and picking the lowest compatible address is amortised
+    O(1) even when thousands of services share one key on one port.
+    """
+
+    def __init__(self) -> None:
+        self.addresses: list[IPAddress] = []  # sorted
+        self.cursors: dict[frozenset[_Port], int] = {}  # addresses[:cursor] clash with the port set
+
+    def insert(self, address: IPAddress, ports: frozenset[_Port]) -> None:
+        i = bisect.bisect_left(self.addresses, address)  # type: ignore[arg-type]
+        self.addresses.insert(i, address)
+        for sig, cursor in self.cursors.items():
+            if cursor > i:
+                # inserted inside a clashing prefix: keep the prefix exact
+                self.cursors[sig] = cursor + 1 if ports & sig else i
+
+    def lowest(self, sig: frozenset[_Port], uses: Mapping[IPAddress, _Use]) -> IPAddress | None:
+        c = self.cursors.get(sig, 0)
+        while c < len(self.addresses) and uses[self.addresses[c]].ports & sig:
+            c += 1
+        self.cursors[sig] = c
+        return self.addresses[c] if c < len(self.addresses) else None
+
+
 class _Book:
     def __init__(self, pools: Sequence[PoolConfig]) -> None:
         self.pools: list[PoolConfig] = []
@@ -222,8 +253,8 @@ class _Book:
         self.taken: dict[Family, set[int]] = {Family.IPV4: set(), Family.IPV6: set()}
         self.used: dict[tuple[str, Family], int] = {}
         self.scanners: dict[tuple[str, Family], poolmath.FreeScanner] = {}
-        # (share_key, pool, family) -> addresses a sharing service could join
-        self.shared: dict[tuple[str, str, Family], list[IPAddress]] = {}
+        # (share_key, backend_key, pool, family) -> addresses a sharing service could join
+        self.shared: dict[tuple[str, str, str, Family], _ShareGroup] = {}
 
     def pool_of(self, address: IPAddress, prefer: str | None = None) -> PoolConfig | None:
         """The pool holding ``address``; ``prefer`` first, should pools overlap.
@@ -253,9 +284,10 @@ class _Book:
             self.uses[address] = use
             self.taken[family].add(int(address))
             self.used[(pool, family)] = self.used.get((pool, family), 0) + 1
-            if req.spec.share_key:
-                self.shared.setdefault((req.spec.share_key, pool, family), []).append(address)
         use.ports |= req.ports
+        if len(use.services) == 0 and req.spec.share_key:
+            key = (req.spec.share_key, req.spec.backend_key, pool, Family.of(address))
+            self.shared.setdefault(key, _ShareGroup()).insert(address, frozenset(use.ports))
         use.services.append(req.spec.name)
 
     def exhausted(self, pool: PoolConfig, family: Family) -> str:
@@ -273,9 +305,10 @@ class _Book:
         best = scanner.lowest_free()
         share_key = req.spec.share_key
         if share_key:
-            for address in self.shared.get((share_key, pool.name, family), ()):
-                if (best is None or address < best) and self.conflict(req, address) is None:
-                    best = address
+            group = self.shared.get((share_key, req.spec.backend_key, pool.name, family))
+            shared = group.lowest(req.ports, self.uses) if group is not None else None
+            if shared is not None and (best is None or shared < best):
+                best = shared
         return best
 
 

@@ -21,7 +21,6 @@ The per-pool tables are cached on the (frozen, hashable) ``PoolConfig``.
 from __future__ import annotations
 
 import bisect
-import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import AbstractSet, Callable, Collection, Iterator, Sequence
@@ -69,26 +68,19 @@ class PoolSpace:
     spans: dict[Family, tuple[tuple[int, int], ...]]
     # starts[family] mirrors spans[family] for bisect lookups
     starts: dict[Family, tuple[int, ...]]
+    counts: dict[Family, int]  # usable addresses per family
 
     def _avoid(self, family: Family) -> bool:
         return self.pool.avoid_buggy_ips and family is Family.IPV4
 
     def families(self) -> frozenset[Family]:
-        return frozenset(f for f, s in self.spans.items() if s and self.count(f) > 0)
+        return frozenset(f for f, n in self.counts.items() if n > 0)
 
     def count(self, family: Family | None = None) -> int:
         """Usable addresses of one family, or of both when ``family`` is None."""
         if family is None:
-            return sum(self.count(f) for f in Family)
-        total = 0
-        avoid = self._avoid(family)
-        for first, last in self.spans.get(family, ()):
-            n = last - first + 1
-            if avoid:
-                n -= _count_congruent(first, last, 0, 256)
-                n -= _count_congruent(first, last, 255, 256)
-            total += n
-        return total
+            return sum(self.counts.values())
+        return self.counts.get(family, 0)
 
     def contains_int(self, family: Family, value: int) -> bool:
         """True if ``value`` lies in one of the ranges (usable or not)."""
@@ -129,6 +121,17 @@ class PoolSpace:
             c = self.next_usable(family, c + 1)
 
 
+def _count(spans: tuple[tuple[int, int], ...], avoid: bool) -> int:
+    total = 0
+    for first, last in spans:
+        n = last - first + 1
+        if avoid:
+            n -= _count_congruent(first, last, 0, 256)
+            n -= _count_congruent(first, last, 255, 256)
+        total += n
+    return total
+
+
 def _merge(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     spans.sort()
     merged: list[tuple[int, int]] = []
@@ -143,9 +146,26 @@ def _merge(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     return tuple(merged)
 
 
-@functools.lru_cache(maxsize=4096)
+# id(pool) -> (pool, space). Keyed by identity because hashing a PoolConfig
+# walks every range on each call; the strong reference to the pool keeps its
+# id from being reused while the entry lives.
+_SPACES: dict[int, tuple[PoolConfig, PoolSpace]] = {}
+_SPACES_MAX = 4096
+
+
 def space(pool: PoolConfig) -> PoolSpace:
     """The integer view of ``pool`` (cached: pools are frozen)."""
+    hit = _SPACES.get(id(pool))
+    if hit is not None and hit[0] is pool:
+        return hit[1]
+    if len(_SPACES) >= _SPACES_MAX:
+        _SPACES.clear()
+    result = _build_space(pool)
+    _SPACES[id(pool)] = (pool, result)
+    return result
+
+
+def _build_space(pool: PoolConfig) -> PoolSpace:
     raw: dict[Family, list[tuple[int, int]]] = {Family.IPV4: [], Family.IPV6: []}
     for r in pool.addresses:
         if r.first.version != r.last.version:
@@ -153,7 +173,8 @@ def space(pool: PoolConfig) -> PoolSpace:
         raw[r.family].append((int(r.first), int(r.last)))
     spans = {f: _merge(s) for f, s in raw.items()}
     starts = {f: tuple(a for a, _ in s) for f, s in spans.items()}
-    return PoolSpace(pool=pool, spans=spans, starts=starts)
+    counts = {f: _count(s, pool.avoid_buggy_ips and f is Family.IPV4) for f, s in spans.items()}
+    return PoolSpace(pool=pool, spans=spans, starts=starts, counts=counts)
 
 
 def families(pool: PoolConfig) -> frozenset[Family]:

@@ -435,3 +435,24 @@ def test_pool_usage_per_family_with_huge_ipv6_totals() -> None:
     assert (usage["dual"].ipv6.used, usage["dual"].ipv6.total) == (1, 2**64)
     assert usage["dual"].family(V6).total == 2**64
     assert usage["dual"].used == 2 and usage["dual"].total == 254 + 2**64
+
+
+def test_sharing_finds_a_joinable_address_below_ones_already_skipped() -> None:
+    # White-box: the share index skips clashing addresses with a cursor; an
+    # address inserted below that cursor later must still be found.
+    p = pool("p", "10.77.0.0/30")
+    services = [
+        svc("s/a", "tcp/80", share_key="k", addresses=["10.77.0.3"]),
+        svc("s/b", "tcp/80", share_key="k"),  # skips .3 (clash), takes free .0
+        svc("s/c", "udp/53", share_key="k", addresses=["10.77.0.2"]),  # lands below the cursor
+        svc("s/d"),  # takes the last free address, .1
+        svc("s/e", "tcp/80", share_key="k"),  # nothing free: must join .2
+    ]
+    r = allocate([p], services, {})
+    assert {n: addrs(r, n)[0] for n in r.allocations} == {
+        "s/a": "10.77.0.3",
+        "s/b": "10.77.0.0",
+        "s/c": "10.77.0.2",
+        "s/d": "10.77.0.1",
+        "s/e": "10.77.0.2",
+    }
