@@ -123,35 +123,54 @@ def test_crash_between_write_and_rename_leaves_a_temp_file_that_never_breaks_loa
     assert store.load() == sample(3)
 
 
-def test_real_kill_during_saves_always_leaves_a_valid_file(tmp_path: Path) -> None:
+_SAVER = """
+import os, sys, ipaddress, time
+from pathlib import Path
+from lbd.state import StateStore, PersistedState
+from lbd.model import Allocation
+store = StateStore(Path(sys.argv[1]))
+big = {f"s/{i}": Allocation(f"s/{i}", "p", (ipaddress.ip_address(167772160 + i),)) for i in range(3000)}
+states = [PersistedState(big, False, {"n": 0}), PersistedState({}, True, {"n": 1})]
+store.save(states[0])
+if sys.argv[2] == "window":
+    # stop between the fsync of the temp file and the rename, and say so
+    def stuck(src, dst):
+        print("window", flush=True)
+        time.sleep(30)
+    os.replace = stuck
+print("ready", flush=True)
+deadline = time.monotonic() + 20
+i = 0
+while time.monotonic() < deadline:
+    i += 1
+    store.save(states[i % 2])
+"""
+
+
+@pytest.mark.parametrize("mode", ["window", "random"])
+def test_sigkill_during_saves_always_leaves_a_valid_file(tmp_path: Path, mode: str) -> None:
     """SIGKILL a process that saves in a loop: the file is always one whole state."""
-    code = (
-        "import sys, ipaddress, time\n"
-        "from pathlib import Path\n"
-        "from lbd.state import StateStore, PersistedState\n"
-        "from lbd.model import Allocation\n"
-        "store = StateStore(Path(sys.argv[1]))\n"
-        "big = {f's/{i}': Allocation(f's/{i}', 'p', (ipaddress.ip_address(167772160 + i),)) for i in range(3000)}\n"
-        "states = [PersistedState(big, False, {'n': 0}), PersistedState({}, True, {'n': 1})]\n"
-        "store.save(states[0]); print('ready', flush=True)\n"
-        "deadline = time.monotonic() + 20\n"
-        "i = 0\n"
-        "while time.monotonic() < deadline:\n"
-        "    i += 1; store.save(states[i % 2])\n"
-    )
-    for attempt in range(5):
+    for attempt in range(1 if mode == "window" else 4):
         d = tmp_path / f"run{attempt}"
-        proc = subprocess.Popen([sys.executable, "-c", code, str(d)], stdout=subprocess.PIPE)
+        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(d), mode], stdout=subprocess.PIPE)
         try:
             assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-            time.sleep(0.05 + 0.037 * attempt)
+            if mode == "window":
+                assert proc.stdout.readline() == b"window\n"
+            else:
+                time.sleep(0.05 + 0.037 * attempt)
         finally:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+        if mode == "window":
+            # the new state is complete and fsynced in its temp file, but not renamed
+            assert [n for n in names(d) if n.startswith(".allocations.json.tmp-")]
         loaded = StateStore(d).load()
         assert loaded.extra in ({"n": 0}, {"n": 1})
         assert len(loaded.allocations) == (3000 if loaded.extra == {"n": 0} else 0)
-        assert not [n for n in names(d) if "corrupt" in n]
+        if mode == "window":
+            assert loaded.extra == {"n": 0}  # the old state
+        assert names(d) == ["allocations.json"]  # no temp file, nothing set aside
 
 
 @pytest.mark.parametrize(
