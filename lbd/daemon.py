@@ -26,6 +26,7 @@ from lbd.control import ControlError, ControlServer
 from lbd.ipam import allocate, pool_usage
 from lbd.l2.announcer import L2Announcer
 from lbd.l2.interfaces import list_interfaces
+from lbd.l2.netlink import Netlink
 from lbd.membership import LocalMembership, Membership
 from lbd.model import Allocation, Config, Family, Member, MemberState, Plan, ServiceSpec
 from lbd.planner import PlannerInput, plan
@@ -77,7 +78,8 @@ class Daemon:
         self.reload_error: list[str] | None = None
         self.reconcile_error: str | None = None
         self.last_reconcile: float | None = None
-        self.l2 = L2Announcer()
+        self.netlink = Netlink()  # one netlink socket for the daemon, on its own thread (uvloop-safe)
+        self.l2 = L2Announcer(netlink=self.netlink)
         self.bgp: Any = None  # lbd.bgp.announcer.BgpAnnouncer, when peers are configured
         self.exporter: Any = None  # lbd.bgp.export.RouteExporter, when route exports are configured
         self.health: Any = None  # lbd.health.HealthChecker, when a service has a health check
@@ -134,7 +136,7 @@ class Daemon:
                 log.warning("service_pending", service=name, reason=reason)
         self.pending = result.pending
 
-        interfaces = await list_interfaces()
+        interfaces = await list_interfaces(self.netlink)
         self._configure_health()
         failing = frozenset(
             name for name, spec in self.services.items()
@@ -324,11 +326,13 @@ class Daemon:
         try:
             await self.control.start()
             await self.apply_config()
+            await self._wait_for_sources()
+            await self.reconcile()
+            # Only now, with the desired addresses in place, remove what a crashed lbd left behind:
+            # cleaning up first would withdraw, for a moment, VIPs that are still ours.
             removed = await self.l2.cleanup_stale()
             if removed:
                 log.info("removed_stale_addresses", count=removed)
-            await self._wait_for_sources()
-            await self.reconcile()
             self.notifier.ready(status=f"announcing {sum(1 for d in self.plan.decisions if d.announced_here)} VIPs")
             log.info("ready", vips=len(self.plan.decisions), pending=len(self.pending))
             self._tasks.append(asyncio.create_task(self._watchdog_loop()))
@@ -368,6 +372,7 @@ class Daemon:
         await self.sources.close()
         await self.membership.close()
         await self.control.close()
+        await self.netlink.aclose()
         if self._metrics_server is not None:
             self._metrics_server.close()
         try:
