@@ -1,0 +1,277 @@
+"""The asyncio speaker over loopback: two lbd announcers peering on 127.0.0.1
+(non-179 ports), TCP MD5, withdrawals, graceful stop, hold timer against a
+frozen in-test peer, the listener's address filter, and collisions."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import struct
+import time
+from typing import Callable
+
+import pytest
+
+from lbd.bgp import codec
+from lbd.bgp.announcer import BgpAnnouncer
+from lbd.bgp.codec import MultiprotocolCap, Open
+from lbd.bgp.fsm import Event, NotificationReceived, SessionDown, State, UpdateReceived
+from lbd.metrics import REGISTRY
+from lbd.model import BgpPeerConfig, BgpRoute
+
+LO = ipaddress.IPv4Address("127.0.0.1")
+pytestmark = pytest.mark.timeout(60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Rib:
+    """What one announcer hears from its peers (Adj-RIB-In), from the events."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, dict] = {}  # type: ignore[type-arg]
+        self.events: list[tuple[str, Event]] = []
+
+    def __call__(self, peer: str, event: Event) -> None:
+        self.events.append((peer, event))
+        if isinstance(event, UpdateReceived):
+            table = self.routes.setdefault(peer, {})
+            for p in event.update.withdrawn_all():
+                table.pop(p, None)
+            attrs = event.update.attributes
+            for p in event.update.announced():
+                nh = attrs.next_hop if p.version == 4 else attrs.mp_reach.next_hops[0]
+                table[p] = (nh, attrs.communities, attrs.large_communities, attrs.local_pref)
+
+
+def peer(name: str, my: int, other: int, port: int = 179, **kw: object) -> BgpPeerConfig:
+    base: dict[str, object] = dict(name=name, my_asn=my, peer_address=LO, peer_asn=other, peer_port=port, hold_time=9, connect_time=2)
+    base.update(kw)
+    return BgpPeerConfig(**base)  # type: ignore[arg-type]
+
+
+def state(ann: BgpAnnouncer, name: str) -> str:
+    return next(s["state"] for s in ann.status() if s["name"] == name)  # type: ignore[return-value]
+
+
+async def pair(password: str | None = None, gr: bool = False, ibgp: bool = False):  # type: ignore[no-untyped-def]
+    port = free_port()
+    rib_a, rib_b = Rib(), Rib()
+    asn_b = 64512 if ibgp else 64513
+    a = BgpAnnouncer("node-a", listen_port=port, listen_addresses=("127.0.0.1",), on_event=rib_a)
+    b = BgpAnnouncer("node-b", on_event=rib_b)
+    await a.set_peers([peer("to-b", 64512, asn_b, passive=True, password=password, graceful_restart=gr, router_id=ipaddress.IPv4Address("10.77.0.1"))])
+    await b.set_peers([peer("to-a", asn_b, 64512, port=port, password=password, graceful_restart=gr, router_id=ipaddress.IPv4Address("10.77.0.2"))])
+    return a, b, rib_a, rib_b
+
+
+async def test_two_speakers_exchange_routes_with_md5() -> None:
+    a, b, rib_a, _ = await pair(password="lbd-secret")
+    try:
+        routes = [
+            BgpRoute(ipaddress.ip_network("10.88.0.1/32"), ("to-a",), communities=((65000, 7),), large_communities=((1, 2, 3),)),
+            BgpRoute(ipaddress.ip_network("10.88.1.0/24"), ("to-a",)),
+            BgpRoute(ipaddress.ip_network("fd77::10/128"), ("to-a",)),
+            BgpRoute(ipaddress.ip_network("10.88.9.9/32"), ("someone-else",)),
+        ]
+        b.apply(routes)
+        await until(lambda: state(a, "to-b") == "established" and state(b, "to-a") == "established", what="established")
+        await until(lambda: len(rib_a.routes.get("to-b", {})) == 3, what="routes at a")
+        got = rib_a.routes["to-b"]
+        assert got[ipaddress.ip_network("10.88.0.1/32")] == (LO, ((65000, 7),), ((1, 2, 3),), None)
+        assert got[ipaddress.ip_network("fd77::10/128")][0] == ipaddress.IPv6Address("::1")  # lo's IPv6 address
+        assert ipaddress.ip_network("10.88.9.9/32") not in got
+
+        status = next(s for s in b.status() if s["name"] == "to-a")
+        assert status["prefixes_announced"] == 3 and status["hold_time"] == 9 and status["keepalive_time"] == 3
+        assert "4-octet-as" in status["capabilities"] and status["uptime"] >= 0
+        assert REGISTRY.get_sample_value("lbd_bgp_session_up", {"peer": "to-a"}) == 1
+        assert REGISTRY.get_sample_value("lbd_bgp_announced_prefixes", {"peer": "to-a"}) == 3
+        assert REGISTRY.get_sample_value("lbd_bgp_updates_received_total", {"peer": "to-b"}) >= 3
+        assert b._listeners == []  # no passive peer: b listens nowhere
+
+        # Withdraw one (level-triggered apply), change the attributes of another.
+        b.apply([routes[0], BgpRoute(ipaddress.ip_network("10.88.1.0/24"), ("to-a",), communities=((1, 1),))])
+        await until(lambda: len(rib_a.routes["to-b"]) == 2, what="withdrawal at a")
+        await until(lambda: rib_a.routes["to-b"][ipaddress.ip_network("10.88.1.0/24")][1] == ((1, 1),), what="attribute change")
+
+        # Removing the peer ends its session with a Cease.
+        await b.set_peers([])
+        await until(lambda: any(isinstance(e, NotificationReceived) and (e.code, e.subcode) == (6, 2) for _, e in rib_a.events), what="cease at a")
+        assert REGISTRY.get_sample_value("lbd_bgp_session_up", {"peer": "to-a"}) is None
+    finally:
+        await b.close()
+        await a.close()
+
+
+async def test_md5_mismatch_never_establishes() -> None:
+    port = free_port()
+    a = BgpAnnouncer("node-a", listen_port=port, listen_addresses=("127.0.0.1",))
+    b = BgpAnnouncer("node-b")
+    try:
+        await a.set_peers([peer("to-b", 64512, 64513, passive=True, password="one", router_id=ipaddress.IPv4Address("10.77.0.1"))])
+        await b.set_peers([peer("to-a", 64513, 64512, port=port, password="two", connect_time=1, router_id=ipaddress.IPv4Address("10.77.0.2"))])
+        await asyncio.sleep(2.5)
+        assert state(a, "to-b") == "active" and state(b, "to-a") in ("connect", "active", "idle")
+    finally:
+        await b.close()
+        await a.close()
+
+
+async def test_graceful_close_sends_no_notification() -> None:
+    a, b, rib_a, _ = await pair(gr=True, ibgp=True)
+    try:
+        b.apply([BgpRoute(ipaddress.ip_network("10.88.0.1/32"), ("to-a",), local_pref=250)])
+        await until(lambda: len(rib_a.routes.get("to-b", {})) == 1, what="route")
+        assert rib_a.routes["to-b"][ipaddress.ip_network("10.88.0.1/32")][3] == 250  # iBGP: LOCAL_PREF
+        assert "graceful-restart" in next(s for s in b.status())["capabilities"]  # type: ignore[operator]
+        await b.close(graceful_restart=True)
+        await until(lambda: any(isinstance(e, SessionDown) for _, e in rib_a.events), what="session down at a")
+        assert not any(isinstance(e, NotificationReceived) for _, e in rib_a.events)
+    finally:
+        await b.close()
+        await a.close()
+
+
+async def test_hold_timer_expires_against_frozen_peer() -> None:
+    got: list[bytes] = []
+    done = asyncio.Event()
+
+    async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answer OPEN and the first KEEPALIVE, then fall silent (as a SIGSTOPped router would).
+        hdr = await reader.readexactly(19)
+        await reader.readexactly(struct.unpack("!H", hdr[16:18])[0] - 19)  # our OPEN
+        caps = (MultiprotocolCap(1, 1),)
+        writer.write(codec.encode_open(Open.for_asn(64513, 3, ipaddress.IPv4Address("10.77.0.9"), caps)) + codec.encode_keepalive())
+        await writer.drain()
+        try:
+            while True:
+                hdr = await asyncio.wait_for(reader.readexactly(19), 10)
+                length, msg_type = struct.unpack("!HB", hdr[16:19])
+                body = await reader.readexactly(length - 19)
+                if msg_type == 3:
+                    got.append(body)
+                    break
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+            pass
+        done.set()
+        writer.close()
+
+    server = await asyncio.start_server(frozen, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ann = BgpAnnouncer("node")
+    try:
+        start = time.monotonic()
+        await ann.set_peers([peer("frozen", 64512, 64513, port=port, hold_time=3, router_id=ipaddress.IPv4Address("10.77.0.1"))])
+        await asyncio.wait_for(done.wait(), 15)
+        assert got and got[0][:2] == b"\x04\x00"  # NOTIFICATION Hold Timer Expired
+        assert 2.5 <= time.monotonic() - start < 10
+        assert next(s for s in ann.status())["last_error"].startswith("sent hold timer expired")  # type: ignore[union-attr]
+    finally:
+        await ann.close()
+        server.close()
+
+
+async def test_listener_refuses_unconfigured_addresses() -> None:
+    port = free_port()
+    a = BgpAnnouncer("node-a", listen_port=port, listen_addresses=("127.0.0.1",))
+    try:
+        await a.set_peers([peer("p", 64512, 64513, passive=True, router_id=ipaddress.IPv4Address("10.77.0.1"))])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+        data = await asyncio.wait_for(reader.read(100), 5)
+        assert data == b""  # closed without a word
+        writer.close()
+        # The configured address is accepted and gets an OPEN.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        hdr = await asyncio.wait_for(reader.readexactly(19), 5)
+        assert hdr[18] == 1
+        writer.close()
+        # With no passive peer left, the listener goes away.
+        await a.set_peers([peer("p", 64512, 64513, router_id=ipaddress.IPv4Address("10.77.0.1"), peer_port=free_port())])
+        assert a._listeners == []
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+    finally:
+        await a.close()
+
+
+async def test_collision_leaves_one_session() -> None:
+    """Both sides connect and listen: RFC 4271 §6.8 keeps exactly one connection."""
+    pa, pb = free_port(), free_port()
+    rib_a, rib_b = Rib(), Rib()
+    a = BgpAnnouncer("a", listen_port=pa, listen_addresses=("127.0.0.1",), on_event=rib_a)
+    b = BgpAnnouncer("b", listen_port=pb, listen_addresses=("127.0.0.1",), on_event=rib_b)
+    # A passive dummy peer on each side makes the listener run; the real peers connect actively.
+    dummy = dict(passive=True, peer_address=ipaddress.IPv4Address("127.0.0.9"))
+    try:
+        await asyncio.gather(
+            a.set_peers([peer("to-b", 64512, 64513, port=pb, router_id=ipaddress.IPv4Address("10.77.0.1")), peer("dummy", 64512, 64999, **dummy)]),
+            b.set_peers([peer("to-a", 64513, 64512, port=pa, router_id=ipaddress.IPv4Address("10.77.0.2")), peer("dummy", 64513, 64999, **dummy)]),
+        )
+        await until(lambda: state(a, "to-b") == "established" and state(b, "to-a") == "established", what="established")
+        await asyncio.sleep(1.0)
+        assert state(a, "to-b") == "established" and state(b, "to-a") == "established"
+        sa = next(s for s in a.status() if s["name"] == "to-b")
+        assert sa["established_transitions"] == 1
+        assert a._speakers["to-b"].status_connections() == 1 and b._speakers["to-a"].status_connections() == 1
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def _read_msg(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    hdr = await asyncio.wait_for(reader.readexactly(19), 5)
+    length, msg_type = struct.unpack("!HB", hdr[16:19])
+    return msg_type, await asyncio.wait_for(reader.readexactly(length - 19), 5)
+
+
+async def test_collision_closes_the_connection_of_the_lower_identifier() -> None:
+    """A scripted peer with a higher BGP identifier opens a second connection
+    while lbd's own is in OpenSent: lbd closes its own with Cease 6/7 and
+    continues on the peer's (RFC 4271 §6.8)."""
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def on_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await accepted.put((r, w))
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    fake_port = server.sockets[0].getsockname()[1]
+    listen_port = free_port()
+    a = BgpAnnouncer("a", listen_port=listen_port, listen_addresses=("127.0.0.1",))
+    dummy = peer("dummy", 64512, 64999, passive=True, peer_address=ipaddress.IPv4Address("127.0.0.9"))
+    their_open = codec.encode_open(Open.for_asn(64513, 9, ipaddress.IPv4Address("10.77.0.9"), (MultiprotocolCap(1, 1),)))
+    writers = []
+    try:
+        await a.set_peers([peer("fake", 64512, 64513, port=fake_port, router_id=ipaddress.IPv4Address("10.77.0.1")), dummy])
+        r1, w1 = await asyncio.wait_for(accepted.get(), 5)  # lbd's outbound connection
+        writers.append(w1)
+        assert (await _read_msg(r1))[0] == 1
+        r2, w2 = await asyncio.open_connection("127.0.0.1", listen_port)  # ours, inbound at lbd
+        writers.append(w2)
+        assert (await _read_msg(r2))[0] == 1
+        w2.write(their_open)
+        await w2.drain()
+        msg_type, body = await _read_msg(r1)
+        assert (msg_type, body[:2]) == (3, b"\x06\x07")  # Cease / Connection Collision Resolution on lbd's own
+        assert (await _read_msg(r2))[0] == 4  # KEEPALIVE on the surviving one
+        w2.write(codec.encode_keepalive())
+        await w2.drain()
+        await until(lambda: state(a, "fake") == "established", what="established on the inbound connection")
+        assert a._speakers["fake"].session.outbound is False
+    finally:
+        for w in writers:
+            w.close()
+        await a.close()
+        server.close()
