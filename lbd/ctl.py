@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("drain", help="move every VIP off this node")
     sub.add_parser("undrain", help="let this node own VIPs again")
     sub.add_parser("reload", help="reload the configuration (like SIGHUP)")
+    sub.add_parser("restart", help="stop for a restart (like SIGUSR2): BGP graceful restart, VIPs kept")
     args = parser.parse_args(argv)
     command = args.command or "status"
     try:

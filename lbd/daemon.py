@@ -43,6 +43,8 @@ log = structlog.get_logger(__name__)
 RESYNC_INTERVAL = 10.0  # a full pass even when nothing said it changed (interfaces, lost events)
 DEBOUNCE = 0.01  # coalesce a burst of triggers into one pass
 SOURCE_START_GRACE = 2.0  # wait this long at start for every source's first snapshot
+EXIT_RESTART = 75  # exit status after a stop-for-restart; the systemd unit restarts lbd on it
+RESTART_WINDOW = 300.0  # a start this soon after a stop-for-restart is a graceful restart (RFC 4724)
 
 
 def ghost_spec(allocation: Allocation) -> ServiceSpec:
@@ -96,10 +98,14 @@ class Daemon:
                 "drain": self._cmd_drain,
                 "undrain": self._cmd_undrain,
                 "reload": self._cmd_reload,
+                "restart": self._cmd_restart,
             },
         )
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._restarting = False  # this stop is for a restart: keep routes and addresses in place
+        stopped_at = self.extra_state.pop("restart_stop_at", None)
+        self.graceful_restart = isinstance(stopped_at, (int, float)) and 0 <= time.time() - stopped_at < RESTART_WINDOW
         self._metrics_server: Any = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -249,7 +255,7 @@ class Daemon:
         if peers and self.bgp is None:
             from lbd.bgp.announcer import BgpAnnouncer
 
-            self.bgp = BgpAnnouncer(self.config.node.name)
+            self.bgp = BgpAnnouncer(self.config.node.name, restarting=self.graceful_restart)
         if self.bgp is not None:
             await self.bgp.set_peers(peers)
 
@@ -319,10 +325,11 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
+                             (signal.SIGUSR2, lambda: self.stop(restart=True)),
                              (signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))):
             loop.add_signal_handler(sig, handler)
         log.info("starting", node=self.config.node.name, config=str(self.config.path), version=lbd.__version__,
-                 allocations=len(self.allocations))
+                 allocations=len(self.allocations), graceful_restart=self.graceful_restart)
         try:
             await self.control.start()
             await self.apply_config()
@@ -330,6 +337,8 @@ class Daemon:
             await self.reconcile()
             # Only now, with the desired addresses in place, remove what a crashed lbd left behind:
             # cleaning up first would withdraw, for a moment, VIPs that are still ours.
+            if self.graceful_restart:
+                self.persist()  # the restart marker is used up
             removed = await self.l2.cleanup_stale()
             if removed:
                 log.info("removed_stale_addresses", count=removed)
@@ -340,7 +349,7 @@ class Daemon:
             await self._loop()
         finally:
             await self.shutdown()
-        return 0
+        return EXIT_RESTART if self._restarting else 0
 
     async def _wait_for_sources(self) -> None:
         deadline = time.monotonic() + SOURCE_START_GRACE
@@ -349,8 +358,11 @@ class Daemon:
                 return
             await asyncio.sleep(0.02)
 
-    def stop(self) -> None:
-        log.info("stopping")
+    def stop(self, restart: bool = False) -> None:
+        """Withdraw everything and exit; or, for a restart, leave BGP routes (graceful restart)
+        and, on a single node, the bound VIPs in place for the next lbd to adopt."""
+        log.info("stopping", restart=restart)
+        self._restarting = restart
         self._stop.set()
         self._wake.set()
 
@@ -358,13 +370,20 @@ class Daemon:
         self.notifier.stopping()
         for task in self._tasks:
             task.cancel()
+        clustered = not isinstance(self.membership, LocalMembership)
         try:
             await self.membership.leave(self)
         except Exception:  # noqa: BLE001 - shutdown must go on
             log.exception("leave_failed")
-        await self.l2.close()
+        if self._restarting and not clustered:
+            # The addresses keep their finite lifetime; the next lbd adopts them as its own.
+            log.info("leaving_addresses_for_restart", vips=len(self.plan.l2))
+        else:
+            await self.l2.close()
+        if self._restarting:
+            self.extra_state["restart_stop_at"] = time.time()
         if self.bgp is not None:
-            await self.bgp.close()
+            await self.bgp.close(graceful_restart=self._restarting)
         if self.exporter is not None:
             await self.exporter.close()
         if self.health is not None:
@@ -466,6 +485,10 @@ class Daemon:
         self.persist()
         self.trigger()
         return "undrained: this node may own VIPs again"
+
+    async def _cmd_restart(self, args: Mapping[str, Any]) -> str:
+        self.stop(restart=True)
+        return "stopping for a restart: BGP routes stay at graceful-restart peers until lbd is back"
 
     async def _cmd_reload(self, args: Mapping[str, Any]) -> str:
         if await self.reload():

@@ -1,0 +1,92 @@
+"""The whole daemon announcing VIPs over BGP to a real BIRD 2 router.
+
+From /etc/lbd.toml to a route at the router: the service gets an address from
+the routed pool, the node binds it locally (so it accepts the traffic) and
+announces it with itself as next hop, the configured communities and local
+preference; `lbd-ctl bgp` shows the session; `lbd-ctl restart` (a stop for a
+restart) keeps the route at the router through graceful restart; a removed
+service and a plain stop withdraw it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from conftest import require_binary
+from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec
+from lbd.netlab import LbdNode, wait_for
+
+pytestmark = [pytest.mark.lab, pytest.mark.interop]
+
+CONFIG = """
+[[pool]]
+name = "routed"
+addresses = ["10.88.0.0/24"]
+
+[[bgp_peer]]
+name = "gateway"
+my_asn = 64512
+peer_asn = 64512
+peer_address = "10.77.0.1"
+hold_time = 9
+graceful_restart = true
+graceful_restart_time = 60
+
+[[bgp_advertisement]]
+pools = ["routed"]
+aggregation_length = 32
+local_pref = 150
+communities = ["64512:100", "large:64512:7:9"]
+"""
+
+SERVICES = '[[service]]\nname = "api"\npool = "routed"\nports = ["tcp/443"]\n'
+
+
+def test_daemon_announces_over_bgp_and_survives_restart(lab, tmp_path):
+    require_binary("bird", "birdc")
+    router_host = lab.add_host("router", ["10.77.0.1/24"])
+    node = lab.add_host("node", ["10.77.0.2/24"])
+    router = BirdPeer(router_host, PeerSpec(
+        asn=64512, router_id="10.77.0.1",
+        neighbors=[Neighbor(address="10.77.0.2", asn=64512, hold_time=9, graceful_restart=True)],
+        restart_time=60,
+    )).start()
+    lbd = LbdNode(node, tmp_path, CONFIG + SERVICES, name="node1").start()
+    try:
+        routes = router.wait_routes(lambda r: "10.88.0.0/32" in r, timeout=30, what="the VIP at the router")
+        route = routes["10.88.0.0/32"]
+        assert route.next_hops == ("10.77.0.2",)
+        assert route.local_pref == 150
+        assert "64512:100" in route.communities and "64512:7:9" in route.large_communities
+        # The node accepts traffic for the VIP: bound locally, not on the LAN.
+        assert "10.88.0.0" in node.run("ip -br addr show dev lo").stdout
+        assert "10.88.0.0" not in node.run("ip -br addr show dev eth0").stdout
+        peers = json.loads(lbd.ctl("--json", "bgp").stdout)
+        assert peers[0]["name"] == "gateway" and peers[0]["state"].lower() == "established"
+        assert "established" in lbd.ctl("bgp").stdout.lower()
+        row = lbd.service("static/api")
+        assert row["state"] == "announced" and "bgp" in row["modes"]
+
+        # A stop for a restart: the router keeps the route (RFC 4724) while lbd is away.
+        assert lbd.ctl_ok("restart")
+        wait_for(lambda: not lbd.running(), 20, what="lbd to exit for the restart")
+        assert lbd.proc.returncode == 75
+        assert "10.88.0.0/32" in router.routes(), "graceful restart must keep the route at the router"
+        lbd.start()
+        router.wait_established("10.77.0.2", timeout=30)
+        assert "10.88.0.0/32" in router.routes()
+
+        # Removing the service withdraws the route.
+        lbd.write_config(CONFIG + '[[service]]\nname = "other"\npool = "routed"\n')
+        lbd.send_signal(signal.SIGHUP)
+        router.wait_routes(lambda r: "10.88.0.0/32" not in r and "10.88.0.1/32" in r, timeout=30,
+                           what="api withdrawn, other announced")
+        # A plain stop withdraws everything (Cease), at once.
+        lbd.stop()
+        router.wait_routes(lambda r: not r, timeout=30, what="every route withdrawn")
+    finally:
+        lbd.stop()
+        router.stop()
