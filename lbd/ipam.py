@@ -20,8 +20,9 @@ Stickiness, which MetalLB lacks across restarts (its issues #1774, #2443,
 Services are processed in three passes so that nothing valid ever moves and a
 pending service never steals an address:
 
-1. services with a previous allocation, in name order: keep it if valid;
-2. the same services whose allocation was invalid, in name order:
+1. services with a previous allocation, in name order (or the caller's
+   ``precedence``): keep it if valid;
+2. the same services whose allocation was invalid, in the same order:
    re-allocate, keeping the addresses that are still individually valid
    (a service that turns dual-stack keeps its IPv4 address);
 3. new services, in name order.
@@ -449,8 +450,18 @@ def allocate(
     pools: Sequence[PoolConfig],
     services: Sequence[ServiceSpec],
     previous: Mapping[str, Allocation],
+    *,
+    precedence: Mapping[str, int] | None = None,
 ) -> AllocationResult:
-    """Allocate addresses to ``services`` from ``pools``, keeping ``previous`` where valid."""
+    """Allocate addresses to ``services`` from ``pools``, keeping ``previous`` where valid.
+
+    ``precedence`` orders the previous allocations when two of them conflict
+    (one address, no sharing): lower values are kept first, services absent
+    from it come after, ties go by name. The default is name order. The
+    cluster passes, e.g., the epoch at which each allocation was made, so
+    that after a partition heals the older allocation keeps its address and
+    only the younger side's service moves.
+    """
     result = AllocationResult()
     book = _Book(_items(pools))  # type: ignore[arg-type]
     prev = dict(previous) if isinstance(previous, Mapping) else {}
@@ -501,7 +512,15 @@ def allocate(
 
     # Pass 1: keep every previous allocation that is still valid.
     invalid: dict[str, tuple[dict[Family, IPAddress], str]] = {}
-    for name in sorted(olds):
+    ranks = precedence if isinstance(precedence, Mapping) else {}
+
+    def order(name: str) -> tuple[int, int, str]:
+        rank = ranks.get(name)
+        if isinstance(rank, int) and not isinstance(rank, bool):
+            return (0, rank, name)
+        return (1, 0, name)
+
+    for name in sorted(olds, key=order):
         if name not in specs:
             continue
         req = requests.get(name)
@@ -516,7 +535,7 @@ def allocate(
             invalid[name] = (keep, reason)
 
     # Pass 2: re-allocate the invalid ones, keeping what is still individually valid.
-    for name in sorted(invalid):
+    for name in sorted(invalid, key=order):
         req = requests[name]
         keep, reason = invalid[name]
         outcome: tuple[str, tuple[IPAddress, ...]] | str = "unreachable"

@@ -456,3 +456,16 @@ def test_sharing_finds_a_joinable_address_below_ones_already_skipped() -> None:
         "s/d": "10.77.0.1",
         "s/e": "10.77.0.2",
     }
+
+
+def test_precedence_decides_which_conflicting_allocation_stays() -> None:
+    previous = {
+        "s/a": Allocation("s/a", "lan", (A("192.168.1.50"),)),
+        "s/b": Allocation("s/b", "lan", (A("192.168.1.50"),)),
+    }
+    r = allocate([LAN], [svc("s/a"), svc("s/b")], previous, precedence={"s/b": 1, "s/a": 2})
+    assert addrs(r, "s/b") == ["192.168.1.50"] and addrs(r, "s/a") == ["192.168.1.48"]
+    assert [c.service for c in r.changes] == ["s/a"]
+    # services missing from precedence come after the ranked ones; junk ranks are ignored
+    r = allocate([LAN], [svc("s/a"), svc("s/b")], previous, precedence={"s/b": 5, "s/a": "x"})  # type: ignore[dict-item]
+    assert addrs(r, "s/b") == ["192.168.1.50"]

@@ -275,3 +275,34 @@ def test_lowest_free_or_joinable_matches_a_brute_force_model(ranges, avoid, data
         )
     r = allocate([pool], services, {})
     assert {n: a.addresses[0] for n, a in r.allocations.items()} == reference_allocate(pool, services)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    pool_list(),
+    service_list(max_size=6),
+    service_list(prefix="x/", max_size=6),  # older side: sorts after the younger by name
+    service_list(prefix="m/", max_size=6),
+)
+def test_partition_merge_moves_only_the_younger_side(pools, base, side_a, side_b) -> None:
+    """Two halves of a cluster allocate on their own from one table, then merge.
+
+    With the older side (x) given precedence, nothing of the base or of side x
+    moves, and a service of side m moves only if its address clashes with side x
+    (name order alone would favour m).
+    """
+    r0 = allocate(pools, base, {})
+    ra = allocate(pools, base + side_a, r0.allocations)
+    rb = allocate(pools, base + side_b, r0.allocations)
+    merged = {**rb.allocations, **ra.allocations}
+    precedence = {s.name: 0 for s in side_a} | {s.name: 1 for s in side_b}
+    everything = base + side_a + side_b
+    r = allocate(pools, everything, merged, precedence=precedence)
+    check_invariants(pools, everything, r)
+    for name, alloc in ra.allocations.items():
+        assert r.allocations[name].addresses == alloc.addresses
+    a_held = {a for alloc in ra.allocations.values() for a in alloc.addresses}
+    for change in r.changes:
+        # only side m moves, and only where side x holds one of its addresses
+        assert change.service.startswith("m/")
+        assert any(a in a_held for a in change.old)
