@@ -69,12 +69,13 @@ class PoolSpace:
     # starts[family] mirrors spans[family] for bisect lookups
     starts: dict[Family, tuple[int, ...]]
     counts: dict[Family, int]  # usable addresses per family
+    usable_families: frozenset[Family]  # families with at least one usable address
 
     def _avoid(self, family: Family) -> bool:
         return self.pool.avoid_buggy_ips and family is Family.IPV4
 
     def families(self) -> frozenset[Family]:
-        return frozenset(f for f, n in self.counts.items() if n > 0)
+        return self.usable_families
 
     def count(self, family: Family | None = None) -> int:
         """Usable addresses of one family, or of both when ``family`` is None."""
@@ -174,7 +175,8 @@ def _build_space(pool: PoolConfig) -> PoolSpace:
     spans = {f: _merge(s) for f, s in raw.items()}
     starts = {f: tuple(a for a, _ in s) for f, s in spans.items()}
     counts = {f: _count(s, pool.avoid_buggy_ips and f is Family.IPV4) for f, s in spans.items()}
-    return PoolSpace(pool=pool, spans=spans, starts=starts, counts=counts)
+    usable_families = frozenset(f for f, n in counts.items() if n > 0)
+    return PoolSpace(pool=pool, spans=spans, starts=starts, counts=counts, usable_families=usable_families)
 
 
 def families(pool: PoolConfig) -> frozenset[Family]:
