@@ -23,7 +23,7 @@ import structlog
 import lbd
 from lbd.config import ConfigError, load_config
 from lbd.control import ControlError, ControlServer
-from lbd.ipam import allocate, pool_usage
+from lbd.ipam import pool_usage
 from lbd.l2.announcer import L2Announcer
 from lbd.l2.interfaces import list_interfaces
 from lbd.l2.netlink import Netlink
@@ -86,6 +86,7 @@ class Daemon:
         self.exporter: Any = None  # lbd.bgp.export.RouteExporter, when route exports are configured
         self.health: Any = None  # lbd.health.HealthChecker, when a service has a health check
         self.membership: Membership = membership or LocalMembership(config.node.name)
+        self.membership.restore(self.allocations, self.extra_state)
         self.sources = SourceManager(
             node_name=config.node.name, state_dir=config.node.state_dir, on_change=self.trigger
         )
@@ -130,11 +131,13 @@ class Daemon:
     async def reconcile(self) -> None:
         config = self.config
         self.services = self.services_now()
-        result = allocate(config.pools, list(self.services.values()), self.allocations)
+        result, notes = self.membership.allocate(config, list(self.services.values()), self.allocations)
+        for note in notes:
+            log.warning("allocation_note", detail=note)
         for change in result.changes:
             log.warning("allocation_changed", service=change.service, change=str(change))
             m.ALLOCATION_CHANGES.inc()
-        if result.allocations != self.allocations:
+        if result.allocations != self.allocations or self.membership.state_dirty():
             self.allocations = result.allocations
             self.persist()
         for name, reason in result.pending.items():
@@ -160,6 +163,7 @@ class Daemon:
         )
         self.membership.update_local(me)
         members = self.membership.members()
+        previous = {d.vip: d.owner for d in self.plan.decisions}
         self.plan = plan(
             PlannerInput(
                 config=config,
@@ -171,6 +175,14 @@ class Daemon:
                 eligible_since=self.membership.eligible_since(),
             )
         )
+        alive = {mb.name for mb in members if mb.state == MemberState.ALIVE}
+        for decision in self.plan.decisions:
+            before = previous.get(decision.vip)
+            if decision.vip in previous and before != decision.owner:
+                kind = "failover" if before is not None and before not in alive else "move"
+                m.OWNER_CHANGES.labels(kind).inc()
+                log.info("vip_owner_changed", vip=str(decision.vip), old=before, new=decision.owner, kind=kind,
+                         reason=decision.reason)
         await self.l2.apply(self.plan.l2)
         if self.bgp is not None:
             self.bgp.apply(self.plan.bgp)
@@ -200,6 +212,7 @@ class Daemon:
         return out
 
     def persist(self) -> None:
+        self.extra_state.update(self.membership.persisted_extra())
         self.store.save(PersistedState(allocations=dict(self.allocations), drained=self.drained,
                                        extra=self.extra_state))
 
@@ -333,6 +346,9 @@ class Daemon:
         try:
             await self.control.start()
             await self.apply_config()
+            # Hear the cluster (bounded) before the first pass, so a restarting node does not
+            # announce, for a moment, VIPs that other nodes own.
+            await self.membership.start(self.trigger)
             await self._wait_for_sources()
             await self.reconcile()
             # Only now, with the desired addresses in place, remove what a crashed lbd left behind:
@@ -345,7 +361,6 @@ class Daemon:
             self.notifier.ready(status=f"announcing {sum(1 for d in self.plan.decisions if d.announced_here)} VIPs")
             log.info("ready", vips=len(self.plan.decisions), pending=len(self.pending))
             self._tasks.append(asyncio.create_task(self._watchdog_loop()))
-            await self.membership.start(self.trigger)
             await self._loop()
         finally:
             await self.shutdown()

@@ -17,6 +17,8 @@ RECONCILES = Counter("lbd_reconciles", "Reconcile passes", registry=REGISTRY)
 RELOADS = Counter("lbd_config_reloads", "Config reloads by result", ["result"], registry=REGISTRY)
 ALLOCATION_CHANGES = Counter("lbd_allocation_changes", "Allocations released or moved (pool edits, conflicts)",
                              registry=REGISTRY)
+OWNER_CHANGES = Counter("lbd_vip_owner_changes", "Layer-2 VIP owner changes: failover (old owner gone) or move",
+                        ["kind"], registry=REGISTRY)
 DRAINED = Gauge("lbd_node_drained", "1 when this node is drained", registry=REGISTRY)
 
 

@@ -10,7 +10,10 @@ import abc
 import time
 from typing import Any, Callable
 
-from lbd.model import Config, Member
+from typing import Mapping, Sequence
+
+from lbd.ipam import AllocationResult, allocate
+from lbd.model import Allocation, Config, Member, ServiceSpec
 
 
 class Membership(abc.ABC):
@@ -25,6 +28,22 @@ class Membership(abc.ABC):
     @abc.abstractmethod
     def eligible_since(self) -> dict[str, float]:
         """When each member last became alive (monotonic seconds), for failback."""
+
+    def restore(self, allocations: Mapping[str, Allocation], extra: Mapping[str, object]) -> None:
+        """The persisted state at start."""
+
+    def allocate(self, config: Config, services: Sequence[ServiceSpec],
+                 previous: Mapping[str, Allocation]) -> tuple[AllocationResult, list[str]]:
+        """This round's allocations (and notes worth a warning). A single node allocates alone."""
+        return allocate(config.pools, list(services), previous), []
+
+    def persisted_extra(self) -> dict[str, object]:
+        """What this membership wants persisted with the allocations."""
+        return {}
+
+    def state_dirty(self) -> bool:
+        """Whether ``persisted_extra`` changed since it was last taken."""
+        return False
 
     async def configure(self, config: Config) -> None:
         """A (re)loaded config."""

@@ -1,0 +1,339 @@
+"""The cluster as the daemon sees it: gossip members, their metadata, one allocation table.
+
+- Members come from the gossip layer (memberlist wire, SWIM + Lifeguard).
+  Only members carrying lbd node metadata count (a serf agent in the same
+  gossip pool is not an lbd node).
+- Each node publishes what the planner needs about it in its metadata
+  (``nodemeta``): labels, interfaces and networks, drain, failing services,
+  held VIPs.
+- The allocator is the alive lbd member with the lowest name: a choice every
+  node makes alike from membership. It runs the allocator over its replica of
+  the table and broadcasts what changed; every node merges and persists.
+- A graceful stop hands over first: the node says it is drained, keeps its
+  VIPs until the new owners say they hold them (make-before-break), then
+  leaves the gossip pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from typing import Any, Callable, Mapping, Sequence
+
+import structlog
+from prometheus_client import Counter
+
+from lbd.cluster import nodemeta
+from lbd.cluster.crypto import load_keyring
+from lbd.cluster.replication import AllocationTable, TableEntry, TableError
+from lbd.cluster.swim import EventKind, MemberEvent
+from lbd.cluster.transport import Gossip, UserPayload
+from lbd.ipam import AllocationResult, allocate
+from lbd.membership import Membership
+from lbd.metrics import REGISTRY
+from lbd.model import Allocation, Config, Member, MemberState, ServiceSpec
+
+log = structlog.get_logger(__name__)
+
+TABLE_MESSAGE = b"lbd1T"  # user message: table entries (a delta, or the whole table)
+DELTA_BUDGET = 1000  # bytes of entries per UDP broadcast (memberlist packets are 1400 bytes)
+MAX_DELTA_BROADCASTS = 8  # beyond this, send the whole table over TCP to each member
+INITIAL_JOIN_WAIT = 3.0  # at start, wait this long to hear the cluster before announcing alone
+HANDOVER_TIMEOUT = 5.0
+
+CONFLICTS = Counter("lbd_allocation_conflicts_resolved", "Allocations dropped because an older one held the address",
+                    registry=REGISTRY)
+TABLE_UPDATES = Counter("lbd_allocation_table_entries_received", "Allocation table entries adopted from peers",
+                        registry=REGISTRY)
+
+
+class ClusterMembership(Membership):
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.name = config.node.name
+        keys = load_keyring(config.cluster.keys_file) if config.cluster.keys_file else []
+        self.gossip = Gossip(
+            self.name,
+            bind=config.cluster.bind,
+            advertise=config.cluster.advertise,
+            profile=config.cluster.profile,
+            keys=keys,
+            local_state=self._local_state,
+            merge_remote_state=self._merge_remote_state,
+        )
+        self.table = AllocationTable(self.name)
+        self._me = Member(name=self.name)
+        self._meta_sent: bytes | None = None
+        self._meta_cache: dict[bytes, nodemeta.NodeMeta | None] = {}
+        self._since: dict[str, float] = {}
+        self._on_change: Callable[[], None] = lambda: None
+        self._join_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._leaving = False
+        self._state_dirty = False
+        self._seen_conflicts: set[tuple[str, str]] = set()
+        self.gossip.on_event(self._event)
+        self.gossip.on_user(self._user)
+
+    # -- persisted table ------------------------------------------------------
+
+    def restore(self, allocations: Mapping[str, Allocation], extra: Mapping[str, object]) -> None:
+        try:
+            self.table = AllocationTable.from_state(self.name, extra.get("cluster_table"), legacy=allocations,
+                                                    now_ms=_now_ms())
+        except TableError as exc:
+            log.error("persisted_table_unreadable", error=str(exc), fallback="allocations")
+            self.table = AllocationTable.from_state(self.name, None, legacy=allocations, now_ms=_now_ms())
+
+    def persisted_extra(self) -> dict[str, object]:
+        self._state_dirty = False
+        return {"cluster_table": self.table.to_state()}
+
+    def state_dirty(self) -> bool:
+        return self._state_dirty
+
+    # -- membership ---------------------------------------------------------
+
+    def update_local(self, me: Member) -> None:
+        if self._leaving:
+            me = replace(me, drained=True)
+        self._me = me
+        if not self._started:
+            return
+        meta = nodemeta.NodeMeta(labels=me.labels, interfaces=me.interfaces, drained=me.drained,
+                                 failing=me.failing, holds=me.holds)
+        try:
+            data, dropped = nodemeta.encode(meta)
+        except ValueError as exc:
+            log.error("node_metadata_too_large", error=str(exc))
+            return
+        if data != self._meta_sent:
+            if dropped:
+                log.warning("node_metadata_trimmed", dropped=dropped)
+            self._meta_sent = data
+            self.gossip.set_meta(data)
+
+    def members(self) -> list[Member]:
+        if not self._started:
+            return [self._me]
+        out = [self._me]
+        for info in self.gossip.members():
+            if info.name == self.name:
+                continue
+            meta = self._decode(info.meta)
+            if meta is None:
+                continue  # not an lbd node (or one that has not published yet)
+            state = info.state
+            if state == MemberState.SUSPECT:
+                # A suspect still owns its VIPs until declared dead (Lifeguard gives it time to refute).
+                state = MemberState.ALIVE
+            out.append(Member(
+                name=info.name, address=info.addr, state=state, incarnation=info.incarnation,
+                labels=meta.labels, interfaces=meta.interfaces, drained=meta.drained, failing=meta.failing,
+                holds=meta.holds,
+            ))
+        return out
+
+    def _decode(self, data: bytes) -> nodemeta.NodeMeta | None:
+        if data not in self._meta_cache:
+            try:
+                self._meta_cache[data] = nodemeta.decode(data)
+            except nodemeta.MetaError:
+                self._meta_cache[data] = None
+            if len(self._meta_cache) > 4096:
+                self._meta_cache.clear()
+        return self._meta_cache.get(data)
+
+    def eligible_since(self) -> dict[str, float]:
+        return dict(self._since)
+
+    def allocator(self) -> str:
+        alive = [m.name for m in self.members() if m.state == MemberState.ALIVE]
+        return min(alive) if alive else self.name
+
+    # -- allocation ---------------------------------------------------------
+
+    def allocate(self, config: Config, services: Sequence[ServiceSpec],
+                 previous: Mapping[str, Allocation]) -> tuple[AllocationResult, list[str]]:
+        """The cluster's allocations; only the allocator writes the table."""
+        live, conflicts = self.table.live()
+        notes = []
+        for conflict in conflicts:
+            key = (conflict.winner, conflict.loser)
+            if key not in self._seen_conflicts:
+                self._seen_conflicts.add(key)
+                CONFLICTS.inc()
+                notes.append(f"allocation conflict resolved: {conflict}")
+        allocator = self.allocator()
+        by_name = {s.name: s for s in services}
+        if allocator == self.name:
+            result = allocate(config.pools, list(services), live)
+            changed = self.table.record(result.allocations, by_name, _now_ms())
+            if changed:
+                self._state_dirty = True
+                self._publish(changed)
+            return result, notes
+        result = AllocationResult(
+            allocations={name: a for name, a in live.items() if name in by_name},
+            pending={name: f"waiting for the allocator ({allocator}) to allocate it"
+                     for name in by_name if name not in live},
+        )
+        return result, notes
+
+    def _publish(self, entries: list[TableEntry]) -> None:
+        if not self._started:
+            return
+        chunks: list[list[TableEntry]] = [[]]
+        size = 0
+        for entry in entries:
+            encoded = len(self.table.encode([entry]))
+            if chunks[-1] and size + encoded > DELTA_BUDGET:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(entry)
+            size += encoded
+        if len(chunks) > MAX_DELTA_BROADCASTS:
+            asyncio.ensure_future(self._send_full_table())
+            return
+        for chunk in chunks:
+            self.gossip.broadcast_user(TABLE_MESSAGE + self.table.encode(chunk))
+
+    async def _send_full_table(self) -> None:
+        payload = TABLE_MESSAGE + self.table.encode()
+        targets = [m.address for m in self.members() if m.name != self.name and m.state == MemberState.ALIVE]
+        results = await asyncio.gather(*(self.gossip.send_user(t, payload) for t in targets), return_exceptions=True)
+        failed = [t for t, r in zip(targets, results) if r is not True]
+        if failed:
+            log.warning("table_send_failed", targets=failed)
+
+    def _local_state(self, join: bool) -> bytes:
+        return TABLE_MESSAGE + self.table.encode()
+
+    def _merge_remote_state(self, data: bytes, join: bool) -> None:
+        self._merge_payload(data, "push_pull")
+
+    def _user(self, message: UserPayload) -> None:
+        self._merge_payload(message.payload, "message")
+
+    def _merge_payload(self, data: bytes, via: str) -> None:
+        if not data.startswith(TABLE_MESSAGE):
+            return  # someone else's user message (serf events, ...)
+        try:
+            _, entries = AllocationTable.decode(data[len(TABLE_MESSAGE):])
+        except TableError as exc:
+            log.warning("table_message_rejected", via=via, error=str(exc))
+            return
+        adopted = self.table.merge(entries)
+        if adopted:
+            TABLE_UPDATES.inc(len(adopted))
+            self._state_dirty = True
+            self._on_change()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self, on_change: Callable[[], None]) -> None:
+        self._on_change = on_change
+        if self._started:
+            return
+        await self.gossip.start()
+        self._started = True
+        self._since[self.name] = time.monotonic()
+        self.update_local(self._me)
+        seeds = [s for s in self.config.cluster.join if not _is_self(s, self.gossip)]
+        if seeds:
+            self._join_task = asyncio.ensure_future(self._join(seeds))
+            # Hear the cluster before announcing anything alone; a node whose peers are all
+            # down goes on by itself after the wait and serves its persisted allocations.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._join_task), INITIAL_JOIN_WAIT)
+            except (asyncio.TimeoutError, TimeoutError):
+                log.warning("cluster_join_pending", seeds=seeds, detail="starting alone, still trying")
+        on_change()
+
+    async def _join(self, seeds: Sequence[str]) -> None:
+        try:
+            await self.gossip.join_with_retry(seeds)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.error("cluster_join_failed", error=str(exc))
+        self._on_change()
+
+    def _event(self, event: MemberEvent) -> None:
+        name = event.member.name
+        if event.kind in (EventKind.JOIN, EventKind.ALIVE):
+            self._since[name] = time.monotonic()
+        elif event.kind in (EventKind.DEAD, EventKind.LEFT):
+            self._since.pop(name, None)
+        if event.kind != EventKind.SUSPECT:
+            self._on_change()
+
+    async def configure(self, config: Config) -> None:
+        if config.cluster != self.config.cluster:
+            log.warning("cluster_config_changed", detail="[cluster] changes take effect on restart")
+        self.config = config
+
+    async def wait_handover(self, daemon: Any) -> str:
+        """Wait until this node announces no layer-2 VIP any more (others hold them)."""
+        deadline = time.monotonic() + HANDOVER_TIMEOUT * 2
+        while time.monotonic() < deadline:
+            held = _held(daemon)
+            if not held:
+                return "every VIP handed over"
+            await asyncio.sleep(0.02)
+        return f"{len(_held(daemon))} VIPs still held: no other eligible node took them"
+
+    async def leave(self, daemon: Any) -> None:
+        """Hand the VIPs over (make-before-break), then leave the gossip pool."""
+        if not self._started or self._leaving:
+            return
+        restarting = getattr(daemon, "_restarting", False)
+        self._leaving = True
+        others = [m for m in self.members() if m.name != self.name and m.state == MemberState.ALIVE]
+        if others and _held(daemon):
+            deadline = time.monotonic() + HANDOVER_TIMEOUT
+            log.info("handing_over", vips=len(_held(daemon)), restart=restarting)
+            while time.monotonic() < deadline and _held(daemon):
+                await daemon.reconcile()
+                await asyncio.sleep(0.01)
+            if _held(daemon):
+                log.warning("handover_incomplete", vips=_held(daemon))
+        await self.gossip.leave(timeout=2.0)
+
+    async def close(self) -> None:
+        if self._join_task is not None:
+            self._join_task.cancel()
+        await self.gossip.close()
+
+    def status(self) -> list[dict[str, Any]]:
+        rows = super().status()
+        if not self._started:
+            return rows
+        info = {i.name: i for i in self.gossip.members()}
+        now = self.gossip._now()  # noqa: SLF001 - the core's clock, to age state changes
+        for row in rows:
+            i = info.get(row["name"])
+            if i is not None:
+                row["state"] = i.state.value
+                row["last_change"] = f"{now - i.state_change:.1f}s ago"
+                row["allocator"] = row["name"] == self.allocator()
+        # Non-lbd members of the gossip pool (serf agents) are shown too, for the operator.
+        for name, i in sorted(info.items()):
+            if not any(r["name"] == name for r in rows):
+                rows.append({"name": name, "address": i.addr, "state": i.state.value, "incarnation": i.incarnation,
+                             "last_change": f"{now - i.state_change:.1f}s ago", "lbd": False})
+        return rows
+
+
+def _held(daemon: Any) -> list[str]:
+    return [str(i.vip) for i in daemon.plan.l2 if i.mode != "local"]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _is_self(seed: str, gossip: Gossip) -> bool:
+    host, _, port = seed.rpartition(":")
+    return False if not port.isdigit() else (host in (gossip.bind_host,) and int(port) == gossip.port)
