@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 
+_ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
+
+
 def to_address(family: Family, value: int) -> IPAddress:
     if family is Family.IPV4:
         return ipaddress.IPv4Address(value)
@@ -168,10 +171,14 @@ def space(pool: PoolConfig) -> PoolSpace:
 
 def _build_space(pool: PoolConfig) -> PoolSpace:
     raw: dict[Family, list[tuple[int, int]]] = {Family.IPV4: [], Family.IPV6: []}
-    for r in pool.addresses:
-        if r.first.version != r.last.version:
+    ranges = pool.addresses if isinstance(pool.addresses, (tuple, list)) else ()
+    for r in ranges:
+        first, last = getattr(r, "first", None), getattr(r, "last", None)
+        if not (isinstance(first, _ADDRESS_TYPES) and isinstance(last, _ADDRESS_TYPES)):
+            continue  # not a range: the config parser never builds one
+        if first.version != last.version:
             continue  # mixed-family range: rejected by the config parser
-        raw[r.family].append((int(r.first), int(r.last)))
+        raw[Family.of(first)].append((int(first), int(last)))
     spans = {f: _merge(s) for f, s in raw.items()}
     starts = {f: tuple(a for a, _ in s) for f, s in spans.items()}
     counts = {f: _count(s, pool.avoid_buggy_ips and f is Family.IPV4) for f, s in spans.items()}

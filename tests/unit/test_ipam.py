@@ -469,3 +469,12 @@ def test_precedence_decides_which_conflicting_allocation_stays() -> None:
     # services missing from precedence come after the ranked ones; junk ranks are ignored
     r = allocate([LAN], [svc("s/a"), svc("s/b")], previous, precedence={"s/b": 5, "s/a": "x"})  # type: ignore[dict-item]
     assert addrs(r, "s/b") == ["192.168.1.50"]
+
+
+def test_malformed_pools_never_raise() -> None:
+    bad = PoolConfig("bad", ("10.77.0.0/24", AddressRange("x", "y", "z"), AddressRange(A("10.77.0.1"), A("fd77::1"), "mixed")))  # type: ignore[arg-type]
+    worse = PoolConfig("worse", None)  # type: ignore[arg-type]
+    r = allocate([bad, worse, LAN], [svc("s/1"), svc("s/2", pool="bad")], {})
+    assert addrs(r, "s/1") == ["192.168.1.48"]
+    assert r.pending == {"s/2": 'pool "bad" has no IPv4 addresses'}
+    assert pool_usage([bad, worse], r.allocations)["bad"].total == 0
