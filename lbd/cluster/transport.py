@@ -106,6 +106,7 @@ class Gossip:
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.base_events.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0  # uvloop's timer handles have no when()
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: dict[int, asyncio.Future[bool]] = {}
         self._event_cbs: list[Callable[[MemberEvent], None]] = []
@@ -344,10 +345,11 @@ class Gossip:
             m.MEMBERS.labels(state=state.value).set(count)
         deadline = core.next_deadline()
         assert self._loop is not None
-        if self._timer is not None and self._timer.when() <= deadline:
+        if self._timer is not None and self._timer_when <= deadline:
             return
         if self._timer is not None:
             self._timer.cancel()
+        self._timer_when = deadline
         self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _deliver_event(self, ev: MemberEvent) -> None:
