@@ -117,9 +117,10 @@ class ClusterMembership(Membership):
     def members(self) -> list[Member]:
         if not self._started:
             return [self._me]
-        out = [self._me]
+        out = []
         for info in self.gossip.members():
             if info.name == self.name:
+                out.append(replace(self._me, address=info.addr, incarnation=info.incarnation))
                 continue
             meta = self._decode(info.meta)
             if meta is None:
