@@ -24,7 +24,7 @@ owner (``outage()``). Nothing is inferred from daemon logs.
 Systems: keepalived VRRP (``advert_int`` 1 and 0.1) and lbd (``lbd run``), in
 the same lab and the same run. Usage::
 
-    sudo /work/venv/bin/python bench/failover.py --systems keepalived,lbd --runs 20
+    sudo /work/venv/bin/python bench/failover.py --systems keepalived,lbd,lbd-fast --runs 20
 
 This module is also a library for lab tests: ``build_lab``, ``KeepalivedSystem``,
 ``LbdSystem``, ``run_once`` measure one failover cheaply.
@@ -742,7 +742,8 @@ def format_table(summaries: dict[tuple[str, str], dict], skipped: dict[str, str]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Failover outage at the client: lbd against keepalived VRRP.")
-    parser.add_argument("--systems", default="keepalived,lbd", help="comma list: keepalived, lbd, lbd-<profile>")
+    parser.add_argument("--systems", default="keepalived,lbd,lbd-fast",
+                        help="comma list: keepalived (advert_int 1 and 0.1), lbd (default profile), lbd-<profile>")
     parser.add_argument("--faults", default="crash,graceful")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--advert-ints", default="1,0.1", help="keepalived advert_int values to run")
