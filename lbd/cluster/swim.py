@@ -880,6 +880,11 @@ class Swim:
         if len(a.addr) not in (4, 16):
             return
         node = self.nodes.get(a.node)
+        if len(a.vsn) != wire.VSN_LEN:
+            # Go zero-fills a missing Vsn; we never send one that is not 6 bytes
+            # (serf panics on short ones), so re-gossip it with the known vector.
+            known = node.vsn if node is not None and len(node.vsn) == wire.VSN_LEN else self.vsn
+            a = wire.Alive(a.incarnation, a.node, a.addr, a.port, a.meta, known)
         updates_addr = False
         if node is None:
             # New nodes start dead so that becoming alive counts as a join; they go

@@ -293,6 +293,10 @@ class Gossip:
             raise RuntimeError("Gossip.start() has not run")
         return self.core
 
+    def now(self) -> float:
+        """The clock the core runs on (the loop's monotonic time): ages ``state_change``."""
+        return self._now()
+
     def _now(self) -> float:
         assert self._loop is not None
         return self._loop.time()

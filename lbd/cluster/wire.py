@@ -21,7 +21,7 @@ import enum
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Sequence, Union
 
 import msgpack
 
