@@ -226,18 +226,24 @@ class Daemon:
                 return
             await asyncio.sleep(DEBOUNCE)
             self._wake.clear()
-            try:
-                await self.reconcile()
-                if self.reconcile_error is not None:
-                    log.info("reconcile_recovered")
-                self.reconcile_error = None
-            except Exception as exc:  # noqa: BLE001 - the loop must survive; the next pass retries
-                self.reconcile_error = f"{type(exc).__name__}: {exc}"
-                m.RECONCILE_ERRORS.inc()
-                log.exception("reconcile_failed")
+            if not await self._reconcile_once():
                 await asyncio.sleep(1.0)
                 self.trigger()
             self._watchdog()
+
+    async def _reconcile_once(self) -> bool:
+        """One pass; a failure is logged, counted, shown in status and retried, never fatal."""
+        try:
+            await self.reconcile()
+        except Exception as exc:  # noqa: BLE001 - the daemon must survive; the next pass retries
+            self.reconcile_error = f"{type(exc).__name__}: {exc}"
+            m.RECONCILE_ERRORS.inc()
+            log.exception("reconcile_failed")
+            return False
+        if self.reconcile_error is not None:
+            log.info("reconcile_recovered")
+        self.reconcile_error = None
+        return True
 
     def _watchdog(self) -> None:
         if self.notifier.watchdog_interval is not None:
@@ -276,9 +282,7 @@ class Daemon:
         if self.config.route_exports and self.exporter is None:
             from lbd.bgp.export import RouteExporter
 
-            self.exporter = RouteExporter.from_configs(self.config.route_exports)
-        elif self.exporter is not None and hasattr(self.exporter, "set_scopes"):
-            self.exporter.set_scopes(self.config.route_exports)
+            self.exporter = RouteExporter.from_configs(self.config.route_exports, netlink=self.netlink)
 
     async def _configure_sources(self) -> None:
         await self.sources.reconfigure([static_source_config(self.config.services), *self.config.sources])
@@ -350,7 +354,7 @@ class Daemon:
             # announce, for a moment, VIPs that other nodes own.
             await self.membership.start(self.trigger)
             await self._wait_for_sources()
-            await self.reconcile()
+            await self._reconcile_once()
             # Only now, with the desired addresses in place, remove what a crashed lbd left behind:
             # cleaning up first would withdraw, for a moment, VIPs that are still ours.
             if self.graceful_restart:

@@ -164,16 +164,20 @@ class RouteExporter:
     ``netns`` runs the netlink socket in that network namespace (tests).
     """
 
-    def __init__(self, scopes: Iterable[tuple[int, int]] = (), *, netns: str | None = None) -> None:
+    def __init__(self, scopes: Iterable[tuple[int, int]] = (), *, netns: str | None = None,
+                 netlink: Any = None) -> None:
         self._scopes: set[tuple[int, int]] = set(scopes)
         self._netns = netns
-        self._ipr: Any = None
+        # The daemon's shared lbd.l2.netlink.Netlink (a thread-held IPRoute): pyroute2's
+        # AsyncIPRoute cannot open its socket under uvloop.
+        self._ipr: Any = _ThreadNetlink(netlink) if netlink is not None else None
         self._lock = asyncio.Lock()
         self._status = _Status()
 
     @classmethod
-    def from_configs(cls, configs: Sequence[RouteExportConfig], *, netns: str | None = None) -> "RouteExporter":
-        return cls(scopes_of(configs), netns=netns)
+    def from_configs(cls, configs: Sequence[RouteExportConfig], *, netns: str | None = None,
+                     netlink: Any = None) -> "RouteExporter":
+        return cls(scopes_of(configs), netns=netns, netlink=netlink)
 
     # -- netlink -------------------------------------------------------------
 
@@ -306,7 +310,8 @@ class RouteExporter:
             finally:
                 if self._ipr is not None:
                     self._ipr.close()
-                    self._ipr = None
+                    if not isinstance(self._ipr, _ThreadNetlink):
+                        self._ipr = None
 
     def status(self) -> dict[str, object]:
         """For ``lbd-ctl status``: what is installed, conflicts and the last error."""
@@ -323,6 +328,30 @@ class RouteExporter:
             "last_apply": s.last_apply,
             "applies": s.applies,
         }
+
+
+class _ThreadNetlink:
+    """The slice of AsyncIPRoute the exporter uses, over lbd.l2.netlink.Netlink."""
+
+    def __init__(self, netlink: Any) -> None:
+        self._nl = netlink
+
+    async def link_lookup(self, **kwargs: Any) -> Any:
+        return await self._nl.call("link_lookup", **kwargs)
+
+    async def route(self, op: str, **kwargs: Any) -> Any:
+        result = await self._nl.call("route", op, **kwargs)
+        if op == "dump":
+            return _aiter(result)
+        return result
+
+    def close(self) -> None:
+        """The daemon owns the shared netlink thread."""
+
+
+async def _aiter(items: Iterable[Any]) -> Any:
+    for item in items:
+        yield item
 
 
 def _parse_route(msg: Mapping[str, Any] | Any) -> KernelRoute | None:

@@ -28,7 +28,7 @@ class Netlink:
             # An explicit SelectorEventLoop: a uvloop policy would hand out a uvloop one.
             self._ipr = IPRoute(use_event_loop=asyncio.SelectorEventLoop())
         result = getattr(self._ipr, method)(*args, **kwargs)
-        if method.startswith("get_") or method in ("link", "addr") and args and args[0] == "dump":
+        if method.startswith("get_") or method in ("link", "addr", "route") and args and args[0] == "dump":
             return list(result)
         return result
 

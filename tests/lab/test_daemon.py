@@ -276,3 +276,37 @@ def test_systemd_notify_protocol(net, tmp_path):
         pass
     assert "STOPPING=1" in rest
     sink.close()
+
+
+def test_route_export_installs_and_removes_kernel_routes(net, tmp_path):
+    """The Calico case: VIP routes go to a kernel table (lbd's protocol) for the node's BIRD/FRR."""
+    lab, node, client = net
+    config = """
+[[pool]]
+name = "routed"
+addresses = ["10.88.0.0/24"]
+
+[[route_export]]
+name = "bird"
+pools = ["routed"]
+table = 100
+"""
+
+    def table() -> str:
+        return node.run("ip route show table 100", check=False).stdout
+
+    lbd = LbdNode(node, tmp_path, config + '[[service]]\nname = "a"\npool = "routed"\n', name="node1").start()
+    try:
+        wait_for(lambda: "10.88.0.0 dev lo proto 252" in table(), 15, what="the VIP route in table 100")
+        assert "10.88.0.0/32" in node.run("ip -br addr show dev lo").stdout  # the node accepts the traffic
+        assert lbd.service("static/a")["modes"] == ["export"]
+        # Another protocol's route in the same table is never touched.
+        node.run("ip route add 10.88.0.200/32 dev lo table 100 proto static")
+        lbd.write_config(config + '[[service]]\nname = "b"\npool = "routed"\naddresses = ["10.88.0.7"]\n')
+        lbd.send_signal(signal.SIGHUP)
+        wait_for(lambda: "10.88.0.7 dev lo proto 252" in table() and "10.88.0.0 dev" not in table(), 15,
+                 what="a withdrawn, b installed")
+    finally:
+        lbd.stop()
+    assert "proto 252" not in table()
+    assert "10.88.0.200" in table()
