@@ -93,7 +93,7 @@ class Gossip:
         rng: random.Random | None = None,
     ) -> None:
         self.name = name
-        self.bind_host, self.bind_port = wire.parse_host_port(bind)
+        self.bind_host, self.bind_port = wire.parse_host_port(bind, allow_zero=True)
         self.advertise = advertise
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self._opts = dict(

@@ -662,8 +662,8 @@ def decode_stream(data: bytes, keys: Sequence[bytes] = (), verify_incoming: bool
     return msg if msg is not None else dec.eof()
 
 
-def parse_host_port(text: str, default_port: int = 7946) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or a bare host (pure: no resolution)."""
+def parse_host_port(text: str, default_port: int = 7946, allow_zero: bool = False) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or a bare host (pure: no resolution); port 0 only to bind."""
     text = text.strip()
     if not text:
         raise GossipError("empty address")
@@ -680,7 +680,7 @@ def parse_host_port(text: str, default_port: int = 7946) -> tuple[str, int]:
         host, port_s = text, ""
     if not port_s:
         return host, default_port
-    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+    if not port_s.isdigit() or not (0 if allow_zero else 1) <= int(port_s) < 65536:
         raise GossipError(f"bad port in {text!r}")
     return host, int(port_s)
 
