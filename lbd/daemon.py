@@ -35,7 +35,7 @@ from lbd.sources.base import ServiceResult
 from lbd.sources.manager import SourceManager
 from lbd.sources.registry import validate_source
 from lbd.sources.static import static_source_config
-from lbd.state import PersistedState, StateStore
+from lbd.state import PersistedState, StateError, StateStore
 from lbd import daemon_metrics as m
 
 log = structlog.get_logger(__name__)
@@ -546,6 +546,10 @@ def run_daemon(config_path: Path) -> int:
 
     try:
         return runner(main())
-    except OSError as exc:
+    except StateError as exc:
+        # Refuse to start rather than begin empty and later overwrite allocations.
+        log.error("state_unusable", error=str(exc), state_dir=str(config.node.state_dir))
+        return 1
+    except (OSError, ValueError) as exc:
         log.error("fatal", error=str(exc))
         return 1
