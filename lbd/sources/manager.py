@@ -259,7 +259,12 @@ class SourceManager:
         entry.reported_error = error
         self._set_state(entry)
 
-    def _check(self, source_name: str, snapshot: Sequence[ServiceSpec]) -> dict[str, ServiceSpec]:
+    def _check(self, entry: _Running, snapshot: Sequence[ServiceSpec]) -> dict[str, ServiceSpec]:
+        source_name = entry.config.name
+        # Prefixing copies every spec; reuse the copy of a spec object the
+        # source published unchanged (sources rebuild snapshots of thousands).
+        previous: dict[int, tuple[ServiceSpec, ServiceSpec]] = entry.extra.get("prefixed", {})
+        prefixed: dict[int, tuple[ServiceSpec, ServiceSpec]] = {}
         out: dict[str, ServiceSpec] = {}
         for spec in snapshot:
             if not isinstance(spec, ServiceSpec):
@@ -269,14 +274,18 @@ class SourceManager:
             full = f"{source_name}/{spec.name}"
             if full in out:
                 raise SnapshotError(f"service {spec.name!r} appears twice in one snapshot")
-            out[full] = replace(spec, name=full)
+            hit = previous.get(id(spec))
+            named = hit[1] if hit is not None and hit[0] is spec else replace(spec, name=full)
+            prefixed[id(spec)] = (spec, named)
+            out[full] = named
+        entry.extra["prefixed"] = prefixed
         return out
 
     def _publish(self, entry: _Running, snapshot: Sequence[ServiceSpec]) -> None:
         if self._running.get(entry.config.name) is not entry:
             return  # a stopped instance's late publish
         try:
-            checked = self._check(entry.config.name, snapshot)
+            checked = self._check(entry, snapshot)
         except SnapshotError as exc:
             # Reject the whole snapshot: a partial one would withdraw services.
             entry.last_error = f"rejected snapshot: {exc}"
