@@ -207,6 +207,20 @@ class Lab:
         self.close()
 
 
+def require_binary(*names: str) -> None:
+    """In a test: skip unless every named program is installed; fail instead under
+    ``make test`` or CI (LBD_REQUIRE_ALL / CI set), where they must all be there."""
+    import shutil
+
+    import pytest
+
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        if os.environ.get("CI") or os.environ.get("LBD_REQUIRE_ALL"):
+            pytest.fail(f"not installed (make test installs them): {', '.join(missing)}")
+        pytest.skip(f"not installed: {', '.join(missing)}")
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
     """Poll ``predicate`` until it returns a truthy value, bounded in time."""
     deadline = time.monotonic() + timeout

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from lbd.netlab import Lab
+from lbd.netlab import Lab, require_binary  # noqa: F401 - re-exported for old imports
 
 
 def _lab_unavailable() -> str | None:
@@ -28,10 +28,5 @@ def lab() -> Iterator[Lab]:
         yield the_lab
 
 
-def require_binary(*names: str) -> None:
-    """Skip unless every named program is installed (CI installs them all)."""
-    missing = [n for n in names if shutil.which(n) is None]
-    if missing:
-        if os.environ.get("CI") or os.environ.get("LBD_REQUIRE_ALL"):
-            pytest.fail(f"not installed (make test installs them): {', '.join(missing)}")
-        pytest.skip(f"not installed: {', '.join(missing)}")
+# Shared test helpers live in lbd.netlab (require_binary, wait_for, Lab, LbdNode): a module,
+# not this conftest, so that test files import them by a name that cannot collide.

@@ -49,6 +49,7 @@ class Neighbor:
     password: str | None = None
     hold_time: int = 9
     graceful_restart: bool = True
+    passive: bool = True  # the router waits for the neighbour to connect
 
 
 @dataclass
@@ -211,7 +212,9 @@ class BirdPeer(Peer):
             f"router id {s.router_id};",
             "protocol device { scan time 10; }",
             # Connected networks, so that iBGP next hops resolve (gateway direct below anyway).
-            "protocol direct { ipv4; ipv6; }",
+            # Not lo: a VIP bound there would shadow the same VIP learnt from a kernel
+            # table (direct routes have preference 240, kernel ones 10).
+            'protocol direct { ipv4; ipv6; interface -"lo", "*"; }',
         ]
         if s.install_kernel:
             lines += [
@@ -235,7 +238,8 @@ class BirdPeer(Peer):
                 opts.append(f"graceful restart on; graceful restart time {s.restart_time};")
             # lbd connects: the router waiting avoids connection collisions and makes
             # "lbd restarted" the only way a session comes back.
-            opts.append("passive on;")
+            if n.passive:
+                opts.append("passive on;")
             chan = "import all; export none;"
             if ibgp:
                 chan += " gateway direct;"
@@ -369,7 +373,8 @@ class FrrPeer(Peer):
             lines.append(f" neighbor {n.address} remote-as {n.asn}")
             lines.append(f" neighbor {n.address} timers {max(1, n.hold_time // 3)} {n.hold_time}")
             lines.append(f" neighbor {n.address} timers connect 1")
-            lines.append(f" neighbor {n.address} passive")
+            if n.passive:
+                lines.append(f" neighbor {n.address} passive")
             if n.password:
                 lines.append(f" neighbor {n.address} password {n.password}")
         for fam in ("ipv4", "ipv6"):
@@ -488,7 +493,7 @@ class GoBgpPeer(Peer):
                 f"    keepalive-interval = {max(1, n.hold_time // 3)}",
                 "    connect-retry = 1",
                 "  [neighbors.transport.config]",
-                "    passive-mode = true",
+                f"    passive-mode = {'true' if n.passive else 'false'}",
             ]
             if n.graceful_restart:
                 out += [
@@ -604,7 +609,7 @@ class OpenBgpdPeer(Peer):
                 f"  remote-as {n.asn}",
                 f"  holdtime {n.hold_time}",
                 "  holdtime min 3",
-                "  passive",
+                "  passive" if n.passive else "",
                 "  announce IPv4 unicast" if _family(n.address) == 4 else "  announce IPv6 unicast",
             ]
             if n.password:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_binary
+from lbd.netlab import require_binary
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]
 

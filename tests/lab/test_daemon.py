@@ -20,7 +20,7 @@ import time
 import pytest
 
 from lbd.netlab import LbdNode, wait_for
-from conftest import require_binary
+from lbd.netlab import require_binary
 
 pytestmark = pytest.mark.lab
 

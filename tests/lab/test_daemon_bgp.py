@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from conftest import require_binary
+from lbd.netlab import require_binary
 from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec
 from lbd.netlab import LbdNode, wait_for
 

@@ -15,7 +15,7 @@ import pytest
 
 from lbd.l2.driver import DriverClient
 from lbd.netlab import Host, wait_for
-from conftest import require_binary
+from lbd.netlab import require_binary
 
 pytestmark = pytest.mark.lab
 
