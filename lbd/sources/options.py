@@ -21,8 +21,16 @@ class OptionErrors(Errors):
         super().__init__(_MARK)
 
     def messages(self) -> list[str]:
-        prefix = _MARK + ": "
-        return [m[len(prefix):] if m.startswith(prefix) else m for m in self.items]
+        # The readers say "top level" for the table itself; here the table is
+        # the [[source]] entry, which the registry already names.
+        out = []
+        for m in self.items:
+            for prefix in (_MARK + ": top level: ", _MARK + ": "):
+                if m.startswith(prefix):
+                    m = m[len(prefix):]
+                    break
+            out.append(m)
+        return out
 
 
 def options_table(options: Mapping[str, Any], allowed: Sequence[str]) -> tuple[Table, OptionErrors]:

@@ -184,7 +184,7 @@ async def test_directory_removed_withdraws_nothing(tmp_path: Path):
 
 
 def test_validate_messages():
-    assert DirectorySource.validate({}) == ["top level: missing required key 'path'"]
+    assert DirectorySource.validate({}) == ["missing required key 'path'"]
     msgs = DirectorySource.validate({"path": "rel/dir", "rescan_interval": "5s", "pth": 1})
     assert any("did you mean 'path'" in m for m in msgs)
     assert any(m.startswith("path: ") and "absolute" in m for m in msgs)

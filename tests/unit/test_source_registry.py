@@ -70,7 +70,7 @@ def test_example_plugin_validation():
     msgs = validate_source(SourceConfig("example-json", "inv", {"path": "x.json", "intervall": 1}))
     assert any("path: " in m and "absolute" in m for m in msgs)
     assert any("did you mean 'interval'" in m for m in msgs)
-    assert cls.validate({}) == ["top level: missing required key 'path'"]
+    assert cls.validate({}) == ["missing required key 'path'"]
 
 
 async def test_example_plugin_runs_under_the_manager(tmp_path: Path):
