@@ -50,6 +50,7 @@ async def run(args: argparse.Namespace) -> int:
     def merge(data: bytes, join: bool) -> None:
         nonlocal ltime
         ltime = max(ltime, serf.ltime_of(data))
+        _emit({"event": "remote_state", "size": len(data), "join": join, "ltime": ltime})
 
     g = Gossip(args.name, args.bind, args.advertise, profile=args.profile, keys=keys,
                meta=serf.encode_tags(tags), merge_remote_state=merge)

@@ -397,6 +397,7 @@ class Gossip:
         core = self._core()
         timeout = max(0.001, req.deadline - self._now())
         writers: list[asyncio.StreamWriter] = []
+        dec = core.stream_decoder()
 
         async def exchange() -> wire.StreamMessage | None:
             reader, writer = await asyncio.open_connection(req.addr[0], req.addr[1])
@@ -405,7 +406,7 @@ class Gossip:
             await writer.drain()
             if not req.expect_reply:
                 return None
-            return await _read_message(reader, core.stream_decoder())
+            return await _read_message(reader, dec)
 
         try:
             reply = await asyncio.wait_for(exchange(), timeout)
@@ -414,7 +415,8 @@ class Gossip:
             if "decrypt" in str(exc):
                 core.stats.decrypt_failures += 1
                 m.DECRYPT_FAILURES.inc()
-            self.log.info("stream_reply_bad", kind=req.kind, peer=f"{req.addr[0]}:{req.addr[1]}", error=str(exc))
+            self.log.info("stream_reply_bad", kind=req.kind, peer=f"{req.addr[0]}:{req.addr[1]}", error=str(exc),
+                          peer_says=_plain_error(dec.raw()))
             self._finish_stream(req.id, None, str(exc))
         except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
             self._finish_stream(req.id, None, f"{type(exc).__name__}: {exc}")
@@ -446,6 +448,15 @@ class Gossip:
             self.log.debug("stream_failed", peer=f"{addr[0]}:{addr[1]}", error=str(exc))
         finally:
             writer.close()
+
+
+def _plain_error(raw: bytes) -> str | None:
+    """A plaintext ``err`` reply we refused (keys set): still worth logging, unauthenticated."""
+    try:
+        msg = wire.decode_stream(raw, (), verify_incoming=False).message
+    except GossipError:
+        return None
+    return msg.error if isinstance(msg, wire.Err) else None
 
 
 async def _read_message(reader: asyncio.StreamReader, dec: wire.StreamDecoder) -> wire.StreamMessage:

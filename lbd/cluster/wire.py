@@ -615,6 +615,10 @@ class StreamDecoder:
             raise GossipError("stream exceeds the 20 MiB limit")
         return self._try(complete=False)
 
+    def raw(self) -> bytes:
+        """The bytes received so far (for diagnostics)."""
+        return bytes(self._buf)
+
     def eof(self) -> StreamMessage:
         """The peer closed: return the message or raise for a truncated one."""
         if self.done is not None:
