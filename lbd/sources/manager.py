@@ -48,7 +48,8 @@ class _Running:
     last_error: str | None = None
     reported_error: str | None = None  # from context.set_error, cleared by the source
     last_update: float | None = None  # wall clock of the last snapshot change
-    failures: int = 0
+    failures: int = 0  # consecutive short-lived runs that crashed: drives the backoff
+    faulty: bool = False  # crashed or published a rejected snapshot since its last good one
     done: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -211,7 +212,7 @@ class SourceManager:
             entry.state = "starting"
         elif entry.reported_error is not None:
             entry.state = "degraded"
-        elif entry.task is not None and entry.last_error is not None and entry.failures:
+        elif entry.faulty:
             entry.state = "degraded"
         else:
             entry.state = "ok"
@@ -226,6 +227,7 @@ class SourceManager:
                 state_dir=self.state_dir,
                 set_error=lambda error, e=entry: self._reported(e, error),
             )
+            started = time.monotonic()
             try:
                 cls = self._plugin(entry.config.type)
                 entry.source = cls(entry.config, ctx)
@@ -233,6 +235,7 @@ class SourceManager:
                 await entry.source.run(lambda snap, e=entry: self._publish(e, snap))
                 entry.done = True
                 entry.failures = 0
+                entry.faulty = False
                 entry.last_error = None
                 self._set_state(entry)
                 log.info("source_finished", source=name)
@@ -240,7 +243,13 @@ class SourceManager:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # A run that lasted longer than the longest backoff was healthy
+                # for a while: start the backoff over. Otherwise keep doubling,
+                # even if the run published before crashing (a crash loop).
+                if time.monotonic() - started > self.backoff_max:
+                    entry.failures = 0
                 entry.failures += 1
+                entry.faulty = True
                 entry.last_error = f"{type(exc).__name__}: {exc}"
                 SOURCE_ERRORS.labels(name).inc()
                 self._set_state(entry)
@@ -289,12 +298,12 @@ class SourceManager:
         except SnapshotError as exc:
             # Reject the whole snapshot: a partial one would withdraw services.
             entry.last_error = f"rejected snapshot: {exc}"
-            entry.failures += 1
+            entry.faulty = True
             SOURCE_ERRORS.labels(entry.config.name).inc()
             self._set_state(entry)
             log.error("source_snapshot_rejected", source=entry.config.name, error=str(exc))
             return
-        entry.failures = 0
+        entry.faulty = False
         if entry.reported_error is None:
             entry.last_error = None
         if checked != entry.snapshot:

@@ -229,3 +229,16 @@ def test_diff_snapshots():
     assert d.added == ("w",) and d.removed == ("x",) and d.changed == ("y",)
     assert not diff_snapshots(a, list(reversed(a)))
     assert diff_snapshots({}, {s.name: s for s in a}).added == ("x", "y", "z")
+
+
+async def test_crash_loop_backoff_keeps_growing_even_when_it_publishes():
+    SCRIPT["s"] = [[("publish", ["a"]), ("crash", f"boom {i}")] for i in range(4)] + [("publish", ["a"])]
+    mgr = manager()
+    await mgr.reconfigure([SourceConfig("scripted", "s")])
+    await until(lambda: len(INSTANCES) == 5)
+    entry = mgr._running["s"]
+    assert entry.failures == 4, "publishing before each crash does not reset the backoff"
+    assert names(mgr) == ["s/a"] and mgr.status()[0]["state"] == "ok"  # the 5th instance published
+    d = [mgr._delay(n) for n in (1, 2, 3, 4, 5)]
+    assert 0.04 <= d[0] <= 0.06 and 0.08 <= d[1] <= 0.12 and all(0.16 <= x <= 0.24 for x in d[2:])
+    await mgr.close()
