@@ -19,7 +19,9 @@ in https://kubernetes.io/docs/reference/using-api/api-concepts/:
   in the body is a 409 Conflict Status;
 - Events (core/v1) can be created (``generateName`` honoured) and listed;
 - bearer-token auth (401 Status otherwise);
-- ``stop()``/``start()`` on the same port, keeping or losing the watch history.
+- ``stop()``/``start()`` on the same port, keeping or losing the watch history;
+- plain HTTP, or HTTPS with a fresh self-signed certificate (``tls=True``;
+  the kubeconfig then carries it as ``certificate-authority-data``).
 
 Objects are loaded from manifests shaped like ``kubectl get -o yaml`` output
 (``kind: List`` and multi-document YAML accepted).
@@ -37,9 +39,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import copy
 import datetime
+import ipaddress
 import json
+import ssl
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,8 +111,9 @@ class _Watcher:
 
 class ApiServerEmulator:
     def __init__(self, *, token: str | None = None, bookmark_interval: float = 1.0,
-                 max_watch_seconds: float = 1800.0) -> None:
+                 max_watch_seconds: float = 1800.0, tls: bool = False) -> None:
         self.token = token
+        self.tls: tuple[bytes, bytes] | None = self_signed("127.0.0.1") if tls else None  # (cert, key) PEM
         self.bookmark_interval = bookmark_interval
         self.max_watch_seconds = max_watch_seconds
         self.rv = 1000
@@ -121,23 +128,39 @@ class ApiServerEmulator:
         self.port = 0
         self.host = "127.0.0.1"
         self._runner: web.AppRunner | None = None
+        self._compact_on_start = False
 
     # -- lifecycle --------------------------------------------------------
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     async def start(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        if self._compact_on_start:
+            self.compact()
+            self._compact_on_start = False
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         self.host = host
-        site = web.TCPSite(self._runner, host, port if port is not None else self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, host, port if port is not None else self.port, reuse_address=True,
+                           ssl_context=self._ssl_context())
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1]
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+            cert.write_bytes(self.tls[0])
+            key.write_bytes(self.tls[1])
+            ctx.load_cert_chain(cert, key)
+        return ctx
 
     async def stop(self, *, keep_history: bool = True) -> None:
         """Stop serving (open watches are cut). Without history, every old rv gets 410 later."""
@@ -146,8 +169,9 @@ class ApiServerEmulator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if not keep_history:
-            self.compact()
+        # A restarted API server without its watch cache: whatever happened up
+        # to the restart is not replayable (compacted when it comes back).
+        self._compact_on_start = not keep_history
 
     async def restart(self, *, keep_history: bool = True) -> None:
         await self.stop(keep_history=keep_history)
@@ -426,11 +450,35 @@ class ConflictError(Exception):
     pass
 
 
-def write_kubeconfig(path: str | Path, server: str, token: str | None) -> Path:
+def self_signed(ip: str) -> tuple[bytes, bytes]:
+    """A self-signed serving certificate for ``ip`` (its own CA), as PEM (cert, key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-emulator")])
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def write_kubeconfig(path: str | Path, server: str, token: str | None, ca_pem: bytes | None = None) -> Path:
     user: dict[str, Any] = {"token": token} if token else {}
+    cluster: dict[str, Any] = {"server": server}
+    if ca_pem is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
     doc = {
         "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+        "clusters": [{"name": "emulator", "cluster": cluster}],
         "users": [{"name": "tester", "user": user}],
         "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
     }
@@ -456,14 +504,14 @@ def synthetic_services(count: int, namespace: str = "bench") -> list[dict]:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    emu = ApiServerEmulator(token=args.token, bookmark_interval=args.bookmark_interval)
+    emu = ApiServerEmulator(token=args.token, bookmark_interval=args.bookmark_interval, tls=args.tls)
     if args.manifests:
         emu.load_manifests(args.manifests)
     for svc in synthetic_services(args.services):
         emu.create(svc)
     await emu.start(args.port, args.host)
     if args.kubeconfig:
-        write_kubeconfig(args.kubeconfig, emu.url, args.token)
+        write_kubeconfig(args.kubeconfig, emu.url, args.token, emu.tls[0] if emu.tls else None)
     print(json.dumps({"url": emu.url, "resourceVersion": emu.rv}), flush=True)
     await asyncio.Event().wait()
 
@@ -477,6 +525,7 @@ def main() -> None:
     parser.add_argument("--kubeconfig", help="write a kubeconfig pointing at the emulator here")
     parser.add_argument("--services", type=int, default=0, help="add N synthetic LoadBalancer Services")
     parser.add_argument("--bookmark-interval", type=float, default=1.0)
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS with a fresh self-signed certificate")
     try:
         asyncio.run(_main(parser.parse_args()))
     except KeyboardInterrupt:
