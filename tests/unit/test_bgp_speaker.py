@@ -275,3 +275,54 @@ async def test_collision_closes_the_connection_of_the_lower_identifier() -> None
             w.close()
         await a.close()
         server.close()
+
+
+async def test_runner_announces_rereads_on_sighup_and_ceases_on_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``python -m lbd.bgp`` as the interop tests and the benchmark drive it."""
+    import json
+    import signal
+    import sys
+
+    port = free_port()
+    rib = Rib()
+    a = BgpAnnouncer("a", listen_port=port, listen_addresses=("127.0.0.1",), on_event=rib)
+    await a.set_peers([peer("runner", 64512, 64513, passive=True, router_id=ipaddress.IPv4Address("10.77.0.1"))])
+    pfile = tmp_path / "prefixes"
+    pfile.write_text("10.88.0.1/32\n10.88.0.2/32\n# comment\nfd77::7/128\nnot-a-prefix\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lbd.bgp", "--peer-address", "127.0.0.1", "--peer-port", str(port), "--peer-asn", "64512",
+        "--my-asn", "64513", "--router-id", "10.77.0.2", "--hold-time", "9", "--prefixes-file", str(pfile),
+        "--prefix", "10.88.1.0/24", "--community", "65000:1", "--large-community", "1:2:3",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    lines: list[dict] = []  # type: ignore[type-arg]
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            lines.append(json.loads(line))
+
+    reader = asyncio.create_task(read())
+    try:
+        await until(lambda: len(rib.routes.get("runner", {})) == 4, what="runner routes")
+        got = rib.routes["runner"]
+        assert got[ipaddress.ip_network("10.88.1.0/24")][1:3] == (((65000, 1),), ((1, 2, 3),))
+        await until(lambda: any(e["event"] == "eor_sent" and e["afi"] == 1 and e["prefixes"] == 3 for e in lines), what="eor_sent line")
+        assert any(e["event"] == "established" and e["hold_time"] == 9 for e in lines)
+        assert any(e["event"] == "error" and "not-a-prefix" in e["error"] for e in lines)
+
+        pfile.write_text("10.88.0.2/32\n")
+        proc.send_signal(signal.SIGHUP)
+        await until(lambda: set(rib.routes["runner"]) == {ipaddress.ip_network("10.88.0.2/32"), ipaddress.ip_network("10.88.1.0/24")}, what="withdrawal after SIGHUP")
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        await until(lambda: any(isinstance(e, NotificationReceived) and (e.code, e.subcode) == (6, 2) for _, e in rib.events), what="cease")
+        await asyncio.wait_for(reader, 5)
+        assert lines[-1]["event"] == "stopped"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        reader.cancel()
+        await a.close()
