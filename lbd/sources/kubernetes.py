@@ -93,6 +93,13 @@ def annotation(meta: Mapping[str, Any], key: str) -> tuple[str | None, str | Non
     return None, None
 
 
+def deprecated_annotations(meta: Mapping[str, Any]) -> list[str]:
+    """The lbd-relevant annotations written with the old ``metallb.universe.tf/`` prefix."""
+    annotations = _map(meta.get("annotations"))
+    return sorted(k for k in annotations if isinstance(k, str) and k.startswith(ANNOTATION_PREFIXES[1])
+                  and k[len(ANNOTATION_PREFIXES[1]):] in ("loadBalancerIPs", "address-pool", "allow-shared-ip"))
+
+
 def selector_string(selector: Mapping[str, Any] | None) -> str:
     """``labels.Set(selector).String()``: sorted ``k=v`` joined by commas (MetalLB's backend key)."""
     sel = _map(selector)
@@ -362,6 +369,7 @@ class KubernetesSource(Source):
         self._published: list[ServiceSpec] | None = None
         self.invalid: dict[str, str] = {}  # local name -> why it is not allocated
         self._spec_cache: dict[tuple[str, str], Any] = {}
+        self.deprecated: dict[str, list[str]] = {}  # local name -> old-prefix annotations in use
         self._evented: set[tuple[str, str, str]] = set()  # (uid, reason, message) already emitted
         self._written: dict[str, tuple[str, list[str]]] = {}  # uid -> (resourceVersion written over, ips)
         self._inflight: set[str] = set()
@@ -430,6 +438,7 @@ class KubernetesSource(Source):
         nodes_sig = (excluded, all_nodes if excluded else None)
         out: list[ServiceSpec] = []
         invalid: dict[str, str] = {}
+        deprecated: dict[str, list[str]] = {}
         cache: dict[tuple[str, str], tuple[Any, frozenset[str], Any, ServiceSpec | ServiceError]] = {}
         for key in sorted(self.services.store):
             svc = self.services.store[key]
@@ -449,11 +458,15 @@ class KubernetesSource(Source):
                 except ServiceError as exc:
                     value = exc
             cache[key] = (rv, ready_here, nodes_sig, value)
+            old = deprecated_annotations(_map(svc.get("metadata")))
+            if old:
+                deprecated[f"{key[0]}/{key[1]}"] = old
             if isinstance(value, ServiceError):
                 invalid[f"{key[0]}/{key[1]}"] = str(value)
             else:
                 out.append(value)
         self._spec_cache = cache
+        self.deprecated = deprecated
         for name, why in invalid.items():
             if self.invalid.get(name) != why:
                 self.log.warning("kube_service_invalid", service=name, error=why)
@@ -489,6 +502,13 @@ class KubernetesSource(Source):
             svc = self.services.store.get((ns, name))
             if svc is not None:
                 jobs.append(self._event(svc, "InvalidService", why, sem))
+        for local, keys in self.deprecated.items():
+            ns, _, name = local.partition("/")
+            svc = self.services.store.get((ns, name))
+            if svc is not None:
+                # MetalLB still reads the old prefix and warns the same way.
+                jobs.append(self._event(svc, "DeprecatedAnnotation", "deprecated annotations "
+                                        + ", ".join(keys) + ": use the metallb.io/ prefix", sem))
         if jobs:
             await asyncio.gather(*jobs)
 

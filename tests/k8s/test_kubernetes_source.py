@@ -160,7 +160,8 @@ async def test_status_written_exactly_once_and_events(run, emu):
     assert emu.requests.count(("PATCH", "/api/v1/namespaces/default/services/web/status")) == 1
     assert ("default", "ours-by-class") not in emu.status_writes
     reasons = sorted((e["reason"], e["involvedObject"]["name"]) for e in emu.events())
-    assert reasons == [("AllocationFailed", "ours-by-class"), ("InvalidService", "both-set")]
+    assert reasons == [("AllocationFailed", "ours-by-class"), ("DeprecatedAnnotation", "legacy-ip"),
+                       ("InvalidService", "both-set")]
     assert all(e["type"] == "Warning" and e["source"]["component"] == "lbd" for e in emu.events())
     # A status write is a Service MODIFIED event; it must not change the snapshot.
     assert len(r.snapshots) == 1
