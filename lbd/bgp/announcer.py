@@ -86,8 +86,14 @@ class BgpAnnouncer:
     def apply(self, routes: Sequence[BgpRoute]) -> None:
         self._routes = tuple(routes)
         tables: dict[str, dict[IPNetwork, RouteAttrs]] = {}
+        # One shared RouteAttrs object per attribute set lets the packer group
+        # by identity (see UpdatePacker.announce).
+        interned: dict[tuple[object, ...], RouteAttrs] = {}
         for route in self._routes:
-            attrs = RouteAttrs.of(route)
+            key = (route.communities, route.large_communities, route.local_pref)
+            attrs = interned.get(key)
+            if attrs is None:
+                attrs = interned[key] = RouteAttrs.of(route)
             for name in route.peers:
                 tables.setdefault(name, {})[route.prefix] = attrs
         self._tables = tables
@@ -212,8 +218,6 @@ class BgpAnnouncer:
 
     def _event(self, speaker: PeerSpeaker, event: Event) -> None:
         name = speaker.peer.name
-        if self._speakers.get(name) is not speaker:
-            return  # a stopped speaker's last words
         if isinstance(event, UpdatesSent):
             UPDATES_SENT.labels(peer=name).inc(event.messages)
         elif isinstance(event, EndOfRibSent):
@@ -224,6 +228,8 @@ class BgpAnnouncer:
             NOTIFICATIONS_SENT.labels(peer=name).inc()
         elif isinstance(event, NotificationReceived):
             NOTIFICATIONS_RECEIVED.labels(peer=name).inc()
+        if self._speakers.get(name) is not speaker:
+            return  # a stopped speaker's last words: its gauges are gone
         SESSION_UP.labels(peer=name).set(1 if speaker.session.state == State.ESTABLISHED else 0)
         self._update_announced(name)
         if self._on_event is not None:

@@ -639,18 +639,26 @@ class Session:
         self._advertised = {}
         self._send_diff(now)
         # RFC 4724 §2: End-of-RIB after the initial table, per family.
+        v6 = sum(1 for p in self._advertised if p.version == 6)
+        counts = {IPV4_UNICAST: len(self._advertised) - v6, IPV6_UNICAST: v6}
         for fam in neg.families:
             self._out += codec.end_of_rib(*fam)
             self.stats.updates_sent += 1
-            count = sum(1 for p in self._advertised if family_of(p) == fam)
-            self._emit(EndOfRibSent(fam[0], fam[1], count))
+            self._emit(EndOfRibSent(fam[0], fam[1], counts.get(fam, 0)))
         self._restarting = False
         self._touch_keepalive(now)
 
-    def _sendable(self, prefix: IPNetwork) -> bool:
-        neg = self.negotiated
-        packer = self._packer
-        return neg is not None and packer is not None and family_of(prefix) in neg.families and packer.can_announce(prefix)
+    def _sendable_versions(self) -> frozenset[int]:
+        """IP versions we can announce: family negotiated and a next hop known."""
+        neg, packer = self.negotiated, self._packer
+        if neg is None or packer is None:
+            return frozenset()
+        ok = set()
+        if IPV4_UNICAST in neg.families and packer.ctx.next_hop_v4 is not None:
+            ok.add(4)
+        if IPV6_UNICAST in neg.families and packer.ctx.next_hop_v6 is not None:
+            ok.add(6)
+        return frozenset(ok)
 
     def _send_diff(self, now: float) -> None:
         packer = self._packer
@@ -658,14 +666,30 @@ class Session:
             return
         adv = self._advertised
         desired = self._desired
-        announce = [(p, a) for p, a in desired.items() if adv.get(p) != a and self._sendable(p)]
-        withdraw = [p for p in adv if p not in desired]
+        ok = self._sendable_versions()
+        if not adv:
+            # Initial table: no diff to compute. Copying the dict reuses the
+            # keys' stored hashes (IPv4Network hashes in Python, slowly).
+            announce = [(p, a) for p, a in desired.items() if p.version in ok]
+            withdraw: list[IPNetwork] = []
+            new_adv = dict(desired) if len(announce) == len(desired) else dict(announce)
+        else:
+            announce = []
+            for p, a in desired.items():
+                old = adv.get(p)
+                if old is not a and old != a and p.version in ok:
+                    announce.append((p, a))
+            withdraw = [p for p in adv if p not in desired]
+            new_adv = None
         if not announce and not withdraw:
             return
         msgs = packer.withdraw(withdraw) + packer.announce(announce)
-        for p in withdraw:
-            del adv[p]
-        adv.update(announce)
+        if new_adv is not None:
+            self._advertised = new_adv
+        else:
+            for p in withdraw:
+                del adv[p]
+            adv.update(announce)
         self._write_updates(msgs, len(announce), len(withdraw), now)
 
     def _resend_family(self, fam: Family, now: float) -> None:

@@ -126,11 +126,19 @@ class UpdatePacker:
     def announce(self, routes: Iterable[tuple[IPNetwork, RouteAttrs]]) -> list[bytes]:
         """UPDATE messages announcing ``routes`` (prefixes without a next hop are skipped)."""
         groups: dict[tuple[RouteAttrs, int], list[bytes]] = {}
+        last_attrs: RouteAttrs | None = None
+        last_version = 0
+        bucket: list[bytes] = []
         for prefix, attrs in routes:
-            key = (attrs, prefix.version)
-            bucket = groups.get(key)
-            if bucket is None:
-                bucket = groups[key] = []
+            version = prefix.version
+            # Identity fast path: callers share one RouteAttrs object per
+            # attribute set, and hashing the dataclass per prefix is slow.
+            if attrs is not last_attrs or version != last_version:
+                key = (attrs, version)
+                found = groups.get(key)
+                if found is None:
+                    found = groups[key] = []
+                bucket, last_attrs, last_version = found, attrs, version
             bucket.append(_prefix_bytes(prefix))
         out: list[bytes] = []
         for (attrs, version), encoded in groups.items():
