@@ -20,7 +20,7 @@ from typing import Any
 from lbd.logsetup import setup_logging
 from lbd.model import LogConfig
 
-from . import serf
+from . import serf, wire
 from .crypto import load_keyring
 from .errors import GossipError
 from .swim import MemberEvent
@@ -52,8 +52,9 @@ async def run(args: argparse.Namespace) -> int:
         ltime = max(ltime, serf.ltime_of(data))
         _emit({"event": "remote_state", "size": len(data), "join": join, "ltime": ltime})
 
+    vsn = bytes(int(x) for x in args.vsn.split(",")) if args.vsn else wire.DEFAULT_VSN
     g = Gossip(args.name, args.bind, args.advertise, profile=args.profile, keys=keys,
-               meta=serf.encode_tags(tags), merge_remote_state=merge)
+               meta=serf.encode_tags(tags), merge_remote_state=merge, compress=args.compress, vsn=vsn)
 
     def on_user(msg: UserPayload) -> None:
         nonlocal ltime
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys-file")
     p.add_argument("--profile", default="default")
     p.add_argument("--tag", action="append", default=[], help="serf tag key=value")
+    p.add_argument("--compress", action="store_true", help="LZW-compress outgoing packets and streams")
+    p.add_argument("--vsn", help="protocol version vector, 6 comma-separated numbers (tests)")
     p.add_argument("--serf-leave", action="store_true", help="send serf's leave intent before leaving")
     p.add_argument("--leave-timeout", type=float, default=3.0)
     p.add_argument("--stats-interval", type=float, default=0.0)

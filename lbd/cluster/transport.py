@@ -88,6 +88,7 @@ class Gossip:
         verify_incoming: bool = True,
         verify_outgoing: bool = True,
         compress: bool = False,
+        vsn: bytes = wire.DEFAULT_VSN,
         local_state: Callable[[bool], bytes] | None = None,
         merge_remote_state: Callable[[bytes, bool], None] | None = None,
         rng: random.Random | None = None,
@@ -98,7 +99,7 @@ class Gossip:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self._opts = dict(
             keys=list(keys), meta=meta, verify_incoming=verify_incoming, verify_outgoing=verify_outgoing,
-            compress=compress, local_state=local_state, merge_remote_state=merge_remote_state,
+            compress=compress, vsn=vsn, local_state=local_state, merge_remote_state=merge_remote_state,
         )
         self._rng = rng
         self.core: Swim | None = None

@@ -264,3 +264,86 @@ def test_lbd_leave_plain_is_failed_with_intent_is_left(lab: Lab, ns: Host, tmp_p
     serf.wait_status("py-g2", "left", 10)
     time.sleep(3)
     assert serf.status("py-g2") == "left"
+
+
+def _nft(host: Host, *rules: str) -> None:
+    host.run(["nft", "add", "table", "inet", "lbdtest"])
+    host.run(["nft", "add", "chain", "inet", "lbdtest", "input",
+              "{ type filter hook input priority 0 ; policy accept ; }"])
+    host.run(["nft", "add", "chain", "inet", "lbdtest", "output",
+              "{ type filter hook output priority 0 ; policy accept ; }"])
+    for rule in rules:
+        host.run(["nft", "add", "rule", "inet", "lbdtest", *rule.split()])
+
+
+def test_compressed_lbd_is_understood(lab: Lab, ns: Host, tmp_path: Path) -> None:
+    serf = SerfAgent(lab, ns, "serf-h1", tmp_path / "serf.log")
+    py = PyNode(lab, ns, "py-h1", tmp_path / "py.log", join=[f"127.0.0.1:{SERF_PORT}"], extra=("--compress",))
+    py.wait(_joined, 15, "compressed join")
+    assert serf.wait_status("py-h1", "alive", 10)["tags"] == {"role": "py"}
+    time.sleep(3)
+    assert serf.status("py-h1") == "alive"
+    assert "[ERR]" not in serf.log_text()
+
+
+def test_tcp_fallback_keeps_node_alive_without_udp(lab: Lab, ns: Host, tmp_path: Path) -> None:
+    require_binary("nft")
+    serf = SerfAgent(lab, ns, "serf-i1", tmp_path / "serf.log")
+    py = PyNode(lab, ns, "py-i1", tmp_path / "py.log", join=[f"127.0.0.1:{SERF_PORT}"])
+    py.wait(_joined, 15, "join")
+    serf.wait_status("py-i1", "alive", 10)
+    _nft(ns, f"input udp dport {PY_PORT} drop")
+    wait_for(lambda: "Was able to connect to py-i1 but other probes failed" in serf.log_text(), timeout=15,
+             interval=0.5, what="serf's TCP fallback")
+    assert serf.status("py-i1") == "alive"
+    assert py.member_state("serf-i1") == "alive"
+    assert "probe_tcp_only" in (tmp_path / "py.log").read_text()
+
+
+def test_serf_relays_indirect_pings_and_nacks(lab: Lab, ns: Host, tmp_path: Path) -> None:
+    import socket as _socket
+
+    from lbd.cluster import wire
+
+    serf1 = SerfAgent(lab, ns, "serf-j1", tmp_path / "serf1.log")
+    serf2 = SerfAgent(lab, ns, "serf-j2", tmp_path / "serf2.log", port=7947, rpc=7374)
+    serf2.run("join", f"127.0.0.1:{SERF_PORT}")
+    serf1.wait_status("serf-j2", "alive", 10)
+    # Raw codec check: a UDP socket in the namespace asks serf1 to probe serf2.
+    script = (
+        "import socket,sys\n"
+        "from lbd.cluster import wire\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('127.0.0.1',7960)); s.settimeout(3)\n"
+        "def ask(seq,port,node):\n"
+        "    s.sendto(wire.encode(wire.IndirectPing(seq,bytes([127,0,0,1]),port,node,True)),('127.0.0.1',7946))\n"
+        "    while True:\n"
+        "        data,_=s.recvfrom(65536)\n"
+        "        if data[0]==12: data=data[5:]\n"
+        "        for m in wire.decode_packet(data).messages:\n"
+        "            if getattr(m,'seq_no',None)==seq: return type(m).__name__\n"
+        "print(ask(4242,7947,'serf-j2'), ask(4243,1,'nobody'))\n"
+    )
+    out = ns.run([sys.executable, "-c", script], timeout=20).stdout.split()
+    assert out == ["Ack", "Nack"]
+    # With serf1 -> serf2 UDP dropped, serf1 asks lbd to relay, and lbd's relay works.
+    py = PyNode(lab, ns, "py-j1", tmp_path / "py.log", join=[f"127.0.0.1:{SERF_PORT}"],
+                extra=("--stats-interval", "1"))
+    py.wait(_joined, 15, "join")
+    py.wait(lambda e: e.get("name") == "serf-j2" and e.get("state") == "alive", 10, "sees serf2")
+    require_binary("nft")
+    _nft(ns, f"output udp sport {SERF_PORT} udp dport 7947 drop")
+    py.wait(lambda e: e.get("event") == "stats" and e["received"].get("indirect_ping", 0) > 0, 20,
+            "serf1's indirect ping through lbd")
+    time.sleep(2)
+    assert serf1.status("serf-j2") == "alive"
+    assert "Marking serf-j2 as failed" not in serf1.log_text()
+
+
+def test_incompatible_delegate_version_is_refused(lab: Lab, ns: Host, tmp_path: Path) -> None:
+    serf = SerfAgent(lab, ns, "serf-k1", tmp_path / "serf.log")
+    py = PyNode(lab, ns, "py-k1", tmp_path / "py.log", join=[f"127.0.0.1:{SERF_PORT}"],
+                extra=("--vsn", "1,5,2,0,0,0", "--stay"))
+    py.wait(lambda e: e.get("event") in ("joined", "join_failed"), 15, "join attempt")
+    wait_for(lambda: "incompatible" in serf.log_text(), timeout=10, what="serf refuses the versions")
+    time.sleep(1)
+    assert "py-k1" not in serf.members()
