@@ -16,7 +16,8 @@ Never read a half-written file as a deletion:
 
 - files are (re)read on ``IN_CLOSE_WRITE`` and ``IN_MOVED_TO`` only, i.e. once a
   writer closed it or an atomic rename put it in place; ``IN_CREATE`` and
-  ``IN_MODIFY`` are ignored because the content is not complete yet;
+  ``IN_MODIFY`` are ignored because the content is not complete yet (except
+  the creation of a symlink, which is complete at once);
 - deletions (``IN_DELETE``, ``IN_MOVED_FROM``) are acted on after a short
   grace: editors that rename the old file away and write a new one produce
   "gone" then "written" for the same name, which nets to a re-read;
@@ -24,8 +25,9 @@ Never read a half-written file as a deletion:
   backups (``web.toml~``), and anything not ending in ``.toml``;
 - a file that does not parse keeps its last good services, and the error
   (path, key, what) is reported: the source shows degraded;
-- the periodic rescan reads only files whose stat changed and that have been
-  left alone for ``settle`` seconds, so it cannot catch a ``cp`` mid-copy.
+- the periodic rescan (for missed events) reads only files whose stat changed,
+  that have been left alone for ``settle`` seconds and that did not change
+  since the previous rescan, so it cannot catch a ``cp`` mid-copy.
 
 Removing the directory itself withdraws nothing (reported as an error): remove
 the files to withdraw services.
@@ -46,6 +48,7 @@ from lbd.model import ServiceSpec
 from lbd.sources.base import Publish, Source
 from lbd.sources.inotify import (
     IN_CLOSE_WRITE,
+    IN_CREATE,
     IN_DELETE,
     IN_DELETE_SELF,
     IN_IGNORED,
@@ -63,7 +66,7 @@ try:  # the config engineer's public entry point, once it is re-exported there
 except ImportError:  # pragma: no cover - depends on what lbd.config exports
     from lbd.config_service import parse_services_document
 
-WATCH_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+WATCH_MASK = IN_CREATE | IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 OPTION_KEYS = ("path", "rescan_interval", "settle")
 
 
@@ -100,6 +103,7 @@ class DirectorySource(Source):
         self.files: dict[str, _File] = {}
         self._pending: dict[str, str] = {}  # name -> "write" | "gone"
         self._full_rescan = False
+        self._last_seen: dict[str, tuple[int, int, int]] = {}  # signatures at the previous rescan
         self._wake = asyncio.Event()
         self._inotify: Inotify | None = None
         self._watching = False
@@ -165,6 +169,11 @@ class DirectorySource(Source):
             elif is_candidate(ev.name):
                 if ev.mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
                     self._pending[ev.name] = "write"
+                elif ev.mask & IN_CREATE and os.path.islink(self.path / ev.name):
+                    # A symlink is complete when created (configuration
+                    # management links drop-ins in); a created regular file is
+                    # not, and waits for its close.
+                    self._pending[ev.name] = "write"
                 elif ev.mask & (IN_DELETE | IN_MOVED_FROM):
                     self._pending.setdefault(ev.name, "gone")
         self._wake.set()
@@ -199,6 +208,7 @@ class DirectorySource(Source):
         if self._watching:
             self._dir_error = None
         present: set[str] = set()
+        seen: dict[str, tuple[int, int, int]] = {}
         now_ns = time.time_ns()
         for entry in entries:
             if not is_candidate(entry.name):
@@ -214,12 +224,20 @@ class DirectorySource(Source):
             known = self.files.get(entry.name)
             if known is not None and known.signature == sig:
                 continue
-            if not initial and now_ns - st.st_mtime_ns < self.settle * 1e9:
-                continue  # being written right now: its close event or a later rescan reads it
+            if not initial:
+                # Being written right now? Its close event reads it. The rescan
+                # (for missed events) reads only a file left alone for `settle`
+                # seconds AND unchanged since the previous rescan.
+                stable = self._last_seen.get(entry.name) == sig
+                if not stable or now_ns - st.st_mtime_ns < self.settle * 1e9:
+                    seen[entry.name] = sig
+                    continue
+            seen[entry.name] = sig
             self._load(entry.name, Path(entry.path))
         for name in list(self.files):
             if name not in present:
                 self._forget(name)
+        self._last_seen = seen
 
     def _load(self, name: str, path: Path) -> None:
         entry = self.files.setdefault(name, _File())

@@ -82,6 +82,18 @@ async def test_initial_load_add_change_delete(tmp_path: Path):
     await h.stop()
 
 
+async def test_symlinked_dropin(tmp_path: Path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (tmp_path / "real.toml").write_text(WEB)
+    h = Harness(d, rescan_interval=60)
+    h.start()
+    await h.until(lambda: h.snapshots == [[]])
+    os.symlink(tmp_path / "real.toml", d / "web.toml")
+    await h.until(lambda: h.last == ["web"], timeout=1.5)
+    await h.stop()
+
+
 async def test_partial_write_is_never_a_deletion(tmp_path: Path):
     target = tmp_path / "svc.toml"
     target.write_text(WEB + API)
@@ -99,6 +111,21 @@ async def test_partial_write_is_never_a_deletion(tmp_path: Path):
     fh.close()  # IN_CLOSE_WRITE: now it is read
     await asyncio.sleep(0.5)
     assert h.last == ["api", "web"] and h.error is None
+    await h.stop()
+
+
+async def test_new_file_half_written_is_not_read_by_rescan(tmp_path: Path):
+    h = Harness(tmp_path, rescan_interval=0.3, settle=0.2)
+    h.start()
+    await h.until(lambda: h.snapshots == [[]])
+    fh = open(tmp_path / "new.toml", "w")  # a slow cp: pauses longer than settle
+    for part in (WEB, "\n", API):
+        fh.write(part)
+        fh.flush()
+        await asyncio.sleep(0.25)
+        assert h.snapshots == [[]], "a file still being written was read"
+    fh.close()  # IN_CLOSE_WRITE: complete now
+    await h.until(lambda: h.last == ["api", "web"], timeout=1.5)
     await h.stop()
 
 
