@@ -35,6 +35,11 @@ class Profile:
     clamp_confirmations: bool = False
     # lbd: a floor under the minimum suspicion timeout, in seconds.
     suspicion_min_floor: float = 0.0
+    # serf's reconnect (memberlist has none): every interval, a join push-pull to
+    # one random failed (not left) node, for reconnect_timeout after its death.
+    # This is what heals a partition once both sides declared each other dead.
+    reconnect_interval: float = 30.0
+    reconnect_timeout: float = 24 * 3600.0
 
     def suspicion_timeouts(self, n: int) -> tuple[int, float, float]:
         """(k, min, max) for a suspicion raised in a cluster of ``n`` known nodes.
@@ -99,6 +104,7 @@ DEFAULT = Profile(
     gossip_to_the_dead_time=10.0,
     push_pull_interval=10.0,
     tcp_timeout=1.0,
+    reconnect_interval=1.0,
     suspicion_confirmations=2,
     clamp_confirmations=True,
     suspicion_min_floor=0.2,
@@ -118,6 +124,7 @@ FAST = Profile(
     gossip_to_the_dead_time=10.0,
     push_pull_interval=10.0,
     tcp_timeout=0.5,
+    reconnect_interval=0.5,
     suspicion_confirmations=2,
     clamp_confirmations=True,
     suspicion_min_floor=0.1,

@@ -39,6 +39,7 @@ _STATE_CODE = {
 _TYPE_NAMES = {int(t): t.name.lower() for t in wire.MsgType}
 
 Addr = tuple[str, int]
+MAX_FAILED = 4096  # failed nodes remembered for reconnect attempts
 
 
 # -- outputs ------------------------------------------------------------------
@@ -346,6 +347,8 @@ class Swim:
         self._next_probe = now + self.rng.uniform(0, profile.probe_interval)
         self._next_gossip = now + self.rng.uniform(0, profile.gossip_interval)
         self._next_push_pull = now + profile.push_pull_interval * (1 + self.rng.random())
+        self._failed: dict[str, tuple[Addr, float]] = {}  # name -> (address, time of death)
+        self._next_reconnect = now + profile.reconnect_interval
         # Bootstrap our own entry (memberlist setAlive): memberlist starts at 1.
         self._alive(wire.Alive(1, name, self._addr, port, meta, self.vsn), now, bootstrap=True)
 
@@ -400,6 +403,8 @@ class Swim:
             times.append(self._next_probe)
         if len(self._queue):
             times.append(self._next_gossip)
+        if self._failed:
+            times.append(self._next_reconnect)
         times.extend(s.deadline for s in self._suspicions.values())
         times.extend(r.deadline for r in self._relays.values())
         return min(times)
@@ -620,7 +625,12 @@ class Swim:
             wire.PushNode(n.name, n.addr, n.port, n.meta, n.incarnation, int(_STATE_CODE[n.state]), n.vsn or self.vsn)
             for n in self.nodes.values()
         )
-        user = self.local_state(join) if self.local_state else b""
+        user = b""
+        if self.local_state is not None:
+            try:
+                user = self.local_state(join)
+            except Exception:  # noqa: BLE001 - the application's bug must not stop gossip
+                self.log.exception("local_state_failed")
         return wire.encode_push_pull(wire.PushPull(join, nodes, user))
 
     def _merge(self, pp: wire.PushPull, now: float) -> None:
@@ -634,7 +644,10 @@ class Swim:
                 # A remote "dead" is only a suspicion here (state.go mergeState).
                 self._suspect(wire.Suspect(r.incarnation, r.name, self.name), now)
         if pp.user_state and self.merge_remote_state is not None:
-            self.merge_remote_state(pp.user_state, pp.join)
+            try:
+                self.merge_remote_state(pp.user_state, pp.join)
+            except Exception:  # noqa: BLE001 - the application's bug must not stop gossip
+                self.log.exception("merge_remote_state_failed")
 
     def _verify_protocol(self, remote: Sequence[wire.PushNode]) -> None:
         """memberlist verifyProtocol: every node's current versions within everyone's ranges."""
@@ -681,12 +694,32 @@ class Swim:
             nxt = self._next_gossip + self.profile.gossip_interval
             self._next_gossip = nxt if nxt > now else now + self.profile.gossip_interval
             self._gossip(now)
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + self.profile.reconnect_interval
+            self._reconnect(now)
         if now >= self._next_push_pull:
             self._next_push_pull = now + self.profile.push_pull_scale(len(self.nodes))
             peers = [n for n in self.nodes.values() if n.name != self.name and n.state == MemberState.ALIVE]
             if peers:
                 peer = self.rng.choice(peers)
                 self._push_pull((ip_text(peer.addr), peer.port), now, join=False)
+
+    def _reconnect(self, now: float) -> None:
+        """serf's reconnect: try one failed node with a join push-pull.
+
+        After a partition both sides hold each other dead and nobody probes the
+        dead. The exchange makes each side refute the other's verdict (a remote
+        dead merges as a suspicion about ourselves), and the next exchange
+        carries the higher incarnations that bring both back to alive.
+        """
+        for name, (_, since) in list(self._failed.items()):
+            node = self.nodes.get(name)
+            if now - since > self.profile.reconnect_timeout or (node is not None and not node.dead_or_left):
+                del self._failed[name]
+        if not self._failed or self.leaving:
+            return
+        name = self.rng.choice(sorted(self._failed))
+        self._push_pull(self._failed[name][0], now, join=True)
 
     # -- probing ------------------------------------------------------------
 
@@ -924,6 +957,7 @@ class Swim:
         if node.state != MemberState.ALIVE:
             node.state = MemberState.ALIVE
             node.state_change = now
+        self._failed.pop(node.name, None)
         if old_state in (MemberState.DEAD, MemberState.LEFT):
             self._event(EventKind.JOIN, node)
         elif old_state == MemberState.SUSPECT:
@@ -996,6 +1030,10 @@ class Swim:
         node.incarnation = d.incarnation
         node.state = MemberState.LEFT if d.node == d.from_ else MemberState.DEAD
         node.state_change = now
+        if node.state == MemberState.DEAD and len(self._failed) < MAX_FAILED:
+            self._failed[node.name] = ((ip_text(node.addr), node.port), now)
+        else:
+            self._failed.pop(node.name, None)
         self._event(EventKind.LEFT if node.state == MemberState.LEFT else EventKind.DEAD, node)
 
     def _refute(self, me: _Node, accused: int) -> None:

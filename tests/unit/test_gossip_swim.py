@@ -629,3 +629,30 @@ def test_fuzz_core_raw_input(data: bytes, keyed: bool) -> None:
     assert reply is None or isinstance(reply, bytes)
     core.tick(T0 + 1)
     assert all(isinstance(a, (SendPacket, StreamRequest, MemberEvent, UserMessage)) for a in core.poll())
+
+
+def test_partition_heals_by_reconnect() -> None:
+    """Both sides declare each other dead, then reconnect attempts merge them again."""
+    net = _cluster(3)
+    net.partition("n1", "n3")
+    net.partition("n2", "n3")
+    net.run_for(30)  # long enough for the dead to be reaped from the member lists
+    assert net.state_of("n1", "n3") in ("dead", None) and net.state_of("n3", "n1") in ("dead", None)
+    net.partition("n1", "n3", blocked=False)
+    net.partition("n2", "n3", blocked=False)
+    net.run_for(5)
+    for a in ("n1", "n2", "n3"):
+        for b in ("n1", "n2", "n3"):
+            assert net.state_of(a, b) == "alive", (a, b)
+
+
+def test_application_hook_failures_do_not_stop_gossip() -> None:
+    def boom(*_: object) -> bytes:
+        raise RuntimeError("application bug")
+
+    net = SimNetwork(seed=9)
+    net.add("n1", DEFAULT, local_state=boom)
+    net.add("n2", DEFAULT, local_state=lambda join: b"x", merge_remote_state=boom)
+    net.join("n2", ["n1"])
+    net.run_for(1)
+    assert net.state_of("n1", "n2") == "alive" and net.state_of("n2", "n1") == "alive"
