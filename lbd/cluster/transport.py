@@ -387,7 +387,11 @@ class Gossip:
     def _finish_stream(self, sid: int, reply: wire.StreamMessage | None, error: str = "") -> None:
         if self._closed or self.core is None:
             return
-        ok = self.core.stream_result(sid, reply, self._now(), error)
+        try:
+            ok = self.core.stream_result(sid, reply, self._now(), error)
+        except GossipError as exc:
+            self.log.warning("stream_result_failed", error=str(exc))
+            ok = False
         fut = self._waiters.pop(sid, None)
         if fut is not None and not fut.done():
             fut.set_result(ok)

@@ -204,3 +204,32 @@ async def test_metrics_exported() -> None:
         await closing(a, b)
 
 
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.bind(("::1", 0))
+        s.close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+async def test_ipv6_members() -> None:
+    a = await started6("a")
+    b = await started6("b")
+    try:
+        assert await b.join([f"[::1]:{a.port}"]) == 1
+        await until(lambda: state(a, "b") == MemberState.ALIVE, what="v6 join")
+        (info,) = [mi for mi in a.members() if mi.name == "b"]
+        assert info.address == "::1" and info.addr == f"[::1]:{b.port}"
+    finally:
+        await closing(a, b)
+
+
+async def started6(name: str) -> Gossip:
+    g = Gossip(name, "[::1]:0")
+    await g.start()
+    return g
