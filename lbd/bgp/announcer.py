@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -54,10 +54,14 @@ class BgpAnnouncer:
         listen_addresses: Sequence[str] = ("0.0.0.0", "::"),
         restarting: bool = False,
         on_event: ObserverCallback | None = None,
+        node_labels: Mapping[str, str] | None = None,
     ) -> None:
         """``restarting``: this process follows a graceful stop, so the first
-        sessions set the Restart State bit (RFC 4724 §4.1)."""
+        sessions set the Restart State bit (RFC 4724 §4.1). ``node_labels``:
+        when given, ``set_peers`` keeps only peers whose ``node_selector``
+        matches them (every key equal); otherwise the caller filters."""
         self.node_name = node_name
+        self.node_labels = dict(node_labels) if node_labels is not None else None
         self.listen_port = listen_port
         self.listen_addresses = tuple(listen_addresses)
         self._restarting = restarting
@@ -73,6 +77,9 @@ class BgpAnnouncer:
 
     async def set_peers(self, peers: Sequence[BgpPeerConfig]) -> None:
         async with self._lock:
+            labels = self.node_labels
+            if labels is not None:
+                peers = [p for p in peers if all(labels.get(k) == v for k, v in p.node_selector.items())]
             wanted = {p.name: p for p in peers}
             for name in [n for n in self._peers if n not in wanted or wanted[n] != self._peers[n]]:
                 await self._stop_peer(name, graceful=False)

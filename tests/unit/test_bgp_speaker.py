@@ -47,6 +47,8 @@ class Rib:
 
     def __call__(self, peer: str, event: Event) -> None:
         self.events.append((peer, event))
+        if isinstance(event, SessionDown):
+            self.routes.pop(peer, None)  # lbd keeps no stale routes
         if isinstance(event, UpdateReceived):
             table = self.routes.setdefault(peer, {})
             for p in event.update.withdrawn_all():
@@ -325,4 +327,32 @@ async def test_runner_announces_rereads_on_sighup_and_ceases_on_sigterm(tmp_path
             proc.kill()
             await proc.wait()
         reader.cancel()
+        await a.close()
+
+
+async def test_set_peers_restarts_changed_and_filters_by_node_selector() -> None:
+    port = free_port()
+    rib_a = Rib()
+    a = BgpAnnouncer("node-a", listen_port=port, listen_addresses=("127.0.0.1",), on_event=rib_a)
+    b = BgpAnnouncer("node-b", node_labels={"rack": "r1"})
+    rid_b = ipaddress.IPv4Address("10.77.0.2")
+    try:
+        await a.set_peers([peer("to-b", 64512, 64513, passive=True, router_id=ipaddress.IPv4Address("10.77.0.1"))])
+        b.apply([BgpRoute(ipaddress.ip_network("10.88.0.1/32"), ("to-a",))])  # before the peer exists: kept
+        elsewhere = peer("elsewhere", 64513, 64512, port=free_port(), node_selector={"rack": "r2"}, router_id=rid_b)
+        await b.set_peers([peer("to-a", 64513, 64512, port=port, node_selector={"rack": "r1"}, router_id=rid_b), elsewhere])
+        assert [s["name"] for s in b.status()] == ["to-a"]
+        await until(lambda: len(rib_a.routes.get("to-b", {})) == 1, what="route")
+        # Same config again: nothing restarts.
+        await b.set_peers([peer("to-a", 64513, 64512, port=port, node_selector={"rack": "r1"}, router_id=rid_b)])
+        await asyncio.sleep(0.3)
+        assert not any(isinstance(e, SessionDown) for _, e in rib_a.events)
+        # A changed hold time restarts the session, which comes back with the routes.
+        await b.set_peers([peer("to-a", 64513, 64512, port=port, node_selector={"rack": "r1"}, router_id=rid_b, hold_time=30)])
+        await until(lambda: any(isinstance(e, SessionDown) for _, e in rib_a.events), what="restart")
+        await until(lambda: state(b, "to-a") == "established", what="re-established")
+        assert next(s for s in b.status())["hold_time"] == 9  # min(30, a's 9)
+        await until(lambda: len(rib_a.routes.get("to-b", {})) == 1, what="route again")
+    finally:
+        await b.close()
         await a.close()
