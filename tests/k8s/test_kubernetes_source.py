@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import ipaddress
 from pathlib import Path
 
@@ -14,6 +15,10 @@ pytest.importorskip("yaml")
 from lbd.model import Family, ServiceSpec, SourceConfig  # noqa: E402
 from lbd.sources.base import ServiceResult, SourceContext  # noqa: E402
 from lbd.sources.kubernetes import KubernetesSource  # noqa: E402
+# tests/kubeapi_emulator.py also runs standalone (python -m tests.kubeapi_emulator):
+# import it as tests.kubeapi_emulator however pytest was started. (No conftest.py
+# here: a second "conftest" module would shadow tests/conftest.py's helpers.)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.kubeapi_emulator import ApiServerEmulator, write_kubeconfig  # noqa: E402
 
 MANIFESTS = Path(__file__).parent / "manifests"
