@@ -356,3 +356,24 @@ async def test_set_peers_restarts_changed_and_filters_by_node_selector() -> None
     finally:
         await b.close()
         await a.close()
+
+
+async def test_ipv6_session_carries_both_families() -> None:
+    """A session over ::1: IPv6 routes with the session address as next hop,
+    IPv4 routes with lo's IPv4 address (MP-BGP both ways)."""
+    port = free_port()
+    rib_a = Rib()
+    lo6 = ipaddress.IPv6Address("::1")
+    a = BgpAnnouncer("a", listen_port=port, listen_addresses=("::1",), on_event=rib_a)
+    b = BgpAnnouncer("b")
+    try:
+        await a.set_peers([peer("to-b", 64512, 64513, passive=True, peer_address=lo6, password="v6", router_id=ipaddress.IPv4Address("10.77.0.1"))])
+        await b.set_peers([peer("to-a", 64513, 64512, port=port, peer_address=lo6, password="v6", router_id=ipaddress.IPv4Address("10.77.0.2"))])
+        b.apply([BgpRoute(ipaddress.ip_network("fd77::1/128"), ("to-a",)), BgpRoute(ipaddress.ip_network("10.88.0.1/32"), ("to-a",))])
+        await until(lambda: len(rib_a.routes.get("to-b", {})) == 2, what="both families")
+        got = rib_a.routes["to-b"]
+        assert got[ipaddress.ip_network("fd77::1/128")][0] == lo6
+        assert got[ipaddress.ip_network("10.88.0.1/32")][0] == LO
+    finally:
+        await b.close()
+        await a.close()
