@@ -166,6 +166,8 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     for run in range(args.runs):
         figures = asyncio.run(run_once(args.services))
+        if run:  # ru_maxrss is the process's peak: only the first run's growth means anything
+            figures.pop("rss_growth_mib")
         print(json.dumps({"run": run, "services": args.services,
                           **{k: round(v, 2) for k, v in figures.items()}}), flush=True)
 
