@@ -242,3 +242,22 @@ async def test_crash_loop_backoff_keeps_growing_even_when_it_publishes():
     d = [mgr._delay(n) for n in (1, 2, 3, 4, 5)]
     assert 0.04 <= d[0] <= 0.06 and 0.08 <= d[1] <= 0.12 and all(0.16 <= x <= 0.24 for x in d[2:])
     await mgr.close()
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+_specs = st.dictionaries(st.sampled_from("abcdefgh"), st.sampled_from([None, "p", "q"]), max_size=8).map(
+    lambda d: [ServiceSpec(name=k, pool=v) for k, v in d.items()])
+
+
+@given(_specs, _specs)
+def test_diff_snapshots_property(old, new):
+    d = diff_snapshots(old, new)
+    before = {s.name: s for s in old}
+    after = {s.name: s for s in new}
+    rebuilt = {k: v for k, v in before.items() if k not in d.removed}
+    for name in d.added + d.changed:
+        rebuilt[name] = after[name]
+    assert rebuilt == after
+    assert not set(d.added) & set(d.removed) and not set(d.changed) & (set(d.added) | set(d.removed))
+    assert bool(d) == (before != after)
