@@ -171,7 +171,8 @@ class RouteExporter:
         # The daemon's shared lbd.l2.netlink.Netlink (a thread-held IPRoute): pyroute2's
         # AsyncIPRoute cannot open its socket under uvloop.
         self._ipr: Any = _ThreadNetlink(netlink) if netlink is not None else None
-        self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock_obj: asyncio.Lock | None = None
         self._status = _Status()
 
     @classmethod
@@ -180,6 +181,24 @@ class RouteExporter:
         return cls(scopes_of(configs), netns=netns, netlink=netlink)
 
     # -- netlink -------------------------------------------------------------
+
+    @property
+    def _lock(self) -> asyncio.Lock:
+        # An AsyncIPRoute socket and the lock belong to one event loop; a caller on
+        # a new loop (tests calling asyncio.run twice) gets fresh ones, else the
+        # old socket's replies would never be read and apply() would hang.
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._ipr is not None and not isinstance(self._ipr, _ThreadNetlink):
+                try:
+                    self._ipr.close()
+                except RuntimeError:
+                    pass  # its loop is closed already; the socket goes with it
+                self._ipr = None
+            self._loop = loop
+            self._lock_obj = asyncio.Lock()
+        assert self._lock_obj is not None
+        return self._lock_obj
 
     async def _socket(self) -> Any:
         if self._ipr is None:
