@@ -240,8 +240,7 @@ class Informer:
 
     async def _list(self) -> None:
         result = await self.client.request("GET", self.path)
-        items = result.get("items") or []
-        self.store = {self.key(o): o for o in items}
+        self.store = {self.key(o): o for o in _seq(result.get("items")) if isinstance(o, dict)}
         self.resource_version = (result.get("metadata") or {}).get("resourceVersion")
         self.synced = True
         self.relists += 1
@@ -249,6 +248,8 @@ class Informer:
         self.on_change()
 
     async def run(self) -> None:
+        import aiohttp
+
         from lbd.sources.kube_client import ApiError
 
         failures = 0
@@ -273,15 +274,10 @@ class Informer:
                     continue
                 failures += 1
                 await self._fail(failures, exc)
-            except (OSError, asyncio.TimeoutError, ValueError) as exc:
+            except (OSError, asyncio.TimeoutError, ValueError, aiohttp.ClientError) as exc:
+                # Unreachable, reset, timed out, garbage: keep the store, retry.
                 failures += 1
                 await self._fail(failures, exc)
-            except Exception as exc:  # aiohttp.ClientError and friends
-                if type(exc).__module__.startswith("aiohttp"):
-                    failures += 1
-                    await self._fail(failures, exc)
-                else:
-                    raise
 
     def _expire(self) -> None:
         # 410 Gone: our resourceVersion was compacted away. Re-list; the store
@@ -310,6 +306,8 @@ class Informer:
         rv = _map(obj.get("metadata")).get("resourceVersion")
         if kind == "BOOKMARK":
             self.resource_version = rv or self.resource_version
+            return False
+        if not obj:
             return False
         if kind in ("ADDED", "MODIFIED"):
             self.store[self.key(obj)] = obj
