@@ -125,6 +125,7 @@ class ApiServerEmulator:
         self.requests: list[tuple[str, str]] = []
         self.fail_status_writes_with_conflict = 0  # test hook: answer the next N status writes 409
         self.watch_delay = 0.0  # test hook: the watch cache lags writes by this many seconds
+        self.garbage_watches = 0  # test hook: the next N watch streams send a non-JSON line and end
         self.port = 0
         self.host = "127.0.0.1"
         self._runner: web.AppRunner | None = None
@@ -391,6 +392,10 @@ class ApiServerEmulator:
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
+        if self.garbage_watches > 0:
+            self.garbage_watches -= 1
+            await resp.write(b'{"type": "ADDED", "object": {"metadata": \n[1, 2]\n')
+            return resp
 
         async def send(kind: str, obj: dict) -> None:
             await resp.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")

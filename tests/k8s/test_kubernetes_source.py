@@ -294,3 +294,16 @@ async def test_bad_token_is_reported_not_published(emu, tmp_path):
         assert r.snapshots == []
     finally:
         await r.stop()
+
+
+async def test_garbage_watch_stream_keeps_snapshot(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    before = dict(r.last)
+    emu.garbage_watches = 3
+    await emu.restart()  # cut the watches: the re-watches get garbage
+    await r.until(lambda: any("JSONDecodeError" in e or "BadWatchEvent" in e for e in r.errors_seen), timeout=10)
+    assert r.last == before and not r.task.done()
+    emu.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "after", "namespace": "default"},
+                "spec": {"type": "LoadBalancer", "ports": [{"port": 81, "protocol": "TCP"}]}})
+    await r.until(lambda: "default/after" in r.last, timeout=20)
