@@ -21,7 +21,7 @@ help:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,kubernetes]'
 	[ ! -d examples/lbd-example-source ] || $(PY) -m pip install --quiet -e examples/lbd-example-source
 	touch $@
 

@@ -104,6 +104,7 @@ class Daemon:
         )
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._writer: bool | None = None  # whether this node writes results back to sources
         self._restarting = False  # this stop is for a restart: keep routes and addresses in place
         stopped_at = self.extra_state.pop("restart_stop_at", None)
         self.graceful_restart = isinstance(stopped_at, (int, float)) and 0 <= time.time() - stopped_at < RESTART_WINDOW
@@ -191,6 +192,12 @@ class Daemon:
         held_now = tuple(sorted({str(i.vip) for i in self.plan.l2 if i.mode != "local"}))
         if held_now != held:
             self.membership.update_local(replace(me, holds=held_now))
+        # One node writes results back to the sources (Kubernetes status): the allocator.
+        writer = self.membership.allocator() == config.node.name
+        if writer != self._writer:
+            self._writer = writer
+            self.sources.set_writer(writer)
+            log.info("status_writer", writer=writer)
         await self.sources.report(self.results())
         self.last_reconcile = time.time()
         m.update(self)

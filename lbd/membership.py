@@ -37,6 +37,10 @@ class Membership(abc.ABC):
         """This round's allocations (and notes worth a warning). A single node allocates alone."""
         return allocate(config.pools, list(services), previous), []
 
+    def allocator(self) -> str:
+        """The node that allocates (and writes results back to sources)."""
+        return min(m.name for m in self.members())
+
     def persisted_extra(self) -> dict[str, object]:
         """What this membership wants persisted with the allocations."""
         return {}

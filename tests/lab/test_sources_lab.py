@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lbd.netlab import LbdNode, wait_for
-from conftest import require_binary
+from lbd.netlab import LbdNode, require_binary, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -112,5 +111,16 @@ kubeconfig = "{kubeconfig}"
         assert wait_for(lambda: reachable(client, "10.77.0.52"), 10, what="VIP reachable")
         src = next(s for s in lbd.status()["sources"] if s["name"] == "k8s")
         assert src["state"] == "ok" and src["services"] == 1
+
+        # The daemon (the single node is the cluster's writer) writes the address back.
+        def ingress() -> list:
+            out = node.run(["curl", "-sS", "-H", "Authorization: Bearer t0k",
+                            "http://127.0.0.1:16443/api/v1/namespaces/default/services/web"], check=False).stdout
+            try:
+                return json.loads(out).get("status", {}).get("loadBalancer", {}).get("ingress") or []
+            except json.JSONDecodeError:
+                return []
+
+        assert wait_for(ingress, 15, what="status.loadBalancer.ingress written") == [{"ip": "10.77.0.52"}]
     finally:
         lbd.stop()
