@@ -40,6 +40,7 @@ _TYPE_NAMES = {int(t): t.name.lower() for t in wire.MsgType}
 
 Addr = tuple[str, int]
 MAX_FAILED = 4096  # failed nodes remembered for reconnect attempts
+MAX_QUEUE = 4096  # queued broadcasts (serf's MaxQueueDepth default)
 
 
 # -- outputs ------------------------------------------------------------------
@@ -195,6 +196,10 @@ class BroadcastQueue:
             self._items = [b for b in self._items if b.name != name]
         self._seq += 1
         self._items.append(_Broadcast(self._seq, name, data))
+        if len(self._items) > MAX_QUEUE:
+            # Nobody to gossip to (or a flood): drop the oldest, as serf's
+            # MaxQueueDepth does; push-pull anti-entropy repairs what is lost.
+            self.prune(MAX_QUEUE)
         return self._seq
 
     def pending(self, bid: int) -> bool:
@@ -450,6 +455,9 @@ class Swim:
 
     def handle_packet(self, data: bytes, addr: Addr, now: float) -> None:
         """One UDP datagram. Raises GossipError (after using any good parts) if bad."""
+        if not data:
+            self.stats.malformed += 1
+            raise GossipError("empty packet")
         try:
             plain = wire.open_packet(data, self.keys, self.verify_incoming)
         except GossipError:

@@ -416,6 +416,13 @@ def test_broadcast_queue_order_replacement_and_limit() -> None:
     assert q.get(2, 50, 4) == []  # does not fit
 
 
+def test_broadcast_queue_is_bounded_without_peers() -> None:
+    core = make()
+    for i in range(5000):
+        core.broadcast_user(b"u%d" % i)
+    assert len(core._queue) == 4096
+
+
 def test_retransmit_limit_four_with_two_nodes() -> None:
     """LAN, n = 2: a broadcast is sent exactly RetransmitMult * ceil(log10(3)) = 4 times."""
     core = make()

@@ -460,3 +460,12 @@ def test_fuzz_lzw_and_crypto(data: bytes) -> None:
             fn()
         except GossipError:
             pass
+
+
+def test_serf_ltime_and_leave_intent() -> None:
+    intent = serf.leave_intent(7, "py1")
+    assert intent[0] == serf.MSG_LEAVE
+    assert msgpack.unpackb(intent[1:], raw=True) == {b"LTime": 7, b"Node": b"py1", b"Prune": False}
+    assert serf.ltime_of(intent) == 7
+    assert serf.ltime_of(b"\x02" + msgpack.packb({"LTime": 3, "EventLTime": 9})) == 9
+    assert serf.ltime_of(b"\x07junk") == 0 and serf.ltime_of(b"\x00\xc1") == 0
