@@ -127,6 +127,12 @@ class Peer:
             pids.extend(_process_tree(proc.pid))
         return pids
 
+    def _wait(self, predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+        try:
+            wait_for(predicate, timeout=timeout, what=what)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; {self.name} log:\n{self.log()}") from None
+
     def log(self) -> str:
         try:
             with open(self.log_path, errors="replace") as f:
@@ -144,8 +150,8 @@ class Peer:
         raise NotImplementedError
 
     def wait_established(self, neighbor: str, timeout: float = 30.0) -> None:
-        wait_for(lambda: self.session_state(neighbor) == "established", timeout=timeout,
-                 what=f"{self.name} session with {neighbor} established; log:\n{self.log()}")
+        self._wait(lambda: self.session_state(neighbor) == "established",
+                   f"{self.name} session with {neighbor} established", timeout=timeout)
 
     def wait_routes(self, predicate: Callable[[dict[str, PeerRoute]], bool], timeout: float = 20.0,
                     what: str = "routes") -> dict[str, PeerRoute]:
@@ -242,7 +248,8 @@ class BirdPeer(Peer):
                 opts.append("passive on;")
             chan = "import all; export none;"
             if ibgp:
-                chan += " gateway direct;"
+                # BIRD treats iBGP as multihop by default; the lab's routers are on-link.
+                opts.append("direct;")
             lines.append(f"protocol bgp {self.protocol_name(n.address)} {{ " + " ".join(opts) + f" {fam} {{ {chan} }}; }}")
         lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
@@ -251,7 +258,7 @@ class BirdPeer(Peer):
         with open(self.conf, "w") as f:
             f.write(self.config())
         self._popen(["bird", "-f", "-c", self.conf, "-s", self.sock])
-        wait_for(lambda: self._birdc_ok(), timeout=10, what=f"bird control socket; log:\n{self.log()}")
+        self._wait(lambda: self._birdc_ok(), "bird control socket", timeout=10)
         return self
 
     def _birdc_ok(self) -> bool:
@@ -403,11 +410,10 @@ class FrrPeer(Peer):
         common = ["--vty_socket", self.vty, "-z", self.zsock, "-P", "0"]
         self._popen(["/usr/lib/frr/zebra", "-f", zconf, "-i", os.path.join(self.dir, "zebra.pid"), *common]
                     + ([] if self.spec.install_kernel else ["-r"]))
-        wait_for(lambda: os.path.exists(self.zsock), timeout=10, what=f"zebra socket; log:\n{self.log()}")
+        self._wait(lambda: os.path.exists(self.zsock), "zebra socket", timeout=10)
         self._popen(["/usr/lib/frr/bgpd", "-f", bconf, "-i", os.path.join(self.dir, "bgpd.pid"), *common]
                     + ([] if self.spec.install_kernel else ["-n"]))
-        wait_for(lambda: os.path.exists(os.path.join(self.vty, "bgpd.vty")), timeout=10,
-                 what=f"bgpd vty; log:\n{self.log()}")
+        self._wait(lambda: os.path.exists(os.path.join(self.vty, "bgpd.vty")), "bgpd vty", timeout=10)
         return self
 
     def vtysh(self, command: str) -> str:
@@ -515,8 +521,7 @@ class GoBgpPeer(Peer):
         with open(conf, "w") as f:
             f.write(self.config())
         self._popen(["gobgpd", "-f", conf, "-t", "toml", "--api-hosts", f"127.0.0.1:{self.api_port}"])
-        wait_for(lambda: self.host.run(self._gobgp("global"), check=False).returncode == 0, timeout=15,
-                 what=f"gobgpd API; log:\n{self.log()}")
+        self._wait(lambda: self.host.run(self._gobgp("global"), check=False).returncode == 0, "gobgpd API", timeout=15)
         return self
 
     def _gobgp(self, *args: str) -> list[str]:
@@ -628,8 +633,7 @@ class OpenBgpdPeer(Peer):
             f.write(self.config())
         os.chmod(conf, 0o600)
         self._popen(["bgpd", "-d", "-f", conf])
-        wait_for(lambda: os.path.exists(self.sock) and self.host.run(self._bgpctl("show"), check=False).returncode == 0,
-                 timeout=10, what=f"bgpd control socket; log:\n{self.log()}")
+        self._wait(lambda: os.path.exists(self.sock) and self.host.run(self._bgpctl("show"), check=False).returncode == 0, "bgpd control socket", timeout=10)
         return self
 
     def _bgpctl(self, *args: str) -> list[str]:

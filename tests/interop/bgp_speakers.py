@@ -44,6 +44,7 @@ class SessionSpec:
     hold_time: int = 9
     password: str | None = None
     graceful_restart: bool = False
+    connect_time: float = 1.0
 
 
 def write_prefixes(path: str, prefixes: Sequence[str]) -> None:
@@ -58,8 +59,11 @@ class LbdSpeaker:
 
     def __init__(self, host: Host, session: SessionSpec, prefixes: Sequence[str] = (),
                  communities: Sequence[str] = (), large_communities: Sequence[str] = (),
-                 local_pref: int | None = None, workdir: str | None = None) -> None:
+                 local_pref: int | None = None, workdir: str | None = None, restarting: bool = False,
+                 name: str = "peer") -> None:
         self.host = host
+        self.restarting = restarting
+        self.name = name
         self.session = session
         self.communities = tuple(communities)
         self.large_communities = tuple(large_communities)
@@ -81,9 +85,14 @@ class LbdSpeaker:
             "--my-asn", str(s.my_asn),
             "--router-id", s.router_id,
             "--hold-time", str(s.hold_time),
+            "--connect-time", str(s.connect_time),
             "--source-address", s.local_address,
             "--prefixes-file", self.prefixes_file,
+            "--name", self.name,
+            "--log-level", "info",
         ]
+        if self.restarting:
+            argv += ["--restarting"]
         if s.password:
             argv += ["--password", s.password]
         if s.graceful_restart:
