@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
@@ -40,6 +41,8 @@ TABLE_MESSAGE = b"lbd1T"  # user message: table entries (a delta, or the whole t
 DELTA_BUDGET = 1000  # bytes of entries per UDP broadcast (memberlist packets are 1400 bytes)
 MAX_DELTA_BROADCASTS = 8  # beyond this, send the whole table over TCP to each member
 INITIAL_JOIN_WAIT = 3.0  # at start, wait this long to hear the cluster before announcing alone
+PEER_META_WAIT = 2.0  # then wait at most this long for joined peers to publish their metadata
+RECONNECT_INTERVAL = 2.0  # how often to try the seeds and dead members again (a healed partition)
 HANDOVER_TIMEOUT = 5.0
 
 CONFLICTS = Counter("lbd_allocation_conflicts_resolved", "Allocations dropped because an older one held the address",
@@ -73,6 +76,10 @@ class ClusterMembership(Membership):
         self._leaving = False
         self._state_dirty = False
         self._seen_conflicts: set[tuple[str, str]] = set()
+        self._drained_seen: dict[str, bool] = {}
+        self._refused = False  # peers answer but we cannot decrypt them: stay out of the cluster
+        self._hold_until: float | None = None  # at start: wait for peers' metadata before owning
+        self._reconnect_task: asyncio.Task[None] | None = None
         self.gossip.on_event(self._event)
         self.gossip.on_user(self._user)
 
@@ -118,9 +125,17 @@ class ClusterMembership(Membership):
         if not self._started:
             return [self._me]
         out = []
-        for info in self.gossip.members():
+        infos = self.gossip.members()
+        holding = self._holding(infos)
+        for info in infos:
             if info.name == self.name:
-                out.append(replace(self._me, address=info.addr, incarnation=info.incarnation))
+                me = replace(self._me, address=info.addr, incarnation=info.incarnation)
+                if self._refused or holding:
+                    # Our key does not open the cluster's traffic: announcing alone would
+                    # duplicate every VIP the cluster serves. Own nothing until we join.
+                    me = replace(me, state=MemberState.DEAD)
+                self._note_drain(me)
+                out.append(me)
                 continue
             meta = self._decode(info.meta)
             if meta is None:
@@ -129,12 +144,21 @@ class ClusterMembership(Membership):
             if state == MemberState.SUSPECT:
                 # A suspect still owns its VIPs until declared dead (Lifeguard gives it time to refute).
                 state = MemberState.ALIVE
-            out.append(Member(
+            member = Member(
                 name=info.name, address=info.addr, state=state, incarnation=info.incarnation,
                 labels=meta.labels, interfaces=meta.interfaces, drained=meta.drained, failing=meta.failing,
                 holds=meta.holds,
-            ))
+            )
+            self._note_drain(member)
+            out.append(member)
         return out
+
+    def _note_drain(self, member: Member) -> None:
+        """An undrained node counts as recovered: failback waits from the undrain, not its join."""
+        was = self._drained_seen.get(member.name)
+        self._drained_seen[member.name] = member.drained
+        if was and not member.drained and member.state == MemberState.ALIVE:
+            self._since[member.name] = time.monotonic()
 
     def _decode(self, data: bytes) -> nodemeta.NodeMeta | None:
         if data not in self._meta_cache:
@@ -168,6 +192,13 @@ class ClusterMembership(Membership):
                 notes.append(f"allocation conflict resolved: {conflict}")
         allocator = self.allocator()
         by_name = {s.name: s for s in services}
+        if self._refused:
+            result = AllocationResult(
+                allocations={name: a for name, a in live.items() if name in by_name},
+                pending={name: "not in the cluster: its gossip traffic cannot be decrypted with our keys"
+                         for name in by_name if name not in live},
+            )
+            return result, notes
         if allocator == self.name:
             result = allocate(config.pools, list(services), live)
             changed = self.table.record(result.allocations, by_name, _now_ms())
@@ -240,7 +271,8 @@ class ClusterMembership(Membership):
         await self.gossip.start()
         self._started = True
         self._since[self.name] = time.monotonic()
-        self.update_local(self._me)
+        # No metadata until the daemon's first pass gives the real one: a placeholder (no
+        # interfaces) would make peers plan without us and keep our VIPs until failback.
         seeds = [s for s in self.config.cluster.join if not _is_self(s, self.gossip)]
         if seeds:
             self._join_task = asyncio.ensure_future(self._join(seeds))
@@ -250,15 +282,88 @@ class ClusterMembership(Membership):
                 await asyncio.wait_for(asyncio.shield(self._join_task), INITIAL_JOIN_WAIT)
             except (asyncio.TimeoutError, TimeoutError):
                 log.warning("cluster_join_pending", seeds=seeds, detail="starting alone, still trying")
+            # Peers that started with us publish their metadata in their first pass, as we
+            # do in ours: until they have (bounded), plan without announcing anything, so
+            # the first node up does not take every VIP and keep it until failback.
+            self._hold_until = time.monotonic() + PEER_META_WAIT
+            asyncio.get_running_loop().call_later(PEER_META_WAIT + 0.01, self._on_change_now)
+            self._reconnect_task = asyncio.ensure_future(self._reconnect_loop(seeds))
         on_change()
 
+    def _on_change_now(self) -> None:
+        self._on_change()
+
+    def _holding(self, infos: Sequence[Any]) -> bool:
+        """True while, just after start, an alive peer has not published its metadata yet."""
+        if self._hold_until is None:
+            return False
+        waiting = any(i.name != self.name and i.state == MemberState.ALIVE and not i.meta for i in infos)
+        if not waiting or time.monotonic() >= self._hold_until:
+            self._hold_until = None
+            return False
+        return True
+
+    async def _reconnect_loop(self, seeds: Sequence[str]) -> None:
+        """Re-join seeds and dead members now and then, like serf's reconnect.
+
+        memberlist stops gossiping to a dead member after gossip_to_the_dead_time and
+        push-pulls only with alive ones, so without this, two sides of a partition longer
+        than that would never merge again.
+        """
+        while True:
+            await asyncio.sleep(RECONNECT_INTERVAL * (0.75 + 0.5 * random.random()))
+            if self._join_task is not None and not self._join_task.done():
+                continue  # the first join is still retrying
+            infos = self.gossip.members()
+            alive = {i.addr for i in infos if i.state in (MemberState.ALIVE, MemberState.SUSPECT)}
+            dead = [i.addr for i in infos if i.state == MemberState.DEAD and i.name != self.name]
+            targets = list(dict.fromkeys([*dead, *(s for s in seeds if s not in alive)]))
+            if not targets:
+                continue
+            failures = self._decrypt_failures()
+            try:
+                await asyncio.wait_for(self.gossip.join(targets), self.gossip.profile.tcp_timeout * 2 + 1)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - nobody answered: try again later
+                self._set_refused(self._decrypt_failures() > failures and not self._alive_peers())
+                continue
+            self._set_refused(False)
+            log.info("cluster_reconnected", targets=targets)
+            self._on_change()
+
+    def _alive_peers(self) -> bool:
+        return any(i.name != self.name and i.state == MemberState.ALIVE for i in self.gossip.members())
+
+    def _decrypt_failures(self) -> int:
+        value = self.gossip.stats().get("decrypt_failures", 0)
+        return value if isinstance(value, int) else 0
+
+    def _set_refused(self, refused: bool) -> None:
+        if refused != self._refused:
+            self._refused = refused
+            if refused:
+                log.error("cluster_key_mismatch", detail="peers answer but their gossip cannot be decrypted with "
+                          "our keys (or they refuse ours): owning nothing until we can join")
+            else:
+                log.info("cluster_key_accepted")
+            self._on_change()
+
     async def _join(self, seeds: Sequence[str]) -> None:
+        failures = self._decrypt_failures()
         try:
-            await self.gossip.join_with_retry(seeds)
+            await self.gossip.join(seeds)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001
-            log.error("cluster_join_failed", error=str(exc))
+        except Exception:  # noqa: BLE001 - nobody answered, or nobody we can understand
+            self._set_refused(self._decrypt_failures() > failures)
+            try:
+                await self.gossip.join_with_retry(seeds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.error("cluster_join_failed", error=str(exc))
+        self._set_refused(False)
         self._on_change()
 
     def _event(self, event: MemberEvent) -> None:
@@ -303,8 +408,9 @@ class ClusterMembership(Membership):
         await self.gossip.leave(timeout=2.0)
 
     async def close(self) -> None:
-        if self._join_task is not None:
-            self._join_task.cancel()
+        for task in (self._join_task, self._reconnect_task):
+            if task is not None:
+                task.cancel()
         await self.gossip.close()
 
     def status(self) -> list[dict[str, Any]]:

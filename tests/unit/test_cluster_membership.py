@@ -1,0 +1,123 @@
+"""ClusterMembership without sockets: a fake gossip layer stands in for the transport."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from pathlib import Path
+
+from lbd.cluster import nodemeta
+from lbd.cluster.membership import TABLE_MESSAGE, ClusterMembership
+from lbd.cluster.swim import MemberInfo
+from lbd.config import parse_config
+from lbd.model import Member, MemberState, ServiceSpec
+
+CONFIG = parse_config("""
+[node]
+name = "n1"
+[cluster]
+bind = "127.0.0.1:17946"
+join = ["127.0.0.1:1"]
+[[pool]]
+name = "p"
+addresses = ["10.77.0.100-10.77.0.103"]
+[[l2_advertisement]]
+pools = ["p"]
+""", Path("/dev/null"))
+LAN = {"eth0": (ipaddress.ip_interface("10.77.0.11/24"),)}
+
+
+class FakeGossip:
+    def __init__(self) -> None:
+        self.infos: dict[str, MemberInfo] = {}
+        self.meta = b""
+        self.broadcasts: list[bytes] = []
+        self.decrypt_failures = 0
+
+    def add(self, name: str, meta: bytes, state: MemberState = MemberState.ALIVE) -> None:
+        self.infos[name] = MemberInfo(name, "10.77.0.1", 7946, state, 1, 0.0, meta, b"")
+
+    def members(self) -> list[MemberInfo]:
+        return list(self.infos.values())
+
+    def set_meta(self, meta: bytes) -> None:
+        self.meta = meta
+        self.add("n1", meta)
+
+    def broadcast_user(self, payload: bytes) -> None:
+        self.broadcasts.append(payload)
+
+    def stats(self) -> dict[str, object]:
+        return {"decrypt_failures": self.decrypt_failures}
+
+    def _now(self) -> float:
+        return 0.0
+
+
+def membership() -> tuple[ClusterMembership, FakeGossip]:
+    cm = ClusterMembership(CONFIG)
+    fake = FakeGossip()
+    cm.gossip = fake  # type: ignore[assignment]
+    cm._started = True  # noqa: SLF001 - start() would open sockets
+    cm.update_local(Member(name="n1", interfaces=LAN))
+    return cm, fake
+
+
+def meta(drained: bool = False) -> bytes:
+    return nodemeta.encode(nodemeta.NodeMeta(labels={}, interfaces=LAN, drained=drained))[0]
+
+
+def test_undrain_restarts_the_failback_clock():
+    cm, fake = membership()
+    fake.add("n2", meta())
+    cm._since["n2"] = 1.0  # noqa: SLF001 - joined long ago
+    cm.members()
+    fake.add("n2", meta(drained=True))
+    assert next(m for m in cm.members() if m.name == "n2").drained
+    assert cm.eligible_since()["n2"] == 1.0
+    fake.add("n2", meta(drained=False))
+    cm.members()
+    assert cm.eligible_since()["n2"] >= time.monotonic() - 5  # recovered now: failback waits from here
+
+
+def test_a_node_whose_key_is_refused_owns_and_allocates_nothing():
+    cm, fake = membership()
+    cm._refused = True  # noqa: SLF001 - as after a join answered by undecryptable traffic
+    me = next(m for m in cm.members() if m.name == "n1")
+    assert me.state == MemberState.DEAD
+    result, _ = cm.allocate(CONFIG, [ServiceSpec(name="a")], {})
+    assert result.allocations == {} and "cannot be decrypted" in result.pending["a"]
+    assert cm.table.entries == {} and fake.broadcasts == []
+    cm._set_refused(False)  # noqa: SLF001
+    assert next(m for m in cm.members() if m.name == "n1").state == MemberState.ALIVE
+    result, _ = cm.allocate(CONFIG, [ServiceSpec(name="a")], {})
+    assert str(result.allocations["a"].addresses[0]) == "10.77.0.100"
+    assert fake.broadcasts and fake.broadcasts[0].startswith(TABLE_MESSAGE)
+
+
+def test_at_start_own_nothing_until_joined_peers_publish_metadata():
+    cm, fake = membership()
+    fake.add("n2", b"")  # joined, but its first pass has not published metadata yet
+    cm._hold_until = time.monotonic() + 60  # noqa: SLF001
+    assert next(m for m in cm.members() if m.name == "n1").state == MemberState.DEAD
+    assert [m.name for m in cm.members()] == ["n1"]  # n2 is not an lbd member yet
+    fake.add("n2", meta())
+    states = {m.name: m.state for m in cm.members()}
+    assert states == {"n1": MemberState.ALIVE, "n2": MemberState.ALIVE}
+    fake.add("n3", b"")  # a later joiner does not hold us again
+    assert next(m for m in cm.members() if m.name == "n1").state == MemberState.ALIVE
+
+
+def test_the_hold_is_bounded():
+    cm, fake = membership()
+    fake.add("n2", b"")  # say, a serf agent that never publishes lbd metadata
+    cm._hold_until = time.monotonic() - 0.001  # noqa: SLF001
+    assert next(m for m in cm.members() if m.name == "n1").state == MemberState.ALIVE
+
+
+def test_only_the_allocator_writes_and_others_wait():
+    cm, fake = membership()
+    fake.add("a0", meta())  # a lower name: the allocator
+    result, _ = cm.allocate(CONFIG, [ServiceSpec(name="s")], {})
+    assert result.allocations == {} and "waiting for the allocator (a0)" in result.pending["s"]
+    assert cm.table.entries == {}
