@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import json
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -105,14 +106,26 @@ def read_prefixes(args: argparse.Namespace) -> list[IPNetwork]:
             emit({"event": "error", "error": f"prefixes file: {exc}"})
     out: list[IPNetwork] = []
     for line in texts:
-        line = line.split("#", 1)[0].strip()
+        if "#" in line:
+            line = line.split("#", 1)[0]
+        line = line.strip()
         if not line:
             continue
         try:
-            out.append(ipaddress.ip_network(line, strict=False))
-        except ValueError as exc:
+            out.append(parse_prefix(line))
+        except (ValueError, OSError) as exc:
             emit({"event": "error", "error": f"bad prefix {line!r}: {exc}"})
     return out
+
+
+def parse_prefix(text: str) -> IPNetwork:
+    """``ip_network(text, strict=False)``, 2-3x faster for IPv4 (the benchmark
+    loads 100,000 of them): inet_pton validates, the int form skips re-parsing."""
+    if ":" in text:
+        return ipaddress.IPv6Network(text, strict=False)
+    addr, _, plen = text.partition("/")
+    value = int.from_bytes(socket.inet_pton(socket.AF_INET, addr), "big")
+    return ipaddress.IPv4Network((value, int(plen) if plen else 32), strict=False)
 
 
 def emit(obj: dict[str, object]) -> None:

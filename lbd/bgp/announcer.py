@@ -87,7 +87,7 @@ class BgpAnnouncer:
             if new:
                 addrs = await netutil.scan_addresses_async()
                 for peer in new:
-                    self._start_peer(peer, netutil.choose_router_id(peer, self.node_name, addrs))
+                    self._start_peer(peer, netutil.choose_router_id(peer, self.node_name, addrs), addrs)
             await self._configure_listeners()
 
     def apply(self, routes: Sequence[BgpRoute]) -> None:
@@ -152,8 +152,8 @@ class BgpAnnouncer:
 
     # -------------------------------------------------------------- internals
 
-    def _start_peer(self, peer: BgpPeerConfig, router_id: ipaddress.IPv4Address) -> None:
-        speaker = PeerSpeaker(peer, router_id=router_id, restarting=self._restarting, on_event=self._event)
+    def _start_peer(self, peer: BgpPeerConfig, router_id: ipaddress.IPv4Address, addrs: netutil.Addresses) -> None:
+        speaker = PeerSpeaker(peer, router_id=router_id, restarting=self._restarting, on_event=self._event, addresses=addrs)
         self._peers[peer.name] = peer
         self._speakers[peer.name] = speaker
         SESSION_UP.labels(peer=peer.name).set(0)

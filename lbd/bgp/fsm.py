@@ -420,6 +420,7 @@ class Session:
     def close_collision(self, now: float) -> list[Event]:
         """Close this connection as the loser of a collision (RFC 4271 §6.8)."""
         self._auto_restart = False
+        self._out.clear()  # not yet written: e.g. the KEEPALIVE answering the OPEN
         if self.state in _CONNECTED:
             self._drop(now, "connection collision", BgpError(ErrorCode.CEASE, CeaseSubcode.CONNECTION_COLLISION_RESOLUTION))
         return self._flush()

@@ -72,6 +72,7 @@ class PeerSpeaker:
         restarting: bool = False,
         on_event: EventCallback | None = None,
         session_overrides: dict[str, object] | None = None,
+        addresses: netutil.Addresses | None = None,
     ) -> None:
         self.peer = peer
         self.loop = asyncio.get_running_loop()
@@ -84,6 +85,10 @@ class PeerSpeaker:
         self._connect_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
+        # The node's address table (for next hops), reused for a few seconds:
+        # the announcer's scan serves the first connection.
+        self._addrs: netutil.Addresses | None = addresses
+        self._addrs_at = self.loop.time() if addresses is not None else 0.0
         self.log = log.bind(peer=peer.name, address=str(peer.peer_address))
 
     # ----------------------------------------------------------------- public
@@ -132,11 +137,11 @@ class PeerSpeaker:
             self.log.info("bgp_inbound_rejected", state=main.state.value)
             sock.close()
             return
-        if main.state in (State.IDLE, State.CONNECT, State.ACTIVE):
-            self._cancel_connect()
-            session = main
+        if main.state in (State.IDLE, State.ACTIVE) and (self._connect_task is None or self._connect_task.done()):
+            session = main  # nothing of ours in flight: the peer's connection is the one
         else:
-            # OpenSent/OpenConfirm: keep both until the identifiers decide (§6.8).
+            # Our own connection is being made or is opening: keep both until
+            # the BGP identifiers decide (RFC 4271 §6.8, _resolve_collision).
             session = Session(main.config, name=main.name, restarting=main.restarting)
             self._inbound = session
         self.loop.create_task(self._adopt(sock, session))
@@ -148,13 +153,19 @@ class PeerSpeaker:
 
     async def _adopt(self, sock: socket.socket, session: Session) -> None:
         try:
-            addrs = await netutil.scan_addresses_async()
+            addrs = await self._addresses()
             await self.loop.create_connection(lambda: _Conn(self, session, False, addrs), sock=sock)
         except OSError as exc:
             self.log.warning("bgp_inbound_failed", error=str(exc))
             sock.close()
             if session is self._inbound:
                 self._inbound = None
+
+    async def _addresses(self, max_age: float = 10.0) -> netutil.Addresses:
+        if self._addrs is None or self.loop.time() - self._addrs_at > max_age:
+            self._addrs = await netutil.scan_addresses_async()
+            self._addrs_at = self.loop.time()
+        return self._addrs
 
     def _cancel_connect(self) -> None:
         task, self._connect_task = self._connect_task, None
@@ -179,7 +190,7 @@ class PeerSpeaker:
                 sock.bind((str(peer.source_address), 0))
             # The address table for next hops is read first: once connected,
             # the peer's OPEN may arrive at any moment.
-            addrs = await netutil.scan_addresses_async()
+            addrs = await self._addresses()
             await asyncio.wait_for(self.loop.sock_connect(sock, (str(peer.peer_address), peer.peer_port)), peer.connect_time)
             await self.loop.create_connection(lambda: _Conn(self, session, True, addrs), sock=sock)
         except asyncio.CancelledError:
@@ -196,8 +207,9 @@ class PeerSpeaker:
         session = conn.session
         transport = conn.transport
         assert transport is not None
-        if self._stopped or session.state in (State.OPENSENT, State.OPENCONFIRM, State.ESTABLISHED):
-            transport.abort()
+        orphan = session is not self.session and session is not self._inbound
+        if self._stopped or orphan or session.state in (State.OPENSENT, State.OPENCONFIRM, State.ESTABLISHED):
+            transport.abort()  # e.g. our connect completed just as it was cancelled
             return
         sock = transport.get_extra_info("socket")
         local = remote = None
@@ -230,6 +242,11 @@ class PeerSpeaker:
 
     def _run(self, session: Session, events: list[Event]) -> None:
         """Write what the session queued, then carry out its actions."""
+        # Collisions first: a losing connection must not send the KEEPALIVE
+        # its FSM just queued in reply to the OPEN (RFC 4271 §6.8).
+        for event in events:
+            if isinstance(event, OpenReceived):
+                self._resolve_collision(event)
         conn = self._conns.get(id(session))
         data = session.data_to_send()
         if data and conn is not None and conn.transport is not None:
@@ -246,8 +263,6 @@ class PeerSpeaker:
                     conn.transport.close()  # buffered data (a NOTIFICATION) is flushed first
                 if session is self._inbound:
                     self._inbound = None
-            elif isinstance(event, OpenReceived):
-                self._resolve_collision(event)
             if self._on_event is not None:
                 try:
                     self._on_event(self, event)
@@ -257,9 +272,22 @@ class PeerSpeaker:
 
     def _resolve_collision(self, event: OpenReceived) -> None:
         inbound, main = self._inbound, self.session
-        if inbound is None or main.state not in (State.OPENSENT, State.OPENCONFIRM):
+        if inbound is None or inbound.state not in (State.OPENSENT, State.OPENCONFIRM):
             return
-        if inbound.state not in (State.OPENSENT, State.OPENCONFIRM):
+        now = self.now()
+        if main.state == State.ESTABLISHED:
+            # A collision with an Established session closes the new connection (§6.8).
+            self._inbound = None
+            self._run(inbound, inbound.close_collision(now))
+            return
+        if main.state not in (State.OPENSENT, State.OPENCONFIRM):
+            # Our own attempt has not got anywhere (still connecting, or failed):
+            # the peer's connection wins outright.
+            self.log.info("bgp_inbound_preferred", main_state=main.state.value)
+            self._cancel_connect()
+            inbound.take_over(main)
+            self.session, self._inbound = inbound, None
+            self._run(main, main.stop(now))
             return
         outbound_s, inbound_s = (main, inbound) if main.outbound else (inbound, main)
         loser = collision_loser(self.router_id, event.router_id, outbound_s, inbound_s)
@@ -269,7 +297,7 @@ class PeerSpeaker:
         if winner is not main:
             winner.take_over(main)
             self.session = winner
-        self._run(loser, loser.close_collision(self.now()))
+        self._run(loser, loser.close_collision(now))
 
     def _reschedule(self) -> None:
         if self._timer is not None:

@@ -377,3 +377,38 @@ async def test_ipv6_session_carries_both_families() -> None:
     finally:
         await b.close()
         await a.close()
+
+
+@pytest.mark.parametrize("text", ["10.1.2.3/24", "10.1.2.3", "fd77::1/64", "0.0.0.0/0", "10.77.0.1/32"])
+def test_runner_parse_prefix_matches_ip_network(text: str) -> None:
+    from lbd.bgp.__main__ import parse_prefix
+
+    assert parse_prefix(text) == ipaddress.ip_network(text, strict=False)
+
+
+@pytest.mark.parametrize("text", ["10.1.2/24", "10.1.2.3/33", "x", "10.1.2.3/a", "01.2.3.4/8", "fd77::g/64"])
+def test_runner_parse_prefix_rejects(text: str) -> None:
+    from lbd.bgp.__main__ import parse_prefix
+
+    with pytest.raises((ValueError, OSError)):
+        parse_prefix(text)
+
+
+def test_address_scan_and_next_hop_rules() -> None:
+    from lbd.bgp import netutil
+
+    addrs = netutil.scan_addresses()
+    assert any(a == LO for _, a, _ in addrs)  # rtnetlink dump sees lo
+    fake = [(1, LO, 254), (1, ipaddress.ip_address("::1"), 254), (2, ipaddress.ip_address("10.77.0.2"), 0),
+            (2, ipaddress.ip_address("fe80::1"), 253), (2, ipaddress.ip_address("fd77::2"), 0), (3, ipaddress.ip_address("10.88.0.1"), 0)]
+    assert netutil.other_family_next_hop(ipaddress.ip_address("10.77.0.2"), fake) == ipaddress.ip_address("fd77::2")
+    assert netutil.other_family_next_hop(ipaddress.ip_address("fd77::2"), fake) == ipaddress.ip_address("10.77.0.2")
+    assert netutil.other_family_next_hop(ipaddress.ip_address("10.88.0.1"), fake) is None  # no IPv6 there
+    assert netutil.link_local_on_interface_of(ipaddress.ip_address("10.77.0.2"), fake) == ipaddress.ip_address("fe80::1")
+    cfg = peer("p", 64512, 64513)
+    assert netutil.choose_router_id(cfg, "n", fake) == ipaddress.ip_address("10.77.0.2")
+    assert netutil.choose_router_id(cfg, "n", []) == ipaddress.IPv4Address(__import__("zlib").crc32(b"n"))
+    assert netutil.peer_ttl(cfg) == 1 and netutil.peer_ttl(peer("p", 1, 1)) == 255
+    assert netutil.peer_ttl(peer("p", 1, 2, ebgp_multihop=4)) == 4
+    md5 = netutil.md5_struct(LO, b"key")
+    assert len(md5) == 216 and md5[130:132] == struct.pack("=H", 3)
