@@ -104,7 +104,9 @@ class PeerSpeaker:
             self._run(self.session, self.session.set_routes(routes, self.now()))
 
     async def stop(self, graceful: bool = False, timeout: float = 2.0) -> None:
-        """Stop the session (Cease, or silently for graceful restart) and close."""
+        """Stop the session (Cease, or silently for graceful restart) and close,
+        waiting (bounded) until the NOTIFICATION is flushed and the socket closed."""
+        conns = list(self._conns.values())
         self._stopped = True
         self._cancel_connect()
         if self._inbound is not None:
@@ -114,17 +116,17 @@ class PeerSpeaker:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        pending = [c.closed for c in list(self._conns.values())]
         for conn in list(self._conns.values()):
             if conn.transport is not None:
                 conn.transport.close()
+        self._conns.clear()
+        pending = [c.closed for c in conns if not c.closed.done()]
         if pending:
             done, _ = await asyncio.wait(pending, timeout=timeout)
             if len(done) != len(pending):
-                for conn in list(self._conns.values()):
-                    if conn.transport is not None:
+                for conn in conns:
+                    if not conn.closed.done() and conn.transport is not None:
                         conn.transport.abort()
-        self._conns.clear()
 
     def accept(self, sock: socket.socket) -> None:
         """Take a connection the listener accepted from this peer's address."""
