@@ -131,12 +131,19 @@ def test_update_round_trip_with_every_attribute() -> None:
 
 
 def test_update_two_octet_session_uses_as_trans_and_as4_path() -> None:
-    attrs = PathAttributes(origin=0, as_path=((AS_SEQUENCE, (4200000001,)),), next_hop=ipaddress.IPv4Address("10.77.0.2"))
+    agg = (4200000001, ipaddress.IPv4Address("10.77.0.9"))
+    attrs = PathAttributes(origin=0, as_path=((AS_SEQUENCE, (4200000001,)),), next_hop=ipaddress.IPv4Address("10.77.0.2"), aggregator=agg)
     wire = codec.encode_update(Update((), attrs, (V4("10.77.0.0/24"),)), four_octet=False)
     back = codec.decode_message(wire, four_octet=False)
     assert back.attributes.as_path == ((AS_SEQUENCE, (AS_TRANS,)),)
     assert back.attributes.as4_path == ((AS_SEQUENCE, (4200000001,)),)
+    assert back.attributes.aggregator == (AS_TRANS, agg[1])
+    assert back.attributes.as4_aggregator == agg
     assert not back.problems
+    # Small ASNs need no AS4_PATH.
+    small = PathAttributes(origin=0, as_path=((AS_SEQUENCE, (65001,)),), next_hop=ipaddress.IPv4Address("10.77.0.2"))
+    back = codec.decode_message(codec.encode_update(Update((), small, ()), four_octet=False), four_octet=False)
+    assert back.attributes.as_path == ((AS_SEQUENCE, (65001,)),) and back.attributes.as4_path is None
 
 
 def test_mp_reach_and_unreach_round_trip_with_link_local() -> None:
