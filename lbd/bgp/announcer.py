@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -68,7 +68,6 @@ class BgpAnnouncer:
         self._on_event = on_event
         self._peers: dict[str, BgpPeerConfig] = {}
         self._speakers: dict[str, PeerSpeaker] = {}
-        self._routes: tuple[BgpRoute, ...] = ()
         self._tables: dict[str, dict[IPNetwork, RouteAttrs]] = {}
         self._listeners: list[Listener] = []
         self._lock = asyncio.Lock()
@@ -90,13 +89,12 @@ class BgpAnnouncer:
                     self._start_peer(peer, netutil.choose_router_id(peer, self.node_name, addrs), addrs)
             await self._configure_listeners()
 
-    def apply(self, routes: Sequence[BgpRoute]) -> None:
-        self._routes = tuple(routes)
+    def apply(self, routes: Iterable[BgpRoute]) -> None:
         tables: dict[str, dict[IPNetwork, RouteAttrs]] = {}
         # One shared RouteAttrs object per attribute set lets the packer group
         # by identity (see UpdatePacker.announce).
         interned: dict[tuple[object, ...], RouteAttrs] = {}
-        for route in self._routes:
+        for route in routes:  # not kept: the per-peer tables are all we need
             key = (route.communities, route.large_communities, route.local_pref)
             attrs = interned.get(key)
             if attrs is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Mapping, Union
+from typing import Collection, Mapping, Union
 
 import structlog
 
@@ -671,15 +671,20 @@ class Session:
         if not adv:
             # Initial table: no diff to compute. Copying the dict reuses the
             # keys' stored hashes (IPv4Network hashes in Python, slowly).
-            announce = [(p, a) for p, a in desired.items() if p.version in ok]
             withdraw: list[IPNetwork] = []
-            new_adv = dict(desired) if len(announce) == len(desired) else dict(announce)
+            if all(v in ok for v in {p.version for p in desired}):
+                announce: Collection[tuple[IPNetwork, RouteAttrs]] = desired.items()
+                new_adv = dict(desired)
+            else:
+                announce = [(p, a) for p, a in desired.items() if p.version in ok]
+                new_adv = dict(announce)
         else:
-            announce = []
+            changed = []
             for p, a in desired.items():
                 old = adv.get(p)
                 if old is not a and old != a and p.version in ok:
-                    announce.append((p, a))
+                    changed.append((p, a))
+            announce = changed
             withdraw = [p for p in adv if p not in desired]
             new_adv = None
         if not announce and not withdraw:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from lbd.bgp.attributes import (
     AFI_IPV4,
@@ -88,6 +88,24 @@ def _chunks(encoded: Iterable[bytes], room: int) -> Iterator[bytes]:
         yield b"".join(cur)
 
 
+class _Group:
+    """One attribute set's UPDATE being filled."""
+
+    __slots__ = ("room", "build", "nlri", "size")
+
+    def __init__(self, room: int, build: Callable[[bytes], bytes]) -> None:
+        self.room = room
+        self.build = build
+        self.nlri: list[bytes] = []
+        self.size = 0
+
+    def flush(self) -> bytes:
+        msg = self.build(b"".join(self.nlri))
+        self.nlri = []
+        self.size = 0
+        return msg
+
+
 class UpdatePacker:
     """Encodes announcements and withdrawals for one session's context."""
 
@@ -124,48 +142,61 @@ class UpdatePacker:
         return encoded
 
     def announce(self, routes: Iterable[tuple[IPNetwork, RouteAttrs]]) -> list[bytes]:
-        """UPDATE messages announcing ``routes`` (prefixes without a next hop are skipped)."""
-        groups: dict[tuple[RouteAttrs, int], list[bytes]] = {}
+        """UPDATE messages announcing ``routes`` (prefixes without a next hop are skipped).
+
+        Streaming: each attribute set keeps one message being filled, flushed
+        when the next prefix would not fit, so memory stays at one message per
+        attribute set whatever the number of routes.
+        """
+        out: list[bytes] = []
+        groups: dict[tuple[RouteAttrs, int], _Group | None] = {}
         last_attrs: RouteAttrs | None = None
         last_version = 0
-        bucket: list[bytes] = []
+        group: _Group | None = None
         for prefix, attrs in routes:
             version = prefix.version
             # Identity fast path: callers share one RouteAttrs object per
             # attribute set, and hashing the dataclass per prefix is slow.
             if attrs is not last_attrs or version != last_version:
                 key = (attrs, version)
-                found = groups.get(key)
-                if found is None:
-                    found = groups[key] = []
-                bucket, last_attrs, last_version = found, attrs, version
-            bucket.append(_prefix_bytes(prefix))
-        out: list[bytes] = []
-        for (attrs, version), encoded in groups.items():
-            if version == 4:
-                if self.ctx.next_hop_v4 is None:
-                    continue
-                common = self.common_attributes(attrs, 4)
-                head = b"\x00\x00" + struct.pack("!H", len(common)) + common
-                room = MAX_MESSAGE_LEN - HEADER_LEN - len(head)
-                for nlri in _chunks(encoded, room):
-                    out.append(_message([head, nlri]))
-            else:
-                if self.ctx.next_hop_v6 is None:
-                    continue
-                common = self.common_attributes(attrs, 6)
-                hops = self.ctx.next_hop_v6.packed
-                if self.ctx.next_hop_v6_link_local is not None:
-                    hops += self.ctx.next_hop_v6_link_local.packed  # RFC 2545 §3: global + link-local
-                fixed = struct.pack("!HBB", AFI_IPV6, SAFI_UNICAST, len(hops)) + hops + b"\x00"
-                # withdrawn len, attr len, MP_REACH header (4, extended length), fixed part, common attrs
-                room = MAX_MESSAGE_LEN - HEADER_LEN - 4 - 4 - len(fixed) - len(common)
-                for nlri in _chunks(encoded, room):
-                    mp_len = len(fixed) + len(nlri)
-                    mp_head = struct.pack("!BBH", FLAG_OPTIONAL | FLAG_EXTENDED, AttrType.MP_REACH_NLRI, mp_len)
-                    alen = 4 + mp_len + len(common)
-                    out.append(_message([b"\x00\x00", struct.pack("!H", alen), mp_head, fixed, nlri, common]))
+                if key not in groups:
+                    groups[key] = self._group(attrs, version)
+                group, last_attrs, last_version = groups[key], attrs, version
+            if group is None:
+                continue  # no next hop for this family
+            encoded = _prefix_bytes(prefix)
+            if group.size + len(encoded) > group.room and group.nlri:
+                out.append(group.flush())
+            group.nlri.append(encoded)
+            group.size += len(encoded)
+        for g in groups.values():
+            if g is not None and g.nlri:
+                out.append(g.flush())
         return out
+
+    def _group(self, attrs: RouteAttrs, version: int) -> "_Group | None":
+        if version == 4:
+            if self.ctx.next_hop_v4 is None:
+                return None
+            common = self.common_attributes(attrs, 4)
+            head = b"\x00\x00" + struct.pack("!H", len(common)) + common
+            return _Group(MAX_MESSAGE_LEN - HEADER_LEN - len(head), lambda nlri: _message([head, nlri]))
+        if self.ctx.next_hop_v6 is None:
+            return None
+        common = self.common_attributes(attrs, 6)
+        hops = self.ctx.next_hop_v6.packed
+        if self.ctx.next_hop_v6_link_local is not None:
+            hops += self.ctx.next_hop_v6_link_local.packed  # RFC 2545 §3: global + link-local
+        fixed = struct.pack("!HBB", AFI_IPV6, SAFI_UNICAST, len(hops)) + hops + b"\x00"
+
+        def build(nlri: bytes) -> bytes:
+            mp_len = len(fixed) + len(nlri)
+            mp_head = struct.pack("!BBH", FLAG_OPTIONAL | FLAG_EXTENDED, AttrType.MP_REACH_NLRI, mp_len)
+            alen = 4 + mp_len + len(common)
+            return _message([b"\x00\x00", struct.pack("!H", alen), mp_head, fixed, nlri, common])
+
+        # withdrawn len, attr len, MP_REACH header (4, extended length), fixed part, common attrs
+        return _Group(MAX_MESSAGE_LEN - HEADER_LEN - 4 - 4 - len(fixed) - len(common), build)
 
     def withdraw(self, prefixes: Iterable[IPNetwork]) -> list[bytes]:
         """UPDATE messages withdrawing ``prefixes``, batched."""
