@@ -177,3 +177,20 @@ def test_graceful_restart_keeps_routes_through_an_lbd_restart(lab, kind):  # typ
     routes = router.wait_routes(lambda rs: drop not in rs and keep in rs and rs[keep].communities == ("65000:2",),
                                 timeout=20, what="route refreshed and the stale one flushed")
     assert routes[keep].next_hops == (A4,)
+
+
+def test_md5_mismatch_keeps_the_session_down(lab, kind):  # type: ignore[no-untyped-def]
+    """The MD5 check is real: with the wrong password no session comes up (RFC 2385)."""
+    router = make_router(lab, kind, [Neighbor(A4, NODE_AS, password=PASSWORD, graceful_restart=False)])
+    node = lab.add_host("nodeA", [f"{A4}/24"])
+    wrong = LbdSpeaker(node, session(ROUTER4, A4, NODE_AS, A4, password="not-the-password"), ["10.77.100.1/32"]).start()
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:  # bounded: several connect retries at 1 s
+        assert router.session_state(A4) != "established"
+        time.sleep(0.25)
+    assert not any(e.get("event") == "established" for e in wrong.events)
+    wrong.stop()
+    # The right password, same router: up (so the failure above was the password).
+    right = LbdSpeaker(node, session(ROUTER4, A4, NODE_AS, A4, password=PASSWORD), ["10.77.100.1/32"]).start()
+    right.wait_event("established", timeout=30)
+    router.wait_routes(lambda rs: "10.77.100.1/32" in rs)
