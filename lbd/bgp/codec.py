@@ -18,7 +18,7 @@ from typing import Iterator, Union
 
 from lbd.bgp.attributes import (
     AFI_IPV4,
-    AFI_IPV6,
+    AFI_IPV6,  # re-exported: codec users name families from here
     AS_TRANS,
     SAFI_UNICAST,
     Action,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Collection, Mapping, Union
 
 import structlog
@@ -29,7 +29,6 @@ from lbd.bgp.attributes import AFI_IPV4, AFI_IPV6, AS_TRANS, SAFI_UNICAST
 from lbd.bgp.codec import (
     EnhancedRouteRefreshCap,
     GracefulRestartCap,
-    Keepalive,
     MessageReader,
     MsgType,
     MultiprotocolCap,
