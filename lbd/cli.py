@@ -5,24 +5,35 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import lbd
+
+if TYPE_CHECKING:
+    from lbd.model import Config
 
 DEFAULT_CONFIG = Path("/etc/lbd.toml")
 
 
-def cmd_check(path: Path) -> int:
+def load_or_report(path: Path, verdict: str) -> "Config | None":
+    """The validated config, or None after printing every error and ``verdict`` to stderr."""
     from lbd.config import ConfigError, load_config
-    from lbd.pools import usable_count
     from lbd.sources.registry import validate_source
 
     try:
-        config = load_config(path, validate_source=validate_source)
+        return load_config(path, validate_source=validate_source)
     except ConfigError as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
-        print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
+        print(f"{path}: {len(exc.errors)} error(s){verdict}", file=sys.stderr)
+        return None
+
+
+def cmd_check(path: Path) -> int:
+    from lbd.pools import usable_count
+
+    config = load_or_report(path, "")
+    if config is None:
         return 1
     addresses = sum(usable_count(pool) for pool in config.pools)
     print(
@@ -57,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_keygen()
     from lbd.daemon import run_daemon
 
-    return run_daemon(args.config)
+    config = load_or_report(args.config, "; not starting")
+    return 2 if config is None else run_daemon(config)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,9 @@ no special cases: they are just another pass.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import os
 import signal
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Mapping
 
 import structlog
@@ -522,19 +519,10 @@ class Daemon:
         raise ControlError("config rejected, running config kept:\n" + "\n".join(self.reload_error or []))
 
 
-def run_daemon(config_path: Path) -> int:
-    """Entry point of ``lbd run``: load the config, set up logging, run on uvloop."""
+def run_daemon(config: Config) -> int:
+    """Entry point of ``lbd run`` with a validated config: set up logging, run on uvloop."""
     from lbd.logsetup import setup_logging
 
-    try:
-        config = load_config(config_path, validate_source=validate_source)
-    except ConfigError as exc:
-        import sys
-
-        for error in exc.errors:
-            print(error, file=sys.stderr)
-        print(f"lbd: {len(exc.errors)} error(s) in {config_path}; not starting", file=sys.stderr)
-        return 2
     setup_logging(config.log)
     try:
         import uvloop
