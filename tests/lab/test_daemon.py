@@ -310,3 +310,25 @@ table = 100
         lbd.stop()
     assert "proto 252" not in table()
     assert "10.88.0.200" in table()
+
+
+def test_pool_edit_reallocates_with_a_warning(net, tmp_path):
+    lab, node, client = net
+    services = '[[service]]\nname = "a"\n[[service]]\nname = "b"\n'
+    lbd = start(node, tmp_path, L2 + services)
+    try:
+        wait_for(lambda: all(s["state"] == "announced" for s in lbd.status()["services"]), 15, what="announced")
+        before = {s["name"]: s["addresses"] for s in lbd.status()["services"]}
+        assert before == {"static/a": ["10.77.0.48"], "static/b": ["10.77.0.49"]}
+        # The pool loses .48: only a moves, b keeps its address.
+        lbd.write_config(POOL.replace('"10.77.0.48/28"', '"10.77.0.49-10.77.0.63"') + L2 + services)
+        lbd.send_signal(signal.SIGHUP)
+        after = wait_for(lambda: (s := {r["name"]: r["addresses"] for r in lbd.status()["services"]})
+                         ["static/a"] != ["10.77.0.48"] and s, 15, what="a re-allocated")
+        assert after["static/b"] == ["10.77.0.49"] and after["static/a"] == ["10.77.0.50"]
+        wait_for(lambda: "10.77.0.50" in addresses_on(node) and "10.77.0.48" not in addresses_on(node), 15,
+                 what="addresses follow")
+        warnings = [json.loads(line) for line in lbd.log().splitlines() if '"allocation_changed"' in line]
+        assert warnings and warnings[0]["level"] == "warning" and "10.77.0.48" in warnings[0]["change"]
+    finally:
+        lbd.stop()
