@@ -151,6 +151,9 @@ class BgpAnnouncer:
     # -------------------------------------------------------------- internals
 
     def _start_peer(self, peer: BgpPeerConfig, router_id: ipaddress.IPv4Address, addrs: netutil.Addresses) -> None:
+        for option in ("bfd_profile", "vrf"):
+            if getattr(peer, option):
+                log.warning("bgp_option_unsupported", peer=peer.name, option=option, value=str(getattr(peer, option)))
         speaker = PeerSpeaker(peer, router_id=router_id, restarting=self._restarting, on_event=self._event, addresses=addrs)
         self._peers[peer.name] = peer
         self._speakers[peer.name] = speaker
