@@ -412,3 +412,45 @@ def test_address_scan_and_next_hop_rules() -> None:
     assert netutil.peer_ttl(peer("p", 1, 2, ebgp_multihop=4)) == 4
     md5 = netutil.md5_struct(LO, b"key")
     assert len(md5) == 216 and md5[130:132] == struct.pack("=H", 3)
+
+
+async def test_runner_graceful_stop_and_restart_bit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SIGUSR1 with graceful restart negotiated closes without a NOTIFICATION;
+    a run with --restarting sets the Restart State bit, then sends End-of-RIB."""
+    import json
+    import signal
+    import sys
+
+    from lbd.bgp.codec import GracefulRestartCap
+
+    port = free_port()
+    rib = Rib()
+    a = BgpAnnouncer("a", listen_port=port, listen_addresses=("127.0.0.1",), on_event=rib)
+    await a.set_peers([peer("runner", 64512, 64513, passive=True, graceful_restart=True, router_id=ipaddress.IPv4Address("10.77.0.1"))])
+    argv = [sys.executable, "-m", "lbd.bgp", "--peer-address", "127.0.0.1", "--peer-port", str(port), "--peer-asn", "64512",
+            "--my-asn", "64513", "--router-id", "10.77.0.2", "--hold-time", "9", "--prefix", "10.88.0.1/32", "--graceful-restart"]
+    procs = []
+    try:
+        for restarting in (False, True):
+            since = len(rib.events)
+            proc = await asyncio.create_subprocess_exec(*argv, *(["--restarting"] if restarting else []),
+                                                        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+            procs.append(proc)
+            await until(lambda: state(a, "runner") == "established", what="established")
+            opened = a._speakers["runner"].session.peer_open
+            gr = opened.capability(GracefulRestartCap) if opened else None
+            assert isinstance(gr, GracefulRestartCap) and gr.restarting is restarting
+            assert gr.families == ((1, 1, 0x80), (2, 1, 0x80))
+            await until(lambda: any(isinstance(e, UpdateReceived) and e.update.end_of_rib() == (1, 1) for _, e in rib.events[since:]), what="End-of-RIB")
+            proc.send_signal(signal.SIGUSR1)
+            assert await asyncio.wait_for(proc.wait(), 10) == 0
+            out = [json.loads(line) for line in (await proc.stdout.read()).splitlines()]  # type: ignore[union-attr]
+            assert out[-1] == {**out[-1], "event": "stopped", "graceful": True}
+            await until(lambda: any(isinstance(e, SessionDown) for _, e in rib.events[since:]), what="session down")
+            assert not any(isinstance(e, NotificationReceived) for _, e in rib.events[since:])
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await a.close()
