@@ -34,24 +34,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec, _process_tree  # noqa: E402
-from interop.bgp_speakers import (  # noqa: E402
+from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec, _process_tree
+from interop.bgp_speakers import (
     Announce,
     BirdSpeaker,
     ExaBgpSpeaker,
     LbdSpeaker,
     SessionSpec,
 )
-from lbd.netlab import Lab  # noqa: E402
+
+from lbd.netlab import Lab
 
 ROUTER, SPEAKER = "10.77.0.1", "10.77.0.2"
 ROUTER_AS, SPEAKER_AS = 4200000002, 4200000001
@@ -104,7 +105,7 @@ def tree_usage(pid: int) -> tuple[float, float]:
 
 def router_poll(router: BirdPeer, proto: str) -> tuple[str, int]:
     # birdc talks over a unix socket: no need to enter the namespace (cheaper).
-    out = subprocess.run(["birdc", "-s", router.sock, "show", "protocols", "all", proto],
+    out = subprocess.run(["birdc", "-s", router.sock, "show", "protocols", "all", proto], check=False,
                          capture_output=True, text=True, timeout=10).stdout
     state = re.search(r"BGP state:\s+(\S+)", out)
     routes = re.search(r"Routes:\s+(\d+) imported", out)
@@ -124,7 +125,7 @@ def router_established(router: BirdPeer, proto: str) -> float | None:
     (Route stamps cannot give the arrival of the last route: BIRD updates them
     when a route is re-announced, and BIRD-as-speaker re-sends its table.)
     """
-    out = subprocess.run(["birdc", "-s", router.sock, "show", "protocols", proto],
+    out = subprocess.run(["birdc", "-s", router.sock, "show", "protocols", proto], check=False,
                          capture_output=True, text=True, timeout=10).stdout
     m = _STAMP.search(out)
     return _wall(m.group(1)) if m else None
@@ -146,15 +147,13 @@ def measure(lab: Lab, kind: str, n: int, plist: list[str], timeout: float) -> Re
         start = spk.start
     elif kind == "exabgp":
         spk = ExaBgpSpeaker(node, session, [Announce(p) for p in plist], workdir=workdir)
-        with open(spk.conf, "w") as f:  # written before the clock starts, like lbd's file
-            f.write(spk.config())
-        spk.config = lambda text=open(spk.conf).read(): text  # type: ignore[method-assign]
+        spk.prepare()  # the config is written before the clock starts, like lbd's prefixes file
         start = spk.start
     else:
         spk = BirdSpeaker(node, session, plist, workdir=workdir)
+        spk.prepare()
         start = spk.start
     t0 = time.monotonic()
-    wall0 = time.time()
     start()
     t_est: float | None = None
     t_all: float | None = None

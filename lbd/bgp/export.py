@@ -39,8 +39,9 @@ import asyncio
 import errno
 import ipaddress
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -177,7 +178,7 @@ class RouteExporter:
 
     @classmethod
     def from_configs(cls, configs: Sequence[RouteExportConfig], *, netns: str | None = None,
-                     netlink: Any = None) -> "RouteExporter":
+                     netlink: Any = None) -> RouteExporter:
         return cls(scopes_of(configs), netns=netns, netlink=netlink)
 
     # -- netlink -------------------------------------------------------------
@@ -297,12 +298,12 @@ class RouteExporter:
     async def _change(self, ipr: Any, op: str, route: KernelRoute, errors: list[str]) -> str | None:
         from pyroute2.netlink.exceptions import NetlinkError
 
-        kwargs: dict[str, Any] = dict(
-            dst=str(route.prefix),
-            table=route.table,
-            proto=route.protocol,
-            priority=route.metric,
-        )
+        kwargs: dict[str, Any] = {
+            "dst": str(route.prefix),
+            "table": route.table,
+            "proto": route.protocol,
+            "priority": route.metric,
+        }
         if op != "del":
             kwargs["oif"] = route.ifindex
         try:

@@ -25,8 +25,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from lbd.netlab import Host, wait_for
 
@@ -95,13 +95,12 @@ class Peer:
 
     # -- lifecycle -------------------------------------------------------
 
-    def start(self) -> "Peer":
+    def start(self) -> Peer:
         raise NotImplementedError
 
     def _popen(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        log = open(self.log_path, "ab")
-        proc = self.host.popen(list(argv), stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            proc = self.host.popen(list(argv), stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
 
@@ -254,7 +253,7 @@ class BirdPeer(Peer):
         lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
 
-    def start(self) -> "BirdPeer":
+    def start(self) -> BirdPeer:
         with open(self.conf, "w") as f:
             f.write(self.config())
         self._popen(["bird", "-f", "-c", self.conf, "-s", self.sock])
@@ -292,7 +291,7 @@ def parse_bird_routes(text: str) -> dict[str, PeerRoute]:
     current: dict[str, object] | None = None
     prefix: str | None = None
     for raw in text.splitlines():
-        if not raw.strip() or raw.startswith("Table ") or raw.startswith("BIRD ") or raw.startswith("Access restricted"):
+        if not raw.strip() or raw.startswith(("Table ", "BIRD ", "Access restricted")):
             continue
         m = _BIRD_ROUTE.match(raw)
         if m:
@@ -398,7 +397,7 @@ class FrrPeer(Peer):
         lines.append(self.extra_bgp)
         return "\n".join(lines) + "\n"
 
-    def start(self) -> "FrrPeer":
+    def start(self) -> FrrPeer:
         zconf = os.path.join(self.dir, "zebra.conf")
         bconf = os.path.join(self.dir, "bgpd.conf")
         with open(zconf, "w") as f:
@@ -516,7 +515,7 @@ class GoBgpPeer(Peer):
                 out += ["    [neighbors.afi-safis.mp-graceful-restart.config]", "      enabled = true"]
         return "\n".join(out) + "\n"
 
-    def start(self) -> "GoBgpPeer":
+    def start(self) -> GoBgpPeer:
         conf = os.path.join(self.dir, "gobgpd.toml")
         with open(conf, "w") as f:
             f.write(self.config())
@@ -625,7 +624,7 @@ class OpenBgpdPeer(Peer):
         out += ["allow from any", "allow to any"]
         return "\n".join(out) + "\n"
 
-    def start(self) -> "OpenBgpdPeer":
+    def start(self) -> OpenBgpdPeer:
         # bgpd chroots into its user's home; the Debian unit creates it at boot.
         os.makedirs("/run/openbgpd", exist_ok=True)
         conf = os.path.join(self.dir, "bgpd.conf")

@@ -20,8 +20,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from lbd.netlab import Host, wait_for
 
@@ -105,10 +105,9 @@ class LbdSpeaker:
             argv += ["--local-pref", str(self.local_pref)]
         return argv
 
-    def start(self) -> "LbdSpeaker":
-        err = open(self.stderr_path, "ab")
-        self.proc = self.host.popen(self.argv(), stdout=subprocess.PIPE, stderr=err)
-        err.close()
+    def start(self) -> LbdSpeaker:
+        with open(self.stderr_path, "ab") as err:
+            self.proc = self.host.popen(self.argv(), stdout=subprocess.PIPE, stderr=err)
         proc = self.proc
         self._reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
         self._reader.start()
@@ -221,12 +220,17 @@ class ExaBgpSpeaker:
         )
         return env
 
-    def start(self) -> "ExaBgpSpeaker":
+    def prepare(self) -> None:
+        """Write the config now (the benchmark does it before starting its clock)."""
         with open(self.conf, "w") as f:
             f.write(self.config())
-        out = open(os.path.join(self.dir, "stdout"), "ab")
-        self.proc = self.host.popen(["exabgp", self.conf], env=self.env(), stdout=out, stderr=subprocess.STDOUT)
-        out.close()
+        self._prepared = True
+
+    def start(self) -> ExaBgpSpeaker:
+        if not getattr(self, "_prepared", False):
+            self.prepare()
+        with open(os.path.join(self.dir, "stdout"), "ab") as out:
+            self.proc = self.host.popen(["exabgp", self.conf], env=self.env(), stdout=out, stderr=subprocess.STDOUT)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
@@ -260,12 +264,16 @@ class BirdSpeaker:
         lines.append("protocol bgp up { " + " ".join(opts) + " " + chan + " }")
         return "\n".join(lines) + "\n"
 
-    def start(self) -> "BirdSpeaker":
+    def prepare(self) -> None:
         with open(self.conf, "w") as f:
             f.write(self.config())
-        out = open(os.path.join(self.dir, "log"), "ab")
-        self.proc = self.host.popen(["bird", "-f", "-c", self.conf, "-s", self.sock], stdout=out, stderr=subprocess.STDOUT)
-        out.close()
+        self._prepared = True
+
+    def start(self) -> BirdSpeaker:
+        if not getattr(self, "_prepared", False):
+            self.prepare()
+        with open(os.path.join(self.dir, "log"), "ab") as out:
+            self.proc = self.host.popen(["bird", "-f", "-c", self.conf, "-s", self.sock], stdout=out, stderr=subprocess.STDOUT)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:

@@ -11,13 +11,14 @@ traffic to the VIP is routed by the router.
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 
 import pytest
-
-from lbd.netlab import require_binary, wait_for
 from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec
 from interop.bgp_speakers import LbdSpeaker, SessionSpec
+
+from lbd.netlab import require_binary, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]
 
@@ -53,7 +54,7 @@ def test_two_nodes_one_vip_ecmp(lab):  # type: ignore[no-untyped-def]
         with open(os.path.join(docroot, "who"), "w") as f:
             f.write(name)
         node.popen(["python3", "-m", "http.server", str(PORT), "--bind", VIP, "--directory", docroot],
-                   stdout=open(os.devnull, "wb"), stderr=open(os.devnull, "wb"))
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         sess = SessionSpec(peer_address="10.77.0.1", peer_asn=ROUTER_AS, my_asn=NODE_AS,
                            local_address=addr, router_id=addr)
         speakers.append(LbdSpeaker(node, sess, [f"{VIP}/32"]).start())

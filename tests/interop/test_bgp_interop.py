@@ -15,10 +15,10 @@ import signal
 import time
 
 import pytest
-
-from lbd.netlab import require_binary, wait_for
 from interop.bgp_peers import PEERS, Neighbor, Peer, PeerSpec
 from interop.bgp_speakers import LbdSpeaker, SessionSpec
+
+from lbd.netlab import require_binary, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]
 

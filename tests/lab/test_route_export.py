@@ -12,12 +12,11 @@ import asyncio
 import ipaddress
 
 import pytest
+from interop.bgp_peers import BirdPeer, FrrPeer, Neighbor, PeerSpec
 
 from lbd.bgp.export import RouteExporter
 from lbd.model import ExportRoute, RouteExportConfig
-from lbd.netlab import wait_for
-from lbd.netlab import require_binary
-from interop.bgp_peers import BirdPeer, FrrPeer, Neighbor, PeerSpec
+from lbd.netlab import require_binary, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]
 

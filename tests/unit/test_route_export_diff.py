@@ -7,7 +7,13 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lbd.bgp.export import KernelRoute, _parse_route, diff_routes, effective_metric, scopes_of
+from lbd.bgp.export import (
+    KernelRoute,
+    _parse_route,
+    diff_routes,
+    effective_metric,
+    scopes_of,
+)
 from lbd.model import RouteExportConfig
 
 N = ipaddress.ip_network
