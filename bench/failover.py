@@ -33,7 +33,7 @@ This module is also a library for lab tests: ``build_lab``, ``KeepalivedSystem``
 from __future__ import annotations
 
 import argparse
-import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -47,15 +47,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from lbd.netlab import Host, Lab  # noqa: E402
+from lbd.netlab import Host, Lab
+from lbd.planner import rank
 
 BENCH = Path(__file__).resolve().parent
 PROBE = BENCH / "failover_probe.py"
@@ -137,10 +138,12 @@ def _readline_with_timeout(proc: subprocess.Popen[bytes], timeout: float) -> byt
 class Probe:
     """``failover_probe.py`` running in the client namespace, read by a thread."""
 
-    def __init__(self, flab: FailoverLab, interval: float = 0.002, max_seconds: float = 60.0) -> None:
+    def __init__(self, flab: FailoverLab, interval: float = 0.002, max_seconds: float = 60.0, vip: str = VIP,
+                 max_count: int = 100_000) -> None:
+        self.vip = vip
         self.proc = flab.client.popen(
-            [flab.python, str(PROBE), "--vip", VIP, "--port", str(PORT), "--interval", str(interval),
-             "--max-seconds", str(max_seconds)],
+            [flab.python, str(PROBE), "--vip", vip, "--port", str(PORT), "--interval", str(interval),
+             "--max-seconds", str(max_seconds), "--max-count", str(max_count)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -439,17 +442,12 @@ class KeepalivedSystem(System):
         ]
 
 
-def lbd_rank(nodes: Iterable[str], vip: str = VIP) -> list[str]:
-    """Issue 5's election order: ``sha256(node_name + "#" + vip)``, lowest first."""
-    return sorted(nodes, key=lambda n: hashlib.sha256(f"{n}#{vip}".encode()).digest())
-
-
 class LbdSystem(System):
     """The lbd daemon, clustered over gossip, announcing the VIP by binding it on eth0.
 
     ``failback_delay = 0`` so that between runs the restored node takes its VIP
     back at once and every run starts from the same owner (the first in
-    ``lbd_rank``); failback is not what this benchmark measures.
+    ``lbd.planner.rank``); failback is not what this benchmark measures.
     """
 
     def __init__(self, profile: str = "default", failback_delay: float = 0.0) -> None:
@@ -459,13 +457,13 @@ class LbdSystem(System):
         self.name = "lbd" if profile == "default" else f"lbd-{profile}"
 
     def preferred_owner(self) -> str | None:
-        return lbd_rank(NODES)[0] if self.failback_delay == 0 else None
+        return rank(ipaddress.ip_address(VIP), NODES)[0] if self.failback_delay == 0 else None
 
     def preflight(self, flab: FailoverLab) -> None:
         """Raise ``NotReady`` unless ``python -m lbd run --config`` exists."""
         try:
             result = subprocess.run(
-                [flab.python, "-m", "lbd", "run", "--help"], capture_output=True, text=True, timeout=30
+                [flab.python, "-m", "lbd", "run", "--help"], capture_output=True, text=True, timeout=30, check=False
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise NotReady(f"`python -m lbd run --help` failed: {exc}") from exc
