@@ -131,7 +131,7 @@ def router_established(router: BirdPeer, proto: str) -> float | None:
     return _wall(m.group(1)) if m else None
 
 
-def measure(lab: Lab, kind: str, n: int, plist: list[str], timeout: float) -> Result:
+def measure(lab: Lab, kind: str, n: int, plist: list[str], timeout: float, scratch: str) -> Result:
     router_host, node = lab.hosts["router"], lab.hosts["node"]
     spec = PeerSpec(asn=ROUTER_AS, router_id=ROUTER,
                     neighbors=[Neighbor(SPEAKER, SPEAKER_AS, hold_time=90, graceful_restart=False)])
@@ -140,7 +140,7 @@ def measure(lab: Lab, kind: str, n: int, plist: list[str], timeout: float) -> Re
     proto = router.protocol_name(SPEAKER)
     session = SessionSpec(peer_address=ROUTER, peer_asn=ROUTER_AS, my_asn=SPEAKER_AS,
                           local_address=SPEAKER, router_id=SPEAKER, hold_time=90)
-    workdir = tempfile.mkdtemp(prefix=f"lbd-bench-{kind}-")
+    workdir = tempfile.mkdtemp(prefix=f"{kind}-{n}-", dir=scratch)
     start: Callable[[], object]
     if kind == "lbd":
         spk = LbdSpeaker(node, session, plist, workdir=workdir)
@@ -219,13 +219,13 @@ def main() -> int:
     counts = args.n or [10_000, 100_000]
     kinds = [k for k in args.speakers.split(",") if k]
     results: list[Result] = []
-    with Lab() as lab:
+    with Lab() as lab, tempfile.TemporaryDirectory(prefix="lbd-bench-bgp-") as scratch:
         lab.add_host("router", [f"{ROUTER}/24"])
         lab.add_host("node", [f"{SPEAKER}/24"])
         for n in counts:
             plist = prefixes(n)
             for kind in kinds:
-                r = measure(lab, kind, n, plist, args.timeout)
+                r = measure(lab, kind, n, plist, args.timeout, scratch)
                 results.append(r)
                 print(f"# {kind:7} N={n:>7}: {r}", file=sys.stderr, flush=True)
     if args.json:

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -82,6 +83,13 @@ def _pick_next_hop(candidates: Sequence[str]) -> str | None:
     return None
 
 
+def scratch_dir(owner: object, prefix: str) -> str:
+    """A temporary directory removed when ``owner`` is garbage-collected (or at exit)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    weakref.finalize(owner, shutil.rmtree, path, True)
+    return path
+
+
 class Peer:
     name = "peer"
     binaries: tuple[str, ...] = ()
@@ -89,7 +97,7 @@ class Peer:
     def __init__(self, host: Host, spec: PeerSpec) -> None:
         self.host = host
         self.spec = spec
-        self.dir = tempfile.mkdtemp(prefix=f"lbd-{self.name}-")
+        self.dir = scratch_dir(self, f"lbd-{self.name}-")
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log_path = os.path.join(self.dir, "daemon.log")
 

@@ -17,11 +17,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from interop.bgp_peers import scratch_dir
 
 from lbd.netlab import Host, wait_for
 
@@ -68,7 +69,7 @@ class LbdSpeaker:
         self.communities = tuple(communities)
         self.large_communities = tuple(large_communities)
         self.local_pref = local_pref
-        self.dir = workdir or tempfile.mkdtemp(prefix="lbd-speaker-")
+        self.dir = workdir or scratch_dir(self, "lbd-speaker-")
         self.prefixes_file = os.path.join(self.dir, "prefixes")
         write_prefixes(self.prefixes_file, list(prefixes))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -164,7 +165,7 @@ class ExaBgpSpeaker:
         self.host = host
         self.session = session
         self.routes = list(routes)
-        self.dir = workdir or tempfile.mkdtemp(prefix="lbd-exabgp-")
+        self.dir = workdir or scratch_dir(self, "lbd-exabgp-")
         self.conf = os.path.join(self.dir, "exabgp.conf")
         self.log_path = os.path.join(self.dir, "exabgp.log")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -244,7 +245,7 @@ class BirdSpeaker:
         self.host = host
         self.session = session
         self.prefixes = list(prefixes)
-        self.dir = workdir or tempfile.mkdtemp(prefix="lbd-birdspk-")
+        self.dir = workdir or scratch_dir(self, "lbd-birdspk-")
         self.conf = os.path.join(self.dir, "bird.conf")
         self.sock = os.path.join(self.dir, "bird.ctl")
         self.proc: subprocess.Popen[bytes] | None = None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 
 import pytest
 from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec
@@ -27,7 +26,7 @@ VIP = "10.77.100.1"
 PORT = 8080
 
 
-def test_two_nodes_one_vip_ecmp(lab):  # type: ignore[no-untyped-def]
+def test_two_nodes_one_vip_ecmp(lab, tmp_path):  # type: ignore[no-untyped-def]
     require_binary("bird", "birdc", "curl")
     router = lab.add_host("router", ["10.77.0.1/24", "10.88.0.1/24"])
     for key, value in (
@@ -50,7 +49,8 @@ def test_two_nodes_one_vip_ecmp(lab):  # type: ignore[no-untyped-def]
         node = lab.add_host(name, [f"{addr}/24"])
         node.run("ip route add 10.88.0.0/24 via 10.77.0.1")
         node.run(f"ip addr add {VIP}/32 dev lo")
-        docroot = tempfile.mkdtemp(prefix=f"lbd-ecmp-{name}-")
+        docroot = str(tmp_path / name)
+        os.makedirs(docroot)
         with open(os.path.join(docroot, "who"), "w") as f:
             f.write(name)
         node.popen(["python3", "-m", "http.server", str(PORT), "--bind", VIP, "--directory", docroot],
