@@ -43,6 +43,7 @@ MAX_DELTA_BROADCASTS = 8  # beyond this, send the whole table over TCP to each m
 INITIAL_JOIN_WAIT = 3.0  # at start, wait this long to hear the cluster before announcing alone
 PEER_META_WAIT = 2.0  # then wait at most this long for joined peers to publish their metadata
 RECONNECT_INTERVAL = 2.0  # how often to try the seeds and dead members again (a healed partition)
+RECONNECT_TIMEOUT = 24 * 3600.0  # stop trying a dead member after this long (serf's reconnect_timeout)
 HANDOVER_TIMEOUT = 5.0
 
 CONFLICTS = Counter("lbd_allocation_conflicts_resolved", "Allocations dropped because an older one held the address",
@@ -79,7 +80,11 @@ class ClusterMembership(Membership):
         self._drained_seen: dict[str, bool] = {}
         self._refused = False  # peers answer but we cannot decrypt them: stay out of the cluster
         self._hold_until: float | None = None  # at start: wait for peers' metadata before owning
+        self._closed = False
         self._reconnect_task: asyncio.Task[None] | None = None
+        # Members that failed (not left): gossip forgets them after gossip_to_the_dead_time,
+        # we keep trying them so that the two sides of a partition find each other again.
+        self._lost: dict[str, tuple[str, float]] = {}
         self.gossip.on_event(self._event)
         self.gossip.on_user(self._user)
 
@@ -119,6 +124,18 @@ class ClusterMembership(Membership):
             if dropped:
                 log.warning("node_metadata_trimmed", dropped=dropped)
             self._meta_sent = data
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.gossip.set_meta(data)
+                return
+            # One loop turn later: the announcer's takeover task (created in this pass, so
+            # queued before us) sends its first gratuitous ARP before peers hear that we hold
+            # the VIP and the old owner releases it; clients never point at a released VIP.
+            loop.call_soon(self._send_meta, data)
+
+    def _send_meta(self, data: bytes) -> None:
+        if data == self._meta_sent and not self._closed:
             self.gossip.set_meta(data)
 
     def members(self) -> list[Member]:
@@ -316,8 +333,12 @@ class ClusterMembership(Membership):
                 continue  # the first join is still retrying
             infos = self.gossip.members()
             alive = {i.addr for i in infos if i.state in (MemberState.ALIVE, MemberState.SUSPECT)}
-            dead = [i.addr for i in infos if i.state == MemberState.DEAD and i.name != self.name]
-            targets = list(dict.fromkeys([*dead, *(s for s in seeds if s not in alive)]))
+            now = time.monotonic()
+            for name, (_, since) in list(self._lost.items()):
+                if now - since > RECONNECT_TIMEOUT:
+                    del self._lost[name]
+            lost = [addr for addr, _ in self._lost.values() if addr not in alive]
+            targets = list(dict.fromkeys([*lost, *(s for s in seeds if s not in alive)]))
             if not targets:
                 continue
             failures = self._decrypt_failures()
@@ -370,8 +391,13 @@ class ClusterMembership(Membership):
         name = event.member.name
         if event.kind in (EventKind.JOIN, EventKind.ALIVE):
             self._since[name] = time.monotonic()
+            self._lost.pop(name, None)
         elif event.kind in (EventKind.DEAD, EventKind.LEFT):
             self._since.pop(name, None)
+            if event.kind == EventKind.DEAD and name != self.name:
+                self._lost[name] = (event.member.addr, time.monotonic())
+            else:
+                self._lost.pop(name, None)
         if event.kind != EventKind.SUSPECT:
             self._on_change()
 
@@ -408,6 +434,7 @@ class ClusterMembership(Membership):
         await self.gossip.leave(timeout=2.0)
 
     async def close(self) -> None:
+        self._closed = True
         for task in (self._join_task, self._reconnect_task):
             if task is not None:
                 task.cancel()

@@ -288,7 +288,8 @@ def test_crashed_owner_vips_move_and_client_follows(lab, tmp_path):
         seen = agreement(cluster)
         assert seen is not None
         vip_owner = {addrs[0]: owner for addrs, owner in seen.values()}
-        victim = cluster.nodes[seen["static/s0"][1]].name
+        # The allocator (n1, the lowest name) when it owns a VIP, so the allocator changes too.
+        victim = "n1" if "n1" in vip_owner.values() else seen["static/s0"][1]
         lost = [vip for vip, owner in vip_owner.items() if owner == victim]
         survivors = tuple(n for n in NODES if n != victim)
         vip = lost[0]
@@ -313,6 +314,12 @@ def test_crashed_owner_vips_move_and_client_follows(lab, tmp_path):
             assert wait_for(lambda: ask(cluster.client, addrs[0]) == owner, 10, what=f"{owner} to answer on {addrs[0]}")
         changes = [e for n in survivors for e in log_events(cluster.nodes[n], "vip_owner_changed")]
         assert {e["vip"] for e in changes if e["kind"] == "failover"} == set(lost)
+        # The next allocator (lowest surviving name) allocates a new service and moves none.
+        for n in survivors:
+            reload_with(cluster.nodes[n], SIX + ["late"])
+        grown = wait_for(lambda: agreement(cluster, survivors, SIX + ["late"]), 15, what="late allocated")
+        assert {s: a for s, (a, _) in grown.items() if s != "static/late"} == {s: a for s, (a, _) in seen.items()}
+        assert grown["static/late"][0][0] not in {a for addrs, _ in seen.values() for a in addrs}
     finally:
         stop_all(cluster)
 
@@ -594,6 +601,8 @@ def test_encrypted_cluster_keeps_out_a_wrong_key(lab, tmp_path):
             assert not taken & addresses_on(hosts["n3"]), "the node with the wrong key announces the cluster's VIPs"
             time.sleep(0.5)
         assert agreement(cluster, pair) == seen
+        assert log_events(nodes["n3"], "cluster_key_mismatch")
+        assert all(row["state"] == "pending" for row in nodes["n3"].status()["services"])
         assert metric(nodes["n1"], "lbd_gossip_decrypt_failures") + metric(nodes["n2"], "lbd_gossip_decrypt_failures") > 0
     finally:
         stop_all(cluster)

@@ -121,3 +121,42 @@ def test_only_the_allocator_writes_and_others_wait():
     result, _ = cm.allocate(CONFIG, [ServiceSpec(name="s")], {})
     assert result.allocations == {} and "waiting for the allocator (a0)" in result.pending["s"]
     assert cm.table.entries == {}
+
+
+def test_reconnect_tries_lost_members_and_absent_seeds(monkeypatch):
+    import asyncio
+
+    from lbd.cluster import membership as mod
+    from lbd.cluster.swim import EventKind, MemberEvent
+
+    cm, fake = membership()
+    tried: list[list[str]] = []
+
+    async def join(targets):
+        tried.append(list(targets))
+        if len(tried) == 1:
+            raise OSError("nobody answered")
+        return 1
+
+    fake.join = join  # type: ignore[attr-defined]
+    fake.profile = type("P", (), {"tcp_timeout": 0.1})()  # type: ignore[attr-defined]
+    monkeypatch.setattr(mod, "RECONNECT_INTERVAL", 0.001)
+    fake.add("n2", meta())
+    cm._event(MemberEvent(EventKind.DEAD, MemberInfo("n2", "10.77.0.12", 7946, MemberState.DEAD, 3, 0.0, b"", b"")))
+    fake.infos.pop("n2")  # reaped by gossip after gossip_to_the_dead_time
+    fake.add("n3", meta())  # an alive member at the seed's address is not re-joined
+    fake.infos["n3"] = MemberInfo("n3", "10.77.0.13", 7946, MemberState.ALIVE, 1, 0.0, meta(), b"")
+
+    async def run() -> None:
+        task = asyncio.ensure_future(cm._reconnect_loop(["10.77.0.13:7946", "10.77.0.14:7946"]))
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if len(tried) >= 2:
+                break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(run())
+    assert tried[0] == ["10.77.0.12:7946", "10.77.0.14:7946"]
+    cm._event(MemberEvent(EventKind.JOIN, MemberInfo("n2", "10.77.0.12", 7946, MemberState.ALIVE, 4, 0.0, b"", b"")))
+    assert cm._lost == {}  # noqa: SLF001 - back: no more reconnects to it
