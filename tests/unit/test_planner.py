@@ -199,3 +199,43 @@ def test_drained_node_hands_over_before_letting_go():
     assert run("b", members, [alloc("s", vip)], cfg).decisions[0].owner == "b"
     members = [member("a", drained=True, holds=(vip,)), member("b", holds=(vip,))]
     assert not run("a", members, [alloc("s", vip)], cfg).l2
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), unique=True, min_size=2),
+       st.data(), st.sampled_from([0.0, 30.0, None]), st.floats(min_value=0, max_value=100))
+def test_after_a_heal_with_duplicate_holders_only_the_owner_keeps_the_vip(nodes, data, delay, waited):
+    """A healed partition: several nodes hold the VIP. Every node elects the same owner, and
+    once the owner holds it, it is the only one still announcing (the others let go)."""
+    vip = "10.77.0.100"
+    holders = data.draw(st.lists(st.sampled_from(nodes), unique=True, min_size=2, max_size=len(nodes)))
+    members = [member(n, holds=(vip,) if n in holders else ()) for n in nodes]
+    cfg = config(cluster=ClusterConfig(failback_delay=delay))
+    since = {n: 1000.0 - waited for n in nodes}
+    plans = {n: run(n, members, [alloc("s", vip)], cfg, now=1000.0, eligible_since=since) for n in nodes}
+    owners = {p.decisions[0].owner for p in plans.values()}
+    assert len(owners) == 1
+    owner = owners.pop()
+    ideal = rank(ip(vip), nodes)[0]
+    best_holder = rank(ip(vip), holders)[0]
+    if ideal in holders or (delay is not None and waited >= delay):
+        assert owner == ideal
+    else:
+        assert owner == best_holder  # failback not due: the best-ranked holder keeps it
+    announcing = {n for n, p in plans.items() if p.l2}
+    if owner in holders:
+        assert announcing == {owner}  # every other holder lets go
+    else:
+        assert announcing == set(holders) | {owner}  # make-before-break: holders wait for the owner
+
+
+def test_after_a_heal_the_best_ranked_holder_wins_before_failback():
+    vip = "10.77.0.100"
+    order = rank(ip(vip), ["n1", "n2", "n3"])
+    # The ideal node does not hold it; the two sides' holders are the 2nd and 3rd ranked.
+    members = [member(order[0]), member(order[1], holds=(vip,)), member(order[2], holds=(vip,))]
+    cfg = config(cluster=ClusterConfig(failback_delay=30))
+    since = {order[0]: 995.0}
+    owners = {run(n, members, [alloc("s", vip)], cfg, now=1000.0, eligible_since=since).decisions[0].owner
+              for n in order}
+    assert owners == {order[1]}
+    assert not run(order[2], members, [alloc("s", vip)], cfg, now=1000.0, eligible_since=since).l2
