@@ -69,6 +69,7 @@ class BgpAnnouncer:
         self._peers: dict[str, BgpPeerConfig] = {}
         self._speakers: dict[str, PeerSpeaker] = {}
         self._tables: dict[str, dict[IPNetwork, RouteAttrs]] = {}
+        self._applied = False  # apply() was called: tables are the first complete plan
         self._listeners: list[Listener] = []
         self._lock = asyncio.Lock()
 
@@ -102,6 +103,7 @@ class BgpAnnouncer:
             for name in route.peers:
                 tables.setdefault(name, {})[route.prefix] = attrs
         self._tables = tables
+        self._applied = True
         for name, speaker in self._speakers.items():
             speaker.set_routes(tables.get(name, {}))
             self._update_announced(name)
@@ -159,7 +161,10 @@ class BgpAnnouncer:
         self._speakers[peer.name] = speaker
         SESSION_UP.labels(peer=peer.name).set(0)
         ANNOUNCED.labels(peer=peer.name).set(0)
-        speaker.set_routes(self._tables.get(peer.name, {}))
+        if self._applied:
+            # Before the first apply() the table is unknown: sessions that come
+            # up wait for it before sending routes and End-of-RIB (see Session.set_routes).
+            speaker.set_routes(self._tables.get(peer.name, {}))
         speaker.start()
         log.info("bgp_peer_started", peer=peer.name, address=str(peer.peer_address), passive=peer.passive)
 

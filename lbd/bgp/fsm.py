@@ -267,6 +267,8 @@ class Session:
         self._desired: dict[IPNetwork, RouteAttrs] = {}
         self._advertised: dict[IPNetwork, RouteAttrs] = {}
         self._packer: UpdatePacker | None = None
+        self._rib_ready = False  # set_routes was called at least once
+        self._initial_sent = False  # this connection sent its table and End-of-RIB
         self._other_next_hop: IPAddress | None = None
         self._nh6_ll: ipaddress.IPv6Address | None = None
 
@@ -410,10 +412,18 @@ class Session:
         return min(times) if times else None
 
     def set_routes(self, routes: Mapping[IPNetwork, RouteAttrs], now: float) -> list[Event]:
-        """Level-triggered desired Adj-RIB-Out; sends only the difference."""
+        """Level-triggered desired Adj-RIB-Out; sends only the difference.
+
+        The first call also marks the table complete: until then an
+        Established session sends nothing, not even End-of-RIB.
+        """
         self._desired = dict(routes)
+        self._rib_ready = True
         if self.state == State.ESTABLISHED:
-            self._send_diff(now)
+            if self._initial_sent:
+                self._send_diff(now)
+            else:
+                self._send_initial(now)
         return self._flush()
 
     def close_collision(self, now: float) -> list[Event]:
@@ -427,6 +437,7 @@ class Session:
     def take_over(self, other: "Session") -> None:
         """Become the peer's session in place of ``other`` (the collision loser)."""
         self._desired = dict(other._desired)
+        self._rib_ready = other._rib_ready
         self._auto_restart = True
         self._restarting = other._restarting
         self.stats = other.stats
@@ -637,8 +648,21 @@ class Session:
             )
         )
         self._advertised = {}
+        self._initial_sent = False
+        if self._rib_ready:
+            self._send_initial(now)
+
+    def _send_initial(self, now: float) -> None:
+        """The whole table, then End-of-RIB per family (RFC 4724 §2).
+
+        Only once the owner has set the routes at least once: a restarted lbd
+        that came up before its first plan must not send End-of-RIB over an
+        empty table, or the peer would flush the routes it kept for us.
+        """
+        neg = self.negotiated
+        assert neg is not None
+        self._initial_sent = True
         self._send_diff(now)
-        # RFC 4724 §2: End-of-RIB after the initial table, per family.
         v6 = sum(1 for p in self._advertised if p.version == 6)
         counts = {IPV4_UNICAST: len(self._advertised) - v6, IPV6_UNICAST: v6}
         for fam in neg.families:

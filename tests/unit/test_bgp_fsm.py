@@ -555,6 +555,26 @@ def test_graceful_restart_capability_and_restart_bit() -> None:
     assert not messages(s.data_to_send())[0].capability(GracefulRestartCap).restarting
 
 
+def test_no_end_of_rib_before_the_first_table() -> None:
+    """A session that comes up before its owner set the routes waits: an
+    End-of-RIB over an empty table would make a graceful-restart helper flush
+    the routes it kept for us."""
+    s = Session(cfg(graceful_restart=True), restarting=True)
+    establish(s)
+    assert s.state == State.ESTABLISHED
+    assert [m for m in messages(s.data_to_send()) if isinstance(m, Update)] == []
+    events = s.set_routes(routes(2), 5.0)
+    out = [m for m in messages(s.data_to_send()) if isinstance(m, Update)]
+    assert len([p for u in out for p in u.announced()]) == 2
+    assert [u.end_of_rib() for u in out[-2:]] == [(1, 1), (2, 1)]
+    assert [e.prefixes for e in events if isinstance(e, EndOfRibSent)] == [2, 0]
+    # An empty first table is a table too: End-of-RIB at once.
+    s2 = Session(cfg())
+    s2.set_routes({}, 0)
+    establish(s2)
+    assert [m.end_of_rib() for m in messages(s2.data_to_send()) if isinstance(m, Update)] == [(1, 1), (2, 1)]
+
+
 def test_graceful_stop_without_negotiated_gr_sends_cease() -> None:
     s = Session(cfg(graceful_restart=True))
     establish(s, caps=(MultiprotocolCap(1, 1),))
