@@ -125,12 +125,53 @@ def read_prefixes(args: argparse.Namespace) -> list[IPNetwork]:
 
 def parse_prefix(text: str) -> IPNetwork:
     """``ip_network(text, strict=False)``, 2-3x faster for IPv4 (the benchmark
-    loads 100,000 of them): inet_pton validates, the int form skips re-parsing."""
+    loads 100,000 of them): inet_pton validates, the integer form skips the
+    string parsing, and :func:`_ipv4_network` skips ``__init__``."""
     if ":" in text:
         return ipaddress.IPv6Network(text, strict=False)
-    addr, _, plen = text.partition("/")
+    addr, _, plen_text = text.partition("/")
     value = int.from_bytes(socket.inet_pton(socket.AF_INET, addr), "big")
-    return ipaddress.IPv4Network((value, int(plen) if plen else 32), strict=False)
+    plen = int(plen_text) if plen_text else 32
+    if not 0 <= plen <= 32:
+        raise ValueError(f"prefix length {plen_text!r} out of range")
+    return _ipv4_network(value & _IPV4_MASKS[plen], plen)
+
+
+_IPV4_MASKS = [0xFFFFFFFF ^ ((1 << (32 - n)) - 1) for n in range(33)]
+_IPV4_NETMASKS = [ipaddress.IPv4Address(m) for m in _IPV4_MASKS]
+
+
+def _ipv4_network_fast(value: int, plen: int) -> ipaddress.IPv4Network:
+    """An IPv4Network built without ``__init__`` (which re-validates what was
+    just validated and, for a /32, adds a per-object ``hosts`` closure: half
+    the time and a third of the memory for 100,000 prefixes). Checked against
+    the real constructor at import; see ``_ipv4_network``."""
+    net = object.__new__(ipaddress.IPv4Network)
+    net.network_address = ipaddress.IPv4Address(value)
+    net.netmask = _IPV4_NETMASKS[plen]
+    net._prefixlen = plen
+    return net
+
+
+def _ipv4_network_slow(value: int, plen: int) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network((value, plen))
+
+
+def _choose_ipv4_constructor():  # type: ignore[no-untyped-def]
+    """Use the fast path only if it is indistinguishable on samples (a future
+    Python could change ``ipaddress`` internals)."""
+    try:
+        for value, plen in ((0x0A4D0001, 32), (0x0A4D0000, 24), (0, 0), (0xC0A80000, 31)):
+            fast, real = _ipv4_network_fast(value, plen), ipaddress.IPv4Network((value, plen))
+            if (fast != real or hash(fast) != hash(real) or str(fast) != str(real) or fast.prefixlen != real.prefixlen
+                    or fast.broadcast_address != real.broadcast_address or not fast.overlaps(real)):
+                return _ipv4_network_slow
+    except Exception:  # noqa: BLE001 - any surprise: the standard constructor
+        return _ipv4_network_slow
+    return _ipv4_network_fast
+
+
+_ipv4_network = _choose_ipv4_constructor()
 
 
 def emit(obj: dict[str, object]) -> None:

@@ -454,3 +454,23 @@ async def test_runner_graceful_stop_and_restart_bit(tmp_path) -> None:  # type: 
                 proc.kill()
                 await proc.wait()
         await a.close()
+
+
+def test_runner_fast_ipv4_networks_are_real_networks() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from lbd.bgp import __main__ as runner
+
+    assert runner._ipv4_network is runner._ipv4_network_fast  # CPython's ipaddress as tested here
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+    def check(value: int, plen: int) -> None:
+        text = f"{ipaddress.IPv4Address(value)}/{plen}"
+        fast, real = runner.parse_prefix(text), ipaddress.ip_network(text, strict=False)
+        assert fast == real and hash(fast) == hash(real) and str(fast) == str(real)
+        assert {real: 1}[fast] == 1 and fast.prefixlen == plen and fast.network_address.packed == real.network_address.packed
+        assert runner._ipv4_network_slow(int(real.network_address), plen) == fast
+
+    check()
