@@ -83,10 +83,18 @@ def _pick_next_hop(candidates: Sequence[str]) -> str | None:
     return None
 
 
-def scratch_dir(owner: object, prefix: str) -> str:
-    """A temporary directory removed when ``owner`` is garbage-collected (or at exit)."""
+def scratch_dir(owner: object, prefix: str, host: Host | None = None) -> str:
+    """A temporary directory removed when ``owner`` is garbage-collected (or at exit).
+
+    With ``host``, its lab keeps ``owner`` alive: the directory (configs, control
+    sockets) then lasts as long as the lab's processes, even if the caller drops
+    its reference.
+    """
     path = tempfile.mkdtemp(prefix=prefix)
     weakref.finalize(owner, shutil.rmtree, path, True)
+    if host is not None:
+        keep = host.lab.__dict__.setdefault("_interop_keep", [])
+        keep.append(owner)
     return path
 
 
@@ -97,7 +105,7 @@ class Peer:
     def __init__(self, host: Host, spec: PeerSpec) -> None:
         self.host = host
         self.spec = spec
-        self.dir = scratch_dir(self, f"lbd-{self.name}-")
+        self.dir = scratch_dir(self, f"lbd-{self.name}-", host)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log_path = os.path.join(self.dir, "daemon.log")
 

@@ -69,7 +69,7 @@ class LbdSpeaker:
         self.communities = tuple(communities)
         self.large_communities = tuple(large_communities)
         self.local_pref = local_pref
-        self.dir = workdir or scratch_dir(self, "lbd-speaker-")
+        self.dir = workdir or scratch_dir(self, "lbd-speaker-", host)
         self.prefixes_file = os.path.join(self.dir, "prefixes")
         write_prefixes(self.prefixes_file, list(prefixes))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -165,7 +165,7 @@ class ExaBgpSpeaker:
         self.host = host
         self.session = session
         self.routes = list(routes)
-        self.dir = workdir or scratch_dir(self, "lbd-exabgp-")
+        self.dir = workdir or scratch_dir(self, "lbd-exabgp-", host)
         self.conf = os.path.join(self.dir, "exabgp.conf")
         self.log_path = os.path.join(self.dir, "exabgp.log")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -245,7 +245,7 @@ class BirdSpeaker:
         self.host = host
         self.session = session
         self.prefixes = list(prefixes)
-        self.dir = workdir or scratch_dir(self, "lbd-birdspk-")
+        self.dir = workdir or scratch_dir(self, "lbd-birdspk-", host)
         self.conf = os.path.join(self.dir, "bird.conf")
         self.sock = os.path.join(self.dir, "bird.ctl")
         self.proc: subprocess.Popen[bytes] | None = None
