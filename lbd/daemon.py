@@ -26,7 +26,7 @@ from lbd.l2.interfaces import list_interfaces
 from lbd.l2.netlink import Netlink
 from lbd.membership import LocalMembership, Membership
 from lbd.model import Allocation, Config, Family, Member, MemberState, Plan, ServiceSpec
-from lbd.planner import PlannerInput, plan
+from lbd.planner import PlannerInput, plan, selector_matches
 from lbd.sdnotify import Notifier
 from lbd.sources.base import ServiceResult
 from lbd.sources.manager import SourceManager
@@ -274,7 +274,9 @@ class Daemon:
             self.health.set_checks(checks)
 
     async def _configure_bgp(self) -> None:
-        peers = self.config.bgp_peers
+        # Only the peers whose node selector picks this node open a session from it.
+        labels = self.config.node.labels
+        peers = tuple(p for p in self.config.bgp_peers if selector_matches(p.node_selector, labels))
         if peers and self.bgp is None:
             from lbd.bgp.announcer import BgpAnnouncer
 
