@@ -295,9 +295,12 @@ class ClusterMembership(Membership):
             self._join_task = asyncio.ensure_future(self._join(seeds))
             # Hear the cluster before announcing anything alone; a node whose peers are all
             # down goes on by itself after the wait and serves its persisted allocations.
-            try:
-                await asyncio.wait_for(asyncio.shield(self._join_task), INITIAL_JOIN_WAIT)
-            except (asyncio.TimeoutError, TimeoutError):
+            # A peer that joined us counts as hearing the cluster too (our own join may be in
+            # its retry backoff, having tried before the peer was up).
+            deadline = time.monotonic() + INITIAL_JOIN_WAIT
+            while not self._join_task.done() and not self._alive_peers() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if not self._join_task.done() and not self._alive_peers():
                 log.warning("cluster_join_pending", seeds=seeds, detail="starting alone, still trying")
             # Peers that started with us publish their metadata in their first pass, as we
             # do in ours: until they have (bounded), plan without announcing anything, so
