@@ -200,17 +200,18 @@ class Daemon:
         m.update(self)
 
     def results(self) -> dict[str, ServiceResult]:
-        owners: dict[str, tuple[str, ...]] = {}
+        owners: dict[str, list[str]] = {}
         for decision in self.plan.decisions:
-            nodes = (decision.owner,) if decision.owner else ()
             for service in decision.services:
-                owners[service] = owners.get(service, ()) + tuple(n for n in nodes if n not in owners.get(service, ()))
+                nodes = owners.setdefault(service, [])
+                if decision.owner and decision.owner not in nodes:
+                    nodes.append(decision.owner)
         out: dict[str, ServiceResult] = {}
         for name in self.services:
             allocation = self.allocations.get(name)
             if allocation is not None:
                 out[name] = ServiceResult(addresses=allocation.addresses, pool=allocation.pool,
-                                          nodes=owners.get(name, ()))
+                                          nodes=tuple(owners.get(name, ())))
             else:
                 out[name] = ServiceResult(pending=self.pending.get(name, "not allocated"))
         return out
