@@ -425,6 +425,11 @@ class ClusterMembership(Membership):
             return
         restarting = getattr(daemon, "_restarting", False)
         self._leaving = True
+        # No more (re)joins: a reconnect after our leave would bring us back as alive, and
+        # our later silence would read as a crash instead of a departure.
+        for task in (self._join_task, self._reconnect_task):
+            if task is not None:
+                task.cancel()
         others = [m for m in self.members() if m.name != self.name and m.state == MemberState.ALIVE]
         if others and _held(daemon):
             deadline = time.monotonic() + HANDOVER_TIMEOUT

@@ -160,3 +160,27 @@ def test_reconnect_tries_lost_members_and_absent_seeds(monkeypatch):
     assert tried[0] == ["10.77.0.12:7946", "10.77.0.14:7946"]
     cm._event(MemberEvent(EventKind.JOIN, MemberInfo("n2", "10.77.0.12", 7946, MemberState.ALIVE, 4, 0.0, b"", b"")))
     assert cm._lost == {}  # noqa: SLF001 - back: no more reconnects to it
+
+
+def test_leave_stops_rejoining():
+    import asyncio
+
+    cm, fake = membership()
+    left: list[bool] = []
+
+    async def leave(timeout: float) -> bool:
+        left.append(True)
+        return True
+
+    fake.leave = leave  # type: ignore[attr-defined]
+
+    class Daemon:
+        plan = type("Plan", (), {"l2": ()})()
+
+    async def run() -> tuple[bool, bool]:
+        cm._reconnect_task = asyncio.ensure_future(asyncio.sleep(60))  # noqa: SLF001
+        await cm.leave(Daemon())
+        await asyncio.sleep(0)
+        return cm._reconnect_task.cancelled(), bool(left)  # noqa: SLF001
+
+    assert asyncio.run(run()) == (True, True)
