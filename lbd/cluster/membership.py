@@ -12,6 +12,15 @@
 - A graceful stop hands over first: the node says it is drained, keeps its
   VIPs until the new owners say they hold them (make-before-break), then
   leaves the gossip pool.
+- At start, the node owns nothing until the peers that joined with it have
+  published their metadata (bounded), so the first node up does not take
+  every VIP and keep it for the failback delay.
+- Peers that answer with traffic we cannot decrypt mean our key is wrong: the
+  node then owns and allocates nothing rather than duplicate the cluster's VIPs.
+- Failed members and absent seeds are re-joined every few seconds (serf's
+  reconnect), so the sides of a partition longer than memberlist's
+  gossip_to_the_dead_time still merge when it heals.
+- An undrained node counts as recovered: the failback delay runs from the undrain.
 """
 
 from __future__ import annotations
