@@ -25,7 +25,7 @@ from lbd.l2.announcer import L2Announcer
 from lbd.l2.interfaces import list_interfaces
 from lbd.l2.netlink import Netlink
 from lbd.membership import LocalMembership, Membership
-from lbd.model import Allocation, Config, Family, Member, MemberState, Plan, ServiceSpec
+from lbd.model import Allocation, Config, Family, IPAddress, Member, MemberState, Plan, ServiceSpec
 from lbd.planner import PlannerInput, plan, selector_matches
 from lbd.sdnotify import Notifier
 from lbd.sources.base import ServiceResult
@@ -101,6 +101,7 @@ class Daemon:
         )
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._contested: set[IPAddress] = set()  # VIPs we announce that another member holds too
         self._writer: bool | None = None  # whether this node writes results back to sources
         self._restarting = False  # this stop is for a restart: keep routes and addresses in place
         stopped_at = self.extra_state.pop("restart_stop_at", None)
@@ -182,6 +183,16 @@ class Daemon:
                 log.info("vip_owner_changed", vip=str(decision.vip), old=before, new=decision.owner, kind=kind,
                          reason=decision.reason)
         await self.l2.apply(self.plan.l2)
+        # A VIP we announce that another alive member holds too (a partition healing): announce
+        # again when that starts and when it ends, so neighbours that followed the other holder
+        # come back to us as soon as it lets go, not at the next periodic announcement.
+        contested = {
+            i.vip for i in self.plan.l2
+            if i.mode != "local" and any(str(i.vip) in mb.holds for mb in members
+                                         if mb.name != config.node.name and mb.state == MemberState.ALIVE)
+        }
+        self.l2.reannounce((contested ^ self._contested) & {i.vip for i in self.plan.l2})
+        self._contested = contested
         if self.bgp is not None:
             self.bgp.apply(self.plan.bgp)
         if self.exporter is not None:

@@ -22,7 +22,7 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Iterable, Callable, Sequence
 
 import structlog
 
@@ -114,6 +114,18 @@ class L2Announcer:
                 await self._takeover(entry, inventory)
             self._update_gauge()
             self._ensure_refresh()
+
+    def reannounce(self, vips: Iterable[IPAddress]) -> None:
+        """Start the takeover burst again for these announced VIPs (then the periodic
+        announcements go on as before): used when another node held them too, e.g. after a
+        healed partition, so that neighbours that followed the other holder come back at once."""
+        for vip in vips:
+            entry = self._entries.get(vip)
+            if entry is None or not entry.ready or entry.intent.mode == "local":
+                continue
+            if entry.task is not None:
+                entry.task.cancel()
+            entry.task = asyncio.create_task(self._announce(entry), name=f"l2-announce-{vip}")
 
     def status(self) -> list[dict[str, object]]:
         rows = []

@@ -515,11 +515,12 @@ def test_partition_both_sides_announce_then_heal_keeps_one_owner(lab, tmp_path):
         assert final["static/new-b"][0] != (x,) and final["static/new-b"][0]
         for addrs, owner in final.values():
             assert vip_holders(cluster, addrs[0]) == [owner], (addrs, owner)
-        # The client re-learns every VIP at its owner (the winner re-announces), without
-        # having to send anything first.
+        # The client re-learns every VIP at its owner (the winner re-announces when the other
+        # holder lets go), without having to send anything first, and well before the next
+        # periodic announcement (10 s).
         for s in SIX:
             addrs, owner = final[f"static/{s}"]
-            wait_for(lambda: neigh_mac(cluster.client, addrs[0]) == cluster.hosts[owner].mac, 15,
+            wait_for(lambda: neigh_mac(cluster.client, addrs[0]) == cluster.hosts[owner].mac, 5,
                      what=f"client to re-learn {addrs[0]} at {owner}")
         report("partition healed: client neighbour entries at the owners",
                seconds=round(time.monotonic() - healed_at, 3))
