@@ -272,3 +272,16 @@ async def test_failed_refresh_makes_the_next_apply_redo_the_takeover(sent: list[
     assert ann.status()[0]["state"] == "announced"
     assert len(sent) == 4  # a new takeover burst
     await ann.close()
+
+
+async def test_reannounce_sends_a_new_burst_for_announced_vips_only(sent: list[bytes]) -> None:
+    nl = FakeNetlink()
+    ann = make(nl)
+    await ann.apply([intent(V4), intent(V6, mode="local")])
+    await settle()
+    assert len([f for f in sent if f[12:14] == b"\x08\x06"]) == 6
+    sent.clear()
+    ann.reannounce([V4, V6, ipaddress.ip_address("10.77.0.99")])  # local and unknown VIPs are skipped
+    await settle()
+    assert [arp.parse_arp(f).op for f in sent] == [1, 2, 1, 2, 1, 2]
+    await ann.close()
