@@ -104,10 +104,11 @@ def expected_owner(vip: str) -> str:
 class SoakLbd(LbdSystem):
     """``LbdSystem`` with one pinned VIP per service and metrics on the node's loopback."""
 
-    def __init__(self, vips: list[str], profile: str = "default", log_level: str = "info") -> None:
-        # failback_delay 0: a false failover, if any, would move back at once and
-        # show up as two changes rather than hide behind the 30 s default.
-        super().__init__(profile=profile, failback_delay=0.0)
+    def __init__(self, vips: list[str], profile: str = "default", log_level: str = "info",
+                 failback_delay: float = 0.0) -> None:
+        # failback_delay 0 by default: a false failover, if any, moves back at once
+        # and shows up as two changes rather than hiding behind the 30 s default.
+        super().__init__(profile=profile, failback_delay=failback_delay)
         self.vips = vips
         self.log_level = log_level
         self.name = f"soak-{self.name}"
@@ -179,6 +180,12 @@ class SoakLbd(LbdSystem):
         )
         samples: dict[str, float] = {}
         for line in result.stdout.splitlines():
+            # A labelled counter no label set has touched yet exports no sample, only its
+            # HELP and TYPE lines: record the family so that it reads as present (and zero).
+            typed = re.match(r"^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) ", line)
+            if typed:
+                samples.setdefault(f"{typed.group(1)}{{}}", 0.0)
+                continue
             found = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) ([0-9.eE+-]+|NaN|\+Inf|-Inf)$", line)
             if found:
                 samples[found.group(1)] = float(found.group(2))
@@ -348,18 +355,20 @@ def gap_stats(responses: list, start: float, end: float) -> dict:
 
 
 def soak(profile: str, duration: float, hogs: int, loss: float, services: int, interval: float,
-         workdir: Path, stall: float = 0.0, log=print) -> SoakResult:  # type: ignore[no-untyped-def]
+         workdir: Path, stall: float = 0.0, failback_delay: float = 0.0,
+         log=print) -> SoakResult:  # type: ignore[no-untyped-def]
     """One soak run. ``stall`` > 0 is the control experiment: halfway through, the daemon of the
     first node is frozen (SIGSTOP) for that many seconds, which Lifeguard cannot tell from a
     crash once it lasts longer than the suspicion timeout, so the harness must report FAIL."""
     vips = pick_vips(services)
-    system = SoakLbd(vips, profile=profile)
+    system = SoakLbd(vips, profile=profile, failback_delay=failback_delay)
     result = SoakResult(profile=profile, duration=duration, hogs=hogs, loss=loss,
                         vips={v: expected_owner(v) for v in vips})
     with Lab() as lab:
         flab = build_lab(lab, workdir)
         load: Hogs | None = None
         probes: list[Probe] = []
+        stall_pid: int | None = None
         try:
             system.start(flab)
             system.wait_converged(90.0)
@@ -382,6 +391,7 @@ def soak(profile: str, duration: float, hogs: int, loss: float, services: int, i
             next_report = t0 + 60
             stall_at = t0 + duration / 2 if stall > 0 else None
             stalled = False
+            stall_end = 0.0
             while (now := time.monotonic()) < t0 + duration:
                 system.check_running()
                 seen = system.holders()
@@ -394,19 +404,20 @@ def soak(profile: str, duration: float, hogs: int, loss: float, services: int, i
                 if stall_at is not None and not stalled and now >= stall_at:
                     stalled = True
                     result.stall = stall
-                    pid = system.procs["n1"].pid
-                    log(f"  {now - t0:5.0f} s: stalling n1's daemon (pid {pid}) for {stall:g} s")
-                    os.kill(pid, signal.SIGSTOP)
-                    try:
-                        time.sleep(stall)
-                    finally:
-                        os.kill(pid, signal.SIGCONT)
+                    stall_pid = system.procs["n1"].pid
+                    log(f"  {now - t0:5.0f} s: stalling n1's daemon (pid {stall_pid}) for {stall:g} s")
+                    os.kill(stall_pid, signal.SIGSTOP)
+                    stall_end = now + stall
+                if stall_pid is not None and now >= stall_end:
+                    os.kill(stall_pid, signal.SIGCONT)
+                    stall_pid = None
                 if now >= next_report:
                     busy, total = cpu_times()
                     log(f"  {now - t0:5.0f} s: cpu {(busy - cpu0[0]) / max(1, total - cpu0[1]):.1%}, "
                         f"holder changes {len(result.polled_changes)}")
                     next_report += 60
-                time.sleep(max(0.0, min(1.0, t0 + duration - time.monotonic())))
+                wake = min(t0 + duration, stall_end if stall_pid is not None else now + 1.0, now + 1.0)
+                time.sleep(max(0.0, wake - time.monotonic()))
             t1 = time.monotonic()
             cpu1 = cpu_times()
             result.cpu_util = (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1])
@@ -450,6 +461,8 @@ def soak(profile: str, duration: float, hogs: int, loss: float, services: int, i
         except (NotReady, RunFailed) as exc:
             result.errors.append(str(exc))
         finally:
+            if stall_pid is not None:
+                os.kill(stall_pid, signal.SIGCONT)
             if load is not None:
                 load.stop()
             for probe in probes:
@@ -503,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.01, help="client probe interval per VIP, seconds")
     parser.add_argument("--stall", type=float, default=0.0,
                         help="control: freeze n1's daemon (SIGSTOP) this many seconds halfway through (expect FAIL)")
+    parser.add_argument("--failback-delay", type=float, default=0.0,
+                        help="[cluster] failback_delay of the nodes (default 0: a false failover moves back at once)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("--workdir", type=Path, help="keep configs and daemon logs here")
     args = parser.parse_args(argv)
@@ -517,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--stall in [0, min(60, duration / 2)] seconds")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lbd-soak-"))
     result = soak(args.profile, args.duration, args.hogs, args.loss, args.services, args.interval, workdir,
-                  stall=args.stall)
+                  stall=args.stall, failback_delay=args.failback_delay)
     print()
     print(report(result, [Path(sys.executable).name, *sys.argv] if argv is None else ["soak.py", *argv]))
     print(f"(logs and configs: {workdir})")
