@@ -18,6 +18,8 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import structlog
 
+from lbd import aio
+
 log = structlog.get_logger(__name__)
 
 MAX_REQUEST = 64 * 1024
@@ -84,7 +86,7 @@ class ControlServer:
         try:
             while True:
                 try:
-                    line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+                    line = await aio.wait_for(reader.readline(), REQUEST_TIMEOUT)
                 except (asyncio.TimeoutError, ConnectionError):
                     return
                 except (asyncio.LimitOverrunError, ValueError):

@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 import structlog
 
+from lbd import aio
+
 import lbd
 from lbd.config import ConfigError, load_config
 from lbd.control import ControlError, ControlServer
@@ -235,7 +237,7 @@ class Daemon:
     async def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                await asyncio.wait_for(self._wake.wait(), RESYNC_INTERVAL)
+                await aio.wait_for(self._wake.wait(), RESYNC_INTERVAL)
             except asyncio.TimeoutError:
                 pass
             if self._stop.is_set():

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import structlog
+
+from lbd import aio
 from prometheus_client import Counter, Gauge, Histogram
 
 from lbd.metrics import REGISTRY
@@ -182,7 +184,7 @@ def _truncate(text: str) -> str:
 async def check_tcp(host: str, port: int, timeout: float) -> CheckResult:
     """Healthy iff a TCP connection to host:port is established within ``timeout``."""
     try:
-        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        _reader, writer = await aio.wait_for(asyncio.open_connection(host, port), timeout)
     except asyncio.TimeoutError:
         return CheckResult(False, f"connect to {host}:{port} timed out after {timeout:g}s")
     except OSError as exc:
@@ -214,7 +216,7 @@ async def check_http(host: str, port: int, path: str, expected_status: int, time
         return await reader.readline()
 
     try:
-        line = await asyncio.wait_for(exchange(), timeout)
+        line = await aio.wait_for(exchange(), timeout)
         if not line:
             return CheckResult(False, f"http://{authority}{path}: connection closed before a response")
         status = parse_status_line(line)
@@ -266,7 +268,7 @@ async def check_exec(command: tuple[str, ...], timeout: float) -> CheckResult:
         return await proc.wait()
 
     try:
-        code = await asyncio.wait_for(finish(), timeout)
+        code = await aio.wait_for(finish(), timeout)
     except asyncio.TimeoutError:
         return CheckResult(False, f"{command[0]} timed out after {timeout:g}s, killed")
     finally:

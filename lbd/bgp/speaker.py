@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import structlog
 
+from lbd import aio
 from lbd.bgp import netutil
 from lbd.bgp.fsm import (
     CloseRequested,
@@ -193,7 +194,7 @@ class PeerSpeaker:
             # The address table for next hops is read first: once connected,
             # the peer's OPEN may arrive at any moment.
             addrs = await self._addresses()
-            await asyncio.wait_for(self.loop.sock_connect(sock, (str(peer.peer_address), peer.peer_port)), peer.connect_time)
+            await aio.wait_for(self.loop.sock_connect(sock, (str(peer.peer_address), peer.peer_port)), peer.connect_time)
             await self.loop.create_connection(lambda: _Conn(self, session, True, addrs), sock=sock)
         except asyncio.CancelledError:
             sock.close()

@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import structlog
 from prometheus_client import Counter
 
+from lbd import aio
 from lbd.cluster import nodemeta
 from lbd.cluster.crypto import load_keyring
 from lbd.cluster.replication import AllocationTable, TableEntry, TableError
@@ -232,8 +233,10 @@ class ClusterMembership(Membership):
                 self._state_dirty = True
                 self._publish(changed)
             return result, notes
+        # Every allocation in the table, also of services this node's own sources do not (yet)
+        # know: while configs differ during a rolling change, the elected owner still announces.
         result = AllocationResult(
-            allocations={name: a for name, a in live.items() if name in by_name},
+            allocations=dict(live),
             pending={name: f"waiting for the allocator ({allocator}) to allocate it"
                      for name in by_name if name not in live},
         )
@@ -355,9 +358,7 @@ class ClusterMembership(Membership):
                 continue
             failures = self._decrypt_failures()
             try:
-                await asyncio.wait_for(self.gossip.join(targets), self.gossip.profile.tcp_timeout * 2 + 1)
-            except asyncio.CancelledError:
-                raise
+                await aio.wait_for(self.gossip.join(targets), self.gossip.profile.tcp_timeout * 2 + 1)
             except Exception:  # noqa: BLE001 - nobody answered: try again later
                 self._set_refused(self._decrypt_failures() > failures and not self._alive_peers())
                 continue

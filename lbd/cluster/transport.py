@@ -17,6 +17,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 import structlog
 
+from lbd import aio
 from lbd.model import MemberState
 
 from . import metrics as m
@@ -170,7 +171,7 @@ class Gossip:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             try:
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                await aio.wait_for(self._server.wait_closed(), 1.0)
             except (asyncio.TimeoutError, TimeoutError):
                 pass
         for fut in self._waiters.values():
@@ -220,7 +221,7 @@ class Gossip:
         if core.leave_done:
             return True
         try:
-            await asyncio.wait_for(self._leave_event.wait(), timeout)
+            await aio.wait_for(self._leave_event.wait(), timeout)
             return True
         except (asyncio.TimeoutError, TimeoutError):
             self.log.warning("leave_timeout", timeout=timeout)
@@ -414,7 +415,7 @@ class Gossip:
             return await _read_message(reader, dec)
 
         try:
-            reply = await asyncio.wait_for(exchange(), timeout)
+            reply = await aio.wait_for(exchange(), timeout)
             self._finish_stream(req.id, reply)
         except GossipError as exc:
             if "decrypt" in str(exc):
@@ -440,7 +441,7 @@ class Gossip:
             dec = core.stream_decoder()
             reply: bytes | None
             try:
-                msg = await asyncio.wait_for(_read_message(reader, dec), self.profile.tcp_timeout)
+                msg = await aio.wait_for(_read_message(reader, dec), self.profile.tcp_timeout)
                 reply = core.handle_stream_message(msg, addr, self._now())
             except GossipError as exc:
                 self.log.info("stream_request_bad", peer=f"{addr[0]}:{addr[1]}", error=str(exc))
@@ -448,7 +449,7 @@ class Gossip:
             self._pump()
             if reply:
                 writer.write(reply)
-                await asyncio.wait_for(writer.drain(), self.profile.tcp_timeout)
+                await aio.wait_for(writer.drain(), self.profile.tcp_timeout)
         except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
             self.log.debug("stream_failed", peer=f"{addr[0]}:{addr[1]}", error=str(exc))
         finally:

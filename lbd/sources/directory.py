@@ -60,6 +60,7 @@ from lbd.sources.inotify import (
     Inotify,
 )
 from lbd.sources.options import options_table
+from lbd import aio
 
 try:  # the config engineer's public entry point, once it is re-exported there
     from lbd.config import parse_services_document
@@ -124,7 +125,7 @@ class DirectorySource(Source):
             self._emit()
             while True:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.rescan_interval)
+                    await aio.wait_for(self._wake.wait(), self.rescan_interval)
                 except asyncio.TimeoutError:
                     self._ensure_watch()
                     self._rescan(initial=False)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import structlog
+
+from lbd import aio
 from prometheus_client import Counter, Gauge
 
 from lbd.metrics import REGISTRY
@@ -170,7 +172,7 @@ class SourceManager:
 
     async def _report_one(self, name: str, source: Source, results: Mapping[str, ServiceResult]) -> None:
         try:
-            await asyncio.wait_for(source.report(results), self.report_timeout)
+            await aio.wait_for(source.report(results), self.report_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a plugin's report bug must not stop the daemon
