@@ -18,7 +18,10 @@ sees three alive members), the harness:
   ``--interval`` seconds, so a bounded rate);
 - polls, every second, which node holds each VIP (``ip addr`` on every node);
 - optionally drops ``--loss`` percent of gossip packets (UDP and TCP port
-  7946) at the input of every node with nftables ``numgen random``.
+  7946) at the input of every node with nftables ``numgen random``;
+- optionally (``--stall S``, the control experiment) freezes n1's daemon with
+  SIGSTOP for S seconds halfway through: longer than the suspicion timeout,
+  that is a false failover by construction, and the run must FAIL.
 
 At the end it prints the measured CPU utilisation (``/proc/stat``) and each
 daemon's own CPU share, owner changes (the ``lbd_vip_owner_changes_total``
@@ -29,7 +32,8 @@ counters), membership events logged, the client's largest gap per VIP, and
 
     sudo /work/venv/bin/python bench/soak.py --duration 600
     sudo /work/venv/bin/python bench/soak.py --profile fast --duration 180
-    sudo /work/venv/bin/python bench/soak.py --duration 180 --loss 20
+    sudo /work/venv/bin/python bench/soak.py --duration 300 --loss 20
+    sudo /work/venv/bin/python bench/soak.py --duration 60 --stall 2     # control: must FAIL
 
 Exit status: 0 on PASS, 1 on FAIL, 2 when the lab cannot run.
 """
