@@ -82,7 +82,8 @@ NODE_KEYS = ("name", "labels", "state_dir", "control_socket", "drained")
 CLUSTER_KEYS = ("bind", "advertise", "join", "keys_file", "profile", "failback_delay")
 POOL_KEYS = ("name", "addresses", "auto_assign", "avoid_buggy_ips")
 L2_KEYS = ("name", "pools", "interfaces", "node_selector", "mode", "announce_burst", "announce_interval")
-EXPORT_KEYS = ("name", "table", "pools", "protocol", "metric", "interface", "node_selector", "allow_main_table")
+EXPORT_KEYS = ("name", "table", "pools", "protocol", "metric", "interface", "node_selector", "allow_main_table",
+               "accept")
 LOG_KEYS = ("level", "format")
 METRICS_KEYS = ("listen",)
 
@@ -408,6 +409,7 @@ def _route_exports(errors: Errors, doc: dict) -> list[tuple[str, RouteExportConf
         if t.has("interface"):
             interface = check_ifname(errors, t.at("interface"), t.raw("interface")) or "lo"
         node_selector = t.string_map("node_selector")
+        accept = t.string("accept", "address", choices=("address", "local-route"))
         if name is not None and name in seen:
             errors.add(f"route_export[{i}]", f'name: "{name}" is already the name of route_export[{seen[name]}]')
             continue
@@ -416,7 +418,7 @@ def _route_exports(errors: Errors, doc: dict) -> list[tuple[str, RouteExportConf
         seen[name] = i
         out.append((label, RouteExportConfig(
             name=name, table=table if table is not None else 0, pools=pools, protocol=protocol, metric=metric, interface=interface,
-            node_selector=node_selector,
+            node_selector=node_selector, accept=accept or "address",
         )))
     return out
 

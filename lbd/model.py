@@ -130,6 +130,10 @@ class RouteExportConfig:
     metric: int | None = None
     interface: str = "lo"
     node_selector: Mapping[str, str] = field(default_factory=dict)
+    # How the node accepts the VIP's traffic: "address" binds it on ``interface``;
+    # "local-route" installs a ``local`` route instead (no address), for FRR, whose
+    # zebra would otherwise prefer the connected /32 over the exported table route.
+    accept: str = "address"
 
 
 @dataclass(frozen=True)
@@ -316,6 +320,7 @@ class ExportRoute:
     protocol: int
     interface: str
     metric: int | None = None
+    kind: str = "unicast"  # "unicast" (the exported route) or "local" (the node accepts the VIP)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,9 @@ from lbd.model import (
 )
 
 
+RT_TABLE_LOCAL = 255  # the kernel's "local" table: routes that deliver to this host
+
+
 def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """A node selector (match-labels) selects a node when every pair matches."""
     return all(labels.get(key) == value for key, value in selector.items())
@@ -279,7 +282,10 @@ def plan(inp: PlannerInput) -> Plan:
                     continue
                 prefix = ipaddress.ip_network(vip)
                 exports.append(ExportRoute(prefix, ex.table, ex.protocol, ex.interface, ex.metric))
-                local_binds.setdefault(vip, ex.interface)
+                if ex.accept == "local-route":
+                    exports.append(ExportRoute(prefix, RT_TABLE_LOCAL, ex.protocol, ex.interface, kind="local"))
+                else:
+                    local_binds.setdefault(vip, ex.interface)
                 exported = True
             if exported:
                 here = True

@@ -76,6 +76,12 @@ ROUTE_ERRORS = Counter(
 _DEFAULT_METRIC = {4: 0, 6: 1024}
 
 
+RTN_UNICAST, RTN_LOCAL = 1, 2  # rtm_type values (include/uapi/linux/rtnetlink.h)
+RT_TABLE_LOCAL = 255
+RT_SCOPE_HOST = 254
+_KINDS = {"unicast": RTN_UNICAST, "local": RTN_LOCAL}
+
+
 @dataclass(frozen=True)
 class KernelRoute:
     """One route as the kernel identifies it, plus the attributes lbd sets.
@@ -89,6 +95,7 @@ class KernelRoute:
     metric: int
     protocol: int
     ifindex: int
+    kind: int = RTN_UNICAST  # rtm_type: RTN_UNICAST, or RTN_LOCAL for accept = "local-route"
 
     @property
     def key(self) -> tuple[int, IPNetwork, int]:
@@ -141,7 +148,10 @@ def _sort_key(route: KernelRoute) -> tuple[int, int, int, int, int]:
 
 def scopes_of(configs: Iterable[RouteExportConfig]) -> set[tuple[int, int]]:
     """The (table, protocol) pairs lbd owns for the given ``[[route_export]]`` sections."""
-    return {(c.table, c.protocol) for c in configs}
+    scopes = {(c.table, c.protocol) for c in configs}
+    # accept = "local-route": lbd's local routes in the kernel's local table are its own too.
+    scopes |= {(RT_TABLE_LOCAL, c.protocol) for c in configs if c.accept == "local-route"}
+    return scopes
 
 
 @dataclass
@@ -255,6 +265,7 @@ class RouteExporter:
                     metric=effective_metric(r.prefix, r.metric),
                     protocol=r.protocol,
                     ifindex=ifindex,
+                    kind=_KINDS.get(r.kind, RTN_UNICAST),
                 )
             )
         for name in sorted(missing - self._status.missing_interfaces):
@@ -304,6 +315,10 @@ class RouteExporter:
             "proto": route.protocol,
             "priority": route.metric,
         }
+        # The type on delete too: pyroute2 would default it to unicast, which matches no local route.
+        kwargs["type"] = route.kind
+        if route.kind == RTN_LOCAL:
+            kwargs["scope"] = RT_SCOPE_HOST  # the kernel refuses a local route of wider scope
         if op != "del":
             kwargs["oif"] = route.ifindex
         try:
@@ -394,4 +409,5 @@ def _parse_route(msg: Mapping[str, Any] | Any) -> KernelRoute | None:
         metric=effective_metric(prefix, metric),
         protocol=int(msg["proto"]),
         ifindex=int(oif) if oif is not None else 0,
+        kind=int(msg.get("type", RTN_UNICAST)),
     )

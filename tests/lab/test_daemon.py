@@ -332,3 +332,35 @@ def test_pool_edit_reallocates_with_a_warning(net, tmp_path):
         assert warnings and warnings[0]["level"] == "warning" and "10.77.0.48" in warnings[0]["change"]
     finally:
         lbd.stop()
+
+
+def test_route_export_with_local_route_accepts_traffic_without_an_address(net, tmp_path):
+    """accept = "local-route" (for FRR): the node takes the VIP's traffic through a local route."""
+    lab, node, client = net
+    client.run("ip route add 10.88.0.0/24 via 10.77.0.2")  # what the gateway would learn by BGP
+    lbd = LbdNode(node, tmp_path, """
+[[pool]]
+name = "routed"
+addresses = ["10.88.0.0/24"]
+
+[[route_export]]
+name = "frr"
+pools = ["routed"]
+table = 200
+accept = "local-route"
+
+[[service]]
+name = "a"
+pool = "routed"
+addresses = ["10.88.0.5"]
+""", name="node1").start()
+    try:
+        wait_for(lambda: "10.88.0.5 dev lo proto 252" in node.run("ip route show table 200", check=False).stdout, 15,
+                 what="the exported route")
+        assert "local 10.88.0.5 dev lo proto 252 scope host" in node.run("ip route show table local").stdout
+        assert "10.88.0.5" not in node.run("ip -br addr show dev lo").stdout
+        client.run("ping -c1 -W3 10.88.0.5")  # the node answers for the VIP
+    finally:
+        lbd.stop()
+    assert "proto 252" not in node.run("ip route show table local").stdout
+    assert client.run("ping -c1 -W1 10.88.0.5", check=False).returncode != 0

@@ -137,19 +137,22 @@ def test_route_export_through_node_frr(lab):
     # FRR 8's zebra redistributes only the routes it selects, and a VIP bound as an
     # address on lo is a connected route (distance 0) that beats the imported table
     # route (distance 15). So with FRR the node accepts the VIP through a local
-    # route (AnyIP) instead of an address; see docs/route-export.md.
+    # route (AnyIP) that lbd installs (accept = "local-route"), not an address.
     node.run(f"ip addr del {VIP4} dev lo")
-    node.run(f"ip route add local {VIP4} dev lo table local")
     router_bird = router_peer(router)
     spec = PeerSpec(asn=NODE_AS, router_id="10.77.0.2", install_kernel=True,
                     neighbors=[Neighbor("10.77.0.1", ROUTER_AS, passive=False, graceful_restart=False)])
     FrrPeer(node, spec, extra_bgp=NODE_FRR_BGP, extra_zebra=NODE_FRR_ZEBRA).start()
     router_bird.wait_established("10.77.0.2")
-    exporter = RouteExporter.from_configs([RouteExportConfig(name="calico", table=FRR_TABLE)], netns=node.netns)
+    config = RouteExportConfig(name="calico", table=FRR_TABLE, accept="local-route")
+    exporter = RouteExporter.from_configs([config], netns=node.netns)
+    local = ExportRoute(ipaddress.ip_network(VIP4), 255, config.protocol, "lo", kind="local")
 
-    asyncio.run(exporter.apply(routes(VIP4, table=FRR_TABLE)))
+    asyncio.run(exporter.apply(routes(VIP4, table=FRR_TABLE) + [local]))
+    assert f"local {VIP4.split('/')[0]} dev lo proto 252" in node.run("ip route show table local").stdout
     got = router_bird.wait_routes(lambda rs: VIP4 in rs, timeout=30, what="VIP at the router via FRR")
     assert got[VIP4].next_hops == ("10.77.0.2",)
     client.run("ping -c1 -W3 10.77.100.10")
     asyncio.run(exporter.close())
     router_bird.wait_routes(lambda rs: VIP4 not in rs, timeout=30, what="VIP withdrawn via FRR")
+    assert "proto 252" not in node.run("ip route show table local").stdout

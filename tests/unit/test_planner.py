@@ -239,3 +239,11 @@ def test_after_a_heal_the_best_ranked_holder_wins_before_failback():
               for n in order}
     assert owners == {order[1]}
     assert not run(order[2], members, [alloc("s", vip)], cfg, now=1000.0, eligible_since=since).l2
+
+
+def test_route_export_local_route_accepts_without_an_address():
+    cfg = config(l2_advertisements=(), route_exports=(RouteExportConfig(name="frr", table=200, accept="local-route"),))
+    result = run("n1", [member("n1")], [alloc("a", "10.42.0.1")], cfg)
+    assert [(str(r.prefix), r.table, r.kind) for r in result.exports] == [("10.42.0.1/32", 200, "unicast"),
+                                                                          ("10.42.0.1/32", 255, "local")]
+    assert result.l2 == ()  # nothing bound: the local route delivers the traffic
