@@ -546,7 +546,7 @@ class Swim:
     def stream_error(self, exc: GossipError) -> bytes:
         """Count a bad inbound stream and build the ``err`` reply memberlist sends."""
         text = str(exc)
-        if "decrypt" in text or "not encrypted" in text:
+        if _is_crypto_error(text):
             self.stats.decrypt_failures += 1
             m.DECRYPT_FAILURES.inc()
         else:
@@ -594,6 +594,11 @@ class Swim:
         msg = reply.message
         if isinstance(msg, wire.Err):
             self.log.warning("stream_error_reply", peer=f"{st.addr[0]}:{st.addr[1]}", error=msg.error)
+            if _is_crypto_error(msg.error):
+                # The peer could not read us (another key, or one side plaintext): the
+                # application must know, so that it does not start a cluster of its own.
+                self.stats.decrypt_failures += 1
+                m.DECRYPT_FAILURES.inc()
             return False
         if st.kind in ("join", "push_pull") and isinstance(msg, wire.PushPull):
             self._count(self.stats.received, m.RECEIVED, wire.MsgType.PUSH_PULL)
@@ -1053,3 +1058,9 @@ class Swim:
         self.stats.refutes += 1
         m.REFUTES.inc()
         self._broadcast(self.name, wire.Alive(inc, self.name, self._addr, self._port, me.meta, self.vsn))
+
+
+def _is_crypto_error(text: str) -> bool:
+    """An error about keys: a failed decryption, or plaintext where encryption was expected
+    (or the reverse), in memberlist's wording or ours."""
+    return "crypt" in text.lower()  # "decrypt", "encrypted", "not encrypted"

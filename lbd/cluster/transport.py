@@ -418,7 +418,7 @@ class Gossip:
             reply = await aio.wait_for(exchange(), timeout)
             self._finish_stream(req.id, reply)
         except GossipError as exc:
-            if "decrypt" in str(exc):
+            if "crypt" in str(exc).lower():  # decryption failed, or plaintext against keys
                 core.stats.decrypt_failures += 1
                 m.DECRYPT_FAILURES.inc()
             self.log.info("stream_reply_bad", kind=req.kind, peer=f"{req.addr[0]}:{req.addr[1]}", error=str(exc),

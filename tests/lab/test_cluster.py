@@ -574,7 +574,8 @@ table inet lbdloss {{
 
 # -- 6. encryption -------------------------------------------------------------
 
-def test_encrypted_cluster_keeps_out_a_wrong_key(lab, tmp_path):
+@pytest.mark.parametrize("intruder", ["wrong-key", "plaintext"])
+def test_encrypted_cluster_keeps_out_a_wrong_key(lab, tmp_path, intruder):
     lbd_bin = Path(sys.executable).parent / "lbd"
     good = subprocess.run([str(lbd_bin), "keygen"], capture_output=True, text=True, check=True).stdout.strip()
     bad = subprocess.run([str(lbd_bin), "keygen"], capture_output=True, text=True, check=True).stdout.strip()
@@ -586,7 +587,8 @@ def test_encrypted_cluster_keeps_out_a_wrong_key(lab, tmp_path):
     client = lab.add_host("client", [f"{CLIENT}/24"])
     nodes = {
         n: LbdNode(hosts[n], tmp_path, node_config(
-            n, SIX, cluster_extra=f'keys_file = "{tmp_path / ("bad.json" if n == "n3" else "good.json")}"'), name=n)
+            n, SIX, cluster_extra="" if (n == "n3" and intruder == "plaintext") else
+            f'keys_file = "{tmp_path / ("bad.json" if n == "n3" else "good.json")}"'), name=n)
         for n in NODES
     }
     cluster = Cluster(lab, hosts, nodes, client, SIX)
