@@ -471,7 +471,8 @@ class LbdSystem(System):
         if result.returncode != 0 or "--config" not in text:
             raise NotReady(f"`python -m lbd run --help` exited {result.returncode}: {text.strip()[-300:]}")
 
-    def config_text(self, node: str, base: Path) -> str:
+    def cluster_text(self, node: str, base: Path, log_level: str = "info") -> str:
+        """The [node], [cluster] and [log] sections of ``node``'s config."""
         others = [f'"{addr}:{GOSSIP_PORT}"' for name, addr in NODES.items() if name != node]
         return (
             "[node]\n"
@@ -484,9 +485,14 @@ class LbdSystem(System):
             f'profile = "{self.profile}"\n'
             f"failback_delay = {self.failback_delay:g}\n"
             "\n[log]\n"
-            'level = "info"\n'
+            f'level = "{log_level}"\n'
             'format = "json"\n'
-            "\n[[pool]]\n"
+        )
+
+    def config_text(self, node: str, base: Path) -> str:
+        return (
+            self.cluster_text(node, base)
+            + "\n[[pool]]\n"
             'name = "p"\n'
             f'addresses = ["{VIP}/32"]\n'
             "\n[[l2_advertisement]]\n"

@@ -118,21 +118,9 @@ class SoakLbd(LbdSystem):
         self.name = f"soak-{self.name}"
 
     def config_text(self, node: str, base: Path) -> str:
-        others = [f'"{addr}:{GOSSIP_PORT}"' for name, addr in NODES.items() if name != node]
         text = (
-            "[node]\n"
-            f'name = "{node}"\n'
-            f'state_dir = "{base / node / "state"}"\n'
-            f'control_socket = "{self.socket(node)}"\n'
-            "\n[cluster]\n"
-            f'bind = "{NODES[node]}:{GOSSIP_PORT}"\n'
-            f"join = [{', '.join(others)}]\n"
-            f'profile = "{self.profile}"\n'
-            f"failback_delay = {self.failback_delay:g}\n"
-            "\n[log]\n"
-            f'level = "{self.log_level}"\n'
-            'format = "json"\n'
-            "\n[metrics]\n"
+            self.cluster_text(node, base, self.log_level)
+            + "\n[metrics]\n"
             f'listen = "127.0.0.1:{METRICS_PORT}"\n'
             "\n[[pool]]\n"
             'name = "p"\n'
