@@ -22,6 +22,10 @@ Failure policy.
   ``save`` can never overwrite the evidence, and an operator can restore it.
   If it cannot be moved aside, ``load`` raises ``StateError``: starting empty
   and later saving would destroy it.
+* Not a regular file (a FIFO, a device, a directory, a symlink: lbd only ever
+  renames a regular file into place): never opened in a way that could block
+  (``lbd.safefile``), and moved aside like a corrupt file, with the reason
+  ("not a regular file: it is a FIFO (named pipe)").
 * A file written by a newer lbd (``version`` above ``FORMAT_VERSION``) is not
   corrupt: ``load`` raises ``StateError`` and leaves the file alone, so a
   downgrade never silently drops allocations.
@@ -43,6 +47,7 @@ from pathlib import Path
 import structlog
 
 from lbd.model import Allocation, IPAddress
+from lbd.safefile import NotRegularFileError, read_regular_file
 
 __all__ = [
     "FORMAT_VERSION",
@@ -213,10 +218,13 @@ class StateStore:
         """The saved state; empty if there is none or it was corrupt (moved aside)."""
         self._remove_temp_files()
         try:
-            with open(self.path, "rb") as f:
-                data = f.read(_MAX_BYTES + 1)
+            # Not open(): a FIFO (or a symlink to one) in its place would block start-up forever.
+            # The daemon only ever puts a regular file here (rename), so a symlink is refused too.
+            data, _ = read_regular_file(self.path, _MAX_BYTES, follow_symlinks=False)
         except FileNotFoundError:
             return PersistedState()
+        except NotRegularFileError as exc:
+            return self._set_aside(str(exc.strerror))
         except OSError as exc:
             return self._set_aside(f"unreadable: {exc}")
         if len(data) > _MAX_BYTES:

@@ -23,6 +23,8 @@ Never read a half-written file as a deletion:
   "gone" then "written" for the same name, which nets to a re-read;
 - temporary names are ignored: dotfiles (``.web.toml.swp``, ``.#web.toml``),
   backups (``web.toml~``), and anything not ending in ``.toml``;
+- only regular files are opened, never blocking (``lbd.safefile``): a FIFO,
+  device or directory named like a drop-in is an error, like a bad file;
 - a file that does not parse keeps its last good services, and the error
   (path, key, what) is reported: the source shows degraded;
 - the periodic rescan (for missed events) reads only files whose stat changed,
@@ -60,6 +62,7 @@ from lbd.sources.inotify import (
     Inotify,
 )
 from lbd.sources.options import options_table
+from lbd.safefile import NotRegularFileError, read_regular_file
 from lbd import aio
 
 try:  # the config engineer's public entry point, once it is re-exported there
@@ -218,9 +221,12 @@ class DirectorySource(Source):
                 st = entry.stat()
             except OSError:
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
             present.add(entry.name)
+            if not stat.S_ISREG(st.st_mode):
+                # A FIFO, device or directory named like a drop-in: an error, the same
+                # whichever path (inotify or rescan) finds it; its last good services stay.
+                self._load(entry.name, Path(entry.path))
+                continue
             sig = (st.st_ino, st.st_size, st.st_mtime_ns)
             known = self.files.get(entry.name)
             if known is not None and known.signature == sig:
@@ -243,13 +249,15 @@ class DirectorySource(Source):
     def _load(self, name: str, path: Path) -> None:
         entry = self.files.setdefault(name, _File())
         try:
-            with open(path, "rb") as fh:
-                st = os.fstat(fh.fileno())
-                if not stat.S_ISREG(st.st_mode):
-                    return
-                data = fh.read(16 * 1024 * 1024 + 1)
+            # Never a plain open(): a drop-in that is (or links to) a FIFO would block the
+            # event loop, a device may never end. Symlinks are followed (documented usage).
+            data, st = read_regular_file(path, 16 * 1024 * 1024)
         except FileNotFoundError:
             self._forget(name)
+            return
+        except NotRegularFileError as exc:
+            entry.signature = None
+            entry.errors = [f"{path}: {exc.strerror}; ignored (keeping its last good services)"]
             return
         except OSError as exc:
             entry.errors = [f"{path}: cannot read: {exc.strerror or exc}"]
