@@ -94,3 +94,159 @@ def test_render_status_shows_reasons():
                       "reason": 'pool "lan" is exhausted'}],
     })
     assert "lan   1/16" in text and 'pool "lan" is exhausted' in text and "pending" in text
+
+
+# -- limits: depth, size, time, connections (issue 10) -------------------------
+
+
+def test_json_depth_ignores_brackets_in_strings():
+    from lbd.control import json_depth
+
+    assert json_depth(b'{"command": "status"}') == 1
+    assert json_depth(b'{"a": [[{"b": "[[[[{{{{"}]]]}') == 4
+    assert json_depth(b'{"a": "\\\\", "b": [1]}') == 2  # an escaped backslash ends no string
+
+
+@pytest.mark.parametrize("line", [
+    b"[" * 100_000,
+    b"[" * 60_000 + b"]" * 60_000,
+    b'{"command": "status", "args": {"x": ' + b"[" * 5_000 + b"]" * 5_000 + b"}}",
+    b"{\"a\":" * 3_000 + b"1" + b"}" * 3_000,
+])
+def test_nesting_bomb_is_one_control_error(line):
+    with pytest.raises(ControlError, match="^request nested deeper than 32 levels$"):
+        parse_request(line)
+
+
+def test_nesting_at_the_limit_is_parsed():
+    ok = b'{"command": "status", "args": {"x": ' + b"[" * 30 + b"]" * 30 + b"}}"
+    assert parse_request(ok)[0] == "status"
+
+
+def _fd_count() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _raw_client(path, payload: bytes, rcvbuf: int = 4096):
+    import socket
+
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, str(path))
+    if payload:
+        await loop.sock_sendall(sock, payload)
+    return sock
+
+
+async def _until(pred, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        assert loop.time() < deadline, "not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_clients_that_never_read_are_released(tmp_path):
+    big = "x" * (512 * 1024)  # far more than a socket buffer: the flush blocks on a client that does not read
+
+    async def status(args):
+        return big
+
+    path = tmp_path / "lbd.sock"
+    server = ControlServer(path, {"status": status}, max_connections=16, request_timeout=0.5, send_timeout=0.5)
+    await server.start()
+    clients = []
+    try:
+        baseline = _fd_count()
+        for _ in range(100):
+            clients.append(await _raw_client(path, b'{"command": "status"}\n'))
+        # Every server-side connection goes away within the deadlines; only our 100 client sockets remain.
+        released = lambda: server.connections == 0 and _fd_count() == baseline + len(clients)  # noqa: E731
+        await _until(released, timeout=10)
+        await asyncio.sleep(1.5)  # longer than both deadlines: nothing was still waiting in the accept queue
+        assert released()
+        # The daemon still answers a well-behaved client.
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, request, path, "status") == big
+        # What a non-reading client gets in the end: a cut-off stream or the "too many" line, then EOF.
+        import socket
+
+        refused = 0
+        for sock in clients:
+            sock.setblocking(True)
+            sock.settimeout(5)
+            data = b""
+            try:
+                while chunk := sock.recv(1 << 16):
+                    data += chunk
+            except ConnectionResetError:
+                pass
+            if b"too many control connections (limit 16)" in data:
+                refused += 1
+            else:
+                assert len(data) < len(big), "a client that did not read got the whole answer"
+        assert refused >= 100 - 16 - 16  # at most 16 at a time (some end before the next arrive)
+    finally:
+        for sock in clients:
+            sock.close()
+        await server.close()
+
+
+async def test_slow_and_idle_clients_are_cut_at_the_request_deadline(tmp_path):
+    async def status(args):
+        return "ok"
+
+    path = tmp_path / "lbd.sock"
+    server = ControlServer(path, {"status": status}, request_timeout=0.5, send_timeout=0.5)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    try:
+        idle = await _raw_client(path, b"")
+        trickle = await _raw_client(path, b"")
+        t0 = loop.time()
+        for ch in b'{"command": "stat':  # a byte every 50 ms: never a whole line within 0.5 s
+            await loop.sock_sendall(trickle, bytes([ch]))
+            await asyncio.sleep(0.05)
+            if server.connections == 0:
+                break
+        await _until(lambda: server.connections == 0, timeout=5)
+        assert loop.time() - t0 < 3
+        for sock in (idle, trickle):
+            assert await aio_recv_all(sock) == b""
+            sock.close()
+    finally:
+        await server.close()
+
+
+async def aio_recv_all(sock, line: bool = False) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = b""
+    while chunk := await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 5):
+        data += chunk
+        if line and data.endswith(b"\n"):
+            break
+    return data
+
+
+async def test_oversized_request_and_nesting_bomb_on_the_wire(tmp_path):
+    async def status(args):
+        return "ok"
+
+    path = tmp_path / "lbd.sock"
+    server = ControlServer(path, {"status": status})
+    await server.start()
+    try:
+        sock = await _raw_client(path, b"[" * 60_000 + b"\n", rcvbuf=1 << 16)
+        answer = json.loads(await aio_recv_all(sock, line=True))
+        assert answer == {"ok": False, "error": "request nested deeper than 32 levels"}
+        sock.close()
+        sock = await _raw_client(path, b"x" * 70_000 + b"\n", rcvbuf=1 << 16)
+        answer = json.loads(await aio_recv_all(sock))
+        assert answer == {"ok": False, "error": "request longer than 65536 bytes"}
+        sock.close()
+    finally:
+        await server.close()
