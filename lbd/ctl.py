@@ -77,20 +77,57 @@ def render_members(members: list[dict[str, Any]]) -> str:
     return _table(rows, ("NAME", "ADDRESS", "STATE", "INCARNATION", "LAST CHANGE", "DRAINED"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# The subcommands and their help. To add one, add a line here (and its answer's
+# rendering in main); give it its own options through the parser build_parser returns.
+COMMANDS: dict[str, str] = {
+    "status": "node, pools, services, owners and reasons",
+    "bgp": "BGP sessions",
+    "members": "cluster members",
+    "drain": "move every VIP off this node",
+    "undrain": "let this node own VIPs again",
+    "reload": "reload the configuration (like SIGHUP)",
+    "restart": "stop for a restart (like SIGUSR2): BGP graceful restart, VIPs kept",
+}
+
+
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``--socket`` and ``--json``, on the main parser (with defaults) and on every subcommand.
+
+    On a subcommand the defaults are SUPPRESSed, so that an option given before
+    the subcommand is not reset by the subcommand's parser: ``lbd-ctl --json
+    status`` and ``lbd-ctl status --json`` mean the same.
+    """
+    suppress = argparse.SUPPRESS
+    parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET if defaults else suppress,
+                        help=f"control socket (default {DEFAULT_SOCKET})")
+    parser.add_argument("--json", action="store_true", default=False if defaults else suppress,
+                        help="print the raw JSON answer")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The lbd-ctl parser and each subcommand's parser (to add options to one command)."""
     parser = argparse.ArgumentParser(prog="lbd-ctl", description="Query and steer a running lbd.")
-    parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET, help=f"control socket (default {DEFAULT_SOCKET})")
-    parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("status", help="node, pools, services, owners and reasons")
-    sub.add_parser("bgp", help="BGP sessions")
-    sub.add_parser("members", help="cluster members")
-    sub.add_parser("drain", help="move every VIP off this node")
-    sub.add_parser("undrain", help="let this node own VIPs again")
-    sub.add_parser("reload", help="reload the configuration (like SIGHUP)")
-    sub.add_parser("restart", help="stop for a restart (like SIGUSR2): BGP graceful restart, VIPs kept")
+    _global_options(parser, defaults=True)
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    commands = {}
+    for name, help_text in COMMANDS.items():
+        commands[name] = sub.add_parser(name, help=help_text, description=help_text)
+        _global_options(commands[name], defaults=False)
+    return parser, commands
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse lbd-ctl's command line; no command means ``status``."""
+    parser, _ = build_parser()
     args = parser.parse_args(argv)
-    command = args.command or "status"
+    if args.command is None:
+        args.command = "status"
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = args.command
     try:
         result = request(args.socket, command)
     except FileNotFoundError:
