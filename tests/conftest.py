@@ -10,6 +10,14 @@ import pytest
 
 from lbd.netlab import Lab, require_binary  # noqa: F401 - re-exported for old imports
 
+# Under LBD_REQUIRE_ALL=1 (make test, CI) every skip is a failure: see lbd/pytest_require_all.py.
+from lbd.pytest_require_all import (  # noqa: F401 - hooks, found by pytest in this module's namespace
+    pytest_collectreport,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
+
 
 def _lab_unavailable() -> str | None:
     if os.geteuid() != 0:
