@@ -7,6 +7,7 @@
     name = "dropins"
     path = "/etc/lbd/services.d"
     rescan_interval = 5   # seconds; the safety net behind inotify
+    allow_exec = false    # exec health checks from a directory others can write
 
 Each file is validated with the main config's rules and messages
 (``lbd.config_service.parse_services_document``). Service names are
@@ -30,6 +31,10 @@ Never read a half-written file as a deletion:
 - the periodic rescan (for missed events) reads only files whose stat changed,
   that have been left alone for ``settle`` seconds and that did not change
   since the previous rescan, so it cannot catch a ``cp`` mid-copy.
+
+An ``exec`` health check runs a command as root: it is refused (the file is
+treated as invalid) unless the directory and file are root's and not writable
+by group or others, or the source sets ``allow_exec = true``.
 
 Removing the directory itself withdraws nothing (reported as an error): remove
 the files to withdraw services.
@@ -71,7 +76,21 @@ except ImportError:  # pragma: no cover - depends on what lbd.config exports
     from lbd.config_service import parse_services_document
 
 WATCH_MASK = IN_CREATE | IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
-OPTION_KEYS = ("path", "rescan_interval", "settle")
+OPTION_KEYS = ("path", "rescan_interval", "settle", "allow_exec")
+
+
+def ownership_problem(path: str | os.PathLike[str], st: os.stat_result, euid: int) -> str | None:
+    """Why ``path`` (with stat ``st``) could be changed by someone other than root, or None.
+
+    Whoever can write a drop-in with an ``exec`` health check runs a command as
+    lbd's user (root): the drop-in, and the directories it sits in, must be
+    owned by root (or lbd's own user) and not writable by group or others.
+    """
+    if st.st_uid not in (0, euid):
+        return f"{path} is owned by uid {st.st_uid}, not root"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
 
 
 def is_candidate(name: str) -> bool:
@@ -97,6 +116,7 @@ class DirectorySource(Source):
             t.error("path", f"{path!r} must be an absolute path")
         t.seconds("rescan_interval", 5.0, positive=True, hi=3600)
         t.seconds("settle", 1.0, hi=60)
+        t.boolean("allow_exec", False)
         return errors.messages()
 
     def __init__(self, config, context) -> None:
@@ -104,6 +124,7 @@ class DirectorySource(Source):
         self.path = Path(str(config.options["path"]))
         self.rescan_interval = float(config.options.get("rescan_interval", 5.0))  # type: ignore[arg-type]
         self.settle = float(config.options.get("settle", 1.0))  # type: ignore[arg-type]
+        self.allow_exec = config.options.get("allow_exec", False) is True
         self.files: dict[str, _File] = {}
         self._pending: dict[str, str] = {}  # name -> "write" | "gone"
         self._full_rescan = False
@@ -275,6 +296,8 @@ class DirectorySource(Source):
             entry.errors = [f"{path}: {exc}"]
             return
         services, errors = parse_services_document(doc, str(path), "")
+        if not errors:
+            errors = self._refuse_exec(path, st, services)
         if errors:
             entry.errors = list(errors)
             self.log.warning("dropin_invalid", file=str(path), errors=errors,
@@ -283,6 +306,34 @@ class DirectorySource(Source):
         entry.services = list(services)
         entry.errors = []
         self.log.info("dropin_loaded", file=str(path), services=len(services))
+
+    def _refuse_exec(self, path: Path, st: os.stat_result, services: list[ServiceSpec]) -> list[str]:
+        """Errors for ``exec`` health checks from a drop-in others could have written.
+
+        Refused (the file is treated as invalid: its last good services stay,
+        the source shows degraded) unless ``allow_exec = true``.
+        """
+        execs = [spec.name for spec in services if spec.health_check is not None and spec.health_check.type == "exec"]
+        if not execs or self.allow_exec:
+            return []
+        euid = os.geteuid()
+        problem = ownership_problem(path, st, euid)  # the file itself (st: after symlinks)
+        dirs = [self.path]
+        real_dir = Path(os.path.realpath(path)).parent
+        if real_dir != Path(os.path.realpath(self.path)):
+            dirs.append(real_dir)  # a symlinked drop-in: where its target lives counts too
+        for d in dirs:
+            if problem is not None:
+                break
+            try:
+                problem = ownership_problem(d, os.stat(d), euid)
+            except OSError as exc:
+                problem = f"{d}: cannot check its owner: {exc.strerror or exc}"
+        if problem is None:
+            return []
+        return [f'{path}: service "{name}": health_check.type: "exec" refused: {problem}; '
+                f'exec checks from drop-ins need root-owned files and directories not writable by group '
+                f'or others, or allow_exec = true on [[source]] "{self.config.name}"' for name in execs]
 
     # -- output -----------------------------------------------------------
 
