@@ -241,3 +241,22 @@ def test_inotify_decode_fuzz(data: bytes):
         parse_events(data)
     except InotifyDecodeError:
         pass
+
+
+async def test_a_broken_file_does_not_freeze_the_other_files(tmp_path: Path):
+    # Each file is its own unit: a.toml broken keeps a.toml's last good services, and a change
+    # to b.toml still goes through (a snapshot frozen on any error would withhold it).
+    (tmp_path / "a.toml").write_text(WEB)
+    (tmp_path / "b.toml").write_text(API)
+    h = Harness(tmp_path, rescan_interval=60)
+    h.start()
+    await h.until(lambda: h.last == ["api", "web"] and h.error is None)
+    atomic_write(tmp_path / "a.toml", "this is [not toml")
+    await h.until(lambda: h.error is not None and "a.toml" in h.error, timeout=1.5)
+    atomic_write(tmp_path / "b.toml", API.replace("10.77.1.5", "10.77.1.6"))
+    await h.until(lambda: h.spec("api") is not None and str(h.spec("api").addresses[0]) == "10.77.1.6", timeout=1.5)
+    assert h.spec("web") is not None and h.spec("web").pool == "p", "the broken file's last good version stays"
+    atomic_write(tmp_path / "c.toml", WEB.replace('"web"', '"new"'))  # a new file goes through too
+    await h.until(lambda: h.last == ["api", "new", "web"], timeout=1.5)
+    assert "a.toml" in (h.error or "")
+    await h.stop()
