@@ -62,17 +62,25 @@ def ghost_spec(allocation: Allocation) -> ServiceSpec:
     )
 
 
+def restored_state(persisted: PersistedState, config: Config) -> tuple[dict[str, Allocation], bool, dict[str, object]]:
+    """What the daemon starts from: ``(allocations, drained, extra)``.
+
+    The persisted allocations are the allocator's ``previous`` on the first pass:
+    forgetting them would let every service get a new address at each restart
+    (the first free one of its pool) instead of keeping its own. Drained by
+    ``lbd-ctl drain`` (persisted) or by ``[node] drained = true`` in the config.
+    """
+    return dict(persisted.allocations), persisted.drained or config.node.drained, dict(persisted.extra)
+
+
 class Daemon:
     def __init__(self, config: Config, membership: Membership | None = None) -> None:
         self.config = config
         self.started = time.time()
         self.notifier = Notifier()
         self.store = StateStore(config.node.state_dir)
-        persisted = self.store.load()
-        self.allocations: dict[str, Allocation] = dict(persisted.allocations)
-        # Drained by `lbd-ctl drain` (persisted) or by `[node] drained = true` in the config.
-        self.drained = persisted.drained or config.node.drained
-        self.extra_state: dict[str, object] = dict(persisted.extra)
+        self.allocations: dict[str, Allocation]
+        self.allocations, self.drained, self.extra_state = restored_state(self.store.load(), config)
         self.pending: dict[str, str] = {}
         self.plan = Plan()
         self.services: dict[str, ServiceSpec] = {}
