@@ -87,6 +87,8 @@ def parse_request(line: bytes, max_depth: int = MAX_DEPTH) -> tuple[str, Mapping
         request = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ControlError(f"request is not JSON: {exc}") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits (CPython's int limit)
+        raise ControlError(f"request is not usable JSON: {exc}") from None
     except RecursionError:  # belt and braces: the depth check above should make this unreachable
         raise ControlError(f"request nested deeper than {max_depth} levels") from None
     if not isinstance(request, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, strategies as st
@@ -250,3 +251,41 @@ async def test_oversized_request_and_nesting_bomb_on_the_wire(tmp_path):
         sock.close()
     finally:
         await server.close()
+
+
+CORPUS = sorted((Path(__file__).parent / "fixtures" / "corpus" / "control").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.name)
+async def test_corpus_is_answered_with_a_precise_error_or_parsed(path):
+    # Malformed requests found by hand and by fuzzing (issue 10); each must give a ControlError or
+    # parse, and over the server an "ok": false line, never "internal error".
+    data = path.read_bytes()
+    try:
+        command, args = parse_request(data)
+        assert isinstance(command, str) and isinstance(args, dict)
+    except ControlError:
+        pass
+
+    async def status(args):
+        return "ok"
+
+    answer = await ControlServer(Path("/nonexistent"), {"status": status}).dispatch(data)
+    assert "internal error" not in str(answer.get("error", "")), answer
+
+
+def test_corpus_is_there():
+    assert len(CORPUS) >= 15
+
+
+JSONISH = st.lists(st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b",", b":", b"1", b"1" * 4400,
+                                    b'"command"', b'"status"', b'"args"', b"\xff"]), max_size=400).map(b"".join)
+
+
+@given(JSONISH)
+def test_parse_request_fuzz_jsonish(data):
+    try:
+        command, args = parse_request(data)
+    except ControlError:
+        return
+    assert isinstance(command, str) and command and isinstance(args, dict)
