@@ -13,8 +13,29 @@ from lbd.control import ControlError, request
 DEFAULT_SOCKET = Path("/run/lbd/lbd.sock")
 
 
+def printable(value: object, *, newlines: bool = False) -> str:
+    """``value`` as text safe for a terminal: control and format characters escaped.
+
+    Member names, peer errors and other strings come from the network (gossip,
+    BGP, Kubernetes): an ESC sequence or a NUL in one must not reach the
+    operator's terminal as such (it could rewrite the screen or hide a line).
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or (newlines and ch == "\n"):
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    cells = [list(map(str, header))] + [["-" if c is None or c == "" else str(c) for c in row] for row in rows]
+    cells = [list(map(str, header))] + [["-" if c is None or c == "" else printable(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = []
     for row in cells:
@@ -31,10 +52,10 @@ def _usage(family: dict[str, Any] | None) -> str:
 def render_status(status: dict[str, Any]) -> str:
     out = []
     drained = " (drained)" if status.get("drained") else ""
-    out.append(f"node {status.get('node')}{drained}, lbd {status.get('version')}, config {status.get('config')}")
+    out.append(printable(f"node {status.get('node')}{drained}, lbd {status.get('version')}, config {status.get('config')}"))
     if status.get("reload_error"):
         out.append("last reload REJECTED, running config kept:")
-        out.extend(f"  {e}" for e in status["reload_error"])
+        out.extend(f"  {printable(e)}" for e in status["reload_error"])
     out.append("")
     pools = status.get("pools", [])
     out.append(_table([(p["name"], _usage(p.get("ipv4")), _usage(p.get("ipv6"))) for p in pools],
@@ -52,7 +73,7 @@ def render_status(status: dict[str, Any]) -> str:
         out.append("no services")
     for source in status.get("sources", []):
         if source.get("state") not in (None, "ok"):
-            out.append(f"source {source.get('name')}: {source.get('state')}: {source.get('last_error')}")
+            out.append(printable(f"source {source.get('name')}: {source.get('state')}: {source.get('last_error')}"))
     return "\n".join(out)
 
 
@@ -140,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lbd-ctl: permission denied on {args.socket} (run as root or a member of its group)", file=sys.stderr)
         return 4
     except ControlError as exc:
-        print(f"lbd-ctl: {command}: {exc}", file=sys.stderr)
+        print(f"lbd-ctl: {command}: {printable(exc, newlines=True)}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"lbd-ctl: cannot talk to lbd on {args.socket}: {exc}", file=sys.stderr)
@@ -154,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif command == "members":
         print(render_members(result))
     else:
-        print(result if isinstance(result, str) else json.dumps(result, default=str))
+        print(printable(result, newlines=True) if isinstance(result, str) else json.dumps(result, default=str))
     return 0
 
 

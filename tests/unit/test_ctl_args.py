@@ -76,3 +76,22 @@ def test_hostile_argv_parses_or_is_a_usage_error(argv):
         assert exc.code in (0, 2)  # -h prints help and exits 0; anything else is a usage error
         return
     assert args.command in COMMANDS and isinstance(args.json, bool) and isinstance(args.socket, Path)
+
+
+def test_peer_supplied_strings_are_escaped_before_the_terminal():
+    from lbd.ctl import printable, render_bgp, render_members, render_status
+
+    assert printable("web-1 é") == "web-1 é"
+    assert printable("a\x1b[2Jb\x00c\x7f") == "a\\x1b[2Jb\\x00c\\x7f"
+    assert printable("rtl\u202eevil\u2028") == "rtl\\u202eevil\\u2028"
+    assert printable("two\nlines") == "two\\x0alines"
+    assert printable("two\nlines", newlines=True) == "two\nlines"
+    members = render_members([{"name": "evil\x1b]0;owned\x07", "address": "10.77.0.1:7946", "state": "alive",
+                                "incarnation": 1, "last_change": None}])
+    assert "\x1b" not in members and "\x07" not in members and "evil\\x1b]0;owned\\x07" in members
+    bgp = render_bgp([{"name": "p", "address": "10.77.0.1", "state": "Idle", "last_error": "NOTIFICATION \x1b[31m"}])
+    assert "\x1b" not in bgp
+    status = render_status({"node": "n\x1b", "pools": [], "services": [],
+                            "sources": [{"name": "k8s", "state": "degraded", "last_error": "bad\x1b[0m"}],
+                            "reload_error": ["x\x00"]})
+    assert not any(ch in status for ch in "\x1b\x00")
