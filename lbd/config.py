@@ -112,13 +112,20 @@ class ConfigError(ValueError):
         super().__init__("\n".join(self.errors))
 
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
 def load_config(path: Path, validate_source: SourceValidator | None = None) -> Config:
     """Read and validate the file at ``path``."""
     path = Path(path)
+    from lbd.safefile import read_regular_file  # never blocks on a FIFO (a reload runs on the event loop)
+
     try:
-        data = path.read_bytes()
+        data, _ = read_regular_file(path, MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB"])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

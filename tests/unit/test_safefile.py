@@ -191,3 +191,29 @@ async def test_regular_dropin_replaced_by_a_fifo_keeps_its_last_good_services(tm
     await asyncio.sleep(0.5)  # a few rescans: they must agree with inotify and keep "web"
     assert h.last == ["api", "web"]
     await h.stop()
+
+
+# -- the main config (read again at every reload, on the event loop) ------------
+
+
+@pytest.mark.parametrize("kind", WEIRD)
+def test_config_that_is_not_a_regular_file_is_a_config_error(tmp_path: Path, kind: str) -> None:
+    from lbd.config import ConfigError, load_config
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    make_weird(kind, tmp_path / "lbd.toml", scratch)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "lbd.toml")
+    assert info.value.errors == [f"{tmp_path / 'lbd.toml'}: cannot read: not a regular file: it is {EXPECTED[kind]}"]
+
+
+def test_oversized_config_is_a_config_error(tmp_path: Path, monkeypatch) -> None:
+    import lbd.config as config
+
+    from lbd.config import ConfigError, load_config
+
+    monkeypatch.setattr(config, "MAX_CONFIG_BYTES", 1024 * 1024)
+    (tmp_path / "lbd.toml").write_bytes(b"#" * (1024 * 1024 + 1))
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        load_config(tmp_path / "lbd.toml")
