@@ -28,6 +28,7 @@ import json
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -114,6 +115,8 @@ class ControlServer:
         self.send_timeout = send_timeout
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+        self._refused = 0  # refused since the last log line
+        self._refused_logged = -1e9
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +154,13 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) >= self.max_connections:
-            log.warning("control_connection_refused", reason="too many connections", limit=self.max_connections)
+            # One log line per 10 s at most: a flood must not flood the journal too.
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged >= 10.0:
+                log.warning("control_connection_refused", reason="too many connections", limit=self.max_connections,
+                            refused=self._refused)
+                self._refused_logged, self._refused = now, 0
             # A short line fits the socket's buffer: written at once, so close() frees the fd now.
             writer.write(_encode({"ok": False, "error": f"too many control connections (limit {self.max_connections})"}))
             writer.close()
