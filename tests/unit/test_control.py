@@ -119,9 +119,12 @@ def test_nesting_bomb_is_one_control_error(line):
         parse_request(line)
 
 
-def test_nesting_at_the_limit_is_parsed():
-    ok = b'{"command": "status", "args": {"x": ' + b"[" * 30 + b"]" * 30 + b"}}"
+def test_nesting_at_the_limit_is_parsed_one_more_is_refused():
+    ok = b'{"command": "status", "args": {"x": ' + b"[" * 30 + b"]" * 30 + b"}}"  # 32 levels
     assert parse_request(ok)[0] == "status"
+    deeper = b'{"command": "status", "args": {"x": ' + b"[" * 31 + b"]" * 31 + b"}}"  # 33: refused before json.loads
+    with pytest.raises(ControlError, match="^request nested deeper than 32 levels$"):
+        parse_request(deeper)
 
 
 def _fd_count() -> int:
