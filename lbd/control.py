@@ -9,10 +9,12 @@ gets an error response, never an exception in the daemon.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import socket
 import stat
+import struct
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -24,6 +26,10 @@ log = structlog.get_logger(__name__)
 
 MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT = 10.0
+
+# (pid, uid, gid) of the client whose request is being handled (SO_PEERCRED); None when unknown.
+peer_credentials: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar(
+    "lbd_control_peer", default=None)
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[Any]]
 
@@ -83,6 +89,11 @@ class ControlServer:
             pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            creds = writer.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            peer_credentials.set(struct.unpack("3i", creds))
+        except (AttributeError, OSError, struct.error):
+            peer_credentials.set(None)
         try:
             while True:
                 try:

@@ -87,12 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("members", help="cluster members")
     sub.add_parser("drain", help="move every VIP off this node")
     sub.add_parser("undrain", help="let this node own VIPs again")
-    sub.add_parser("reload", help="reload the configuration (like SIGHUP)")
+    reload = sub.add_parser("reload", help="reload the configuration (like SIGHUP)")
+    reload.add_argument("--allow-readdress", action="store_true",
+                        help="apply the config even if it re-addresses allocated services")
     sub.add_parser("restart", help="stop for a restart (like SIGUSR2): BGP graceful restart, VIPs kept")
     args = parser.parse_args(argv)
     command = args.command or "status"
     try:
-        result = request(args.socket, command)
+        params = {"allow_readdress": True} if getattr(args, "allow_readdress", False) else {}
+        result = request(args.socket, command, params)
     except FileNotFoundError:
         print(f"lbd-ctl: lbd is not running (no control socket at {args.socket})", file=sys.stderr)
         return 3
