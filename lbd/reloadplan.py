@@ -210,10 +210,15 @@ def diff_configs(running: RunningState, new: Config) -> PlanDiff:
         out.notes.append(f"metrics listen changes: {old.metrics.listen or 'off'} -> {new.metrics.listen or 'off'}")
     if old.hooks != new.hooks:
         out.notes.append(f"hooks change: {len(old.hooks)} -> {len(new.hooks)} hook(s)")
-    if not out.changed and replace(new, path=old.path, node=replace(new.node, state_dir=old.node.state_dir,
-                                                                    control_socket=old.node.control_socket)) != old:
+    if not out.changed and _settings(new, old) != _settings(old, old):
         out.notes.append("other settings change (no address, VIP or BGP session moves)")
     return out
+
+
+def _settings(config: Config, base: Config) -> Config:
+    """``config`` without what a reload ignores (paths) or what does not matter (service order)."""
+    return replace(config, path=base.path, services=tuple(sorted(config.services, key=lambda s: s.name)),
+                   node=replace(config.node, state_dir=base.node.state_dir, control_socket=base.node.control_socket))
 
 
 def readdress_refusal(diff: PlanDiff, allowed: bool) -> str | None:
