@@ -33,7 +33,8 @@ def render_status(status: dict[str, Any]) -> str:
     drained = " (drained)" if status.get("drained") else ""
     out.append(f"node {status.get('node')}{drained}, lbd {status.get('version')}, config {status.get('config')}")
     if status.get("reload_error"):
-        out.append("last reload REJECTED, running config kept:")
+        what = {"refused": "REFUSED", "rolled_back": "ROLLED BACK"}.get(status.get("last_reload") or "", "REJECTED")
+        out.append(f"last reload {what}, running config kept:")
         out.extend(f"  {e}" for e in status["reload_error"])
     out.append("")
     pools = status.get("pools", [])

@@ -616,6 +616,7 @@ class Daemon:
             "started": self.started,
             "drained": self.drained,
             "reload_error": self.reload_error,
+            "last_reload": self.last_reload,
             "reconcile_error": self.reconcile_error,
             "last_reconcile": self.last_reconcile,
             "pools": [
