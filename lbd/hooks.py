@@ -204,9 +204,12 @@ class HookRunner:
         self._queue: asyncio.Queue[tuple[HookConfig, dict[str, Any]]] = asyncio.Queue(max_queued)
         self._workers: list[asyncio.Task[None]] = []
         self._procs: set[asyncio.subprocess.Process] = set()
+        self._closing = False
 
     def submit(self, hook: HookConfig, body: dict[str, Any]) -> bool:
         """Queue one run; False (and counted) when the queue is full. Never blocks."""
+        if self._closing:
+            return False
         try:
             self._queue.put_nowait((hook, body))
         except asyncio.QueueFull:
@@ -301,8 +304,16 @@ class HookRunner:
                 await asyncio.wait_for(self._queue.join(), grace)
             except asyncio.TimeoutError:
                 log.warning("hooks_cut_short", running=len(self._procs), queued=self._queue.qsize())
+        self._closing = True
+        while not self._queue.empty():  # nothing new starts
+            self._queue.get_nowait()
+            self._queue.task_done()
         for proc in list(self._procs):
             self._kill(proc)
+        try:  # the killed runs end on their own (and close their pipes)
+            await asyncio.wait_for(self._queue.join(), 2.0)
+        except asyncio.TimeoutError:
+            pass
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
