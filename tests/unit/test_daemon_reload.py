@@ -178,3 +178,22 @@ def test_may_read_follows_the_mode_bits_of_the_asker(tmp_path) -> None:
     with pytest.raises(ConfigError, match="may not read"):
         os.chmod(path, 0o600)
         read_config_text(path, 12345, 12345)
+
+
+async def test_handlers_see_the_peer_credentials(tmp_path) -> None:
+    """lbd plan reads another file only as the asker could: the server passes SO_PEERCRED on."""
+    import os
+
+    from lbd.control import ControlServer, peer_credentials, request
+
+    async def whoami(args):
+        return peer_credentials.get()
+
+    server = ControlServer(tmp_path / "c.sock", {"whoami": whoami})
+    await server.start()
+    try:
+        creds = await asyncio.to_thread(request, tmp_path / "c.sock", "whoami")
+    finally:
+        await server.close()
+    assert creds == [os.getpid(), os.getuid(), os.getgid()]
+    assert peer_credentials.get() is None  # only inside the request's task
