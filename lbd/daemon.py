@@ -33,7 +33,7 @@ from lbd.l2.netlink import Netlink
 from lbd.membership import LocalMembership, Membership
 from lbd.model import Allocation, Config, Family, IPAddress, Member, MemberState, Plan, ServiceSpec
 from lbd.planner import PlannerInput, plan, selector_matches
-from lbd.reloadplan import RunningState, apply_or_rollback, diff_configs, readdress_refusal
+from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
 from lbd.sdnotify import Notifier
 from lbd.sources.base import ServiceResult
 from lbd.sources.manager import SourceManager
@@ -479,8 +479,15 @@ class Daemon:
             new = self.read_new_config()
         except ConfigError as exc:
             return "rejected", exc.errors
-        diff = await asyncio.to_thread(diff_configs, self.running_state(), new)
         allowed = allow_readdress or new.node.allow_readdress
+        try:
+            diff = await asyncio.to_thread(diff_configs, self.running_state(), new)
+        except Exception as exc:  # noqa: BLE001 - a bug there must not block every reload for good
+            log.exception("reload_plan_failed")
+            if not allowed:
+                return "refused", [f"could not compute what the reload would change ({type(exc).__name__}: {exc}); "
+                                   "`lbd-ctl reload --allow-readdress` applies it anyway"]
+            diff = PlanDiff()
         refusal = readdress_refusal(diff, allowed)
         if refusal is not None:
             return "refused", [refusal]
@@ -683,7 +690,8 @@ class Daemon:
         creds = peer_credentials.get()
         uid, gid = (creds[1], creds[2]) if creds is not None else (None, None)
         try:
-            new = self.read_new_config(Path(raw) if raw else None, uid, gid)
+            # The daemon's own file: whoever may reload may plan it; another file: only if they may read it.
+            new = self.read_new_config(Path(raw), uid, gid) if raw else self.read_new_config()
         except ConfigError as exc:
             return {"valid": False, "config": raw or str(self.config.path), "errors": exc.errors}
         diff = await asyncio.to_thread(diff_configs, self.running_state(), new)

@@ -107,8 +107,17 @@ async def test_an_internal_error_still_ends_with_ready(daemon, monkeypatch) -> N
         raise RuntimeError("planner bug")
 
     monkeypatch.setattr("lbd.daemon.diff_configs", boom)
-    assert await daemon.reload() is False
-    assert "planner bug" in daemon.reload_error[0]
+    assert await daemon.reload() is False and daemon.last_reload == "refused"
+    assert "planner bug" in daemon.reload_error[0] and "--allow-readdress" in daemon.reload_error[0]
+    assert notifications(daemon.test_sink)[-1].startswith("READY=1")
+    assert await daemon.reload(allow_readdress=True) is True  # the operator can still apply
+
+    async def broken(config):
+        raise RuntimeError("apply bug")
+
+    monkeypatch.setattr(daemon, "_apply", broken)
+    assert await daemon.reload(allow_readdress=True) is False and daemon.last_reload == "rolled_back"
+    assert "apply bug" in daemon.reload_error[0]
     assert notifications(daemon.test_sink)[-1].startswith("READY=1")
 
 
