@@ -142,7 +142,8 @@ def test_readdress_is_refused_until_allowed_and_plan_shows_it(node, tmp_path):
 def test_hooks_run_on_vip_up_vip_down_and_reload(node, tmp_path):
     record = tmp_path / "events.jsonl"
     hook = tmp_path / "hook.sh"
-    hook.write_text(f'#!/bin/sh\n{{ cat; }} | tr -d "\\n" >> {record}\necho " $LBD_EVENT $LBD_VIP" >> {record}\n')
+    # One write per run (O_APPEND): hooks run concurrently (reload and vip_down here).
+    hook.write_text(f'#!/bin/sh\nbody=$(cat)\nprintf "%s %s %s\\n" "$body" "$LBD_EVENT" "$LBD_VIP" >> {record}\n')
     hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
     hooks = f'[[hook]]\nname = "rec"\non = ["vip_up", "vip_down", "reload"]\nexec = ["{hook}"]\ntimeout = 5\n'
 
