@@ -168,9 +168,13 @@ def diff_configs(running: RunningState, new: Config) -> PlanDiff:
     before = allocate_for(old, old_services, running.allocations)
     after = allocate_for(new, new_services, running.allocations)
     reasons = {c.service: c.reason for c in after.changes}
+    # What services hold now, not what re-running the old config would give them: in a cluster
+    # a node's table can hold less than its own sources know (the allocator has not allocated a
+    # new service yet, or a conflict took an address away), and only a held address can be lost.
+    held = {name: a for name, a in running.allocations.items() if name in old_services}
 
-    for name in sorted(set(before.allocations) | set(after.allocations) | set(after.pending)):
-        was = before.allocations.get(name)
+    for name in sorted(set(held) | set(after.allocations) | set(after.pending)):
+        was = held.get(name)
         now = after.allocations.get(name)
         if name not in new_services:
             if was is not None:

@@ -226,3 +226,15 @@ async def test_a_failed_rollback_is_reported_too() -> None:
 
     error = await apply_or_rollback(old, new, apply)
     assert "broken 2" in error and "rolling back to the running config failed too: RuntimeError: broken 0" in error
+
+
+def test_only_held_addresses_can_be_readdressed() -> None:
+    """In a cluster the table may not hold a service this node knows yet (the allocator has not
+    allocated it, or a conflict took its address): a reload cannot take from it what it lacks."""
+    config = cfg('[[service]]\nname = "b"\n')
+    state = running(config)
+    state = RunningState(config=state.config, node="n1", services=state.services, allocations={},
+                         members=state.members)
+    diff = diff_configs(state, cfg('[[service]]\nname = "a"\n[[service]]\nname = "b"\n'))
+    assert not diff.readdressed
+    assert diff.allocated == [("static/a", addrs("10.77.0.48")), ("static/b", addrs("10.77.0.49"))]
