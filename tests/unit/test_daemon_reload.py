@@ -206,3 +206,38 @@ async def test_handlers_see_the_peer_credentials(tmp_path) -> None:
         await server.close()
     assert creds == [os.getpid(), os.getuid(), os.getgid()]
     assert peer_credentials.get() is None  # only inside the request's task
+
+
+async def test_a_session_reaching_or_leaving_established_runs_a_pass(daemon) -> None:
+    """So bgp_session_up/down hooks (and status) follow at once, not at the next resync."""
+    from lbd.bgp.fsm import State, StateChanged
+
+    daemon._wake.clear()
+    daemon._bgp_event("gw", StateChanged(State.CONNECT, State.ACTIVE))
+    assert not daemon._wake.is_set()
+    daemon._bgp_event("gw", StateChanged(State.OPENCONFIRM, State.ESTABLISHED))
+    assert daemon._wake.is_set()
+    daemon._wake.clear()
+    daemon._bgp_event("gw", StateChanged(State.ESTABLISHED, State.IDLE))
+    assert daemon._wake.is_set()
+
+
+async def test_a_pass_fires_hooks_from_the_converged_state(daemon) -> None:
+    """The decision point: _observe_hooks after a pass hands each transition to the runner once."""
+    import ipaddress
+
+    from lbd.model import HookConfig, Plan, VipDecision
+
+    runs: list[dict] = []
+    daemon.hooks._submit = lambda hook, body: runs.append(body) or True
+    daemon.hooks.set_hooks([HookConfig(name="h", on=("vip_up", "vip_down", "bgp_session_up"), exec=("/bin/true",))])
+    decision = VipDecision(vip=ipaddress.ip_address("10.77.0.48"), services=("static/a",), owner="n1",
+                           interface="eth0", reason="", pool="lan", modes=("l2",), announced_here=True)
+    daemon.plan = Plan(decisions=(decision,))
+    members = daemon.membership.members()
+    daemon._observe_hooks(members)
+    daemon._observe_hooks(members)
+    daemon.plan = Plan()
+    daemon._observe_hooks(members)
+    assert [(r["event"], r["vip"], r["node"]) for r in runs] == [("vip_up", "10.77.0.48", "n1"),
+                                                                 ("vip_down", "10.77.0.48", "n1")]
