@@ -1,11 +1,13 @@
 """What applying a new config to the running daemon would change. Pure.
 
 ``diff_configs(running, new)`` runs the same pure pipeline the reconcile loop
-runs (allocation, then the planner) twice over the daemon's running inputs
-(allocations, services, members, health as gossip shows them): once with the
-running config and once with the new one, and compares. Both sides use the
-same inputs and the same clock, so a config that changes nothing yields an
-empty diff, and every difference is the new config's doing.
+runs (allocation, then the planner) over the daemon's running inputs
+(allocations, services, members, health as gossip shows them) under the new
+config. Services' addresses are compared with what they hold now (only a held
+address can be taken away); VIPs, owners and BGP sessions with the same
+pipeline run under the running config, with the same inputs and clock, so
+every difference is the new config's doing. A config equal to the running one
+(paths and service order aside) short-cuts to an empty diff.
 
 The daemon uses it three ways: ``lbd plan`` (print the diff), the reload
 refusal (a reload that would take an address away from a service that keeps
