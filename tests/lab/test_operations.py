@@ -6,7 +6,8 @@
 - a reload that would re-address a service is refused (SIGHUP: a log line;
   lbd-ctl: printed) until `lbd-ctl reload --allow-readdress`; `lbd plan`
   shows it first;
-- notify hooks run on vip_up, vip_down and reload with the event's payload.
+- notify hooks run on vip_up, vip_down and reload with the event's payload,
+  and on bgp_session_up/down with a real BIRD peer.
 """
 
 from __future__ import annotations
@@ -171,3 +172,42 @@ def test_hooks_run_on_vip_up_vip_down_and_reload(node, tmp_path):
     finally:
         lbd.stop()
     assert len(events()) == 3  # no vip_down at stop: nothing was announced any more
+
+
+@pytest.mark.interop
+def test_hooks_run_on_bgp_session_up_and_down(lab, tmp_path):
+    from lbd.netlab import require_binary
+    from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec
+
+    class DirectBird(BirdPeer):  # as in test_daemon_bgp: iBGP to a directly connected neighbour
+        def config(self) -> str:
+            text = super().config()
+            return text if " direct; hold time" in text else text.replace(" hold time", " direct; hold time")
+
+    require_binary("bird", "birdc")
+    router_host = lab.add_host("router", ["10.77.0.1/24"])
+    node = lab.add_host("node", ["10.77.0.2/24"])
+    record = tmp_path / "events.txt"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\ncat > /dev/null\nprintf "%s %s %s\\n" "$LBD_EVENT" "$LBD_PEER" "$LBD_PEER_ADDRESS" >> {record}\n')
+    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
+    hooks = f'[[hook]]\non = ["bgp_session_up", "bgp_session_down"]\nexec = ["{hook}"]\n'
+    router = DirectBird(router_host, PeerSpec(asn=64512, router_id="10.77.0.1",
+                                              neighbors=[Neighbor(address="10.77.0.2", asn=64512, hold_time=9)])).start()
+    config = ('[[pool]]\nname = "routed"\naddresses = ["10.88.0.0/24"]\n'
+              '[[bgp_peer]]\nname = "gateway"\nmy_asn = 64512\npeer_asn = 64512\npeer_address = "10.77.0.1"\n'
+              'hold_time = 9\n[[bgp_advertisement]]\npools = ["routed"]\n'
+              '[[service]]\nname = "api"\npool = "routed"\n')
+    lbd = LbdNode(node, tmp_path, config + hooks, name="node1").start()
+
+    def lines() -> list[str]:
+        return record.read_text().splitlines() if record.exists() else []
+
+    try:
+        wait_for(lambda: lines() == ["bgp_session_up gateway 10.77.0.1"], 30, what="bgp_session_up")
+        router.stop()
+        wait_for(lambda: lines()[1:] == ["bgp_session_down gateway 10.77.0.1"], 30, what="bgp_session_down")
+    finally:
+        lbd.stop()
+        router.stop()
+    assert len(lines()) == 2  # the session was already down at stop: nothing more
