@@ -36,6 +36,7 @@ from lbd.config_read import (
     parse_address_entry,
     quote,
 )
+from lbd.config_hooks import parse_hooks
 from lbd.config_service import _parse_services, parse_service_table, parse_services_document
 from lbd.model import (
     AddressRange,
@@ -76,9 +77,9 @@ SourceValidator = Callable[[SourceConfig], "list[str]"]
 
 TOP_KEYS = (
     "node", "cluster", "pool", "l2_advertisement", "bgp_peer", "bgp_advertisement", "route_export",
-    "service", "source", "communities", "log", "metrics",
+    "service", "source", "communities", "log", "metrics", "hook",
 )
-NODE_KEYS = ("name", "labels", "state_dir", "control_socket", "drained")
+NODE_KEYS = ("name", "labels", "state_dir", "control_socket", "drained", "allow_readdress")
 CLUSTER_KEYS = ("bind", "advertise", "join", "keys_file", "profile", "failback_delay")
 POOL_KEYS = ("name", "addresses", "auto_assign", "avoid_buggy_ips")
 L2_KEYS = ("name", "pools", "interfaces", "node_selector", "mode", "announce_burst", "announce_interval")
@@ -198,6 +199,7 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
     sources = _sources(errors, doc, validate_source)
     log = _log(errors, _section(errors, doc, "log"))
     metrics = _metrics(errors, _section(errors, doc, "metrics"))
+    hooks = parse_hooks(errors, doc)
 
     pool_list = [pool for _, pool, _ in pools]
     pool_names = {pool.name for pool in pool_list}
@@ -224,6 +226,7 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
         communities=aliases,
         log=log,
         metrics=metrics,
+        hooks=tuple(hooks),
     )
 
 
@@ -255,10 +258,11 @@ def _node(errors: Errors, data: dict, base: Path) -> NodeConfig | None:
     if len(str(control_socket).encode()) > 107:
         t.error("control_socket", "a Unix socket path is limited to 107 bytes (sun_path)")
     drained = t.boolean("drained", False)
+    allow_readdress = t.boolean("allow_readdress", False)
     if name is None:
         return None
     return NodeConfig(name=name, labels=labels, state_dir=state_dir, control_socket=control_socket,
-                      drained=drained)
+                      drained=drained, allow_readdress=allow_readdress)
 
 
 def _cluster(errors: Errors, data: dict, base: Path) -> ClusterConfig:

@@ -24,10 +24,12 @@ must not hold the daemon's memory or file descriptors):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import socket
 import stat
+import struct
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
@@ -43,6 +45,10 @@ MAX_DEPTH = 32  # lbd's own requests nest 2 levels; json.loads recurses once per
 MAX_CONNECTIONS = 64
 REQUEST_TIMEOUT = 10.0
 SEND_TIMEOUT = 10.0
+
+# (pid, uid, gid) of the client whose request is being handled (SO_PEERCRED); None when unknown.
+peer_credentials: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar(
+    "lbd_control_peer", default=None)
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[Any]]
 
@@ -169,6 +175,11 @@ class ControlServer:
         # drain() returns only once the whole response is with the kernel: when the client
         # goes idle afterwards, nothing is left in our buffer to keep the connection alive.
         writer.transport.set_write_buffer_limits(high=0)
+        try:
+            creds = writer.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            peer_credentials.set(struct.unpack("3i", creds))
+        except (AttributeError, OSError, struct.error):
+            peer_credentials.set(None)
         try:
             while True:
                 try:

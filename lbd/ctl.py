@@ -54,7 +54,8 @@ def render_status(status: dict[str, Any]) -> str:
     drained = " (drained)" if status.get("drained") else ""
     out.append(printable(f"node {status.get('node')}{drained}, lbd {status.get('version')}, config {status.get('config')}"))
     if status.get("reload_error"):
-        out.append("last reload REJECTED, running config kept:")
+        what = {"refused": "REFUSED", "rolled_back": "ROLLED BACK"}.get(status.get("last_reload") or "", "REJECTED")
+        out.append(f"last reload {what}, running config kept:")
         out.extend(f"  {printable(e)}" for e in status["reload_error"])
     out.append("")
     pools = status.get("pools", [])
@@ -134,6 +135,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     for name, help_text in COMMANDS.items():
         commands[name] = sub.add_parser(name, help=help_text, description=help_text)
         _global_options(commands[name], defaults=False)
+    commands["reload"].add_argument("--allow-readdress", action="store_true",
+                                    help="apply the config even if it re-addresses allocated services")
     return parser, commands
 
 
@@ -150,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = args.command
     try:
-        result = request(args.socket, command)
+        params = {"allow_readdress": True} if getattr(args, "allow_readdress", False) else {}
+        result = request(args.socket, command, params)
     except FileNotFoundError:
         print(f"lbd-ctl: lbd is not running (no control socket at {args.socket})", file=sys.stderr)
         return 3

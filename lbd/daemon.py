@@ -10,9 +10,12 @@ no special cases: they are just another pass.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import stat
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Mapping
 
 import structlog
@@ -20,8 +23,9 @@ import structlog
 from lbd import aio
 
 import lbd
-from lbd.config import ConfigError, load_config
-from lbd.control import ControlError, ControlServer
+from lbd.config import ConfigError, parse_config
+from lbd.control import ControlError, ControlServer, peer_credentials
+from lbd.hooks import HookDispatcher, HookEvent, HookRunner, observe
 from lbd.ipam import pool_usage
 from lbd.l2.announcer import L2Announcer
 from lbd.l2.interfaces import list_interfaces
@@ -29,6 +33,7 @@ from lbd.l2.netlink import Netlink
 from lbd.membership import LocalMembership, Membership
 from lbd.model import Allocation, Config, Family, IPAddress, Member, MemberState, Plan, ServiceSpec
 from lbd.planner import PlannerInput, plan, selector_matches
+from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
 from lbd.sdnotify import Notifier
 from lbd.sources.base import ServiceResult
 from lbd.sources.manager import SourceManager
@@ -44,6 +49,49 @@ DEBOUNCE = 0.01  # coalesce a burst of triggers into one pass
 SOURCE_START_GRACE = 2.0  # wait this long at start for every source's first snapshot
 EXIT_RESTART = 75  # exit status after a stop-for-restart; the systemd unit restarts lbd on it
 RESTART_WINDOW = 300.0  # a start this soon after a stop-for-restart is a graceful restart (RFC 4724)
+
+
+MAX_CONFIG_BYTES = 64 << 20
+
+
+def may_read(st: os.stat_result, uid: int | None, gid: int | None) -> bool:
+    """Whether ``uid``/``gid`` (None: unknown) may read a file with ``st``, by its mode bits."""
+    if uid == 0:
+        return True
+    if uid is not None and st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if gid is not None and st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
+
+
+def read_config_text(path: Path, uid: int | None = 0, gid: int | None = 0) -> str:
+    """A config file's text, read without blocking on a FIFO or device; ConfigError otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError([f"{path}: not a regular file"])
+        if not may_read(st, uid, gid):
+            raise ConfigError([f"{path}: cannot read: the requesting user may not read it"])
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB"])
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([f"{path}: line {line}: the file is not valid UTF-8"]) from None
 
 
 def ghost_spec(allocation: Allocation) -> ServiceSpec:
@@ -85,6 +133,7 @@ class Daemon:
         self.plan = Plan()
         self.services: dict[str, ServiceSpec] = {}
         self.reload_error: list[str] | None = None
+        self.last_reload: str | None = None  # applied, rejected, refused or rolled_back
         self.reconcile_error: str | None = None
         self.last_reconcile: float | None = None
         self.netlink = Netlink()  # one netlink socket for the daemon, on its own thread (uvloop-safe)
@@ -107,6 +156,7 @@ class Daemon:
                 "undrain": self._cmd_undrain,
                 "reload": self._cmd_reload,
                 "restart": self._cmd_restart,
+                "plan": self._cmd_plan,
             },
         )
         self._wake = asyncio.Event()
@@ -118,6 +168,9 @@ class Daemon:
         self.graceful_restart = isinstance(stopped_at, (int, float)) and 0 <= time.time() - stopped_at < RESTART_WINDOW
         self._metrics_server: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.hook_runner = HookRunner()
+        self.hooks = HookDispatcher(config.hooks, config.node.name, self.hook_runner.submit)
+        self._reload_lock = asyncio.Lock()
 
     # -- inputs -------------------------------------------------------------
 
@@ -219,6 +272,15 @@ class Daemon:
         await self.sources.report(self.results())
         self.last_reconcile = time.time()
         m.update(self)
+        self._observe_hooks(members)
+
+    def _observe_hooks(self, members: list[Member]) -> None:
+        """Hook events from the state this pass converged to (level-triggered: once per transition)."""
+        try:
+            bgp = self.bgp.status() if self.bgp is not None else []
+            self.hooks.observe(observe(self.plan.decisions, bgp, members), time.time())
+        except Exception:  # noqa: BLE001 - hooks are a side channel: never fail the pass for them
+            log.exception("hook_observe_failed")
 
     def results(self) -> dict[str, ServiceResult]:
         owners: dict[str, list[str]] = {}
@@ -302,9 +364,18 @@ class Daemon:
         if peers and self.bgp is None:
             from lbd.bgp.announcer import BgpAnnouncer
 
-            self.bgp = BgpAnnouncer(self.config.node.name, restarting=self.graceful_restart)
+            self.bgp = BgpAnnouncer(self.config.node.name, restarting=self.graceful_restart,
+                                    on_event=self._bgp_event)
         if self.bgp is not None:
             await self.bgp.set_peers(peers)
+
+    def _bgp_event(self, peer: str, event: object) -> None:
+        # A session reaching or leaving Established: run a pass now, so status and the
+        # bgp_session_up/down hooks follow at once rather than at the next resync.
+        from lbd.bgp.fsm import State, StateChanged
+
+        if isinstance(event, StateChanged) and State.ESTABLISHED in (event.old, event.new):
+            self.trigger()
 
     async def _configure_export(self) -> None:
         if self.config.route_exports and self.exporter is None:
@@ -320,52 +391,122 @@ class Daemon:
         current = getattr(self._metrics_server, "listen", None)
         if listen == current:
             return
-        if self._metrics_server is not None:
+        if not listen:
+            if self._metrics_server is not None:
+                self._metrics_server.close()
+                self._metrics_server = None
+            return
+        from lbd.metrics_server import MetricsServer
+
+        # Open the new listener before closing the old one, so that a listener that cannot
+        # open (an address the node lacks) leaves the old one serving; only when the two
+        # clash (same port) is the old one closed first.
+        server = MetricsServer(listen)
+        try:
+            await server.start()
+        except OSError:
+            if self._metrics_server is None:
+                raise
             self._metrics_server.close()
             self._metrics_server = None
-        if listen:
-            from lbd.metrics_server import MetricsServer
-
-            self._metrics_server = MetricsServer(listen)
-            await self._metrics_server.start()
+            await server.start()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        self._metrics_server = server
 
     async def apply_config(self) -> None:
+        # The step most likely to fail (binding a listener) first: a failure then leaves the
+        # rest untouched, and the reload's rollback has little to undo.
+        await self._configure_metrics()
         await self._configure_sources()
         await self._configure_bgp()
         await self._configure_export()
-        await self._configure_metrics()
         await self.membership.configure(self.config)
+        self.hooks.set_hooks(self.config.hooks)
+
+    async def _apply(self, config: Config) -> None:
+        self.config = config
+        await self.apply_config()
+
+    def running_state(self) -> RunningState:
+        """The inputs of the pure pipeline as they are now (for plan and the reload refusal)."""
+        return RunningState(config=self.config, node=self.config.node.name, services=self.services_now(),
+                            allocations=dict(self.allocations), members=self.membership.members(),
+                            now=time.monotonic(), eligible_since=self.membership.eligible_since())
 
     # -- lifecycle ----------------------------------------------------------
 
-    async def reload(self) -> bool:
-        """Re-read the config; an invalid one is rejected and the running one stays."""
-        self.notifier.reloading()
-        m.RELOADS.labels("attempted").inc()
+    def read_new_config(self, path: Path | None = None, uid: int | None = 0, gid: int | None = 0) -> Config:
+        """A candidate config (the daemon's own file by default), validated like a reload.
+
+        ``uid``/``gid``: who asks (over the control socket): another file is read only if
+        they may read it themselves, so the socket does not become a way to read files.
+        """
+        target = self.config.path if path is None else path
+        text = read_config_text(target, uid, gid)
+        new = parse_config(text, target, validate_source=validate_source)
+        if new.node.name != self.config.node.name:
+            raise ConfigError([f"{target}: node.name: changing the node name needs a restart"])
+        if new.node.state_dir != self.config.node.state_dir or new.node.control_socket != self.config.node.control_socket:
+            log.warning("reload_ignores_paths", detail="state_dir and control_socket changes take effect on restart")
+            new = replace(new, node=replace(new.node, state_dir=self.config.node.state_dir,
+                                            control_socket=self.config.node.control_socket))
+        return new
+
+    async def reload(self, allow_readdress: bool = False) -> bool:
+        """Re-read the config and apply it fully, or keep the running one (and everything it
+        applied) and say why in ``reload_error``. Always ends with READY=1."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            m.RELOADS.labels("attempted").inc()
+            try:
+                result, errors = await self._reload(allow_readdress)
+            except Exception as exc:  # noqa: BLE001 - a reload must never leave systemd in RELOADING
+                log.exception("reload_failed")
+                result, errors = "rolled_back", [f"internal error: {type(exc).__name__}: {exc}"]
+            self.last_reload = result
+            self.reload_error = None if result == "applied" else errors
+            m.RELOADS.labels(result).inc()
+            if result == "applied":
+                log.info("config_reloaded", path=str(self.config.path))
+                status = "reloaded"
+            else:
+                for error in errors:
+                    log.error(f"reload_{result}", error=error)
+                log.error("reload_kept_running_config", result=result, errors=len(errors))
+                status = f"reload {result.replace('_', ' ')} ({len(errors)} errors), running config kept"
+            self.hooks.emit(HookEvent("reload", {"result": result, "errors": errors,
+                                                 "config": str(self.config.path)}), time.time())
+            self.trigger()
+            self.notifier.ready(status=status)
+            return result == "applied"
+
+    async def _reload(self, allow_readdress: bool) -> tuple[str, list[str]]:
+        """(result, errors): applied, rejected (invalid), refused (re-addresses) or rolled_back."""
         try:
-            new = load_config(self.config.path, validate_source=validate_source)
-            if new.node.name != self.config.node.name:
-                raise ConfigError([f"{self.config.path}: node.name: changing the node name needs a restart"])
-            if new.node.state_dir != self.config.node.state_dir or new.node.control_socket != self.config.node.control_socket:
-                log.warning("reload_ignores_paths", detail="state_dir and control_socket changes take effect on restart")
-                new = replace(new, node=replace(new.node, state_dir=self.config.node.state_dir,
-                                                control_socket=self.config.node.control_socket))
+            new = self.read_new_config()
         except ConfigError as exc:
-            self.reload_error = exc.errors
-            m.RELOADS.labels("rejected").inc()
-            for error in exc.errors:
-                log.error("reload_rejected", error=error)
-            log.error("reload_kept_running_config", errors=len(exc.errors))
-            self.notifier.ready(status=f"reload rejected ({len(exc.errors)} errors), running config kept")
-            return False
-        self.config = new
-        self.reload_error = None
-        await self.apply_config()
-        m.RELOADS.labels("applied").inc()
-        log.info("config_reloaded", path=str(new.path))
-        self.trigger()
-        self.notifier.ready(status="reloaded")
-        return True
+            return "rejected", exc.errors
+        allowed = allow_readdress or new.node.allow_readdress
+        try:
+            diff = await asyncio.to_thread(diff_configs, self.running_state(), new)
+        except Exception as exc:  # noqa: BLE001 - a bug there must not block every reload for good
+            log.exception("reload_plan_failed")
+            if not allowed:
+                return "refused", [f"could not compute what the reload would change ({type(exc).__name__}: {exc}); "
+                                   "`lbd-ctl reload --allow-readdress` applies it anyway"]
+            diff = PlanDiff()
+        refusal = readdress_refusal(diff, allowed)
+        if refusal is not None:
+            return "refused", [refusal]
+        for change in diff.readdressed:
+            log.warning("reload_readdresses", service=change.service, change=str(change),
+                        allowed_by="--allow-readdress" if allow_readdress else "[node] allow_readdress")
+        error = await apply_or_rollback(self.config, new, self._apply)
+        if error is not None:
+            return "rolled_back", [f"{new.path}: the config is valid but could not be applied: {error}; "
+                                   "the running config and its effects are kept"]
+        return "applied", []
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -415,6 +556,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self.notifier.stopping()
+        if not self._restarting:
+            self.hooks.withdraw_all(time.time())  # vip_down / bgp_session_down for what stops now
         for task in self._tasks:
             task.cancel()
         clustered = not isinstance(self.membership, LocalMembership)
@@ -441,6 +584,7 @@ class Daemon:
         await self.netlink.aclose()
         if self._metrics_server is not None:
             self._metrics_server.close()
+        await self.hook_runner.close()
         try:
             self.persist()
         except OSError as exc:
@@ -487,6 +631,7 @@ class Daemon:
             "started": self.started,
             "drained": self.drained,
             "reload_error": self.reload_error,
+            "last_reload": self.last_reload,
             "reconcile_error": self.reconcile_error,
             "last_reconcile": self.last_reconcile,
             "pools": [
@@ -538,9 +683,29 @@ class Daemon:
         return "stopping for a restart: BGP routes stay at graceful-restart peers until lbd is back"
 
     async def _cmd_reload(self, args: Mapping[str, Any]) -> str:
-        if await self.reload():
+        if await self.reload(allow_readdress=args.get("allow_readdress") is True):
             return "reloaded"
-        raise ControlError("config rejected, running config kept:\n" + "\n".join(self.reload_error or []))
+        errors = "\n".join(self.reload_error or [])
+        if self.last_reload == "rejected":
+            raise ControlError("config rejected, running config kept:\n" + errors)
+        raise ControlError(errors)
+
+    async def _cmd_plan(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """What applying a config (the file on disk by default) would change; see lbd.reloadplan."""
+        raw = args.get("config")
+        if raw is not None and (not isinstance(raw, str) or not raw.startswith("/") or "\0" in raw):
+            raise ControlError('"config" must be an absolute path')
+        creds = peer_credentials.get()
+        uid, gid = (creds[1], creds[2]) if creds is not None else (None, None)
+        try:
+            # The daemon's own file: whoever may reload may plan it; another file: only if they may read it.
+            new = self.read_new_config(Path(raw), uid, gid) if raw else self.read_new_config()
+        except ConfigError as exc:
+            return {"valid": False, "config": raw or str(self.config.path), "errors": exc.errors}
+        diff = await asyncio.to_thread(diff_configs, self.running_state(), new)
+        allowed = new.node.allow_readdress
+        return {"valid": True, "config": str(new.path), **diff.to_dict(),
+                "reload_refused": readdress_refusal(diff, allowed) is not None}
 
 
 def run_daemon(config: Config) -> int:

@@ -193,6 +193,7 @@ class NodeConfig:
     state_dir: Path = Path("/var/lib/lbd")
     control_socket: Path = Path("/run/lbd/lbd.sock")
     drained: bool = False
+    allow_readdress: bool = False  # a reload may re-address allocated services without --allow-readdress
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class HookConfig:
+    """A command run on events (keepalived's notify scripts): ``[[hook]]``."""
+
+    name: str
+    on: tuple[str, ...]  # event names (lbd.hooks.EVENTS)
+    exec: tuple[str, ...]  # argv; exec[0] is an absolute path; never run through a shell
+    timeout: float = 10.0  # seconds; the process group is killed at this limit
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     node: NodeConfig
@@ -232,6 +243,7 @@ class Config:
     communities: Mapping[str, str] = field(default_factory=dict)  # alias -> value
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    hooks: tuple[HookConfig, ...] = ()
 
     def pool(self, name: str) -> PoolConfig | None:
         for pool in self.pools:

@@ -1,0 +1,320 @@
+"""Notify hooks: run operator commands on events (keepalived's notify scripts).
+
+Two halves, as everywhere in lbd:
+
+* ``transitions(previous, current)`` is pure: it compares two observations of
+  the level-triggered state (VIPs announced here, owners, BGP sessions,
+  members) and returns one event per transition. Events are derived from the
+  state the reconcile loop converged to, never from the path it took, so a
+  flap shorter than a pass fires nothing and a transition fires exactly once.
+  ``HookDispatcher`` keeps the previous observation and hands each event to
+  the hooks that subscribe to it.
+* ``HookRunner`` runs the commands: ``exec`` argv without a shell, the event
+  as JSON on stdin and as ``LBD_*`` environment variables, in its own process
+  group killed at the hook's ``timeout``; at most ``max_running`` at once and
+  ``max_queued`` waiting, beyond which events are dropped and counted. It
+  never blocks the daemon: ``submit`` only queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import structlog
+from prometheus_client import Counter, Gauge
+
+from lbd.config_hooks import HOOK_EVENTS
+from lbd.metrics import REGISTRY
+from lbd.model import HookConfig, Member, MemberState, VipDecision
+
+log = structlog.get_logger(__name__)
+
+EVENTS = HOOK_EVENTS
+MAX_RUNNING = 4  # hooks running at once
+MAX_QUEUED = 256  # hook runs waiting for a slot; beyond, events are dropped (and counted)
+OUTPUT_KEPT = 2048  # bytes of a hook's output kept for the log
+HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+RUNS = Counter("lbd_hook_runs", "Hook runs by result (ok, failed, timeout, error)", ["hook", "result"],
+               registry=REGISTRY)
+DROPPED = Counter("lbd_hook_dropped", "Hook runs dropped because the queue was full", ["hook"], registry=REGISTRY)
+QUEUED = Gauge("lbd_hook_queued", "Hook runs waiting for a slot", registry=REGISTRY)
+
+
+# ---------------------------------------------------------------------------
+# Events from the state diff (pure)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VipHere:
+    services: tuple[str, ...]
+    interface: str | None
+    modes: tuple[str, ...]
+    pool: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What events derive from, as of one reconcile pass."""
+
+    vips_here: Mapping[str, VipHere] = field(default_factory=dict)  # VIP -> how this node announces it
+    owners: Mapping[str, str | None] = field(default_factory=dict)  # VIP -> layer-2 owner
+    vip_services: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    bgp: Mapping[str, tuple[bool, str]] = field(default_factory=dict)  # peer -> (established, address)
+    members: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # name -> (state, address)
+
+
+def observe(decisions: Sequence[VipDecision], bgp_status: Sequence[Mapping[str, Any]],
+            members: Sequence[Member]) -> Observation:
+    """The observation of a converged pass: the plan, BGP session states, members."""
+    return Observation(
+        vips_here={str(d.vip): VipHere(tuple(d.services), d.interface, tuple(d.modes), d.pool)
+                   for d in decisions if d.announced_here},
+        owners={str(d.vip): d.owner for d in decisions},
+        vip_services={str(d.vip): tuple(d.services) for d in decisions},
+        bgp={str(p.get("name")): (str(p.get("state", "")).lower() == "established", str(p.get("address", "")))
+             for p in bgp_status},
+        members={m.name: (m.state.value, m.address) for m in members},
+    )
+
+
+@dataclass(frozen=True)
+class HookEvent:
+    event: str
+    fields: Mapping[str, Any]
+
+
+_IN = (MemberState.ALIVE.value, MemberState.SUSPECT.value)  # a suspect member has not left (yet)
+
+
+def transitions(previous: Observation | None, current: Observation) -> list[HookEvent]:
+    """One event per transition between two observations.
+
+    The first observation (``previous`` None) fires ``vip_up`` and
+    ``bgp_session_up`` for what is already up (keepalived's notify on
+    entering MASTER at start) and is the baseline for owners and members.
+    """
+    first = previous is None
+    prev = previous or Observation()
+    out: list[HookEvent] = []
+    for vip in sorted(prev.vips_here.keys() - current.vips_here.keys()):
+        v = prev.vips_here[vip]
+        out.append(HookEvent("vip_down", {"vip": vip, "services": list(v.services), "interface": v.interface,
+                                          "modes": list(v.modes), "pool": v.pool}))
+    for vip in sorted(current.vips_here.keys() - prev.vips_here.keys()):
+        v = current.vips_here[vip]
+        out.append(HookEvent("vip_up", {"vip": vip, "services": list(v.services), "interface": v.interface,
+                                        "modes": list(v.modes), "pool": v.pool}))
+    if not first:
+        for vip in sorted(prev.owners.keys() & current.owners.keys()):
+            old, new = prev.owners[vip], current.owners[vip]
+            if old != new:
+                out.append(HookEvent("owner_changed", {"vip": vip, "services": list(current.vip_services.get(vip, ())),
+                                                       "old_owner": old, "new_owner": new}))
+    for peer in sorted(set(prev.bgp) | set(current.bgp)):
+        was = prev.bgp.get(peer, (False, ""))
+        now = current.bgp.get(peer, (False, was[1]))
+        if was[0] != now[0]:
+            out.append(HookEvent("bgp_session_up" if now[0] else "bgp_session_down",
+                                 {"peer": peer, "peer_address": now[1] or was[1]}))
+    if not first:
+        for name in sorted(set(prev.members) | set(current.members)):
+            was_in = prev.members.get(name, ("", ""))[0] in _IN
+            state, address = current.members.get(name, ("left", prev.members.get(name, ("", ""))[1]))
+            if was_in != (state in _IN):
+                out.append(HookEvent("member_joined" if state in _IN else "member_left",
+                                     {"member": name, "member_address": address, "member_state": state}))
+    return out
+
+
+def payload(event: HookEvent, node: str, now: float) -> dict[str, Any]:
+    return {"event": event.event, "node": node, "time": now, **event.fields}
+
+
+def environment(body: Mapping[str, Any]) -> dict[str, str]:
+    """``LBD_<FIELD>`` for each field (lists comma-joined), plus ``LBD_SERVICE`` and a fixed PATH.
+
+    The daemon's own environment is not passed on: a hook sees the same
+    variables whether lbd runs under systemd or by hand.
+    """
+    env = {"PATH": HOOK_PATH, "LANG": "C.UTF-8"}
+    for key, value in body.items():
+        if value is None:
+            text = ""
+        elif isinstance(value, (list, tuple)):
+            text = ",".join(str(v) for v in value)
+        else:
+            text = str(value)
+        env["LBD_" + key.upper()] = text.replace("\0", "")
+    if "services" in body:
+        env["LBD_SERVICE"] = env["LBD_SERVICES"]
+    return env
+
+
+class HookDispatcher:
+    """Keeps the previous observation; hands each event to the hooks subscribed to it."""
+
+    def __init__(self, hooks: Sequence[HookConfig], node: str,
+                 submit: Callable[[HookConfig, dict[str, Any]], bool]) -> None:
+        self.hooks = tuple(hooks)
+        self.node = node
+        self._submit = submit
+        self._previous: Observation | None = None
+
+    def set_hooks(self, hooks: Sequence[HookConfig]) -> None:
+        self.hooks = tuple(hooks)
+
+    def observe(self, current: Observation, now: float) -> list[HookEvent]:
+        events = transitions(self._previous, current)
+        self._previous = current
+        for event in events:
+            self.emit(event, now)
+        return events
+
+    def withdraw_all(self, now: float) -> list[HookEvent]:
+        """At stop: every VIP announced here goes down, every session closes (members stay)."""
+        if self._previous is None:
+            return []
+        current = Observation(owners=self._previous.owners, vip_services=self._previous.vip_services,
+                              bgp={p: (False, a) for p, (_, a) in self._previous.bgp.items()},
+                              members=self._previous.members)
+        return self.observe(current, now)
+
+    def emit(self, event: HookEvent, now: float) -> None:
+        for hook in self.hooks:
+            if event.event in hook.on:
+                self._submit(hook, payload(event, self.node, now))
+
+
+# ---------------------------------------------------------------------------
+# Running the commands (asyncio)
+# ---------------------------------------------------------------------------
+
+
+class HookRunner:
+    def __init__(self, max_running: int = MAX_RUNNING, max_queued: int = MAX_QUEUED) -> None:
+        self.max_running = max_running
+        self._queue: asyncio.Queue[tuple[HookConfig, dict[str, Any]]] = asyncio.Queue(max_queued)
+        self._workers: list[asyncio.Task[None]] = []
+        self._procs: set[asyncio.subprocess.Process] = set()
+        self._closing = False
+
+    def submit(self, hook: HookConfig, body: dict[str, Any]) -> bool:
+        """Queue one run; False (and counted) when the queue is full. Never blocks."""
+        if self._closing:
+            return False
+        try:
+            self._queue.put_nowait((hook, body))
+        except asyncio.QueueFull:
+            DROPPED.labels(hook.name).inc()
+            log.warning("hook_dropped", hook=hook.name, hook_event=body.get("event"),
+                        detail=f"{self._queue.qsize()} runs already queued")
+            return False
+        QUEUED.set(self._queue.qsize())
+        if len(self._workers) < self.max_running:
+            self._workers.append(asyncio.ensure_future(self._work()))
+        return True
+
+    async def _work(self) -> None:
+        while True:
+            hook, body = await self._queue.get()
+            QUEUED.set(self._queue.qsize())
+            try:
+                await self.run(hook, body)
+            except Exception:  # noqa: BLE001 - a runner bug must not stop the other hooks
+                RUNS.labels(hook.name, "error").inc()
+                log.exception("hook_run_failed", hook=hook.name)
+            finally:
+                self._queue.task_done()
+
+    async def run(self, hook: HookConfig, body: dict[str, Any]) -> str:
+        """Run ``hook`` once with ``body``; the result: ok, failed, timeout or error."""
+        started = time.monotonic()
+        event = body.get("event")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *hook.exec, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=environment(body), cwd="/",
+                start_new_session=True,  # its own process group: the timeout kills every child too
+            )
+        except OSError as exc:
+            RUNS.labels(hook.name, "error").inc()
+            log.error("hook_failed", hook=hook.name, hook_event=event, error=str(exc))
+            return "error"
+        self._procs.add(proc)
+        kept = bytearray()
+
+        async def feed_and_read() -> None:
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(json.dumps(body, default=str).encode() + b"\n")
+                await proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a hook may ignore stdin
+            finally:
+                proc.stdin.close()
+            while chunk := await proc.stdout.read(65536):
+                if len(kept) < OUTPUT_KEPT:
+                    kept.extend(chunk[:OUTPUT_KEPT - len(kept)])
+            await proc.wait()
+
+        try:
+            await asyncio.wait_for(feed_and_read(), hook.timeout)
+        except asyncio.TimeoutError:
+            self._kill(proc)
+            try:
+                await asyncio.wait_for(proc.wait(), 5.0)
+            except asyncio.TimeoutError:
+                pass
+            RUNS.labels(hook.name, "timeout").inc()
+            log.error("hook_timeout", hook=hook.name, hook_event=event, timeout=hook.timeout,
+                      output=kept.decode(errors="replace"))
+            return "timeout"
+        finally:
+            self._procs.discard(proc)
+        elapsed = round(time.monotonic() - started, 3)
+        output = kept.decode(errors="replace")
+        if proc.returncode == 0:
+            RUNS.labels(hook.name, "ok").inc()
+            log.info("hook_ran", hook=hook.name, hook_event=event, seconds=elapsed, output=output)
+            return "ok"
+        RUNS.labels(hook.name, "failed").inc()
+        log.error("hook_failed", hook=hook.name, hook_event=event, status=proc.returncode, seconds=elapsed,
+                  output=output)
+        return "failed"
+
+    @staticmethod
+    def _kill(proc: asyncio.subprocess.Process) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Let queued and running hooks finish for up to ``grace`` seconds, then kill what is left."""
+        if self._workers:
+            try:
+                await asyncio.wait_for(self._queue.join(), grace)
+            except asyncio.TimeoutError:
+                log.warning("hooks_cut_short", running=len(self._procs), queued=self._queue.qsize())
+        self._closing = True
+        while not self._queue.empty():  # nothing new starts
+            self._queue.get_nowait()
+            self._queue.task_done()
+        for proc in list(self._procs):
+            self._kill(proc)
+        try:  # the killed runs end on their own (and close their pipes)
+            await asyncio.wait_for(self._queue.join(), 2.0)
+        except asyncio.TimeoutError:
+            pass
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
