@@ -95,3 +95,12 @@ def test_peer_supplied_strings_are_escaped_before_the_terminal():
                             "sources": [{"name": "k8s", "state": "degraded", "last_error": "bad\x1b[0m"}],
                             "reload_error": ["x\x00"]})
     assert not any(ch in status for ch in "\x1b\x00")
+
+
+@pytest.mark.parametrize("argv", [["reload", "--allow-readdress", "--json"], ["--json", "reload", "--allow-readdress"],
+                                  ["reload", "--socket", "/s", "--allow-readdress"]])
+def test_reload_allow_readdress_with_global_options_anywhere(argv):
+    args = parse_args(argv)
+    assert args.command == "reload" and args.allow_readdress is True
+    with pytest.raises(SystemExit):
+        parse_args(["status", "--allow-readdress"])  # only reload takes it
