@@ -36,6 +36,7 @@ from lbd.config_read import (
     parse_address_entry,
     quote,
 )
+from lbd.config_forward import parse_forwarding_section
 from lbd.config_service import _parse_services, parse_service_table, parse_services_document
 from lbd.model import (
     AddressRange,
@@ -76,7 +77,7 @@ SourceValidator = Callable[[SourceConfig], "list[str]"]
 
 TOP_KEYS = (
     "node", "cluster", "pool", "l2_advertisement", "bgp_peer", "bgp_advertisement", "route_export",
-    "service", "source", "communities", "log", "metrics",
+    "service", "source", "communities", "log", "metrics", "forwarding",
 )
 NODE_KEYS = ("name", "labels", "state_dir", "control_socket", "drained")
 CLUSTER_KEYS = ("bind", "advertise", "join", "keys_file", "profile", "failback_delay")
@@ -191,6 +192,7 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
     sources = _sources(errors, doc, validate_source)
     log = _log(errors, _section(errors, doc, "log"))
     metrics = _metrics(errors, _section(errors, doc, "metrics"))
+    forwarding = parse_forwarding_section(errors, _section(errors, doc, "forwarding"))
 
     pool_list = [pool for _, pool, _ in pools]
     pool_names = {pool.name for pool in pool_list}
@@ -217,6 +219,7 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
         communities=aliases,
         log=log,
         metrics=metrics,
+        forwarding=forwarding,
     )
 
 
