@@ -231,7 +231,7 @@ class ForwardingConfig:
     """Cluster-wide forwarding settings: must be equal on every node (the flows' hash)."""
 
     seed: int = 0x6C626431  # jhash seed of the flow hash ("lbd1")
-    table_size: int = 65537  # Maglev table entries per service port (a prime)
+    table_size: int = 8191  # Maglev table entries per service port (a prime; >= 100 x backends for 1 % balance)
 
 
 @dataclass(frozen=True)

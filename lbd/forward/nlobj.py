@@ -1,0 +1,135 @@
+"""Reading lbd's nftables counters and tables straight from nfnetlink.
+
+libnftables answers any ``list`` command by first loading its whole cache,
+set elements included: with a 65537-entry Maglev map per service port that
+takes a second or more per call. The counters and the table list are two
+small netlink dumps (``NFT_MSG_GETOBJ`` filtered by table and type,
+``NFT_MSG_GETTABLE``), read here directly. ``parse_*`` are pure (bytes in,
+values out) and unit-tested; ``dump()`` does the socket I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import Iterator
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_GETTABLE = 1
+NFT_MSG_GETOBJ = 19
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NFTA_TABLE_NAME = 1
+NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
+NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
+NFT_OBJECT_COUNTER = 1
+FAMILIES = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
+NLA_TYPE_MASK = 0x3FFF
+
+
+class NetlinkFormatError(ValueError):
+    """A netlink answer that does not parse."""
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each netlink attribute in ``data``."""
+    offset = 0
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4 or offset + length > len(data):
+            raise NetlinkFormatError(f"attribute length {length} at {offset} overruns {len(data)} bytes")
+        yield kind & NLA_TYPE_MASK, data[offset + 4:offset + length]
+        offset += _align(length)
+
+
+def attr(kind: int, payload: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return raw + b"\0" * (_align(len(raw)) - len(raw))
+
+
+def request(msg_type: int, family: int, seq: int, payload: bytes = b"") -> bytes:
+    body = struct.pack("=BBH", family, 0, 0) + payload
+    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
+                       NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def messages(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, payload after the netlink header) of each message; raises on NLMSG_ERROR != 0."""
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
+        if length < 16 or offset + length > len(data):
+            raise NetlinkFormatError(f"message length {length} at {offset} overruns {len(data)} bytes")
+        payload = data[offset + 16:offset + length]
+        if kind == NLMSG_ERROR:
+            code = struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else -1
+            if code != 0:
+                raise OSError(-code, os.strerror(-code))
+        yield kind, payload
+        offset += _align(length)
+
+
+def parse_counter(payload: bytes) -> tuple[str, int, int] | None:
+    """(name, packets, bytes) from one NFT_MSG_NEWOBJ payload (nfgenmsg + attributes)."""
+    name, packets, octets, found = None, 0, 0, False
+    for kind, value in attrs(payload[4:]):
+        if kind == NFTA_OBJ_NAME:
+            name = value.rstrip(b"\0").decode(errors="replace")
+        elif kind == NFTA_OBJ_DATA:
+            for inner, data in attrs(value):
+                if inner == NFTA_COUNTER_BYTES and len(data) == 8:
+                    octets, found = struct.unpack(">Q", data)[0], True
+                elif inner == NFTA_COUNTER_PACKETS and len(data) == 8:
+                    packets, found = struct.unpack(">Q", data)[0], True
+    return (name, packets, octets) if name is not None and found else None
+
+
+def parse_table(payload: bytes) -> tuple[int, str] | None:
+    family = payload[0] if payload else 0
+    for kind, value in attrs(payload[4:]):
+        if kind == NFTA_TABLE_NAME:
+            return family, value.rstrip(b"\0").decode(errors="replace")
+    return None
+
+
+def dump(msg_type: int, family: int, payload: bytes = b"", timeout: float = 2.0) -> list[tuple[int, bytes]]:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        sock.settimeout(timeout)
+        sock.bind((0, 0))
+        sock.sendall(request(msg_type, family, 1, payload))
+        out: list[tuple[int, bytes]] = []
+        while True:
+            data = sock.recv(1 << 20)
+            for kind, body in messages(data):
+                if kind == NLMSG_DONE:
+                    return out
+                if kind != NLMSG_ERROR:
+                    out.append((kind & 0xFF, body))
+
+
+def counters(family: str, table: str) -> dict[str, tuple[int, int]]:
+    """name -> (packets, bytes) of every named counter in ``family table``."""
+    payload = attr(NFTA_OBJ_TABLE, table.encode() + b"\0") + attr(NFTA_OBJ_TYPE, struct.pack(">I", NFT_OBJECT_COUNTER))
+    out: dict[str, tuple[int, int]] = {}
+    for _kind, body in dump(NFT_MSG_GETOBJ, FAMILIES[family], payload):
+        parsed = parse_counter(body)
+        if parsed is not None:
+            out[parsed[0]] = (parsed[1], parsed[2])
+    return out
+
+
+def tables() -> set[tuple[str, str]]:
+    """Every (family, name) table in this network namespace."""
+    names = {v: k for k, v in FAMILIES.items()}
+    out: set[tuple[str, str]] = set()
+    for _kind, body in dump(NFT_MSG_GETTABLE, 0):
+        parsed = parse_table(body)
+        if parsed is not None:
+            out.add((names.get(parsed[0], str(parsed[0])), parsed[1]))
+    return out

@@ -1,0 +1,192 @@
+"""lbd.forward.ruleset (desired state and transactions), lbd.forward.nlobj (netlink parsing),
+lbd.forward.health.check_for: the pure parts of forwarding."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from pathlib import Path
+
+import pytest
+
+from lbd.config import parse_config
+from lbd.forward import nlobj
+from lbd.forward.health import check_for
+from lbd.forward.ruleset import desired, plan_transaction, prepare_text
+from lbd.model import Allocation
+
+CONFIG = """
+[node]
+name = "n1"
+[[pool]]
+name = "p"
+addresses = ["10.77.0.100-10.77.0.110"]
+[forwarding]
+table_size = 1021
+seed = 42
+[[service]]
+name = "web"
+ports = ["tcp/80"]
+snat = true
+backends = ["10.88.1.10:8080", "10.88.1.11:8080", { address = "10.88.1.12", port = 8080, weight = 2 }]
+[[service]]
+name = "dsr"
+ports = ["tcp/81"]
+forward = "dsr"
+backends = ["10.88.1.10", "10.99.0.1"]
+"""
+IFS = {"eth0": (ipaddress.ip_interface("10.88.1.1/24"), ipaddress.ip_interface("10.77.0.11/24"))}
+
+
+@pytest.fixture
+def setup():  # type: ignore[no-untyped-def]
+    cfg = parse_config(CONFIG, Path("/etc/lbd.toml"))
+    services = {s.name: s for s in cfg.services}
+    allocations = {
+        "static/web": Allocation("static/web", "p", (ipaddress.ip_address("10.77.0.100"),)),
+        "static/dsr": Allocation("static/dsr", "p", (ipaddress.ip_address("10.77.0.101"),)),
+    }
+    return cfg, services, allocations
+
+
+def up_except(*down: str):  # type: ignore[no-untyped-def]
+    return lambda service, backend: str(backend.address) not in down
+
+
+def test_desired_shares_by_weight_and_health(setup) -> None:
+    cfg, services, allocations = setup
+    d = desired(services, allocations, up_except(), cfg.forwarding, IFS)
+    web = next(p for p in d.ruleset.ports if p.service == "static/web")
+    assert web.size == 1021 and web.seed == 42 and web.vip == "10.77.0.100" and web.port == 80
+    views = {v.endpoint: v for v in d.views if v.service == "static/web"}
+    assert abs(views["10.88.1.12:8080"].share - 0.5) < 0.01 and abs(views["10.88.1.10:8080"].share - 0.25) < 0.01
+    assert d.ruleset.snat == tuple((4, f"10.88.1.{i}", "tcp", 8080) for i in (10, 11, 12))
+    # dsr: a backend off every local subnet cannot be reached at layer 2: noted, never in the table.
+    dsr_views = {v.endpoint: v for v in d.views if v.service == "static/dsr"}
+    assert "dsr needs layer 2" in dsr_views["10.99.0.1:81"].note and dsr_views["10.99.0.1:81"].share == 0
+    assert d.ruleset.devices == ("eth0",)
+    assert {b.device for b in d.ruleset.backends if b.mode == "dsr"} == {"eth0"}
+    assert d.no_backend == {}
+
+    down = desired(services, allocations, up_except("10.88.1.12"), cfg.forwarding, IFS)
+    views = {v.endpoint: v for v in down.views if v.service == "static/web"}
+    assert views["10.88.1.12:8080"].share == 0 and abs(views["10.88.1.10:8080"].share - 0.5) < 0.01
+    # The failing backend's chain stays (its counters too); only the table stops pointing at it.
+    assert {b.name for b in down.ruleset.backends} == {b.name for b in d.ruleset.backends}
+
+
+def test_no_healthy_backend_is_reported_for_withdrawal(setup) -> None:
+    cfg, services, allocations = setup
+    d = desired(services, allocations, lambda s, b: False, cfg.forwarding, IFS)
+    assert d.no_backend == {"static/web": "no healthy backend (0 of 3 up on this node)",
+                            "static/dsr": "no healthy backend (0 of 2 up on this node)"}
+    assert all(p.buckets == () for p in d.ruleset.ports)
+    unknown = desired(services, allocations, lambda s, b: None, cfg.forwarding, IFS)
+    assert set(unknown.no_backend) == {"static/web", "static/dsr"}  # not yet checked counts as not healthy
+
+
+def test_drain_takes_no_new_flows_but_keeps_the_chain(setup) -> None:
+    cfg, services, allocations = setup
+    from dataclasses import replace
+
+    web = services["static/web"]
+    drained = replace(web, backends=tuple(replace(b, weight=0) if str(b.address) == "10.88.1.12" else b
+                                          for b in web.backends))
+    d = desired({**services, "static/web": drained}, allocations, up_except(), cfg.forwarding, IFS)
+    views = {v.endpoint: v for v in d.views if v.service == "static/web"}
+    assert views["10.88.1.12:8080"].share == 0 and views["10.88.1.12:8080"].note.startswith("draining")
+    chain = views["10.88.1.12:8080"].counter
+    assert chain in {b.name for b in d.ruleset.backends}
+    assert chain not in next(p for p in d.ruleset.ports if p.service == "static/web").buckets
+
+
+def test_full_transaction_then_minimal_diffs(setup) -> None:
+    cfg, services, allocations = setup
+    d = desired(services, allocations, up_except(), cfg.forwarding, IFS).ruleset
+    prep = prepare_text(None, d)
+    assert prep.startswith("add table inet lbd\ndelete table inet lbd\nadd table inet lbd")
+    assert "add table netdev lbd" in prep and prep.count("typeof numgen random mod 2 : verdict") == 2
+    ops = plan_transaction(None, d)
+    kinds = [(next(iter(o)), next(iter(next(iter(o.values()))))) for o in ops]
+    assert ("add", "counter") in kinds and ("add", "element") in kinds
+    rules = [o["add"]["rule"] for o in ops if "add" in o and "rule" in o["add"]]
+    dnat = [r for r in rules if any("dnat" in e for e in r["expr"])]
+    assert {e["dnat"]["addr"] for r in dnat for e in r["expr"] if "dnat" in e} == {"10.88.1.10", "10.88.1.11",
+                                                                                  "10.88.1.12"}
+    fwd = [e["fwd"] for r in rules for e in r["expr"] if "fwd" in e]
+    assert fwd == [{"dev": "eth0", "family": "ip", "addr": "10.88.1.10"}]
+    hashes = [e["vmap"]["key"]["jhash"] for r in rules for e in r["expr"] if "vmap" in e]
+    assert all(h["mod"] == 1021 and h["seed"] == 42 for h in hashes) and len(hashes) == 2
+    ingress = [o["add"]["chain"] for o in ops if "add" in o and "chain" in o["add"] and o["add"]["chain"].get("hook")]
+    assert {(c["family"], c["hook"]) for c in ingress} == {("inet", "prerouting"), ("inet", "postrouting"),
+                                                           ("netdev", "ingress")}
+
+    # Level-triggered: the same state again is no command at all.
+    assert plan_transaction(d, d) == [] and prepare_text(d, d) == ""
+
+    # One backend fails: only the buckets that move, deleted and re-added, in one transaction.
+    d2 = desired(services, allocations, up_except("10.88.1.11"), cfg.forwarding, IFS).ruleset
+    ops = plan_transaction(d, d2)
+    assert {(next(iter(o)), next(iter(next(iter(o.values()))))) for o in ops} == {("delete", "element"),
+                                                                                  ("add", "element")}
+    old = next(p for p in d.ports if p.service == "static/web").buckets
+    new = next(p for p in d2.ports if p.service == "static/web").buckets
+    moved = sum(1 for a, b in zip(old, new) if a != b)
+    assert sum(len(o["add"]["element"]["elem"]) for o in ops if "add" in o) == moved
+    assert moved < 1021 * 0.25 * 2  # the failed backend's quarter, plus Maglev's small extra
+
+    # A service removed: its port chain and map, its backend chains and counters go; the base chain is rebuilt.
+    d3 = desired({"static/web": services["static/web"]}, allocations, up_except(), cfg.forwarding, IFS).ruleset
+    ops = plan_transaction(d, d3)
+    assert [o for o in ops if "delete" in o] == [{"delete": {"table": {"family": "netdev", "name": "lbd"}}}]
+    d4 = desired({"static/dsr": services["static/dsr"]}, allocations, up_except(), cfg.forwarding, IFS).ruleset
+    ops = plan_transaction(d, d4)
+    deleted = [(k, v["family"]) for o in ops if "delete" in o for k, v in o["delete"].items()]
+    assert sorted(deleted) == sorted([("table", "inet")])  # the nat table holds only web: the table goes
+    web_only = desired({"static/web": services["static/web"], "static/dsr": services["static/dsr"]},
+                       {"static/web": allocations["static/web"]}, up_except(), cfg.forwarding, IFS).ruleset
+    ops = plan_transaction(web_only, d)  # dsr gets its address: its table, chains, map and ingress appear
+    assert any("add" in o and o["add"].get("chain", {}).get("hook") == "ingress" for o in ops)
+    ops = plan_transaction(d, web_only)
+    assert [o for o in ops if "delete" in o] == [{"delete": {"table": {"family": "netdev", "name": "lbd"}}}]
+    # Everything gone: both tables deleted, nothing else.
+    empty = desired({}, allocations, up_except(), cfg.forwarding, IFS).ruleset
+    assert plan_transaction(d, empty) == [{"delete": {"table": {"family": "inet", "name": "lbd"}}},
+                                          {"delete": {"table": {"family": "netdev", "name": "lbd"}}}]
+
+
+def test_backend_check_targets_each_backend(setup) -> None:
+    cfg, services, _ = setup
+    web = services["static/web"]
+    key, check = check_for(web, web.backends[0])
+    assert key == ("static/web", "10.88.1.10", 8080)
+    assert (check.type, check.host, check.port, check.interval, check.rise, check.fall) == (
+        "tcp", "10.88.1.10", 8080, 2.0, 2, 2)
+    from dataclasses import replace
+
+    from lbd.model import HealthCheckConfig
+
+    spec = replace(web, backend_check=HealthCheckConfig(type="exec", command=("check", "{address}", "{port}")))
+    _, check = check_for(spec, web.backends[2])
+    assert check.command == ("check", "10.88.1.12", "8080")
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    return nlobj.attr(kind, payload)
+
+
+def test_netlink_counter_and_table_parsing() -> None:
+    data = _nla(nlobj.NFTA_COUNTER_BYTES, struct.pack(">Q", 1500)) + _nla(nlobj.NFTA_COUNTER_PACKETS,
+                                                                          struct.pack(">Q", 3))
+    payload = struct.pack("=BBH", 1, 0, 0) + _nla(nlobj.NFTA_OBJ_TABLE, b"lbd\0") + _nla(
+        nlobj.NFTA_OBJ_NAME, b"b123\0") + _nla(nlobj.NFTA_OBJ_DATA | 0x8000, data)
+    assert nlobj.parse_counter(payload) == ("b123", 3, 1500)
+    assert nlobj.parse_table(struct.pack("=BBH", 5, 0, 0) + _nla(nlobj.NFTA_TABLE_NAME, b"lbd\0")) == (5, "lbd")
+    message = struct.pack("=IHHII", 16 + len(payload), 0xA13, 2, 1, 0) + payload
+    assert [kind for kind, _ in nlobj.messages(message)] == [0xA13]
+    with pytest.raises(nlobj.NetlinkFormatError):
+        list(nlobj.attrs(struct.pack("=HH", 40, 1) + b"abcd"))
+    with pytest.raises(nlobj.NetlinkFormatError):
+        list(nlobj.messages(struct.pack("=IHHII", 400, 1, 0, 0, 0)))
+    with pytest.raises(OSError):
+        list(nlobj.messages(struct.pack("=IHHII", 20, nlobj.NLMSG_ERROR, 0, 0, 0) + struct.pack("=i", -1)))
