@@ -412,6 +412,6 @@ def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, A
                 t = _t(b.table_family)
                 ops.append({"delete": {"chain": {**t, "name": name}}})
                 ops.append({"delete": {"counter": {**t, "name": name}}})
-        for family in old.tables() - tables:
+        for family in sorted(old.tables() - tables):
             ops.append({"delete": {"table": {"family": family, "name": TABLE}}})
     return ops
