@@ -10,7 +10,9 @@ lives in network namespaces on one bridge, in 10.77.0.0/16 and 10.88.0.0/16:
 - backends ``b1``..``b3``: ``10.88.1.10+i/24`` running ``BACKEND`` below, a TCP
   server that sends its name on connect and echoes lines after it.
 
-Return paths (``route``): ``"node"`` routes the client's subnet via n1 (nat
+Return paths (``route``): ``"vip"`` routes the client's subnet via the VIP
+itself (on-link: the backends resolve it by ARP to whichever node holds it);
+``"node"`` routes the client's subnet via n1 (nat
 without SNAT); ``"none"`` gives no route at all (nat with SNAT: replies go to
 the node's address); ``"direct"`` puts the VIP on the backends' ``lo`` with
 ``arp_ignore = 1`` / ``arp_announce = 2`` and routes the client's subnet
@@ -42,6 +44,15 @@ class H(socketserver.StreamRequestHandler):
     def handle(self):
         self.wfile.write(("%s %s\n" % (name, self.client_address[0])).encode())
         for line in self.rfile:
+            if line == b"SINK\n":  # bulk mode (bench): count the bytes until EOF, answer the count
+                total = 0
+                while True:
+                    chunk = self.rfile.read1(1 << 18)
+                    if not chunk:
+                        break
+                    total += len(chunk)
+                self.wfile.write(b"%d\n" % total)
+                return
             self.wfile.write(name.encode() + b" " + line)
 class S(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
@@ -59,7 +70,17 @@ def connect():
     s = socket.create_connection((vip, port), timeout=5)
     f = s.makefile("rb")
     return s, f, f.readline().decode().split()
-if mode == "spread":
+if mode == "bulk":  # bulk VIP PORT SECONDS: bytes/s of one upload
+    s, f, _ = connect()
+    s.sendall(b"SINK\n")
+    chunk, sent, start = b"\0" * (1 << 18), 0, time.monotonic()
+    while time.monotonic() - start < n:
+        s.sendall(chunk)
+        sent += len(chunk)
+    s.shutdown(socket.SHUT_WR)
+    got = int(f.readline())
+    print(json.dumps({"bytes": got, "seconds": time.monotonic() - start}))
+elif mode == "spread":
     names, peers, errors = {}, {}, 0
     for _ in range(n):
         try:
@@ -178,6 +199,9 @@ def build(lab: Lab, workdir: Path, *, nodes: tuple[str, ...], route: str, port: 
         host.run(["sysctl", "-qw", "net.ipv4.conf.all.accept_redirects=0"])
         if route == "node":
             host.run(["ip", "route", "add", "10.77.0.0/24", "via", NODE_BACK[nodes[0]]])
+        elif route == "vip":
+            # nat with a gateway that follows the VIP: replies reach whichever node holds it.
+            host.run(["ip", "route", "add", "10.77.0.0/24", "via", VIP, "dev", "eth0", "onlink"])
         elif route == "direct":
             # DSR backends (docs/forwarding.md): the VIP on lo, never answered for by ARP.
             for key in ("net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2",
