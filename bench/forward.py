@@ -2,7 +2,7 @@
 
 Sections (each in its own ``lbd.forward.lab`` lab: client, lbd nodes, three backends):
 
-1. ``path``: one lbd node, ``forward = "nat"``. The client uploads for
+1. ``path``: one lbd node, ``forward = "nat"``, then ``"dsr"``. The client uploads for
    ``--seconds`` through the VIP, then straight to a backend from an address
    on the backends' subnet (the same client, the same tool); then opens
    ``--connections`` short connections each way. Reports both and the ratios.
@@ -56,10 +56,12 @@ def _client(fl, *args: str, timeout: float = 120) -> dict:  # type: ignore[no-un
     return json.loads(out.splitlines()[-1])
 
 
-def bench_path(workdir: Path, seconds: int, connections: int, rounds: int) -> dict:
+def bench_path(workdir: Path, mode: str, seconds: int, connections: int, rounds: int) -> dict:
+    port = 8080 if mode == "nat" else 80
     with Lab() as lab:
-        cfg = node_config("n1", backends=backend_entries({"b1": 1}, 8080), extra=TABLE)
-        fl = build(lab, workdir / "path", nodes=("n1",), route="node", port=8080, configs={"n1": cfg})
+        cfg = node_config("n1", backends=backend_entries({"b1": 1}, port), forward=mode, extra=TABLE)
+        fl = build(lab, workdir / f"path-{mode}", nodes=("n1",), route="node" if mode == "nat" else "direct",
+                   port=port, configs={"n1": cfg})
         fl.client.add_address("10.88.1.50/24")  # the direct path: on the backends' subnet
         wait_healthy(fl.lbd["n1"], 1)
         wait_for(lambda: vip_holder(fl) == "n1", 15, what="n1 to hold the VIP")
@@ -67,15 +69,16 @@ def bench_path(workdir: Path, seconds: int, connections: int, rounds: int) -> di
         for _ in range(rounds):  # interleaved, so that load from others hits both alike
             r = _client(fl, "bulk", "10.77.0.100", "80", str(seconds))
             via.append(r["bytes"] * 8 / r["seconds"] / 1e9)
-            r = _client(fl, "bulk", BACKENDS["b1"], "8080", str(seconds))
+            r = _client(fl, "bulk", BACKENDS["b1"], str(port), str(seconds))
             direct.append(r["bytes"] * 8 / r["seconds"] / 1e9)
             t = time.monotonic()
             r = _client(fl, "spread", "10.77.0.100", "80", str(connections))
             rate_via.append((connections - r["errors"]) / (time.monotonic() - t))
             t = time.monotonic()
-            r = _client(fl, "spread", BACKENDS["b1"], "8080", str(connections))
+            r = _client(fl, "spread", BACKENDS["b1"], str(port), str(connections))
             rate_direct.append((connections - r["errors"]) / (time.monotonic() - t))
         out = {
+            "mode": mode,
             "throughput_gbit_via_vip": round(statistics.median(via), 3),
             "throughput_gbit_direct": round(statistics.median(direct), 3),
             "throughput_ratio": round(statistics.median(via) / statistics.median(direct), 3),
@@ -186,7 +189,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="lbd-bench-forward-") as tmp:
         workdir = Path(tmp)
         if "path" in sections:
-            results["path"] = bench_path(workdir, args.seconds, args.connections, args.rounds)
+            results["path"] = [bench_path(workdir, mode, args.seconds, args.connections, args.rounds)
+                               for mode in ("nat", "dsr")]
             print(json.dumps({"path": results["path"]}), flush=True)
         if "apply" in sections:
             results["apply"] = bench_apply(args.backends)
