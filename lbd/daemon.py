@@ -302,7 +302,7 @@ class Daemon:
             return frozenset()
         from lbd.forward.forwarder import COLLECTOR, Forwarder
         from lbd.forward.health import BackendChecker
-        from lbd.forward.ruleset import desired
+        from lbd.forward.ruleset import desired, to_withdraw
 
         if self.backend_checks is None:
             self.backend_checks = BackendChecker(on_change=self.trigger)
@@ -318,7 +318,7 @@ class Daemon:
         except Exception:  # noqa: BLE001 - announcing must go on; status shows the error, a later pass retries
             log.exception("forward_failed")
             asyncio.get_running_loop().call_later(1.0, self.trigger)
-        return frozenset(name for name in want.no_backend if forwarded[name].on_no_backend == "withdraw")
+        return to_withdraw(want, forwarded)
 
     async def _configure_bgp(self) -> None:
         # Only the peers whose node selector picks this node open a session from it.

@@ -228,6 +228,14 @@ def desired(
     return Desired(ruleset=ruleset, views=views, no_backend=no_backend)
 
 
+def to_withdraw(want: Desired, services: Mapping[str, ServiceSpec]) -> frozenset[str]:
+    """Services whose VIPs this node must give up: no healthy backend here and
+    ``on_no_backend = "withdraw"`` (the daemon marks them failing, like a failed
+    ``health_check``, so the election moves the VIP to a node that can serve)."""
+    return frozenset(name for name in want.no_backend
+                     if name in services and services[name].on_no_backend == "withdraw")
+
+
 # ---------------------------------------------------------------------------
 # Transactions (libnftables JSON)
 # ---------------------------------------------------------------------------

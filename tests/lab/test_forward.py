@@ -124,6 +124,13 @@ def test_nat_with_snat_for_backends_that_do_not_route_back(lab, tmp_path):
     assert result["errors"] == 0 and set(result["names"]) == {"b1", "b2", "b3"}, result
     assert set(result["peers"]) == {NODE_BACK["n1"]}, result  # the backends saw the node's address
 
+    # No healthy backend left: the VIP is withdrawn from the node, and status says why.
+    for name in BACKENDS:
+        fl.kill_backend(name)
+    wait_for(lambda: vip_holder(fl) is None, 15, interval=0.1, what="the VIP withdrawn")
+    row = fl.lbd["n1"].service("static/web")
+    assert "no healthy backend (0 of 3 up on this node): VIP withdrawn from this node" in row["reason"], row
+
 
 def test_dsr_backends_answer_directly_and_flows_survive_a_failover(lab, tmp_path):
     nodes = ("n1", "n2")

@@ -12,7 +12,7 @@ import pytest
 from lbd.config import parse_config
 from lbd.forward import nlobj
 from lbd.forward.health import check_for
-from lbd.forward.ruleset import desired, plan_transaction, prepare_text
+from lbd.forward.ruleset import desired, plan_transaction, prepare_text, to_withdraw
 from lbd.model import Allocation
 
 CONFIG = """
@@ -83,6 +83,13 @@ def test_no_healthy_backend_is_reported_for_withdrawal(setup) -> None:
     assert all(p.buckets == () for p in d.ruleset.ports)
     unknown = desired(services, allocations, lambda s, b: None, cfg.forwarding, IFS)
     assert set(unknown.no_backend) == {"static/web", "static/dsr"}  # not yet checked counts as not healthy
+    # The default withdraws the VIP from this node; "keep" keeps it (status says why).
+    from dataclasses import replace
+
+    assert to_withdraw(d, services) == {"static/web", "static/dsr"}
+    kept = {**services, "static/dsr": replace(services["static/dsr"], on_no_backend="keep")}
+    assert to_withdraw(d, kept) == {"static/web"}
+    assert to_withdraw(desired(services, allocations, up_except(), cfg.forwarding, IFS), services) == frozenset()
 
 
 def test_drain_takes_no_new_flows_but_keeps_the_chain(setup) -> None:
