@@ -61,13 +61,19 @@ def parse_forwarding(t: Table, ports: Sequence[PortSpec], families: Sequence[Fam
         for key in ("forward", "snat", "backend_check", "on_no_backend"):
             if t.has(key):
                 t.error(key, "only applies to a service with backends")
+    reported: set[str] = set()  # an array applies to every port: one message per mistake
     for b in backends:
+        problems = []
         if Family.of(b.address) not in families:
-            t.error("backends", f"{b.endpoint} is {Family.of(b.address).value} but the service's ip_families is "
-                                f"{[f.value for f in families]} (lbd does not translate between families)")
+            problems.append(f"{b.address} is {Family.of(b.address).value} but the service's ip_families is "
+                            f"{[f.value for f in families]} (lbd does not translate between families)")
         if forward == "dsr" and b.target_port != b.port.port:
-            t.error("backends", f'{b.endpoint}: forward = "dsr" cannot change the port ({b.port} -> '
-                                f"{b.target_port}): a DSR backend serves the VIP's own port")
+            problems.append(f'{b.endpoint}: forward = "dsr" cannot change the port ({b.port} -> '
+                            f"{b.target_port}): a DSR backend serves the VIP's own port")
+        for problem in problems:
+            if problem not in reported:
+                reported.add(problem)
+                t.error("backends", problem)
     check = None
     table = t.table("backend_check")
     if table is not None:
