@@ -29,11 +29,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
