@@ -197,3 +197,21 @@ def test_netlink_counter_and_table_parsing() -> None:
         list(nlobj.messages(struct.pack("=IHHII", 400, 1, 0, 0, 0)))
     with pytest.raises(OSError):
         list(nlobj.messages(struct.pack("=IHHII", 20, nlobj.NLMSG_ERROR, 0, 0, 0) + struct.pack("=i", -1)))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_netlink_parsers_only_raise_their_error(data: bytes) -> None:
+    for parse in (lambda d: list(nlobj.attrs(d)), nlobj.parse_counter, nlobj.parse_table):
+        try:
+            parse(data)
+        except nlobj.NetlinkFormatError:
+            pass
+    try:
+        list(nlobj.messages(data))
+    except (nlobj.NetlinkFormatError, OSError):
+        pass  # OSError: a well-formed NLMSG_ERROR carrying an errno
