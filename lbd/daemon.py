@@ -314,7 +314,8 @@ class Daemon:
                        self.config.forwarding, {i.name: i.networks for i in interfaces if i.up})
         try:
             await self.forwarder.apply(want)
-            await self.forwarder.refresh_counters()
+            if self.config.metrics.listen:  # for Prometheus; lbd-ctl status reads afresh
+                await self.forwarder.refresh_counters(max_age=30.0)
         except Exception:  # noqa: BLE001 - announcing must go on; status shows the error, a later pass retries
             log.exception("forward_failed")
             asyncio.get_running_loop().call_later(1.0, self.trigger)

@@ -32,6 +32,7 @@ process and would break the cross-node agreement).
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -82,10 +83,8 @@ class MaglevTable:
         return self.backends[self.entries[bucket]]
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(self.backends, 0)
-        for index in self.entries:
-            out[self.backends[index]] += 1
-        return out
+        tally = Counter(self.entries)
+        return {name: tally.get(i, 0) for i, name in enumerate(self.backends)}
 
     def shares(self) -> dict[str, float]:
         return {name: count / self.size for name, count in self.counts().items()}

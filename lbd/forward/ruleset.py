@@ -13,18 +13,23 @@ Layout (docs/forwarding.md has the picture). lbd owns the tables named
 - ``table inet lbd`` (nat mode):
   - base chain ``prerouting`` (nat, priority dstnat): per VIP port
     ``ip daddr VIP tcp dport P jump p<id>``;
-  - chain ``p<id>``: ``jhash ip saddr . tcp sport mod M seed S vmap @m<id>``;
-  - map ``m<id>``: Maglev bucket -> ``jump b<id>``;
-  - chain ``b<id>`` per backend: ``counter name b<id>; meta l4proto tcp dnat ip to A:P``;
+  - chain ``p<id>``: ``meta l4proto tcp dnat ip to jhash ip saddr . tcp sport mod M seed S map @m<id>``;
+  - map ``m<id>`` (with a counter on every entry): Maglev bucket -> backend ``address . port``;
   - base chain ``postrouting`` (nat, priority srcnat):
     ``ct status dnat ip daddr . meta l4proto . th dport @snat4 masquerade`` (and ip6),
     the sets holding the backends of services with ``snat = true``.
 - ``table netdev lbd`` (dsr mode): one base chain ``in-<ifname>`` per interface
-  (hook ingress), the same ``p``/``m``/``b`` structure, and the backend chain
-  ``fwd ip to A device D``: the kernel resolves A's MAC by neighbour discovery
-  and sends the unchanged IP packet to it (the destination MAC is rewritten,
-  nothing else). The ``fwd`` statement exists only in the netdev family,
-  hence a second table.
+  (hook ingress), the same dispatch, and the port chain
+  ``fwd ip to jhash ... map @m<id> device D`` with map entries bucket ->
+  backend address: the kernel resolves the address's MAC by neighbour
+  discovery and sends the unchanged IP packet to it (the destination MAC is
+  rewritten, nothing else). The ``fwd`` statement exists only in the netdev
+  family, hence a second table.
+
+No kernel object exists per backend: a change rewrites map entries only, and
+libnftables, which loads its cache of chains, rules and objects before every
+batch, has little to load (10,000 per-backend chains cost 0.1-0.3 s per
+batch). Per-backend packet counts are the sums of the entries' counters.
 
 The flow hash is the kernel's ``jhash`` of the client's address and port with
 the configured seed: the same on every node, so with the same Maglev table a
@@ -47,6 +52,7 @@ NAT = "inet"
 DSR = "netdev"
 
 
+@functools.lru_cache(maxsize=65536)
 def _id(prefix: str, *parts: object) -> str:
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12]
     return prefix + digest
@@ -54,9 +60,9 @@ def _id(prefix: str, *parts: object) -> str:
 
 @dataclass(frozen=True)
 class BackendTarget:
-    """One backend chain (and its named counter) in one table."""
+    """One backend as a map entry's value."""
 
-    name: str  # "b" + hash: chain and counter name
+    name: str  # "b" + hash: a stable id (status, counters)
     service: str
     endpoint: str  # "10.88.1.10:8080"
     family: int  # 4 or 6
@@ -69,6 +75,10 @@ class BackendTarget:
     @property
     def table_family(self) -> str:
         return DSR if self.mode == "dsr" else NAT
+
+    def value(self) -> Any:
+        """The map entry's data: ``address . port`` (nat) or the address (dsr)."""
+        return self.address if self.mode == "dsr" else {"concat": [self.address, self.port]}
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,8 @@ class PortForward:
     mode: str
     size: int
     seed: int
-    buckets: tuple[str, ...] = ()  # backend chain per bucket; () when no backend takes new flows
+    device: str | None = None  # dsr: the interface towards the backends
+    buckets: tuple[str, ...] = ()  # backend id per bucket; () when no backend takes new flows
 
     @property
     def map(self) -> str:
@@ -97,7 +108,7 @@ class PortForward:
     def key(self) -> tuple:
         """Everything but the buckets: what the chain and base-chain rule depend on."""
         return (self.name, self.service, self.vip, self.family, self.protocol, self.port, self.mode,
-                self.size, self.seed)
+                self.size, self.seed, self.device)
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,7 @@ class Ruleset:
     devices: tuple[str, ...] = ()  # netdev ingress hooks (dsr)
 
     def tables(self) -> set[str]:
-        return {p.table_family for p in self.ports} | {b.table_family for b in self.backends}
+        return {p.table_family for p in self.ports}
 
 
 @dataclass
@@ -121,7 +132,7 @@ class BackendView:
     weight: int
     healthy: bool | None
     share: float  # of the port's new flows
-    counter: str | None  # backend chain/counter name when in the table
+    counter: str | None  # backend id when it can be in the table
     table_family: str = NAT
     note: str = ""
 
@@ -131,6 +142,11 @@ class Desired:
     ruleset: Ruleset
     views: list[BackendView] = field(default_factory=list)
     no_backend: dict[str, str] = field(default_factory=dict)  # service -> reason (no healthy backend)
+
+
+@functools.lru_cache(maxsize=256)
+def _bucket_ids(table: maglev.MaglevTable, ids: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(map(ids.__getitem__, table.entries))
 
 
 @functools.lru_cache(maxsize=256)
@@ -177,30 +193,37 @@ def desired(
                 fitting = [b for b in members if b.address.version == vip.version]
                 weights: dict[str, int] = {}
                 chain_of: dict[str, str] = {}
+                port_device: str | None = None
+                if spec.forward == "dsr":
+                    devices_here = sorted({d for d in (_device_for(b.address, interfaces) for b in fitting) if d})
+                    port_device = devices_here[0] if devices_here else None
                 for b in fitting:
                     ok = healthy(name, b)
+                    endpoint, address = b.endpoint, str(b.address)
                     device = None
                     note = ""
                     if spec.forward == "dsr":
                         device = _device_for(b.address, interfaces)
                         if device is None:
                             note = "no interface of this node has a subnet holding it (dsr needs layer 2)"
+                        elif device != port_device:
+                            note = f"on {device}, not on {port_device} with the port's other backends (dsr)"
                     usable = ok is True and b.weight > 0 and not note
                     target = BackendTarget(
-                        name=_id("b", name, spec.forward, b.address, b.port, b.target_port, device),
-                        service=name, endpoint=b.endpoint, family=b.address.version, protocol=port.protocol,
-                        address=str(b.address), port=b.target_port, mode=spec.forward, device=device,
+                        name=_id("b", name, spec.forward, address, port.protocol, port.port, b.target_port, device),
+                        service=name, endpoint=endpoint, family=b.address.version, protocol=port.protocol,
+                        address=address, port=b.target_port, mode=spec.forward, device=device,
                     )
                     if not note:
                         backends[target.name] = target
-                        chain_of[b.endpoint] = target.name
-                    weights[b.endpoint] = b.weight if usable else 0
+                        chain_of[endpoint] = target.name
+                    weights[endpoint] = b.weight if usable else 0
                     if ok is True and not note:
                         total_up += 1
                     if spec.forward == "nat" and spec.snat:
-                        snat.add((b.address.version, str(b.address), port.protocol, b.target_port))
+                        snat.add((b.address.version, address, port.protocol, b.target_port))
                     views.append(BackendView(
-                        service=name, port=str(port), endpoint=b.endpoint, weight=b.weight, healthy=ok,
+                        service=name, port=str(port), endpoint=endpoint, weight=b.weight, healthy=ok,
                         share=0.0, counter=None if note else target.name, table_family=target.table_family,
                         note=note or ("draining (weight 0)" if b.weight == 0 else ""),
                     ))
@@ -209,10 +232,10 @@ def desired(
                 for view in views[len(views) - len(fitting):]:
                     view.share = shares.get(view.endpoint, 0.0)
                 pf = PortForward(
-                    name=_id("p", name, vip, port, spec.forward, forwarding.table_size, forwarding.seed),
+                    name=_id("p", name, vip, port, spec.forward, forwarding.table_size, forwarding.seed, port_device),
                     service=name, vip=str(vip), family=vip.version, protocol=port.protocol, port=port.port,
-                    mode=spec.forward, size=forwarding.table_size, seed=forwarding.seed,
-                    buckets=tuple(chain_of[e] for e in table.as_names()),
+                    mode=spec.forward, size=forwarding.table_size, seed=forwarding.seed, device=port_device,
+                    buckets=_bucket_ids(table, tuple(chain_of.get(n, "") for n in table.backends)),
                 )
                 ports.append(pf)
                 uses_dsr = uses_dsr or spec.forward == "dsr"
@@ -253,19 +276,13 @@ def _ipname(family: int) -> str:
     return "ip" if family == 4 else "ip6"
 
 
-def _backend_rule(b: BackendTarget) -> list[dict[str, Any]]:
-    expr: list[dict[str, Any]] = [{"counter": b.name}]
-    if b.mode == "dsr":
-        expr.append({"fwd": {"dev": b.device, "family": _ipname(b.family), "addr": b.address}})
-    else:
-        expr.append({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": b.protocol}})
-        expr.append({"dnat": {"family": _ipname(b.family), "addr": b.address, "port": b.port}})
-    return expr
-
-
 def _port_rule(p: PortForward) -> list[dict[str, Any]]:
     key = {"concat": [_payload(_ipname(p.family), "saddr"), _payload(p.protocol, "sport")]}
-    return [{"vmap": {"key": {"jhash": {"mod": p.size, "seed": p.seed, "expr": key}}, "data": "@" + p.map}}]
+    lookup = {"map": {"key": {"jhash": {"mod": p.size, "seed": p.seed, "expr": key}}, "data": "@" + p.map}}
+    if p.mode == "dsr":
+        return [{"fwd": {"dev": p.device, "family": _ipname(p.family), "addr": lookup}}]
+    return [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": p.protocol}},
+            {"dnat": {"family": _ipname(p.family), "addr": lookup}}]
 
 
 def _dispatch_rule(p: PortForward) -> list[dict[str, Any]]:
@@ -276,8 +293,15 @@ def _dispatch_rule(p: PortForward) -> list[dict[str, Any]]:
     ]
 
 
-def _elements(p: PortForward, buckets: Sequence[int]) -> list[Any]:
-    return [[b, {"jump": {"target": p.buckets[b]}}] for b in buckets]
+def _elements(p: PortForward, buckets: Sequence[int], targets: Mapping[str, BackendTarget]) -> list[Any]:
+    return [[b, targets[p.buckets[b]].value()] for b in buckets]
+
+
+def map_declaration(p: PortForward) -> str:
+    """nft syntax for a port's map (see ``prepare_text``)."""
+    ip = _ipname(p.family)
+    data = f"{ip} daddr" if p.mode == "dsr" else f"{ip} daddr . tcp dport"
+    return f"add map {p.table_family} {TABLE} {p.map} {{ typeof numgen random mod 2 : {data}; counter; }}"
 
 
 def _chunks(items: list[Any], size: int = 20000) -> list[list[Any]]:
@@ -289,10 +313,10 @@ def prepare_text(applied: Ruleset | None, want: Ruleset) -> str:
 
     libnftables 1.0's JSON input cannot declare a map keyed by a 32-bit
     hash (that needs ``typeof``, which its JSON parser lacks), so maps are
-    declared here, as ``typeof numgen random mod 2`` (an unsized 32-bit
+    declared here, keyed ``typeof numgen random mod 2`` (an unsized 32-bit
     integer, like the ``jhash`` result; ``typeof jhash ...`` would do too, but
     nft 1.0.6 crashes listing such a map, which would break ``nft list
-    ruleset`` for everyone). An empty map that no rule references changes no packet's fate, so
+    ruleset`` for everyone), with a counter on every entry. An empty map that no rule references changes no packet's fate, so
     this does not break the all-or-nothing rule: every change that traffic can
     see is in the one JSON transaction. With ``applied`` None (start, or after
     a failure) lbd's tables are recreated from scratch.
@@ -310,7 +334,7 @@ def prepare_text(applied: Ruleset | None, want: Ruleset) -> str:
     have = set() if applied is None else {p.map for p in applied.ports}
     for p in want.ports:
         if p.map not in have:
-            lines.append(f"add map {p.table_family} {TABLE} {p.map} {{ typeof numgen random mod 2 : verdict; }}")
+            lines.append(map_declaration(p))
     return "\n".join(lines)
 
 
@@ -318,25 +342,17 @@ def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, A
     """The JSON commands taking lbd's tables from ``applied`` to ``want`` in one transaction.
 
     Order matters inside the batch: objects are added before anything refers
-    to them and deleted after the last reference is gone.
+    to them and deleted after the last reference is gone. A moved entry is
+    deleted and added again (its counter restarts; ``Forwarder`` keeps the
+    count it had).
     """
     full = applied is None
     old = Ruleset() if applied is None else applied
     ops: list[dict[str, Any]] = []
     tables = want.tables()
-    old_backends = {b.name: b for b in old.backends}
     new_backends = {b.name: b for b in want.backends}
     old_ports = {p.name: p for p in old.ports}
     new_ports = {p.name: p for p in want.ports}
-
-    # 1. new backend counters and chains
-    for name, b in new_backends.items():
-        if name in old_backends:
-            continue
-        t = _t(b.table_family)
-        ops.append({"add": {"counter": {**t, "name": name}}})
-        ops.append({"add": {"chain": {**t, "name": name}}})
-        ops.append({"add": {"rule": {**t, "chain": name, "expr": _backend_rule(b)}}})
 
     # 2. new port chains; the bucket maps of every port
     for name, p in new_ports.items():
@@ -361,7 +377,7 @@ def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, A
         fresh = [i for i in changed if i < len(p.buckets)]
         for chunk in _chunks(fresh):
             if chunk:
-                ops.append({"add": {"element": {**t, "name": p.map, "elem": _elements(p, chunk)}}})
+                ops.append({"add": {"element": {**t, "name": p.map, "elem": _elements(p, chunk, new_backends)}}})
 
     # 3. the base chains: rebuilt whenever the set of forwarded VIP ports changes
     dispatch_old = sorted((p.key() for p in old.ports))
@@ -408,18 +424,13 @@ def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, A
             for dev in old_devices - set(want.devices):
                 ops.append({"delete": {"chain": {**t, "name": f"in-{dev}"}}})
 
-    # 4. what is gone: port chains and maps, then backend chains and counters
+    # 4. what is gone: port chains and their maps
     if not full:
         for name, p in old_ports.items():
             if name not in new_ports and p.table_family in tables:
                 t = _t(p.table_family)
                 ops.append({"delete": {"chain": {**t, "name": name}}})
                 ops.append({"delete": {"map": {**t, "name": p.map}}})
-        for name, b in old_backends.items():
-            if name not in new_backends and b.table_family in tables:
-                t = _t(b.table_family)
-                ops.append({"delete": {"chain": {**t, "name": name}}})
-                ops.append({"delete": {"counter": {**t, "name": name}}})
         for family in sorted(old.tables() - tables):
             ops.append({"delete": {"table": {"family": family, "name": TABLE}}})
     return ops

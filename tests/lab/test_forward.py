@@ -157,6 +157,8 @@ def test_dsr_backends_answer_directly_and_flows_survive_a_failover(lab, tmp_path
     counts = [next(e["counter"]["packets"] for e in o["rule"]["expr"] if "counter" in e)
               for o in rules if "rule" in o]
     assert counts[0] == 0 and counts[1] > 0, counts
+    # dsr counts every packet from the client, per backend (the sum of its map entries' counters).
+    assert sum(r["packets"] for r in backend_rows(fl.lbd[owner])) >= 3 * 30
 
     # Long-lived connections, then the owner crashes (link down, SIGKILL).
     hold = fl.hold(16, 8.0)

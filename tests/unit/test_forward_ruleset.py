@@ -71,7 +71,7 @@ def test_desired_shares_by_weight_and_health(setup) -> None:
     down = desired(services, allocations, up_except("10.88.1.12"), cfg.forwarding, IFS)
     views = {v.endpoint: v for v in down.views if v.service == "static/web"}
     assert views["10.88.1.12:8080"].share == 0 and abs(views["10.88.1.10:8080"].share - 0.5) < 0.01
-    # The failing backend's chain stays (its counters too); only the table stops pointing at it.
+    # The failing backend stays known (its counts too); only the table stops pointing at it.
     assert {b.name for b in down.ruleset.backends} == {b.name for b in d.ruleset.backends}
 
 
@@ -102,9 +102,9 @@ def test_drain_takes_no_new_flows_but_keeps_the_chain(setup) -> None:
     d = desired({**services, "static/web": drained}, allocations, up_except(), cfg.forwarding, IFS)
     views = {v.endpoint: v for v in d.views if v.service == "static/web"}
     assert views["10.88.1.12:8080"].share == 0 and views["10.88.1.12:8080"].note.startswith("draining")
-    chain = views["10.88.1.12:8080"].counter
-    assert chain in {b.name for b in d.ruleset.backends}
-    assert chain not in next(p for p in d.ruleset.ports if p.service == "static/web").buckets
+    backend = views["10.88.1.12:8080"].counter
+    assert backend in {b.name for b in d.ruleset.backends}
+    assert backend not in next(p for p in d.ruleset.ports if p.service == "static/web").buckets
 
 
 def test_full_transaction_then_minimal_diffs(setup) -> None:
@@ -112,18 +112,26 @@ def test_full_transaction_then_minimal_diffs(setup) -> None:
     d = desired(services, allocations, up_except(), cfg.forwarding, IFS).ruleset
     prep = prepare_text(None, d)
     assert prep.startswith("add table inet lbd\ndelete table inet lbd\nadd table inet lbd")
-    assert "add table netdev lbd" in prep and prep.count("typeof numgen random mod 2 : verdict") == 2
+    assert "add table netdev lbd" in prep
+    assert "{ typeof numgen random mod 2 : ip daddr . tcp dport; counter; }" in prep  # nat: address . port
+    assert "{ typeof numgen random mod 2 : ip daddr; counter; }" in prep  # dsr: the address
     ops = plan_transaction(None, d)
     kinds = [(next(iter(o)), next(iter(next(iter(o.values()))))) for o in ops]
-    assert ("add", "counter") in kinds and ("add", "element") in kinds
+    assert ("add", "element") in kinds
+    assert ("add", "counter") not in kinds  # no kernel object per backend: only map entries
     rules = [o["add"]["rule"] for o in ops if "add" in o and "rule" in o["add"]]
-    dnat = [r for r in rules if any("dnat" in e for e in r["expr"])]
-    assert {e["dnat"]["addr"] for r in dnat for e in r["expr"] if "dnat" in e} == {"10.88.1.10", "10.88.1.11",
-                                                                                  "10.88.1.12"}
+    dnat = [e["dnat"] for r in rules for e in r["expr"] if "dnat" in e]
     fwd = [e["fwd"] for r in rules for e in r["expr"] if "fwd" in e]
-    assert fwd == [{"dev": "eth0", "family": "ip", "addr": "10.88.1.10"}]
-    hashes = [e["vmap"]["key"]["jhash"] for r in rules for e in r["expr"] if "vmap" in e]
-    assert all(h["mod"] == 1021 and h["seed"] == 42 for h in hashes) and len(hashes) == 2
+    assert len(dnat) == 1 and len(fwd) == 1 and fwd[0]["dev"] == "eth0" and fwd[0]["family"] == "ip"
+    hashes = [x["addr"]["map"]["key"]["jhash"] for x in dnat + fwd]
+    assert all(h["mod"] == 1021 and h["seed"] == 42 for h in hashes)
+    web = next(o["add"]["element"] for o in ops if "add" in o and "element" in o["add"]
+               and o["add"]["element"]["family"] == "inet")
+    assert {tuple(v["concat"]) for _, v in web["elem"]} == {("10.88.1.10", 8080), ("10.88.1.11", 8080),
+                                                            ("10.88.1.12", 8080)}
+    dsr = next(o["add"]["element"] for o in ops if "add" in o and "element" in o["add"]
+               and o["add"]["element"]["family"] == "netdev")
+    assert {v for _, v in dsr["elem"]} == {"10.88.1.10"}
     ingress = [o["add"]["chain"] for o in ops if "add" in o and "chain" in o["add"] and o["add"]["chain"].get("hook")]
     assert {(c["family"], c["hook"]) for c in ingress} == {("inet", "prerouting"), ("inet", "postrouting"),
                                                            ("netdev", "ingress")}
@@ -142,7 +150,7 @@ def test_full_transaction_then_minimal_diffs(setup) -> None:
     assert sum(len(o["add"]["element"]["elem"]) for o in ops if "add" in o) == moved
     assert moved < 1021 * 0.25 * 2  # the failed backend's quarter, plus Maglev's small extra
 
-    # A service removed: its port chain and map, its backend chains and counters go; the base chain is rebuilt.
+    # A service removed: its port chain and map go; the base chain is rebuilt.
     d3 = desired({"static/web": services["static/web"]}, allocations, up_except(), cfg.forwarding, IFS).ruleset
     ops = plan_transaction(d, d3)
     assert [o for o in ops if "delete" in o] == [{"delete": {"table": {"family": "netdev", "name": "lbd"}}}]
@@ -182,6 +190,20 @@ def _nla(kind: int, payload: bytes) -> bytes:
     return nlobj.attr(kind, payload)
 
 
+def test_netlink_element_counters_parsing() -> None:
+    counter = _nla(nlobj.NFTA_EXPR_NAME, b"counter\0") + _nla(nlobj.NFTA_EXPR_DATA | 0x8000, _nla(
+        nlobj.NFTA_COUNTER_BYTES, struct.pack(">Q", 600)) + _nla(nlobj.NFTA_COUNTER_PACKETS, struct.pack(">Q", 9)))
+    single = _nla(nlobj.NFTA_SET_ELEM_KEY, _nla(nlobj.NFTA_DATA_VALUE, struct.pack("=I", 7))) + _nla(
+        nlobj.NFTA_SET_ELEM_EXPR, counter)
+    listed = _nla(nlobj.NFTA_SET_ELEM_KEY, _nla(nlobj.NFTA_DATA_VALUE, struct.pack("=I", 8))) + _nla(
+        nlobj.NFTA_SET_ELEM_EXPRESSIONS, _nla(nlobj.NFTA_LIST_ELEM, counter))
+    bare = _nla(nlobj.NFTA_SET_ELEM_KEY, _nla(nlobj.NFTA_DATA_VALUE, struct.pack("=I", 9)))
+    elements = b"".join(_nla(nlobj.NFTA_LIST_ELEM, e) for e in (single, listed, bare))
+    payload = struct.pack("=BBH", 1, 0, 0) + _nla(nlobj.NFTA_SET_ELEM_LIST_TABLE, b"lbd\0") + _nla(
+        nlobj.NFTA_SET_ELEM_LIST_ELEMENTS, elements)
+    assert nlobj.parse_element_counters(payload) == [(7, 9, 600), (8, 9, 600)]
+
+
 def test_netlink_counter_and_table_parsing() -> None:
     data = _nla(nlobj.NFTA_COUNTER_BYTES, struct.pack(">Q", 1500)) + _nla(nlobj.NFTA_COUNTER_PACKETS,
                                                                           struct.pack(">Q", 3))
@@ -206,7 +228,8 @@ from hypothesis import strategies as st  # noqa: E402
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=200))
 def test_netlink_parsers_only_raise_their_error(data: bytes) -> None:
-    for parse in (lambda d: list(nlobj.attrs(d)), nlobj.parse_counter, nlobj.parse_table):
+    for parse in (lambda d: list(nlobj.attrs(d)), nlobj.parse_counter, nlobj.parse_table,
+                  nlobj.parse_element_counters):
         try:
             parse(data)
         except nlobj.NetlinkFormatError:
@@ -215,3 +238,32 @@ def test_netlink_parsers_only_raise_their_error(data: bytes) -> None:
         list(nlobj.messages(data))
     except (nlobj.NetlinkFormatError, OSError):
         pass  # OSError: a well-formed NLMSG_ERROR carrying an errno
+
+
+def test_forwarder_counts_per_backend_and_keeps_what_moved(setup, monkeypatch) -> None:
+    """Per-backend totals are the sums of the entries' counters, and an entry that moves
+    (rewritten, so its counter restarts) leaves its count with the backend it counted for."""
+    from lbd.forward import forwarder as fw
+
+    cfg, services, allocations = setup
+    d1 = desired(services, allocations, up_except(), cfg.forwarding, IFS)
+    d2 = desired(services, allocations, up_except("10.88.1.11"), cfg.forwarding, IFS)
+    web1 = next(p for p in d1.ruleset.ports if p.service == "static/web")
+    web2 = next(p for p in d2.ruleset.ports if p.service == "static/web")
+    kernel = {web1.map: {b: (1, 100) for b in range(web1.size)}}  # one packet per entry so far
+    monkeypatch.setattr(fw.nlobj, "element_counters", lambda family, table, name: dict(kernel.get(name, {})))
+    f = fw.Forwarder(nft=None)
+    f.applied = d1.ruleset
+    f.desired = d1
+    totals = f.read_counters()
+    by_id = {v.endpoint: v.counter for v in d1.views if v.service == "static/web"}
+    assert sum(totals[("inet", by_id[e])][0] for e in by_id) == web1.size
+    before = {e: totals[("inet", by_id[e])][0] for e in by_id}
+    f._retire(d1.ruleset, d2.ruleset)  # what _apply_sync does before the transaction
+    moved = [b for b in range(web1.size) if web1.buckets[b] != web2.buckets[b]]
+    for b in moved:
+        kernel[web1.map][b] = (0, 0)  # rewritten entries restart at zero
+    f.applied = d2.ruleset
+    after = f.read_counters()
+    for endpoint, ident in by_id.items():
+        assert after[("inet", ident)][0] == before[endpoint], endpoint  # nothing lost, nothing counted twice
