@@ -3,8 +3,8 @@
 libnftables answers any ``list`` command by first loading its whole cache,
 set elements included, and formatting it: with a 65537-entry Maglev map per
 service port that takes a second or more per call. The entries' counters
-(``NFT_MSG_GETSETELEM``), named counters (``NFT_MSG_GETOBJ``) and the table
-list (``NFT_MSG_GETTABLE``) are netlink dumps, read here directly.
+(``NFT_MSG_GETSETELEM``) and the table list (``NFT_MSG_GETTABLE``) are
+netlink dumps, read here directly.
 ``parse_*`` are pure (bytes in, values out) and unit-tested; ``dump()`` does
 the socket I/O.
 """
@@ -19,7 +19,6 @@ from typing import Iterator
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETTABLE = 1
-NFT_MSG_GETOBJ = 19
 NFT_MSG_GETSETELEM = 13
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
@@ -29,9 +28,7 @@ NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NFTA_TABLE_NAME = 1
-NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
 NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
-NFT_OBJECT_COUNTER = 1
 FAMILIES = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
 NLA_TYPE_MASK = 0x3FFF
 
@@ -80,21 +77,6 @@ def messages(data: bytes) -> Iterator[tuple[int, bytes]]:
                 raise OSError(-code, os.strerror(-code))
         yield kind, payload
         offset += _align(length)
-
-
-def parse_counter(payload: bytes) -> tuple[str, int, int] | None:
-    """(name, packets, bytes) from one NFT_MSG_NEWOBJ payload (nfgenmsg + attributes)."""
-    name, packets, octets, found = None, 0, 0, False
-    for kind, value in attrs(payload[4:]):
-        if kind == NFTA_OBJ_NAME:
-            name = value.rstrip(b"\0").decode(errors="replace")
-        elif kind == NFTA_OBJ_DATA:
-            for inner, data in attrs(value):
-                if inner == NFTA_COUNTER_BYTES and len(data) == 8:
-                    octets, found = struct.unpack(">Q", data)[0], True
-                elif inner == NFTA_COUNTER_PACKETS and len(data) == 8:
-                    packets, found = struct.unpack(">Q", data)[0], True
-    return (name, packets, octets) if name is not None and found else None
 
 
 def _counter_expr(data: bytes) -> tuple[int, int] | None:
@@ -187,17 +169,6 @@ def dump(msg_type: int, family: int, payload: bytes = b"", timeout: float = 2.0)
                     return out
                 if kind != NLMSG_ERROR:
                     out.append((kind & 0xFF, body))
-
-
-def counters(family: str, table: str) -> dict[str, tuple[int, int]]:
-    """name -> (packets, bytes) of every named counter in ``family table``."""
-    payload = attr(NFTA_OBJ_TABLE, table.encode() + b"\0") + attr(NFTA_OBJ_TYPE, struct.pack(">I", NFT_OBJECT_COUNTER))
-    out: dict[str, tuple[int, int]] = {}
-    for _kind, body in dump(NFT_MSG_GETOBJ, FAMILIES[family], payload):
-        parsed = parse_counter(body)
-        if parsed is not None:
-            out[parsed[0]] = (parsed[1], parsed[2])
-    return out
 
 
 def element_counters(family: str, table: str, name: str) -> dict[int, tuple[int, int]]:
