@@ -37,6 +37,7 @@ from lbd.config_read import (
     quote,
 )
 from lbd.config_hooks import parse_hooks
+from lbd.config_forward import parse_forwarding_section
 from lbd.config_service import _parse_services, parse_service_table, parse_services_document
 from lbd.model import (
     AddressRange,
@@ -77,7 +78,7 @@ SourceValidator = Callable[[SourceConfig], "list[str]"]
 
 TOP_KEYS = (
     "node", "cluster", "pool", "l2_advertisement", "bgp_peer", "bgp_advertisement", "route_export",
-    "service", "source", "communities", "log", "metrics", "hook",
+    "service", "source", "communities", "log", "metrics", "hook", "forwarding",
 )
 NODE_KEYS = ("name", "labels", "state_dir", "control_socket", "drained", "allow_readdress")
 CLUSTER_KEYS = ("bind", "advertise", "join", "keys_file", "profile", "failback_delay")
@@ -200,6 +201,7 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
     log = _log(errors, _section(errors, doc, "log"))
     metrics = _metrics(errors, _section(errors, doc, "metrics"))
     hooks = parse_hooks(errors, doc)
+    forwarding = parse_forwarding_section(errors, _section(errors, doc, "forwarding"))
 
     pool_list = [pool for _, pool, _ in pools]
     pool_names = {pool.name for pool in pool_list}
@@ -227,6 +229,7 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
         log=log,
         metrics=metrics,
         hooks=tuple(hooks),
+        forwarding=forwarding,
     )
 
 

@@ -21,10 +21,12 @@ from lbd.config_read import (
     parse_ip,
     quote,
 )
+from lbd.config_forward import FORWARD_KEYS, parse_forwarding
 from lbd.model import Family, HealthCheckConfig, IPAddress, PortSpec, ServiceSpec
 
 SERVICE_KEYS = (
     "name", "pool", "addresses", "ports", "share_key", "ip_families", "health_check", "labels", "nodes",
+    *FORWARD_KEYS,
 )
 HEALTH_KEYS = (
     "type", "port", "host", "path", "expected_status", "command", "interval", "timeout", "rise", "fall",
@@ -196,6 +198,8 @@ def _service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | No
     if t.array("nodes") == []:
         t.error("nodes", "an empty list would leave the service with no node: omit the key for every node")
 
+    forwarding = parse_forwarding(t, tuple(ports), families)
+
     if name is None:
         return None, errors.items
     return ServiceSpec(
@@ -208,6 +212,7 @@ def _service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | No
         health_check=health,
         eligible_nodes=frozenset(nodes) if t.has("nodes") else None,
         labels=labels,
+        **forwarding,
     ), errors.items
 
 

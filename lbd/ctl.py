@@ -72,6 +72,12 @@ def render_status(status: dict[str, Any]) -> str:
         out.append(_table(rows, ("SERVICE", "ADDRESSES", "STATE", "OWNER", "INTERFACE", "REASON")))
     else:
         out.append("no services")
+    backends = [(s["name"], b.get("port"), b.get("backend"), b.get("weight"), b.get("health"),
+                 f"{100 * b.get('share', 0):.1f}%", b.get("packets"), b.get("note"))
+                for s in services for b in s.get("backends") or []]
+    if backends:
+        out.append("")
+        out.append(_table(backends, ("SERVICE", "PORT", "BACKEND", "WEIGHT", "HEALTH", "SHARE", "PACKETS", "NOTE")))
     for source in status.get("sources", []):
         if source.get("state") not in (None, "ok"):
             out.append(printable(f"source {source.get('name')}: {source.get('state')}: {source.get('last_error')}"))

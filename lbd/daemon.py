@@ -141,6 +141,8 @@ class Daemon:
         self.bgp: Any = None  # lbd.bgp.announcer.BgpAnnouncer, when peers are configured
         self.exporter: Any = None  # lbd.bgp.export.RouteExporter, when route exports are configured
         self.health: Any = None  # lbd.health.HealthChecker, when a service has a health check
+        self.forwarder: Any = None  # lbd.forward.forwarder.Forwarder, once a service has backends
+        self.backend_checks: Any = None  # lbd.forward.health.BackendChecker, likewise
         self.membership: Membership = membership or LocalMembership(config.node.name)
         self.membership.restore(self.allocations, self.extra_state)
         self.sources = SourceManager(
@@ -209,10 +211,11 @@ class Daemon:
 
         interfaces = await list_interfaces(self.netlink)
         self._configure_health()
+        withdraw = await self._forward(interfaces)
         failing = frozenset(
             name for name, spec in self.services.items()
             if spec.health_check is not None and self.health is not None and self.health.healthy(name) is not True
-        )
+        ) | withdraw
         held = tuple(sorted({str(i.vip) for i in self.plan.l2 if i.mode != "local"}))
         me = Member(
             name=config.node.name,
@@ -356,6 +359,37 @@ class Daemon:
             self.health = HealthChecker(on_change=self.trigger)
         if self.health is not None:
             self.health.set_checks(checks)
+
+    async def _forward(self, interfaces: Any) -> frozenset[str]:
+        """Balance forwarded services to their healthy backends (docs/forwarding.md).
+
+        Every node installs the same rules whether or not it holds the VIP, so a
+        node taking a VIP over forwards each flow where the old owner did. The
+        services to withdraw from this node (no healthy backend here) are returned.
+        """
+        forwarded = {name: spec for name, spec in self.services.items() if spec.backends}
+        if not forwarded and self.forwarder is None:
+            return frozenset()
+        from lbd.forward.forwarder import COLLECTOR, Forwarder
+        from lbd.forward.health import BackendChecker
+        from lbd.forward.ruleset import desired, to_withdraw
+
+        if self.backend_checks is None:
+            self.backend_checks = BackendChecker(on_change=self.trigger)
+        if self.forwarder is None:
+            self.forwarder = Forwarder()
+            COLLECTOR.forwarder = self.forwarder
+        self.backend_checks.set_services(forwarded)
+        want = desired(forwarded, self.allocations, lambda s, b: self.backend_checks.healthy(forwarded[s], b),
+                       self.config.forwarding, {i.name: i.networks for i in interfaces if i.up})
+        try:
+            await self.forwarder.apply(want)
+            if self.config.metrics.listen:  # for Prometheus; lbd-ctl status reads afresh
+                await self.forwarder.refresh_counters(max_age=30.0)
+        except Exception:  # noqa: BLE001 - announcing must go on; status shows the error, a later pass retries
+            log.exception("forward_failed")
+            asyncio.get_running_loop().call_later(1.0, self.trigger)
+        return to_withdraw(want, forwarded)
 
     async def _configure_bgp(self) -> None:
         # Only the peers whose node selector picks this node open a session from it.
@@ -578,6 +612,10 @@ class Daemon:
             await self.exporter.close()
         if self.health is not None:
             await self.health.close()
+        if self.backend_checks is not None:
+            await self.backend_checks.close()
+        if self.forwarder is not None and not self._restarting:
+            await self.forwarder.close()  # lbd's nftables tables only; a restart keeps them for the next lbd
         await self.sources.close()
         await self.membership.close()
         await self.control.close()
@@ -594,6 +632,8 @@ class Daemon:
     # -- control commands -------------------------------------------------
 
     async def _cmd_status(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        if self.forwarder is not None:
+            await self.forwarder.refresh_counters()
         return self.status()
 
     def status(self) -> dict[str, Any]:
@@ -623,6 +663,8 @@ class Daemon:
                     row["state"] = "not-announced"
                 row["reason"] = "; ".join(dict.fromkeys(d.reason for d in mine)) or None
                 row["modes"] = sorted({mode for d in mine for mode in d.modes})
+            if self.forwarder is not None and name in self.services and self.services[name].backends:
+                self._forward_row(row, self.services[name])
             services.append(row)
         return {
             "node": self.config.node.name,
@@ -651,9 +693,24 @@ class Daemon:
             "bgp": self.bgp.status() if self.bgp is not None else [],
             "route_export": self.exporter.status() if self.exporter is not None else None,
             "health": self.health.status() if self.health is not None else {},
+            "forwarding": self.forwarder.status() if self.forwarder is not None else None,
             "sources": self.sources.status(),
             "members": self.membership.status(),
         }
+
+    def _forward_row(self, row: dict[str, Any], spec: ServiceSpec) -> None:
+        status = self.forwarder.status()
+        row["forward"] = spec.forward + (" snat" if spec.snat else "")
+        row["backends"] = status["services"].get(spec.name, [])
+        reason = status["no_backend"].get(spec.name)
+        if reason:
+            action = ("VIP withdrawn from this node" if spec.on_no_backend == "withdraw"
+                      else "VIP kept (on_no_backend = keep): no flow is forwarded")
+            row["forward_reason"] = f"{reason}: {action}"
+            row["reason"] = "; ".join(r for r in (row.get("reason"), row["forward_reason"]) if r)
+        if spec.forward == "nat" and status.get("ip_forward") is False:
+            row["reason"] = "; ".join(r for r in (row.get("reason"), "net.ipv4.ip_forward is 0: nat forwarding "
+                                                  "cannot work on this node") if r)
 
     async def _cmd_bgp(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
         return self.bgp.status() if self.bgp is not None else []

@@ -160,6 +160,20 @@ class PortSpec:
 
 
 @dataclass(frozen=True)
+class Backend:
+    """One backend of a forwarded service port: lbd balances ``port`` of the VIP to it."""
+
+    port: PortSpec  # the VIP's port it serves
+    address: IPAddress
+    target_port: int  # the backend's own port (DSR: always equal to port.port)
+    weight: int = 1  # share of new flows; 0 drains (established flows stay)
+
+    @property
+    def endpoint(self) -> str:
+        return f"[{self.address}]:{self.target_port}" if self.address.version == 6 else f"{self.address}:{self.target_port}"
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """A service that needs addresses, from any source.
 
@@ -177,6 +191,12 @@ class ServiceSpec:
     health_check: HealthCheckConfig | None = None
     eligible_nodes: frozenset[str] | None = None  # None: every node (e.g. ETP=Local narrows it)
     labels: Mapping[str, str] = field(default_factory=dict)
+    # L4 forwarding (docs/forwarding.md): empty backends: lbd does not forward this service.
+    backends: tuple[Backend, ...] = ()
+    forward: str = "nat"  # "nat" (DNAT) or "dsr" (direct server return at layer 2)
+    snat: bool = False  # nat only: masquerade to the node's address
+    backend_check: HealthCheckConfig | None = None  # None: TCP connect to each backend, 2 s, rise/fall 2
+    on_no_backend: str = "withdraw"  # "withdraw" the VIP from this node, or "keep" it
 
 
 @dataclass(frozen=True)
@@ -205,6 +225,14 @@ class ClusterConfig:
     keys_file: Path | None = None
     profile: str = "default"  # "default", "fast" or "lan" (memberlist's)
     failback_delay: float | None = 30.0  # None: never fail back
+
+
+@dataclass(frozen=True)
+class ForwardingConfig:
+    """Cluster-wide forwarding settings: must be equal on every node (the flows' hash)."""
+
+    seed: int = 0x6C626431  # jhash seed of the flow hash ("lbd1")
+    table_size: int = 8191  # Maglev table entries per service port (a prime; >= 100 x backends for 1 % balance)
 
 
 @dataclass(frozen=True)
@@ -244,6 +272,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     hooks: tuple[HookConfig, ...] = ()
+    forwarding: ForwardingConfig = field(default_factory=ForwardingConfig)
 
     def pool(self, name: str) -> PoolConfig | None:
         for pool in self.pools:

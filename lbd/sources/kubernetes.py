@@ -31,11 +31,11 @@ import datetime
 import ipaddress
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from lbd.model import Family, IPAddress, PortSpec, ServiceSpec, SourceConfig
+from lbd.model import Backend, Family, IPAddress, PortSpec, ServiceSpec, SourceConfig
 from lbd.sources.base import Publish, ServiceResult, Source, SourceContext
 from lbd.sources.options import options_table
 
@@ -44,7 +44,7 @@ EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 ANNOTATION_PREFIXES = ("metallb.io/", "metallb.universe.tf/")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 OPTION_KEYS = ("kubeconfig", "context", "in_cluster", "load_balancer_class", "claim_unclassed",
-               "ignore_exclude_lb", "watch_timeout", "write_concurrency")
+               "ignore_exclude_lb", "watch_timeout", "write_concurrency", "forward")
 FAMILIES = {"IPv4": Family.IPV4, "IPv6": Family.IPV6}
 
 
@@ -206,6 +206,48 @@ def ready_nodes_by_service(slices: Mapping[Any, Mapping[str, Any]]) -> dict[tupl
     return out
 
 
+def backends_by_service(services: Mapping[tuple[str, str], Mapping[str, Any]],
+                        slices: Mapping[Any, Mapping[str, Any]]) -> dict[tuple[str, str], tuple[Backend, ...]]:
+    """(namespace, name) -> the ready endpoints of each Service port, as lbd backends (``forward = true``).
+
+    A Service port is matched to an EndpointSlice port by name (both unnamed
+    for a single-port Service), which is how kube-proxy resolves targetPort;
+    ``conditions.ready`` unset means ready. Endpoints of another family than
+    the slice's addressType are skipped.
+    """
+    out: dict[tuple[str, str], list[Backend]] = {}
+    seen: set[tuple[str, str, PortSpec, str, int]] = set()
+    for sl in slices.values():
+        meta = _map(_map(sl).get("metadata"))
+        service = _map(meta.get("labels")).get(SERVICE_NAME_LABEL)
+        key = (str(meta.get("namespace", "default")), service)
+        svc = services.get(key) if isinstance(service, str) else None
+        if svc is None or _map(sl).get("addressType") not in ("IPv4", "IPv6"):
+            continue
+        slice_ports = {str(p.get("name") or ""): p for p in map(_map, _seq(_map(sl).get("ports")))}
+        for port in map(_map, _seq(_map(_map(svc).get("spec")).get("ports"))):
+            proto = str(port.get("protocol", "TCP")).lower()
+            number = port.get("port")
+            target = _map(slice_ports.get(str(port.get("name") or ""))).get("port")
+            if (proto not in ("tcp", "udp", "sctp") or not isinstance(number, int) or not isinstance(target, int)
+                    or isinstance(target, bool) or not 1 <= target <= 65535 or not 1 <= number <= 65535):
+                continue
+            for ep in map(_map, _seq(_map(sl).get("endpoints"))):
+                if _map(ep.get("conditions")).get("ready") is False:
+                    continue
+                for text in _seq(ep.get("addresses")):
+                    try:
+                        address = ipaddress.ip_address(str(text))
+                    except ValueError:
+                        continue
+                    item = (key[0], key[1], PortSpec(proto, number), str(address), target)
+                    if item in seen:
+                        continue
+                    seen.add(item)
+                    out.setdefault(key, []).append(Backend(PortSpec(proto, number), address, target))
+    return {k: tuple(sorted(v, key=lambda b: (b.port.protocol, b.port.port, b.endpoint))) for k, v in out.items()}
+
+
 def ingress_ips(svc: Mapping[str, Any]) -> list[str]:
     ingress = _seq(_map(_map(_map(svc).get("status")).get("loadBalancer")).get("ingress"))
     return [str(i.get("ip")) for i in ingress if isinstance(i, dict) and i.get("ip")]
@@ -343,6 +385,7 @@ class KubernetesSource(Source):
         t.boolean("ignore_exclude_lb", False)
         t.seconds("watch_timeout", 300.0, lo=1.0, hi=3600.0)
         t.integer("write_concurrency", 16, lo=1, hi=256)
+        t.boolean("forward", False)
         try:
             import aiohttp  # noqa: F401
             import yaml  # noqa: F401
@@ -358,6 +401,7 @@ class KubernetesSource(Source):
         self.ignore_exclude = bool(o.get("ignore_exclude_lb", False))
         self.watch_timeout = float(o.get("watch_timeout", 300.0))  # type: ignore[arg-type]
         self.write_concurrency = int(o.get("write_concurrency", 16))  # type: ignore[arg-type]
+        self.forward = bool(o.get("forward", False))  # balance to ready endpoints (docs/forwarding.md)
         self.client: Any = None
         self.services: Informer | None = None
         self.slices: Informer | None = None
@@ -437,6 +481,7 @@ class KubernetesSource(Source):
         out: list[ServiceSpec] = []
         invalid: dict[str, str] = {}
         deprecated: dict[str, list[str]] = {}
+        backends = backends_by_service(self.services.store, self.slices.store) if self.forward else {}
         cache: dict[tuple[str, str], tuple[Any, frozenset[str], Any, ServiceSpec | ServiceError]] = {}
         for key in sorted(self.services.store):
             svc = self.services.store[key]
@@ -461,6 +506,8 @@ class KubernetesSource(Source):
                 deprecated[f"{key[0]}/{key[1]}"] = old
             if isinstance(value, ServiceError):
                 invalid[f"{key[0]}/{key[1]}"] = str(value)
+            elif self.forward:
+                out.append(replace(value, backends=backends.get(key, ())))
             else:
                 out.append(value)
         self._spec_cache = cache

@@ -1,0 +1,205 @@
+"""Forwarding benchmark (issue 14), all in one run, with real lbd processes.
+
+Sections (each in its own ``lbd.forward.lab`` lab: client, lbd nodes, three backends):
+
+1. ``path``: one lbd node, ``forward = "nat"``, then ``"dsr"``. The client uploads for
+   ``--seconds`` through the VIP, then straight to a backend from an address
+   on the backends' subnet (the same client, the same tool); then opens
+   ``--connections`` short connections each way. Reports both and the ratios.
+2. ``apply``: lbd's own forwarding code (``lbd.forward.ruleset`` +
+   ``Forwarder``, what the daemon runs) in a fresh namespace with one service
+   of ``--backends`` backends (10,000 by default) and a 65537-entry table:
+   the initial load, then one backend failing, coming back, and changing
+   weight. Reports the kernel transaction (libnftables + commit) and the Maglev
+   computation separately. Driven directly rather than through a daemon: 10,000
+   live health-checked backends do not fit this machine.
+3. ``failover``: two lbd nodes in a cluster, ``--flows`` long-lived TCP
+   connections through the VIP exchanging a line every 0.2 s; the VIP's owner
+   crashes (link down, SIGKILL); the share of connections that still work
+   afterwards, in ``dsr`` mode and in ``nat`` mode (the backends route the
+   client's subnet via the VIP, so replies follow the VIP; see
+   docs/forwarding.md for what survives and why).
+
+Usage::
+
+    sudo .venv/bin/python bench/forward.py                      # everything, short
+    sudo .venv/bin/python bench/forward.py --sections apply --backends 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lbd.forward.lab import (  # noqa: E402
+    BACKENDS, CLIENT_TOOL, backend_entries, build, holds_vip, node_config, vip_holder, wait_healthy,
+)
+from lbd.netlab import Lab, wait_for  # noqa: E402
+
+TABLE = "\n[forwarding]\ntable_size = 1021\n"
+
+
+def _client(fl, *args: str, timeout: float = 120) -> dict:  # type: ignore[no-untyped-def]
+    out = fl.client.run([sys.executable, "-c", CLIENT_TOOL, *args], timeout=timeout).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def bench_path(workdir: Path, mode: str, seconds: int, connections: int, rounds: int) -> dict:
+    port = 8080 if mode == "nat" else 80
+    with Lab() as lab:
+        cfg = node_config("n1", backends=backend_entries({"b1": 1}, port), forward=mode, extra=TABLE)
+        fl = build(lab, workdir / f"path-{mode}", nodes=("n1",), route="node" if mode == "nat" else "direct",
+                   port=port, configs={"n1": cfg})
+        fl.client.add_address("10.88.1.50/24")  # the direct path: on the backends' subnet
+        wait_healthy(fl.lbd["n1"], 1)
+        wait_for(lambda: vip_holder(fl) == "n1", 15, what="n1 to hold the VIP")
+        via, direct, rate_via, rate_direct = [], [], [], []
+        for _ in range(rounds):  # interleaved, so that load from others hits both alike
+            r = _client(fl, "bulk", "10.77.0.100", "80", str(seconds))
+            via.append(r["bytes"] * 8 / r["seconds"] / 1e9)
+            r = _client(fl, "bulk", BACKENDS["b1"], str(port), str(seconds))
+            direct.append(r["bytes"] * 8 / r["seconds"] / 1e9)
+            t = time.monotonic()
+            r = _client(fl, "spread", "10.77.0.100", "80", str(connections))
+            rate_via.append((connections - r["errors"]) / (time.monotonic() - t))
+            t = time.monotonic()
+            r = _client(fl, "spread", BACKENDS["b1"], str(port), str(connections))
+            rate_direct.append((connections - r["errors"]) / (time.monotonic() - t))
+        out = {
+            "mode": mode,
+            "throughput_gbit_via_vip": round(statistics.median(via), 3),
+            "throughput_gbit_direct": round(statistics.median(direct), 3),
+            "throughput_ratio": round(statistics.median(via) / statistics.median(direct), 3),
+            "connections_per_s_via_vip": round(statistics.median(rate_via), 1),
+            "connections_per_s_direct": round(statistics.median(rate_direct), 1),
+            "connection_rate_ratio": round(statistics.median(rate_via) / statistics.median(rate_direct), 3),
+            "samples": {"via": via, "direct": direct, "rate_via": rate_via, "rate_direct": rate_direct},
+        }
+        fl.lbd["n1"].stop()
+        return out
+
+
+APPLY = r"""
+import asyncio, ipaddress, json, sys, time
+from lbd.forward import ruleset
+from lbd.forward.forwarder import Forwarder
+from lbd.model import Allocation, Backend, ForwardingConfig, PortSpec, ServiceSpec
+n = int(sys.argv[1])
+port = PortSpec("tcp", 80)
+base = int(ipaddress.IPv4Address("10.88.0.0"))
+backends = [Backend(port, ipaddress.IPv4Address(base + 10 + i), 8080) for i in range(n)]
+spec = ServiceSpec(name="bench/big", ports=(port,), backends=tuple(backends))
+alloc = {"bench/big": Allocation("bench/big", "p", (ipaddress.ip_address("10.77.0.100"),))}
+fwd = ForwardingConfig(seed=1, table_size=65537)
+ifs = {"eth0": (ipaddress.ip_interface("10.88.0.1/16"),)}
+down, weights = set(), {}
+def health(s, b):
+    return str(b.address) not in down
+async def main():
+    global spec
+    f = Forwarder()
+    out = {}
+    async def step(label):
+        global spec
+        t0 = time.perf_counter()
+        d = ruleset.desired({"bench/big": spec}, alloc, health, fwd, ifs)
+        t1 = time.perf_counter()
+        before = f.applied
+        ops = ruleset.plan_transaction(before, d.ruleset)
+        await f.apply(d)
+        t2 = time.perf_counter()
+        out[label] = {"compute_s": round(t1 - t0, 4), "kernel_s": round(f.last_apply["seconds"], 4),
+                      "total_s": round(t2 - t0, 4), "commands": len(ops),
+                      "elements": sum(len(o.get("add", o.get("delete", {})).get("element", {}).get("elem", []))
+                                      for o in ops)}
+    await step("initial")
+    down.add(str(backends[1234 % n].address)); await step("one_backend_fails")
+    down.clear(); await step("it_comes_back")
+    spec = spec.__class__(**{**spec.__dict__, "backends": tuple(
+        b if i != 77 % n else Backend(b.port, b.address, b.target_port, weight=3) for i, b in enumerate(backends))})
+    await step("weight_change")
+    await f.close()
+    print(json.dumps(out))
+asyncio.run(main())
+"""
+
+
+def bench_apply(n: int) -> dict:
+    with Lab() as lab:
+        host = lab.add_host("lb", ["10.88.0.1/16"])
+        result = host.run([sys.executable, "-c", APPLY, str(n)], timeout=600, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"apply benchmark failed: {result.stderr[-2000:]}")
+        return json.loads(result.stdout.splitlines()[-1])
+
+
+def bench_failover(workdir: Path, mode: str, flows: int) -> dict:
+    nodes = ("n1", "n2")
+    with Lab() as lab:
+        port = 80 if mode == "dsr" else 8080
+        backends = backend_entries({"b1": 1, "b2": 1, "b3": 1}, port)
+        configs = {n: node_config(n, backends=backends, forward=mode, cluster=nodes, extra=TABLE) for n in nodes}
+        fl = build(lab, workdir / f"failover-{mode}", nodes=nodes, route="direct" if mode == "dsr" else "vip",
+                   port=port, configs=configs)
+        for n in nodes:
+            wait_healthy(fl.lbd[n], 3)
+        owner = wait_for(lambda: vip_holder(fl), 20, what="a node to hold the VIP")
+        other = next(n for n in nodes if n != owner)
+        hold = fl.hold(flows, 8.0)
+        assert hold.stdout is not None
+        json.loads(hold.stdout.readline())
+        time.sleep(2.0)
+        t = time.monotonic()
+        fl.lab.set_link(fl.nodes[owner], False)
+        fl.lbd[owner].stop(sig=signal.SIGKILL)
+        wait_for(lambda: holds_vip(fl.nodes[other]), 15, interval=0.05, what=f"{other} to take the VIP")
+        took = time.monotonic() - t
+        out, _ = hold.communicate(timeout=60)
+        final = json.loads(out.splitlines()[-1])
+        survived = sum(1 for f in final["failed"] if f is None)
+        fl.lbd[other].stop()
+        return {"mode": mode, "flows": flows, "survived": survived, "share": round(survived / flows, 4),
+                "vip_moved_s": round(took, 2), "failures": sorted({str(f)[:60] for f in final["failed"] if f})}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="path,apply,failover")
+    parser.add_argument("--seconds", type=int, default=3, help="each bulk upload")
+    parser.add_argument("--connections", type=int, default=300, help="short connections per rate sample")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backends", type=int, default=10000)
+    parser.add_argument("--flows", type=int, default=50)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    sections = args.sections.split(",")
+    results: dict[str, object] = {"machine": "shared, loaded VM (2 cores, 8 engineers)"}
+    with tempfile.TemporaryDirectory(prefix="lbd-bench-forward-") as tmp:
+        workdir = Path(tmp)
+        if "path" in sections:
+            results["path"] = [bench_path(workdir, mode, args.seconds, args.connections, args.rounds)
+                               for mode in ("nat", "dsr")]
+            print(json.dumps({"path": results["path"]}), flush=True)
+        if "apply" in sections:
+            results["apply"] = bench_apply(args.backends)
+            print(json.dumps({"apply": results["apply"]}), flush=True)
+        if "failover" in sections:
+            results["failover"] = [bench_failover(workdir, mode, args.flows) for mode in ("dsr", "nat")]
+            print(json.dumps({"failover": results["failover"]}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""L4 forwarding to backends: Maglev tables, the desired nftables ruleset, and its applier."""

@@ -1,0 +1,165 @@
+"""Backend health checks: every node checks every backend of every forwarded service.
+
+Reuses the service checks' sans-IO rise/fall counter (``lbd.health.HealthState``)
+and check coroutines (``run_check``). A backend's check defaults to a TCP
+connect to its own address and port every 2 s, rise 2, fall 2; a service's
+``backend_check`` overrides type, port, path, interval, timeout, rise and fall
+(the host is always the backend's address; an ``exec`` command may name it
+as ``{address}`` and ``{port}``).
+
+Every node runs the checks, not only the VIP's owner, so that a node taking
+over a VIP already knows which backends are up and builds the same Maglev
+table as the node it replaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping
+
+import structlog
+from prometheus_client import Counter, Gauge
+
+from lbd.config_forward import DEFAULT_BACKEND_CHECK
+from lbd.health import JITTER, CheckResult, HealthState, next_delay, run_check
+from lbd.metrics import REGISTRY
+from lbd.model import Backend, HealthCheckConfig, ServiceSpec
+
+log = structlog.get_logger(__name__)
+
+BACKEND_UP = Gauge(
+    "lbd_backend_up", "1 while the backend's check passes on this node, 0 while it fails or is not yet known",
+    ["service", "backend"], registry=REGISTRY,
+)
+BACKEND_TRANSITIONS = Counter(
+    "lbd_backend_transitions", "Backend health changes seen on this node, by the state entered",
+    ["service", "backend", "state"], registry=REGISTRY,
+)
+
+Key = tuple[str, str, int]  # (service, address, port checked)
+
+
+def check_for(spec: ServiceSpec, backend: Backend) -> tuple[Key, HealthCheckConfig]:
+    """The concrete check of one backend: its key and config (host and port filled in)."""
+    base = spec.backend_check or DEFAULT_BACKEND_CHECK
+    port = base.port if base.port is not None else backend.target_port
+    host = str(backend.address)
+    command = tuple(arg.replace("{address}", host).replace("{port}", str(port)) for arg in base.command)
+    return (spec.name, host, port), replace(base, host=host, port=port if base.type != "exec" else None,
+                                            command=command)
+
+
+def endpoint_label(key: Key) -> str:
+    _, host, port = key
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class _Entry:
+    config: HealthCheckConfig
+    state: HealthState
+    task: asyncio.Task[None] | None = None
+    detail: str = ""
+    runs: int = 0
+
+
+class BackendChecker:
+    """Level-triggered like ``lbd.health.HealthChecker``: ``set_services()`` converges the checks."""
+
+    def __init__(self, on_change: Callable[[], None] | None = None, *, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self._on_change = on_change
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._entries: dict[Key, _Entry] = {}
+
+    def set_services(self, services: Mapping[str, ServiceSpec]) -> None:
+        wanted: dict[Key, HealthCheckConfig] = {}
+        for spec in services.values():
+            for backend in spec.backends:
+                key, config = check_for(spec, backend)
+                wanted[key] = config
+        loop = asyncio.get_running_loop()
+        for key in list(self._entries):
+            if key not in wanted:
+                self._stop(self._entries.pop(key))
+                self._unlabel(key)
+        for key, config in wanted.items():
+            entry = self._entries.get(key)
+            if entry is not None and entry.config == config:
+                continue
+            if entry is None:
+                entry = _Entry(config, HealthState(config.rise, config.fall, since=self._clock()))
+                self._entries[key] = entry
+                BACKEND_UP.labels(key[0], endpoint_label(key)).set(0)
+            else:
+                self._stop(entry)
+                entry.config = config
+                entry.state.retune(config.rise, config.fall)
+            entry.task = loop.create_task(self._loop(key, entry), name=f"backend-check:{endpoint_label(key)}")
+
+    def healthy(self, spec: ServiceSpec, backend: Backend) -> bool | None:
+        """True when up; False when down or not yet known; None when not checked."""
+        entry = self._entries.get(check_for(spec, backend)[0])
+        return None if entry is None else entry.state.healthy
+
+    def status(self, key: Key) -> dict[str, object]:
+        entry = self._entries.get(key)
+        if entry is None:
+            return {}
+        return {"state": entry.state.state, "since": time.time() - (self._clock() - entry.state.since),
+                "last_output": entry.detail, "runs": entry.runs, "check": entry.config.type}
+
+    async def close(self) -> None:
+        tasks = [e.task for e in self._entries.values() if e.task is not None]
+        for entry in self._entries.values():
+            self._stop(entry)
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for key in self._entries:
+            self._unlabel(key)
+        self._entries.clear()
+
+    @staticmethod
+    def _stop(entry: _Entry) -> None:
+        if entry.task is not None and not entry.task.done():
+            entry.task.cancel()
+        entry.task = None
+
+    @staticmethod
+    def _unlabel(key: Key) -> None:
+        with contextlib.suppress(KeyError):
+            BACKEND_UP.remove(key[0], endpoint_label(key))
+
+    async def _loop(self, key: Key, entry: _Entry) -> None:
+        config = entry.config
+        label = endpoint_label(key)
+        delay = config.interval * JITTER * self._rng.random()
+        while True:
+            await asyncio.sleep(delay)
+            started = self._clock()
+            try:
+                result = await run_check(config)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug in a check must not stop checking
+                result = CheckResult(False, f"internal error: {exc!r}")
+            duration = self._clock() - started
+            entry.runs += 1
+            entry.detail = result.detail
+            before = entry.state.state
+            flipped = entry.state.record(result.ok, self._clock())
+            if entry.state.state != before:
+                BACKEND_TRANSITIONS.labels(key[0], label, entry.state.state).inc()
+            BACKEND_UP.labels(key[0], label).set(1 if entry.state.healthy else 0)
+            if flipped:
+                log.info("backend_health_changed", service=key[0], backend=label, healthy=entry.state.healthy,
+                         detail=result.detail)
+                if self._on_change is not None:
+                    self._on_change()
+            delay = next_delay(config.interval, duration, self._rng.random())

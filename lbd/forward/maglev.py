@@ -1,0 +1,149 @@
+"""Maglev consistent hashing (Eisenbud et al., "Maglev: A Fast and Reliable
+Software Network Load Balancer", NSDI 2016, section 3.4).
+
+Pure and deterministic: every node computes the same lookup table from the
+same backend set, so a flow hashed to bucket ``b`` reaches the same backend
+whichever node forwards it. That is what lets established flows survive a VIP
+failover (docs/forwarding.md).
+
+The table has ``M`` entries, ``M`` prime (65537 by default, the paper's
+choice). Each backend ``i`` has a preference list, a permutation of
+``0..M-1`` (section 3.4, Pseudocode 1)::
+
+    offset = h1(name) mod M
+    skip   = h2(name) mod (M - 1) + 1
+    permutation[i][j] = (offset + j * skip) mod M
+
+``skip`` is in ``1..M-1`` and ``M`` is prime, so the sequence visits every
+entry. Backends then take turns: each takes its next preferred entry that is
+still empty, until the table is full.
+
+Weights: the paper gives every backend one turn per round. lbd gives backend
+``i`` a turn in round ``k`` only while ``taken[i] * w_max < k * w[i]`` (integer
+arithmetic, so every node agrees), so each backend ends with a share of the
+table proportional to its weight, to within one entry per round. Weight 0
+(drain) takes no entry at all.
+
+``h1`` and ``h2`` are BLAKE2b keyed with two different constants: stable
+across Python versions and machines (Python's ``hash()`` is salted per
+process and would break the cross-node agreement).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+DEFAULT_TABLE_SIZE = 65537
+MAX_TABLE_SIZE = 1_000_003  # a prime; beyond this the kernel map gets unwieldy
+
+
+class MaglevError(ValueError):
+    """A backend set or table size that cannot make a Maglev table."""
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    f = 3
+    while f * f <= n:
+        if n % f == 0:
+            return False
+        f += 2
+    return True
+
+
+def _h(key: bytes, name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8, key=key).digest(), "big")
+
+
+def permutation_params(name: str, size: int) -> tuple[int, int]:
+    """(offset, skip) of backend ``name`` for a table of ``size`` entries."""
+    offset = _h(b"lbd-maglev-offset", name) % size
+    skip = _h(b"lbd-maglev-skip", name) % (size - 1) + 1
+    return offset, skip
+
+
+@dataclass(frozen=True)
+class MaglevTable:
+    """The lookup table: ``entries[b]`` is the index in ``backends`` of bucket ``b``."""
+
+    backends: tuple[str, ...]  # sorted names, the ones with weight > 0
+    entries: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.entries)
+
+    def backend(self, bucket: int) -> str:
+        return self.backends[self.entries[bucket]]
+
+    def counts(self) -> dict[str, int]:
+        tally = Counter(self.entries)
+        return {name: tally.get(i, 0) for i, name in enumerate(self.backends)}
+
+    def shares(self) -> dict[str, float]:
+        return {name: count / self.size for name, count in self.counts().items()}
+
+    def as_names(self) -> list[str]:
+        return [self.backends[i] for i in self.entries]
+
+
+def build(weights: Mapping[str, int] | Sequence[str], size: int = DEFAULT_TABLE_SIZE) -> MaglevTable:
+    """The Maglev table for ``weights`` (name -> weight, or a list of names with weight 1).
+
+    The order of the input does not matter (names are sorted first), so two
+    nodes with the same set build the same table. An empty set, or every
+    weight 0, gives an empty table (no backend can take new flows).
+    """
+    if not isinstance(weights, Mapping):
+        weights = dict.fromkeys(weights, 1)
+    if not is_prime(size) or size > MAX_TABLE_SIZE:
+        raise MaglevError(f"the table size {size} must be a prime up to {MAX_TABLE_SIZE}")
+    for name, weight in weights.items():
+        if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+            raise MaglevError(f"backend {name!r}: the weight {weight!r} must be a non-negative integer")
+    names = tuple(sorted(n for n, w in weights.items() if w > 0))
+    if not names:
+        return MaglevTable((), ())
+    if len(names) > size:
+        raise MaglevError(f"{len(names)} backends do not fit a table of {size} entries")
+    w = [weights[n] for n in names]
+    w_max = max(w)
+    params = [permutation_params(n, size) for n in names]
+    pos = [offset for offset, _ in params]  # each backend's next preferred entry
+    steps = [skip for _, skip in params]
+    taken = [0] * len(names)
+    entries = [-1] * size
+    filled = 0
+    rounds = 0
+    order = range(len(names))
+    while True:
+        rounds += 1
+        for i in order:
+            # Weighted turn: backend i may hold up to rounds * w[i] / w_max entries by now.
+            if taken[i] * w_max >= rounds * w[i]:
+                continue
+            c, skip = pos[i], steps[i]
+            while entries[c] >= 0:
+                c += skip
+                if c >= size:
+                    c -= size
+            entries[c] = i
+            c += skip
+            pos[i] = c - size if c >= size else c
+            taken[i] += 1
+            filled += 1
+            if filled == size:
+                return MaglevTable(names, tuple(entries))
+
+
+def diff(old: Sequence[str | None], new: Sequence[str | None]) -> dict[int, str | None]:
+    """Buckets whose backend differs: bucket -> new backend (None: no backend)."""
+    if len(old) != len(new):
+        return {b: name for b, name in enumerate(new)}
+    return {b: n for b, (o, n) in enumerate(zip(old, new)) if o != n}

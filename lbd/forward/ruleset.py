@@ -1,0 +1,436 @@
+"""The desired nftables state for forwarding, and the transaction that reaches it.
+
+Pure: ``desired()`` turns (services, allocations, backend health, the
+cluster-wide ``[forwarding]`` settings, this node's interfaces) into a
+``Ruleset``; ``plan_transaction()`` turns (applied, desired) into the commands
+of ONE libnftables transaction. The adapter (``lbd.forward.forwarder``) only
+runs them. Level-triggered: the same inputs give the same commands, and an
+unchanged ruleset gives none.
+
+Layout (docs/forwarding.md has the picture). lbd owns the tables named
+``lbd`` and never touches any other:
+
+- ``table inet lbd`` (nat mode):
+  - base chain ``prerouting`` (nat, priority dstnat): per VIP port
+    ``ip daddr VIP tcp dport P jump p<id>``;
+  - chain ``p<id>``: ``meta l4proto tcp dnat ip to jhash ip saddr . tcp sport mod M seed S map @m<id>``;
+  - map ``m<id>`` (with a counter on every entry): Maglev bucket -> backend ``address . port``;
+  - base chain ``postrouting`` (nat, priority srcnat):
+    ``ct status dnat ip daddr . meta l4proto . th dport @snat4 masquerade`` (and ip6),
+    the sets holding the backends of services with ``snat = true``.
+- ``table netdev lbd`` (dsr mode): one base chain ``in-<ifname>`` per interface
+  (hook ingress), the same dispatch, and the port chain
+  ``fwd ip to jhash ... map @m<id> device D`` with map entries bucket ->
+  backend address: the kernel resolves the address's MAC by neighbour
+  discovery and sends the unchanged IP packet to it (the destination MAC is
+  rewritten, nothing else). The ``fwd`` statement exists only in the netdev
+  family, hence a second table.
+
+No kernel object exists per backend: a change rewrites map entries only, and
+libnftables, which loads its cache of chains, rules and objects before every
+batch, has little to load (10,000 per-backend chains cost 0.1-0.3 s per
+batch). Per-backend packet counts are the sums of the entries' counters.
+
+The flow hash is the kernel's ``jhash`` of the client's address and port with
+the configured seed: the same on every node, so with the same Maglev table a
+flow reaches the same backend whichever node holds the VIP.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from lbd.forward import maglev
+from lbd.model import Allocation, Backend, ForwardingConfig, IPInterface, ServiceSpec
+
+TABLE = "lbd"
+NAT = "inet"
+DSR = "netdev"
+
+
+@functools.lru_cache(maxsize=65536)
+def _id(prefix: str, *parts: object) -> str:
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12]
+    return prefix + digest
+
+
+@dataclass(frozen=True)
+class BackendTarget:
+    """One backend as a map entry's value."""
+
+    name: str  # "b" + hash: a stable id (status, counters)
+    service: str
+    endpoint: str  # "10.88.1.10:8080"
+    family: int  # 4 or 6
+    protocol: str
+    address: str
+    port: int
+    mode: str  # "nat" or "dsr"
+    device: str | None = None  # dsr: the interface towards the backend
+
+    @property
+    def table_family(self) -> str:
+        return DSR if self.mode == "dsr" else NAT
+
+    def value(self) -> Any:
+        """The map entry's data: ``address . port`` (nat) or the address (dsr)."""
+        return self.address if self.mode == "dsr" else {"concat": [self.address, self.port]}
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """One VIP port balanced over a Maglev table."""
+
+    name: str  # "p" + hash: chain name; the map is "m" + the same hash
+    service: str
+    vip: str
+    family: int
+    protocol: str
+    port: int
+    mode: str
+    size: int
+    seed: int
+    device: str | None = None  # dsr: the interface towards the backends
+    buckets: tuple[str, ...] = ()  # backend id per bucket; () when no backend takes new flows
+
+    @property
+    def map(self) -> str:
+        return "m" + self.name[1:]
+
+    @property
+    def table_family(self) -> str:
+        return DSR if self.mode == "dsr" else NAT
+
+    def key(self) -> tuple:
+        """Everything but the buckets: what the chain and base-chain rule depend on."""
+        return (self.name, self.service, self.vip, self.family, self.protocol, self.port, self.mode,
+                self.size, self.seed, self.device)
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    ports: tuple[PortForward, ...] = ()
+    backends: tuple[BackendTarget, ...] = ()
+    snat: tuple[tuple[int, str, str, int], ...] = ()  # (family, address, protocol, port)
+    devices: tuple[str, ...] = ()  # netdev ingress hooks (dsr)
+
+    def tables(self) -> set[str]:
+        return {p.table_family for p in self.ports}
+
+
+@dataclass
+class BackendView:
+    """What status and metrics show for one backend of one service port."""
+
+    service: str
+    port: str  # "tcp/80"
+    endpoint: str
+    weight: int
+    healthy: bool | None
+    share: float  # of the port's new flows
+    counter: str | None  # backend id when it can be in the table
+    table_family: str = NAT
+    note: str = ""
+
+
+@dataclass
+class Desired:
+    ruleset: Ruleset
+    views: list[BackendView] = field(default_factory=list)
+    no_backend: dict[str, str] = field(default_factory=dict)  # service -> reason (no healthy backend)
+
+
+@functools.lru_cache(maxsize=256)
+def _bucket_ids(table: maglev.MaglevTable, ids: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(map(ids.__getitem__, table.entries))
+
+
+@functools.lru_cache(maxsize=256)
+def _table(weights: tuple[tuple[str, int], ...], size: int) -> maglev.MaglevTable:
+    return maglev.build(dict(weights), size)
+
+
+def _device_for(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                interfaces: Mapping[str, Sequence[IPInterface]]) -> str | None:
+    best: tuple[int, str] | None = None
+    for name, networks in sorted(interfaces.items()):
+        for net in networks:
+            if net.version == address.version and address in net.network:
+                if best is None or net.network.prefixlen > best[0]:
+                    best = (net.network.prefixlen, name)
+    return best[1] if best else None
+
+
+def desired(
+    services: Mapping[str, ServiceSpec],
+    allocations: Mapping[str, Allocation],
+    healthy: Callable[[str, Backend], bool | None],
+    forwarding: ForwardingConfig,
+    interfaces: Mapping[str, Sequence[IPInterface]],
+) -> Desired:
+    """The forwarding ruleset for this node (the same on every node given the same health)."""
+    ports: list[PortForward] = []
+    backends: dict[str, BackendTarget] = {}
+    snat: set[tuple[int, str, str, int]] = set()
+    views: list[BackendView] = []
+    no_backend: dict[str, str] = {}
+    uses_dsr = False
+    for name in sorted(services):
+        spec = services[name]
+        allocation = allocations.get(name)
+        if not spec.backends or allocation is None:
+            continue
+        total_up = 0
+        for port in spec.ports:
+            members = [b for b in spec.backends if b.port == port]
+            if not members:
+                continue
+            for vip in allocation.addresses:
+                fitting = [b for b in members if b.address.version == vip.version]
+                weights: dict[str, int] = {}
+                chain_of: dict[str, str] = {}
+                port_device: str | None = None
+                if spec.forward == "dsr":
+                    devices_here = sorted({d for d in (_device_for(b.address, interfaces) for b in fitting) if d})
+                    port_device = devices_here[0] if devices_here else None
+                for b in fitting:
+                    ok = healthy(name, b)
+                    endpoint, address = b.endpoint, str(b.address)
+                    device = None
+                    note = ""
+                    if spec.forward == "dsr":
+                        device = _device_for(b.address, interfaces)
+                        if device is None:
+                            note = "no interface of this node has a subnet holding it (dsr needs layer 2)"
+                        elif device != port_device:
+                            note = f"on {device}, not on {port_device} with the port's other backends (dsr)"
+                    usable = ok is True and b.weight > 0 and not note
+                    target = BackendTarget(
+                        name=_id("b", name, spec.forward, address, port.protocol, port.port, b.target_port, device),
+                        service=name, endpoint=endpoint, family=b.address.version, protocol=port.protocol,
+                        address=address, port=b.target_port, mode=spec.forward, device=device,
+                    )
+                    if not note:
+                        backends[target.name] = target
+                        chain_of[endpoint] = target.name
+                    weights[endpoint] = b.weight if usable else 0
+                    if ok is True and not note:
+                        total_up += 1
+                    if spec.forward == "nat" and spec.snat:
+                        snat.add((b.address.version, address, port.protocol, b.target_port))
+                    views.append(BackendView(
+                        service=name, port=str(port), endpoint=endpoint, weight=b.weight, healthy=ok,
+                        share=0.0, counter=None if note else target.name, table_family=target.table_family,
+                        note=note or ("draining (weight 0)" if b.weight == 0 else ""),
+                    ))
+                table = _table(tuple(sorted(weights.items())), forwarding.table_size)
+                shares = table.shares()
+                for view in views[len(views) - len(fitting):]:
+                    view.share = shares.get(view.endpoint, 0.0)
+                pf = PortForward(
+                    name=_id("p", name, vip, port, spec.forward, forwarding.table_size, forwarding.seed, port_device),
+                    service=name, vip=str(vip), family=vip.version, protocol=port.protocol, port=port.port,
+                    mode=spec.forward, size=forwarding.table_size, seed=forwarding.seed, device=port_device,
+                    buckets=_bucket_ids(table, tuple(chain_of.get(n, "") for n in table.backends)),
+                )
+                ports.append(pf)
+                uses_dsr = uses_dsr or spec.forward == "dsr"
+        if total_up == 0:
+            no_backend[name] = f"no healthy backend (0 of {len(spec.backends)} up on this node)"
+    devices = tuple(sorted(interfaces)) if uses_dsr else ()
+    ruleset = Ruleset(
+        ports=tuple(sorted(ports, key=lambda p: p.name)),
+        backends=tuple(sorted(backends.values(), key=lambda b: b.name)),
+        snat=tuple(sorted(snat)),
+        devices=devices,
+    )
+    return Desired(ruleset=ruleset, views=views, no_backend=no_backend)
+
+
+def to_withdraw(want: Desired, services: Mapping[str, ServiceSpec]) -> frozenset[str]:
+    """Services whose VIPs this node must give up: no healthy backend here and
+    ``on_no_backend = "withdraw"`` (the daemon marks them failing, like a failed
+    ``health_check``, so the election moves the VIP to a node that can serve)."""
+    return frozenset(name for name in want.no_backend
+                     if name in services and services[name].on_no_backend == "withdraw")
+
+
+# ---------------------------------------------------------------------------
+# Transactions (libnftables JSON)
+# ---------------------------------------------------------------------------
+
+
+def _t(family: str) -> dict[str, str]:
+    return {"family": family, "table": TABLE}
+
+
+def _payload(protocol: str, fieldname: str) -> dict[str, Any]:
+    return {"payload": {"protocol": protocol, "field": fieldname}}
+
+
+def _ipname(family: int) -> str:
+    return "ip" if family == 4 else "ip6"
+
+
+def _port_rule(p: PortForward) -> list[dict[str, Any]]:
+    key = {"concat": [_payload(_ipname(p.family), "saddr"), _payload(p.protocol, "sport")]}
+    lookup = {"map": {"key": {"jhash": {"mod": p.size, "seed": p.seed, "expr": key}}, "data": "@" + p.map}}
+    if p.mode == "dsr":
+        return [{"fwd": {"dev": p.device, "family": _ipname(p.family), "addr": lookup}}]
+    return [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": p.protocol}},
+            {"dnat": {"family": _ipname(p.family), "addr": lookup}}]
+
+
+def _dispatch_rule(p: PortForward) -> list[dict[str, Any]]:
+    return [
+        {"match": {"op": "==", "left": _payload(_ipname(p.family), "daddr"), "right": p.vip}},
+        {"match": {"op": "==", "left": _payload(p.protocol, "dport"), "right": p.port}},
+        {"jump": {"target": p.name}},
+    ]
+
+
+def _elements(p: PortForward, buckets: Sequence[int], targets: Mapping[str, BackendTarget]) -> list[Any]:
+    return [[b, targets[p.buckets[b]].value()] for b in buckets]
+
+
+def map_declaration(p: PortForward) -> str:
+    """nft syntax for a port's map (see ``prepare_text``)."""
+    ip = _ipname(p.family)
+    data = f"{ip} daddr" if p.mode == "dsr" else f"{ip} daddr . tcp dport"
+    return f"add map {p.table_family} {TABLE} {p.map} {{ typeof numgen random mod 2 : {data}; counter; }}"
+
+
+def _chunks(items: list[Any], size: int = 20000) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+
+
+def prepare_text(applied: Ruleset | None, want: Ruleset) -> str:
+    """nft-syntax commands run just before the transaction: tables and new, empty maps.
+
+    libnftables 1.0's JSON input cannot declare a map keyed by a 32-bit
+    hash (that needs ``typeof``, which its JSON parser lacks), so maps are
+    declared here, keyed ``typeof numgen random mod 2`` (an unsized 32-bit
+    integer, like the ``jhash`` result; ``typeof jhash ...`` would do too, but
+    nft 1.0.6 crashes listing such a map, which would break ``nft list
+    ruleset`` for everyone), with a counter on every entry. An empty map that no rule references changes no packet's fate, so
+    this does not break the all-or-nothing rule: every change that traffic can
+    see is in the one JSON transaction. With ``applied`` None (start, or after
+    a failure) lbd's tables are recreated from scratch.
+    """
+    lines: list[str] = []
+    tables = want.tables()
+    existing = set() if applied is None else applied.tables()
+    for family in (NAT, DSR):
+        if applied is None:
+            lines += [f"add table {family} {TABLE}", f"delete table {family} {TABLE}"]
+        # Only for a new table: any command naming an existing table makes
+        # libnftables load its whole cache, set elements included (slow).
+        if family in tables and family not in existing:
+            lines.append(f"add table {family} {TABLE}")
+    have = set() if applied is None else {p.map for p in applied.ports}
+    for p in want.ports:
+        if p.map not in have:
+            lines.append(map_declaration(p))
+    return "\n".join(lines)
+
+
+def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, Any]]:
+    """The JSON commands taking lbd's tables from ``applied`` to ``want`` in one transaction.
+
+    Order matters inside the batch: objects are added before anything refers
+    to them and deleted after the last reference is gone. A moved entry is
+    deleted and added again (its counter restarts; ``Forwarder`` keeps the
+    count it had).
+    """
+    full = applied is None
+    old = Ruleset() if applied is None else applied
+    ops: list[dict[str, Any]] = []
+    tables = want.tables()
+    new_backends = {b.name: b for b in want.backends}
+    old_ports = {p.name: p for p in old.ports}
+    new_ports = {p.name: p for p in want.ports}
+
+    # 2. new port chains; the bucket maps of every port
+    for name, p in new_ports.items():
+        t = _t(p.table_family)
+        if name not in old_ports:
+            ops.append({"add": {"chain": {**t, "name": name}}})
+            ops.append({"add": {"rule": {**t, "chain": name, "expr": _port_rule(p)}}})
+            changed = list(range(len(p.buckets)))
+            before: tuple[str, ...] = ()
+        else:
+            before = old_ports[name].buckets
+            if len(before) != len(p.buckets):
+                changed = list(range(max(len(before), len(p.buckets))))
+            else:
+                changed = [i for i, (a, b) in enumerate(zip(before, p.buckets)) if a != b]
+        if not changed:
+            continue
+        gone = [i for i in changed if i < len(before)]
+        for chunk in _chunks(gone):
+            if chunk:
+                ops.append({"delete": {"element": {**t, "name": p.map, "elem": chunk}}})
+        fresh = [i for i in changed if i < len(p.buckets)]
+        for chunk in _chunks(fresh):
+            if chunk:
+                ops.append({"add": {"element": {**t, "name": p.map, "elem": _elements(p, chunk, new_backends)}}})
+
+    # 3. the base chains: rebuilt whenever the set of forwarded VIP ports changes
+    dispatch_old = sorted((p.key() for p in old.ports))
+    dispatch_new = sorted((p.key() for p in want.ports))
+    if full or dispatch_old != dispatch_new or old.devices != want.devices or old.snat != want.snat:
+        if NAT in tables:
+            t = _t(NAT)
+            if full or NAT not in old.tables():
+                ops.append({"add": {"chain": {**t, "name": "prerouting", "type": "nat", "hook": "prerouting",
+                                              "prio": -100, "policy": "accept"}}})
+                ops.append({"add": {"chain": {**t, "name": "postrouting", "type": "nat", "hook": "postrouting",
+                                              "prio": 100, "policy": "accept"}}})
+                for fam, ftype in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+                    ops.append({"add": {"set": {**t, "name": f"snat{fam}", "type": [ftype, "inet_proto", "inet_service"]}}})
+            ops.append({"flush": {"chain": {**t, "name": "prerouting"}}})
+            ops.append({"flush": {"chain": {**t, "name": "postrouting"}}})
+            for p in want.ports:
+                if p.mode == "nat":
+                    ops.append({"add": {"rule": {**t, "chain": "prerouting", "expr": _dispatch_rule(p)}}})
+            for fam in (4, 6):
+                ops.append({"flush": {"set": {**t, "name": f"snat{fam}"}}})
+                elems = [{"concat": [a, proto, port]} for f, a, proto, port in want.snat if f == fam]
+                if elems:
+                    ops.append({"add": {"element": {**t, "name": f"snat{fam}", "elem": elems}}})
+                ops.append({"add": {"rule": {**t, "chain": "postrouting", "expr": [
+                    {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                    {"match": {"op": "==", "left": {"concat": [
+                        _payload(_ipname(fam), "daddr"), {"meta": {"key": "l4proto"}}, _payload("th", "dport")]},
+                        "right": f"@snat{fam}"}},
+                    {"masquerade": None},
+                ]}}})
+        if DSR in tables:
+            t = _t(DSR)
+            old_devices = set() if full or DSR not in old.tables() else set(old.devices)
+            for dev in want.devices:
+                chain = f"in-{dev}"
+                if dev not in old_devices:
+                    ops.append({"add": {"chain": {**t, "name": chain, "type": "filter", "hook": "ingress",
+                                                  "dev": dev, "prio": 0, "policy": "accept"}}})
+                ops.append({"flush": {"chain": {**t, "name": chain}}})
+                for p in want.ports:
+                    if p.mode == "dsr":
+                        ops.append({"add": {"rule": {**t, "chain": chain, "expr": _dispatch_rule(p)}}})
+            for dev in old_devices - set(want.devices):
+                ops.append({"delete": {"chain": {**t, "name": f"in-{dev}"}}})
+
+    # 4. what is gone: port chains and their maps
+    if not full:
+        for name, p in old_ports.items():
+            if name not in new_ports and p.table_family in tables:
+                t = _t(p.table_family)
+                ops.append({"delete": {"chain": {**t, "name": name}}})
+                ops.append({"delete": {"map": {**t, "name": p.map}}})
+        for family in sorted(old.tables() - tables):
+            ops.append({"delete": {"table": {"family": family, "name": TABLE}}})
+    return ops

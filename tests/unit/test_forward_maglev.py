@@ -1,0 +1,102 @@
+"""Maglev lookup table (lbd.forward.maglev): balance, minimal disruption, determinism.
+
+The bounds come from the paper (Eisenbud et al., NSDI 2016, section 3.4):
+with a prime table size ``M >= 100 * N`` every backend's share of the table is
+within 1% of its target, and removing one backend moves its own entries plus
+at most about as many again between the survivors (Maglev trades a little
+disruption for balance; the paper's figure 13 shows the same order).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lbd.forward.maglev import MaglevError, build, diff, is_prime, permutation_params
+
+SIZES = (4099, 8191)  # primes; small so that the properties run quickly
+names = st.lists(
+    st.builds(lambda a, b, p: f"10.88.{a}.{b}:{p}", st.integers(0, 255), st.integers(1, 254), st.integers(1, 65535)),
+    min_size=1, max_size=40, unique=True,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(names=names, size=st.sampled_from(SIZES), data=st.data())
+def test_share_within_one_percent_of_weight(names: list[str], size: int, data: st.DataObject) -> None:
+    weights = {n: data.draw(st.integers(1, 10), label=n) for n in names}
+    table = build(weights, size)
+    total = sum(weights.values())
+    shares = table.shares()
+    assert set(shares) == set(names)
+    for name, weight in weights.items():
+        assert abs(shares[name] - weight / total) <= 0.01, (name, shares[name], weight / total)
+
+
+@settings(max_examples=40, deadline=None)
+@given(names=names.filter(lambda n: len(n) >= 2), size=st.sampled_from(SIZES), data=st.data())
+def test_removing_one_backend_disrupts_little(names: list[str], size: int, data: st.DataObject) -> None:
+    gone = data.draw(st.sampled_from(names))
+    before = build(names, size)
+    after = build([n for n in names if n != gone], size)
+    own = before.counts()[gone]
+    changed = diff(before.as_names(), after.as_names())
+    # Every entry of the removed backend moves, to a survivor.
+    assert all(before.backend(b) != gone or after.backend(b) != gone for b in range(size))
+    assert sum(1 for b in changed if before.backend(b) == gone) == own
+    # Entries moving between survivors: at most as many again (paper, section 3.4 / figure 13).
+    between_survivors = len(changed) - own
+    assert between_survivors <= own, (len(names), own, between_survivors)
+
+
+@settings(max_examples=25, deadline=None)
+@given(names=names, size=st.sampled_from(SIZES), seed=st.integers(0, 2**32))
+def test_same_table_whatever_the_order(names: list[str], size: int, seed: int) -> None:
+    shuffled = list(names)
+    random.Random(seed).shuffle(shuffled)
+    assert build(names, size) == build(shuffled, size)
+
+
+def test_known_table_is_stable_across_runs_and_machines() -> None:
+    # A regression anchor: every node (any Python version) must build exactly this table.
+    table = build(["10.88.1.10:8080", "10.88.1.11:8080", "10.88.1.12:8080"], 13)
+    assert table.backends == ("10.88.1.10:8080", "10.88.1.11:8080", "10.88.1.12:8080")
+    assert table.entries == build(["10.88.1.12:8080", "10.88.1.11:8080", "10.88.1.10:8080"], 13).entries
+    assert permutation_params("10.88.1.10:8080", 65537) == permutation_params("10.88.1.10:8080", 65537)
+    assert sorted(table.counts().values()) == [4, 4, 5]
+
+
+def test_default_size_balance() -> None:
+    table = build({"a:1": 1, "b:1": 2, "c:1": 1})
+    assert table.size == 65537
+    shares = table.shares()
+    assert abs(shares["b:1"] - 0.5) < 0.001 and abs(shares["a:1"] - 0.25) < 0.001
+
+
+def test_weight_zero_takes_no_entry_and_empty_set_is_empty() -> None:
+    table = build({"a:1": 1, "b:1": 0}, 101)
+    assert table.backends == ("a:1",) and set(table.entries) == {0}
+    assert build({}, 101).entries == () and build({"a:1": 0}, 101).size == 0
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 65536, 1_000_033])
+def test_bad_sizes_rejected(size: int) -> None:
+    with pytest.raises(MaglevError):
+        build(["a:1"], size)
+
+
+def test_bad_weights_and_too_many_backends() -> None:
+    with pytest.raises(MaglevError):
+        build({"a:1": -1}, 101)
+    with pytest.raises(MaglevError):
+        build({"a:1": True}, 101)  # type: ignore[dict-item]
+    with pytest.raises(MaglevError):
+        build([f"b{i}" for i in range(12)], 11)
+
+
+def test_is_prime() -> None:
+    assert [n for n in range(30) if is_prime(n)] == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+    assert is_prime(65537) and is_prime(1_000_003)
