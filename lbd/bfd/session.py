@@ -124,6 +124,10 @@ class Session:
         """Seconds before jitter (§6.8.7)."""
         return max(self._tx_local, self.remote_min_rx) / 1e6
 
+    @property
+    def next_transmit(self) -> float | None:
+        return self._next_tx
+
     def next_deadline(self) -> float | None:
         times = [t for t in (self._next_tx, self._detect_at, self._auth_known_until) if t is not None]
         return min(times) if times else None
