@@ -307,8 +307,9 @@ class BfdEngine:
         return count
 
     def _snapshot(self) -> dict[str, dict[str, object]]:
+        # Also read from other threads for display: list() copies the dict atomically under the GIL.
         out = {}
-        for key, e in self._entries.items():
+        for key, e in list(self._entries.items()):
             row = describe(e.session)
             row.update(
                 address=str(e.endpoint.peer), local_address=str(e.endpoint.local) if e.endpoint.local else None,
