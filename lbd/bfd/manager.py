@@ -10,7 +10,8 @@ import structlog
 
 from lbd.bfd.auth import AUTH_TYPES, AuthConfig, BfdAuthError, read_key
 from lbd.bfd.session import SessionConfig, StateChanged
-from lbd.bfd.transport import BfdEngine, Endpoint
+from lbd.bfd.process import BfdProcess
+from lbd.bfd.transport import Endpoint
 from lbd.model import BfdProfileConfig, BgpPeerConfig
 
 log = structlog.get_logger(__name__)
@@ -41,13 +42,12 @@ def endpoint(peer: BgpPeerConfig, profile: BfdProfileConfig) -> Endpoint:
 
 
 class BfdManager:
-    """One engine (its own thread) for every BFD session of the daemon."""
+    """One engine (in its own process, see lbd.bfd.process) for every BFD session of the daemon."""
 
     def __init__(self, on_change: Callable[[str, StateChanged], None], **engine_options: object) -> None:
         self.loop = asyncio.get_running_loop()
         self._on_change = on_change
-        self.engine = BfdEngine(self._from_thread, **engine_options)  # type: ignore[arg-type]
-        self.engine.start()
+        self.engine = BfdProcess(self._from_thread, **engine_options)
         self._wanted: dict[str, tuple[Endpoint, SessionConfig]] = {}
 
     def _from_thread(self, key: str, event: StateChanged) -> None:
@@ -83,11 +83,15 @@ class BfdManager:
         return asyncio.wrap_future(self.engine.admin_down())
 
     def status(self) -> dict[str, dict[str, object]]:
-        """Read without waiting for the engine thread (a display snapshot)."""
-        return self.engine._snapshot()
+        """The engine's latest status (refreshed after every change and every second)."""
+        return self.engine.cached_snapshot()
 
     async def close(self) -> None:
+        """AdminDown and remove every session, then end the BFD process."""
         for key in list(self._wanted):
-            await asyncio.wrap_future(self.engine.remove(key))
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(self.engine.remove(key)), 2.0)
+            except (OSError, RuntimeError, asyncio.TimeoutError) as exc:
+                log.warning("bfd_remove_failed", peer=key, error=str(exc))
         self._wanted = {}
         await self.loop.run_in_executor(None, self.engine.close)

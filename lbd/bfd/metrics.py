@@ -15,7 +15,7 @@ PACKETS_SENT = Counter("lbd_bfd_packets_sent_total", "BFD Control packets sent",
 PACKETS_RECEIVED = Counter("lbd_bfd_packets_received_total", "BFD Control packets accepted", ["peer"],
                            registry=REGISTRY)
 DISCARDED = Counter("lbd_bfd_packets_discarded_total",
-                    "BFD Control packets discarded (malformed, no_session, ttl, session: auth/discriminator)",
+                    "BFD Control packets of a session discarded (TTL, authentication, discriminator)",
                     ["reason"], registry=REGISTRY)
 DETECTION_TIME = Gauge("lbd_bfd_detection_time_seconds", "Negotiated detection time (RFC 5880 §6.8.4)", ["peer"],
                        registry=REGISTRY)

@@ -232,8 +232,9 @@ class BfdEngine:
             deadline = entry.session.next_deadline()
             if deadline is not None and deadline <= now:
                 scheduled = entry.session.next_transmit
+                was_up = entry.session.state == SessionState.UP
                 events = entry.session.tick(now)
-                if scheduled is not None and scheduled <= now and entry.session.state != SessionState.ADMIN_DOWN:
+                if scheduled is not None and scheduled <= now and was_up:
                     entry.max_late = max(entry.max_late, now - scheduled)
                 self._after(entry, events, now)
 
@@ -397,7 +398,6 @@ class BfdEngine:
         try:
             pkt = decode(data)
         except BfdPacketError as exc:
-            m.DISCARDED.labels(reason="malformed").inc()
             log.debug("bfd_packet_malformed", source=str(source), error=str(exc))
             return
         entry = None
@@ -410,11 +410,9 @@ class BfdEngine:
                     break
         if entry is None or entry.endpoint.peer != source or entry.endpoint.multihop != multihop:
             self.unmatched += 1
-            m.DISCARDED.labels(reason="no_session").inc()
             return
         problem = ttl_problem(ttl, entry.endpoint)
         if problem is not None:
-            m.DISCARDED.labels(reason="ttl").inc()
             self._after(entry, [PacketDiscarded(problem)], now)
             entry.session.stats.packets_discarded += 1
             entry.session.stats.last_discard = problem
@@ -440,7 +438,6 @@ class BfdEngine:
             entry.received_seen = st.packets_received
         for event in events:
             if isinstance(event, PacketDiscarded):
-                m.DISCARDED.labels(reason="session").inc()
                 log.debug("bfd_packet_discarded", peer=entry.key, reason=event.reason)
                 continue
             m.STATE.labels(peer=entry.key).set(int(event.new))

@@ -128,3 +128,26 @@ def test_ttl_below_255_is_discarded_on_single_hop() -> None:
         assert "TTL 64" in snap["last_discard"] and snap["state"] == "Down"
     finally:
         a.close()
+
+
+def test_bfd_process_survives_group_sigterm_and_serves_requests() -> None:
+    """The child ignores a SIGTERM sent to the process group (the daemon sends AdminDown
+    through it afterwards) and exits when the daemon closes it."""
+    import os
+    import signal
+
+    from lbd.bfd.process import BfdProcess
+
+    pa, qa = free_udp_port(), free_udp_port()
+    proc = BfdProcess(lambda k, e: None, listen_ports=(pa, qa), peer_ports=(1, 1), listen_v6=False,
+                      priority=False, realtime=False)
+    try:
+        proc.configure("peer", Endpoint(LO), FAST).result(30)
+        os.kill(proc.proc.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        assert proc.proc.is_alive()
+        assert proc.admin_down().result(10) == 1
+        assert wait_for(lambda: proc.cached_snapshot().get("peer", {}).get("state") == "AdminDown", 5)
+    finally:
+        proc.close()
+    assert not proc.proc.is_alive()

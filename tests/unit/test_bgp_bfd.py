@@ -91,9 +91,7 @@ async def test_bfd_failure_takes_bgp_down_and_it_comes_back() -> None:
         b.apply([BgpRoute(VIP, ("to-a",))])
         await until(lambda: bfd_state(a, "to-b") == "Up" and state(a, "to-b") == "established", what="up")
         # b's BFD dies without a word (a crash of its forwarding path): a's detection time runs out.
-        engine = b._bfd.engine
-        engine._stopping = True
-        engine._wake_w.send(b"\0")
+        b._bfd.engine.kill()
         await until(lambda: any(isinstance(e, NotificationReceived) and (e.code, e.subcode) == (6, 10)
                                 for _, e in rib_b.events), what="Cease/BFD Down at b")
         assert a.bfd_status()[0]["last_down_diag"] == "control-detection-time-expired"
