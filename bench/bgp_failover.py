@@ -233,6 +233,27 @@ class BgpLab:
                                                        multiplier=profile.multiplier)).start()
         self.watch = RouteWatch(self.router)
 
+    def router_realtime(self) -> None:
+        """SCHED_RR for the router's BIRD (all its threads): in reality the router is another
+        machine; in a load test on this one it must not be what falls behind."""
+        for proc in self.bird.procs:
+            subprocess.run(["chrt", "-a", "-r", "-p", "1", str(proc.pid)], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def router_send_gaps(self) -> dict[str, float]:
+        """From BIRD's BFD trace: the longest gap between two packets sent to each node, seconds."""
+        last: dict[str, float] = {}
+        worst: dict[str, float] = {}
+        for line in self.bird.log().splitlines():
+            m = re.match(r"(\S+ \S+) <TRACE> bfd1: Sending CTL to (\S+)", line)
+            if not m:
+                continue
+            t = time.mktime(time.strptime(m.group(1)[:19], "%Y-%m-%d %H:%M:%S")) + float("0" + m.group(1)[19:])
+            if m.group(2) in last:
+                worst[m.group(2)] = max(worst.get(m.group(2), 0.0), t - last[m.group(2)])
+            last[m.group(2)] = t
+        return worst
+
     def kernel_hops(self) -> set[str]:
         out = self.router.run(f"ip route show {VIP}").stdout
         return {w for w in out.split() if w in NODES.values()}

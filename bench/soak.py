@@ -499,7 +499,8 @@ def report(result: SoakResult, argv: list[str]) -> str:
 
 
 def soak_bfd(profile_text: str, duration: float, hogs: int, workdir: Path) -> int:
-    """Zero false BFD Down under CPU load: two lbd nodes and a BIRD router (bench/bgp_failover.py's lab),
+    """Zero false BFD Down under CPU load: two lbd nodes and a BIRD router (bench/bgp_failover.py's lab;
+    the router's BIRD runs SCHED_RR, standing for a router on its own machine),
     ``hogs`` busy loops for ``duration`` seconds; counts Up->Down on lbd (lbd-ctl bfd: flaps) and on
     BIRD (its BFD trace), and lbd's worst transmit delay past a packet's deadline."""
     import bgp_failover as bf
@@ -512,6 +513,7 @@ def soak_bfd(profile_text: str, duration: float, hogs: int, workdir: Path) -> in
         blab = bf.BgpLab(lab, workdir, profile)
         system = bf.LbdSystem(blab)
         try:
+            blab.router_realtime()
             for name in bf.NODES:
                 system.start(name)
             bf.settle(blab)
@@ -528,6 +530,7 @@ def soak_bfd(profile_text: str, duration: float, hogs: int, workdir: Path) -> in
             rows = {n: json.loads(node.ctl("--json", "bfd").stdout)[0] for n, node in system.nodes.items()}
             first = {n: json.loads(text)[0] for n, text in before.items()}
             router_downs = blab.bird.log().count("changed state from Up to Down") - router_downs_before
+            router_gaps = blab.router_send_gaps()
         finally:
             system.close()
             blab.close()
@@ -538,8 +541,10 @@ def soak_bfd(profile_text: str, duration: float, hogs: int, workdir: Path) -> in
         print(f"  {n}: state {row['state']}, Up->Down during the soak {row['flaps'] - first[n]['flaps']}, "
               f"packets sent {row['packets_sent'] - first[n]['packets_sent']}, received "
               f"{row['packets_received'] - first[n]['packets_received']}, worst transmit delay past deadline "
-              f"{row['max_transmit_late_ms']} ms (while Up, since start)")
-    print(f"  router (BIRD): BFD Up->Down during the soak {router_downs}")
+              f"{row['max_transmit_late_ms']} ms (while Up, since start), scheduling {row.get('scheduling')}")
+    print(f"  router (BIRD, SCHED_RR): BFD Up->Down during the soak {router_downs}, longest gap between its "
+          f"packets to each node (whole run): "
+          + ", ".join(f"{addr} {gap * 1000:.0f} ms" for addr, gap in sorted(router_gaps.items())))
     passed = downs == 0 and router_downs == 0
     print("PASS" if passed else "FAIL")
     return 0 if passed else 1

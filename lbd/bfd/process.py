@@ -81,6 +81,8 @@ def child_main(conn: Any, options: dict[str, Any]) -> None:
         send(("snapshot", engine._snapshot()))  # on the engine thread, where reading it is safe
 
     engine = BfdEngine(on_event, **options)
+    if realtime:
+        engine.scheduling = "SCHED_RR"
     engine.start()
     try:
         while True:

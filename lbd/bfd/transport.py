@@ -154,6 +154,7 @@ class BfdEngine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.prioritized = False
+        self.scheduling = "normal"  # what the process/thread got: "SCHED_RR", "nice -10" or "normal"
         self.unmatched = 0  # packets no session claimed
 
     # --------------------------------------------------------------- control
@@ -209,6 +210,8 @@ class BfdEngine:
     def _run(self) -> None:
         if self._priority:
             self.prioritized = set_thread_priority()
+            if self.prioritized and self.scheduling == "normal":
+                self.scheduling = "nice -10"
         while not self._stopping:
             try:
                 self._turn()
@@ -315,7 +318,7 @@ class BfdEngine:
             row.update(
                 address=str(e.endpoint.peer), local_address=str(e.endpoint.local) if e.endpoint.local else None,
                 multihop=e.endpoint.multihop, max_transmit_late_ms=round(e.max_late * 1000, 2),
-                send_errors=e.send_errors, last_send_error=e.last_send_error,
+                send_errors=e.send_errors, last_send_error=e.last_send_error, scheduling=self.scheduling,
             )
             out[key] = row
         return out
