@@ -80,6 +80,15 @@ async def test_bfd_comes_up_and_shows_in_status() -> None:
         assert row["peer"] == "to-a" and row["profile"] == "fast" and row["multihop"] is False
         assert row["remote_discriminator"] == a.bfd_status()[0]["local_discriminator"]
         await until(lambda: b.bfd_status()[0]["detection_time_ms"] == 150.0, what="negotiated")
+        from lbd.metrics import REGISTRY
+
+        def metric(name: str, **labels: str) -> float:
+            return REGISTRY.get_sample_value(name, {"peer": "to-a", **labels}) or 0.0
+
+        await until(lambda: metric("lbd_bfd_session_up") == 1 and metric("lbd_bfd_packets_sent_total") > 3
+                    and metric("lbd_bfd_packets_received_total") > 3, what="metrics")
+        assert metric("lbd_bfd_session_state") == 3 and metric("lbd_bfd_detection_time_seconds") == 0.15
+        assert metric("lbd_bfd_transitions_total", to="Up") >= 1
     finally:
         await b.close()
         await a.close()
@@ -213,3 +222,17 @@ async def test_daemon_restart_keeps_routes() -> None:
     await d.shutdown()
     assert "bgp.withdraw_all" not in log and "bgp.close(restart)" in log
     assert log.index("membership.leave") < log.index("bgp.close(restart)")
+
+
+def test_lbd_ctl_renders_bfd_and_bgp_column() -> None:
+    from lbd.ctl import render_bfd, render_bgp
+
+    row = {"peer": "tor", "address": "10.77.0.1", "multihop": False, "state": "Down", "remote_state": "Down",
+           "local_discriminator": 7, "remote_discriminator": 0, "transmit_interval_ms": 1000.0,
+           "detection_time_ms": 300.0, "flaps": 2, "last_down_diag": "control-detection-time-expired",
+           "last_down_reason": "no BFD packet within the detection time"}
+    text = render_bfd([row])
+    assert text.splitlines()[0].split()[:4] == ["PEER", "ADDRESS", "HOP", "STATE"]
+    assert "tor" in text and "single" in text and "control-detection-time-expired: no BFD packet" in text
+    assert "no BFD sessions" in render_bfd([])
+    assert "BFD" in render_bgp([{"name": "tor", "state": "established", "bfd": "Up"}]).splitlines()[0]
