@@ -71,11 +71,11 @@ async def measure(kind: str, seconds: float, work_ms: float, work_every: float) 
 
     p1, p2, q1, q2 = ports(4)
     if kind == "process":
-        a: Any = BfdProcess(on_event, listen_ports=(p1, q1), peer_ports=(p2, q2), listen_v6=False)
-        b: Any = BfdProcess(on_event, listen_ports=(p2, q2), peer_ports=(p1, q1), listen_v6=False)
+        a: Any = BfdProcess(on_event, listen_ports=(p1, q1), peer_ports=(p2, q2))
+        b: Any = BfdProcess(on_event, listen_ports=(p2, q2), peer_ports=(p1, q1))
     else:
-        a = BfdEngine(on_event, listen_ports=(p1, q1), peer_ports=(p2, q2), listen_v6=False)
-        b = BfdEngine(on_event, listen_ports=(p2, q2), peer_ports=(p1, q1), listen_v6=False)
+        a = BfdEngine(on_event, listen_ports=(p1, q1), peer_ports=(p2, q2))
+        b = BfdEngine(on_event, listen_ports=(p2, q2), peer_ports=(p1, q1))
         a.start()
         b.start()
     config = SessionConfig(desired_min_tx=100_000, required_min_rx=100_000, detect_mult=3)

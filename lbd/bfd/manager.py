@@ -47,7 +47,10 @@ class BfdManager:
     def __init__(self, on_change: Callable[[str, StateChanged], None], **engine_options: object) -> None:
         self.loop = asyncio.get_running_loop()
         self._on_change = on_change
-        self.engine = BfdProcess(self._from_thread, **engine_options)
+        self._options = engine_options
+        self._closed = False
+        self.restarts = 0
+        self.engine = BfdProcess(self._from_thread, self._exited, **engine_options)
         self._wanted: dict[str, tuple[Endpoint, SessionConfig]] = {}
 
     def _from_thread(self, key: str, event: StateChanged) -> None:
@@ -55,6 +58,31 @@ class BfdManager:
             self.loop.call_soon_threadsafe(self._on_change, key, event)
         except RuntimeError:  # the loop is closed: the daemon is gone
             pass
+
+    def _exited(self) -> None:
+        """The BFD process died (not a stop we asked for): start a new one with
+        the same sessions. Meanwhile the routers saw BFD fail, as they should."""
+        try:
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._restart()))
+        except RuntimeError:
+            pass
+
+    async def _restart(self) -> None:
+        if self._closed:
+            return
+        self.restarts += 1
+        log.warning("bfd_process_restarting", restarts=self.restarts)
+        await asyncio.sleep(min(30.0, 0.5 * self.restarts))  # no tight loop if it keeps dying
+        if self._closed:
+            return
+        self.engine = BfdProcess(self._from_thread, self._exited, **self._options)
+        wanted, self._wanted = self._wanted, {}
+        for key, (ep, config) in wanted.items():
+            try:
+                await asyncio.wrap_future(self.engine.configure(key, ep, config))
+                self._wanted[key] = (ep, config)
+            except (OSError, RuntimeError) as exc:
+                log.error("bfd_configure_failed", peer=key, error=str(exc))
 
     async def set_peers(self, peers: Sequence[BgpPeerConfig], profiles: Mapping[str, BfdProfileConfig]) -> None:
         wanted: dict[str, tuple[Endpoint, SessionConfig]] = {}
@@ -68,12 +96,22 @@ class BfdManager:
                 wanted[peer.name] = (endpoint(peer, profile), session_config(profile))
             except (OSError, BfdAuthError) as exc:
                 log.error("bfd_key_unusable", peer=peer.name, profile=profile.name, error=str(exc))
-        for key in [k for k in self._wanted if k not in wanted]:
-            await asyncio.wrap_future(self.engine.remove(key))
+        current = dict(self._wanted)
+        for key in [k for k in current if k not in wanted]:
+            try:
+                await asyncio.wrap_future(self.engine.remove(key))
+            except (OSError, RuntimeError) as exc:
+                log.warning("bfd_remove_failed", peer=key, error=str(exc))
+            current.pop(key, None)
         for key, (ep, config) in wanted.items():
-            if self._wanted.get(key) != (ep, config):
-                await asyncio.wrap_future(self.engine.configure(key, ep, config))
-        self._wanted = wanted
+            if current.get(key) != (ep, config):
+                try:
+                    await asyncio.wrap_future(self.engine.configure(key, ep, config))
+                except (OSError, RuntimeError) as exc:
+                    log.error("bfd_configure_failed", peer=key, error=str(exc))
+                    continue  # retried at the next set_peers
+                current[key] = (ep, config)
+        self._wanted = current
 
     def peers(self) -> set[str]:
         return set(self._wanted)
@@ -88,6 +126,7 @@ class BfdManager:
 
     async def close(self) -> None:
         """AdminDown and remove every session, then end the BFD process."""
+        self._closed = True
         for key in list(self._wanted):
             try:
                 await asyncio.wait_for(asyncio.wrap_future(self.engine.remove(key)), 2.0)

@@ -110,8 +110,13 @@ def child_main(conn: Any, options: dict[str, Any]) -> None:
 class BfdProcess:
     """The engine's interface, served by a child process."""
 
-    def __init__(self, on_event: Callable[[str, StateChanged], None], **options: Any) -> None:
+    def __init__(self, on_event: Callable[[str, StateChanged], None],
+                 on_exit: Callable[[], None] | None = None, **options: Any) -> None:
+        """``on_exit`` is called (on the pipe's reader thread) when the child
+        exits without being asked to: the owner restarts it."""
         self._on_event = on_event
+        self._on_exit = on_exit
+        self._closing = False
         ctx = multiprocessing.get_context("spawn")  # never fork a threaded asyncio process
         self._conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=child_main, args=(child, options), name="lbd-bfd", daemon=True)
@@ -156,6 +161,7 @@ class BfdProcess:
         return dict(self._snapshot)
 
     def close(self, timeout: float = 2.0) -> None:
+        self._closing = True
         if self.proc.is_alive():
             try:
                 self._request("exit").result(timeout)
@@ -204,8 +210,11 @@ class BfdProcess:
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(OSError("the BFD process exited"))
-        if self.proc.exitcode not in (None, 0):
+        if not self._closing:
+            self.proc.join(2)
             log.error("bfd_process_exited", exitcode=self.proc.exitcode)
+            if self._on_exit is not None:
+                self._on_exit()
 
     def _account_event(self, key: str, event: StateChanged) -> None:
         m.STATE.labels(peer=key).set(int(event.new))

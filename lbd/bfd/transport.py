@@ -30,7 +30,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import structlog
@@ -114,11 +114,9 @@ class _Entry:
     sent_seen: int = 0
     received_seen: int = 0
     discarded_seen: int = 0
-    last_tx: float | None = None
     max_late: float = 0.0  # the worst delay of a periodic packet past its deadline, seconds
     send_errors: int = 0
     last_send_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class BfdEngine:
@@ -130,7 +128,6 @@ class BfdEngine:
         *,
         listen_ports: tuple[int, int] = (SINGLE_HOP_PORT, MULTI_HOP_PORT),
         peer_ports: tuple[int, int] = (SINGLE_HOP_PORT, MULTI_HOP_PORT),
-        listen_v6: bool = True,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         priority: bool = True,
@@ -138,7 +135,6 @@ class BfdEngine:
         self._on_event = on_event
         self.listen_ports = listen_ports
         self.peer_ports = peer_ports
-        self._listen_v6 = listen_v6
         self.clock = clock
         self.rng = rng if rng is not None else random.SystemRandom()
         self._priority = priority

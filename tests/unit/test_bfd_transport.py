@@ -58,9 +58,9 @@ def test_two_engines_come_up_over_loopback_and_detect_loss(multihop: bool) -> No
     pa, pb, qa, qb = (free_udp_port() for _ in range(4))
     events: dict[str, list[StateChanged]] = {"a": [], "b": []}
     a = BfdEngine(lambda k, e: events["a"].append(e), listen_ports=(pa, qa), peer_ports=(pb, qb),
-                  listen_v6=False, priority=False)
+                  priority=False)
     b = BfdEngine(lambda k, e: events["b"].append(e), listen_ports=(pb, qb), peer_ports=(pa, qa),
-                  listen_v6=False, priority=False)
+                  priority=False)
     a.start()
     b.start()
     try:
@@ -90,8 +90,8 @@ def test_crash_is_detected_within_detection_time() -> None:
     pa, pb, qa, qb = (free_udp_port() for _ in range(4))
     events: list[tuple[float, StateChanged]] = []
     a = BfdEngine(lambda k, e: events.append((time.monotonic(), e)), listen_ports=(pa, qa), peer_ports=(pb, qb),
-                  listen_v6=False, priority=False)
-    b = BfdEngine(lambda k, e: None, listen_ports=(pb, qb), peer_ports=(pa, qa), listen_v6=False, priority=False)
+                  priority=False)
+    b = BfdEngine(lambda k, e: None, listen_ports=(pb, qb), peer_ports=(pa, qa), priority=False)
     a.start()
     b.start()
     try:
@@ -113,7 +113,7 @@ def test_crash_is_detected_within_detection_time() -> None:
 
 def test_ttl_below_255_is_discarded_on_single_hop() -> None:
     pa, qa = free_udp_port(), free_udp_port()
-    a = BfdEngine(lambda k, e: None, listen_ports=(pa, qa), peer_ports=(1, 1), listen_v6=False, priority=False)
+    a = BfdEngine(lambda k, e: None, listen_ports=(pa, qa), peer_ports=(1, 1), priority=False)
     a.start()
     try:
         a.configure("peer", Endpoint(LO), FAST).result(5)
@@ -139,7 +139,7 @@ def test_bfd_process_survives_group_sigterm_and_serves_requests() -> None:
     from lbd.bfd.process import BfdProcess
 
     pa, qa = free_udp_port(), free_udp_port()
-    proc = BfdProcess(lambda k, e: None, listen_ports=(pa, qa), peer_ports=(1, 1), listen_v6=False,
+    proc = BfdProcess(lambda k, e: None, listen_ports=(pa, qa), peer_ports=(1, 1),
                       priority=False, realtime=False)
     try:
         proc.configure("peer", Endpoint(LO), FAST).result(30)

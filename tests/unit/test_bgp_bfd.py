@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from test_bgp_fsm import establish, messages, notifications, cfg  # type: ignore[attr-defined]
-from test_bgp_speaker import LO, Rib, free_port, peer, state, until
+from test_bgp_speaker import Rib, free_port, peer, state, until
 
 from lbd.bgp import codec
 from lbd.bgp.announcer import BgpAnnouncer
@@ -57,8 +57,8 @@ async def bfd_pair() -> tuple[BgpAnnouncer, BgpAnnouncer, Rib, Rib]:
     rib_a, rib_b = Rib(), Rib()
     a = BgpAnnouncer("node-a", listen_port=port, listen_addresses=("127.0.0.1",), on_event=rib_a)
     b = BgpAnnouncer("node-b", on_event=rib_b)
-    a._bfd_options = dict(listen_ports=(p1, q1), peer_ports=(p2, q2), listen_v6=False, priority=False)
-    b._bfd_options = dict(listen_ports=(p2, q2), peer_ports=(p1, q1), listen_v6=False, priority=False)
+    a._bfd_options = dict(listen_ports=(p1, q1), peer_ports=(p2, q2), priority=False)
+    b._bfd_options = dict(listen_ports=(p2, q2), peer_ports=(p1, q1), priority=False)
     await a.set_peers([peer("to-b", 64512, 64513, passive=True, bfd_profile="fast",
                             router_id=ipaddress.IPv4Address("10.77.0.1"))], [FAST])
     await b.set_peers([peer("to-a", 64513, 64512, port=port, bfd_profile="fast", connect_time=1,
@@ -105,8 +105,11 @@ async def test_bfd_failure_takes_bgp_down_and_it_comes_back() -> None:
                                 for _, e in rib_b.events), what="Cease/BFD Down at b")
         assert a.bfd_status()[0]["last_down_diag"] == "control-detection-time-expired"
         assert a.bfd_status()[0]["flaps"] == 1
-        # The BGP session comes back through the normal FSM (BFD Down does not hold it).
+        # The BGP session comes back through the normal FSM (BFD Down does not hold it),
+        # and b's manager starts a new BFD process with the same session.
         await until(lambda: state(a, "to-b") == "established", timeout=15, what="re-established")
+        await until(lambda: b._bfd.restarts == 1 and bfd_state(a, "to-b") == "Up", timeout=20,
+                    what="BFD process restarted and Up again")
     finally:
         await b.close()
         await a.close()
