@@ -498,6 +498,58 @@ def report(result: SoakResult, argv: list[str]) -> str:
     return "\n".join(lines)
 
 
+def soak_bfd(profile_text: str, duration: float, hogs: int, workdir: Path) -> int:
+    """Zero false BFD Down under CPU load: two lbd nodes and a BIRD router (bench/bgp_failover.py's lab;
+    the router's BIRD runs SCHED_RR, standing for a router on its own machine),
+    ``hogs`` busy loops for ``duration`` seconds; counts Up->Down on lbd (lbd-ctl bfd: flaps) and on
+    BIRD (its BFD trace), and lbd's worst transmit delay past a packet's deadline."""
+    import bgp_failover as bf
+
+    from lbd.netlab import Lab
+
+    ms, mult = profile_text.split("x")
+    profile = bf.Profile(int(ms), int(mult))
+    with Lab() as lab:
+        blab = bf.BgpLab(lab, workdir, profile)
+        system = bf.LbdSystem(blab)
+        try:
+            blab.router_realtime()
+            for name in bf.NODES:
+                system.start(name)
+            bf.settle(blab)
+            time.sleep(2.0)  # past the poll sequence to the fast intervals
+            before = {n: node.ctl("--json", "bfd").stdout for n, node in system.nodes.items()}
+            router_downs_before = blab.bird.log().count("changed state from Up to Down")
+            busy0, t0 = cpu_times()
+            load = Hogs(hogs, duration, sys.executable)
+            try:
+                time.sleep(duration)
+            finally:
+                load.stop()
+            busy1, t1 = cpu_times()
+            rows = {n: json.loads(node.ctl("--json", "bfd").stdout)[0] for n, node in system.nodes.items()}
+            first = {n: json.loads(text)[0] for n, text in before.items()}
+            router_downs = blab.bird.log().count("changed state from Up to Down") - router_downs_before
+            router_gaps = blab.router_send_gaps()
+        finally:
+            system.close()
+            blab.close()
+    cpu = 100.0 * (busy1 - busy0) / max(1, t1 - t0)
+    downs = sum(rows[n]["flaps"] - first[n]["flaps"] for n in rows)
+    print(f"BFD soak: profile {profile.name}, {duration:g} s, {hogs} busy loops, CPU {cpu:.0f}% busy")
+    for n, row in rows.items():
+        print(f"  {n}: state {row['state']}, Up->Down during the soak {row['flaps'] - first[n]['flaps']}, "
+              f"packets sent {row['packets_sent'] - first[n]['packets_sent']}, received "
+              f"{row['packets_received'] - first[n]['packets_received']}, worst transmit delay past deadline "
+              f"{row['max_transmit_late_ms']} ms (while Up, since start), scheduling {row.get('scheduling')}")
+    print(f"  router (BIRD, SCHED_RR): BFD Up->Down during the soak {router_downs}, longest gap between its "
+          f"packets to each node (whole run): "
+          + ", ".join(f"{addr} {gap * 1000:.0f} ms" for addr, gap in sorted(router_gaps.items())))
+    passed = downs == 0 and router_downs == 0
+    print("PASS" if passed else "FAIL")
+    return 0 if passed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="No false failover under CPU load (and gossip loss).")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
@@ -512,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="[cluster] failback_delay of the nodes (default 0: a false failover moves back at once)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("--workdir", type=Path, help="keep configs and daemon logs here")
+    parser.add_argument("--bfd", metavar="MSxMULT",
+                        help="instead: BGP lab of bench/bgp_failover.py (two lbd nodes, BIRD router) with this BFD "
+                             "profile, e.g. 100x3; PASS when no BFD session went Down on either side")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -523,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.stall <= min(60.0, args.duration / 2):
         parser.error("--stall in [0, min(60, duration / 2)] seconds")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lbd-soak-"))
+    if args.bfd:
+        return soak_bfd(args.bfd, args.duration, args.hogs, workdir)
     result = soak(args.profile, args.duration, args.hogs, args.loss, args.services, args.interval, workdir,
                   stall=args.stall, failback_delay=args.failback_delay)
     print()

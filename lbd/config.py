@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from lbd.config_bfd import check_peer_profiles, parse_bfd_profiles
 from lbd.config_bgp import (
     check_advertisements,
     parse_advertisements,
@@ -78,7 +79,7 @@ SourceValidator = Callable[[SourceConfig], "list[str]"]
 
 TOP_KEYS = (
     "node", "cluster", "pool", "l2_advertisement", "bgp_peer", "bgp_advertisement", "route_export",
-    "service", "source", "communities", "log", "metrics", "hook", "forwarding",
+    "service", "source", "communities", "log", "metrics", "hook", "forwarding", "bfd_profile",
 )
 NODE_KEYS = ("name", "labels", "state_dir", "control_socket", "drained", "allow_readdress")
 CLUSTER_KEYS = ("bind", "advertise", "join", "keys_file", "profile", "failback_delay")
@@ -194,6 +195,8 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
     aliases = parse_communities_table(errors, doc)
     peers, peer_names = parse_peers(errors, doc, base)
     advertisements = parse_advertisements(errors, doc, aliases)
+    bfd_profiles, bfd_names = parse_bfd_profiles(errors, doc, base)
+    check_peer_profiles(errors, peers, bfd_names)
     exports = _route_exports(errors, doc)
     services, messages = _parse_services(Errors(errors.file), doc, STATIC_PREFIX, partial=True)
     errors.extend(messages)
@@ -222,6 +225,7 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
         l2_advertisements=tuple(a for _, a in l2),
         bgp_peers=tuple(p for _, p in peers),
         bgp_advertisements=tuple(a for _, a in advertisements),
+        bfd_profiles=tuple(bfd_profiles),
         route_exports=tuple(e for _, e in exports),
         services=tuple(services),
         sources=tuple(sources),

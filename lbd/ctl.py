@@ -93,8 +93,24 @@ def render_bgp(peers: list[dict[str, Any]]) -> str:
         uptime = p.get("uptime")
         rows.append((p.get("name"), p.get("address"), p.get("state"),
                      f"{uptime:.0f}s" if isinstance(uptime, (int, float)) else uptime,
-                     p.get("hold_time"), p.get("prefixes_announced", p.get("prefixes")), caps, p.get("last_error")))
-    return _table(rows, ("PEER", "ADDRESS", "STATE", "UPTIME", "HOLD", "PREFIXES", "CAPABILITIES", "LAST ERROR"))
+                     p.get("hold_time"), p.get("prefixes_announced", p.get("prefixes")), p.get("bfd"), caps,
+                     p.get("last_error")))
+    return _table(rows, ("PEER", "ADDRESS", "STATE", "UPTIME", "HOLD", "PREFIXES", "BFD", "CAPABILITIES", "LAST ERROR"))
+
+
+def render_bfd(sessions: list[dict[str, Any]]) -> str:
+    if not sessions:
+        return "no BFD sessions (no bgp_peer names a bfd_profile)"
+    rows = []
+    for s in sessions:
+        down = s.get("last_down_reason")
+        if down and s.get("last_down_diag"):
+            down = f"{s['last_down_diag']}: {down}"
+        rows.append((s.get("peer"), s.get("address"), "multi" if s.get("multihop") else "single", s.get("state"),
+                     s.get("remote_state"), s.get("local_discriminator"), s.get("remote_discriminator"),
+                     s.get("transmit_interval_ms"), s.get("detection_time_ms"), s.get("flaps"), down))
+    return _table(rows, ("PEER", "ADDRESS", "HOP", "STATE", "REMOTE", "LOCAL DISC", "REMOTE DISC", "TX MS",
+                         "DETECT MS", "FLAPS", "LAST DOWN"))
 
 
 def render_members(members: list[dict[str, Any]]) -> str:
@@ -110,6 +126,7 @@ def render_members(members: list[dict[str, Any]]) -> str:
 COMMANDS: dict[str, str] = {
     "status": "node, pools, services, owners and reasons",
     "bgp": "BGP sessions",
+    "bfd": "BFD sessions of the BGP peers",
     "members": "cluster members",
     "drain": "move every VIP off this node",
     "undrain": "let this node own VIPs again",
@@ -182,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render_status(result))
     elif command == "bgp":
         print(render_bgp(result))
+    elif command == "bfd":
+        print(render_bfd(result))
     elif command == "members":
         print(render_members(result))
     else:

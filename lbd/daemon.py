@@ -153,6 +153,7 @@ class Daemon:
             {
                 "status": self._cmd_status,
                 "bgp": self._cmd_bgp,
+                "bfd": self._cmd_bfd,
                 "members": self._cmd_members,
                 "drain": self._cmd_drain,
                 "undrain": self._cmd_undrain,
@@ -401,7 +402,7 @@ class Daemon:
             self.bgp = BgpAnnouncer(self.config.node.name, restarting=self.graceful_restart,
                                     on_event=self._bgp_event)
         if self.bgp is not None:
-            await self.bgp.set_peers(peers)
+            await self.bgp.set_peers(peers, self.config.bfd_profiles)
 
     def _bgp_event(self, peer: str, event: object) -> None:
         # A session reaching or leaving Established: run a pass now, so status and the
@@ -584,6 +585,10 @@ class Daemon:
         """Withdraw everything and exit; or, for a restart, leave BGP routes (graceful restart)
         and, on a single node, the bound VIPs in place for the next lbd to adopt."""
         log.info("stopping", restart=restart)
+        if not restart and self.bgp is not None:
+            # Withdraw first, here in the signal handler: routers stop sending
+            # us traffic before anything else happens (see shutdown()).
+            self.bgp.withdraw_all()
         self._restarting = restart
         self._stop.set()
         self._wake.set()
@@ -595,6 +600,10 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         clustered = not isinstance(self.membership, LocalMembership)
+        if self.bgp is not None and not self._restarting:
+            # Withdrawal, BFD AdminDown, Cease, acknowledged by each router, all
+            # before leaving the cluster and before the VIPs go (l2.close below).
+            await self.bgp.close()
         try:
             await self.membership.leave(self)
         except Exception:  # noqa: BLE001 - shutdown must go on
@@ -606,8 +615,8 @@ class Daemon:
             await self.l2.close()
         if self._restarting:
             self.extra_state["restart_stop_at"] = time.time()
-        if self.bgp is not None:
-            await self.bgp.close(graceful_restart=self._restarting)
+        if self.bgp is not None and self._restarting:
+            await self.bgp.close(graceful_restart=True)
         if self.exporter is not None:
             await self.exporter.close()
         if self.health is not None:
@@ -714,6 +723,9 @@ class Daemon:
 
     async def _cmd_bgp(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
         return self.bgp.status() if self.bgp is not None else []
+
+    async def _cmd_bfd(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return self.bgp.bfd_status() if self.bgp is not None else []
 
     async def _cmd_members(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
         return self.membership.status()

@@ -108,6 +108,23 @@ class BgpPeerConfig:
 
 
 @dataclass(frozen=True)
+class BfdProfileConfig:
+    """MetalLB's BFDProfile (intervals in milliseconds), plus authentication."""
+
+    name: str
+    receive_interval: int = 300
+    transmit_interval: int = 300
+    detect_multiplier: int = 3
+    echo_interval: int = 50
+    echo_mode: bool = False
+    passive_mode: bool = False
+    minimum_ttl: int = 254
+    auth_type: str | None = None  # "keyed-sha1" or "meticulous-keyed-sha1"
+    auth_key_id: int = 1
+    auth_key_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class BgpAdvertisementConfig:
     name: str
     pools: tuple[str, ...] = ()
@@ -265,6 +282,7 @@ class Config:
     l2_advertisements: tuple[L2AdvertisementConfig, ...] = ()
     bgp_peers: tuple[BgpPeerConfig, ...] = ()
     bgp_advertisements: tuple[BgpAdvertisementConfig, ...] = ()
+    bfd_profiles: tuple[BfdProfileConfig, ...] = ()
     route_exports: tuple[RouteExportConfig, ...] = ()
     services: tuple[ServiceSpec, ...] = ()  # the built-in static source
     sources: tuple[SourceConfig, ...] = ()

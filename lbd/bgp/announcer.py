@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -31,7 +31,7 @@ from lbd.bgp.fsm import (
 from lbd.bgp.packing import RouteAttrs
 from lbd.bgp.speaker import Listener, PeerSpeaker
 from lbd.metrics import REGISTRY
-from lbd.model import BgpPeerConfig, BgpRoute, IPAddress, IPNetwork
+from lbd.model import BfdProfileConfig, BgpPeerConfig, BgpRoute, IPAddress, IPNetwork
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +43,8 @@ NOTIFICATIONS_RECEIVED = Counter("lbd_bgp_notifications_received_total", "BGP NO
 ANNOUNCED = Gauge("lbd_bgp_announced_prefixes", "Prefixes currently announced to the peer", ["peer"], registry=REGISTRY)
 
 ObserverCallback = Callable[[str, Event], None]
+ACK_WAIT = 1.0  # graceful stop: longest wait for the router's TCP to acknowledge the withdrawal
+ADMIN_DOWN_WAIT = 0.5  # graceful stop: longest wait for the BFD thread to send AdminDown
 
 
 class BgpAnnouncer:
@@ -72,11 +74,17 @@ class BgpAnnouncer:
         self._applied = False  # apply() was called: tables are the first complete plan
         self._listeners: list[Listener] = []
         self._lock = asyncio.Lock()
+        self._bfd: Any = None  # lbd.bfd.manager.BfdManager, once a peer names a bfd_profile
+        self._bfd_options: dict[str, object] = {}  # BfdEngine options (tests: other ports)
+        self._closing = False  # withdraw_all() was called: no more routes are announced
+        self._admin_down: asyncio.Future[object] | None = None
 
     # ----------------------------------------------------------------- public
 
-    async def set_peers(self, peers: Sequence[BgpPeerConfig]) -> None:
+    async def set_peers(self, peers: Sequence[BgpPeerConfig], bfd_profiles: Sequence[BfdProfileConfig] = ()) -> None:
         async with self._lock:
+            if self._closing:
+                return
             labels = self.node_labels
             if labels is not None:
                 peers = [p for p in peers if all(labels.get(k) == v for k, v in p.node_selector.items())]
@@ -89,8 +97,11 @@ class BgpAnnouncer:
                 for peer in new:
                     self._start_peer(peer, netutil.choose_router_id(peer, self.node_name, addrs), addrs)
             await self._configure_listeners()
+            await self._configure_bfd(list(wanted.values()), {p.name: p for p in bfd_profiles})
 
     def apply(self, routes: Iterable[BgpRoute]) -> None:
+        if self._closing:
+            return  # stopping: the withdrawal stands
         tables: dict[str, dict[IPNetwork, RouteAttrs]] = {}
         # One shared RouteAttrs object per attribute set lets the packer group
         # by identity (see UpdatePacker.announce).
@@ -108,17 +119,66 @@ class BgpAnnouncer:
             speaker.set_routes(tables.get(name, {}))
             self._update_announced(name)
 
+    def withdraw_all(self) -> None:
+        """The first step of a graceful stop, synchronous so that it runs in
+        the signal handler before anything else: an UPDATE withdrawing every
+        route to every peer, then BFD AdminDown (started; :meth:`close` waits
+        for it). From now on ``apply`` announces nothing."""
+        if self._closing:
+            return
+        self._closing = True
+        for speaker in self._speakers.values():
+            speaker.withdraw_all()
+        for name in self._speakers:
+            self._update_announced(name)
+        if self._bfd is not None:
+            self._admin_down = self._bfd.admin_down()
+        log.info("bgp_withdrawn_all", peers=len(self._speakers))
+
     async def close(self, graceful_restart: bool = False) -> None:
         """Stop every session: Cease, or (``graceful_restart``) silently where
-        graceful restart was negotiated, so routers keep the routes."""
+        graceful restart was negotiated, so routers keep the routes.
+
+        A stop that is not for a restart goes in this order: UPDATE withdrawing
+        every route, BFD AdminDown (so the router does not count a failure,
+        RFC 5882 §3.2), Cease, and returns once each router's TCP has
+        acknowledged all of it (bounded by ``ACK_WAIT``): only then may the
+        caller remove the VIPs, so no connection lands on a node that no
+        longer accepts it. For a restart: BFD AdminDown, then the silent close
+        (the router keeps the routes as stale, RFC 4724)."""
         async with self._lock:
-            await asyncio.gather(*(self._stop_peer(n, graceful=graceful_restart) for n in list(self._speakers)))
+            if not graceful_restart:
+                self.withdraw_all()
+            elif self._bfd is not None and self._admin_down is None:
+                self._admin_down = self._bfd.admin_down()
+            if self._admin_down is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._admin_down), ADMIN_DOWN_WAIT)
+                except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - the stop goes on
+                    log.warning("bfd_admin_down_not_confirmed")
+            drain = 0.0 if graceful_restart else ACK_WAIT
+            await asyncio.gather(*(self._stop_peer(n, graceful=graceful_restart, drain=drain)
+                                   for n in list(self._speakers)))
             for listener in self._listeners:
                 await listener.close()
             self._listeners = []
+            if self._bfd is not None:
+                await self._bfd.close()
+                self._bfd = None
+
+    def bfd_status(self) -> list[dict[str, object]]:
+        """Per BFD session (``lbd-ctl bfd``): peer, state, discriminators, intervals, last down, flaps."""
+        if self._bfd is None:
+            return []
+        rows = []
+        for name, row in sorted(self._bfd.status().items()):
+            peer = self._peers.get(name)
+            rows.append({"peer": name, "profile": peer.bfd_profile if peer else None, **row})
+        return rows
 
     def status(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
+        bfd = self._bfd.status() if self._bfd is not None else {}
         for name, speaker in self._speakers.items():
             s = speaker.session
             neg = s.negotiated if s.state == State.ESTABLISHED else None
@@ -146,6 +206,7 @@ class BgpAnnouncer:
                     "notifications_received": st.notifications_received,
                     "established_transitions": st.established_transitions,
                     "last_error": st.last_error,
+                    "bfd": bfd[name]["state"] if name in bfd else None,
                 }
             )
         return out
@@ -153,9 +214,8 @@ class BgpAnnouncer:
     # -------------------------------------------------------------- internals
 
     def _start_peer(self, peer: BgpPeerConfig, router_id: ipaddress.IPv4Address, addrs: netutil.Addresses) -> None:
-        for option in ("bfd_profile", "vrf"):
-            if getattr(peer, option):
-                log.warning("bgp_option_unsupported", peer=peer.name, option=option, value=str(getattr(peer, option)))
+        if peer.vrf:
+            log.warning("bgp_option_unsupported", peer=peer.name, option="vrf", value=str(peer.vrf))
         speaker = PeerSpeaker(peer, router_id=router_id, restarting=self._restarting, on_event=self._event, addresses=addrs)
         self._peers[peer.name] = peer
         self._speakers[peer.name] = speaker
@@ -168,18 +228,38 @@ class BgpAnnouncer:
         speaker.start()
         log.info("bgp_peer_started", peer=peer.name, address=str(peer.peer_address), passive=peer.passive)
 
-    async def _stop_peer(self, name: str, graceful: bool) -> None:
+    async def _stop_peer(self, name: str, graceful: bool, drain: float = 0.0) -> None:
         speaker = self._speakers.pop(name, None)
         self._peers.pop(name, None)
         if speaker is None:
             return
-        await speaker.stop(graceful=graceful)
+        await speaker.stop(graceful=graceful, drain=drain)
         for metric in (SESSION_UP, ANNOUNCED):
             try:
                 metric.remove(name)
             except KeyError:
                 pass
         log.info("bgp_peer_stopped", peer=name, graceful=graceful)
+
+    async def _configure_bfd(self, peers: list[BgpPeerConfig], profiles: dict[str, BfdProfileConfig]) -> None:
+        """A BFD session for each peer that names a profile (RFC 5882 client)."""
+        if self._bfd is None and not any(p.bfd_profile for p in peers):
+            return
+        if self._bfd is None:
+            from lbd.bfd.manager import BfdManager
+
+            self._bfd = BfdManager(self._bfd_event, **self._bfd_options)
+        await self._bfd.set_peers(peers, profiles)
+
+    def _bfd_event(self, name: str, event: Any) -> None:
+        """RFC 5882 §3.2: BFD going from Up to Down (not the peer's AdminDown)
+        takes the BGP session down; it comes back through the normal FSM."""
+        speaker = self._speakers.get(name)
+        if speaker is None or self._closing:
+            return
+        if event.failure:
+            log.warning("bgp_bfd_down", peer=name, diag=event.diag.label, bgp_state=speaker.session.state.value)
+            speaker.bfd_down()
 
     async def _configure_listeners(self) -> None:
         """Listen only while a peer is passive (never on 179 otherwise)."""

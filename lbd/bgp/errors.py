@@ -69,6 +69,7 @@ class CeaseSubcode(enum.IntEnum):
     OTHER_CONFIGURATION_CHANGE = 6
     CONNECTION_COLLISION_RESOLUTION = 7
     OUT_OF_RESOURCES = 8
+    BFD_DOWN = 10  # RFC 9384
 
 
 class RouteRefreshSubcode(enum.IntEnum):

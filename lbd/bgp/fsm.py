@@ -318,6 +318,15 @@ class Session:
         self._retry_at = None
         return self._flush()
 
+    def bfd_down(self, now: float) -> list[Event]:
+        """RFC 5882 §3.2 / §10.2: BFD saw the forwarding path fail (Up to Down,
+        not the peer's AdminDown): the session goes down at once, with Cease /
+        BFD Down (RFC 9384), and comes back through the normal FSM (connect
+        retry). Ignored while no connection is up."""
+        if self.state in _CONNECTED:
+            self._drop(now, "BFD session down", BgpError(ErrorCode.CEASE, CeaseSubcode.BFD_DOWN))
+        return self._flush()
+
     def connection_made(
         self,
         now: float,

@@ -12,8 +12,11 @@ collision, resolved by BGP identifier (RFC 4271 §6.8).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import socket
+import struct
+import termios
 from typing import Any, Callable
 
 import structlog
@@ -86,6 +89,8 @@ class PeerSpeaker:
         self._connect_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
+        self._withdrawn = False  # withdraw_all() was called: the table stays empty
+        self._hold_close = False  # stop(drain=...): close only once the peer has acked what we sent
         # The node's address table (for next hops), reused for a few seconds:
         # the announcer's scan serves the first connection.
         self._addrs: netutil.Addresses | None = addresses
@@ -101,23 +106,45 @@ class PeerSpeaker:
         self._run(self.session, self.session.start(self.now()))
 
     def set_routes(self, routes: dict[IPNetwork, RouteAttrs]) -> None:
-        if not self._stopped:
+        if not self._stopped and not self._withdrawn:
             self._run(self.session, self.session.set_routes(routes, self.now()))
 
-    async def stop(self, graceful: bool = False, timeout: float = 2.0) -> None:
+    def withdraw_all(self) -> None:
+        """Send an UPDATE withdrawing every route now (a graceful stop's first
+        step); later ``set_routes`` calls are ignored."""
+        if not self._stopped:
+            self._run(self.session, self.session.set_routes({}, self.now()))
+            self._withdrawn = True
+
+    def bfd_down(self) -> None:
+        """BFD says the path to the peer failed (RFC 5882): take the session down."""
+        if not self._stopped:
+            self._run(self.session, self.session.bfd_down(self.now()))
+
+    async def stop(self, graceful: bool = False, timeout: float = 2.0, drain: float = 0.0) -> None:
         """Stop the session (Cease, or silently for graceful restart) and close,
-        waiting (bounded) until the NOTIFICATION is flushed and the socket closed."""
+        waiting (bounded) until the NOTIFICATION is flushed and the socket closed.
+
+        ``drain`` > 0: before closing, wait (at most that long) until the peer's
+        TCP has acknowledged everything sent (SIOCOUTQ = 0), so that the caller
+        knows the router has the withdrawal before it removes the VIPs."""
         conns = list(self._conns.values())
         self._stopped = True
         self._cancel_connect()
         if self._inbound is not None:
             inbound, self._inbound = self._inbound, None
             self._run(inbound, inbound.stop(self.now()))
-        self._run(self.session, self.session.stop(self.now(), graceful=graceful))
+        self._hold_close = drain > 0
+        try:
+            self._run(self.session, self.session.stop(self.now(), graceful=graceful))
+        finally:
+            self._hold_close = False
+        if drain > 0:
+            await wait_acked(conns, drain)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for conn in list(self._conns.values()):
+        for conn in {id(c): c for c in [*conns, *self._conns.values()]}.values():
             if conn.transport is not None:
                 conn.transport.close()
         self._conns.clear()
@@ -262,7 +289,7 @@ class PeerSpeaker:
                 if session is self.session:
                     self._cancel_connect()
                 conn = self._conns.pop(id(session), None)
-                if conn is not None and conn.transport is not None:
+                if conn is not None and conn.transport is not None and not self._hold_close:
                     conn.transport.close()  # buffered data (a NOTIFICATION) is flushed first
                 if session is self._inbound:
                     self._inbound = None
@@ -318,6 +345,34 @@ class PeerSpeaker:
         if self._inbound is not None:
             self._run(self._inbound, self._inbound.tick(now))
         self._run(self.session, self.session.tick(now))
+
+
+def unacked_bytes(transport: Any) -> int:
+    """Bytes not yet acknowledged by the peer: asyncio's buffer plus the
+    kernel's send queue (SIOCOUTQ, alias TIOCOUTQ, on a TCP socket)."""
+    pending = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return pending
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return pending
+    return pending + int(struct.unpack("=i", raw)[0])
+
+
+async def wait_acked(conns: "list[_Conn]", timeout: float, step: float = 0.001) -> bool:
+    """Wait until every connection's peer has acknowledged all we sent (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        busy = [c for c in conns if c.transport is not None and not c.closed.done()
+                and unacked_bytes(c.transport) > 0]
+        if not busy:
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(step)
 
 
 class Listener:

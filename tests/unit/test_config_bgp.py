@@ -34,6 +34,9 @@ def test_peer_defaults() -> None:
 
 def test_peer_every_field() -> None:
     config = ok("""
+[[bfd_profile]]
+name = "fast"
+
 [[bgp_peer]]
 name = "full"
 my_asn = 4200000000

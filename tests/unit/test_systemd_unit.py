@@ -37,7 +37,7 @@ def test_unit_keeps_what_lbd_needs():
     text = UNIT.read_text()
     assert "Type=notify" in text and "WatchdogSec=" in text
     caps = re.search(r"^CapabilityBoundingSet=(.*)$", text, re.M).group(1).split()
-    assert set(caps) == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_NET_BIND_SERVICE"}
+    assert set(caps) == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_NET_BIND_SERVICE", "CAP_SYS_NICE"}
     families = re.search(r"^RestrictAddressFamilies=(.*)$", text, re.M).group(1).split()
     assert {"AF_NETLINK", "AF_PACKET", "AF_UNIX", "AF_INET", "AF_INET6"} <= set(families)
     for key in ("ProtectSystem=strict", "StateDirectory=lbd", "RuntimeDirectory=lbd", "NoNewPrivileges=yes"):
