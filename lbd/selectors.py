@@ -185,8 +185,8 @@ def parse_selectors(errors: Any, where: str, value: Any, *, flat: bool = True) -
 
 
 def _is_flat(table: dict) -> bool:
-    """Flat shorthand unless it uses a structured key with a non-string value."""
-    return not any(k in STRUCTURED_KEYS and not isinstance(v, str) for k, v in table.items())
+    """Flat shorthand (label = "value") when every value is a string."""
+    return all(isinstance(v, str) for v in table.values())
 
 
 def _labels(errors: Any, where: str, table: Any) -> dict[str, str]:
@@ -213,8 +213,10 @@ def _structured(errors: Any, where: str, table: dict) -> LabelSelector | None:
     before = len(errors)
     for key in table:
         if key not in STRUCTURED_KEYS:
-            errors.add(where, f"unknown key {key!r}{did_you_mean(str(key), STRUCTURED_KEYS)} "
-                              "(a selector has matchLabels and matchExpressions)")
+            hint = did_you_mean(str(key), STRUCTURED_KEYS) or (
+                " (a selector has matchLabels and matchExpressions; in the flat form "
+                "label = \"value\", every value is a string)")
+            errors.add(where, f"unknown key {key!r}{hint}")
     labels = _labels(errors, f"{where}: matchLabels", table.get("matchLabels", {}))
     for k, v in labels.items():
         _check_key(errors, f"{where}: matchLabels: {k}", k)
