@@ -1,4 +1,4 @@
-"""The ``lbd`` command: run the daemon, check a config, make a gossip key."""
+"""The ``lbd`` command: run the daemon, check a config, make a gossip key, import MetalLB's config."""
 
 from __future__ import annotations
 
@@ -61,7 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", "-c", type=Path, default=argparse.SUPPRESS, help="config file")
     sub.add_parser("keygen", help="print a new gossip encryption key (base64, 32 bytes)")
+    from lbd import import_cmd
+
+    import_cmd.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "import":
+        return import_cmd.run(args)
     if args.command == "check":
         return cmd_check(args.config)
     if args.command == "keygen":

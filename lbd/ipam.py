@@ -441,8 +441,9 @@ def _fresh(book: _Book, req: _Request) -> tuple[str, tuple[IPAddress, ...]] | st
                      and book.refuses(p, req) is None), key=_priority_order)
     candidates = pinned + [p for p in book.pools if p.auto_assign and p.service_allocation is None]
     if not candidates:
-        if any(p.auto_assign for p in book.pools):
-            return "no auto-assign pool accepts the service (every one is restricted by service_allocation)"
+        refusals = [r for p in book.pools if p.auto_assign and (r := book.refuses(p, req)) is not None]
+        if refusals:
+            return "no auto-assign pool accepts the service: " + "; ".join(refusals)
         return "no pool has auto_assign enabled (name a pool or request an address)"
     wanted = set(req.families)
     fitting = [p for p in candidates if wanted <= poolmath.families(p)]
