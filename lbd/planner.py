@@ -122,12 +122,11 @@ def elect(
     )
 
 
-def _applies(item: object, pool: str, config: Config) -> bool:
+def _applies(item: object, pool: str, pool_labels: Mapping[str, Mapping[str, str]]) -> bool:
     """Whether an advertisement or route export covers ``pool``: by name, or
     (advertisements) by a ``pool_selectors`` match on the pool's labels."""
-    found = config.pool(pool)
     return selects_pool(getattr(item, "pools", ()), getattr(item, "pool_selectors", ()), pool,
-                        found.labels if found is not None else {})
+                        pool_labels.get(pool, {}))
 
 
 @dataclass
@@ -172,6 +171,7 @@ def plan(inp: PlannerInput) -> Plan:
             by_vip[address].append(allocation)
 
     peers = {peer.name: peer for peer in config.bgp_peers}
+    pool_labels = {p.name: p.labels for p in config.pools}
     l2_intents: list[L2Intent] = []
     local_binds: dict[IPAddress, str] = {}
     bgp_routes: dict[tuple, set[str]] = defaultdict(set)
@@ -191,7 +191,7 @@ def plan(inp: PlannerInput) -> Plan:
         here = False
 
         # -- layer 2: one owner per VIP --------------------------------------
-        l2_ads = [ad for ad in config.l2_advertisements if _applies(ad, pool, config)]
+        l2_ads = [ad for ad in config.l2_advertisements if _applies(ad, pool, pool_labels)]
         if l2_ads:
             modes.append("l2")
             eligible: list[str] = []
@@ -249,7 +249,7 @@ def plan(inp: PlannerInput) -> Plan:
                         )
 
         # -- BGP: every eligible node announces ------------------------------
-        bgp_ads = [ad for ad in config.bgp_advertisements if _applies(ad, pool, config)]
+        bgp_ads = [ad for ad in config.bgp_advertisements if _applies(ad, pool, pool_labels)]
         if bgp_ads:
             modes.append("bgp")
             why = _member_eligible(me, specs)
@@ -277,7 +277,7 @@ def plan(inp: PlannerInput) -> Plan:
                 reasons.append(f"bgp: not announced from {inp.node}: {why or 'no advertisement or peer selects this node'}")
 
         # -- kernel route export ---------------------------------------------
-        route_exports = [ex for ex in config.route_exports if _applies(ex, pool, config)]
+        route_exports = [ex for ex in config.route_exports if _applies(ex, pool, pool_labels)]
         if route_exports:
             modes.append("export")
             why = _member_eligible(me, specs)

@@ -353,3 +353,26 @@ def test_bgp_pool_selectors_and_peer_not_in_expressions() -> None:
                  bgp_advertisements=(ad,))
     assert [r.peers for r in _plan(cfg, {"role": "web"}, "gold").bgp] == [("gw",)]
     assert _plan(cfg, {"role": "storage"}, "gold").bgp == ()
+
+
+def test_route_export_node_selector_with_expressions() -> None:
+    from lbd.model import RouteExportConfig
+
+    routed = pool("routed", "10.88.0.0/24")
+    ex = RouteExportConfig(name="bird", table=100, node_selector=(expr("bird", "Exists"),))
+    cfg = Config(path=Path("/dev/null"), node=NodeConfig(name="n1"), pools=(routed,), route_exports=(ex,))
+    assert [e.table for e in _plan(cfg, {"bird": ""}, "routed").exports] == [100]
+    assert _plan(cfg, {}, "routed").exports == ()
+
+
+def test_kubernetes_services_carry_their_namespace_and_labels() -> None:
+    from lbd.sources.kubernetes import service_to_spec
+
+    svc_obj = {"metadata": {"namespace": "shop", "name": "web", "labels": {"app": "web", "tier": "gold"}},
+               "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}
+    spec = service_to_spec(svc_obj, ready_nodes=frozenset(), all_nodes=frozenset(), excluded=frozenset())
+    assert (spec.namespace, dict(spec.labels)) == ("shop", {"app": "web", "tier": "gold"})
+    gold = pool("gold", "10.88.1.0/24", sa=ServiceAllocationConfig(namespaces=("shop",),
+                                                                  service_selectors=(sel(tier="gold"),)))
+    r = allocate([pool("general", "10.88.0.0/24"), gold], [spec], {})
+    assert r.allocations[spec.name].pool == "gold"
