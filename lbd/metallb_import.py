@@ -294,6 +294,7 @@ def convert(resources: Sequence[Resource], namespace: str | None = None) -> Conv
             conv.skipped += 1
             conv.notes.append(f"skipped {r.origin()}: no pool selects namespaces by label" if not labels or not wanted
                               else f"skipped {r.origin()}")
+    _local_pref_conflicts(conv)
     for e in conv.entries:
         e.table = _tomlable(e.table)
     conv.communities = _tomlable(conv.communities)
@@ -302,6 +303,45 @@ def convert(resources: Sequence[Resource], namespace: str | None = None) -> Conv
         conv.notes.append("a pool selects namespaces by label: list each namespace's labels in [[namespace]] "
                           "tables (or import `kubectl get namespaces -o yaml` too)")
     return conv
+
+
+def _local_pref_conflicts(conv: Conversion) -> None:
+    """MetalLB lets advertisements with different ``serviceSelectors`` give one
+    pool different LOCAL_PREFs (per-service routes); lbd announces every
+    service of the pool (the selectors are dropped with a warning), so two
+    LOCAL_PREFs for one pool and aggregation would be rejected by lbd check.
+    The first advertisement keeps its LOCAL_PREF; a later, service-selected
+    one loses it, with a warning."""
+    from lbd.selectors import normalize, selects_pool
+
+    pools = {e.table["name"]: e.table.get("labels", {}) for e in conv.entries if e.section == "pool"}
+    seen: dict[tuple[str, Any, Any], tuple[Any, str]] = {}
+    for e in conv.entries:
+        if e.section != "bgp_advertisement" or "local_pref" not in e.table:
+            continue
+        try:
+            selectors = normalize(e.table.get("pool_selectors") or ())
+        except Exception:  # a malformed selector: lbd check reports it
+            continue
+        names = e.table.get("pools") or []
+        key_len = (e.table.get("aggregation_length", 32), e.table.get("aggregation_length_v6", 128))
+        for pool, labels in pools.items():
+            if not isinstance(labels, Mapping) or not selects_pool(names, selectors, pool, labels):
+                continue
+            key = (pool, *key_len)
+            previous = seen.get(key)
+            if previous is None:
+                seen[key] = (e.table["local_pref"], e.table["name"])
+            elif previous[0] != e.table["local_pref"] and any("serviceSelectors" in c for c in e.comments):
+                e.comments.append(
+                    f"WARNING: local_pref {e.table['local_pref']} left out: it was for the services its "
+                    f"serviceSelectors chose, and lbd announces pool {pool!r} with the local_pref "
+                    f"{previous[0]} of bgp_advertisement {previous[1]!r}")
+                conv.warnings.append(f"bgp_advertisement {e.table['name']!r}: local_pref {e.table['local_pref']} "
+                                     f"conflicts with {previous[1]!r} for pool {pool!r} once serviceSelectors "
+                                     "are gone: left out")
+                del e.table["local_pref"]
+                break
 
 
 def _tomlable(value: Any) -> Any:
