@@ -141,7 +141,7 @@ def parse_peers(errors: Errors, doc: dict, base: Path) -> tuple[list[tuple[str, 
             seen[name] = i
         if peer is None or len(errors) > before:
             continue
-        key = (peer.peer_address, peer.peer_port, peer.vrf, peer.node_selector)
+        key = (peer.peer_address, peer.peer_port, peer.vrf, frozenset(peer.node_selector))
         if key in endpoints:
             errors.add(label, f"peer_address: {peer.peer_address} port {peer.peer_port} is already "
                               f"configured by {endpoints[key]} for the same nodes")

@@ -177,7 +177,7 @@ def pool_refuses(pool: PoolConfig, spec: ServiceSpec,
             labels = spec.namespace_labels
             if not isinstance(labels, Mapping):
                 labels = (namespaces or {}).get(ns, {})
-            listed = any(s.matches(labels) for s in rule.namespace_selectors)
+            listed = matches(rule.namespace_selectors, labels)  # non-empty here: any of them
         if not listed:
             where = f"namespace {ns!r}" if ns is not None else "no namespace"
             return f'pool "{pool.name}" serves only some namespaces (service_allocation) and the service has {where}'
