@@ -1,4 +1,4 @@
-"""The ``lbd`` command: run the daemon, check a config, make a gossip key."""
+"""The ``lbd`` command: run the daemon, check a config, make a gossip key, import MetalLB's config."""
 
 from __future__ import annotations
 
@@ -158,7 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="the config to plan (default: the file the running daemon was started with)")
     p.add_argument("--socket", type=Path, default=None, help="control socket (default: from the config)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    from lbd import import_cmd
+
+    import_cmd.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "import":
+        return import_cmd.run(args)
     if args.command == "plan":
         return cmd_plan(args.config, args.socket, args.json)
     if args.config is None:

@@ -16,7 +16,7 @@ import re
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from lbd.config_bfd import check_peer_profiles, parse_bfd_profiles
 from lbd.config_bgp import (
@@ -39,6 +39,7 @@ from lbd.config_read import (
 )
 from lbd.config_hooks import parse_hooks
 from lbd.config_forward import parse_forwarding_section
+from lbd.ipam import pool_refuses
 from lbd.config_service import _parse_services, parse_service_table, parse_services_document
 from lbd.model import (
     AddressRange,
@@ -50,6 +51,7 @@ from lbd.model import (
     NodeConfig,
     PoolConfig,
     RouteExportConfig,
+    ServiceAllocationConfig,
     ServiceSpec,
     SourceConfig,
 )
@@ -79,12 +81,15 @@ SourceValidator = Callable[[SourceConfig], "list[str]"]
 
 TOP_KEYS = (
     "node", "cluster", "pool", "l2_advertisement", "bgp_peer", "bgp_advertisement", "route_export",
-    "service", "source", "communities", "log", "metrics", "hook", "forwarding", "bfd_profile",
+    "service", "source", "communities", "log", "metrics", "hook", "forwarding", "bfd_profile", "namespace",
 )
 NODE_KEYS = ("name", "labels", "state_dir", "control_socket", "drained", "allow_readdress")
 CLUSTER_KEYS = ("bind", "advertise", "join", "keys_file", "profile", "failback_delay")
-POOL_KEYS = ("name", "addresses", "auto_assign", "avoid_buggy_ips")
-L2_KEYS = ("name", "pools", "interfaces", "node_selector", "mode", "announce_burst", "announce_interval")
+POOL_KEYS = ("name", "addresses", "auto_assign", "avoid_buggy_ips", "labels", "service_allocation")
+SERVICE_ALLOCATION_KEYS = ("priority", "namespaces", "namespace_selectors", "service_selectors")
+NAMESPACE_KEYS = ("name", "labels")
+L2_KEYS = ("name", "pools", "interfaces", "node_selector", "mode", "announce_burst", "announce_interval",
+           "pool_selectors")
 EXPORT_KEYS = ("name", "table", "pools", "protocol", "metric", "interface", "node_selector", "allow_main_table",
                "accept")
 LOG_KEYS = ("level", "format")
@@ -201,6 +206,7 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
     services, messages = _parse_services(Errors(errors.file), doc, STATIC_PREFIX, partial=True)
     errors.extend(messages)
     sources = _sources(errors, doc, validate_source)
+    namespaces = _namespaces(errors, doc)
     log = _log(errors, _section(errors, doc, "log"))
     metrics = _metrics(errors, _section(errors, doc, "metrics"))
     hooks = parse_hooks(errors, doc)
@@ -213,7 +219,7 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
             if name not in pool_names:
                 errors.add(f"{label}: pools", f'no pool is named "{name}"{did_you_mean(name, pool_names)}')
     check_advertisements(errors, advertisements, pools, peers, peer_names, pool_names)
-    errors.extend(check_services(services, pool_list, str(path), STATIC_PREFIX))
+    errors.extend(check_services(services, pool_list, str(path), STATIC_PREFIX, namespaces))
 
     if node is None:
         return None
@@ -230,6 +236,7 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
         services=tuple(services),
         sources=tuple(sources),
         communities=aliases,
+        namespaces=namespaces,
         log=log,
         metrics=metrics,
         hooks=tuple(hooks),
@@ -339,6 +346,8 @@ def _pools(errors: Errors, doc: dict) -> list[tuple[str, PoolConfig, tuple[int, 
             positions.append(j)
         auto_assign = t.boolean("auto_assign", True)
         avoid_buggy = t.boolean("avoid_buggy_ips", False)
+        labels = t.string_map("labels")
+        service_allocation = _service_allocation(t)
         if name is not None and name in seen:
             errors.add(f"pool[{i}]", f'name: "{name}" is already the name of pool[{seen[name]}]')
             continue
@@ -348,7 +357,44 @@ def _pools(errors: Errors, doc: dict) -> list[tuple[str, PoolConfig, tuple[int, 
         # Kept even when an entry is broken, so the cross-checks still run on
         # what is valid (the errors already make the whole config invalid).
         out.append((label, PoolConfig(name=name, addresses=tuple(ranges), auto_assign=auto_assign,
-                                      avoid_buggy_ips=avoid_buggy), tuple(positions)))
+                                      avoid_buggy_ips=avoid_buggy, labels=labels,
+                                      service_allocation=service_allocation), tuple(positions)))
+    return out
+
+
+def _service_allocation(t: Table) -> ServiceAllocationConfig | None:
+    """A pool's ``service_allocation`` table (MetalLB's ``serviceAllocation``)."""
+    raw = t.table("service_allocation")
+    if raw is None:
+        return None
+    s = Table(t.errors, t.at("service_allocation"), raw, SERVICE_ALLOCATION_KEYS)
+    # MetalLB: a lower number is a higher priority, 0 (unset) sorts last.
+    priority = s.integer("priority", 0, lo=0, hi=2**31 - 1)
+    return ServiceAllocationConfig(
+        priority=priority if priority is not None else 0,
+        namespaces=s.string_list("namespaces", names=True),
+        namespace_selectors=s.selectors("namespace_selectors"),
+        service_selectors=s.selectors("service_selectors"),
+    )
+
+
+def _namespaces(errors: Errors, doc: dict) -> dict[str, dict[str, str]]:
+    """``[[namespace]] name, labels``: the labels pools' namespace_selectors
+    match for services of sources that do not supply them (static, directory)."""
+    out: dict[str, dict[str, str]] = {}
+    seen: dict[str, int] = {}
+    for i, data in array_of_tables(errors, doc, "namespace"):
+        label = entry_label("namespace", data, i)
+        t = Table(errors, label, data, NAMESPACE_KEYS)
+        name = t.name(required=True)
+        labels = t.string_map("labels")
+        if name is None:
+            continue
+        if name in seen:
+            errors.add(f"namespace[{i}]", f'name: "{name}" is already the name of namespace[{seen[name]}]')
+            continue
+        seen[name] = i
+        out[name] = labels
     return out
 
 
@@ -386,7 +432,8 @@ def _l2_advertisements(errors: Errors, doc: dict) -> list[tuple[str, L2Advertise
                     t.error(f"interfaces[{j}]", f"{quote(ifname)} repeats interfaces[{interfaces[ifname]}]")
                 else:
                     interfaces[ifname] = j
-        node_selector = t.string_map("node_selector")
+        node_selector = t.selectors("node_selector")
+        pool_selectors = t.selectors("pool_selectors")
         mode = t.string("mode", defaults.mode, choices=("bind", "responder"))
         burst = t.integer("announce_burst", defaults.announce_burst, lo=1, hi=100)
         interval = t.seconds("announce_interval", defaults.announce_interval)
@@ -399,7 +446,7 @@ def _l2_advertisements(errors: Errors, doc: dict) -> list[tuple[str, L2Advertise
         seen[name] = i
         out.append((label, L2AdvertisementConfig(
             name=name, pools=pools, interfaces=tuple(interfaces), node_selector=node_selector, mode=mode,
-            announce_burst=burst, announce_interval=interval,
+            announce_burst=burst, announce_interval=interval, pool_selectors=pool_selectors,
         )))
     return out
 
@@ -426,7 +473,7 @@ def _route_exports(errors: Errors, doc: dict) -> list[tuple[str, RouteExportConf
         interface = "lo"
         if t.has("interface"):
             interface = check_ifname(errors, t.at("interface"), t.raw("interface")) or "lo"
-        node_selector = t.string_map("node_selector")
+        node_selector = t.selectors("node_selector")
         accept = t.string("accept", "address", choices=("address", "local-route"))
         if name is not None and name in seen:
             errors.add(f"route_export[{i}]", f'name: "{name}" is already the name of route_export[{seen[name]}]')
@@ -497,7 +544,8 @@ def _metrics(errors: Errors, data: dict) -> MetricsConfig:
 
 
 def check_services(services: Iterable[ServiceSpec], pools: Iterable[PoolConfig], file: str,
-                   prefix: str = STATIC_PREFIX) -> list[str]:
+                   prefix: str = STATIC_PREFIX,
+                   namespaces: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
     """Cross-check services against the pools: the named pool exists and
     holds the requested addresses, every requested address is in some pool,
     and two services request one address only if they may share it.
@@ -520,6 +568,9 @@ def check_services(services: Iterable[ServiceSpec], pools: Iterable[PoolConfig],
                 for family in spec.ip_families:
                     if not any(r.family == family for r in pool.addresses):
                         errors.add(f"{label}: ip_families", f'pool "{pool.name}" has no {family.value} addresses')
+                refusal = pool_refuses(pool, spec, namespaces or {})
+                if refusal is not None:
+                    errors.add(f"{label}: pool", refusal)
         for k, address in enumerate(spec.addresses):
             where = f"{label}: addresses[{k}]"
             holder = next((p for p in pools if any(address in r for r in p.addresses)), None)
@@ -527,6 +578,8 @@ def check_services(services: Iterable[ServiceSpec], pools: Iterable[PoolConfig],
                 errors.add(where, f'{address} is not in pool "{pool.name}"')
             elif spec.pool is None and holder is None:
                 errors.add(where, f"{address} is not in any pool")
+            elif spec.pool is None and holder is not None and pool_refuses(holder, spec, namespaces or {}):
+                errors.add(where, f"{address}: {pool_refuses(holder, spec, namespaces or {})}")
             elif holder is not None and holder.avoid_buggy_ips and address.version == 4 \
                     and int(address) & 0xFF in (0, 255):
                 errors.add(where, f'{address} ends in .0 or .255, which pool "{holder.name}" avoids '

@@ -23,6 +23,7 @@ from lbd.config_read import (
     quote,
 )
 from lbd.model import BgpAdvertisementConfig, BgpPeerConfig, Family, PoolConfig
+from lbd.selectors import selects_pool
 
 ASN_MAX = 4294967295  # RFC 6793: four-octet AS numbers
 U32_MAX = 4294967295
@@ -35,7 +36,7 @@ PEER_KEYS = (
 )
 ADVERTISEMENT_KEYS = (
     "name", "pools", "aggregation_length", "aggregation_length_v6", "local_pref", "communities", "peers",
-    "node_selector",
+    "node_selector", "pool_selectors",
 )
 
 # Well-known communities usable by name; a [communities] alias of the same
@@ -140,7 +141,7 @@ def parse_peers(errors: Errors, doc: dict, base: Path) -> tuple[list[tuple[str, 
             seen[name] = i
         if peer is None or len(errors) > before:
             continue
-        key = (peer.peer_address, peer.peer_port, peer.vrf, tuple(sorted(peer.node_selector.items())))
+        key = (peer.peer_address, peer.peer_port, peer.vrf, frozenset(peer.node_selector))
         if key in endpoints:
             errors.add(label, f"peer_address: {peer.peer_address} port {peer.peer_port} is already "
                               f"configured by {endpoints[key]} for the same nodes")
@@ -183,7 +184,7 @@ def _parse_peer(errors: Errors, label: str, data: dict, index: int, base: Path) 
     router_id = t.ip("router_id", version=4)
     if router_id is not None and int(router_id) == 0:
         t.error("router_id", "0.0.0.0 is not a valid BGP identifier (RFC 6286 §2.1)")
-    node_selector = t.string_map("node_selector")
+    node_selector = t.selectors("node_selector")
     password = t.string("password")
     if password is not None and len(password.encode()) > MD5_KEY_MAX:
         t.error("password", f"is {len(password.encode())} bytes; TCP MD5 keys hold at most {MD5_KEY_MAX}")
@@ -256,7 +257,8 @@ def parse_advertisements(errors: Errors, doc: dict, aliases: dict[str, str]) -> 
                 continue
             communities[value] = j
         peers = t.string_list("peers", names=True)
-        node_selector = t.string_map("node_selector")
+        node_selector = t.selectors("node_selector")
+        pool_selectors = t.selectors("pool_selectors")
         if name is not None and name in seen:
             errors.add(f"bgp_advertisement[{i}]",
                        f'name: "{name}" is already the name of bgp_advertisement[{seen[name]}]')
@@ -267,6 +269,7 @@ def parse_advertisements(errors: Errors, doc: dict, aliases: dict[str, str]) -> 
         out.append((label, BgpAdvertisementConfig(
             name=name, pools=pools, aggregation_length=length, aggregation_length_v6=length_v6,
             local_pref=local_pref, communities=tuple(communities), peers=peers, node_selector=node_selector,
+            pool_selectors=pool_selectors,
         )))
     return out
 
@@ -285,7 +288,8 @@ def check_advertisements(errors: Errors, advertisements: list[tuple[str, BgpAdve
         for name in adv.peers:
             if name not in peer_names:
                 errors.add(f"{label}: peers", f'no bgp_peer is named "{name}"{did_you_mean(name, peer_names)}')
-        applies_to = [pool_by_name[n] for n in adv.pools if n in pool_by_name] or list(pool_by_name.values())
+        applies_to = [entry for name, entry in pool_by_name.items()
+                      if selects_pool(adv.pools, adv.pool_selectors, name, entry[1].labels)]
         for pool_label, pool, positions in applies_to:
             _check_aggregation(errors, label, adv, pool_label, pool, positions)
         targets = [peer_by_name[n] for n in adv.peers if n in peer_by_name] or list(peer_by_name.values())

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from lbd.model import AddressRange, IPAddress
+from lbd.selectors import Selectors
 
 MISSING: Any = object()
 
@@ -269,6 +270,15 @@ class Table:
                 continue
             out[k] = v
         return out
+
+    def selectors(self, key: str, *, flat: bool = True) -> "Selectors":
+        """A label selector or an array of them (``lbd.selectors``); absent: ()."""
+        from lbd.selectors import parse_selectors
+
+        value = self.raw(key)
+        if value is MISSING:
+            return ()
+        return parse_selectors(self.errors, self.at(key), value, flat=flat)
 
     def table(self, key: str) -> dict | None:
         value = self.raw(key)

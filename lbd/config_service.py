@@ -27,6 +27,7 @@ from lbd.model import Family, HealthCheckConfig, IPAddress, PortSpec, ServiceSpe
 SERVICE_KEYS = (
     "name", "pool", "addresses", "ports", "share_key", "ip_families", "health_check", "labels", "nodes",
     *FORWARD_KEYS,
+    "namespace",
 )
 HEALTH_KEYS = (
     "type", "port", "host", "path", "expected_status", "command", "interval", "timeout", "rise", "fall",
@@ -194,6 +195,7 @@ def _service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | No
         health = parse_health_check(errors, t.at("health_check"), health_table)
 
     labels = t.string_map("labels")
+    namespace = t.name("namespace")
     nodes = t.string_list("nodes")
     if t.array("nodes") == []:
         t.error("nodes", "an empty list would leave the service with no node: omit the key for every node")
@@ -213,6 +215,7 @@ def _service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | No
         eligible_nodes=frozenset(nodes) if t.has("nodes") else None,
         labels=labels,
         **forwarding,
+        namespace=namespace,
     ), errors.items
 
 

@@ -107,6 +107,7 @@ def ghost_spec(allocation: Allocation) -> ServiceSpec:
         addresses=allocation.addresses,
         ip_families=families,
         share_key="lbd-restored:" + ",".join(map(str, allocation.addresses)),
+        placeholder=True,
     )
 
 

@@ -9,7 +9,13 @@ The rules are MetalLB's (``internal/allocator/``, see the notes, section 2):
 * a requested address, if it lies in a pool (``auto_assign = false`` pools
   included) and in the named pool when a pool is named too;
 * else the named pool (``auto_assign`` ignored);
-* else the ``auto_assign`` pools in config order;
+* else the ``auto_assign`` pools pinned to the service (``service_allocation``
+  matches it) by priority (lower number first, 0 last; config order among
+  equals, where MetalLB's order is random), then the ``auto_assign`` pools
+  without ``service_allocation`` in config order;
+* a pool with ``service_allocation`` never serves a service it does not
+  match, whether named, requested or held before (MetalLB's
+  ``isPoolCompatibleWithService``);
 * inside a pool the lowest usable free address (``lbd.pools``);
 * a dual-stack service takes one address of each family from the same pool;
 * two services share an address only with the same non-empty share key, the
@@ -40,6 +46,7 @@ from typing import AbstractSet, Mapping, Sequence
 
 from lbd import pools as poolmath
 from lbd.model import Allocation, Family, IPAddress, PoolConfig, ServiceSpec
+from lbd.selectors import matches
 
 __all__ = [
     "AllocationChange",
@@ -47,6 +54,7 @@ __all__ = [
     "FamilyUsage",
     "PoolUsage",
     "allocate",
+    "pool_refuses",
     "pool_usage",
     "sharing_conflict",
 ]
@@ -140,6 +148,50 @@ def sharing_conflict(a: ServiceSpec, b: ServiceSpec) -> str | None:
     """Why ``a`` and ``b`` may not share an address, or None if they may."""
     use = _Use("", b.share_key, b.backend_key, set(_ports(b)), [b.name])
     return _conflict(a.share_key, a.backend_key, _ports(a), use)
+
+
+# ---------------------------------------------------------------------------
+# Pools pinned to services (service_allocation)
+# ---------------------------------------------------------------------------
+
+
+def pool_refuses(pool: PoolConfig, spec: ServiceSpec,
+                 namespaces: Mapping[str, Mapping[str, str]] | None = None) -> str | None:
+    """Why ``pool``'s ``service_allocation`` excludes ``spec``, or None if it may serve it.
+
+    MetalLB's rule: the namespace must be listed or selected when the pool
+    restricts namespaces, and the labels selected when it has service
+    selectors. ``namespaces`` maps a namespace to its labels (the config's
+    ``[[namespace]]``); a service's own ``namespace_labels`` take precedence.
+    One deviation: MetalLB resolves namespace selectors to a set of names and,
+    when that set is empty, stops restricting by namespace; here a selector
+    that selects nothing keeps refusing.
+    """
+    rule = getattr(pool, "service_allocation", None)
+    if rule is None or getattr(spec, "placeholder", False):
+        return None
+    ns = spec.namespace if isinstance(spec.namespace, str) else None
+    if rule.namespaces or rule.namespace_selectors:
+        listed = ns is not None and ns in rule.namespaces
+        if not listed and rule.namespace_selectors and ns is not None:
+            labels = spec.namespace_labels
+            if not isinstance(labels, Mapping):
+                labels = (namespaces or {}).get(ns, {})
+            listed = matches(rule.namespace_selectors, labels)  # non-empty here: any of them
+        if not listed:
+            where = f"namespace {ns!r}" if ns is not None else "no namespace"
+            return f'pool "{pool.name}" serves only some namespaces (service_allocation) and the service has {where}'
+    if rule.service_selectors:
+        labels = spec.labels if isinstance(spec.labels, Mapping) else {}
+        if not matches(rule.service_selectors, labels):
+            return f'pool "{pool.name}" serves only services its service_selectors match (service_allocation)'
+    return None
+
+
+def _priority_order(pool: PoolConfig) -> tuple[int, int]:
+    """MetalLB's ``sortPools``: priority 1, 2, ... first, then 0 (unset)."""
+    priority = pool.service_allocation.priority if pool.service_allocation is not None else 0
+    return (1, 0) if priority <= 0 else (0, priority)
 
 
 # ---------------------------------------------------------------------------
@@ -242,7 +294,9 @@ class _ShareGroup:
 
 
 class _Book:
-    def __init__(self, pools: Sequence[PoolConfig]) -> None:
+    def __init__(self, pools: Sequence[PoolConfig],
+                 namespaces: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        self.namespaces = namespaces if isinstance(namespaces, Mapping) else {}
         self.pools: list[PoolConfig] = []
         self.by_name: dict[str, PoolConfig] = {}
         for p in pools:
@@ -267,6 +321,9 @@ class _Book:
         if preferred is not None and poolmath.space(preferred).contains_int(Family.of(address), int(address)):
             return preferred
         return poolmath.pool_of(self.pools, address)
+
+    def refuses(self, pool: PoolConfig, req: _Request) -> str | None:
+        return pool_refuses(pool, req.spec, self.namespaces)
 
     def conflict(self, req: _Request, address: IPAddress) -> str | None:
         use = self.uses.get(address)
@@ -349,6 +406,9 @@ def _with_requests(book: _Book, req: _Request, fixed: Mapping[Family, IPAddress]
             return f'{what} {address} is in pool "{p.name}", not in the requested pool "{req.pool}"'
         if not poolmath.usable(p, address):
             return f'{what} {address} is skipped by pool "{p.name}" (avoid_buggy_ips)'
+        refusal = book.refuses(p, req)
+        if refusal is not None:
+            return f"{what} {address}: {refusal}"
         if pool is not None and p.name != pool.name:
             return f'{what}es are in different pools ("{pool.name}" and "{p.name}"); one service takes all its addresses from one pool'
         pool = p
@@ -370,10 +430,20 @@ def _fresh(book: _Book, req: _Request) -> tuple[str, tuple[IPAddress, ...]] | st
         pool = book.by_name.get(req.pool)
         if pool is None:
             return f'pool "{req.pool}" does not exist'
+        refusal = book.refuses(pool, req)
+        if refusal is not None:
+            return refusal
         chosen = _try_pool(book, req, pool, {})
         return chosen if isinstance(chosen, str) else (pool.name, chosen)
-    candidates = [p for p in book.pools if p.auto_assign]
+    # MetalLB's Allocate: the pinned pools that accept the service, by
+    # priority, then every pool without service_allocation.
+    pinned = sorted((p for p in book.pools if p.auto_assign and p.service_allocation is not None
+                     and book.refuses(p, req) is None), key=_priority_order)
+    candidates = pinned + [p for p in book.pools if p.auto_assign and p.service_allocation is None]
     if not candidates:
+        refusals = [r for p in book.pools if p.auto_assign and (r := book.refuses(p, req)) is not None]
+        if refusals:
+            return "no auto-assign pool accepts the service: " + "; ".join(refusals)
         return "no pool has auto_assign enabled (name a pool or request an address)"
     wanted = set(req.families)
     fitting = [p for p in candidates if wanted <= poolmath.families(p)]
@@ -423,6 +493,10 @@ def _check_previous(book: _Book, req: _Request, old_pool: str, old: tuple[IPAddr
         if not poolmath.usable(p, a):
             reason = reason or f'address {a} is now skipped by pool "{p.name}" (avoid_buggy_ips)'
             continue
+        refusal = book.refuses(p, req)
+        if refusal is not None:
+            reason = reason or f"address {a}: {refusal}"
+            continue
         if req.pool is not None and p.name != req.pool:
             reason = reason or f'the service now asks for pool "{req.pool}" and {a} is in pool "{p.name}"'
             continue
@@ -452,6 +526,7 @@ def allocate(
     previous: Mapping[str, Allocation],
     *,
     precedence: Mapping[str, int] | None = None,
+    namespaces: Mapping[str, Mapping[str, str]] | None = None,
 ) -> AllocationResult:
     """Allocate addresses to ``services`` from ``pools``, keeping ``previous`` where valid.
 
@@ -461,9 +536,12 @@ def allocate(
     cluster passes, e.g., the epoch at which each allocation was made, so
     that after a partition heals the older allocation keeps its address and
     only the younger side's service moves.
+
+    ``namespaces`` maps namespace names to their labels, for pools whose
+    ``service_allocation`` selects namespaces by label (``Config.namespaces``).
     """
     result = AllocationResult()
-    book = _Book(_items(pools))  # type: ignore[arg-type]
+    book = _Book(_items(pools), namespaces)  # type: ignore[arg-type]
     prev = dict(previous) if isinstance(previous, Mapping) else {}
 
     specs: dict[str, ServiceSpec] = {}

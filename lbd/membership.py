@@ -35,7 +35,7 @@ class Membership(abc.ABC):
     def allocate(self, config: Config, services: Sequence[ServiceSpec],
                  previous: Mapping[str, Allocation]) -> tuple[AllocationResult, list[str]]:
         """This round's allocations (and notes worth a warning). A single node allocates alone."""
-        return allocate(config.pools, list(services), previous), []
+        return allocate(config.pools, list(services), previous, namespaces=config.namespaces), []
 
     def allocator(self) -> str:
         """The node that allocates (and writes results back to sources)."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Union
 
+from lbd.selectors import LabelSelector, Selectors, normalize
+
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
@@ -63,26 +65,60 @@ class AddressRange:
 
 
 @dataclass(frozen=True)
+class ServiceAllocationConfig:
+    """A pool pinned to some services (MetalLB's ``serviceAllocation``).
+
+    The pool serves only services that match: namespace listed or selected
+    (when ``namespaces`` or ``namespace_selectors`` is set) AND labels
+    selected (when ``service_selectors`` is set). Auto-assignment tries
+    matching pinned pools first, lower ``priority`` first (0: last).
+    """
+
+    priority: int = 0
+    namespaces: tuple[str, ...] = ()
+    namespace_selectors: Selectors = ()
+    service_selectors: Selectors = ()
+
+
+class _Selected:
+    """Normalises ``node_selector``/``pool_selectors`` given as a flat mapping
+    (the shorthand older code and tests use) into ``Selectors``."""
+
+    _SELECTOR_FIELDS: tuple[str, ...] = ("node_selector",)
+
+    def __post_init__(self) -> None:
+        for name in self._SELECTOR_FIELDS:
+            value = getattr(self, name)
+            if not (isinstance(value, tuple) and all(isinstance(v, LabelSelector) for v in value)):
+                object.__setattr__(self, name, normalize(value))
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str
     addresses: tuple[AddressRange, ...]
     auto_assign: bool = True
     avoid_buggy_ips: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)  # matched by advertisements' pool_selectors
+    service_allocation: ServiceAllocationConfig | None = None  # None: any service may use the pool
 
 
 @dataclass(frozen=True)
-class L2AdvertisementConfig:
+class L2AdvertisementConfig(_Selected):
     name: str
     pools: tuple[str, ...] = ()  # empty: every pool
     interfaces: tuple[str, ...] = ()  # empty: the interface whose subnet holds the VIP
-    node_selector: Mapping[str, str] = field(default_factory=dict)  # empty: every node
+    node_selector: Selectors = ()  # any of them; empty: every node
     mode: str = "bind"  # "bind" (kernel answers) or "responder" (userspace ARP/NDP)
     announce_burst: int = 3  # gratuitous packets sent on takeover, 100 ms apart
     announce_interval: float = 10.0  # periodic refresh in seconds; 0 disables
+    pool_selectors: Selectors = ()  # pools whose labels match any, besides ``pools``
+
+    _SELECTOR_FIELDS = ("node_selector", "pool_selectors")
 
 
 @dataclass(frozen=True)
-class BgpPeerConfig:
+class BgpPeerConfig(_Selected):
     name: str
     my_asn: int
     peer_address: IPAddress
@@ -95,7 +131,7 @@ class BgpPeerConfig:
     keepalive_time: float | None = None  # default hold_time / 3
     connect_time: float = 10.0
     router_id: ipaddress.IPv4Address | None = None
-    node_selector: Mapping[str, str] = field(default_factory=dict)
+    node_selector: Selectors = ()
     password: str | None = None
     password_file: Path | None = None
     bfd_profile: str | None = None
@@ -125,7 +161,7 @@ class BfdProfileConfig:
 
 
 @dataclass(frozen=True)
-class BgpAdvertisementConfig:
+class BgpAdvertisementConfig(_Selected):
     name: str
     pools: tuple[str, ...] = ()
     aggregation_length: int = 32
@@ -133,11 +169,14 @@ class BgpAdvertisementConfig:
     local_pref: int | None = None
     communities: tuple[str, ...] = ()  # resolved: "A:B" or "large:A:B:C"
     peers: tuple[str, ...] = ()  # empty: every peer
-    node_selector: Mapping[str, str] = field(default_factory=dict)
+    node_selector: Selectors = ()
+    pool_selectors: Selectors = ()  # pools whose labels match any, besides ``pools``
+
+    _SELECTOR_FIELDS = ("node_selector", "pool_selectors")
 
 
 @dataclass(frozen=True)
-class RouteExportConfig:
+class RouteExportConfig(_Selected):
     """Install VIP routes into a kernel table for an existing BIRD/FRR to export."""
 
     name: str
@@ -146,7 +185,7 @@ class RouteExportConfig:
     protocol: int = 252  # rtnetlink protocol number lbd marks its routes with
     metric: int | None = None
     interface: str = "lo"
-    node_selector: Mapping[str, str] = field(default_factory=dict)
+    node_selector: Selectors = ()
     # How the node accepts the VIP's traffic: "address" binds it on ``interface``;
     # "local-route" installs a ``local`` route instead (no address), for FRR, whose
     # zebra would otherwise prefer the connected /32 over the exported table route.
@@ -207,7 +246,14 @@ class ServiceSpec:
     backend_key: str = ""  # services share only with an equal backend key (MetalLB's ETP rule)
     health_check: HealthCheckConfig | None = None
     eligible_nodes: frozenset[str] | None = None  # None: every node (e.g. ETP=Local narrows it)
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)  # matched by pools' service_selectors
+    namespace: str | None = None  # matched by pools' service_allocation namespaces
+    # The namespace's labels when the source knows them; None: the config's [[namespace]] table.
+    namespace_labels: Mapping[str, str] | None = None
+    # A stand-in for a restored allocation whose source has not spoken yet
+    # (lbd.daemon.ghost_spec): its namespace and labels are unknown, so pool
+    # restrictions are not checked against it.
+    placeholder: bool = False
     # L4 forwarding (docs/forwarding.md): empty backends: lbd does not forward this service.
     backends: tuple[Backend, ...] = ()
     forward: str = "nat"  # "nat" (DNAT) or "dsr" (direct server return at layer 2)
@@ -287,6 +333,7 @@ class Config:
     services: tuple[ServiceSpec, ...] = ()  # the built-in static source
     sources: tuple[SourceConfig, ...] = ()
     communities: Mapping[str, str] = field(default_factory=dict)  # alias -> value
+    namespaces: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # [[namespace]]: name -> labels
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     hooks: tuple[HookConfig, ...] = ()

@@ -41,14 +41,15 @@ from lbd.model import (
     ServiceSpec,
     VipDecision,
 )
+from lbd.selectors import matches, selects_pool
 
 
 RT_TABLE_LOCAL = 255  # the kernel's "local" table: routes that deliver to this host
 
 
-def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    """A node selector (match-labels) selects a node when every pair matches."""
-    return all(labels.get(key) == value for key, value in selector.items())
+# Node selectors are lbd.selectors' (MetalLB's label selectors: any of a list,
+# each matchLabels AND matchExpressions); the old name stays for callers.
+selector_matches = matches
 
 
 def rank(vip: IPAddress, nodes: Iterable[str]) -> list[str]:
@@ -121,8 +122,11 @@ def elect(
     )
 
 
-def _applies(pools: Sequence[str], pool: str) -> bool:
-    return not pools or pool in pools
+def _applies(item: object, pool: str, pool_labels: Mapping[str, Mapping[str, str]]) -> bool:
+    """Whether an advertisement or route export covers ``pool``: by name, or
+    (advertisements) by a ``pool_selectors`` match on the pool's labels."""
+    return selects_pool(getattr(item, "pools", ()), getattr(item, "pool_selectors", ()), pool,
+                        pool_labels.get(pool, {}))
 
 
 @dataclass
@@ -167,6 +171,7 @@ def plan(inp: PlannerInput) -> Plan:
             by_vip[address].append(allocation)
 
     peers = {peer.name: peer for peer in config.bgp_peers}
+    pool_labels = {p.name: p.labels for p in config.pools}
     l2_intents: list[L2Intent] = []
     local_binds: dict[IPAddress, str] = {}
     bgp_routes: dict[tuple, set[str]] = defaultdict(set)
@@ -186,7 +191,7 @@ def plan(inp: PlannerInput) -> Plan:
         here = False
 
         # -- layer 2: one owner per VIP --------------------------------------
-        l2_ads = [ad for ad in config.l2_advertisements if _applies(ad.pools, pool)]
+        l2_ads = [ad for ad in config.l2_advertisements if _applies(ad, pool, pool_labels)]
         if l2_ads:
             modes.append("l2")
             eligible: list[str] = []
@@ -244,18 +249,18 @@ def plan(inp: PlannerInput) -> Plan:
                         )
 
         # -- BGP: every eligible node announces ------------------------------
-        bgp_ads = [ad for ad in config.bgp_advertisements if _applies(ad.pools, pool)]
+        bgp_ads = [ad for ad in config.bgp_advertisements if _applies(ad, pool, pool_labels)]
         if bgp_ads:
             modes.append("bgp")
             why = _member_eligible(me, specs)
             announced = False
             for ad in bgp_ads:
-                if why is not None or not selector_matches(ad.node_selector, me.labels):
+                if why is not None or not matches(ad.node_selector, me.labels):
                     continue
                 targets = [
                     name
                     for name in (ad.peers or tuple(peers))
-                    if name in peers and selector_matches(peers[name].node_selector, me.labels)
+                    if name in peers and matches(peers[name].node_selector, me.labels)
                 ]
                 if not targets:
                     continue
@@ -272,13 +277,13 @@ def plan(inp: PlannerInput) -> Plan:
                 reasons.append(f"bgp: not announced from {inp.node}: {why or 'no advertisement or peer selects this node'}")
 
         # -- kernel route export ---------------------------------------------
-        route_exports = [ex for ex in config.route_exports if _applies(ex.pools, pool)]
+        route_exports = [ex for ex in config.route_exports if _applies(ex, pool, pool_labels)]
         if route_exports:
             modes.append("export")
             why = _member_eligible(me, specs)
             exported = False
             for ex in route_exports:
-                if why is not None or not selector_matches(ex.node_selector, me.labels):
+                if why is not None or not matches(ex.node_selector, me.labels):
                     continue
                 prefix = ipaddress.ip_network(vip)
                 exports.append(ExportRoute(prefix, ex.table, ex.protocol, ex.interface, ex.metric))
@@ -330,7 +335,7 @@ def _l2_fit(
 ) -> tuple[L2AdvertisementConfig, str] | None:
     """The first advertisement selecting ``member`` with an interface that fits ``vip``."""
     for ad in ads:
-        if not selector_matches(ad.node_selector, member.labels):
+        if not matches(ad.node_selector, member.labels):
             continue
         names = fitting_interfaces(vip, member.interfaces, ad.interfaces)
         if names:

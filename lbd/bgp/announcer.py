@@ -32,6 +32,7 @@ from lbd.bgp.packing import RouteAttrs
 from lbd.bgp.speaker import Listener, PeerSpeaker
 from lbd.metrics import REGISTRY
 from lbd.model import BfdProfileConfig, BgpPeerConfig, BgpRoute, IPAddress, IPNetwork
+from lbd.selectors import matches
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +88,7 @@ class BgpAnnouncer:
                 return
             labels = self.node_labels
             if labels is not None:
-                peers = [p for p in peers if all(labels.get(k) == v for k, v in p.node_selector.items())]
+                peers = [p for p in peers if matches(p.node_selector, labels)]
             wanted = {p.name: p for p in peers}
             for name in [n for n in self._peers if n not in wanted or wanted[n] != self._peers[n]]:
                 await self._stop_peer(name, graceful=False)

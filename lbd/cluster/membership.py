@@ -227,7 +227,7 @@ class ClusterMembership(Membership):
             )
             return result, notes
         if allocator == self.name:
-            result = allocate(config.pools, list(services), live)
+            result = allocate(config.pools, list(services), live, namespaces=config.namespaces)
             changed = self.table.record(result.allocations, by_name, _now_ms())
             if changed:
                 self._state_dirty = True

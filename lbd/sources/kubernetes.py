@@ -180,7 +180,11 @@ def service_to_spec(svc: Mapping[str, Any], *, ready_nodes: frozenset[str], all_
         ip_families=tuple(families),
         backend_key=backend_key,
         eligible_nodes=eligible,
-        labels={"kubernetes.io/namespace": ns, "kubernetes.io/name": name},
+        # The Service's own labels and namespace, for pools' service_allocation
+        # (MetalLB matches serviceSelectors against metadata.labels). Namespace
+        # labels (namespaceSelectors) are not read yet: [[namespace]] in the config.
+        labels={str(k): str(v) for k, v in _map(meta.get("labels")).items()},
+        namespace=ns,
     )
 
 

@@ -13,6 +13,7 @@ from config_helpers import BASE, FILE, errors, has_error, ok, only_error
 
 from lbd.config import ConfigError, load_config, parse_config
 from lbd.model import ClusterConfig, Family, L2AdvertisementConfig, LogConfig, MetricsConfig
+from lbd.selectors import normalize
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "etc" / "lbd.toml"
@@ -386,7 +387,7 @@ node_selector = { bird = "yes" }
     assert (first.name, first.table, first.pools, first.protocol, first.metric, first.interface) == (
         "export-0", 100, (), 252, None, "lo")
     assert (second.table, second.pools, second.protocol, second.metric, second.interface, second.node_selector) == (
-        254, ("lan",), 200, 50, "dummy0", {"bird": "yes"})
+        254, ("lan",), 200, 50, "dummy0", normalize({"bird": "yes"}))
 
 
 @pytest.mark.parametrize(
