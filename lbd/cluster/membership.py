@@ -58,6 +58,9 @@ HANDOVER_TIMEOUT = 5.0
 
 CONFLICTS = Counter("lbd_allocation_conflicts_resolved", "Allocations dropped because an older one held the address",
                     registry=REGISTRY)
+TABLE_REJECTED = Counter("lbd_allocation_table_entries_refused",
+                         "Allocation table entries from peers refused: stamped too far in the future",
+                         registry=REGISTRY)
 TABLE_UPDATES = Counter("lbd_allocation_table_entries_received", "Allocation table entries adopted from peers",
                         registry=REGISTRY)
 
@@ -285,7 +288,14 @@ class ClusterMembership(Membership):
         except TableError as exc:
             log.warning("table_message_rejected", via=via, error=str(exc))
             return
-        adopted = self.table.merge(entries)
+        before = self.table.rejected
+        adopted = self.table.merge(entries, now_ms=_now_ms())
+        refused = self.table.rejected - before
+        if refused:
+            # A clock far ahead (or a forged stamp): adopting it would win every
+            # comparison and drag our clock along (replication.MAX_CLOCK_SKEW_MS).
+            TABLE_REJECTED.inc(refused)
+            log.warning("table_entries_refused", via=via, entries=refused, reason="stamped too far in the future")
         if adopted:
             TABLE_UPDATES.inc(len(adopted))
             self._state_dirty = True
