@@ -12,6 +12,8 @@ Every problem in the file is collected and reported at once, each as
 
 from __future__ import annotations
 
+import ipaddress
+
 import re
 import socket
 import sys
@@ -79,7 +81,7 @@ TOP_KEYS = (
     "service", "source", "communities", "log", "metrics",
 )
 NODE_KEYS = ("name", "labels", "state_dir", "control_socket", "drained")
-CLUSTER_KEYS = ("bind", "advertise", "join", "keys_file", "profile", "failback_delay")
+CLUSTER_KEYS = ("bind", "advertise", "join", "keys_file", "profile", "failback_delay", "allow_plaintext")
 POOL_KEYS = ("name", "addresses", "auto_assign", "avoid_buggy_ips")
 L2_KEYS = ("name", "pools", "interfaces", "node_selector", "mode", "announce_burst", "announce_interval")
 EXPORT_KEYS = ("name", "table", "pools", "protocol", "metric", "interface", "node_selector", "allow_main_table",
@@ -281,8 +283,20 @@ def _cluster(errors: Errors, data: dict, base: Path) -> ClusterConfig:
             t.error("failback_delay", f'expected a number of seconds or "never", {got(raw)}')
         else:
             failback = t.seconds("failback_delay", defaults.failback_delay)
+    allow_plaintext = t.boolean("allow_plaintext", False)
+    enabled = t.has("bind") or t.has("join")
+    bind_host = bind.rsplit(":", 1)[0].strip("[]")
+    reachable = bool(join) or not ipaddress.ip_address(bind_host).is_loopback
+    if enabled and keys_file is None and not allow_plaintext and reachable:
+        # Plaintext gossip is unauthenticated: whoever reaches the port can add
+        # members and rewrite allocations. Only a loopback-only node is exempt.
+        why = "joins peers" if join else f"binds {bind}"
+        t.error("keys_file", f"missing: the cluster {why} without encryption, so anyone who reaches the port "
+                             "can join it and rewrite allocations; write a key from `lbd keygen` into a keys file "
+                             "and set keys_file, or set allow_plaintext = true")
     return ClusterConfig(
-        enabled=t.has("bind") or t.has("join"),
+        allow_plaintext=allow_plaintext,
+        enabled=enabled,
         bind=bind,
         advertise=advertise,
         join=tuple(join),

@@ -20,3 +20,7 @@ SEND_FAILURES = Counter(
     "lbd_gossip_send_failures_total",
     "UDP sends the socket refused (unreachable, or an address of the other family)", registry=REGISTRY,
 )
+BAD_NAMES = Counter(
+    "lbd_gossip_bad_member_names_total",
+    "Member entries refused because the name is empty or holds control characters", registry=REGISTRY,
+)

@@ -286,6 +286,7 @@ class Gossip:
             "probes": s.probes,
             "probe_failures": s.probe_failures,
             "tcp_fallback_successes": s.tcp_fallback_successes,
+            "bad_names": s.bad_names,
         }
 
     # -- driving the core ---------------------------------------------------

@@ -18,6 +18,7 @@ name = "n1"
 [cluster]
 bind = "127.0.0.1:17946"
 join = ["127.0.0.1:1"]
+allow_plaintext = true
 [[pool]]
 name = "p"
 addresses = ["10.77.0.100-10.77.0.103"]
