@@ -43,6 +43,16 @@ def test_lzw_budget_is_per_packet_not_per_part(inflate_meter: dict[str, int]) ->
     assert inflate_meter["bytes"] <= 2 * wire.MAX_PACKET_INFLATE
 
 
+def test_many_parts_each_under_the_budget_share_it(inflate_meter: dict[str, int]) -> None:
+    # 60 parts of ~1 kB, each inflating to 200 kB (under 256 KiB): 12 MB together.
+    part = compress_part(lzw.compress(b"\x00" * 200_000))
+    packet = wire.make_compound([part] * 60)
+    assert len(packet) < 65_507
+    with pytest.raises(wire.InflateLimitError):
+        wire.decode_packet(packet)
+    assert inflate_meter["bytes"] <= 2 * wire.MAX_PACKET_INFLATE
+
+
 def test_nested_compression_shares_the_budget(inflate_meter: dict[str, int]) -> None:
     # compress(compound(compress(bomb) x 2)): every level draws from one budget.
     inner = wire.make_compound([compress_part(lzw_bomb(40))] * 2)

@@ -125,6 +125,8 @@ GOSSIP: dict[str, tuple[bytes, str, str, str]] = {
                         "8 compressed parts in one 49 kB datagram, 74 MB inflated (each under the old per-part cap)"),
     "packet-lzw-bomb-nested": (wire.make_compound([hostile.compress_part(lzw.compress(wire.make_compound([hostile.compress_part(hostile.lzw_bomb(40))] * 2)))] * 30),
                                "packet", "InflateLimitError", "compressed compounds of compressed bombs"),
+    "packet-lzw-many-small-parts": (wire.make_compound([hostile.compress_part(lzw.compress(b"\x00" * 200_000))] * 60),
+                                    "packet", "InflateLimitError", "60 compressed parts of 200 kB each (under 256 KiB), 12 MB together"),
     "packet-alive-empty-name": (wire.encode(wire.Alive(1, "", V4, 7946)), "packet", "refused-name", "alive for a member named \"\""),
     "packet-alive-nul-name": (wire.encode(wire.Alive(1, "evil\x00", V4, 7946)), "packet", "refused-name", "alive for a name holding NUL"),
     "packet-alive-escape-name": (wire.encode(wire.Alive(1, "\x1b]0;owned\x07", V4, 7946)), "packet", "refused-name", "alive for a name holding terminal escapes"),
