@@ -15,6 +15,7 @@ import random
 from typing import Any, Mapping
 
 import structlog
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -193,8 +194,15 @@ async def test_source_supervisor_retries_after_100k_crashes(monkeypatch: Any) ->
     monkeypatch.setattr(manager_mod, "log", QUIET)
     try:
         await mgr.reconfigure([SourceConfig("crasher", "c")])
-        await asyncio.wait_for(done.wait(), 120)
         entry = mgr._running["c"]  # noqa: SLF001
+        assert entry.task is not None
+        waiter = asyncio.ensure_future(done.wait())
+        await asyncio.wait({waiter, entry.task}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if entry.task.done():
+            exc = entry.task.exception()
+            pytest.fail(f"the supervisor died after {entry.failures} failures: {type(exc).__name__}: {exc}")
+        assert done.is_set(), f"only {_Crasher.runs} runs in time"
         assert entry.failures > FAILURES
         assert clock["max"] >= 60.0 * 0.8, "the delay reached its cap and stayed there"
         assert [s.name for s in mgr.services()] == ["c/web"], "the last good snapshot stays"

@@ -185,3 +185,22 @@ def test_leave_stops_rejoining():
         return cm._reconnect_task.cancelled(), bool(left)  # noqa: SLF001
 
     assert asyncio.run(run()) == (True, True)
+
+
+def test_a_table_message_stamped_far_ahead_is_refused_and_counted():
+    """Issue 10: one user message stamped 2**63-2 poisoned the hybrid clock."""
+    from lbd.cluster.replication import MAX_CLOCK_SKEW_MS, AllocationTable, TableEntry
+    from lbd.cluster.transport import UserPayload
+    from lbd.metrics import REGISTRY
+
+    m, _ = membership()
+    before = REGISTRY.get_sample_value("lbd_allocation_table_entries_refused_total") or 0
+    evil = AllocationTable("evil")
+    evil.entries["web"] = TableEntry("web", "p", (ipaddress.ip_address("10.77.0.100"),), 2**63 - 2, 2**63 - 2, "evil")
+    good = TableEntry("db", "p", (ipaddress.ip_address("10.77.0.101"),), 1000, 1000, "n0")
+    evil.entries["db"] = good
+    m._user(UserPayload(TABLE_MESSAGE + evil.encode(), ("10.77.0.66", 7946)))
+    assert set(m.table.entries) == {"db"}, "the far-future entry is refused, the good one merged"
+    assert m.table.clock <= time.time() * 1000 + MAX_CLOCK_SKEW_MS
+    assert REGISTRY.get_sample_value("lbd_allocation_table_entries_refused_total") == before + 1
+    AllocationTable.decode(m.table.encode())
