@@ -204,3 +204,33 @@ def test_a_table_message_stamped_far_ahead_is_refused_and_counted():
     assert m.table.clock <= time.time() * 1000 + MAX_CLOCK_SKEW_MS
     assert REGISTRY.get_sample_value("lbd_allocation_table_entries_refused_total") == before + 1
     AllocationTable.decode(m.table.encode())
+
+
+async def test_key_mismatch_found_on_a_later_join_attempt(monkeypatch):
+    """Peers not listening at the first attempt (connection refused) and refusing
+    our keys on the next ones: the node must still stay out of the cluster."""
+    import asyncio as aio_mod
+
+    import lbd.cluster.membership as mod
+
+    m, fake = membership()
+    attempts = []
+
+    async def join(seeds):
+        attempts.append(list(seeds))
+        if len(attempts) > 1:
+            fake.decrypt_failures += 1  # the peers answer, encrypted with another key
+            raise ConnectionError("could not join any seed")
+        raise ConnectionRefusedError("not listening yet")
+
+    fake.join = join  # type: ignore[attr-defined]
+    monkeypatch.setattr(mod, "JOIN_BACKOFF_INITIAL", 0.001)
+    task = aio_mod.ensure_future(m._join(["10.77.0.12:7946"]))  # noqa: SLF001
+    try:
+        for _ in range(200):
+            if m._refused:  # noqa: SLF001
+                break
+            await aio_mod.sleep(0.01)
+        assert m._refused and len(attempts) >= 2  # noqa: SLF001
+    finally:
+        task.cancel()
