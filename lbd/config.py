@@ -13,7 +13,6 @@ Every problem in the file is collected and reported at once, each as
 from __future__ import annotations
 
 import ipaddress
-
 import re
 import socket
 import sys
@@ -81,7 +80,7 @@ TOP_KEYS = (
     "service", "source", "communities", "log", "metrics",
 )
 NODE_KEYS = ("name", "labels", "state_dir", "control_socket", "drained")
-CLUSTER_KEYS = ("bind", "advertise", "join", "keys_file", "profile", "failback_delay", "allow_plaintext")
+CLUSTER_KEYS = ("bind", "advertise", "join", "keys_file", "profile", "failback_delay")
 POOL_KEYS = ("name", "addresses", "auto_assign", "avoid_buggy_ips")
 L2_KEYS = ("name", "pools", "interfaces", "node_selector", "mode", "announce_burst", "announce_interval")
 EXPORT_KEYS = ("name", "table", "pools", "protocol", "metric", "interface", "node_selector", "allow_main_table",
@@ -254,6 +253,9 @@ def _node(errors: Errors, data: dict, base: Path) -> NodeConfig | None:
         return None
     return NodeConfig(name=name, labels=labels, state_dir=state_dir, control_socket=control_socket,
                       drained=drained)
+
+
+CLUSTER_KEYS += ("allow_plaintext",)  # issue 10: plaintext gossip only when said so
 
 
 def _cluster(errors: Errors, data: dict, base: Path) -> ClusterConfig:
