@@ -484,6 +484,7 @@ class LbdSystem(System):
             f"join = [{', '.join(others)}]\n"
             f'profile = "{self.profile}"\n'
             f"failback_delay = {self.failback_delay:g}\n"
+            "allow_plaintext = true\n"  # lab namespaces: measured without encryption
             "\n[log]\n"
             f'level = "{log_level}"\n'
             'format = "json"\n'

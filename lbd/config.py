@@ -12,6 +12,7 @@ Every problem in the file is collected and reported at once, each as
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import sys
@@ -279,6 +280,9 @@ def _node(errors: Errors, data: dict, base: Path) -> NodeConfig | None:
                       drained=drained, allow_readdress=allow_readdress)
 
 
+CLUSTER_KEYS += ("allow_plaintext",)  # issue 10: plaintext gossip only when said so
+
+
 def _cluster(errors: Errors, data: dict, base: Path) -> ClusterConfig:
     t = Table(errors, "cluster", data, CLUSTER_KEYS)
     defaults = ClusterConfig()
@@ -306,8 +310,20 @@ def _cluster(errors: Errors, data: dict, base: Path) -> ClusterConfig:
             t.error("failback_delay", f'expected a number of seconds or "never", {got(raw)}')
         else:
             failback = t.seconds("failback_delay", defaults.failback_delay)
+    allow_plaintext = t.boolean("allow_plaintext", False)
+    enabled = t.has("bind") or t.has("join")
+    bind_host = bind.rsplit(":", 1)[0].strip("[]")
+    reachable = bool(join) or not ipaddress.ip_address(bind_host).is_loopback
+    if enabled and keys_file is None and not allow_plaintext and reachable:
+        # Plaintext gossip is unauthenticated: whoever reaches the port can add
+        # members and rewrite allocations. Only a loopback-only node is exempt.
+        why = "joins peers" if join else f"binds {bind}"
+        t.error("keys_file", f"missing: the cluster {why} without encryption, so anyone who reaches the port "
+                             "can join it and rewrite allocations; write a key from `lbd keygen` into a keys file "
+                             "and set keys_file, or set allow_plaintext = true")
     return ClusterConfig(
-        enabled=t.has("bind") or t.has("join"),
+        allow_plaintext=allow_plaintext,
+        enabled=enabled,
         bind=bind,
         advertise=advertise,
         join=tuple(join),

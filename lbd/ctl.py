@@ -113,11 +113,21 @@ def render_bfd(sessions: list[dict[str, Any]]) -> str:
                          "DETECT MS", "FLAPS", "LAST DOWN"))
 
 
+def _safe(value: Any) -> Any:
+    """A peer-supplied string made harmless for a terminal: non-printable characters
+    (ESC, NUL, bidi overrides ...) and backslashes as Python escapes, "" for an empty one."""
+    if not isinstance(value, str):
+        return value
+    if not value:
+        return '""'
+    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in value)
+
+
 def render_members(members: list[dict[str, Any]]) -> str:
     if not members:
         return "no members"
-    rows = [(m.get("name"), m.get("address"), m.get("state"), m.get("incarnation"), m.get("last_change"),
-             "yes" if m.get("drained") else "") for m in members]
+    rows = [(_safe(m.get("name")), _safe(m.get("address")), _safe(m.get("state")), m.get("incarnation"),
+             _safe(m.get("last_change")), "yes" if m.get("drained") else "") for m in members]
     return _table(rows, ("NAME", "ADDRESS", "STATE", "INCARNATION", "LAST CHANGE", "DRAINED"))
 
 

@@ -288,6 +288,7 @@ class ClusterConfig:
     keys_file: Path | None = None
     profile: str = "default"  # "default", "fast" or "lan" (memberlist's)
     failback_delay: float | None = 30.0  # None: never fail back
+    allow_plaintext: bool = False  # gossip without keys_file on a reachable port: only when said so
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from lbd.bgp.codec import (
     Update,
 )
 from lbd.bgp.errors import BgpError, CeaseSubcode, ErrorCode, FsmSubcode, OpenSubcode, describe
+from lbd.backoff import capped_backoff
 from lbd.bgp.packing import EncodeContext, RouteAttrs, UpdatePacker, family_of
 from lbd.model import BgpPeerConfig, IPAddress, IPNetwork
 
@@ -476,9 +477,8 @@ class Session:
         self.stats.last_error = reason
 
     def _backoff(self) -> float:
-        if self._failures <= 0:
-            return 0.0
-        return min(self.config.connect_retry_initial * (2 ** (self._failures - 1)), self.config.connect_retry_max)
+        # Clamped before the power: a peer down for days keeps retrying at the cap.
+        return capped_backoff(self._failures, self.config.connect_retry_initial, self.config.connect_retry_max)
 
     def _schedule_retry(self, now: float) -> None:
         self._failures += 1

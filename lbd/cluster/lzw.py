@@ -20,6 +20,10 @@ _MAX_CODE = (1 << _MAX_WIDTH) - 1  # 4095: the writer clears before using it
 _MAX_OUTPUT = 64 * 1024 * 1024  # hard cap against decompression bombs
 
 
+class OutputLimitError(GossipError):
+    """The stream inflates past the caller's limit."""
+
+
 def decompress(data: bytes, max_output: int = _MAX_OUTPUT) -> bytes:
     """Inflate a Go LSB/8 LZW stream; a stream without the EOF code is an error."""
     # Each dictionary entry is (prefix code, suffix byte); expansions are built
@@ -62,7 +66,7 @@ def decompress(data: bytes, max_output: int = _MAX_OUTPUT) -> bytes:
             raise GossipError(f"lzw: invalid code {code} (next free code {hi})")
         out += entry
         if len(out) > max_output:
-            raise GossipError("lzw: output exceeds the size limit")
+            raise OutputLimitError("lzw: output exceeds the size limit")
         if last is not None and hi <= _MAX_CODE:
             # Define entry hi = previous expansion + first byte of this one.
             if len(table) <= hi:

@@ -35,11 +35,12 @@ import structlog
 from prometheus_client import Counter
 
 from lbd import aio
+from lbd.backoff import capped_backoff
 from lbd.cluster import nodemeta
 from lbd.cluster.crypto import load_keyring
 from lbd.cluster.replication import AllocationTable, TableEntry, TableError
 from lbd.cluster.swim import EventKind, MemberEvent
-from lbd.cluster.transport import Gossip, UserPayload
+from lbd.cluster.transport import JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX, Gossip, UserPayload
 from lbd.ipam import AllocationResult, allocate
 from lbd.membership import Membership
 from lbd.metrics import REGISTRY
@@ -58,6 +59,9 @@ HANDOVER_TIMEOUT = 5.0
 
 CONFLICTS = Counter("lbd_allocation_conflicts_resolved", "Allocations dropped because an older one held the address",
                     registry=REGISTRY)
+TABLE_REJECTED = Counter("lbd_allocation_table_entries_refused",
+                         "Allocation table entries from peers refused: stamped too far in the future",
+                         registry=REGISTRY)
 TABLE_UPDATES = Counter("lbd_allocation_table_entries_received", "Allocation table entries adopted from peers",
                         registry=REGISTRY)
 
@@ -285,7 +289,14 @@ class ClusterMembership(Membership):
         except TableError as exc:
             log.warning("table_message_rejected", via=via, error=str(exc))
             return
-        adopted = self.table.merge(entries)
+        before = self.table.rejected
+        adopted = self.table.merge(entries, now_ms=_now_ms())
+        refused = self.table.rejected - before
+        if refused:
+            # A clock far ahead (or a forged stamp): adopting it would win every
+            # comparison and drag our clock along (replication.MAX_CLOCK_SKEW_MS).
+            TABLE_REJECTED.inc(refused)
+            log.warning("table_entries_refused", via=via, entries=refused, reason="stamped too far in the future")
         if adopted:
             TABLE_UPDATES.inc(len(adopted))
             self._state_dirty = True
@@ -384,19 +395,23 @@ class ClusterMembership(Membership):
             self._on_change()
 
     async def _join(self, seeds: Sequence[str]) -> None:
-        failures = self._decrypt_failures()
-        try:
-            await self.gossip.join(seeds)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - nobody answered, or nobody we can understand
-            self._set_refused(self._decrypt_failures() > failures)
+        # Every attempt checks for a key mismatch, not only the first: peers that
+        # were not listening yet at the first try (start order is free) refuse our
+        # keys only on a later one. Retries go on for ever at the backoff's cap.
+        attempt = 0
+        while True:
+            failures = self._decrypt_failures()
             try:
-                await self.gossip.join_with_retry(seeds)
+                await self.gossip.join(seeds)
+                break
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001
-                log.error("cluster_join_failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - nobody answered, or nobody we can understand
+                self._set_refused(self._decrypt_failures() > failures)
+                attempt += 1
+                delay = capped_backoff(attempt, JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX, jitter=0.5)
+                log.info("join_retry", attempt=attempt, delay=round(delay, 2), error=str(exc))
+                await asyncio.sleep(delay)
         self._set_refused(False)
         self._on_change()
 

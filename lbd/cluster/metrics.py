@@ -16,3 +16,11 @@ DECRYPT_FAILURES = Counter(
 )
 SUSPICIONS = Counter("lbd_gossip_suspicions_total", "Suspicions this node raised after failed probes", registry=REGISTRY)
 REFUTES = Counter("lbd_gossip_refutes_total", "Accusations about this node it refuted", registry=REGISTRY)
+SEND_FAILURES = Counter(
+    "lbd_gossip_send_failures_total",
+    "UDP sends the socket refused (unreachable, or an address of the other family)", registry=REGISTRY,
+)
+BAD_NAMES = Counter(
+    "lbd_gossip_bad_member_names_total",
+    "Member entries refused because the name is empty or holds control characters", registry=REGISTRY,
+)

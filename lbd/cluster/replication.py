@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
 from lbd.ipam import sharing_conflict
@@ -29,6 +29,13 @@ from lbd.model import Allocation, Family, IPAddress, PortSpec, ServiceSpec
 
 TOMBSTONE_TTL_MS = 24 * 3600 * 1000  # forget deletions after a day
 MAX_TABLE_ENTRIES = 1_000_000
+# The largest stamp the decoder accepts; the clock never goes past it.
+MAX_STAMP = 2**63 - 1
+# How far ahead of our physical clock a peer's stamp may be and still be
+# adopted (ms). NTP-synchronised nodes differ by milliseconds; a stamp further
+# in the future is a broken clock or an attack (one such entry would win every
+# last-writer-wins comparison and drag our clock along), so it is refused.
+MAX_CLOCK_SKEW_MS = 60_000
 
 
 class TableError(ValueError):
@@ -142,13 +149,19 @@ class AllocationTable:
 
     # -- clock --------------------------------------------------------------
 
+    rejected: int = 0  # remote entries refused for a stamp too far in the future
+
     def tick(self, now_ms: int) -> int:
-        """A timestamp later than every one this replica has written or seen."""
-        self.clock = max(self.clock + 1, now_ms)
+        """A timestamp later than every one this replica has written or seen.
+
+        Capped at MAX_STAMP so the table always encodes to something the
+        decoder accepts (with the skew bound the cap is never reached).
+        """
+        self.clock = min(max(self.clock + 1, now_ms), MAX_STAMP)
         return self.clock
 
     def _observe(self, stamp: int) -> None:
-        self.clock = max(self.clock, stamp)
+        self.clock = min(max(self.clock, stamp), MAX_STAMP)
 
     # -- reading ------------------------------------------------------------
 
@@ -205,10 +218,20 @@ class AllocationTable:
 
     # -- merging (every replica) -------------------------------------------
 
-    def merge(self, entries: Iterable[TableEntry]) -> list[TableEntry]:
-        """Adopt every entry newer than ours; return the ones adopted."""
+    def merge(self, entries: Iterable[TableEntry], now_ms: int | None = None) -> list[TableEntry]:
+        """Adopt every entry newer than ours; return the ones adopted.
+
+        With ``now_ms`` (entries from the network) an entry stamped more than
+        MAX_CLOCK_SKEW_MS ahead of it is refused and counted in ``rejected``:
+        neither adopted nor observed by the clock. The other entries of the
+        same table are still merged.
+        """
         adopted = []
+        limit = None if now_ms is None else now_ms + MAX_CLOCK_SKEW_MS
         for entry in entries:
+            if limit is not None and (entry.updated > limit or entry.created > limit):
+                self.rejected += 1
+                continue
             self._observe(entry.updated)
             old = self.entries.get(entry.service)
             if old is None or entry.version > old.version:
@@ -260,6 +283,14 @@ class AllocationTable:
         table = cls(node=node)
         if raw is not None:
             clock, entries = cls.decode(json.dumps(raw).encode())
+            if now_ms > 0:
+                # A table poisoned before the skew bound existed (or a clock that
+                # was set back): bring future stamps to the present, keeping every
+                # entry, so the allocator's next write wins again.
+                limit = now_ms + MAX_CLOCK_SKEW_MS
+                entries = [e if e.updated <= limit and e.created <= limit else
+                           replace(e, created=min(e.created, now_ms), updated=now_ms) for e in entries]
+                clock = min(clock, limit)
             table.clock = clock
             table.merge(entries)
         elif legacy:

@@ -16,6 +16,7 @@ import enum
 import ipaddress
 import math
 import random
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
@@ -268,6 +269,11 @@ def ip_text(addr: bytes) -> str:
     return ""
 
 
+def valid_member_name(name: str) -> bool:
+    """Not empty, no control character (Unicode Cc: NUL, ESC, DEL, C1 ...)."""
+    return bool(name) and not any(unicodedata.category(c) == "Cc" for c in name)
+
+
 def ip_bytes(text: str) -> bytes:
     """Packed address; IPv4 as 4 bytes (Go applies To4() to the advertise address)."""
     ip = ipaddress.ip_address(text)
@@ -287,6 +293,7 @@ class Stats:
     probes: int = 0
     probe_failures: int = 0
     tcp_fallback_successes: int = 0
+    bad_names: int = 0  # Alive / push-pull entries refused for an empty or control-character name
 
 
 class Swim:
@@ -330,6 +337,7 @@ class Swim:
         self.local_state = local_state
         self.merge_remote_state = merge_remote_state
         self.stats = Stats()
+        self._bad_name_senders: set[str] = set()  # log a bad member name once per sender
         self.log = log.bind(node=name)
 
         self._addr = ip_bytes(addr)
@@ -488,7 +496,8 @@ class Swim:
             if self._probe is not None and self._probe.seq == msg.seq_no:
                 self._probe.nacks += 1
         elif isinstance(msg, wire.Alive):
-            self._alive(msg, now)
+            if self._name_ok(msg.node, addr):
+                self._alive(msg, now)
         elif isinstance(msg, wire.Suspect):
             self._suspect(msg, now)
         elif isinstance(msg, wire.Dead):
@@ -566,7 +575,7 @@ class Swim:
             reply = self._frame(self._local_state(msg.join))
             self._count(self.stats.sent, m.SENT, wire.MsgType.PUSH_PULL)
             try:
-                self._merge(msg, now)
+                self._merge(msg, now, addr)
             except GossipError as exc:
                 self.log.warning("push_pull_merge_refused", peer=f"{addr[0]}:{addr[1]}", error=str(exc))
             return reply
@@ -603,7 +612,7 @@ class Swim:
         if st.kind in ("join", "push_pull") and isinstance(msg, wire.PushPull):
             self._count(self.stats.received, m.RECEIVED, wire.MsgType.PUSH_PULL)
             try:
-                self._merge(msg, now)
+                self._merge(msg, now, st.addr)
             except GossipError as exc:
                 self.log.warning("push_pull_merge_refused", peer=f"{st.addr[0]}:{st.addr[1]}", error=str(exc))
                 return False
@@ -646,9 +655,28 @@ class Swim:
                 self.log.exception("local_state_failed")
         return wire.encode_push_pull(wire.PushPull(join, nodes, user))
 
-    def _merge(self, pp: wire.PushPull, now: float) -> None:
+    def _name_ok(self, name: str, addr: Addr) -> bool:
+        """Refuse a member name that is empty or holds control characters (NUL, ESC, ...).
+
+        Names travel to logs, lbd-ctl and the planner's hash; memberlist does not
+        check them, so a plaintext intruder could add "" or terminal escapes.
+        Counted, and logged once per sender address (bounded).
+        """
+        if valid_member_name(name):
+            return True
+        self.stats.bad_names += 1
+        m.BAD_NAMES.inc()
+        sender = addr[0]
+        if sender not in self._bad_name_senders and len(self._bad_name_senders) < 1024:
+            self._bad_name_senders.add(sender)
+            self.log.warning("member_name_refused", peer=f"{addr[0]}:{addr[1]}", name=repr(name)[:80])
+        return False
+
+    def _merge(self, pp: wire.PushPull, now: float, addr: Addr = ("?", 0)) -> None:
         self._verify_protocol(pp.nodes)
         for r in pp.nodes:
+            if not self._name_ok(r.name, addr):
+                continue
             if r.state == wire.NodeStateCode.ALIVE:
                 self._alive(wire.Alive(r.incarnation, r.name, r.addr, r.port, r.meta, r.vsn), now)
             elif r.state == wire.NodeStateCode.LEFT:

@@ -286,6 +286,7 @@ class Gossip:
             "probes": s.probes,
             "probe_failures": s.probe_failures,
             "tcp_fallback_successes": s.tcp_fallback_successes,
+            "bad_names": s.bad_names,
         }
 
     # -- driving the core ---------------------------------------------------
@@ -334,11 +335,7 @@ class Gossip:
             return
         for action in core.poll():
             if isinstance(action, SendPacket):
-                if self._udp is not None:
-                    try:
-                        self._udp.sendto(action.data, action.addr)
-                    except OSError as exc:
-                        self.log.debug("udp_send_failed", peer=f"{action.addr[0]}:{action.addr[1]}", error=str(exc))
+                self._send(action)
             elif isinstance(action, StreamRequest):
                 self._spawn(self._run_stream(action))
             elif isinstance(action, MemberEvent):
@@ -357,6 +354,21 @@ class Gossip:
             self._timer.cancel()
         self._timer_when = deadline
         self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _send(self, action: SendPacket) -> None:
+        """One UDP send; a bad destination never drops the rest of the batch or the timer.
+
+        Addresses come from peers (a ping's source, an indirect ping's target, an
+        Alive): asyncio raises OSError for an address of the other family, uvloop
+        ValueError, and a malformed one may give TypeError.
+        """
+        if self._udp is None:
+            return
+        try:
+            self._udp.sendto(action.data, action.addr)
+        except (OSError, ValueError, TypeError, OverflowError) as exc:
+            m.SEND_FAILURES.inc()
+            self.log.debug("udp_send_failed", peer=f"{action.addr[0]}:{action.addr[1]}", error=str(exc))
 
     def _deliver_event(self, ev: MemberEvent) -> None:
         level = "info" if ev.kind != EventKind.SUSPECT else "debug"
@@ -424,7 +436,9 @@ class Gossip:
             self.log.info("stream_reply_bad", kind=req.kind, peer=f"{req.addr[0]}:{req.addr[1]}", error=str(exc),
                           peer_says=_plain_error(dec.raw()))
             self._finish_stream(req.id, None, str(exc))
-        except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (OSError, ValueError, TypeError, TimeoutError, asyncio.TimeoutError) as exc:
+            # ValueError/TypeError: a peer-supplied address the loop cannot connect to
+            # (uvloop, other family); the request must still finish, or its waiter hangs.
             self._finish_stream(req.id, None, f"{type(exc).__name__}: {exc}")
         finally:
             for w in writers:

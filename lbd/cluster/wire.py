@@ -29,6 +29,11 @@ from . import crypto, lzw
 from .errors import GossipError
 
 MAX_STREAM_SIZE = 20 * 1024 * 1024  # memberlist maxPushStateBytes / stream limit
+# What one UDP packet may inflate to, over ALL its compressed parts together.
+# A datagram is at most 64 KiB and memberlist compresses what it would have
+# sent plain, so a genuine packet inflates to far less; LZW expands up to
+# ~2,700x, and a per-part cap let one 52 kB datagram inflate to 128 MiB.
+MAX_PACKET_INFLATE = 256 * 1024
 UDP_BUFFER_SIZE = 1400  # memberlist UDPBufferSize: what one gossip packet may hold
 COMPOUND_HEADER_OVERHEAD = 2  # [7][n]
 COMPOUND_OVERHEAD = 2  # u16 length per part
@@ -396,11 +401,20 @@ def compress_message(msg: bytes) -> bytes:
     return bytes([MsgType.COMPRESS]) + _pack_map(_COMPRESS_FIELDS, values)
 
 
-def _decompress_body(obj: Any) -> bytes:
+class InflateLimitError(GossipError):
+    """A packet's compressed parts inflate past MAX_PACKET_INFLATE (the whole packet is dropped)."""
+
+
+def _decompress_body(obj: Any, max_output: int) -> bytes:
     values = _unpack_fields(_COMPRESS_FIELDS, obj)
     if values["algo"] != 0:
         raise GossipError(f"unknown compression algorithm {values['algo']}")
-    out = lzw.decompress(values["buf"])
+    if max_output <= 0:
+        raise InflateLimitError("compressed data exceeds the packet's inflate budget")
+    try:
+        out = lzw.decompress(values["buf"], max_output)
+    except lzw.OutputLimitError:
+        raise InflateLimitError(f"compressed data inflates past {max_output} bytes") from None
     if not out:
         raise GossipError("compressed message inflates to nothing")
     return out
@@ -411,6 +425,7 @@ class DecodedPacket:
     messages: list[Message] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # bad parts skipped, memberlist style
     types: list[int] = field(default_factory=list)  # every type byte seen, wrappers too
+    inflated: int = 0  # bytes decompressed so far, over every part (MAX_PACKET_INFLATE)
 
 
 def decode_packet(plain: bytes, _depth: int = 0, _out: DecodedPacket | None = None) -> DecodedPacket:
@@ -434,6 +449,8 @@ def decode_packet(plain: bytes, _depth: int = 0, _out: DecodedPacket | None = No
         for part in parts:
             try:
                 decode_packet(part, _depth + 1, out)
+            except InflateLimitError:
+                raise  # the budget is per packet: no part after it gets a fresh one
             except GossipError as exc:
                 out.errors.append(str(exc))
         return out
@@ -445,7 +462,8 @@ def decode_packet(plain: bytes, _depth: int = 0, _out: DecodedPacket | None = No
             raise GossipError("hasCrc: checksum mismatch")
         return decode_packet(plain[5:], _depth + 1, out)
     if mtype == MsgType.COMPRESS:
-        inner = _decompress_body(_unpackb(plain[1:]))
+        inner = _decompress_body(_unpackb(plain[1:]), MAX_PACKET_INFLATE - out.inflated)
+        out.inflated += len(inner)
         return decode_packet(inner, _depth + 1, out)
     out.messages.append(decode(plain))
     return out
@@ -526,70 +544,127 @@ class StreamMessage:
     size: int
 
 
-def _stream_unpacker(data: bytes) -> msgpack.Unpacker:
-    u = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=MAX_STREAM_SIZE + 1024)
-    u.feed(data)
-    return u
+class _PlainParser:
+    """Incremental parser of one plaintext stream message ``[type][...]``.
 
+    Every byte is handed to msgpack once: a 4 MiB push-pull read in 64 KiB
+    chunks costs linear work (it used to be re-parsed from its first byte on
+    every read). ``feed`` returns the message once whole; ``finish`` says the
+    input is complete (a short message is then an error).
+    """
 
-def _next_obj(u: msgpack.Unpacker) -> Any:
-    try:
-        return u.unpack()
-    except msgpack.OutOfData:
-        raise _Incomplete() from None
-    except Exception as exc:  # garbage: several unrelated exception types
-        raise GossipError(f"bad msgpack in stream: {type(exc).__name__}") from None
+    def __init__(self, allow_compress: bool = True) -> None:
+        self.allow_compress = allow_compress
+        self.mtype: int | None = None
+        self.compressed = False
+        self.examined = 0  # bytes handed to msgpack or sliced out: linear in the input
+        self._u = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=MAX_STREAM_SIZE + 1024)
+        self._stage = "head"  # head -> nodes -> tail (raw bytes after the msgpack part) -> done
+        self._hdr: dict[str, Any] = {}
+        self._nodes: list[PushNode] = []
+        self._tail = bytearray()
+        self._tail_len = 0
+        self._msg: Message | None = None
+
+    def feed(self, data: bytes) -> Message | None:
+        if self._msg is not None:
+            return self._msg
+        if self.mtype is None:
+            if not data:
+                return None
+            self.mtype = data[0]
+            data = data[1:]
+            if self.mtype not in (MsgType.PUSH_PULL, MsgType.USER, MsgType.PING, MsgType.ACK, MsgType.ERR) \
+                    and not (self.mtype == MsgType.COMPRESS and self.allow_compress):
+                raise GossipError(f"stream message type {self.mtype} not supported")
+        if self._stage == "tail":
+            self._tail += data
+            self.examined += len(data)
+        elif data:
+            self._u.feed(data)
+            self.examined += len(data)
+        self._advance()
+        return self._msg
+
+    def finish(self) -> Message:
+        if self._msg is None:
+            raise GossipError("stream message truncated")
+        return self._msg
+
+    def _next(self) -> Any:
+        try:
+            return self._u.unpack()
+        except msgpack.OutOfData:
+            raise _Incomplete() from None
+        except Exception as exc:  # garbage: several unrelated exception types
+            raise GossipError(f"bad msgpack in stream: {type(exc).__name__}") from None
+
+    def _start_tail(self, length: int) -> None:
+        # The raw bytes after the msgpack part are already in the unpacker's buffer.
+        self._tail_len = length
+        self._tail = bytearray(self._u.read_bytes(length)) if length else bytearray()
+        self._stage = "tail"
+
+    def _advance(self) -> None:
+        mtype = self.mtype
+        try:
+            if self._stage == "head":
+                obj = self._next()
+                if mtype == MsgType.COMPRESS:
+                    inner = _decompress_body(obj, MAX_STREAM_SIZE)
+                    sub = _PlainParser(allow_compress=False)
+                    sub.feed(inner)
+                    self.examined += sub.examined
+                    self._msg = sub.finish()
+                    self.compressed = True
+                    self._stage = "done"
+                    return
+                if mtype == MsgType.PUSH_PULL:
+                    hdr = _unpack_fields(_PUSH_HEADER_FIELDS, obj)
+                    if hdr["nodes"] > MAX_STREAM_SIZE // 8 or hdr["user_state_len"] > MAX_STREAM_SIZE:
+                        raise GossipError("pushPull header exceeds the stream size limit")
+                    self._hdr = hdr
+                    self._stage = "nodes"
+                elif mtype == MsgType.USER:
+                    hdr = _unpack_fields(_USER_HEADER_FIELDS, obj)
+                    if hdr["length"] > MAX_STREAM_SIZE:
+                        raise GossipError("user message exceeds the stream size limit")
+                    if hdr["length"] == 0:
+                        raise GossipError("empty user message")
+                    self._hdr = hdr
+                    self._start_tail(hdr["length"])
+                else:
+                    cls = _BY_TYPE[mtype]  # type: ignore[index]
+                    self._msg = cls(**_unpack_fields(_FIELDS[cls][1], obj))
+                    self._stage = "done"
+                    return
+            if self._stage == "nodes":
+                while len(self._nodes) < self._hdr["nodes"]:
+                    values = _unpack_fields(_PUSH_NODE_FIELDS, self._next())
+                    if len(values["meta"]) > META_MAX_SIZE:
+                        raise GossipError("pushPull node meta larger than 512 bytes")
+                    self._nodes.append(PushNode(**values))
+                self._start_tail(self._hdr["user_state_len"])
+            if self._stage == "tail" and len(self._tail) >= self._tail_len:
+                payload = bytes(self._tail[: self._tail_len])
+                if mtype == MsgType.USER:
+                    self._msg = User(payload)
+                else:
+                    self._msg = PushPull(self._hdr["join"], tuple(self._nodes), payload)
+                self._stage = "done"
+        except _Incomplete:
+            return
 
 
 def _parse_plain_stream(buf: bytes, complete: bool, allow_compress: bool = True) -> tuple[Message, bool]:
-    """Parse ``[type][...]``; raises _Incomplete when ``buf`` ends early and not ``complete``."""
-
-    def need() -> None:
+    """Parse a whole ``[type][...]``; raises _Incomplete when ``buf`` ends early and not ``complete``."""
+    parser = _PlainParser(allow_compress)
+    msg = parser.feed(buf)
+    if msg is None:
         if complete:
             raise GossipError("stream message truncated")
         raise _Incomplete()
-
-    if not buf:
-        need()
-    mtype = buf[0]
-    try:
-        u = _stream_unpacker(buf[1:])
-        if mtype == MsgType.COMPRESS and allow_compress:
-            inner = _decompress_body(_next_obj(u))
-            msg, _ = _parse_plain_stream(inner, True, allow_compress=False)
-            return msg, True
-        if mtype == MsgType.PUSH_PULL:
-            hdr = _unpack_fields(_PUSH_HEADER_FIELDS, _next_obj(u))
-            if hdr["nodes"] > MAX_STREAM_SIZE // 8 or hdr["user_state_len"] > MAX_STREAM_SIZE:
-                raise GossipError("pushPull header exceeds the stream size limit")
-            nodes = []
-            for _ in range(hdr["nodes"]):
-                values = _unpack_fields(_PUSH_NODE_FIELDS, _next_obj(u))
-                if len(values["meta"]) > META_MAX_SIZE:
-                    raise GossipError("pushPull node meta larger than 512 bytes")
-                nodes.append(PushNode(**values))
-            start = 1 + u.tell()
-            end = start + hdr["user_state_len"]
-            if len(buf) < end:
-                need()
-            return PushPull(hdr["join"], tuple(nodes), bytes(buf[start:end])), False
-        if mtype == MsgType.USER:
-            hdr = _unpack_fields(_USER_HEADER_FIELDS, _next_obj(u))
-            start = 1 + u.tell()
-            end = start + hdr["length"]
-            if hdr["length"] > MAX_STREAM_SIZE:
-                raise GossipError("user message exceeds the stream size limit")
-            if len(buf) < end:
-                need()
-            if end == start:
-                raise GossipError("empty user message")
-            return User(bytes(buf[start:end])), False
-        if mtype in (MsgType.PING, MsgType.ACK, MsgType.ERR):
-            cls = _BY_TYPE[mtype]
-            return cls(**_unpack_fields(_FIELDS[cls][1], _next_obj(u))), False
-    except _Incomplete:
-        need()
-    raise GossipError(f"stream message type {mtype} not supported")
+    return msg, parser.compressed
 
 
 class StreamDecoder:
@@ -598,6 +673,8 @@ class StreamDecoder:
     ``feed()`` returns the message once complete, else ``None``; ``eof()`` says
     the peer closed. With keys and ``verify_incoming``, plaintext is refused
     (memberlist replies "Encryption is configured but remote state is not encrypted").
+    Work is linear in the bytes received: plaintext is parsed as it arrives,
+    an encrypted message is opened once, when all of it is there.
     """
 
     def __init__(self, keys: Sequence[bytes] = (), verify_incoming: bool = True, max_size: int = MAX_STREAM_SIZE) -> None:
@@ -605,7 +682,13 @@ class StreamDecoder:
         self.verify_incoming = verify_incoming
         self.max_size = max_size
         self._buf = bytearray()
+        self._plain: _PlainParser | None = None
         self.done: StreamMessage | None = None
+
+    @property
+    def examined(self) -> int:
+        """Bytes the plaintext parser has looked at (tests check it stays linear)."""
+        return self._plain.examined if self._plain is not None else 0
 
     def feed(self, data: bytes) -> StreamMessage | None:
         if self.done is not None:
@@ -613,7 +696,7 @@ class StreamDecoder:
         self._buf += data
         if len(self._buf) > self.max_size + 5:
             raise GossipError("stream exceeds the 20 MiB limit")
-        return self._try(complete=False)
+        return self._try(bytes(data), complete=False)
 
     def raw(self) -> bytes:
         """The bytes received so far (for diagnostics)."""
@@ -623,40 +706,45 @@ class StreamDecoder:
         """The peer closed: return the message or raise for a truncated one."""
         if self.done is not None:
             return self.done
-        msg = self._try(complete=True)
+        msg = self._try(b"", complete=True)
         assert msg is not None
         return msg
 
-    def _try(self, complete: bool) -> StreamMessage | None:
-        buf = bytes(self._buf)
+    def _try(self, data: bytes, complete: bool) -> StreamMessage | None:
+        buf = self._buf
         if not buf:
             if complete:
                 raise GossipError("stream closed before any message")
             return None
-        try:
-            if buf[0] == MsgType.ENCRYPT:
-                if not self.keys:
-                    raise GossipError("remote state is encrypted but no keys are configured")
-                if len(buf) < 5:
-                    raise _Incomplete()
-                (length,) = struct.unpack(">I", buf[1:5])
-                if length > self.max_size:
+        if buf[0] == MsgType.ENCRYPT:
+            if not self.keys:
+                raise GossipError("remote state is encrypted but no keys are configured")
+            if len(buf) < 5 or len(buf) < 5 + int.from_bytes(buf[1:5], "big"):
+                if len(buf) >= 5 and int.from_bytes(buf[1:5], "big") > self.max_size:
                     raise GossipError("encrypted stream exceeds the 20 MiB limit")
-                if len(buf) < 5 + length:
-                    raise _Incomplete()
-                plain = crypto.decrypt(self.keys, buf[5 : 5 + length], buf[:5])
-                msg, compressed = _parse_plain_stream(plain, True)
-                self.done = StreamMessage(msg, True, compressed, 5 + length)
-                return self.done
-            if self.keys and self.verify_incoming:
-                raise GossipError("Encryption is configured but remote state is not encrypted")
-            msg, compressed = _parse_plain_stream(buf, complete)
-            self.done = StreamMessage(msg, False, compressed, len(buf))
+                if complete:
+                    raise GossipError("stream message truncated")
+                return None
+            (length,) = struct.unpack(">I", buf[1:5])
+            if length > self.max_size:
+                raise GossipError("encrypted stream exceeds the 20 MiB limit")
+            header = bytes(buf[:5])
+            plain = crypto.decrypt(self.keys, bytes(buf[5 : 5 + length]), header)
+            msg, compressed = _parse_plain_stream(plain, True)
+            self.done = StreamMessage(msg, True, compressed, 5 + length)
             return self.done
-        except _Incomplete:
+        if self.keys and self.verify_incoming:
+            raise GossipError("Encryption is configured but remote state is not encrypted")
+        if self._plain is None:
+            self._plain = _PlainParser()
+            data = bytes(buf)  # everything so far (the first feed)
+        got = self._plain.feed(data)
+        if got is None:
             if complete:
-                raise GossipError("stream message truncated") from None
+                raise GossipError("stream message truncated")
             return None
+        self.done = StreamMessage(got, False, self._plain.compressed, len(buf))
+        return self.done
 
 
 def decode_stream(data: bytes, keys: Sequence[bytes] = (), verify_incoming: bool = True) -> StreamMessage:

@@ -11,14 +11,14 @@ of the latest snapshots.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import structlog
 
 from lbd import aio
+from lbd.backoff import capped_backoff
 from prometheus_client import Counter, Gauge
 
 from lbd.metrics import REGISTRY
@@ -61,7 +61,8 @@ class SourceManager:
                  on_change: Callable[[], None] | None = None,
                  plugins: Mapping[str, type[Source]] | None = None,
                  backoff_initial: float = 1.0, backoff_max: float = 60.0,
-                 report_timeout: float = 30.0) -> None:
+                 report_timeout: float = 30.0,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.node_name = node_name
         self.state_dir = state_dir
         self.on_change = on_change
@@ -70,6 +71,7 @@ class SourceManager:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.report_timeout = report_timeout
+        self._sleep = sleep  # injectable: tests drive the backoff on a simulated clock
         self._running: dict[str, _Running] = {}
         self._is_writer = False
         self._merged: list[ServiceSpec] = []
@@ -200,10 +202,9 @@ class SourceManager:
             self._remerge()
 
     def _delay(self, failures: int) -> float:
-        base = min(self.backoff_max, self.backoff_initial * (2 ** max(0, failures - 1)))
         # Jitter (±20%) so that many nodes restarting a source do not hit an
-        # API server in lockstep.
-        return base * random.uniform(0.8, 1.2)
+        # API server in lockstep; capped so a crash loop retries for ever.
+        return capped_backoff(max(1, failures), self.backoff_initial, self.backoff_max, jitter=0.2)
 
     def _set_state(self, entry: _Running) -> None:
         # "starting" wins until the first snapshot, even when the source already
@@ -258,7 +259,7 @@ class SourceManager:
                 delay = self._delay(entry.failures)
                 log.error("source_failed", source=name, error=entry.last_error,
                           failures=entry.failures, retry_in=round(delay, 2))
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
 
     def _reported(self, entry: _Running, error: str | None) -> None:
         if error is not None and error != entry.reported_error:

@@ -88,7 +88,7 @@ bind = "{ADDR[name]}:{GOSSIP_PORT}"
 join = [{join}]
 profile = "default"
 failback_delay = {failback}
-{cluster_extra}
+{cluster_extra or "allow_plaintext = true  # lab namespaces: plaintext on purpose"}
 
 [metrics]
 listen = "127.0.0.1:9120"

@@ -18,6 +18,7 @@ name = "n1"
 [cluster]
 bind = "127.0.0.1:17946"
 join = ["127.0.0.1:1"]
+allow_plaintext = true
 [[pool]]
 name = "p"
 addresses = ["10.77.0.100-10.77.0.103"]
@@ -184,3 +185,52 @@ def test_leave_stops_rejoining():
         return cm._reconnect_task.cancelled(), bool(left)  # noqa: SLF001
 
     assert asyncio.run(run()) == (True, True)
+
+
+def test_a_table_message_stamped_far_ahead_is_refused_and_counted():
+    """Issue 10: one user message stamped 2**63-2 poisoned the hybrid clock."""
+    from lbd.cluster.replication import MAX_CLOCK_SKEW_MS, AllocationTable, TableEntry
+    from lbd.cluster.transport import UserPayload
+    from lbd.metrics import REGISTRY
+
+    m, _ = membership()
+    before = REGISTRY.get_sample_value("lbd_allocation_table_entries_refused_total") or 0
+    evil = AllocationTable("evil")
+    evil.entries["web"] = TableEntry("web", "p", (ipaddress.ip_address("10.77.0.100"),), 2**63 - 2, 2**63 - 2, "evil")
+    good = TableEntry("db", "p", (ipaddress.ip_address("10.77.0.101"),), 1000, 1000, "n0")
+    evil.entries["db"] = good
+    m._user(UserPayload(TABLE_MESSAGE + evil.encode(), ("10.77.0.66", 7946)))
+    assert set(m.table.entries) == {"db"}, "the far-future entry is refused, the good one merged"
+    assert m.table.clock <= time.time() * 1000 + MAX_CLOCK_SKEW_MS
+    assert REGISTRY.get_sample_value("lbd_allocation_table_entries_refused_total") == before + 1
+    AllocationTable.decode(m.table.encode())
+
+
+async def test_key_mismatch_found_on_a_later_join_attempt(monkeypatch):
+    """Peers not listening at the first attempt (connection refused) and refusing
+    our keys on the next ones: the node must still stay out of the cluster."""
+    import asyncio as aio_mod
+
+    import lbd.cluster.membership as mod
+
+    m, fake = membership()
+    attempts = []
+
+    async def join(seeds):
+        attempts.append(list(seeds))
+        if len(attempts) > 1:
+            fake.decrypt_failures += 1  # the peers answer, encrypted with another key
+            raise ConnectionError("could not join any seed")
+        raise ConnectionRefusedError("not listening yet")
+
+    fake.join = join  # type: ignore[attr-defined]
+    monkeypatch.setattr(mod, "JOIN_BACKOFF_INITIAL", 0.001)
+    task = aio_mod.ensure_future(m._join(["10.77.0.12:7946"]))  # noqa: SLF001
+    try:
+        for _ in range(200):
+            if m._refused:  # noqa: SLF001
+                break
+            await aio_mod.sleep(0.01)
+        assert m._refused and len(attempts) >= 2  # noqa: SLF001
+    finally:
+        task.cancel()

@@ -134,12 +134,12 @@ def test_table_where_an_array_of_tables_is_expected() -> None:
         ('[node]\nlabels = { a = 1 }\n', "node: labels: a: expected a string, got an integer (1)"),
         ('[node]\ndrained = 1\n', "node: drained: expected a boolean, got an integer (1)"),
         ('[node]\nstate_dir = 5\n', "node: state_dir: expected a string, got an integer (5)"),
-        ('[cluster]\njoin = "10.0.0.1"\n', 'cluster: join: expected an array, got a string ("10.0.0.1")'),
-        ('[cluster]\njoin = ["10.0.0.1:99999"]\n',
+        ('[cluster]\njoin = "10.0.0.1"\nallow_plaintext = true\n', 'cluster: join: expected an array, got a string ("10.0.0.1")'),
+        ('[cluster]\njoin = ["10.0.0.1:99999"]\nallow_plaintext = true\n',
          'cluster: join[0]: "10.0.0.1:99999": the port 99999 is out of range 1..65535'),
-        ('[cluster]\njoin = ["fd77::1:7946"]\n', ""),  # a bare IPv6 address: the default port
-        ('[cluster]\njoin = ["bad host!"]\n', 'cluster: join[0]: "bad host!" is neither an IP address nor a host name'),
-        ('[cluster]\nbind = "node1:7946"\n', 'cluster: bind: "node1" is not an IP address'),
+        ('[cluster]\njoin = ["fd77::1:7946"]\nallow_plaintext = true\n', ""),  # a bare IPv6 address: the default port
+        ('[cluster]\njoin = ["bad host!"]\nallow_plaintext = true\n', 'cluster: join[0]: "bad host!" is neither an IP address nor a host name'),
+        ('[cluster]\nbind = "node1:7946"\nallow_plaintext = true\n', 'cluster: bind: "node1" is not an IP address'),
         ('[cluster]\nfailback_delay = -1\n', "cluster: failback_delay: -1 must be at least 0 seconds"),
         ('[cluster]\nfailback_delay = "later"\n',
          'cluster: failback_delay: expected a number of seconds or "never", got a string ("later")'),
@@ -189,10 +189,35 @@ failback_delay = "never"
 
 
 def test_cluster_enabled_by_join_alone_and_failback_number() -> None:
-    config = ok('[cluster]\njoin = ["10.77.0.9"]\nfailback_delay = 0\n')
+    config = ok('[cluster]\njoin = ["10.77.0.9"]\nfailback_delay = 0\nallow_plaintext = true\n')
     assert config.cluster.enabled and config.cluster.bind == "0.0.0.0:7946"
     assert config.cluster.failback_delay == 0.0
     assert ok('[cluster]\nprofile = "fast"\n').cluster.enabled is False
+
+
+PLAINTEXT = ("cluster: keys_file: missing: the cluster {why} without encryption, so anyone who reaches the port "
+             "can join it and rewrite allocations; write a key from `lbd keygen` into a keys file and set keys_file, "
+             "or set allow_plaintext = true")
+
+
+@pytest.mark.parametrize(("snippet", "why"), [
+    ('[cluster]\njoin = ["10.77.0.9"]\n', "joins peers"),
+    ('[cluster]\nbind = "127.0.0.1:7946"\njoin = ["127.0.0.1:7947"]\n', "joins peers"),
+    ('[cluster]\nbind = "10.77.0.1"\n', "binds 10.77.0.1:7946"),
+    ('[cluster]\nbind = "0.0.0.0"\n', "binds 0.0.0.0:7946"),
+    ('[cluster]\nbind = "[::]:7000"\n', "binds [::]:7000"),
+])
+def test_plaintext_cluster_is_refused_unless_allowed(snippet: str, why: str) -> None:
+    assert only_error(snippet) == f"{FILE}: " + PLAINTEXT.format(why=why)
+    assert ok(snippet + "allow_plaintext = true\n").cluster.allow_plaintext is True
+    assert ok(snippet + 'keys_file = "/etc/lbd/keys"\n').cluster.keys_file is not None
+
+
+def test_loopback_only_cluster_may_be_plaintext() -> None:
+    assert ok('[cluster]\nbind = "127.0.0.1:7946"\n').cluster.enabled
+    assert ok('[cluster]\nbind = "[::1]:7946"\n').cluster.enabled
+    assert only_error('[cluster]\nbind = "127.0.0.1"\nallow_plaintext = 1\n') == \
+        f"{FILE}: cluster: allow_plaintext: expected a boolean, got an integer (1)"
 
 
 def test_log_and_metrics_values() -> None:

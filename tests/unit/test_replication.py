@@ -6,7 +6,7 @@ import ipaddress
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from lbd.cluster.replication import AllocationTable, TableEntry, TableError
 from lbd.model import Allocation, PortSpec, ServiceSpec
@@ -110,7 +110,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])  # a shared, loaded CI box
 @given(st.dictionaries(st.sampled_from(list("spacuoktb") + ["x"]), json_values, max_size=10))
 def test_entry_from_json_rejects_precisely(raw):
     try:
