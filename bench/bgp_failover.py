@@ -275,7 +275,7 @@ class LbdSystem:
         for name, addr in NODES.items():
             others = [f'"{a}:{GOSSIP_PORT}"' for n, a in NODES.items() if n != name]
             config = (
-                f'[node]\nname = "{name}"\n\n[cluster]\nbind = "{addr}:{GOSSIP_PORT}"\njoin = [{", ".join(others)}]\n\n'
+                f'[node]\nname = "{name}"\n\n[cluster]\nbind = "{addr}:{GOSSIP_PORT}"\njoin = [{", ".join(others)}]\nallow_plaintext = true\n\n'
                 f'[log]\nformat = "json"\nlevel = "info"\n\n'
                 f'[[pool]]\nname = "p"\naddresses = ["{VIP}/32"]\n\n[[bgp_advertisement]]\npools = ["p"]\n\n'
                 f'[[service]]\nname = "vip"\npool = "p"\nports = ["tcp/{PORT}"]\n\n'

@@ -133,7 +133,7 @@ def node_config(name: str, *, backends: str, forward: str = "nat", snat: bool = 
     if cluster:
         join = ", ".join(f'"{NODE_ADDR[n]}:{GOSSIP_PORT}"' for n in cluster)
         text += (f'\n[cluster]\nbind = "{NODE_ADDR[name]}:{GOSSIP_PORT}"\njoin = [{join}]\n'
-                 'profile = "fast"\nfailback_delay = "never"\n')
+                 'profile = "fast"\nfailback_delay = "never"\nallow_plaintext = true\n')
     text += f"""
 [[pool]]
 name = "p"
