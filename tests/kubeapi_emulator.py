@@ -98,6 +98,11 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def _true(value: str | None) -> bool:
+    """Query booleans as the API server parses them (strconv.ParseBool: 1, t, true, True, TRUE)."""
+    return value in ("1", "t", "T", "true", "True", "TRUE")
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -330,7 +335,7 @@ class ApiServerEmulator:
         try:
             if name is None:
                 if request.method == "GET":
-                    if request.query.get("watch") in ("1", "true"):
+                    if _true(request.query.get("watch")):
                         return await self._watch(request, r, namespace)
                     return web.json_response(self._list(r, namespace))
                 if request.method == "POST":
@@ -387,7 +392,7 @@ class ApiServerEmulator:
 
     async def _watch(self, request: web.Request, r: Resource, namespace: str | None) -> web.StreamResponse:
         rv_text = request.query.get("resourceVersion", "")
-        bookmarks = request.query.get("allowWatchBookmarks") in ("1", "true")
+        bookmarks = _true(request.query.get("allowWatchBookmarks"))
         timeout = min(float(request.query.get("timeoutSeconds", self.max_watch_seconds)), self.max_watch_seconds)
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()

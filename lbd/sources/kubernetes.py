@@ -216,9 +216,40 @@ def ingress_ips(svc: Mapping[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------
 
 
+def backoff_delay(failures: int, initial: float, cap: float) -> float:
+    """initial * 2**(failures-1), capped, for any number of failures.
+
+    The exponent is bounded before it is computed: ``2 ** 1025`` times a float
+    overflows, and a retry loop that raises after ~8.5 h of outage stops
+    retrying at all. (lbd/backoff.py may replace this; same contract.)
+    """
+    if failures <= 1:
+        return min(cap, initial)
+    exponent = min(failures - 1, 62)
+    return min(cap, initial * float(1 << exponent))
+
+
+def describe_error(exc: BaseException, path: str) -> str:
+    """One operator-readable line for a failed list/watch: what failed and what to do."""
+    from lbd.sources.kube_client import ApiError, Unreachable, WatchStreamError
+
+    resource = path.rstrip("/").rsplit("/", 1)[-1]
+    if isinstance(exc, ApiError):
+        if exc.code == 401:
+            return f"401 Unauthorized: the API server rejected lbd's credentials (listing {resource})"
+        if exc.code == 403:
+            return f"403 Forbidden: {exc.message}"
+        return f"{resource}: {exc.code} {exc.reason}: {exc.message}"
+    if isinstance(exc, Unreachable):
+        return str(exc)
+    if isinstance(exc, WatchStreamError):
+        return f"{resource}: bad watch stream: {exc}"
+    return f"{resource}: {type(exc).__name__}: {exc}"
+
+
 class Informer:
     def __init__(self, client: Any, path: str, *, on_change: Callable[[], None],
-                 on_health: Callable[[str, str | None], None], log: Any, watch_timeout: float,
+                 on_health: Callable[[str, str | None], bool], log: Any, watch_timeout: float,
                  backoff_initial: float = 0.5, backoff_max: float = 30.0) -> None:
         self.client = client
         self.path = path
@@ -248,8 +279,6 @@ class Informer:
         self.on_change()
 
     async def run(self) -> None:
-        import aiohttp
-
         from lbd.sources.kube_client import ApiError
 
         failures = 0
@@ -272,10 +301,15 @@ class Informer:
                 if exc.code == 410:
                     self._expire()
                     continue
+                if exc.code == 504 and failures == 0:
+                    # The API server's watch timed out on its side ("Timeout: Too large
+                    # resource version" or a gateway): resume at once, like client-go.
+                    failures += 1
+                    continue
                 failures += 1
                 await self._fail(failures, exc)
-            except (OSError, asyncio.TimeoutError, ValueError, aiohttp.ClientError) as exc:
-                # Unreachable, reset, timed out, garbage: keep the store, retry.
+            except (OSError, asyncio.TimeoutError, ValueError) as exc:
+                # Unreachable, reset, timed out, garbage, an over-long line: keep the store, retry.
                 failures += 1
                 await self._fail(failures, exc)
 
@@ -285,10 +319,15 @@ class Informer:
         self.log.info("watch_expired_relisting", path=self.path, resource_version=self.resource_version)
         self.resource_version = None
 
+    def retry_delay(self, failures: int) -> float:
+        return backoff_delay(failures, self.backoff_initial, self.backoff_max) * random.uniform(0.8, 1.2)
+
     async def _fail(self, failures: int, exc: BaseException) -> None:
-        delay = min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
-        self.on_health(self.path, f"{self.path}: {type(exc).__name__}: {exc}")
-        self.log.warning("kube_watch_failed", path=self.path, error=repr(exc), retry_in=round(delay, 2))
+        delay = self.retry_delay(failures)
+        cause = describe_error(exc, self.path)
+        if self.on_health(self.path, cause):
+            # One line per distinct cause, not one per retry.
+            self.log.warning("kube_watch_failed", path=self.path, error=cause, retry_in=round(delay, 2))
         await asyncio.sleep(delay)
 
     def _apply(self, event: Mapping[str, Any]) -> bool:
@@ -299,10 +338,12 @@ class Informer:
         obj = _map(event.get("object"))
         if kind == "ERROR":
             code = obj.get("code")
+            # A Status's code is an int; anything else (hostile or broken) is a 500.
+            code = code if isinstance(code, int) and not isinstance(code, bool) else 500
             if code == 410:
                 self._expire()
                 return True
-            raise ApiError(int(code or 500), str(obj.get("reason", "")), str(obj.get("message", "")))
+            raise ApiError(code, str(obj.get("reason", ""))[:200], str(obj.get("message", ""))[:500])
         rv = _map(obj.get("metadata")).get("resourceVersion")
         if kind == "BOOKMARK":
             self.resource_version = rv or self.resource_version
@@ -344,10 +385,10 @@ class KubernetesSource(Source):
         t.seconds("watch_timeout", 300.0, lo=1.0, hi=3600.0)
         t.integer("write_concurrency", 16, lo=1, hi=256)
         try:
-            import aiohttp  # noqa: F401
+            import lightkube  # noqa: F401
             import yaml  # noqa: F401
         except ImportError:
-            errors.add("", "the kubernetes source needs the lbd[kubernetes] extra (aiohttp, PyYAML)")
+            errors.add("", "the kubernetes source needs the lbd[kubernetes] extra (lightkube, PyYAML)")
         return errors.messages()
 
     def __init__(self, config: SourceConfig, context: SourceContext) -> None:
@@ -383,20 +424,36 @@ class KubernetesSource(Source):
             return load_kubeconfig(str(o["kubeconfig"]), o.get("context"))  # type: ignore[arg-type]
         if o.get("in_cluster") or os.environ.get("KUBERNETES_SERVICE_HOST"):
             return in_cluster()
-        path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
-        return load_kubeconfig(path, o.get("context"))  # type: ignore[arg-type]
+        # kubectl's rule: every path in $KUBECONFIG, merged; else ~/.kube/config.
+        paths = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+        return load_kubeconfig(paths or [str(Path.home() / ".kube" / "config")], o.get("context"))  # type: ignore[arg-type]
 
-    def _on_health(self, path: str, error: str | None) -> None:
+    def _on_health(self, path: str, error: str | None) -> bool:
+        """Record one informer's health; True when the cause is new (worth a log line)."""
         if error is None:
-            self._health.pop(path, None)
+            changed = self._health.pop(path, None) is not None
         else:
+            changed = self._health.get(path) != error
             self._health[path] = error
-        self.context.set_error("; ".join(self._health[k] for k in sorted(self._health)) or None)
+        self._report_health()
+        return changed
+
+    def _report_health(self) -> None:
+        causes = [self._health[k] for k in sorted(self._health)]
+        # Identical causes from the three informers (401, unreachable) read once.
+        unique = list(dict.fromkeys(causes))
+        self.context.set_error("; ".join(unique) or None)
 
     async def run(self, publish: Publish) -> None:
-        from lbd.sources.kube_client import KubeClient
+        from lbd.sources.kube_client import KubeClient, KubeConfigError
 
-        self.client = KubeClient(self._credentials(), user_agent=f"lbd/{self.context.node_name}")
+        try:
+            conn = self._credentials()
+        except KubeConfigError as exc:
+            self.log.error("kube_config_invalid", error=str(exc))
+            self.context.set_error(f"bad kubeconfig: {exc}")
+            raise
+        self.client = KubeClient(conn, user_agent=f"lbd/{self.context.node_name}")
         mk = lambda path: Informer(self.client, path, on_change=self._dirty.set, on_health=self._on_health,  # noqa: E731
                                    log=self.log, watch_timeout=self.watch_timeout)
         self.services = mk("/api/v1/services")
