@@ -44,7 +44,10 @@ EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 ANNOTATION_PREFIXES = ("metallb.io/", "metallb.universe.tf/")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 OPTION_KEYS = ("kubeconfig", "context", "in_cluster", "load_balancer_class", "claim_unclassed",
-               "ignore_exclude_lb", "watch_timeout", "write_concurrency")
+               "ignore_exclude_lb", "watch_timeout", "write_concurrency", "namespaces")
+ANNOUNCING_ANNOTATION = "lbd.io/announcing-nodes"
+# MetalLB's speaker: c.client.Infof(svc, "nodeAssigned", "announcing from node %q with protocol %q", ...)
+NODE_ASSIGNED = "nodeAssigned"
 FAMILIES = {"IPv4": Family.IPV4, "IPv6": Family.IPV6}
 
 
@@ -230,13 +233,18 @@ def backoff_delay(failures: int, initial: float, cap: float) -> float:
 
 
 def describe_error(exc: BaseException, path: str) -> str:
-    """One operator-readable line for a failed list/watch: what failed and what to do."""
+    """One operator-readable line for a failed request: what failed and why.
+
+    ``path`` is the API path listed/watched, or what was written ("status").
+    403s carry the API server's own message, which names the user, the verb
+    and the resource that the ClusterRole lacks.
+    """
     from lbd.sources.kube_client import ApiError, Unreachable, WatchStreamError
 
     resource = path.rstrip("/").rsplit("/", 1)[-1]
     if isinstance(exc, ApiError):
         if exc.code == 401:
-            return f"401 Unauthorized: the API server rejected lbd's credentials (listing {resource})"
+            return f"401 Unauthorized: the API server rejected lbd's credentials ({resource})"
         if exc.code == 403:
             return f"403 Forbidden: {exc.message}"
         return f"{resource}: {exc.code} {exc.reason}: {exc.message}"
@@ -250,7 +258,8 @@ def describe_error(exc: BaseException, path: str) -> str:
 class Informer:
     def __init__(self, client: Any, path: str, *, on_change: Callable[[], None],
                  on_health: Callable[[str, str | None], bool], log: Any, watch_timeout: float,
-                 backoff_initial: float = 0.5, backoff_max: float = 30.0) -> None:
+                 backoff_initial: float = 0.5, backoff_max: float = 30.0,
+                 store: dict[tuple[str, str], dict] | None = None, namespace: str | None = None) -> None:
         self.client = client
         self.path = path
         self.on_change = on_change
@@ -259,7 +268,10 @@ class Informer:
         self.watch_timeout = watch_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.store: dict[tuple[str, str], dict] = {}
+        # With a namespaces filter, one informer per namespace shares one store
+        # and owns the keys of its namespace.
+        self.store: dict[tuple[str, str], dict] = store if store is not None else {}
+        self.namespace = namespace
         self.resource_version: str | None = None
         self.synced = False
         self.relists = 0
@@ -271,7 +283,13 @@ class Informer:
 
     async def _list(self) -> None:
         result = await self.client.request("GET", self.path)
-        self.store = {self.key(o): o for o in _seq(result.get("items")) if isinstance(o, dict)}
+        fresh = {self.key(o): o for o in _seq(result.get("items")) if isinstance(o, dict)}
+        if self.namespace is None:
+            self.store.clear()
+        else:
+            for key in [k for k in self.store if k[0] == self.namespace]:
+                del self.store[key]
+        self.store.update(fresh)  # one step: no await between clear and update
         self.resource_version = (result.get("metadata") or {}).get("resourceVersion")
         self.synced = True
         self.relists += 1
@@ -384,6 +402,7 @@ class KubernetesSource(Source):
         t.boolean("ignore_exclude_lb", False)
         t.seconds("watch_timeout", 300.0, lo=1.0, hi=3600.0)
         t.integer("write_concurrency", 16, lo=1, hi=256)
+        t.string_list("namespaces")
         try:
             import lightkube  # noqa: F401
             import yaml  # noqa: F401
@@ -399,6 +418,12 @@ class KubernetesSource(Source):
         self.ignore_exclude = bool(o.get("ignore_exclude_lb", False))
         self.watch_timeout = float(o.get("watch_timeout", 300.0))  # type: ignore[arg-type]
         self.write_concurrency = int(o.get("write_concurrency", 16))  # type: ignore[arg-type]
+        self.namespaces: tuple[str, ...] = tuple(o.get("namespaces") or ())  # type: ignore[arg-type]
+        self._announced: dict[str, tuple[str, ...]] = {}  # uid -> nodes a nodeAssigned Event was sent for
+        self._annotating: dict[str, tuple[str, str]] = {}  # uid -> (resourceVersion written over, value)
+        self._background: set[asyncio.Task] = set()
+        self._announcing: set[str] = set()  # uids with an announcement write in flight
+        self.announce_writes = 0
         self.client: Any = None
         self.services: Informer | None = None
         self.slices: Informer | None = None
@@ -456,10 +481,25 @@ class KubernetesSource(Source):
         self.client = KubeClient(conn, user_agent=f"lbd/{self.context.node_name}")
         mk = lambda path: Informer(self.client, path, on_change=self._dirty.set, on_health=self._on_health,  # noqa: E731
                                    log=self.log, watch_timeout=self.watch_timeout)
-        self.services = mk("/api/v1/services")
-        self.slices = mk("/apis/discovery.k8s.io/v1/endpointslices")
         self.nodes = mk("/api/v1/nodes")
-        informers = [self.services, self.slices, self.nodes]
+        if not self.namespaces:
+            self.services = mk("/api/v1/services")
+            self.slices = mk("/apis/discovery.k8s.io/v1/endpointslices")
+            informers = [self.services, self.slices, self.nodes]
+        else:
+            # Only these namespaces: list/watch each (a namespaced Role is then enough
+            # for Services and EndpointSlices); the stores are shared per resource.
+            svc_store: dict = {}
+            slice_store: dict = {}
+            svcs = [Informer(self.client, f"/api/v1/namespaces/{ns}/services", on_change=self._dirty.set,
+                             on_health=self._on_health, log=self.log, watch_timeout=self.watch_timeout,
+                             store=svc_store, namespace=ns) for ns in self.namespaces]
+            slices = [Informer(self.client, f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+                               on_change=self._dirty.set, on_health=self._on_health, log=self.log,
+                               watch_timeout=self.watch_timeout, store=slice_store, namespace=ns)
+                      for ns in self.namespaces]
+            self.services, self.slices = svcs[0], slices[0]
+            informers = [*svcs, *slices, self.nodes]
         tasks = [asyncio.create_task(i.run(), name=f"lbd-kube-{i.path}") for i in informers]
         try:
             while True:
@@ -478,9 +518,9 @@ class KubernetesSource(Source):
                         self.publishes += 1
                         publish(snapshot)
         finally:
-            for t in tasks:
+            for t in [*tasks, *self._background]:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._background, return_exceptions=True)
             await self.client.close()
 
     def snapshot(self) -> list[ServiceSpec]:
@@ -535,6 +575,7 @@ class KubernetesSource(Source):
             return
         sem = asyncio.Semaphore(self.write_concurrency)
         jobs = []
+        announce = []
         for local, result in results.items():
             ns, _, name = local.partition("/")
             svc = self.services.store.get((ns, name))
@@ -549,6 +590,8 @@ class KubernetesSource(Source):
                     jobs.append(self._event(svc, "AllocationFailed", message, sem))
             elif result.addresses:
                 self._failed.pop(uid, None)
+            if result.addresses:
+                announce.append((svc, uid, tuple(result.nodes)))
             if uid in self._inflight or self._up_to_date(svc, uid, desired):
                 continue
             jobs.append(self._write(ns, name, uid, svc, desired, sem))
@@ -566,6 +609,90 @@ class KubernetesSource(Source):
                                         + ", ".join(keys) + ": use the metallb.io/ prefix", sem))
         if jobs:
             await asyncio.gather(*jobs)
+        # Who announces: after the status writes, in the background, so that a
+        # burst of owner changes never delays an address reaching a Service.
+        pending = [(svc, uid, nodes) for svc, uid, nodes in announce
+                   if uid not in self._announcing and self._needs_announce(svc, uid, nodes)]
+        if pending:
+            self._announcing.update(uid for _, uid, _ in pending)
+            task = asyncio.get_running_loop().create_task(self._announce_all(pending))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    # -- who announces -----------------------------------------------------
+
+    def _needs_announce(self, svc: Mapping[str, Any], uid: str, nodes: tuple[str, ...]) -> bool:
+        if self._announced.get(uid, ()) != nodes and nodes:
+            return True
+        return not self._annotation_current(svc, uid, nodes)
+
+    def _annotation_current(self, svc: Mapping[str, Any], uid: str, nodes: tuple[str, ...]) -> bool:
+        value = ",".join(nodes)
+        current = _map(_map(svc.get("metadata")).get("annotations")).get(ANNOUNCING_ANNOTATION)
+        if current == value or (current is None and not nodes):
+            self._annotating.pop(uid, None)
+            return True
+        # Our own patch may not be back through the watch yet: do not write twice.
+        return self._annotating.get(uid) == (str(svc["metadata"].get("resourceVersion")), value)
+
+    async def _announce_all(self, pending: list[tuple[Mapping[str, Any], str, tuple[str, ...]]]) -> None:
+        sem = asyncio.Semaphore(max(1, self.write_concurrency // 2))
+        try:
+            await asyncio.gather(*(self._announce(svc, uid, nodes, sem) for svc, uid, nodes in pending))
+        finally:
+            self._announcing.difference_update(uid for _, uid, _ in pending)
+
+    async def _announce(self, svc: Mapping[str, Any], uid: str, nodes: tuple[str, ...],
+                        sem: asyncio.Semaphore) -> None:
+        from lbd.sources.kube_client import ApiError
+
+        meta = svc["metadata"]
+        before = self._announced.get(uid, ())
+        if nodes and before != nodes:
+            self._announced[uid] = nodes
+            # One Event per node that starts announcing, as each MetalLB speaker writes its own.
+            for node in nodes:
+                if node not in before:
+                    await self._event(svc, NODE_ASSIGNED, f"announcing from node \"{node}\" with protocol "
+                                      f"\"layer2\"", sem, kind="Normal")
+        if self._annotation_current(svc, uid, nodes):
+            return
+        value = ",".join(nodes)
+        self._annotating[uid] = (str(meta.get("resourceVersion")), value)
+        patch = {"metadata": {"annotations": {ANNOUNCING_ANNOTATION: value or None}}}
+        try:
+            async with sem:
+                await self.client.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/services/{meta['name']}",
+                                          body=patch, content_type="application/merge-patch+json")
+            self.announce_writes += 1
+            self._write_health("annotations", None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._annotating.pop(uid, None)
+            if isinstance(exc, ApiError) and exc.code == 404:
+                return
+            self._write_health("annotations", exc, f"{meta['namespace']}/{meta['name']}")
+
+    def _write_health(self, what: str, exc: BaseException | None, service: str = "") -> None:
+        """Writes back to the API (status, Events, annotations) that fail for a reason an operator
+        must fix (401, 403) make the source degraded, with that reason; the Services stay announced."""
+        from lbd.sources.kube_client import ApiError
+
+        key = f"write:{what}"
+        if exc is None:
+            if key in self._health:
+                self._health.pop(key)
+                self._report_health()
+            return
+        if isinstance(exc, ApiError) and exc.code in (401, 403):
+            cause = describe_error(exc, what)
+            if self._health.get(key) != cause:
+                self._health[key] = cause
+                self._report_health()
+                self.log.error("kube_write_forbidden", what=what, service=service, error=cause)
+        else:
+            self.log.warning("kube_write_failed", what=what, service=service, error=repr(exc))
 
     def _up_to_date(self, svc: Mapping[str, Any], uid: str, desired: list[str]) -> bool:
         if ingress_ips(svc) == desired:
@@ -602,20 +729,22 @@ class KubernetesSource(Source):
                         raise
                     self._written[uid] = (str(svc["metadata"].get("resourceVersion")), desired)
                     self.status_writes += 1
+                    self._write_health("status", None)
                     self.log.info("kube_status_written", service=f"{ns}/{name}", ingress=desired)
                     return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # retried on the next report
-            self.log.warning("kube_status_write_failed", service=f"{ns}/{name}", error=repr(exc))
+            self._write_health("status", exc, f"{ns}/{name}")
         finally:
             self._inflight.discard(uid)
 
-    async def _event(self, svc: Mapping[str, Any], reason: str, message: str, sem: asyncio.Semaphore) -> None:
+    async def _event(self, svc: Mapping[str, Any], reason: str, message: str, sem: asyncio.Semaphore,
+                     kind: str = "Warning") -> None:
         meta = svc["metadata"]
         uid = meta.get("uid", "")
         key = (uid, reason, message)
-        if reason != "AllocationFailed":
+        if reason not in ("AllocationFailed", NODE_ASSIGNED):  # these two are deduplicated by their callers
             if key in self._evented:
                 return
             self._evented.add(key)
@@ -625,7 +754,7 @@ class KubernetesSource(Source):
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": "v1", "kind": "Service", "namespace": meta["namespace"],
                                "name": meta["name"], "uid": uid, "resourceVersion": meta.get("resourceVersion")},
-            "reason": reason, "message": message, "type": "Warning", "count": 1,
+            "reason": reason, "message": message, "type": kind, "count": 1,
             "firstTimestamp": now, "lastTimestamp": now,
             "source": {"component": "lbd", "host": self.context.node_name},
             "reportingComponent": "lbd", "reportingInstance": self.context.node_name,
@@ -633,10 +762,13 @@ class KubernetesSource(Source):
         try:
             async with sem:
                 await self.client.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+            self._write_health("events", None)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._evented.discard(key)  # try again on the next report
             if reason == "AllocationFailed":
                 self._failed.pop(uid, None)
-            self.log.warning("kube_event_failed", service=f"{meta['namespace']}/{meta['name']}", error=repr(exc))
+            if reason == NODE_ASSIGNED:
+                self._announced.pop(uid, None)
+            self._write_health("events", exc, f"{meta['namespace']}/{meta['name']}")

@@ -164,11 +164,21 @@ async def test_status_written_exactly_once_and_events(run, emu):
     # Not even attempted twice (a second attempt would only be stopped by a 409).
     assert emu.requests.count(("PATCH", "/api/v1/namespaces/default/services/web/status")) == 1
     assert ("default", "ours-by-class") not in emu.status_writes
-    reasons = sorted((e["reason"], e["involvedObject"]["name"]) for e in emu.events())
+    warnings = [e for e in emu.events() if e["type"] == "Warning"]
+    reasons = sorted((e["reason"], e["involvedObject"]["name"]) for e in warnings)
     assert reasons == [("AllocationFailed", "ours-by-class"), ("DeprecatedAnnotation", "legacy-ip"),
                        ("InvalidService", "both-set")]
-    assert all(e["type"] == "Warning" and e["source"]["component"] == "lbd" for e in emu.events())
-    # A status write is a Service MODIFIED event; it must not change the snapshot.
+    assert all(e["source"]["component"] == "lbd" for e in emu.events())
+    # Who announces: MetalLB's nodeAssigned Event, once per Service, and the annotation.
+    await r.until(lambda: len([e for e in emu.events() if e["reason"] == "nodeAssigned"]) == 4)
+    assigned = sorted((e["involvedObject"]["name"], e["type"], e["message"]) for e in emu.events()
+                      if e["reason"] == "nodeAssigned")
+    assert assigned == [(n, "Normal", 'announcing from node "node-a" with protocol "layer2"')
+                        for n in ("dns-udp", "legacy-ip", "shop-local", "web")]
+    await r.until(lambda: emu.get("Service", "default", "web")["metadata"]["annotations"].get(
+        "lbd.io/announcing-nodes") == "node-a")
+    # A status or annotation write is a Service MODIFIED event; it must not change the snapshot.
+    await asyncio.sleep(0.3)
     assert len(r.snapshots) == 1
 
 
