@@ -202,10 +202,12 @@ def load_kubeconfig(paths: str | os.PathLike[str] | list[str], context: str | No
                       origin=f"kubeconfig {origin} context {ctx_name!r}", files=files)
 
 
-def in_cluster(sa_dir: Path = SA_DIR, environ: Mapping[str, str] = os.environ) -> Connection:
+def in_cluster(sa_dir: Path | None = None, environ: Mapping[str, str] | None = None) -> Connection:
     from lightkube import KubeConfig
     from lightkube.config.models import Cluster, User
 
+    sa_dir = SA_DIR if sa_dir is None else sa_dir
+    environ = os.environ if environ is None else environ
     host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
     if not host or not port:
         raise KubeConfigError("not in a cluster: KUBERNETES_SERVICE_HOST/PORT are not set")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import ipaddress
 from pathlib import Path
 
 import pytest
@@ -12,77 +11,16 @@ import pytest
 pytest.importorskip("aiohttp")
 pytest.importorskip("yaml")
 
-from lbd.model import Family, ServiceSpec, SourceConfig  # noqa: E402
-from lbd.sources.base import ServiceResult, SourceContext  # noqa: E402
-from lbd.sources.kubernetes import KubernetesSource  # noqa: E402
+from lbd.model import Family  # noqa: E402
 # tests/kubeapi_emulator.py also runs standalone (python -m tests.kubeapi_emulator):
 # import it as tests.kubeapi_emulator however pytest was started. (No conftest.py
 # here: a second "conftest" module would shadow tests/conftest.py's helpers.)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.kubeapi_emulator import ApiServerEmulator, write_kubeconfig  # noqa: E402
+from tests.k8s.kube_harness import Runner  # noqa: E402
 
 MANIFESTS = Path(__file__).parent / "manifests"
 TOKEN = "s3cr3t-token"
-
-
-class Runner:
-    """Runs one KubernetesSource and plays the daemon: allocate, report."""
-
-    def __init__(self, emu: ApiServerEmulator, kubeconfig: Path, **opts) -> None:
-        self.emu = emu
-        self.snapshots: list[dict[str, ServiceSpec]] = []
-        self.error: str | None = None
-        self.errors_seen: list[str] = []
-        cfg = SourceConfig("kubernetes", "k8s", {"kubeconfig": str(kubeconfig), "watch_timeout": 2.0, **opts})
-        assert KubernetesSource.validate(cfg.options) == []
-        self.source = KubernetesSource(cfg, SourceContext(node_name="node-a", set_error=self._set_error))
-        self.task: asyncio.Task | None = None
-        self.allocated: dict[str, tuple] = {}
-        self._next = 10
-
-    def _set_error(self, error: str | None) -> None:
-        self.error = error
-        if error:
-            self.errors_seen.append(error)
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self.source.run(
-            lambda snap: self.snapshots.append({s.name: s for s in snap})))
-
-    @property
-    def last(self) -> dict[str, ServiceSpec]:
-        return self.snapshots[-1] if self.snapshots else {}
-
-    async def until(self, pred, timeout: float = 8.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not pred():
-            if self.task is not None and self.task.done():
-                self.task.result()
-            if loop.time() > deadline:
-                raise AssertionError(f"not met in time; last snapshot={sorted(self.last)} error={self.error}")
-            await asyncio.sleep(0.02)
-
-    def results(self, pending: dict[str, str] | None = None) -> dict[str, ServiceResult]:
-        """A toy allocator: requested addresses, else the next free 10.77.100.x; sticky."""
-        out = {}
-        for name, spec in sorted(self.last.items()):
-            if pending and name in pending:
-                out[name] = ServiceResult(pending=pending[name])
-                continue
-            if name not in self.allocated:
-                if spec.addresses:
-                    self.allocated[name] = spec.addresses
-                else:
-                    self.allocated[name] = (ipaddress.ip_address(f"10.77.100.{self._next}"),)
-                    self._next += 1
-            out[name] = ServiceResult(addresses=self.allocated[name], pool="p", nodes=("node-a",))
-        return out
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
 
 
 @pytest.fixture
