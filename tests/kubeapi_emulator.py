@@ -333,6 +333,7 @@ class ApiServerEmulator:
         self.huge_line_watches = 0  # test hook: the next N watches send an endless line (no newline)
         self.huge_line_mib = 80
         self.users_seen: list[str] = []
+        self.denied: list[str] = []  # every 403 message sent
         self._cluster_ip = 0  # allocated from 10.97.0.0/16 (the synthetic services use 10.96.0.0/16)
         self._node_port = 30000
         self.port = 0
@@ -646,8 +647,9 @@ class ApiServerEmulator:
         verb = {"GET": "watch" if watching else ("get" if name else "list"), "POST": "create", "PUT": "update",
                 "PATCH": "patch", "DELETE": "delete"}.get(request.method, request.method.lower())
         if not self._allowed(user, verb, r, sub):
+            self.denied.append(forbidden_message(user, verb, r, sub, name, namespace))
             return web.json_response(status_obj(
-                403, "Forbidden", forbidden_message(user, verb, r, sub, name, namespace), name=name or "",
+                403, "Forbidden", self.denied[-1], name=name or "",
                 group=r.group, kind=r.plural), status=403)
         try:
             if name is None:
