@@ -420,7 +420,7 @@ class KubernetesSource(Source):
         self.write_concurrency = int(o.get("write_concurrency", 16))  # type: ignore[arg-type]
         self.namespaces: tuple[str, ...] = tuple(o.get("namespaces") or ())  # type: ignore[arg-type]
         self._announced: dict[str, tuple[str, ...]] = {}  # uid -> nodes a nodeAssigned Event was sent for
-        self._annotating: dict[str, tuple[str, str]] = {}  # uid -> (resourceVersion written over, value)
+        self._annotating: dict[str, str] = {}  # uid -> annotation value written, not yet seen in the watch
         self._background: set[asyncio.Task] = set()
         self._announcing: set[str] = set()  # uids with an announcement write in flight
         self.announce_writes = 0
@@ -632,8 +632,9 @@ class KubernetesSource(Source):
         if current == value or (current is None and not nodes):
             self._annotating.pop(uid, None)
             return True
-        # Our own patch may not be back through the watch yet: do not write twice.
-        return self._annotating.get(uid) == (str(svc["metadata"].get("resourceVersion")), value)
+        # Our own patch may not be back through the watch yet (the status write in
+        # between changes the resourceVersion too): do not write twice.
+        return self._annotating.get(uid) == value
 
     async def _announce_all(self, pending: list[tuple[Mapping[str, Any], str, tuple[str, ...]]]) -> None:
         sem = asyncio.Semaphore(max(1, self.write_concurrency // 2))
@@ -658,7 +659,7 @@ class KubernetesSource(Source):
         if self._annotation_current(svc, uid, nodes):
             return
         value = ",".join(nodes)
-        self._annotating[uid] = (str(meta.get("resourceVersion")), value)
+        self._annotating[uid] = value
         patch = {"metadata": {"annotations": {ANNOUNCING_ANNOTATION: value or None}}}
         try:
             async with sem:

@@ -255,3 +255,76 @@ async def test_garbage_watch_stream_keeps_snapshot(run, emu):
     emu.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "after", "namespace": "default"},
                 "spec": {"type": "LoadBalancer", "ports": [{"port": 81, "protocol": "TCP"}]}})
     await r.until(lambda: "default/after" in r.last, timeout=20)
+
+
+async def test_watch_http_410_relists_and_504_resumes(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    relists = r.source.services.relists
+    emu.watch_http_errors = [410, 504, 504]
+    await emu.restart()  # cut the watches: the next three answer HTTP 410, 504, 504
+    emu.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "after-410", "namespace": "default"},
+                "spec": {"type": "LoadBalancer", "ports": [{"port": 81}]}})
+    await r.until(lambda: "default/after-410" in r.last, timeout=15)
+    assert sum(i.relists for i in (r.source.services, r.source.slices, r.source.nodes)) >= relists + 1
+    await r.until(lambda: r.error is None, timeout=10)
+
+
+async def test_watch_error_event_with_odd_code_degrades_without_crash(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    before = dict(r.last)
+    emu.watch_error_events = [{"kind": "Status", "code": "five hundred", "reason": "Weird", "message": "odd"}]
+    await emu.restart()
+    await r.until(lambda: any("500 Weird: odd" in e for e in r.errors_seen), timeout=10)
+    assert not r.task.done() and r.last == before
+    await r.until(lambda: r.error is None, timeout=10)
+
+
+async def test_endless_watch_line_is_bounded(run, emu):
+    """An 80 MiB line with no newline: the watch is dropped at the bound, memory does not follow."""
+    import resource
+
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    before = dict(r.last)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    emu.huge_line_watches = 1
+    await emu.restart()
+    await r.until(lambda: any("bad watch stream: a watch line is longer than" in e for e in r.errors_seen),
+                  timeout=20)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    # The emulator runs in this process too and builds its 1 MiB chunks; the client holds at most ~8 MiB.
+    assert grown_mib < 40, f"peak RSS grew by {grown_mib:.0f} MiB"
+    assert r.last == before and not r.task.done()
+    await r.until(lambda: r.error is None, timeout=15)
+
+
+async def test_owner_change_new_event_and_annotation(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    r.source.set_writer(True)
+    await r.source.report(r.results())
+
+    def assigned(name: str) -> list[str]:
+        return [e["message"] for e in sorted(emu.events(), key=lambda e: e["metadata"]["resourceVersion"])
+                if e["reason"] == "nodeAssigned" and e["involvedObject"]["name"] == name]
+
+    def annotation() -> str | None:
+        return emu.get("Service", "default", "web")["metadata"].get("annotations", {}).get("lbd.io/announcing-nodes")
+
+    await r.until(lambda: annotation() == "node-a")
+    for _ in range(3):  # nothing changed: nothing more is written
+        await r.source.report(r.results())
+        await asyncio.sleep(0.1)
+    assert assigned("web") == ['announcing from node "node-a" with protocol "layer2"']
+    writes = r.source.announce_writes
+    r.owners = ("node-b", "node-c")
+    await r.source.report(r.results())
+    await r.until(lambda: annotation() == "node-b,node-c")
+    assert assigned("web")[1:] == ['announcing from node "node-b" with protocol "layer2"',
+                                   'announcing from node "node-c" with protocol "layer2"']
+    for _ in range(3):
+        await r.source.report(r.results())
+        await asyncio.sleep(0.1)
+    assert r.source.announce_writes == writes + len(r.last), "one annotation write per Service, no repeats"
