@@ -63,7 +63,12 @@ class Daemonish:
 
     async def loop(self) -> None:
         while True:
-            await self.wake.wait()
+            # Like the daemon's loop, also on a timer (RESYNC_INTERVAL there): a report
+            # the manager timed out on a loaded machine is retried instead of stalling the run.
+            try:
+                await asyncio.wait_for(self.wake.wait(), 2.0)
+            except asyncio.TimeoutError:
+                pass
             self.wake.clear()
             services = self.mgr.services()
             result = allocate([POOL], services, self.allocations)

@@ -18,10 +18,20 @@ in https://kubernetes.io/docs/reference/using-api/api-concepts/:
   resource ignores ``.status`` changes; a stale ``metadata.resourceVersion``
   in the body is a 409 Conflict Status;
 - Events (core/v1) can be created (``generateName`` honoured) and listed;
-- bearer-token auth (401 Status otherwise);
+- what real clients need (kubectl 1.32 and the official Python client run
+  against it in tests/k8s/test_real_clients.py): ``/version``, discovery,
+  a minimal OpenAPI v3, Table responses for ``Accept: ...;as=Table``, label
+  and field selectors, ``limit``/``continue``, Service defaulting, no-op
+  writes that change nothing;
+- auth: bearer tokens (token -> user), mTLS (``client_ca``; the certificate's
+  CN is the user), RBAC (``rbac``: user -> ClusterRole rules, 403 Status worded
+  like the API server's); 401 Status otherwise;
+- test hooks for watch failures: HTTP 410/504, ERROR events, garbage, an
+  endless line;
 - ``stop()``/``start()`` on the same port, keeping or losing the watch history;
-- plain HTTP, or HTTPS with a fresh self-signed certificate (``tls=True``;
-  the kubeconfig then carries it as ``certificate-authority-data``).
+- plain HTTP, or HTTPS with a fresh self-signed certificate (``tls=True``)
+  or one signed by a ``TestCA`` (``ca=``); the kubeconfig then carries the CA
+  as ``certificate-authority-data``.
 
 Objects are loaded from manifests shaped like ``kubectl get -o yaml`` output
 (``kind: List`` and multi-document YAML accepted).

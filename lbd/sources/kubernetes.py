@@ -10,6 +10,7 @@
     load_balancer_class = "lbd.io/lbd"        # Services with this spec.loadBalancerClass are ours
     claim_unclassed = true                    # ... and so are Services with no class (MetalLB's default)
     ignore_exclude_lb = false                 # true: ignore node.kubernetes.io/exclude-from-external-load-balancers
+    namespaces = ["web", "shop"]              # only these namespaces (default: all)
 
 It lists and watches Services, EndpointSlices and Nodes (informer pattern:
 list, then watch from the list's resourceVersion with bookmarks; on 410 Gone a
@@ -21,7 +22,11 @@ the snapshot, stay as they are: nothing is withdrawn. Service names are
 Results are written back to ``status.loadBalancer.ingress`` through the status
 subresource, only by the writer node, only when they differ, with the
 resourceVersion as precondition (409 -> re-read and retry). Allocation failures
-and invalid Services become Warning Events.
+and invalid Services become Warning Events. Who announces each Service is
+written too, after the status and in the background: MetalLB's ``nodeAssigned``
+Event when the announcing node changes, and the ``lbd.io/announcing-nodes``
+annotation. A write refused with 401/403 makes the source degraded with the
+API server's reason; nothing is withdrawn for it.
 """
 
 from __future__ import annotations
@@ -638,8 +643,19 @@ class KubernetesSource(Source):
 
     async def _announce_all(self, pending: list[tuple[Mapping[str, Any], str, tuple[str, ...]]]) -> None:
         sem = asyncio.Semaphore(max(1, self.write_concurrency // 2))
+        todo = iter(pending)
+
+        async def worker() -> None:
+            # A few workers over the list, not one task per Service: 5,000 at
+            # once cost ~35 MiB of coroutines for work that is rate-bound anyway.
+            for svc, uid, nodes in todo:
+                try:
+                    await self._announce(svc, uid, nodes, sem)
+                finally:
+                    self._announcing.discard(uid)
+
         try:
-            await asyncio.gather(*(self._announce(svc, uid, nodes, sem) for svc, uid, nodes in pending))
+            await asyncio.gather(*(worker() for _ in range(max(1, self.write_concurrency // 2))))
         finally:
             self._announcing.difference_update(uid for _, uid, _ in pending)
 
