@@ -409,10 +409,11 @@ class KubernetesSource(Source):
         t.integer("write_concurrency", 16, lo=1, hi=256)
         t.string_list("namespaces")
         try:
+            import aiohttp  # noqa: F401
             import lightkube.config.client_adapter  # noqa: F401
             import yaml  # noqa: F401
         except ImportError:
-            errors.add("", "the kubernetes source needs the lbd[kubernetes] extra (lightkube, PyYAML)")
+            errors.add("", "the kubernetes source needs the lbd[kubernetes] extra (lightkube, aiohttp, PyYAML)")
         return errors.messages()
 
     def __init__(self, config: SourceConfig, context: SourceContext) -> None:
