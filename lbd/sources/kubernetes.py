@@ -10,6 +10,7 @@
     load_balancer_class = "lbd.io/lbd"        # Services with this spec.loadBalancerClass are ours
     claim_unclassed = true                    # ... and so are Services with no class (MetalLB's default)
     ignore_exclude_lb = false                 # true: ignore node.kubernetes.io/exclude-from-external-load-balancers
+    namespaces = ["web", "shop"]              # only these namespaces (default: all)
 
 It lists and watches Services, EndpointSlices and Nodes (informer pattern:
 list, then watch from the list's resourceVersion with bookmarks; on 410 Gone a
@@ -21,7 +22,11 @@ the snapshot, stay as they are: nothing is withdrawn. Service names are
 Results are written back to ``status.loadBalancer.ingress`` through the status
 subresource, only by the writer node, only when they differ, with the
 resourceVersion as precondition (409 -> re-read and retry). Allocation failures
-and invalid Services become Warning Events.
+and invalid Services become Warning Events. Who announces each Service is
+written too, after the status and in the background: MetalLB's ``nodeAssigned``
+Event when the announcing node changes, and the ``lbd.io/announcing-nodes``
+annotation. A write refused with 401/403 makes the source degraded with the
+API server's reason; nothing is withdrawn for it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any, Callable, Mapping
 
 from lbd.model import Backend, Family, IPAddress, PortSpec, ServiceSpec, SourceConfig
 from lbd.sources.base import Publish, ServiceResult, Source, SourceContext
+from lbd.backoff import capped_backoff
 from lbd.sources.options import options_table
 
 DEFAULT_CLASS = "lbd.io/lbd"
@@ -44,7 +50,10 @@ EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 ANNOTATION_PREFIXES = ("metallb.io/", "metallb.universe.tf/")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 OPTION_KEYS = ("kubeconfig", "context", "in_cluster", "load_balancer_class", "claim_unclassed",
-               "ignore_exclude_lb", "watch_timeout", "write_concurrency", "forward")
+               "ignore_exclude_lb", "watch_timeout", "write_concurrency", "forward", "namespaces")
+ANNOUNCING_ANNOTATION = "lbd.io/announcing-nodes"
+# MetalLB's speaker: c.client.Infof(svc, "nodeAssigned", "announcing from node %q with protocol %q", ...)
+NODE_ASSIGNED = "nodeAssigned"
 FAMILIES = {"IPv4": Family.IPV4, "IPv6": Family.IPV6}
 
 
@@ -262,10 +271,34 @@ def ingress_ips(svc: Mapping[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------
 
 
+def describe_error(exc: BaseException, path: str) -> str:
+    """One operator-readable line for a failed request: what failed and why.
+
+    ``path`` is the API path listed/watched, or what was written ("status").
+    403s carry the API server's own message, which names the user, the verb
+    and the resource that the ClusterRole lacks.
+    """
+    from lbd.sources.kube_client import ApiError, Unreachable, WatchStreamError
+
+    resource = path.rstrip("/").rsplit("/", 1)[-1]
+    if isinstance(exc, ApiError):
+        if exc.code == 401:
+            return f"401 Unauthorized: the API server rejected lbd's credentials ({resource})"
+        if exc.code == 403:
+            return f"403 Forbidden: {exc.message}"
+        return f"{resource}: {exc.code} {exc.reason}: {exc.message}"
+    if isinstance(exc, Unreachable):
+        return str(exc)
+    if isinstance(exc, WatchStreamError):
+        return f"{resource}: bad watch stream: {exc}"
+    return f"{resource}: {type(exc).__name__}: {exc}"
+
+
 class Informer:
     def __init__(self, client: Any, path: str, *, on_change: Callable[[], None],
-                 on_health: Callable[[str, str | None], None], log: Any, watch_timeout: float,
-                 backoff_initial: float = 0.5, backoff_max: float = 30.0) -> None:
+                 on_health: Callable[[str, str | None], bool], log: Any, watch_timeout: float,
+                 backoff_initial: float = 0.5, backoff_max: float = 30.0,
+                 store: dict[tuple[str, str], dict] | None = None, namespace: str | None = None) -> None:
         self.client = client
         self.path = path
         self.on_change = on_change
@@ -274,7 +307,10 @@ class Informer:
         self.watch_timeout = watch_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.store: dict[tuple[str, str], dict] = {}
+        # With a namespaces filter, one informer per namespace shares one store
+        # and owns the keys of its namespace.
+        self.store: dict[tuple[str, str], dict] = store if store is not None else {}
+        self.namespace = namespace
         self.resource_version: str | None = None
         self.synced = False
         self.relists = 0
@@ -286,7 +322,13 @@ class Informer:
 
     async def _list(self) -> None:
         result = await self.client.request("GET", self.path)
-        self.store = {self.key(o): o for o in _seq(result.get("items")) if isinstance(o, dict)}
+        fresh = {self.key(o): o for o in _seq(result.get("items")) if isinstance(o, dict)}
+        if self.namespace is None:
+            self.store.clear()
+        else:
+            for key in [k for k in self.store if k[0] == self.namespace]:
+                del self.store[key]
+        self.store.update(fresh)  # one step: no await between clear and update
         self.resource_version = (result.get("metadata") or {}).get("resourceVersion")
         self.synced = True
         self.relists += 1
@@ -294,8 +336,6 @@ class Informer:
         self.on_change()
 
     async def run(self) -> None:
-        import aiohttp
-
         from lbd.sources.kube_client import ApiError
 
         failures = 0
@@ -318,10 +358,15 @@ class Informer:
                 if exc.code == 410:
                     self._expire()
                     continue
+                if exc.code == 504 and failures == 0:
+                    # The API server's watch timed out on its side ("Timeout: Too large
+                    # resource version" or a gateway): resume at once, like client-go.
+                    failures += 1
+                    continue
                 failures += 1
                 await self._fail(failures, exc)
-            except (OSError, asyncio.TimeoutError, ValueError, aiohttp.ClientError) as exc:
-                # Unreachable, reset, timed out, garbage: keep the store, retry.
+            except (OSError, asyncio.TimeoutError, ValueError) as exc:
+                # Unreachable, reset, timed out, garbage, an over-long line: keep the store, retry.
                 failures += 1
                 await self._fail(failures, exc)
 
@@ -331,10 +376,15 @@ class Informer:
         self.log.info("watch_expired_relisting", path=self.path, resource_version=self.resource_version)
         self.resource_version = None
 
+    def retry_delay(self, failures: int) -> float:
+        return capped_backoff(max(1, failures), self.backoff_initial, self.backoff_max, jitter=0.2)
+
     async def _fail(self, failures: int, exc: BaseException) -> None:
-        delay = min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
-        self.on_health(self.path, f"{self.path}: {type(exc).__name__}: {exc}")
-        self.log.warning("kube_watch_failed", path=self.path, error=repr(exc), retry_in=round(delay, 2))
+        delay = self.retry_delay(failures)
+        cause = describe_error(exc, self.path)
+        if self.on_health(self.path, cause):
+            # One line per distinct cause, not one per retry.
+            self.log.warning("kube_watch_failed", path=self.path, error=cause, retry_in=round(delay, 2))
         await asyncio.sleep(delay)
 
     def _apply(self, event: Mapping[str, Any]) -> bool:
@@ -345,10 +395,12 @@ class Informer:
         obj = _map(event.get("object"))
         if kind == "ERROR":
             code = obj.get("code")
+            # A Status's code is an int; anything else (hostile or broken) is a 500.
+            code = code if isinstance(code, int) and not isinstance(code, bool) else 500
             if code == 410:
                 self._expire()
                 return True
-            raise ApiError(int(code or 500), str(obj.get("reason", "")), str(obj.get("message", "")))
+            raise ApiError(code, str(obj.get("reason", ""))[:200], str(obj.get("message", ""))[:500])
         rv = _map(obj.get("metadata")).get("resourceVersion")
         if kind == "BOOKMARK":
             self.resource_version = rv or self.resource_version
@@ -390,11 +442,13 @@ class KubernetesSource(Source):
         t.seconds("watch_timeout", 300.0, lo=1.0, hi=3600.0)
         t.integer("write_concurrency", 16, lo=1, hi=256)
         t.boolean("forward", False)
+        t.string_list("namespaces")
         try:
             import aiohttp  # noqa: F401
+            import lightkube.config.client_adapter  # noqa: F401
             import yaml  # noqa: F401
         except ImportError:
-            errors.add("", "the kubernetes source needs the lbd[kubernetes] extra (aiohttp, PyYAML)")
+            errors.add("", "the kubernetes source needs the lbd[kubernetes] extra (lightkube, aiohttp, PyYAML)")
         return errors.messages()
 
     def __init__(self, config: SourceConfig, context: SourceContext) -> None:
@@ -406,6 +460,12 @@ class KubernetesSource(Source):
         self.watch_timeout = float(o.get("watch_timeout", 300.0))  # type: ignore[arg-type]
         self.write_concurrency = int(o.get("write_concurrency", 16))  # type: ignore[arg-type]
         self.forward = bool(o.get("forward", False))  # balance to ready endpoints (docs/forwarding.md)
+        self.namespaces: tuple[str, ...] = tuple(o.get("namespaces") or ())  # type: ignore[arg-type]
+        self._announced: dict[str, tuple[str, ...]] = {}  # uid -> nodes a nodeAssigned Event was sent for
+        self._annotating: dict[str, str] = {}  # uid -> annotation value written, not yet seen in the watch
+        self._background: set[asyncio.Task] = set()
+        self._announcing: set[str] = set()  # uids with an announcement write in flight
+        self.announce_writes = 0
         self.client: Any = None
         self.services: Informer | None = None
         self.slices: Informer | None = None
@@ -431,26 +491,57 @@ class KubernetesSource(Source):
             return load_kubeconfig(str(o["kubeconfig"]), o.get("context"))  # type: ignore[arg-type]
         if o.get("in_cluster") or os.environ.get("KUBERNETES_SERVICE_HOST"):
             return in_cluster()
-        path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
-        return load_kubeconfig(path, o.get("context"))  # type: ignore[arg-type]
+        # kubectl's rule: every path in $KUBECONFIG, merged; else ~/.kube/config.
+        paths = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+        return load_kubeconfig(paths or [str(Path.home() / ".kube" / "config")], o.get("context"))  # type: ignore[arg-type]
 
-    def _on_health(self, path: str, error: str | None) -> None:
+    def _on_health(self, path: str, error: str | None) -> bool:
+        """Record one informer's health; True when the cause is new (worth a log line)."""
         if error is None:
-            self._health.pop(path, None)
+            changed = self._health.pop(path, None) is not None
         else:
+            changed = self._health.get(path) != error
             self._health[path] = error
-        self.context.set_error("; ".join(self._health[k] for k in sorted(self._health)) or None)
+        self._report_health()
+        return changed
+
+    def _report_health(self) -> None:
+        causes = [self._health[k] for k in sorted(self._health)]
+        # Identical causes from the three informers (401, unreachable) read once.
+        unique = list(dict.fromkeys(causes))
+        self.context.set_error("; ".join(unique) or None)
 
     async def run(self, publish: Publish) -> None:
-        from lbd.sources.kube_client import KubeClient
+        from lbd.sources.kube_client import KubeClient, KubeConfigError
 
-        self.client = KubeClient(self._credentials(), user_agent=f"lbd/{self.context.node_name}")
+        try:
+            conn = self._credentials()
+        except KubeConfigError as exc:
+            self.log.error("kube_config_invalid", error=str(exc))
+            self.context.set_error(f"bad kubeconfig: {exc}")
+            raise
+        self.client = KubeClient(conn, user_agent=f"lbd/{self.context.node_name}")
         mk = lambda path: Informer(self.client, path, on_change=self._dirty.set, on_health=self._on_health,  # noqa: E731
                                    log=self.log, watch_timeout=self.watch_timeout)
-        self.services = mk("/api/v1/services")
-        self.slices = mk("/apis/discovery.k8s.io/v1/endpointslices")
         self.nodes = mk("/api/v1/nodes")
-        informers = [self.services, self.slices, self.nodes]
+        if not self.namespaces:
+            self.services = mk("/api/v1/services")
+            self.slices = mk("/apis/discovery.k8s.io/v1/endpointslices")
+            informers = [self.services, self.slices, self.nodes]
+        else:
+            # Only these namespaces: list/watch each (a namespaced Role is then enough
+            # for Services and EndpointSlices); the stores are shared per resource.
+            svc_store: dict = {}
+            slice_store: dict = {}
+            svcs = [Informer(self.client, f"/api/v1/namespaces/{ns}/services", on_change=self._dirty.set,
+                             on_health=self._on_health, log=self.log, watch_timeout=self.watch_timeout,
+                             store=svc_store, namespace=ns) for ns in self.namespaces]
+            slices = [Informer(self.client, f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+                               on_change=self._dirty.set, on_health=self._on_health, log=self.log,
+                               watch_timeout=self.watch_timeout, store=slice_store, namespace=ns)
+                      for ns in self.namespaces]
+            self.services, self.slices = svcs[0], slices[0]
+            informers = [*svcs, *slices, self.nodes]
         tasks = [asyncio.create_task(i.run(), name=f"lbd-kube-{i.path}") for i in informers]
         try:
             while True:
@@ -469,9 +560,9 @@ class KubernetesSource(Source):
                         self.publishes += 1
                         publish(snapshot)
         finally:
-            for t in tasks:
+            for t in [*tasks, *self._background]:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._background, return_exceptions=True)
             await self.client.close()
 
     def snapshot(self) -> list[ServiceSpec]:
@@ -529,6 +620,7 @@ class KubernetesSource(Source):
             return
         sem = asyncio.Semaphore(self.write_concurrency)
         jobs = []
+        announce = []
         for local, result in results.items():
             ns, _, name = local.partition("/")
             svc = self.services.store.get((ns, name))
@@ -543,6 +635,8 @@ class KubernetesSource(Source):
                     jobs.append(self._event(svc, "AllocationFailed", message, sem))
             elif result.addresses:
                 self._failed.pop(uid, None)
+            if result.addresses:
+                announce.append((svc, uid, tuple(result.nodes)))
             if uid in self._inflight or self._up_to_date(svc, uid, desired):
                 continue
             jobs.append(self._write(ns, name, uid, svc, desired, sem))
@@ -560,6 +654,102 @@ class KubernetesSource(Source):
                                         + ", ".join(keys) + ": use the metallb.io/ prefix", sem))
         if jobs:
             await asyncio.gather(*jobs)
+        # Who announces: after the status writes, in the background, so that a
+        # burst of owner changes never delays an address reaching a Service.
+        pending = [(svc, uid, nodes) for svc, uid, nodes in announce
+                   if uid not in self._announcing and self._needs_announce(svc, uid, nodes)]
+        if pending:
+            self._announcing.update(uid for _, uid, _ in pending)
+            task = asyncio.get_running_loop().create_task(self._announce_all(pending))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    # -- who announces -----------------------------------------------------
+
+    def _needs_announce(self, svc: Mapping[str, Any], uid: str, nodes: tuple[str, ...]) -> bool:
+        if self._announced.get(uid, ()) != nodes and nodes:
+            return True
+        return not self._annotation_current(svc, uid, nodes)
+
+    def _annotation_current(self, svc: Mapping[str, Any], uid: str, nodes: tuple[str, ...]) -> bool:
+        value = ",".join(nodes)
+        current = _map(_map(svc.get("metadata")).get("annotations")).get(ANNOUNCING_ANNOTATION)
+        if current == value or (current is None and not nodes):
+            self._annotating.pop(uid, None)
+            return True
+        # Our own patch may not be back through the watch yet (the status write in
+        # between changes the resourceVersion too): do not write twice.
+        return self._annotating.get(uid) == value
+
+    async def _announce_all(self, pending: list[tuple[Mapping[str, Any], str, tuple[str, ...]]]) -> None:
+        sem = asyncio.Semaphore(max(1, self.write_concurrency // 2))
+        todo = iter(pending)
+
+        async def worker() -> None:
+            # A few workers over the list, not one task per Service: 5,000 at
+            # once cost ~35 MiB of coroutines for work that is rate-bound anyway.
+            for svc, uid, nodes in todo:
+                try:
+                    await self._announce(svc, uid, nodes, sem)
+                finally:
+                    self._announcing.discard(uid)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(max(1, self.write_concurrency // 2))))
+        finally:
+            self._announcing.difference_update(uid for _, uid, _ in pending)
+
+    async def _announce(self, svc: Mapping[str, Any], uid: str, nodes: tuple[str, ...],
+                        sem: asyncio.Semaphore) -> None:
+        from lbd.sources.kube_client import ApiError
+
+        meta = svc["metadata"]
+        before = self._announced.get(uid, ())
+        if nodes and before != nodes:
+            self._announced[uid] = nodes
+            # One Event per node that starts announcing, as each MetalLB speaker writes its own.
+            for node in nodes:
+                if node not in before:
+                    await self._event(svc, NODE_ASSIGNED, f"announcing from node \"{node}\" with protocol "
+                                      f"\"layer2\"", sem, kind="Normal")
+        if self._annotation_current(svc, uid, nodes):
+            return
+        value = ",".join(nodes)
+        self._annotating[uid] = value
+        patch = {"metadata": {"annotations": {ANNOUNCING_ANNOTATION: value or None}}}
+        try:
+            async with sem:
+                await self.client.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/services/{meta['name']}",
+                                          body=patch, content_type="application/merge-patch+json")
+            self.announce_writes += 1
+            self._write_health("annotations", None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._annotating.pop(uid, None)
+            if isinstance(exc, ApiError) and exc.code == 404:
+                return
+            self._write_health("annotations", exc, f"{meta['namespace']}/{meta['name']}")
+
+    def _write_health(self, what: str, exc: BaseException | None, service: str = "") -> None:
+        """Writes back to the API (status, Events, annotations) that fail for a reason an operator
+        must fix (401, 403) make the source degraded, with that reason; the Services stay announced."""
+        from lbd.sources.kube_client import ApiError
+
+        key = f"write:{what}"
+        if exc is None:
+            if key in self._health:
+                self._health.pop(key)
+                self._report_health()
+            return
+        if isinstance(exc, ApiError) and exc.code in (401, 403):
+            cause = describe_error(exc, what)
+            if self._health.get(key) != cause:
+                self._health[key] = cause
+                self._report_health()
+                self.log.error("kube_write_forbidden", what=what, service=service, error=cause)
+        else:
+            self.log.warning("kube_write_failed", what=what, service=service, error=repr(exc))
 
     def _up_to_date(self, svc: Mapping[str, Any], uid: str, desired: list[str]) -> bool:
         if ingress_ips(svc) == desired:
@@ -596,20 +786,22 @@ class KubernetesSource(Source):
                         raise
                     self._written[uid] = (str(svc["metadata"].get("resourceVersion")), desired)
                     self.status_writes += 1
+                    self._write_health("status", None)
                     self.log.info("kube_status_written", service=f"{ns}/{name}", ingress=desired)
                     return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # retried on the next report
-            self.log.warning("kube_status_write_failed", service=f"{ns}/{name}", error=repr(exc))
+            self._write_health("status", exc, f"{ns}/{name}")
         finally:
             self._inflight.discard(uid)
 
-    async def _event(self, svc: Mapping[str, Any], reason: str, message: str, sem: asyncio.Semaphore) -> None:
+    async def _event(self, svc: Mapping[str, Any], reason: str, message: str, sem: asyncio.Semaphore,
+                     kind: str = "Warning") -> None:
         meta = svc["metadata"]
         uid = meta.get("uid", "")
         key = (uid, reason, message)
-        if reason != "AllocationFailed":
+        if reason not in ("AllocationFailed", NODE_ASSIGNED):  # these two are deduplicated by their callers
             if key in self._evented:
                 return
             self._evented.add(key)
@@ -619,7 +811,7 @@ class KubernetesSource(Source):
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": "v1", "kind": "Service", "namespace": meta["namespace"],
                                "name": meta["name"], "uid": uid, "resourceVersion": meta.get("resourceVersion")},
-            "reason": reason, "message": message, "type": "Warning", "count": 1,
+            "reason": reason, "message": message, "type": kind, "count": 1,
             "firstTimestamp": now, "lastTimestamp": now,
             "source": {"component": "lbd", "host": self.context.node_name},
             "reportingComponent": "lbd", "reportingInstance": self.context.node_name,
@@ -627,10 +819,13 @@ class KubernetesSource(Source):
         try:
             async with sem:
                 await self.client.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+            self._write_health("events", None)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._evented.discard(key)  # try again on the next report
             if reason == "AllocationFailed":
                 self._failed.pop(uid, None)
-            self.log.warning("kube_event_failed", service=f"{meta['namespace']}/{meta['name']}", error=repr(exc))
+            if reason == NODE_ASSIGNED:
+                self._announced.pop(uid, None)
+            self._write_health("events", exc, f"{meta['namespace']}/{meta['name']}")

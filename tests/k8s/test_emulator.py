@@ -12,7 +12,7 @@ import pytest
 
 aiohttp = pytest.importorskip("aiohttp")
 
-from lbd.sources.kube_client import ApiError, KubeClient, load_kubeconfig  # noqa: E402
+from lbd.sources.kube_client import ApiError, KubeClient, Unreachable, load_kubeconfig  # noqa: E402
 # tests/kubeapi_emulator.py also runs standalone (python -m tests.kubeapi_emulator):
 # import it as tests.kubeapi_emulator however pytest was started. (No conftest.py
 # here: a second "conftest" module would shadow tests/conftest.py's helpers.)
@@ -177,8 +177,126 @@ async def test_tls_with_kubeconfig_ca(tmp_path):
         await client.close()
         # Without the CA the certificate is refused.
         untrusted = KubeClient(load_kubeconfig(write_kubeconfig(tmp_path / "kc2", server.url, "tk")))
-        with pytest.raises((aiohttp.ClientConnectorCertificateError, ssl.SSLError, aiohttp.ClientSSLError)):
+        with pytest.raises(Unreachable, match="CERTIFICATE_VERIFY_FAILED"):
             await untrusted.request("GET", "/api/v1/nodes")
         await untrusted.close()
+    finally:
+        await server.stop()
+
+
+async def test_discovery_documents(emu, http):
+    status, version = await get(http, emu, "/version")
+    assert status == 200 and version["major"] == "1"
+    _, api = await get(http, emu, "/api")
+    assert api["kind"] == "APIVersions" and api["versions"] == ["v1"]
+    _, core = await get(http, emu, "/api/v1")
+    by_name = {r["name"]: r for r in core["resources"]}
+    assert by_name["services"]["shortNames"] == ["svc"] and by_name["services"]["namespaced"]
+    assert by_name["services/status"]["verbs"] == ["get", "patch", "update"]
+    assert not by_name["nodes"]["namespaced"]
+    _, groups = await get(http, emu, "/apis")
+    assert {g["name"] for g in groups["groups"]} == {"discovery.k8s.io", "events.k8s.io"}
+    _, disc = await get(http, emu, "/apis/discovery.k8s.io/v1")
+    assert [r["name"] for r in disc["resources"]] == ["endpointslices"]
+    _, openapi = await get(http, emu, "/openapi/v3")
+    assert "api/v1" in openapi["paths"]
+
+
+async def test_no_op_writes_change_nothing(emu, http):
+    before = emu.get("Service", "default", "web")
+    emu.patch("Service", "default", "web", {"metadata": {"labels": {"app": "web"}}})
+    emu.patch("Service", "default", "web", {"status": before["status"]}, subresource="status")
+    after = emu.get("Service", "default", "web")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert emu.history[emu.resource("Service")] == [h for h in emu.history[emu.resource("Service")]
+                                                    if h[1] == "ADDED"]
+
+
+async def test_service_defaulting(emu, http):
+    async with http.post(emu.url + "/api/v1/namespaces/default/services", json={
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "bare"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}) as resp:
+        assert resp.status == 201
+        svc = await resp.json()
+    spec = svc["spec"]
+    assert spec["clusterIP"].startswith("10.97.") and spec["clusterIPs"] == [spec["clusterIP"]]
+    assert spec["ipFamilies"] == ["IPv4"] and spec["ipFamilyPolicy"] == "SingleStack"
+    assert spec["externalTrafficPolicy"] == "Cluster" and spec["allocateLoadBalancerNodePorts"] is True
+    assert spec["ports"][0]["protocol"] == "TCP" and 30000 <= spec["ports"][0]["nodePort"] <= 32767
+    async with http.patch(emu.url + "/api/v1/namespaces/default/services/bare/status",
+                          json={"status": {"loadBalancer": {"ingress": [{"ip": "10.77.0.9"}]}}},
+                          headers={"Content-Type": "application/merge-patch+json"}) as resp:
+        written = await resp.json()
+    assert written["status"]["loadBalancer"]["ingress"] == [{"ip": "10.77.0.9", "ipMode": "VIP"}]
+    async with http.post(emu.url + "/api/v1/namespaces/default/services", json={
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "bare"}, "spec": {}}) as resp:
+        assert resp.status == 409 and (await resp.json())["reason"] == "AlreadyExists"
+
+
+async def test_label_and_field_selectors_and_pagination(emu, http):
+    _, body = await get(http, emu, "/api/v1/services", labelSelector="app in (web,shop)")
+    assert [s["metadata"]["name"] for s in body["items"]] == ["web", "shop-local"]
+    _, body = await get(http, emu, "/api/v1/services", labelSelector="!app")
+    assert "web" not in [s["metadata"]["name"] for s in body["items"]]
+    _, body = await get(http, emu, "/api/v1/services", fieldSelector="metadata.namespace=infra")
+    assert {s["metadata"]["namespace"] for s in body["items"]} == {"infra"}
+    _, everything = await get(http, emu, "/api/v1/services")
+    names, token, pages = [], None, 0
+    while True:
+        params = {"limit": "2", **({"continue": token} if token else {})}
+        _, page = await get(http, emu, "/api/v1/services", **params)
+        pages += 1
+        names += [s["metadata"]["name"] for s in page["items"]]
+        token = page["metadata"].get("continue")
+        if not token:
+            break
+        assert page["metadata"]["remainingItemCount"] == len(everything["items"]) - len(names)
+    assert names == [s["metadata"]["name"] for s in everything["items"]] and pages > 2
+    status, bad = await get(http, emu, "/api/v1/services", labelSelector="a in (")
+    assert status == 400
+
+
+async def test_watch_errors_as_http_status_and_events(emu, http):
+    emu.watch_http_errors = [410, 504]
+    for code in (410, 504):
+        async with http.get(emu.url + "/api/v1/services", params={"watch": "true"}) as resp:
+            assert resp.status == code and (await resp.json())["code"] == code
+    emu.watch_error_events = [{"kind": "Status", "code": "bogus", "message": "odd"}]
+    (event,) = await watch(http, emu, "/api/v1/services", 1)
+    assert event["type"] == "ERROR" and event["object"]["code"] == "bogus"
+
+
+async def test_rbac_and_mtls_modes(tmp_path):
+    from tests.kubeapi_emulator import TestCA, forbidden_message  # noqa: F401
+
+    ca = TestCA()
+    server = ApiServerEmulator(ca=ca, client_ca=ca.cert_pem, tokens={"t": "alice"},
+                               rbac={"alice": [{"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}]})
+    await server.start()
+    try:
+        ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer t"}) as s:
+            async with s.get(server.url + "/api/v1/services", ssl=ctx) as resp:
+                assert resp.status == 200
+            async with s.get(server.url + "/api/v1/namespaces/default/services/web", ssl=ctx) as resp:
+                body = await resp.json()
+                assert resp.status == 403 and body["reason"] == "Forbidden"
+                assert body["message"] == ('services "web" is forbidden: User "alice" cannot get resource "services" '
+                                           'in API group "" in the namespace "default"')
+            async with s.get(server.url + "/apis/discovery.k8s.io/v1/endpointslices", ssl=ctx,
+                             params={"watch": "1"}) as resp:
+                assert (await resp.json())["message"] == (
+                    'endpointslices is forbidden: User "alice" cannot watch resource "endpointslices" in API group '
+                    '"discovery.k8s.io" at the cluster scope')
+        async with aiohttp.ClientSession() as s:  # neither a token nor a certificate
+            async with s.get(server.url + "/api/v1/services", ssl=ctx) as resp:
+                assert resp.status == 401
+        cert, key = ca.issue("alice")
+        (tmp_path / "c.crt").write_bytes(cert)
+        (tmp_path / "c.key").write_bytes(key)
+        ctx.load_cert_chain(tmp_path / "c.crt", tmp_path / "c.key")
+        async with aiohttp.ClientSession() as s:
+            async with s.get(server.url + "/api/v1/services", ssl=ctx) as resp:
+                assert resp.status == 200 and server.users_seen[-1] == "alice"
     finally:
         await server.stop()

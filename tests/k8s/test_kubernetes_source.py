@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import ipaddress
 from pathlib import Path
 
 import pytest
@@ -12,77 +11,16 @@ import pytest
 pytest.importorskip("aiohttp")
 pytest.importorskip("yaml")
 
-from lbd.model import Family, ServiceSpec, SourceConfig  # noqa: E402
-from lbd.sources.base import ServiceResult, SourceContext  # noqa: E402
-from lbd.sources.kubernetes import KubernetesSource  # noqa: E402
+from lbd.model import Family  # noqa: E402
 # tests/kubeapi_emulator.py also runs standalone (python -m tests.kubeapi_emulator):
 # import it as tests.kubeapi_emulator however pytest was started. (No conftest.py
 # here: a second "conftest" module would shadow tests/conftest.py's helpers.)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.kubeapi_emulator import ApiServerEmulator, write_kubeconfig  # noqa: E402
+from tests.k8s.kube_harness import Runner  # noqa: E402
 
 MANIFESTS = Path(__file__).parent / "manifests"
 TOKEN = "s3cr3t-token"
-
-
-class Runner:
-    """Runs one KubernetesSource and plays the daemon: allocate, report."""
-
-    def __init__(self, emu: ApiServerEmulator, kubeconfig: Path, **opts) -> None:
-        self.emu = emu
-        self.snapshots: list[dict[str, ServiceSpec]] = []
-        self.error: str | None = None
-        self.errors_seen: list[str] = []
-        cfg = SourceConfig("kubernetes", "k8s", {"kubeconfig": str(kubeconfig), "watch_timeout": 2.0, **opts})
-        assert KubernetesSource.validate(cfg.options) == []
-        self.source = KubernetesSource(cfg, SourceContext(node_name="node-a", set_error=self._set_error))
-        self.task: asyncio.Task | None = None
-        self.allocated: dict[str, tuple] = {}
-        self._next = 10
-
-    def _set_error(self, error: str | None) -> None:
-        self.error = error
-        if error:
-            self.errors_seen.append(error)
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self.source.run(
-            lambda snap: self.snapshots.append({s.name: s for s in snap})))
-
-    @property
-    def last(self) -> dict[str, ServiceSpec]:
-        return self.snapshots[-1] if self.snapshots else {}
-
-    async def until(self, pred, timeout: float = 8.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not pred():
-            if self.task is not None and self.task.done():
-                self.task.result()
-            if loop.time() > deadline:
-                raise AssertionError(f"not met in time; last snapshot={sorted(self.last)} error={self.error}")
-            await asyncio.sleep(0.02)
-
-    def results(self, pending: dict[str, str] | None = None) -> dict[str, ServiceResult]:
-        """A toy allocator: requested addresses, else the next free 10.77.100.x; sticky."""
-        out = {}
-        for name, spec in sorted(self.last.items()):
-            if pending and name in pending:
-                out[name] = ServiceResult(pending=pending[name])
-                continue
-            if name not in self.allocated:
-                if spec.addresses:
-                    self.allocated[name] = spec.addresses
-                else:
-                    self.allocated[name] = (ipaddress.ip_address(f"10.77.100.{self._next}"),)
-                    self._next += 1
-            out[name] = ServiceResult(addresses=self.allocated[name], pool="p", nodes=("node-a",))
-        return out
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
 
 
 @pytest.fixture
@@ -164,11 +102,21 @@ async def test_status_written_exactly_once_and_events(run, emu):
     # Not even attempted twice (a second attempt would only be stopped by a 409).
     assert emu.requests.count(("PATCH", "/api/v1/namespaces/default/services/web/status")) == 1
     assert ("default", "ours-by-class") not in emu.status_writes
-    reasons = sorted((e["reason"], e["involvedObject"]["name"]) for e in emu.events())
+    warnings = [e for e in emu.events() if e["type"] == "Warning"]
+    reasons = sorted((e["reason"], e["involvedObject"]["name"]) for e in warnings)
     assert reasons == [("AllocationFailed", "ours-by-class"), ("DeprecatedAnnotation", "legacy-ip"),
                        ("InvalidService", "both-set")]
-    assert all(e["type"] == "Warning" and e["source"]["component"] == "lbd" for e in emu.events())
-    # A status write is a Service MODIFIED event; it must not change the snapshot.
+    assert all(e["source"]["component"] == "lbd" for e in emu.events())
+    # Who announces: MetalLB's nodeAssigned Event, once per Service, and the annotation.
+    await r.until(lambda: len([e for e in emu.events() if e["reason"] == "nodeAssigned"]) == 4)
+    assigned = sorted((e["involvedObject"]["name"], e["type"], e["message"]) for e in emu.events()
+                      if e["reason"] == "nodeAssigned")
+    assert assigned == [(n, "Normal", 'announcing from node "node-a" with protocol "layer2"')
+                        for n in ("dns-udp", "legacy-ip", "shop-local", "web")]
+    await r.until(lambda: emu.get("Service", "default", "web")["metadata"]["annotations"].get(
+        "lbd.io/announcing-nodes") == "node-a")
+    # A status or annotation write is a Service MODIFIED event; it must not change the snapshot.
+    await asyncio.sleep(0.3)
     assert len(r.snapshots) == 1
 
 
@@ -302,8 +250,81 @@ async def test_garbage_watch_stream_keeps_snapshot(run, emu):
     before = dict(r.last)
     emu.garbage_watches = 3
     await emu.restart()  # cut the watches: the re-watches get garbage
-    await r.until(lambda: any("JSONDecodeError" in e or "BadWatchEvent" in e for e in r.errors_seen), timeout=10)
+    await r.until(lambda: any("bad watch stream" in e for e in r.errors_seen), timeout=10)
     assert r.last == before and not r.task.done()
     emu.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "after", "namespace": "default"},
                 "spec": {"type": "LoadBalancer", "ports": [{"port": 81, "protocol": "TCP"}]}})
     await r.until(lambda: "default/after" in r.last, timeout=20)
+
+
+async def test_watch_http_410_relists_and_504_resumes(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    relists = r.source.services.relists
+    emu.watch_http_errors = [410, 504, 504]
+    await emu.restart()  # cut the watches: the next three answer HTTP 410, 504, 504
+    emu.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "after-410", "namespace": "default"},
+                "spec": {"type": "LoadBalancer", "ports": [{"port": 81}]}})
+    await r.until(lambda: "default/after-410" in r.last, timeout=15)
+    assert sum(i.relists for i in (r.source.services, r.source.slices, r.source.nodes)) >= relists + 1
+    await r.until(lambda: r.error is None, timeout=10)
+
+
+async def test_watch_error_event_with_odd_code_degrades_without_crash(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    before = dict(r.last)
+    emu.watch_error_events = [{"kind": "Status", "code": "five hundred", "reason": "Weird", "message": "odd"}]
+    await emu.restart()
+    await r.until(lambda: any("500 Weird: odd" in e for e in r.errors_seen), timeout=10)
+    assert not r.task.done() and r.last == before
+    await r.until(lambda: r.error is None, timeout=10)
+
+
+async def test_endless_watch_line_is_bounded(run, emu):
+    """An 80 MiB line with no newline: the watch is dropped at the bound, memory does not follow."""
+    import resource
+
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    before = dict(r.last)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    emu.huge_line_watches = 1
+    await emu.restart()
+    await r.until(lambda: any("bad watch stream: a watch line is longer than" in e for e in r.errors_seen),
+                  timeout=20)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    # The emulator runs in this process too and builds its 1 MiB chunks; the client holds at most ~8 MiB.
+    assert grown_mib < 40, f"peak RSS grew by {grown_mib:.0f} MiB"
+    assert r.last == before and not r.task.done()
+    await r.until(lambda: r.error is None, timeout=15)
+
+
+async def test_owner_change_new_event_and_annotation(run, emu):
+    r = run()
+    await r.until(lambda: bool(r.snapshots))
+    r.source.set_writer(True)
+    await r.source.report(r.results())
+
+    def assigned(name: str) -> list[str]:
+        return [e["message"] for e in sorted(emu.events(), key=lambda e: e["metadata"]["resourceVersion"])
+                if e["reason"] == "nodeAssigned" and e["involvedObject"]["name"] == name]
+
+    def annotation() -> str | None:
+        return emu.get("Service", "default", "web")["metadata"].get("annotations", {}).get("lbd.io/announcing-nodes")
+
+    await r.until(lambda: annotation() == "node-a")
+    for _ in range(3):  # nothing changed: nothing more is written
+        await r.source.report(r.results())
+        await asyncio.sleep(0.1)
+    assert assigned("web") == ['announcing from node "node-a" with protocol "layer2"']
+    writes = r.source.announce_writes
+    r.owners = ("node-b", "node-c")
+    await r.source.report(r.results())
+    await r.until(lambda: annotation() == "node-b,node-c")
+    assert assigned("web")[1:] == ['announcing from node "node-b" with protocol "layer2"',
+                                   'announcing from node "node-c" with protocol "layer2"']
+    for _ in range(3):
+        await r.source.report(r.results())
+        await asyncio.sleep(0.1)
+    assert r.source.announce_writes == writes + len(r.last), "one annotation write per Service, no repeats"

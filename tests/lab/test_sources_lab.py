@@ -121,6 +121,22 @@ kubeconfig = "{kubeconfig}"
             except json.JSONDecodeError:
                 return []
 
-        assert wait_for(ingress, 15, what="status.loadBalancer.ingress written") == [{"ip": "10.77.0.52"}]
+        # ipMode: VIP is the API server's default (the emulator defaults like it).
+        assert wait_for(ingress, 15, what="status.loadBalancer.ingress written") == [{"ip": "10.77.0.52", "ipMode": "VIP"}]
+
+        # Who announces, from the real daemon's layer-2 owner: the annotation and MetalLB's Event.
+        def get(path: str) -> dict:
+            out = node.run(["curl", "-sS", "-H", "Authorization: Bearer t0k", f"http://127.0.0.1:16443{path}"],
+                           check=False).stdout
+            try:
+                return json.loads(out)
+            except json.JSONDecodeError:
+                return {}
+
+        assert wait_for(lambda: get("/api/v1/namespaces/default/services/web").get("metadata", {}).get(
+            "annotations", {}).get("lbd.io/announcing-nodes"), 15, what="announcing-nodes annotation") == "node1"
+        events = wait_for(lambda: [e for e in get("/api/v1/namespaces/default/events").get("items", [])
+                                   if e.get("reason") == "nodeAssigned"], 15, what="nodeAssigned Event")
+        assert events[0]["message"] == 'announcing from node "node1" with protocol "layer2"'
     finally:
         lbd.stop()

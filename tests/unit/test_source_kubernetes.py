@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 pytest.importorskip("yaml")
 
 from lbd.model import Family  # noqa: E402
-from lbd.sources.kube_client import KubeConfigError, load_kubeconfig  # noqa: E402
+from lbd.sources.kube_client import KubeConfigError, in_cluster, load_kubeconfig  # noqa: E402
 from lbd.sources.kubernetes import (  # noqa: E402
     ClassFilter,
     KubernetesSource,
@@ -114,28 +114,138 @@ kind: Config
 current-context: a
 clusters:
 - name: c1
-  cluster: {{server: "https://10.77.0.1:6443/", certificate-authority-data: {ca}}}
+  cluster: {{server: "https://10.77.0.1:6443/", certificate-authority-data: {ca}, tls-server-name: api.internal,
+             proxy-url: "http://10.77.0.9:3128"}}
 users:
 - name: u1
   user: {{tokenFile: token}}
 - name: u2
   user: {{exec: {{command: aws}}}}
+- name: u3
+  user: {{auth-provider: {{name: gcp}}}}
 contexts:
 - name: a
   context: {{cluster: c1, user: u1}}
 - name: b
   context: {{cluster: c1, user: u2}}
+- name: c
+  context: {{cluster: c1, user: u3}}
 """)
-    creds = load_kubeconfig(tmp_path / "kc")
-    assert creds.server == "https://10.77.0.1:6443" and creds.token_file == str(tmp_path / "token")
-    assert Path(creds.ca_file).read_bytes().startswith(b"-----BEGIN")
-    with pytest.raises(KubeConfigError, match="exec"):
+    conn = load_kubeconfig(tmp_path / "kc")
+    assert conn.server == "https://10.77.0.1:6443"
+    assert conn.config.user.token_file == str(tmp_path / "token"), "relative to the kubeconfig's directory"
+    assert conn.tls_server_name == "api.internal" and conn.proxy == "http://10.77.0.9:3128"
+    with pytest.raises(KubeConfigError, match="exec needs a command and an apiVersion"):
         load_kubeconfig(tmp_path / "kc", "b")
+    with pytest.raises(KubeConfigError, match="auth-provider"):
+        load_kubeconfig(tmp_path / "kc", "c")
     with pytest.raises(KubeConfigError, match="no entry named 'zz'"):
         load_kubeconfig(tmp_path / "kc", "zz")
     (tmp_path / "bad").write_text(": [")
     with pytest.raises(KubeConfigError, match="not valid YAML"):
         load_kubeconfig(tmp_path / "bad")
+    with pytest.raises(KubeConfigError, match="no kubeconfig found"):
+        load_kubeconfig(tmp_path / "missing")
+
+
+def test_kubeconfig_paths_merge_like_kubectl(tmp_path: Path):
+    """KUBECONFIG=a:b: the first file to define a name or current-context wins; paths stay per file."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one" / "kc").write_text("""
+clusters:
+- {name: c, cluster: {server: "https://10.77.0.1:6443"}}
+users:
+- {name: u, user: {client-certificate: u.crt, client-key: u.key}}
+""")
+    (tmp_path / "two" / "kc").write_text("""
+current-context: x
+clusters:
+- {name: c, cluster: {server: "https://10.77.0.2:6443"}}
+users:
+- {name: u, user: {token: ignored}}
+- {name: v, user: {tokenFile: tok}}
+contexts:
+- {name: x, context: {cluster: c, user: u}}
+- {name: y, context: {cluster: c, user: v}}
+""")
+    for name in ("u.crt", "u.key"):
+        (tmp_path / "one" / name).write_text("x")
+    paths = [str(tmp_path / "one" / "kc"), str(tmp_path / "nowhere"), str(tmp_path / "two" / "kc")]
+    conn = load_kubeconfig(paths)
+    assert conn.server == "https://10.77.0.1:6443", "the first file's cluster c wins"
+    assert conn.config.user.client_cert == str(tmp_path / "one" / "u.crt")
+    assert conn.config.user.token is None
+    assert conn.files == (str(tmp_path / "one" / "u.crt"), str(tmp_path / "one" / "u.key"))
+    assert load_kubeconfig(paths, "y").config.user.token_file == str(tmp_path / "two" / "tok")
+
+
+def test_in_cluster_needs_env_and_files(tmp_path: Path):
+    with pytest.raises(KubeConfigError, match="KUBERNETES_SERVICE_HOST"):
+        in_cluster(tmp_path, {})
+    env = {"KUBERNETES_SERVICE_HOST": "fd77::1", "KUBERNETES_SERVICE_PORT": "443"}
+    with pytest.raises(KubeConfigError, match="token does not exist"):
+        in_cluster(tmp_path, env)
+    (tmp_path / "token").write_text("t")
+    (tmp_path / "ca.crt").write_text("c")
+    conn = in_cluster(tmp_path, env)
+    assert conn.server == "https://[fd77::1]:443" and conn.files == (str(tmp_path / "ca.crt"),)
+
+
+def test_backoff_never_overflows_and_stays_at_its_cap():
+    """100,000 failures in a row: every delay is a finite number within the cap (the loop goes on)."""
+    from lbd.sources.kubernetes import Informer
+
+    informer = Informer.__new__(Informer)
+    informer.backoff_initial, informer.backoff_max = 0.5, 30.0
+    delays = [informer.retry_delay(n) for n in range(1, 100_001)]
+    assert 0.4 <= delays[0] <= 0.6 and 0.8 <= delays[1] <= 1.2
+    assert all(0.4 <= d <= 36.0 for d in delays) and 24.0 <= delays[-1] <= 36.0
+
+
+async def test_informer_retries_forever_on_a_simulated_clock(monkeypatch):
+    """The informer's own retry loop through 100,000 failures (asyncio.sleep is the simulated clock)."""
+    import asyncio
+
+    from lbd.sources import kubernetes as k
+
+    slept: list[float] = []
+
+    async def fake_sleep(delay: float) -> None:
+        slept.append(delay)
+        if len(slept) >= 100_000:
+            raise asyncio.CancelledError
+
+    class Down:
+        async def request(self, *a, **kw):
+            raise OSError("connection refused")
+
+    monkeypatch.setattr(k.asyncio, "sleep", fake_sleep)
+    health: list[str | None] = []
+    inf = k.Informer(Down(), "/api/v1/services", on_change=lambda: None,
+                     on_health=lambda p, e: health.append(e) or len(health) == 1, log=_NullLog(), watch_timeout=5)
+    with pytest.raises(asyncio.CancelledError):
+        await inf.run()
+    assert len(slept) == 100_000 and max(slept) <= 30.0 * 1.2 and min(slept[-1000:]) >= 30.0 * 0.8
+
+
+class _NullLog:
+    def __getattr__(self, name):
+        return lambda *a, **kw: None
+
+
+@pytest.mark.parametrize("code", ["410", 4.5, None, [1], {"x": 1}, True, 2 ** 80])
+def test_watch_error_event_with_odd_code_is_an_api_error(code):
+    from lbd.sources.kube_client import ApiError
+    from lbd.sources.kubernetes import Informer
+
+    inf = Informer(None, "/api/v1/services", on_change=lambda: None, on_health=lambda p, e: True,
+                   log=_NullLog(), watch_timeout=5)
+    with pytest.raises(ApiError) as info:
+        inf._apply({"type": "ERROR", "object": {"kind": "Status", "code": code, "reason": "x", "message": "y"}})
+    assert isinstance(info.value.code, int)
+    # A real 410 asks for a re-list instead.
+    assert inf._apply({"type": "ERROR", "object": {"code": 410}}) is True and inf.resource_version is None
 
 
 def test_validate_options():
