@@ -33,6 +33,8 @@ deps-demo:
 
 deps: deps-demo
 	@command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PEERS) $(APT_TEST) >/dev/null || true
+	@# kubectl for the Kubernetes end-to-end tests: Debian's kubernetes-client unless one is installed already.
+	@command -v kubectl >/dev/null || { command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; } || true
 	@# The packaged routers must not run as system services on a test machine.
 	@for s in bird frr gobgpd openbgpd exabgp serf keepalived; do systemctl disable --now $$s >/dev/null 2>&1 || true; done
 
