@@ -38,6 +38,7 @@ flow reaches the same backend whichever node holds the VIP.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import ipaddress
@@ -96,10 +97,47 @@ class PortForward:
     seed: int
     device: str | None = None  # dsr: the interface towards the backends
     buckets: tuple[str, ...] = ()  # backend id per bucket; () when no backend takes new flows
+    # dsr + tcp only: the table for packets of established flows (not a bare SYN), built from
+    # the backends taking new flows plus the drained ones (weight 0, still healthy) at their
+    # previous weight, so a drained backend keeps its established connections. () otherwise.
+    established: tuple[str, ...] = ()
 
     @property
     def map(self) -> str:
         return "m" + self.name[1:]
+
+    @property
+    def emap(self) -> str:
+        return "e" + self.name[1:]
+
+    @property
+    def dset(self) -> str:
+        return "d" + self.name[1:]
+
+    @property
+    def nset(self) -> str:
+        return "n" + self.name[1:]
+
+    @property
+    def split(self) -> bool:
+        """dsr + tcp: new flows and established flows are told apart (see ``_port_rules``)."""
+        return self.mode == "dsr" and self.protocol == "tcp"
+
+    @functools.cached_property
+    def held(self) -> tuple[str, ...]:
+        """The established-flow map's entries: only the buckets where it differs from the
+        new-flow map ("" where it does not: no element)."""
+        if not self.split:
+            return ()
+        n = len(self.buckets)
+        held = tuple(e if i >= n or e != self.buckets[i] else "" for i, e in enumerate(self.established))
+        return held if any(held) else ()
+
+    def maps(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(map name, backend id per bucket, "" for no element) of every map of the port."""
+        if self.split:
+            return ((self.map, self.buckets), (self.emap, self.held))
+        return ((self.map, self.buckets),)
 
     @property
     def table_family(self) -> str:
@@ -142,6 +180,9 @@ class Desired:
     ruleset: Ruleset
     views: list[BackendView] = field(default_factory=list)
     no_backend: dict[str, str] = field(default_factory=dict)  # service -> reason (no healthy backend)
+    # (service, endpoint) -> the last positive weight seen: a drained (weight 0) dsr backend keeps
+    # it in the established-flow table (pass this Desired as ``previous`` to the next ``desired``).
+    weights: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=256)
@@ -171,8 +212,16 @@ def desired(
     healthy: Callable[[str, Backend], bool | None],
     forwarding: ForwardingConfig,
     interfaces: Mapping[str, Sequence[IPInterface]],
+    previous: Desired | None = None,
 ) -> Desired:
-    """The forwarding ruleset for this node (the same on every node given the same health)."""
+    """The forwarding ruleset for this node (the same on every node given the same health).
+
+    ``previous`` (the last result) supplies the weight a backend had before it was
+    drained; without it a drained backend counts with weight 1 in the
+    established-flow table of a dsr port (exact for the default weight).
+    """
+    last_weights = previous.weights if previous is not None else {}
+    kept_weights: dict[tuple[str, str], int] = {}
     ports: list[PortForward] = []
     backends: dict[str, BackendTarget] = {}
     snat: set[tuple[int, str, str, int]] = set()
@@ -192,6 +241,7 @@ def desired(
             for vip in allocation.addresses:
                 fitting = [b for b in members if b.address.version == vip.version]
                 weights: dict[str, int] = {}
+                held: dict[str, int] = {}  # dsr tcp: the established-flow table's weights
                 chain_of: dict[str, str] = {}
                 port_device: str | None = None
                 if spec.forward == "dsr":
@@ -218,6 +268,12 @@ def desired(
                         backends[target.name] = target
                         chain_of[endpoint] = target.name
                     weights[endpoint] = b.weight if usable else 0
+                    if b.weight > 0:
+                        kept_weights[(name, endpoint)] = b.weight
+                    else:
+                        kept_weights[(name, endpoint)] = last_weights.get((name, endpoint), 1)
+                    # A failed backend leaves both tables; a drained one only the new-flow table.
+                    held[endpoint] = kept_weights[(name, endpoint)] if ok is True and not note else 0
                     if ok is True and not note:
                         total_up += 1
                     if spec.forward == "nat" and spec.snat:
@@ -237,6 +293,10 @@ def desired(
                     mode=spec.forward, size=forwarding.table_size, seed=forwarding.seed, device=port_device,
                     buckets=_bucket_ids(table, tuple(chain_of.get(n, "") for n in table.backends)),
                 )
+                if pf.split:
+                    etable = _table(tuple(sorted(held.items())), forwarding.table_size)
+                    pf = dataclasses.replace(pf, established=_bucket_ids(
+                        etable, tuple(chain_of.get(n, "") for n in etable.backends)))
                 ports.append(pf)
                 uses_dsr = uses_dsr or spec.forward == "dsr"
         if total_up == 0:
@@ -248,7 +308,7 @@ def desired(
         snat=tuple(sorted(snat)),
         devices=devices,
     )
-    return Desired(ruleset=ruleset, views=views, no_backend=no_backend)
+    return Desired(ruleset=ruleset, views=views, no_backend=no_backend, weights=kept_weights)
 
 
 def to_withdraw(want: Desired, services: Mapping[str, ServiceSpec]) -> frozenset[str]:
@@ -276,13 +336,51 @@ def _ipname(family: int) -> str:
     return "ip" if family == 4 else "ip6"
 
 
-def _port_rule(p: PortForward) -> list[dict[str, Any]]:
+def _lookup(p: PortForward, name: str) -> dict[str, Any]:
     key = {"concat": [_payload(_ipname(p.family), "saddr"), _payload(p.protocol, "sport")]}
-    lookup = {"map": {"key": {"jhash": {"mod": p.size, "seed": p.seed, "expr": key}}, "data": "@" + p.map}}
+    return {"map": {"key": {"jhash": {"mod": p.size, "seed": p.seed, "expr": key}}, "data": "@" + name}}
+
+
+# A TCP segment opening a connection: SYN set, ACK clear (RFC 9293 section 3.5).
+def _syn(op: str) -> dict[str, Any]:
+    return {"match": {"op": op, "left": {"&": [_payload("tcp", "flags"), ["syn", "ack"]]}, "right": "syn"}}
+
+
+FLOW_TIMEOUT = 7200  # s: how long a flow opened in a drained bucket is remembered after its last packet
+FLOW_SET_SIZE = 262144
+
+
+def _flow(p: PortForward) -> dict[str, Any]:
+    return {"concat": [_payload(_ipname(p.family), "saddr"), _payload("tcp", "sport")]}
+
+
+def _port_rules(p: PortForward) -> list[list[dict[str, Any]]]:
+    """The port chain's rules (each a list of expressions)."""
+    if p.split:
+        # dsr keeps no per-flow state in general, so the packet says whether its flow is new: a
+        # bare SYN takes the new-flow map ``m`` (drained backends are not in it); every other
+        # packet takes the established-flow map ``e`` where it has an entry (the buckets of
+        # drained backends, still pointing at them), else ``m``. A connection opened during a
+        # drain in such a bucket went to another backend: its flow (client address . port) is
+        # remembered in the dynamic set ``n`` so its later packets follow ``m`` too. That is the
+        # only per-flow state, and only for those flows. ``d`` holds the buckets where ``e`` has
+        # an entry. A SYN finding no entry (every backend drained) falls through to the node.
+        fwd = {"dev": p.device, "family": _ipname(p.family)}
+        bucket = {"jhash": {"mod": p.size, "seed": p.seed, "expr": _flow(p)}}
+        remember = {"set": {"op": "update", "elem": _flow(p), "set": "@" + p.nset}}
+        return [
+            [_syn("=="), {"match": {"op": "==", "left": bucket, "right": "@" + p.dset}}, remember,
+             {"fwd": {**fwd, "addr": _lookup(p, p.map)}}],
+            [_syn("=="), {"fwd": {**fwd, "addr": _lookup(p, p.map)}}],
+            [_syn("!="), {"match": {"op": "==", "left": _flow(p), "right": "@" + p.nset}}, remember,
+             {"fwd": {**fwd, "addr": _lookup(p, p.map)}}],
+            [_syn("!="), {"fwd": {**fwd, "addr": _lookup(p, p.emap)}}],
+            [_syn("!="), {"fwd": {**fwd, "addr": _lookup(p, p.map)}}],
+        ]
     if p.mode == "dsr":
-        return [{"fwd": {"dev": p.device, "family": _ipname(p.family), "addr": lookup}}]
-    return [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": p.protocol}},
-            {"dnat": {"family": _ipname(p.family), "addr": lookup}}]
+        return [[{"fwd": {"dev": p.device, "family": _ipname(p.family), "addr": _lookup(p, p.map)}}]]
+    return [[{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": p.protocol}},
+             {"dnat": {"family": _ipname(p.family), "addr": _lookup(p, p.map)}}]]
 
 
 def _dispatch_rule(p: PortForward) -> list[dict[str, Any]]:
@@ -293,15 +391,17 @@ def _dispatch_rule(p: PortForward) -> list[dict[str, Any]]:
     ]
 
 
-def _elements(p: PortForward, buckets: Sequence[int], targets: Mapping[str, BackendTarget]) -> list[Any]:
-    return [[b, targets[p.buckets[b]].value()] for b in buckets]
+def _elements(ids: Sequence[str], buckets: Sequence[int], targets: Mapping[str, BackendTarget] | None) -> list[Any]:
+    if targets is None:  # a set of buckets
+        return list(buckets)
+    return [[b, targets[ids[b]].value()] for b in buckets]
 
 
-def map_declaration(p: PortForward) -> str:
-    """nft syntax for a port's map (see ``prepare_text``)."""
+def map_declaration(p: PortForward, name: str | None = None) -> str:
+    """nft syntax for a port's map ``name`` (default: its new-flow map; see ``prepare_text``)."""
     ip = _ipname(p.family)
     data = f"{ip} daddr" if p.mode == "dsr" else f"{ip} daddr . tcp dport"
-    return f"add map {p.table_family} {TABLE} {p.map} {{ typeof numgen random mod 2 : {data}; counter; }}"
+    return f"add map {p.table_family} {TABLE} {name or p.map} {{ typeof numgen random mod 2 : {data}; counter; }}"
 
 
 def _chunks(items: list[Any], size: int = 20000) -> list[list[Any]]:
@@ -331,10 +431,16 @@ def prepare_text(applied: Ruleset | None, want: Ruleset) -> str:
         # libnftables load its whole cache, set elements included (slow).
         if family in tables and family not in existing:
             lines.append(f"add table {family} {TABLE}")
-    have = set() if applied is None else {p.map for p in applied.ports}
+    have = set() if applied is None else {m for p in applied.ports for m, _ in p.maps()}
     for p in want.ports:
-        if p.map not in have:
-            lines.append(map_declaration(p))
+        for m, _ in p.maps():
+            if m not in have:
+                lines.append(map_declaration(p, m))
+        if p.split and p.map not in have:
+            addr = "ipv4_addr" if p.family == 4 else "ipv6_addr"
+            lines.append(f"add set {p.table_family} {TABLE} {p.dset} {{ typeof numgen random mod 2; }}")
+            lines.append(f"add set {p.table_family} {TABLE} {p.nset} {{ type {addr} . inet_service; "
+                         f"flags dynamic,timeout; timeout {FLOW_TIMEOUT}s; size {FLOW_SET_SIZE}; }}")
     return "\n".join(lines)
 
 
@@ -357,27 +463,33 @@ def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, A
     # 2. new port chains; the bucket maps of every port
     for name, p in new_ports.items():
         t = _t(p.table_family)
+        before_maps: dict[str, tuple[str, ...]] = {}
         if name not in old_ports:
             ops.append({"add": {"chain": {**t, "name": name}}})
-            ops.append({"add": {"rule": {**t, "chain": name, "expr": _port_rule(p)}}})
-            changed = list(range(len(p.buckets)))
-            before: tuple[str, ...] = ()
+            for expr in _port_rules(p):
+                ops.append({"add": {"rule": {**t, "chain": name, "expr": expr}}})
         else:
-            before = old_ports[name].buckets
-            if len(before) != len(p.buckets):
-                changed = list(range(max(len(before), len(p.buckets))))
+            before_maps = dict(old_ports[name].maps())
+        objects = [(m, ids, before_maps.get(m, ()), new_backends) for m, ids in p.maps()]
+        if p.split:  # the set of buckets where the established-flow map has an entry
+            present = tuple("1" if i else "" for i in p.held)
+            present_before = tuple("1" if i else "" for i in before_maps.get(p.emap, ()))
+            objects.append((p.dset, present, present_before, None))
+        for m, ids, before, targets in objects:
+            if len(before) != len(ids):
+                changed = list(range(max(len(before), len(ids))))
             else:
-                changed = [i for i, (a, b) in enumerate(zip(before, p.buckets)) if a != b]
-        if not changed:
-            continue
-        gone = [i for i in changed if i < len(before)]
-        for chunk in _chunks(gone):
-            if chunk:
-                ops.append({"delete": {"element": {**t, "name": p.map, "elem": chunk}}})
-        fresh = [i for i in changed if i < len(p.buckets)]
-        for chunk in _chunks(fresh):
-            if chunk:
-                ops.append({"add": {"element": {**t, "name": p.map, "elem": _elements(p, chunk, new_backends)}}})
+                changed = [i for i, (a, b) in enumerate(zip(before, ids)) if a != b]
+            if not changed:
+                continue
+            gone = [i for i in changed if i < len(before) and before[i]]
+            for chunk in _chunks(gone):
+                if chunk:
+                    ops.append({"delete": {"element": {**t, "name": m, "elem": chunk}}})
+            fresh = [i for i in changed if i < len(ids) and ids[i]]
+            for chunk in _chunks(fresh):
+                if chunk:
+                    ops.append({"add": {"element": {**t, "name": m, "elem": _elements(ids, chunk, targets)}}})
 
     # 3. the base chains: rebuilt whenever the set of forwarded VIP ports changes
     dispatch_old = sorted((p.key() for p in old.ports))
@@ -430,7 +542,11 @@ def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, A
             if name not in new_ports and p.table_family in tables:
                 t = _t(p.table_family)
                 ops.append({"delete": {"chain": {**t, "name": name}}})
-                ops.append({"delete": {"map": {**t, "name": p.map}}})
+                for m, _ in p.maps():
+                    ops.append({"delete": {"map": {**t, "name": m}}})
+                if p.split:
+                    ops.append({"delete": {"set": {**t, "name": p.dset}}})
+                    ops.append({"delete": {"set": {**t, "name": p.nset}}})
         for family in sorted(old.tables() - tables):
             ops.append({"delete": {"table": {"family": family, "name": TABLE}}})
     return ops
