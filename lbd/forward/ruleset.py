@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from lbd.forward import maglev
-from lbd.model import Allocation, Backend, ForwardingConfig, IPInterface, ServiceSpec
+from lbd.model import Allocation, Backend, ForwardingConfig, IPInterface, PortSpec, ServiceSpec
 
 TABLE = "lbd"
 NAT = "inet"
@@ -178,11 +178,28 @@ class BackendView:
 @dataclass
 class Desired:
     ruleset: Ruleset
-    views: list[BackendView] = field(default_factory=list)
+    # (service, group, health per member, table) per VIP port: the views are built from these on
+    # demand (status, metrics), not on the path of a change.
+    view_source: list[tuple[str, "_Group", tuple[bool | None, ...], maglev.MaglevTable]] = field(default_factory=list)
     no_backend: dict[str, str] = field(default_factory=dict)  # service -> reason (no healthy backend)
     # (service, endpoint) -> the last positive weight seen: a drained (weight 0) dsr backend keeps
     # it in the established-flow table (pass this Desired as ``previous`` to the next ``desired``).
     weights: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @functools.cached_property
+    def views(self) -> list[BackendView]:
+        out: list[BackendView] = []
+        for name, group, oks, table in self.view_source:
+            shares = _shares(table)
+            for m, ok in zip(group.members, oks):
+                b = m.backend
+                out.append(BackendView(
+                    service=name, port=group.port_text, endpoint=m.endpoint, weight=b.weight, healthy=ok,
+                    share=shares.get(m.endpoint, 0.0), counter=None if m.note else m.target.name,
+                    table_family=m.target.table_family,
+                    note=m.note or ("draining (weight 0)" if b.weight == 0 else ""),
+                ))
+        return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -225,7 +242,7 @@ def desired(
     ports: list[PortForward] = []
     backends: dict[str, BackendTarget] = {}
     snat: set[tuple[int, str, str, int]] = set()
-    views: list[BackendView] = []
+    view_source: list[tuple[str, _Group, tuple[bool | None, ...], maglev.MaglevTable]] = []
     no_backend: dict[str, str] = {}
     uses_dsr = False
     for name in sorted(services):
@@ -234,73 +251,31 @@ def desired(
         if not spec.backends or allocation is None:
             continue
         total_up = 0
-        for port in spec.ports:
-            members = [b for b in spec.backends if b.port == port]
-            if not members:
-                continue
-            for vip in allocation.addresses:
-                fitting = [b for b in members if b.address.version == vip.version]
-                weights: dict[str, int] = {}
-                held: dict[str, int] = {}  # dsr tcp: the established-flow table's weights
-                chain_of: dict[str, str] = {}
-                port_device: str | None = None
-                if spec.forward == "dsr":
-                    devices_here = sorted({d for d in (_device_for(b.address, interfaces) for b in fitting) if d})
-                    port_device = devices_here[0] if devices_here else None
-                for b in fitting:
-                    ok = healthy(name, b)
-                    endpoint, address = b.endpoint, str(b.address)
-                    device = None
-                    note = ""
-                    if spec.forward == "dsr":
-                        device = _device_for(b.address, interfaces)
-                        if device is None:
-                            note = "no interface of this node has a subnet holding it (dsr needs layer 2)"
-                        elif device != port_device:
-                            note = f"on {device}, not on {port_device} with the port's other backends (dsr)"
-                    usable = ok is True and b.weight > 0 and not note
-                    target = BackendTarget(
-                        name=_id("b", name, spec.forward, address, port.protocol, port.port, b.target_port, device),
-                        service=name, endpoint=endpoint, family=b.address.version, protocol=port.protocol,
-                        address=address, port=b.target_port, mode=spec.forward, device=device,
-                    )
-                    if not note:
-                        backends[target.name] = target
-                        chain_of[endpoint] = target.name
-                    weights[endpoint] = b.weight if usable else 0
-                    if b.weight > 0:
-                        kept_weights[(name, endpoint)] = b.weight
-                    else:
-                        kept_weights[(name, endpoint)] = last_weights.get((name, endpoint), 1)
-                    # A failed backend leaves both tables; a drained one only the new-flow table.
-                    held[endpoint] = kept_weights[(name, endpoint)] if ok is True and not note else 0
-                    if ok is True and not note:
-                        total_up += 1
-                    if spec.forward == "nat" and spec.snat:
-                        snat.add((b.address.version, address, port.protocol, b.target_port))
-                    views.append(BackendView(
-                        service=name, port=str(port), endpoint=endpoint, weight=b.weight, healthy=ok,
-                        share=0.0, counter=None if note else target.name, table_family=target.table_family,
-                        note=note or ("draining (weight 0)" if b.weight == 0 else ""),
-                    ))
-                table = _table(tuple(sorted(weights.items())), forwarding.table_size)
-                shares = table.shares()
-                for view in views[len(views) - len(fitting):]:
-                    view.share = shares.get(view.endpoint, 0.0)
-                pf = PortForward(
-                    name=_id("p", name, vip, port, spec.forward, forwarding.table_size, forwarding.seed, port_device),
-                    service=name, vip=str(vip), family=vip.version, protocol=port.protocol, port=port.port,
-                    mode=spec.forward, size=forwarding.table_size, seed=forwarding.seed, device=port_device,
-                    buckets=_bucket_ids(table, tuple(chain_of.get(n, "") for n in table.backends)),
-                )
-                if pf.split:
-                    etable = _table(tuple(sorted(held.items())), forwarding.table_size)
-                    pf = dataclasses.replace(pf, established=_bucket_ids(
-                        etable, tuple(chain_of.get(n, "") for n in etable.backends)))
-                ports.append(pf)
-                uses_dsr = uses_dsr or spec.forward == "dsr"
+        for group in _groups(name, spec, allocation, forwarding, interfaces):
+            oks = tuple([healthy(name, m.backend) for m in group.members])
+            drained = tuple([last_weights.get((name, m.endpoint), 1) for m in group.drained])
+            key = (oks, drained)
+            hit = group.last
+            if hit is not None and hit[0] == key:
+                _, pf, up, table = hit  # nothing of this port changed: no table, no bucket work
+            else:
+                pf, up, table = _port(group, oks, drained, forwarding.table_size)
+                group.last = (key, pf, up, table)
+            for m in group.members:
+                if m.snat is not None:
+                    snat.add(m.snat)
+            backends.update(group.targets)
+            kept_weights.update(group.weights)
+            for m, kept in zip(group.drained, drained):
+                kept_weights[(name, m.endpoint)] = kept
+            total_up += up
+            view_source.append((name, group, oks, table))
+            ports.append(pf)
+            uses_dsr = uses_dsr or spec.forward == "dsr"
         if total_up == 0:
             no_backend[name] = f"no healthy backend (0 of {len(spec.backends)} up on this node)"
+    for gone in set(_STATIC) - set(services):
+        del _STATIC[gone]
     devices = tuple(sorted(interfaces)) if uses_dsr else ()
     ruleset = Ruleset(
         ports=tuple(sorted(ports, key=lambda p: p.name)),
@@ -308,7 +283,124 @@ def desired(
         snat=tuple(sorted(snat)),
         devices=devices,
     )
-    return Desired(ruleset=ruleset, views=views, no_backend=no_backend, weights=kept_weights)
+    return Desired(ruleset=ruleset, view_source=view_source, no_backend=no_backend, weights=kept_weights)
+
+
+def _port(group: "_Group", oks: tuple[bool | None, ...], drained: tuple[int, ...],
+          size: int) -> tuple[PortForward, int, maglev.MaglevTable]:
+    """One VIP port's tables for this health: (the port, backends up, the new-flow table)."""
+    weights: dict[str, int] = {}
+    held: dict[str, int] = {}  # dsr tcp: the established-flow table's weights
+    kept_of = dict(zip((m.endpoint for m in group.drained), drained))
+    up = 0
+    for m, ok in zip(group.members, oks):
+        b, endpoint = m.backend, m.endpoint
+        usable = ok is True and not m.note
+        weights[endpoint] = b.weight if usable and b.weight > 0 else 0
+        # A failed backend leaves both tables; a drained one only the new-flow table, and keeps
+        # its previous weight in the established-flow table.
+        held[endpoint] = (b.weight if b.weight > 0 else kept_of[endpoint]) if usable else 0
+        up += usable
+    chain_of = group.chain_of
+    table = _table(tuple(sorted(weights.items())), size)
+    pf = dataclasses.replace(group.base, buckets=_bucket_ids(table, tuple(chain_of.get(n, "") for n in table.backends)))
+    if pf.split:
+        etable = _table(tuple(sorted(held.items())), size)
+        pf = dataclasses.replace(pf, established=_bucket_ids(
+            etable, tuple(chain_of.get(n, "") for n in etable.backends)))
+    return pf, up, table
+
+
+@dataclass(frozen=True)
+class _Member:
+    """What does not depend on health: one backend as the port's tables see it."""
+
+    backend: Backend
+    endpoint: str
+    target: BackendTarget
+    note: str  # why it cannot take flows here (dsr without layer 2), or ""
+    snat: tuple[int, str, str, int] | None
+
+
+@dataclass(eq=False)
+class _Group:
+    """One VIP port of a service, everything but health: computed once per service spec."""
+
+    base: PortForward  # without buckets
+    port_text: str
+    members: tuple[_Member, ...]
+    chain_of: dict[str, str]  # endpoint -> backend id, for the backends that can be in the table
+    targets: dict[str, BackendTarget]  # backend id -> target, the same backends
+    drained: tuple[_Member, ...]  # weight 0: their previous weight is an input
+    weights: dict[tuple[str, str], int]  # (service, endpoint) -> weight, the others
+    # The last result: ((health, drained weights), port, backends up, table). A pass where
+    # neither changed reuses it.
+    last: tuple[Any, PortForward, int, maglev.MaglevTable] | None = None
+
+
+# service -> (spec, the other inputs, its groups): a health flip reuses them, and a change to one
+# service's spec recomputes only that service (per backend, only what is new: ``_member``).
+_STATIC: dict[str, tuple[ServiceSpec, tuple[Any, ...], tuple[_Group, ...]]] = {}
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _member(name: str, mode: str, snat: bool, port: PortSpec, b: Backend, device: str | None,
+            port_device: str | None) -> _Member:
+    endpoint, address = b.endpoint, str(b.address)
+    note = ""
+    if mode == "dsr":
+        if device is None:
+            note = "no interface of this node has a subnet holding it (dsr needs layer 2)"
+        elif device != port_device:
+            note = f"on {device}, not on {port_device} with the port's other backends (dsr)"
+    target = BackendTarget(
+        name=_id("b", name, mode, address, port.protocol, port.port, b.target_port, device),
+        service=name, endpoint=endpoint, family=b.address.version, protocol=port.protocol,
+        address=address, port=b.target_port, mode=mode, device=device,
+    )
+    return _Member(backend=b, endpoint=endpoint, target=target, note=note,
+                   snat=(b.address.version, address, port.protocol, b.target_port) if mode == "nat" and snat else None)
+
+
+def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: ForwardingConfig,
+            interfaces: Mapping[str, Sequence[IPInterface]]) -> tuple[_Group, ...]:
+    ifs = tuple(sorted((n, tuple(nets)) for n, nets in interfaces.items())) if spec.forward == "dsr" else ()
+    inputs = (allocation, forwarding.table_size, forwarding.seed, ifs)
+    cached = _STATIC.get(name)
+    if cached is not None and (cached[0] is spec or cached[0] == spec) and cached[1] == inputs:
+        return cached[2]
+    groups: list[_Group] = []
+    for port in spec.ports:
+        members = [b for b in spec.backends if b.port == port]
+        if not members:
+            continue
+        for vip in allocation.addresses:
+            fitting = [b for b in members if b.address.version == vip.version]
+            devices = {b: _device_for(b.address, interfaces) for b in fitting} if spec.forward == "dsr" else {}
+            port_device: str | None = None
+            if spec.forward == "dsr":
+                devices_here = sorted({d for d in devices.values() if d})
+                port_device = devices_here[0] if devices_here else None
+            group_members = tuple(_member(name, spec.forward, spec.snat, port, b, devices.get(b), port_device)
+                                  for b in fitting)
+            base = PortForward(
+                name=_id("p", name, vip, port, spec.forward, forwarding.table_size, forwarding.seed, port_device),
+                service=name, vip=str(vip), family=vip.version, protocol=port.protocol, port=port.port,
+                mode=spec.forward, size=forwarding.table_size, seed=forwarding.seed, device=port_device,
+            )
+            groups.append(_Group(base=base, port_text=str(port), members=group_members,
+                                 chain_of={m.endpoint: m.target.name for m in group_members if not m.note},
+                                 targets={m.target.name: m.target for m in group_members if not m.note},
+                                 drained=tuple(m for m in group_members if m.backend.weight == 0),
+                                 weights={(name, m.endpoint): m.backend.weight for m in group_members
+                                          if m.backend.weight > 0}))
+    _STATIC[name] = (spec, inputs, tuple(groups))
+    return _STATIC[name][2]
+
+
+@functools.lru_cache(maxsize=256)
+def _shares(table: maglev.MaglevTable) -> dict[str, float]:
+    return table.shares()
 
 
 def to_withdraw(want: Desired, services: Mapping[str, ServiceSpec]) -> frozenset[str]:
