@@ -42,6 +42,8 @@ import dataclasses
 import functools
 import hashlib
 import ipaddress
+import itertools
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -570,8 +572,8 @@ def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, A
         for m, ids, before, targets in objects:
             if len(before) != len(ids):
                 changed = list(range(max(len(before), len(ids))))
-            else:
-                changed = [i for i, (a, b) in enumerate(zip(before, ids)) if a != b]
+            else:  # C-level: an O(table) Python loop would be most of a small change's cost
+                changed = list(itertools.compress(itertools.count(), map(operator.ne, before, ids)))
             if not changed:
                 continue
             gone = [i for i in changed if i < len(before) and before[i]]
