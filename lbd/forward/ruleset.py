@@ -322,6 +322,8 @@ class _Member:
     target: BackendTarget
     note: str  # why it cannot take flows here (dsr without layer 2), or ""
     snat: tuple[int, str, str, int] | None
+    port: PortSpec
+    port_device: str | None
 
 
 @dataclass(eq=False)
@@ -361,7 +363,8 @@ def _member(name: str, mode: str, snat: bool, port: PortSpec, b: Backend, device
         address=address, port=b.target_port, mode=mode, device=device,
     )
     return _Member(backend=b, endpoint=endpoint, target=target, note=note,
-                   snat=(b.address.version, address, port.protocol, b.target_port) if mode == "nat" and snat else None)
+                   snat=(b.address.version, address, port.protocol, b.target_port) if mode == "nat" and snat else None,
+                   port=port, port_device=port_device)
 
 
 def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: ForwardingConfig,
@@ -371,6 +374,11 @@ def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: Fo
     cached = _STATIC.get(name)
     if cached is not None and (cached[0] is spec or cached[0] == spec) and cached[1] == inputs:
         return cached[2]
+    # A changed spec (a weight, a backend added): the backends it still shares with the last one,
+    # by identity (``dataclasses.replace`` and the sources keep them), are not worked out again.
+    reuse: dict[int, _Member] = {}
+    if cached is not None and cached[1] == inputs and (cached[0].forward, cached[0].snat) == (spec.forward, spec.snat):
+        reuse = {id(m.backend): m for g in cached[2] for m in g.members}
     groups: list[_Group] = []
     for port in spec.ports:
         members = [b for b in spec.backends if b.port == port]
@@ -383,8 +391,11 @@ def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: Fo
             if spec.forward == "dsr":
                 devices_here = sorted({d for d in devices.values() if d})
                 port_device = devices_here[0] if devices_here else None
-            group_members = tuple(_member(name, spec.forward, spec.snat, port, b, devices.get(b), port_device)
-                                  for b in fitting)
+            group_members = tuple(
+                m if (m := reuse.get(id(b))) is not None and m.backend is b and m.port_device == port_device
+                and m.target.port == b.target_port and m.port == port
+                else _member(name, spec.forward, spec.snat, port, b, devices.get(b), port_device)
+                for b in fitting)
             base = PortForward(
                 name=_id("p", name, vip, port, spec.forward, forwarding.table_size, forwarding.seed, port_device),
                 service=name, vip=str(vip), family=vip.version, protocol=port.protocol, port=port.port,
