@@ -263,9 +263,7 @@ def desired(
             else:
                 pf, up, table = _port(group, oks, drained, forwarding.table_size)
                 group.last = (key, pf, up, table)
-            for m in group.members:
-                if m.snat is not None:
-                    snat.add(m.snat)
+            snat.update(group.snat)
             backends.update(group.targets)
             kept_weights.update(group.weights)
             for m, kept in zip(group.drained, drained):
@@ -281,7 +279,7 @@ def desired(
     devices = tuple(sorted(interfaces)) if uses_dsr else ()
     ruleset = Ruleset(
         ports=tuple(sorted(ports, key=lambda p: p.name)),
-        backends=tuple(sorted(backends.values(), key=lambda b: b.name)),
+        backends=_sorted_targets(backends),
         snat=tuple(sorted(snat)),
         devices=devices,
     )
@@ -337,6 +335,7 @@ class _Group:
     targets: dict[str, BackendTarget]  # backend id -> target, the same backends
     drained: tuple[_Member, ...]  # weight 0: their previous weight is an input
     weights: dict[tuple[str, str], int]  # (service, endpoint) -> weight, the others
+    snat: frozenset[tuple[int, str, str, int]]  # nat with snat: (family, address, protocol, port)
     # The last result: ((health, drained weights), port, backends up, table). A pass where
     # neither changed reuses it.
     last: tuple[Any, PortForward, int, maglev.MaglevTable] | None = None
@@ -406,9 +405,25 @@ def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: Fo
                                  targets={m.target.name: m.target for m in group_members if not m.note},
                                  drained=tuple(m for m in group_members if m.backend.weight == 0),
                                  weights={(name, m.endpoint): m.backend.weight for m in group_members
-                                          if m.backend.weight > 0}))
+                                          if m.backend.weight > 0},
+                                 snat=frozenset(m.snat for m in group_members if m.snat is not None)))
     _STATIC[name] = (spec, inputs, tuple(groups))
     return _STATIC[name][2]
+
+
+_TARGETS: list[tuple[frozenset[str], tuple[BackendTarget, ...]]] = []
+
+
+def _sorted_targets(backends: dict[str, BackendTarget]) -> tuple[BackendTarget, ...]:
+    """The ruleset's backends in id order; the last answer again when the ids are the same
+    (a health flip does not change them: every backend that can be in a table is listed)."""
+    ids = frozenset(backends)
+    if _TARGETS and _TARGETS[0][0] == ids and all(map(operator.is_, map(backends.__getitem__, (
+            t.name for t in _TARGETS[0][1])), _TARGETS[0][1])):
+        return _TARGETS[0][1]
+    out = tuple(sorted(backends.values(), key=lambda b: b.name))
+    _TARGETS[:] = [(ids, out)]
+    return out
 
 
 @functools.lru_cache(maxsize=256)
