@@ -414,6 +414,17 @@ def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: Fo
 _TARGETS: list[tuple[frozenset[str], tuple[BackendTarget, ...]]] = []
 
 
+_BY_ID: list[tuple[tuple[BackendTarget, ...], dict[str, BackendTarget]]] = []
+
+
+def _targets_by_id(backends: tuple[BackendTarget, ...]) -> dict[str, BackendTarget]:
+    """id -> target; the last answer when ``backends`` is the very same tuple (``_sorted_targets``)."""
+    if _BY_ID and _BY_ID[0][0] is backends:
+        return _BY_ID[0][1]
+    _BY_ID[:] = [(backends, {b.name: b for b in backends})]
+    return _BY_ID[0][1]
+
+
 def _sorted_targets(backends: dict[str, BackendTarget]) -> tuple[BackendTarget, ...]:
     """The ruleset's backends in id order; the last answer again when the ids are the same
     (a health flip does not change them: every backend that can be in a table is listed)."""
@@ -576,12 +587,14 @@ def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, A
     old = Ruleset() if applied is None else applied
     ops: list[dict[str, Any]] = []
     tables = want.tables()
-    new_backends = {b.name: b for b in want.backends}
+    new_backends = _targets_by_id(want.backends)
     old_ports = {p.name: p for p in old.ports}
     new_ports = {p.name: p for p in want.ports}
 
     # 2. new port chains; the bucket maps of every port
     for name, p in new_ports.items():
+        if old_ports.get(name) is p:  # a port whose health did not change is the very same object
+            continue
         t = _t(p.table_family)
         before_maps: dict[str, tuple[str, ...]] = {}
         if name not in old_ports:

@@ -373,3 +373,24 @@ def test_forwarder_counts_per_backend_and_keeps_what_moved(setup, monkeypatch) -
     after = f.read_counters()
     for endpoint, ident in by_id.items():
         assert after[("inet", ident)][0] == before[endpoint], endpoint  # nothing lost, nothing counted twice
+
+
+async def test_backend_checker_converges_and_skips_unchanged_specs(setup) -> None:
+    from lbd.forward.health import BackendChecker
+
+    _, services, _ = setup
+    checker = BackendChecker()
+    try:
+        checker.set_services(services)
+        keys = set(checker._entries)
+        assert len(keys) == 5  # 3 web + 2 dsr backends, each checked
+        entries = dict(checker._entries)
+        checker.set_services(dict(services))  # the same spec objects: nothing restarted
+        assert checker._entries == entries and all(checker._entries[k] is entries[k] for k in keys)
+        web = services["static/web"]
+        fewer = replace(web, backends=web.backends[:2])  # a changed spec converges at once
+        checker.set_services({**services, "static/web": fewer})
+        assert len(checker._entries) == 4 and checker.healthy(fewer, fewer.backends[0]) is False
+        assert checker.healthy(web, web.backends[2]) is None  # no longer checked
+    finally:
+        await checker.close()
