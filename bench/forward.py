@@ -113,6 +113,7 @@ ifs = {"eth0": (ipaddress.ip_interface("10.88.0.1/16"),)}
 down = set()
 def health(s, b):  # what the daemon asks its BackendChecker: a lookup
     return b not in down
+versions = dict.fromkeys(specs, 0)  # BackendChecker.version: bumped when a backend of the service flips
 target = "bench/s0"
 async def main():
     f = Forwarder()
@@ -121,7 +122,7 @@ async def main():
         # End to end: from the change entering lbd's forwarder (the desired state computed from
         # services + health) to the kernel having committed it.
         t0 = time.perf_counter()
-        d = ruleset.desired(specs, alloc, health, fwd, ifs, previous=f.desired)
+        d = ruleset.desired(specs, alloc, health, fwd, ifs, previous=f.desired, versions=versions.__getitem__)
         t1 = time.perf_counter()
         before = f.applied
         ops = ruleset.plan_transaction(before, d.ruleset)  # only to count; apply plans it again
@@ -135,8 +136,8 @@ async def main():
                                       for o in ops)}
     await step("initial")
     victim = specs[target].backends[1234 % per]
-    down.add(victim); await step("one_backend_fails")
-    down.clear(); await step("it_comes_back")
+    down.add(victim); versions[target] += 1; await step("one_backend_fails")
+    down.clear(); versions[target] += 1; await step("it_comes_back")
     specs[target] = replace(specs[target], backends=tuple(
         b if i != 77 % per else replace(b, weight=3) for i, b in enumerate(specs[target].backends)))
     await step("weight_change")

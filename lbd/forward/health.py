@@ -86,6 +86,7 @@ class BackendChecker:
         self._rng = rng or random.Random()
         self._entries: dict[Key, _Entry] = {}
         self._last_specs: list[ServiceSpec] | None = None
+        self._versions: dict[str, int] = {}  # service -> bumped whenever a backend's health may change
 
     def set_services(self, services: Mapping[str, ServiceSpec]) -> None:
         # The same specs as last time (the same objects): the checks already match them.
@@ -94,6 +95,8 @@ class BackendChecker:
                 map(operator.is_, same, self._last_specs)):
             return
         self._last_specs = same
+        for name in set(services) | {key[0] for key in self._entries}:
+            self._bump(name)
         wanted: dict[Key, HealthCheckConfig] = {}
         for spec in services.values():
             for backend in spec.backends:
@@ -118,6 +121,14 @@ class BackendChecker:
                 entry.state.retune(config.rise, config.fall)
             entry.task = loop.create_task(self._loop(key, entry), name=f"backend-check:{endpoint_label(key)}")
 
+    def _bump(self, service: str) -> None:
+        self._versions[service] = self._versions.get(service, 0) + 1
+
+    def version(self, service: str) -> tuple[int, int]:
+        """Changes whenever the health of one of ``service``'s backends may have changed: the
+        forwarder asks every backend's health again only then (``ruleset.desired(versions=)``)."""
+        return id(self), self._versions.get(service, 0)
+
     def healthy(self, spec: ServiceSpec, backend: Backend) -> bool | None:
         """True when up; False when down or not yet known; None when not checked."""
         entry = self._entries.get(check_for(spec, backend)[0])
@@ -139,6 +150,7 @@ class BackendChecker:
                 await task
         for key in self._entries:
             self._unlabel(key)
+            self._bump(key[0])
         self._entries.clear()
         self._last_specs = None
 
@@ -175,6 +187,7 @@ class BackendChecker:
                 BACKEND_TRANSITIONS.labels(key[0], label, entry.state.state).inc()
             BACKEND_UP.labels(key[0], label).set(1 if entry.state.healthy else 0)
             if flipped:
+                self._bump(key[0])
                 log.info("backend_health_changed", service=key[0], backend=label, healthy=entry.state.healthy,
                          detail=result.detail)
                 if self._on_change is not None:

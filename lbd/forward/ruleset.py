@@ -232,12 +232,17 @@ def desired(
     forwarding: ForwardingConfig,
     interfaces: Mapping[str, Sequence[IPInterface]],
     previous: Desired | None = None,
+    versions: Callable[[str], object] | None = None,
 ) -> Desired:
     """The forwarding ruleset for this node (the same on every node given the same health).
 
     ``previous`` (the last result) supplies the weight a backend had before it was
     drained; without it a drained backend counts with weight 1 in the
     established-flow table of a dsr port (exact for the default weight).
+
+    ``versions`` (service -> a value that changes whenever the health of one of its
+    backends may have changed, ``BackendChecker.version``) lets a pass skip asking
+    the health of every backend of a service whose version did not change.
     """
     last_weights = previous.weights if previous is not None else {}
     kept_weights: dict[tuple[str, str], int] = {}
@@ -253,8 +258,14 @@ def desired(
         if not spec.backends or allocation is None:
             continue
         total_up = 0
+        version = versions(name) if versions is not None else None
         for group in _groups(name, spec, allocation, forwarding, interfaces):
-            oks = tuple([healthy(name, m.backend) for m in group.members])
+            if version is not None and group.seen is not None and group.seen[0] == version:
+                oks = group.seen[1]
+            else:
+                oks = tuple([healthy(name, m.backend) for m in group.members])
+                if version is not None:
+                    group.seen = (version, oks)
             drained = tuple([last_weights.get((name, m.endpoint), 1) for m in group.drained])
             key = (oks, drained)
             hit = group.last
@@ -339,6 +350,7 @@ class _Group:
     # The last result: ((health, drained weights), port, backends up, table). A pass where
     # neither changed reuses it.
     last: tuple[Any, PortForward, int, maglev.MaglevTable] | None = None
+    seen: tuple[object, tuple[bool | None, ...]] | None = None  # (health version, health per member)
 
 
 # service -> (spec, the other inputs, its groups): a health flip reuses them, and a change to one

@@ -385,12 +385,39 @@ async def test_backend_checker_converges_and_skips_unchanged_specs(setup) -> Non
         keys = set(checker._entries)
         assert len(keys) == 5  # 3 web + 2 dsr backends, each checked
         entries = dict(checker._entries)
+        version = checker.version("static/web")
         checker.set_services(dict(services))  # the same spec objects: nothing restarted
         assert checker._entries == entries and all(checker._entries[k] is entries[k] for k in keys)
+        assert checker.version("static/web") == version  # so the forwarder need not ask again
         web = services["static/web"]
         fewer = replace(web, backends=web.backends[:2])  # a changed spec converges at once
         checker.set_services({**services, "static/web": fewer})
         assert len(checker._entries) == 4 and checker.healthy(fewer, fewer.backends[0]) is False
+        assert checker.version("static/web") != version
         assert checker.healthy(web, web.backends[2]) is None  # no longer checked
     finally:
         await checker.close()
+
+
+def test_health_is_asked_again_only_when_the_service_version_changes(setup) -> None:
+    cfg, services, allocations = setup
+    down: set[str] = set()
+    asked: list[str] = []
+    versions = {"static/web": 1, "static/dsr": 1}
+
+    def healthy(service, backend):  # type: ignore[no-untyped-def]
+        asked.append(service)
+        return str(backend.address) not in down
+
+    d1 = desired(services, allocations, healthy, cfg.forwarding, IFS, versions=versions.__getitem__)
+    assert sorted(set(asked)) == ["static/dsr", "static/web"]
+    asked.clear()
+    down.add("10.88.1.11")
+    versions["static/web"] += 1  # what BackendChecker does when a web backend flips
+    d2 = desired(services, allocations, healthy, cfg.forwarding, IFS, previous=d1, versions=versions.__getitem__)
+    assert set(asked) == {"static/web"}  # dsr's backends were not asked
+    assert d2.ruleset == desired(services, allocations, healthy, cfg.forwarding, IFS).ruleset  # same result
+    dsr1 = next(p for p in d1.ruleset.ports if p.service == "static/dsr")
+    assert next(p for p in d2.ruleset.ports if p.service == "static/dsr") is dsr1  # reused as is
+    web2 = next(p for p in d2.ruleset.ports if p.service == "static/web")
+    assert web2 != next(p for p in d1.ruleset.ports if p.service == "static/web")
