@@ -7,12 +7,15 @@ Sections (each in its own ``lbd.forward.lab`` lab: client, lbd nodes, three back
    on the backends' subnet (the same client, the same tool); then opens
    ``--connections`` short connections each way. Reports both and the ratios.
 2. ``apply``: lbd's own forwarding code (``lbd.forward.ruleset`` +
-   ``Forwarder``, what the daemon runs) in a fresh namespace with one service
-   of ``--backends`` backends (10,000 by default) and a 65537-entry table:
-   the initial load, then one backend failing, coming back, and changing
-   weight. Reports the kernel transaction (libnftables + commit) and the Maglev
-   computation separately. Driven directly rather than through a daemon: 10,000
-   live health-checked backends do not fit this machine.
+   ``Forwarder``, what the daemon runs) in a fresh namespace with
+   ``--backends`` backends (10,000 by default), twice: in one service with a
+   65537-entry table, then spread over ``--services`` services (100) with
+   8191-entry tables: the initial load, then one backend failing, coming
+   back, and changing weight. Reports for each change the end-to-end time
+   (from the change entering the forwarder, i.e. the desired state computed
+   from services and health, to the kernel having committed it) and the
+   kernel part (libnftables + commit). Driven directly rather than through a
+   daemon: 10,000 live health-checked backends do not fit this machine.
 3. ``failover``: two lbd nodes in a cluster, ``--flows`` long-lived TCP
    connections through the VIP exchanging a line every 0.2 s; the VIP's owner
    crashes (link down, SIGKILL); the share of connections that still work
@@ -91,42 +94,52 @@ def bench_path(workdir: Path, mode: str, seconds: int, connections: int, rounds:
 
 APPLY = r"""
 import asyncio, ipaddress, json, sys, time
+from dataclasses import replace
 from lbd.forward import ruleset
 from lbd.forward.forwarder import Forwarder
 from lbd.model import Allocation, Backend, ForwardingConfig, PortSpec, ServiceSpec
-n = int(sys.argv[1])
-port = PortSpec("tcp", 80)
+n, services_n, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+per = n // services_n
 base = int(ipaddress.IPv4Address("10.88.0.0"))
-backends = [Backend(port, ipaddress.IPv4Address(base + 10 + i), 8080) for i in range(n)]
-spec = ServiceSpec(name="bench/big", ports=(port,), backends=tuple(backends))
-alloc = {"bench/big": Allocation("bench/big", "p", (ipaddress.ip_address("10.77.0.100"),))}
-fwd = ForwardingConfig(seed=1, table_size=65537)
+specs, alloc = {}, {}
+for s in range(services_n):
+    port = PortSpec("tcp", 80)
+    name = f"bench/s{s}"
+    specs[name] = ServiceSpec(name=name, ports=(port,), backends=tuple(
+        Backend(port, ipaddress.IPv4Address(base + 10 + s * per + i), 8080) for i in range(per)))
+    alloc[name] = Allocation(name, "p", (ipaddress.IPv4Address(int(ipaddress.IPv4Address("10.77.0.0")) + 10 + s),))
+fwd = ForwardingConfig(seed=1, table_size=size)
 ifs = {"eth0": (ipaddress.ip_interface("10.88.0.1/16"),)}
-down, weights = set(), {}
-def health(s, b):
-    return str(b.address) not in down
+down = set()
+def health(s, b):  # what the daemon asks its BackendChecker: a lookup
+    return b not in down
+versions = dict.fromkeys(specs, 0)  # BackendChecker.version: bumped when a backend of the service flips
+target = "bench/s0"
 async def main():
-    global spec
     f = Forwarder()
     out = {}
     async def step(label):
-        global spec
+        # End to end: from the change entering lbd's forwarder (the desired state computed from
+        # services + health) to the kernel having committed it.
         t0 = time.perf_counter()
-        d = ruleset.desired({"bench/big": spec}, alloc, health, fwd, ifs)
+        d = ruleset.desired(specs, alloc, health, fwd, ifs, previous=f.desired, versions=versions.__getitem__)
         t1 = time.perf_counter()
         before = f.applied
-        ops = ruleset.plan_transaction(before, d.ruleset)
+        ops = ruleset.plan_transaction(before, d.ruleset)  # only to count; apply plans it again
+        t_plan = time.perf_counter()
         await f.apply(d)
         t2 = time.perf_counter()
-        out[label] = {"compute_s": round(t1 - t0, 4), "kernel_s": round(f.last_apply["seconds"], 4),
-                      "total_s": round(t2 - t0, 4), "commands": len(ops),
+        kernel = f.last_apply["seconds"]
+        out[label] = {"end_to_end_s": round((t2 - t0) - (t_plan - t1), 4), "kernel_s": round(kernel, 4),
+                      "desired_s": round(t1 - t0, 4), "commands": len(ops),
                       "elements": sum(len(o.get("add", o.get("delete", {})).get("element", {}).get("elem", []))
                                       for o in ops)}
     await step("initial")
-    down.add(str(backends[1234 % n].address)); await step("one_backend_fails")
-    down.clear(); await step("it_comes_back")
-    spec = spec.__class__(**{**spec.__dict__, "backends": tuple(
-        b if i != 77 % n else Backend(b.port, b.address, b.target_port, weight=3) for i, b in enumerate(backends))})
+    victim = specs[target].backends[1234 % per]
+    down.add(victim); versions[target] += 1; await step("one_backend_fails")
+    down.clear(); versions[target] += 1; await step("it_comes_back")
+    specs[target] = replace(specs[target], backends=tuple(
+        b if i != 77 % per else replace(b, weight=3) for i, b in enumerate(specs[target].backends)))
     await step("weight_change")
     await f.close()
     print(json.dumps(out))
@@ -134,13 +147,14 @@ asyncio.run(main())
 """
 
 
-def bench_apply(n: int) -> dict:
+def bench_apply(n: int, services: int, size: int) -> dict:
     with Lab() as lab:
         host = lab.add_host("lb", ["10.88.0.1/16"])
-        result = host.run([sys.executable, "-c", APPLY, str(n)], timeout=600, check=False)
+        result = host.run([sys.executable, "-c", APPLY, str(n), str(services), str(size)], timeout=600, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"apply benchmark failed: {result.stderr[-2000:]}")
-        return json.loads(result.stdout.splitlines()[-1])
+        return {"backends": n, "services": services, "table_size": size,
+                **json.loads(result.stdout.splitlines()[-1])}
 
 
 def bench_failover(workdir: Path, mode: str, flows: int) -> dict:
@@ -179,6 +193,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=300, help="short connections per rate sample")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backends", type=int, default=10000)
+    parser.add_argument("--table-size", type=int, default=65537, help="apply: one service of --backends")
+    parser.add_argument("--services", type=int, default=100, help="apply: then --backends over this many services")
+    parser.add_argument("--small-table-size", type=int, default=8191, help="... each with a table of this size")
     parser.add_argument("--flows", type=int, default=50)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -191,7 +208,8 @@ def main() -> int:
                                for mode in ("nat", "dsr")]
             print(json.dumps({"path": results["path"]}), flush=True)
         if "apply" in sections:
-            results["apply"] = bench_apply(args.backends)
+            results["apply"] = [bench_apply(args.backends, 1, args.table_size),
+                                bench_apply(args.backends, args.services, args.small_table_size)]
             print(json.dumps({"apply": results["apply"]}), flush=True)
         if "failover" in sections:
             results["failover"] = [bench_failover(workdir, mode, args.flows) for mode in ("dsr", "nat")]

@@ -383,7 +383,8 @@ class Daemon:
             COLLECTOR.forwarder = self.forwarder
         self.backend_checks.set_services(forwarded)
         want = desired(forwarded, self.allocations, lambda s, b: self.backend_checks.healthy(forwarded[s], b),
-                       self.config.forwarding, {i.name: i.networks for i in interfaces if i.up})
+                       self.config.forwarding, {i.name: i.networks for i in interfaces if i.up},
+                       previous=self.forwarder.desired, versions=self.backend_checks.version)
         try:
             await self.forwarder.apply(want)
             if self.config.metrics.listen:  # for Prometheus; lbd-ctl status reads afresh

@@ -106,19 +106,21 @@ class Forwarder:
 
     def _retire(self, applied: Ruleset, want: Ruleset) -> None:
         """Before a change: bank the counts of entries about to be rewritten or removed."""
-        new = {p.name: p for p in want.ports}
+        new = {p.name: dict(p.maps()) for p in want.ports}
         for p in applied.ports:
-            after = new.get(p.name)
-            moved = [b for b in range(len(p.buckets))
-                     if after is None or b >= len(after.buckets) or after.buckets[b] != p.buckets[b]]
-            if not moved:
-                continue
-            values = self._entries(p.table_family, p.map)
-            for b in moved:
-                packets, octets = values.get(b, (0, 0))
-                total = self._retired.setdefault((p.table_family, p.buckets[b]), [0, 0])
-                total[0] += packets
-                total[1] += octets
+            after_maps = new.get(p.name, {})
+            for m, ids in p.maps():
+                after = after_maps.get(m)
+                moved = [b for b in range(len(ids))
+                         if ids[b] and (after is None or b >= len(after) or after[b] != ids[b])]
+                if not moved:
+                    continue
+                values = self._entries(p.table_family, m)
+                for b in moved:
+                    packets, octets = values.get(b, (0, 0))
+                    total = self._retired.setdefault((p.table_family, ids[b]), [0, 0])
+                    total[0] += packets
+                    total[1] += octets
 
     def read_counters(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(table family, backend id) -> (packets, bytes), read now from the kernel: the sum
@@ -127,11 +129,12 @@ class Forwarder:
             return self._counters
         totals = {key: list(value) for key, value in self._retired.items()}
         for p in self.applied.ports:
-            for bucket, (packets, octets) in self._entries(p.table_family, p.map).items():
-                if bucket < len(p.buckets):
-                    total = totals.setdefault((p.table_family, p.buckets[bucket]), [0, 0])
-                    total[0] += packets
-                    total[1] += octets
+            for m, ids in p.maps():
+                for bucket, (packets, octets) in self._entries(p.table_family, m).items():
+                    if bucket < len(ids) and ids[bucket]:
+                        total = totals.setdefault((p.table_family, ids[bucket]), [0, 0])
+                        total[0] += packets
+                        total[1] += octets
         self._counters = {key: (value[0], value[1]) for key, value in totals.items()}
         self._read_at = time.monotonic()
         return self._counters

@@ -38,14 +38,17 @@ flow reaches the same backend whichever node holds the VIP.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import ipaddress
+import itertools
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from lbd.forward import maglev
-from lbd.model import Allocation, Backend, ForwardingConfig, IPInterface, ServiceSpec
+from lbd.model import Allocation, Backend, ForwardingConfig, IPInterface, PortSpec, ServiceSpec
 
 TABLE = "lbd"
 NAT = "inet"
@@ -96,10 +99,47 @@ class PortForward:
     seed: int
     device: str | None = None  # dsr: the interface towards the backends
     buckets: tuple[str, ...] = ()  # backend id per bucket; () when no backend takes new flows
+    # dsr + tcp only: the table for packets of established flows (not a bare SYN), built from
+    # the backends taking new flows plus the drained ones (weight 0, still healthy) at their
+    # previous weight, so a drained backend keeps its established connections. () otherwise.
+    established: tuple[str, ...] = ()
 
     @property
     def map(self) -> str:
         return "m" + self.name[1:]
+
+    @property
+    def emap(self) -> str:
+        return "e" + self.name[1:]
+
+    @property
+    def dset(self) -> str:
+        return "d" + self.name[1:]
+
+    @property
+    def nset(self) -> str:
+        return "n" + self.name[1:]
+
+    @property
+    def split(self) -> bool:
+        """dsr + tcp: new flows and established flows are told apart (see ``_port_rules``)."""
+        return self.mode == "dsr" and self.protocol == "tcp"
+
+    @functools.cached_property
+    def held(self) -> tuple[str, ...]:
+        """The established-flow map's entries: only the buckets where it differs from the
+        new-flow map ("" where it does not: no element)."""
+        if not self.split:
+            return ()
+        n = len(self.buckets)
+        held = tuple(e if i >= n or e != self.buckets[i] else "" for i, e in enumerate(self.established))
+        return held if any(held) else ()
+
+    def maps(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(map name, backend id per bucket, "" for no element) of every map of the port."""
+        if self.split:
+            return ((self.map, self.buckets), (self.emap, self.held))
+        return ((self.map, self.buckets),)
 
     @property
     def table_family(self) -> str:
@@ -140,8 +180,28 @@ class BackendView:
 @dataclass
 class Desired:
     ruleset: Ruleset
-    views: list[BackendView] = field(default_factory=list)
+    # (service, group, health per member, table) per VIP port: the views are built from these on
+    # demand (status, metrics), not on the path of a change.
+    view_source: list[tuple[str, "_Group", tuple[bool | None, ...], maglev.MaglevTable]] = field(default_factory=list)
     no_backend: dict[str, str] = field(default_factory=dict)  # service -> reason (no healthy backend)
+    # (service, endpoint) -> the last positive weight seen: a drained (weight 0) dsr backend keeps
+    # it in the established-flow table (pass this Desired as ``previous`` to the next ``desired``).
+    weights: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @functools.cached_property
+    def views(self) -> list[BackendView]:
+        out: list[BackendView] = []
+        for name, group, oks, table in self.view_source:
+            shares = _shares(table)
+            for m, ok in zip(group.members, oks):
+                b = m.backend
+                out.append(BackendView(
+                    service=name, port=group.port_text, endpoint=m.endpoint, weight=b.weight, healthy=ok,
+                    share=shares.get(m.endpoint, 0.0), counter=None if m.note else m.target.name,
+                    table_family=m.target.table_family,
+                    note=m.note or ("draining (weight 0)" if b.weight == 0 else ""),
+                ))
+        return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -171,12 +231,25 @@ def desired(
     healthy: Callable[[str, Backend], bool | None],
     forwarding: ForwardingConfig,
     interfaces: Mapping[str, Sequence[IPInterface]],
+    previous: Desired | None = None,
+    versions: Callable[[str], object] | None = None,
 ) -> Desired:
-    """The forwarding ruleset for this node (the same on every node given the same health)."""
+    """The forwarding ruleset for this node (the same on every node given the same health).
+
+    ``previous`` (the last result) supplies the weight a backend had before it was
+    drained; without it a drained backend counts with weight 1 in the
+    established-flow table of a dsr port (exact for the default weight).
+
+    ``versions`` (service -> a value that changes whenever the health of one of its
+    backends may have changed, ``BackendChecker.version``) lets a pass skip asking
+    the health of every backend of a service whose version did not change.
+    """
+    last_weights = previous.weights if previous is not None else {}
+    kept_weights: dict[tuple[str, str], int] = {}
     ports: list[PortForward] = []
     backends: dict[str, BackendTarget] = {}
     snat: set[tuple[int, str, str, int]] = set()
-    views: list[BackendView] = []
+    view_source: list[tuple[str, _Group, tuple[bool | None, ...], maglev.MaglevTable]] = []
     no_backend: dict[str, str] = {}
     uses_dsr = False
     for name in sorted(services):
@@ -185,70 +258,200 @@ def desired(
         if not spec.backends or allocation is None:
             continue
         total_up = 0
-        for port in spec.ports:
-            members = [b for b in spec.backends if b.port == port]
-            if not members:
-                continue
-            for vip in allocation.addresses:
-                fitting = [b for b in members if b.address.version == vip.version]
-                weights: dict[str, int] = {}
-                chain_of: dict[str, str] = {}
-                port_device: str | None = None
-                if spec.forward == "dsr":
-                    devices_here = sorted({d for d in (_device_for(b.address, interfaces) for b in fitting) if d})
-                    port_device = devices_here[0] if devices_here else None
-                for b in fitting:
-                    ok = healthy(name, b)
-                    endpoint, address = b.endpoint, str(b.address)
-                    device = None
-                    note = ""
-                    if spec.forward == "dsr":
-                        device = _device_for(b.address, interfaces)
-                        if device is None:
-                            note = "no interface of this node has a subnet holding it (dsr needs layer 2)"
-                        elif device != port_device:
-                            note = f"on {device}, not on {port_device} with the port's other backends (dsr)"
-                    usable = ok is True and b.weight > 0 and not note
-                    target = BackendTarget(
-                        name=_id("b", name, spec.forward, address, port.protocol, port.port, b.target_port, device),
-                        service=name, endpoint=endpoint, family=b.address.version, protocol=port.protocol,
-                        address=address, port=b.target_port, mode=spec.forward, device=device,
-                    )
-                    if not note:
-                        backends[target.name] = target
-                        chain_of[endpoint] = target.name
-                    weights[endpoint] = b.weight if usable else 0
-                    if ok is True and not note:
-                        total_up += 1
-                    if spec.forward == "nat" and spec.snat:
-                        snat.add((b.address.version, address, port.protocol, b.target_port))
-                    views.append(BackendView(
-                        service=name, port=str(port), endpoint=endpoint, weight=b.weight, healthy=ok,
-                        share=0.0, counter=None if note else target.name, table_family=target.table_family,
-                        note=note or ("draining (weight 0)" if b.weight == 0 else ""),
-                    ))
-                table = _table(tuple(sorted(weights.items())), forwarding.table_size)
-                shares = table.shares()
-                for view in views[len(views) - len(fitting):]:
-                    view.share = shares.get(view.endpoint, 0.0)
-                pf = PortForward(
-                    name=_id("p", name, vip, port, spec.forward, forwarding.table_size, forwarding.seed, port_device),
-                    service=name, vip=str(vip), family=vip.version, protocol=port.protocol, port=port.port,
-                    mode=spec.forward, size=forwarding.table_size, seed=forwarding.seed, device=port_device,
-                    buckets=_bucket_ids(table, tuple(chain_of.get(n, "") for n in table.backends)),
-                )
-                ports.append(pf)
-                uses_dsr = uses_dsr or spec.forward == "dsr"
+        version = versions(name) if versions is not None else None
+        for group in _groups(name, spec, allocation, forwarding, interfaces):
+            if version is not None and group.seen is not None and group.seen[0] == version:
+                oks = group.seen[1]
+            else:
+                oks = tuple([healthy(name, m.backend) for m in group.members])
+                if version is not None:
+                    group.seen = (version, oks)
+            drained = tuple([last_weights.get((name, m.endpoint), 1) for m in group.drained])
+            key = (oks, drained)
+            hit = group.last
+            if hit is not None and hit[0] == key:
+                _, pf, up, table = hit  # nothing of this port changed: no table, no bucket work
+            else:
+                pf, up, table = _port(group, oks, drained, forwarding.table_size)
+                group.last = (key, pf, up, table)
+            snat.update(group.snat)
+            backends.update(group.targets)
+            kept_weights.update(group.weights)
+            for m, kept in zip(group.drained, drained):
+                kept_weights[(name, m.endpoint)] = kept
+            total_up += up
+            view_source.append((name, group, oks, table))
+            ports.append(pf)
+            uses_dsr = uses_dsr or spec.forward == "dsr"
         if total_up == 0:
             no_backend[name] = f"no healthy backend (0 of {len(spec.backends)} up on this node)"
+    for gone in set(_STATIC) - set(services):
+        del _STATIC[gone]
     devices = tuple(sorted(interfaces)) if uses_dsr else ()
     ruleset = Ruleset(
         ports=tuple(sorted(ports, key=lambda p: p.name)),
-        backends=tuple(sorted(backends.values(), key=lambda b: b.name)),
+        backends=_sorted_targets(backends),
         snat=tuple(sorted(snat)),
         devices=devices,
     )
-    return Desired(ruleset=ruleset, views=views, no_backend=no_backend)
+    return Desired(ruleset=ruleset, view_source=view_source, no_backend=no_backend, weights=kept_weights)
+
+
+def _port(group: "_Group", oks: tuple[bool | None, ...], drained: tuple[int, ...],
+          size: int) -> tuple[PortForward, int, maglev.MaglevTable]:
+    """One VIP port's tables for this health: (the port, backends up, the new-flow table)."""
+    weights: dict[str, int] = {}
+    held: dict[str, int] = {}  # dsr tcp: the established-flow table's weights
+    kept_of = dict(zip((m.endpoint for m in group.drained), drained))
+    up = 0
+    for m, ok in zip(group.members, oks):
+        b, endpoint = m.backend, m.endpoint
+        usable = ok is True and not m.note
+        weights[endpoint] = b.weight if usable and b.weight > 0 else 0
+        # A failed backend leaves both tables; a drained one only the new-flow table, and keeps
+        # its previous weight in the established-flow table.
+        held[endpoint] = (b.weight if b.weight > 0 else kept_of[endpoint]) if usable else 0
+        up += usable
+    chain_of = group.chain_of
+    table = _table(tuple(sorted(weights.items())), size)
+    pf = dataclasses.replace(group.base, buckets=_bucket_ids(table, tuple(chain_of.get(n, "") for n in table.backends)))
+    if pf.split:
+        etable = _table(tuple(sorted(held.items())), size)
+        pf = dataclasses.replace(pf, established=_bucket_ids(
+            etable, tuple(chain_of.get(n, "") for n in etable.backends)))
+    return pf, up, table
+
+
+@dataclass(frozen=True)
+class _Member:
+    """What does not depend on health: one backend as the port's tables see it."""
+
+    backend: Backend
+    endpoint: str
+    target: BackendTarget
+    note: str  # why it cannot take flows here (dsr without layer 2), or ""
+    snat: tuple[int, str, str, int] | None
+    port: PortSpec
+    port_device: str | None
+
+
+@dataclass(eq=False)
+class _Group:
+    """One VIP port of a service, everything but health: computed once per service spec."""
+
+    base: PortForward  # without buckets
+    port_text: str
+    members: tuple[_Member, ...]
+    chain_of: dict[str, str]  # endpoint -> backend id, for the backends that can be in the table
+    targets: dict[str, BackendTarget]  # backend id -> target, the same backends
+    drained: tuple[_Member, ...]  # weight 0: their previous weight is an input
+    weights: dict[tuple[str, str], int]  # (service, endpoint) -> weight, the others
+    snat: frozenset[tuple[int, str, str, int]]  # nat with snat: (family, address, protocol, port)
+    # The last result: ((health, drained weights), port, backends up, table). A pass where
+    # neither changed reuses it.
+    last: tuple[Any, PortForward, int, maglev.MaglevTable] | None = None
+    seen: tuple[object, tuple[bool | None, ...]] | None = None  # (health version, health per member)
+
+
+# service -> (spec, the other inputs, its groups): a health flip reuses them, and a change to one
+# service's spec recomputes only that service (per backend, only what is new: ``_member``).
+_STATIC: dict[str, tuple[ServiceSpec, tuple[Any, ...], tuple[_Group, ...]]] = {}
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _member(name: str, mode: str, snat: bool, port: PortSpec, b: Backend, device: str | None,
+            port_device: str | None) -> _Member:
+    endpoint, address = b.endpoint, str(b.address)
+    note = ""
+    if mode == "dsr":
+        if device is None:
+            note = "no interface of this node has a subnet holding it (dsr needs layer 2)"
+        elif device != port_device:
+            note = f"on {device}, not on {port_device} with the port's other backends (dsr)"
+    target = BackendTarget(
+        name=_id("b", name, mode, address, port.protocol, port.port, b.target_port, device),
+        service=name, endpoint=endpoint, family=b.address.version, protocol=port.protocol,
+        address=address, port=b.target_port, mode=mode, device=device,
+    )
+    return _Member(backend=b, endpoint=endpoint, target=target, note=note,
+                   snat=(b.address.version, address, port.protocol, b.target_port) if mode == "nat" and snat else None,
+                   port=port, port_device=port_device)
+
+
+def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: ForwardingConfig,
+            interfaces: Mapping[str, Sequence[IPInterface]]) -> tuple[_Group, ...]:
+    ifs = tuple(sorted((n, tuple(nets)) for n, nets in interfaces.items())) if spec.forward == "dsr" else ()
+    inputs = (allocation, forwarding.table_size, forwarding.seed, ifs)
+    cached = _STATIC.get(name)
+    if cached is not None and (cached[0] is spec or cached[0] == spec) and cached[1] == inputs:
+        return cached[2]
+    # A changed spec (a weight, a backend added): the backends it still shares with the last one,
+    # by identity (``dataclasses.replace`` and the sources keep them), are not worked out again.
+    reuse: dict[int, _Member] = {}
+    if cached is not None and cached[1] == inputs and (cached[0].forward, cached[0].snat) == (spec.forward, spec.snat):
+        reuse = {id(m.backend): m for g in cached[2] for m in g.members}
+    groups: list[_Group] = []
+    for port in spec.ports:
+        members = [b for b in spec.backends if b.port == port]
+        if not members:
+            continue
+        for vip in allocation.addresses:
+            fitting = [b for b in members if b.address.version == vip.version]
+            devices = {b: _device_for(b.address, interfaces) for b in fitting} if spec.forward == "dsr" else {}
+            port_device: str | None = None
+            if spec.forward == "dsr":
+                devices_here = sorted({d for d in devices.values() if d})
+                port_device = devices_here[0] if devices_here else None
+            group_members = tuple(
+                m if (m := reuse.get(id(b))) is not None and m.backend is b and m.port_device == port_device
+                and m.target.port == b.target_port and m.port == port
+                else _member(name, spec.forward, spec.snat, port, b, devices.get(b), port_device)
+                for b in fitting)
+            base = PortForward(
+                name=_id("p", name, vip, port, spec.forward, forwarding.table_size, forwarding.seed, port_device),
+                service=name, vip=str(vip), family=vip.version, protocol=port.protocol, port=port.port,
+                mode=spec.forward, size=forwarding.table_size, seed=forwarding.seed, device=port_device,
+            )
+            groups.append(_Group(base=base, port_text=str(port), members=group_members,
+                                 chain_of={m.endpoint: m.target.name for m in group_members if not m.note},
+                                 targets={m.target.name: m.target for m in group_members if not m.note},
+                                 drained=tuple(m for m in group_members if m.backend.weight == 0),
+                                 weights={(name, m.endpoint): m.backend.weight for m in group_members
+                                          if m.backend.weight > 0},
+                                 snat=frozenset(m.snat for m in group_members if m.snat is not None)))
+    _STATIC[name] = (spec, inputs, tuple(groups))
+    return _STATIC[name][2]
+
+
+_TARGETS: list[tuple[frozenset[str], tuple[BackendTarget, ...]]] = []
+
+
+_BY_ID: list[tuple[tuple[BackendTarget, ...], dict[str, BackendTarget]]] = []
+
+
+def _targets_by_id(backends: tuple[BackendTarget, ...]) -> dict[str, BackendTarget]:
+    """id -> target; the last answer when ``backends`` is the very same tuple (``_sorted_targets``)."""
+    if _BY_ID and _BY_ID[0][0] is backends:
+        return _BY_ID[0][1]
+    _BY_ID[:] = [(backends, {b.name: b for b in backends})]
+    return _BY_ID[0][1]
+
+
+def _sorted_targets(backends: dict[str, BackendTarget]) -> tuple[BackendTarget, ...]:
+    """The ruleset's backends in id order; the last answer again when the ids are the same
+    (a health flip does not change them: every backend that can be in a table is listed)."""
+    ids = frozenset(backends)
+    if _TARGETS and _TARGETS[0][0] == ids and all(map(operator.is_, map(backends.__getitem__, (
+            t.name for t in _TARGETS[0][1])), _TARGETS[0][1])):
+        return _TARGETS[0][1]
+    out = tuple(sorted(backends.values(), key=lambda b: b.name))
+    _TARGETS[:] = [(ids, out)]
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _shares(table: maglev.MaglevTable) -> dict[str, float]:
+    return table.shares()
 
 
 def to_withdraw(want: Desired, services: Mapping[str, ServiceSpec]) -> frozenset[str]:
@@ -276,13 +479,51 @@ def _ipname(family: int) -> str:
     return "ip" if family == 4 else "ip6"
 
 
-def _port_rule(p: PortForward) -> list[dict[str, Any]]:
+def _lookup(p: PortForward, name: str) -> dict[str, Any]:
     key = {"concat": [_payload(_ipname(p.family), "saddr"), _payload(p.protocol, "sport")]}
-    lookup = {"map": {"key": {"jhash": {"mod": p.size, "seed": p.seed, "expr": key}}, "data": "@" + p.map}}
+    return {"map": {"key": {"jhash": {"mod": p.size, "seed": p.seed, "expr": key}}, "data": "@" + name}}
+
+
+# A TCP segment opening a connection: SYN set, ACK clear (RFC 9293 section 3.5).
+def _syn(op: str) -> dict[str, Any]:
+    return {"match": {"op": op, "left": {"&": [_payload("tcp", "flags"), ["syn", "ack"]]}, "right": "syn"}}
+
+
+FLOW_TIMEOUT = 7200  # s: how long a flow opened in a drained bucket is remembered after its last packet
+FLOW_SET_SIZE = 262144
+
+
+def _flow(p: PortForward) -> dict[str, Any]:
+    return {"concat": [_payload(_ipname(p.family), "saddr"), _payload("tcp", "sport")]}
+
+
+def _port_rules(p: PortForward) -> list[list[dict[str, Any]]]:
+    """The port chain's rules (each a list of expressions)."""
+    if p.split:
+        # dsr keeps no per-flow state in general, so the packet says whether its flow is new: a
+        # bare SYN takes the new-flow map ``m`` (drained backends are not in it); every other
+        # packet takes the established-flow map ``e`` where it has an entry (the buckets of
+        # drained backends, still pointing at them), else ``m``. A connection opened during a
+        # drain in such a bucket went to another backend: its flow (client address . port) is
+        # remembered in the dynamic set ``n`` so its later packets follow ``m`` too. That is the
+        # only per-flow state, and only for those flows. ``d`` holds the buckets where ``e`` has
+        # an entry. A SYN finding no entry (every backend drained) falls through to the node.
+        fwd = {"dev": p.device, "family": _ipname(p.family)}
+        bucket = {"jhash": {"mod": p.size, "seed": p.seed, "expr": _flow(p)}}
+        remember = {"set": {"op": "update", "elem": _flow(p), "set": "@" + p.nset}}
+        return [
+            [_syn("=="), {"match": {"op": "==", "left": bucket, "right": "@" + p.dset}}, remember,
+             {"fwd": {**fwd, "addr": _lookup(p, p.map)}}],
+            [_syn("=="), {"fwd": {**fwd, "addr": _lookup(p, p.map)}}],
+            [_syn("!="), {"match": {"op": "==", "left": _flow(p), "right": "@" + p.nset}}, remember,
+             {"fwd": {**fwd, "addr": _lookup(p, p.map)}}],
+            [_syn("!="), {"fwd": {**fwd, "addr": _lookup(p, p.emap)}}],
+            [_syn("!="), {"fwd": {**fwd, "addr": _lookup(p, p.map)}}],
+        ]
     if p.mode == "dsr":
-        return [{"fwd": {"dev": p.device, "family": _ipname(p.family), "addr": lookup}}]
-    return [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": p.protocol}},
-            {"dnat": {"family": _ipname(p.family), "addr": lookup}}]
+        return [[{"fwd": {"dev": p.device, "family": _ipname(p.family), "addr": _lookup(p, p.map)}}]]
+    return [[{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": p.protocol}},
+             {"dnat": {"family": _ipname(p.family), "addr": _lookup(p, p.map)}}]]
 
 
 def _dispatch_rule(p: PortForward) -> list[dict[str, Any]]:
@@ -293,15 +534,17 @@ def _dispatch_rule(p: PortForward) -> list[dict[str, Any]]:
     ]
 
 
-def _elements(p: PortForward, buckets: Sequence[int], targets: Mapping[str, BackendTarget]) -> list[Any]:
-    return [[b, targets[p.buckets[b]].value()] for b in buckets]
+def _elements(ids: Sequence[str], buckets: Sequence[int], targets: Mapping[str, BackendTarget] | None) -> list[Any]:
+    if targets is None:  # a set of buckets
+        return list(buckets)
+    return [[b, targets[ids[b]].value()] for b in buckets]
 
 
-def map_declaration(p: PortForward) -> str:
-    """nft syntax for a port's map (see ``prepare_text``)."""
+def map_declaration(p: PortForward, name: str | None = None) -> str:
+    """nft syntax for a port's map ``name`` (default: its new-flow map; see ``prepare_text``)."""
     ip = _ipname(p.family)
     data = f"{ip} daddr" if p.mode == "dsr" else f"{ip} daddr . tcp dport"
-    return f"add map {p.table_family} {TABLE} {p.map} {{ typeof numgen random mod 2 : {data}; counter; }}"
+    return f"add map {p.table_family} {TABLE} {name or p.map} {{ typeof numgen random mod 2 : {data}; counter; }}"
 
 
 def _chunks(items: list[Any], size: int = 20000) -> list[list[Any]]:
@@ -331,10 +574,16 @@ def prepare_text(applied: Ruleset | None, want: Ruleset) -> str:
         # libnftables load its whole cache, set elements included (slow).
         if family in tables and family not in existing:
             lines.append(f"add table {family} {TABLE}")
-    have = set() if applied is None else {p.map for p in applied.ports}
+    have = set() if applied is None else {m for p in applied.ports for m, _ in p.maps()}
     for p in want.ports:
-        if p.map not in have:
-            lines.append(map_declaration(p))
+        for m, _ in p.maps():
+            if m not in have:
+                lines.append(map_declaration(p, m))
+        if p.split and p.map not in have:
+            addr = "ipv4_addr" if p.family == 4 else "ipv6_addr"
+            lines.append(f"add set {p.table_family} {TABLE} {p.dset} {{ typeof numgen random mod 2; }}")
+            lines.append(f"add set {p.table_family} {TABLE} {p.nset} {{ type {addr} . inet_service; "
+                         f"flags dynamic,timeout; timeout {FLOW_TIMEOUT}s; size {FLOW_SET_SIZE}; }}")
     return "\n".join(lines)
 
 
@@ -350,34 +599,42 @@ def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, A
     old = Ruleset() if applied is None else applied
     ops: list[dict[str, Any]] = []
     tables = want.tables()
-    new_backends = {b.name: b for b in want.backends}
+    new_backends = _targets_by_id(want.backends)
     old_ports = {p.name: p for p in old.ports}
     new_ports = {p.name: p for p in want.ports}
 
     # 2. new port chains; the bucket maps of every port
     for name, p in new_ports.items():
+        if old_ports.get(name) is p:  # a port whose health did not change is the very same object
+            continue
         t = _t(p.table_family)
+        before_maps: dict[str, tuple[str, ...]] = {}
         if name not in old_ports:
             ops.append({"add": {"chain": {**t, "name": name}}})
-            ops.append({"add": {"rule": {**t, "chain": name, "expr": _port_rule(p)}}})
-            changed = list(range(len(p.buckets)))
-            before: tuple[str, ...] = ()
+            for expr in _port_rules(p):
+                ops.append({"add": {"rule": {**t, "chain": name, "expr": expr}}})
         else:
-            before = old_ports[name].buckets
-            if len(before) != len(p.buckets):
-                changed = list(range(max(len(before), len(p.buckets))))
-            else:
-                changed = [i for i, (a, b) in enumerate(zip(before, p.buckets)) if a != b]
-        if not changed:
-            continue
-        gone = [i for i in changed if i < len(before)]
-        for chunk in _chunks(gone):
-            if chunk:
-                ops.append({"delete": {"element": {**t, "name": p.map, "elem": chunk}}})
-        fresh = [i for i in changed if i < len(p.buckets)]
-        for chunk in _chunks(fresh):
-            if chunk:
-                ops.append({"add": {"element": {**t, "name": p.map, "elem": _elements(p, chunk, new_backends)}}})
+            before_maps = dict(old_ports[name].maps())
+        objects = [(m, ids, before_maps.get(m, ()), new_backends) for m, ids in p.maps()]
+        if p.split:  # the set of buckets where the established-flow map has an entry
+            present = tuple("1" if i else "" for i in p.held)
+            present_before = tuple("1" if i else "" for i in before_maps.get(p.emap, ()))
+            objects.append((p.dset, present, present_before, None))
+        for m, ids, before, targets in objects:
+            if len(before) != len(ids):
+                changed = list(range(max(len(before), len(ids))))
+            else:  # C-level: an O(table) Python loop would be most of a small change's cost
+                changed = list(itertools.compress(itertools.count(), map(operator.ne, before, ids)))
+            if not changed:
+                continue
+            gone = [i for i in changed if i < len(before) and before[i]]
+            for chunk in _chunks(gone):
+                if chunk:
+                    ops.append({"delete": {"element": {**t, "name": m, "elem": chunk}}})
+            fresh = [i for i in changed if i < len(ids) and ids[i]]
+            for chunk in _chunks(fresh):
+                if chunk:
+                    ops.append({"add": {"element": {**t, "name": m, "elem": _elements(ids, chunk, targets)}}})
 
     # 3. the base chains: rebuilt whenever the set of forwarded VIP ports changes
     dispatch_old = sorted((p.key() for p in old.ports))
@@ -430,7 +687,11 @@ def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, A
             if name not in new_ports and p.table_family in tables:
                 t = _t(p.table_family)
                 ops.append({"delete": {"chain": {**t, "name": name}}})
-                ops.append({"delete": {"map": {**t, "name": p.map}}})
+                for m, _ in p.maps():
+                    ops.append({"delete": {"map": {**t, "name": m}}})
+                if p.split:
+                    ops.append({"delete": {"set": {**t, "name": p.dset}}})
+                    ops.append({"delete": {"set": {**t, "name": p.nset}}})
         for family in sorted(old.tables() - tables):
             ops.append({"delete": {"table": {"family": family, "name": TABLE}}})
     return ops

@@ -173,3 +173,28 @@ def test_dsr_backends_answer_directly_and_flows_survive_a_failover(lab, tmp_path
     assert final["names"] == ready
     assert all(f is None for f in final["failed"]), final  # every established connection survived
     assert min(final["ok"]) >= 25, final  # and kept exchanging after the failover
+
+
+def test_dsr_drain_keeps_established_connections_and_sends_no_new_ones(lab, tmp_path):
+    weights = {"b1": 1, "b2": 1, "b3": 1}
+    cfg = node_config("n1", backends=backend_entries(weights, 80), forward="dsr", extra=SMALL_TABLE)
+    fl = build(lab, tmp_path, nodes=("n1",), route="direct", port=80, configs={"n1": cfg})
+    lbd = fl.lbd["n1"]
+    wait_healthy(lbd, 3)
+    wait_for(lambda: vip_holder(fl) == "n1", 15, what="n1 to hold the VIP")
+
+    hold = fl.hold(12, 6.0)
+    assert hold.stdout is not None
+    ready = json.loads(hold.stdout.readline())["ready"]
+    assert "b3" in ready, ready  # 12 flows over three backends: b3 has some (p of none = (2/3)^12)
+    lbd.write_config(node_config("n1", backends=backend_entries({"b1": 1, "b2": 1, "b3": 0}, 80), forward="dsr",
+                                 extra=SMALL_TABLE))
+    lbd.ctl("reload")
+    wait_for(lambda: any(r["backend"] == "10.88.1.12:80" and r["share"] == 0 for r in backend_rows(lbd)), 10,
+             what="b3 drained")
+    after = fl.spread(40)
+    assert after["errors"] == 0 and set(after["names"]) == {"b1", "b2"}, after  # no new connection to b3
+    final = json.loads(hold.communicate(timeout=30)[0].splitlines()[-1])
+    assert all(f is None for f in final["failed"]), final
+    on_b3 = [ok for name, ok in zip(final["names"], final["ok"]) if name == "b3"]
+    assert on_b3 and min(on_b3) >= 20, final  # established connections to the drained backend kept working

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lbd.forward import maglev
 from lbd.forward.maglev import MaglevError, build, diff, is_prime, permutation_params
 
 SIZES = (4099, 8191)  # primes; small so that the properties run quickly
@@ -100,3 +101,40 @@ def test_bad_weights_and_too_many_backends() -> None:
 def test_is_prime() -> None:
     assert [n for n in range(30) if is_prime(n)] == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
     assert is_prime(65537) and is_prime(1_000_003)
+
+
+def _reference(weights: dict[str, int], size: int) -> maglev.MaglevTable:
+    """The weighted Maglev population as documented, written plainly (every backend is asked
+    every round): ``build`` schedules the turns faster and must give exactly this table."""
+    names = tuple(sorted(n for n, w in weights.items() if w > 0))
+    w = [weights[n] for n in names]
+    w_max = max(w)
+    params = [maglev.permutation_params(n, size) for n in names]
+    pos = [offset for offset, _ in params]
+    taken = [0] * len(names)
+    entries = [-1] * size
+    filled, rounds = 0, 0
+    while True:
+        rounds += 1
+        for i in range(len(names)):
+            if taken[i] * w_max >= rounds * w[i]:
+                continue
+            c = pos[i]
+            while entries[c] >= 0:
+                c = (c + params[i][1]) % size
+            entries[c] = i
+            pos[i] = (c + params[i][1]) % size
+            taken[i] += 1
+            filled += 1
+            if filled == size:
+                return maglev.MaglevTable(names, tuple(entries))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text("abcdef0123456789.:", min_size=1, max_size=12), st.integers(min_value=0, max_value=9),
+                       min_size=1, max_size=40),
+       st.sampled_from([2, 3, 7, 31, 101, 1021]))
+def test_build_equals_the_plain_weighted_population(weights: dict[str, int], size: int) -> None:
+    if not any(weights.values()) or sum(1 for w in weights.values() if w) > size:
+        return
+    assert maglev.build(weights, size) == _reference(weights, size)

@@ -4,6 +4,7 @@ lbd.forward.health.check_for: the pure parts of forwarding."""
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 import struct
 from pathlib import Path
 
@@ -107,6 +108,114 @@ def test_drain_takes_no_new_flows_but_keeps_the_chain(setup) -> None:
     assert backend not in next(p for p in d.ruleset.ports if p.service == "static/web").buckets
 
 
+def _dsr_with(services, weight: int, port: str = "tcp/81"):  # type: ignore[no-untyped-def]
+    from lbd.model import PortSpec
+
+    dsr = services["static/dsr"]
+    proto, number = port.split("/")
+    ports = (PortSpec(proto, int(number)),)
+    backends = tuple(replace(b, port=ports[0], target_port=int(number),
+                             weight=weight if str(b.address) == "10.88.1.10" else b.weight)
+                     for b in dsr.backends) + tuple(
+        replace(dsr.backends[0], port=ports[0], target_port=int(number), address=ipaddress.ip_address(a))
+        for a in ("10.88.1.11", "10.88.1.12"))
+    return {**services, "static/dsr": replace(dsr, ports=ports, backends=backends)}
+
+
+def test_dsr_drain_keeps_established_flows_and_takes_no_new_ones(setup) -> None:
+    cfg, services, allocations = setup
+    before = desired(_dsr_with(services, 1), allocations, up_except(), cfg.forwarding, IFS)
+    port = next(p for p in before.ruleset.ports if p.service == "static/dsr")
+    assert port.split and port.established == port.buckets  # nobody drained: both tables alike
+    assert port.held == () and port.maps() == ((port.map, port.buckets), (port.emap, ()))
+    drained_id = next(v.counter for v in before.views if v.endpoint == "10.88.1.10:81")
+    assert drained_id in port.buckets
+
+    after = desired(_dsr_with(services, 0), allocations, up_except(), cfg.forwarding, IFS, previous=before)
+    p2 = next(p for p in after.ruleset.ports if p.service == "static/dsr")
+    assert drained_id not in p2.buckets  # no new flow (bare SYN) reaches the drained backend
+    assert p2.established == port.buckets  # every established flow keeps its backend, drained one included
+    # The established-flow map holds only the buckets where it differs: the drained backend's.
+    moved = {i for i, (a, b) in enumerate(zip(port.buckets, p2.buckets)) if a != b}
+    assert {i for i, e in enumerate(p2.held) if e} == moved
+    assert all(p2.held[i] == port.buckets[i] for i in moved)  # the backend each flow had
+    assert {i for i, b in enumerate(port.buckets) if b == drained_id} <= moved  # the drained one's, and
+    # the few Maglev moves between survivors (without them those flows would move too)
+    ops = plan_transaction(before.ruleset, after.ruleset)
+    changed = {(k, o[k]["element"]["name"]) for o in ops for k in o if "element" in o[k]}
+    assert changed == {("delete", p2.map), ("add", p2.map), ("add", p2.emap), ("add", p2.dset)}
+    dset = next(o["add"]["element"]["elem"] for o in ops if "add" in o and o["add"].get("element", {}).get(
+        "name") == p2.dset)
+    assert set(dset) == moved
+    # The drain ends (the backend is removed): the established map and the bucket set empty again.
+    removed = {**services, "static/dsr": replace(services["static/dsr"], backends=tuple(
+        b for b in _dsr_with(services, 1)["static/dsr"].backends if str(b.address) != "10.88.1.10"))}
+    gone = desired(removed, allocations, up_except(), cfg.forwarding, IFS, previous=after)
+    ops = plan_transaction(after.ruleset, gone.ruleset)
+    assert {(k, o[k]["element"]["name"]) for o in ops for k in o if "element" in o[k]} == {
+        ("delete", p2.emap), ("delete", p2.dset)}  # m already had these buckets on the survivors
+
+    # The drained backend then fails: it leaves the established table too.
+    failed = desired(_dsr_with(services, 0), allocations, up_except("10.88.1.10"), cfg.forwarding, IFS,
+                     previous=after)
+    p3 = next(p for p in failed.ruleset.ports if p.service == "static/dsr")
+    assert drained_id not in p3.established and drained_id not in p3.buckets
+
+    # A drained backend keeps its previous weight in the established table.
+    heavy = desired(_dsr_with(services, 3), allocations, up_except(), cfg.forwarding, IFS)
+    drained = desired(_dsr_with(services, 0), allocations, up_except(), cfg.forwarding, IFS, previous=heavy)
+    hp = next(p for p in heavy.ruleset.ports if p.service == "static/dsr")
+    dp = next(p for p in drained.ruleset.ports if p.service == "static/dsr")
+    assert dp.established == hp.buckets and drained_id not in dp.buckets
+
+    # Every backend drained: no new-flow entry at all (a SYN reaches the node), established flows kept.
+    everyone = desired(_dsr_with(services, 0), allocations, up_except("10.88.1.11", "10.88.1.12"),
+                       cfg.forwarding, IFS, previous=before)
+    ep = next(p for p in everyone.ruleset.ports if p.service == "static/dsr")
+    assert ep.buckets == () and set(ep.established) == {drained_id}
+
+
+def test_dsr_rules_split_tcp_by_syn_and_udp_has_one_map(setup) -> None:
+    cfg, services, allocations = setup
+    d = desired(_dsr_with(services, 1), allocations, up_except(), cfg.forwarding, IFS).ruleset
+    port = next(p for p in d.ports if p.service == "static/dsr")
+    ops = plan_transaction(None, d)
+    rules = [o["add"]["rule"]["expr"] for o in ops
+             if "add" in o and "rule" in o["add"] and o["add"]["rule"]["chain"] == port.name]
+    syn = {"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, ["syn", "ack"]]}
+    assert [(r[0]["match"]["op"], r[0]["match"]["left"], r[0]["match"]["right"]) for r in rules] == [
+        ("==", syn, "syn")] * 2 + [("!=", syn, "syn")] * 3
+    # SYN: in a bucket of a drained backend the flow is remembered; both go by the new-flow map.
+    assert rules[0][1]["match"]["right"] == "@" + port.dset and rules[0][2]["set"]["set"] == "@" + port.nset
+    # Other packets: a remembered flow follows the new-flow map, the rest the established map,
+    # then (a bucket where both agree) the new-flow map.
+    assert rules[2][1]["match"]["right"] == "@" + port.nset
+    assert [r[-1]["fwd"]["addr"]["map"]["data"] for r in rules] == [
+        "@" + port.map, "@" + port.map, "@" + port.map, "@" + port.emap, "@" + port.map]
+    prep = prepare_text(None, d)
+    for name in (port.map, port.emap):
+        assert f"add map netdev lbd {name} " in prep
+    assert f"add set netdev lbd {port.dset} {{ typeof numgen random mod 2; }}" in prep
+    assert f"add set netdev lbd {port.nset} {{ type ipv4_addr . inet_service; flags dynamic,timeout;" in prep
+    # UDP has no SYN to tell a new flow: one map, and a drain moves the drained backend's flows.
+    u = desired(_dsr_with(services, 0, "udp/53"), allocations, up_except(), cfg.forwarding, IFS).ruleset
+    up = next(p for p in u.ports if p.service == "static/dsr")
+    assert not up.split and up.maps() == ((up.map, up.buckets),) and up.established == ()
+    # Removing the dsr service deletes both of its maps.
+    gone = plan_transaction(d, desired({"static/web": services["static/web"]}, allocations, up_except(),
+                                       cfg.forwarding, IFS).ruleset)
+    assert {"delete": {"table": {"family": "netdev", "name": "lbd"}}} in gone
+    two = {**services, "static/dsr2": replace(_dsr_with(services, 1)["static/dsr"], name="static/dsr2")}
+    allocs = {**allocations, "static/dsr2": Allocation("static/dsr2", "p", (ipaddress.ip_address("10.77.0.102"),))}
+    both = desired({**_dsr_with(services, 1), "static/dsr2": two["static/dsr2"]}, allocs, up_except(),
+                   cfg.forwarding, IFS).ruleset
+    second = next(p for p in both.ports if p.service == "static/dsr2")
+    ops = plan_transaction(both, d)  # one of two dsr services goes: its chain, maps and sets
+    assert sorted((k, v["name"]) for o in ops if "delete" in o for k, v in o["delete"].items()) == sorted([
+        ("chain", second.name), ("map", second.map), ("map", second.emap), ("set", second.dset),
+        ("set", second.nset)])
+
+
 def test_full_transaction_then_minimal_diffs(setup) -> None:
     cfg, services, allocations = setup
     d = desired(services, allocations, up_except(), cfg.forwarding, IFS).ruleset
@@ -122,7 +231,8 @@ def test_full_transaction_then_minimal_diffs(setup) -> None:
     rules = [o["add"]["rule"] for o in ops if "add" in o and "rule" in o["add"]]
     dnat = [e["dnat"] for r in rules for e in r["expr"] if "dnat" in e]
     fwd = [e["fwd"] for r in rules for e in r["expr"] if "fwd" in e]
-    assert len(dnat) == 1 and len(fwd) == 1 and fwd[0]["dev"] == "eth0" and fwd[0]["family"] == "ip"
+    # dsr tcp: five rules telling new flows from established ones (test_dsr_rules_split_...).
+    assert len(dnat) == 1 and len(fwd) == 5 and {f["dev"] for f in fwd} == {"eth0"} and fwd[0]["family"] == "ip"
     hashes = [x["addr"]["map"]["key"]["jhash"] for x in dnat + fwd]
     assert all(h["mod"] == 1021 and h["seed"] == 42 for h in hashes)
     web = next(o["add"]["element"] for o in ops if "add" in o and "element" in o["add"]
@@ -263,3 +373,51 @@ def test_forwarder_counts_per_backend_and_keeps_what_moved(setup, monkeypatch) -
     after = f.read_counters()
     for endpoint, ident in by_id.items():
         assert after[("inet", ident)][0] == before[endpoint], endpoint  # nothing lost, nothing counted twice
+
+
+async def test_backend_checker_converges_and_skips_unchanged_specs(setup) -> None:
+    from lbd.forward.health import BackendChecker
+
+    _, services, _ = setup
+    checker = BackendChecker()
+    try:
+        checker.set_services(services)
+        keys = set(checker._entries)
+        assert len(keys) == 5  # 3 web + 2 dsr backends, each checked
+        entries = dict(checker._entries)
+        version = checker.version("static/web")
+        checker.set_services(dict(services))  # the same spec objects: nothing restarted
+        assert checker._entries == entries and all(checker._entries[k] is entries[k] for k in keys)
+        assert checker.version("static/web") == version  # so the forwarder need not ask again
+        web = services["static/web"]
+        fewer = replace(web, backends=web.backends[:2])  # a changed spec converges at once
+        checker.set_services({**services, "static/web": fewer})
+        assert len(checker._entries) == 4 and checker.healthy(fewer, fewer.backends[0]) is False
+        assert checker.version("static/web") != version
+        assert checker.healthy(web, web.backends[2]) is None  # no longer checked
+    finally:
+        await checker.close()
+
+
+def test_health_is_asked_again_only_when_the_service_version_changes(setup) -> None:
+    cfg, services, allocations = setup
+    down: set[str] = set()
+    asked: list[str] = []
+    versions = {"static/web": 1, "static/dsr": 1}
+
+    def healthy(service, backend):  # type: ignore[no-untyped-def]
+        asked.append(service)
+        return str(backend.address) not in down
+
+    d1 = desired(services, allocations, healthy, cfg.forwarding, IFS, versions=versions.__getitem__)
+    assert sorted(set(asked)) == ["static/dsr", "static/web"]
+    asked.clear()
+    down.add("10.88.1.11")
+    versions["static/web"] += 1  # what BackendChecker does when a web backend flips
+    d2 = desired(services, allocations, healthy, cfg.forwarding, IFS, previous=d1, versions=versions.__getitem__)
+    assert set(asked) == {"static/web"}  # dsr's backends were not asked
+    assert d2.ruleset == desired(services, allocations, healthy, cfg.forwarding, IFS).ruleset  # same result
+    dsr1 = next(p for p in d1.ruleset.ports if p.service == "static/dsr")
+    assert next(p for p in d2.ruleset.ports if p.service == "static/dsr") is dsr1  # reused as is
+    web2 = next(p for p in d2.ruleset.ports if p.service == "static/web")
+    assert web2 != next(p for p in d1.ruleset.ports if p.service == "static/web")
