@@ -191,6 +191,10 @@ class RouteExporter:
                      netlink: Any = None) -> RouteExporter:
         return cls(scopes_of(configs), netns=netns, netlink=netlink)
 
+    def own(self, scope: tuple[int, int]) -> None:
+        """Own (table, protocol) from now on: lbd's routes there not desired are removed."""
+        self._scopes.add(scope)
+
     # -- netlink -------------------------------------------------------------
 
     @property
