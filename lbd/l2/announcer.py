@@ -11,8 +11,12 @@ against what is applied and converges. Per VIP and mode:
   for it (``responder``), with the same announcements;
 - ``local``: bound (for BGP / route export), never announced at layer 2.
 
+Addresses are added and removed in pipelined batches (``AddressBinder.bind_many``:
+many netlink requests in flight, acks gathered), not one round trip per VIP.
+
 Errors are per VIP: logged, counted, shown in ``status()`` and retried on the
-next ``apply``; they never escape.
+next ``apply``; they never escape. Per-VIP lines are debug; info gets one
+summary line per pass.
 """
 
 from __future__ import annotations
