@@ -623,7 +623,10 @@ class Daemon:
         if self.bgp is not None and self._restarting:
             await self.bgp.close(graceful_restart=True)
         if self.exporter is not None:
-            await self.exporter.close()
+            from lbd.bgp.export import RT_TABLE_LOCAL
+
+            # A restart keeps the local routes accepting BGP VIPs, as it keeps the addresses.
+            await self.exporter.close(keep_tables=(RT_TABLE_LOCAL,) if self._restarting and not clustered else ())
         if self.health is not None:
             await self.health.close()
         if self.backend_checks is not None:

@@ -85,6 +85,8 @@ def test_daemon_announces_over_bgp_and_survives_restart(lab, tmp_path):
         wait_for(lambda: not lbd.running(), 20, what="lbd to exit for the restart")
         assert lbd.proc.returncode == 75
         assert "10.88.0.0/32" in router.routes(), "graceful restart must keep the route at the router"
+        # ...and the node keeps accepting the traffic meanwhile: the local route stays.
+        assert "10.88.0.0" in node.run("ip route show table local type local dev lo proto 252").stdout
         lbd.start()
         router.wait_established("10.77.0.2", timeout=30)
         assert "10.88.0.0/32" in router.routes()
