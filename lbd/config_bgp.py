@@ -36,7 +36,7 @@ PEER_KEYS = (
 )
 ADVERTISEMENT_KEYS = (
     "name", "pools", "aggregation_length", "aggregation_length_v6", "local_pref", "communities", "peers",
-    "node_selector", "pool_selectors",
+    "node_selector", "pool_selectors", "accept",
 )
 
 # Well-known communities usable by name; a [communities] alias of the same
@@ -259,6 +259,7 @@ def parse_advertisements(errors: Errors, doc: dict, aliases: dict[str, str]) -> 
         peers = t.string_list("peers", names=True)
         node_selector = t.selectors("node_selector")
         pool_selectors = t.selectors("pool_selectors")
+        accept = t.string("accept", "local-route", choices=("address", "local-route"))
         if name is not None and name in seen:
             errors.add(f"bgp_advertisement[{i}]",
                        f'name: "{name}" is already the name of bgp_advertisement[{seen[name]}]')
@@ -269,7 +270,7 @@ def parse_advertisements(errors: Errors, doc: dict, aliases: dict[str, str]) -> 
         out.append((label, BgpAdvertisementConfig(
             name=name, pools=pools, aggregation_length=length, aggregation_length_v6=length_v6,
             local_pref=local_pref, communities=tuple(communities), peers=peers, node_selector=node_selector,
-            pool_selectors=pool_selectors,
+            pool_selectors=pool_selectors, accept=accept or "local-route",
         )))
     return out
 

@@ -415,10 +415,14 @@ class Daemon:
             self.trigger()
 
     async def _configure_export(self) -> None:
-        if self.config.route_exports and self.exporter is None:
-            from lbd.bgp.export import RouteExporter
+        if (self.config.route_exports or self.config.bgp_advertisements) and self.exporter is None:
+            from lbd.bgp.export import RT_TABLE_LOCAL, RouteExporter
+            from lbd.planner import LOCAL_ROUTE_PROTO
 
             self.exporter = RouteExporter.from_configs(self.config.route_exports, netlink=self.netlink)
+            # BGP VIPs are accepted by lbd's local routes (accept = "local-route"): owning the
+            # scope from the start also removes those a crashed lbd left behind.
+            self.exporter.own((RT_TABLE_LOCAL, LOCAL_ROUTE_PROTO))
 
     async def _configure_sources(self) -> None:
         await self.sources.reconfigure([static_source_config(self.config.services), *self.config.sources])
@@ -620,7 +624,10 @@ class Daemon:
         if self.bgp is not None and self._restarting:
             await self.bgp.close(graceful_restart=True)
         if self.exporter is not None:
-            await self.exporter.close()
+            from lbd.bgp.export import RT_TABLE_LOCAL
+
+            # A restart keeps the local routes accepting BGP VIPs, as it keeps the addresses.
+            await self.exporter.close(keep_tables=(RT_TABLE_LOCAL,) if self._restarting and not clustered else ())
         if self.health is not None:
             await self.health.close()
         if self.backend_checks is not None:

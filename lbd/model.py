@@ -171,6 +171,10 @@ class BgpAdvertisementConfig(_Selected):
     peers: tuple[str, ...] = ()  # empty: every peer
     node_selector: Selectors = ()
     pool_selectors: Selectors = ()  # pools whose labels match any, besides ``pools``
+    # How the node accepts the VIPs' traffic: "local-route" installs one ``local``
+    # route on ``lo`` per aggregated prefix of the announced VIPs (Linux AnyIP);
+    # "address" binds every VIP on ``lo`` (one address each).
+    accept: str = "local-route"
 
     _SELECTOR_FIELDS = ("node_selector", "pool_selectors")
 

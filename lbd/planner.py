@@ -45,6 +45,24 @@ from lbd.selectors import matches, selects_pool
 
 
 RT_TABLE_LOCAL = 255  # the kernel's "local" table: routes that deliver to this host
+# rtnetlink protocol lbd marks its BGP "accept" local routes with (the route exporter's
+# default too): the exporter only ever reads back, replaces or deletes routes of its own protocols.
+LOCAL_ROUTE_PROTO = 252
+
+
+def local_route_prefixes(vips: Iterable[IPAddress]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The fewest CIDRs covering exactly ``vips``: one ``local`` route each accepts them all.
+
+    A pool range 10.0.0.0-10.0.0.255 fully announced becomes one /24; a range that is
+    not a CIDR, or holes where VIPs are not announced here, give the minimal cover of
+    what is announced, never an address that is not (the node must not swallow
+    traffic for a VIP another node or nobody serves).
+    """
+    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for version in (4, 6):
+        nets = [ipaddress.ip_network(v) for v in vips if v.version == version]
+        out.extend(ipaddress.collapse_addresses(nets))
+    return out
 
 
 # Node selectors are lbd.selectors' (MetalLB's label selectors: any of a list,
@@ -174,6 +192,7 @@ def plan(inp: PlannerInput) -> Plan:
     pool_labels = {p.name: p.labels for p in config.pools}
     l2_intents: list[L2Intent] = []
     local_binds: dict[IPAddress, str] = {}
+    local_routed: set[IPAddress] = set()  # BGP VIPs accepted by a local route (accept = "local-route")
     bgp_routes: dict[tuple, set[str]] = defaultdict(set)
     exports: list[ExportRoute] = []
     decisions: list[VipDecision] = []
@@ -254,6 +273,7 @@ def plan(inp: PlannerInput) -> Plan:
             modes.append("bgp")
             why = _member_eligible(me, specs)
             announced = False
+            by_address = False
             for ad in bgp_ads:
                 if why is not None or not matches(ad.node_selector, me.labels):
                     continue
@@ -269,9 +289,13 @@ def plan(inp: PlannerInput) -> Plan:
                 key = (prefix, _communities(ad), _large(ad), ad.local_pref)
                 bgp_routes[key].update(targets)
                 announced = True
+                by_address = by_address or ad.accept == "address"
             if announced:
                 here = True
-                local_binds.setdefault(vip, "lo")
+                if by_address:
+                    local_binds.setdefault(vip, "lo")
+                else:
+                    local_routed.add(vip)
                 reasons.append(f"bgp: announced from {inp.node}")
             else:
                 reasons.append(f"bgp: not announced from {inp.node}: {why or 'no advertisement or peer selects this node'}")
@@ -305,7 +329,8 @@ def plan(inp: PlannerInput) -> Plan:
                 vip=vip,
                 services=names,
                 owner=owner,
-                interface=interface or local_binds.get(vip) if here else None,
+                interface=(interface or local_binds.get(vip) or ("lo" if vip in local_routed else None))
+                if here else None,
                 reason="; ".join(reasons),
                 candidates=candidates,
                 pool=pool,
@@ -321,6 +346,11 @@ def plan(inp: PlannerInput) -> Plan:
             names = tuple(a.service for a in by_vip[vip])
             l2_intents.append(L2Intent(vip=vip, interface=ifname, mode="local", services=names,
                                        announce_burst=0, announce_interval=0.0))
+    # BGP VIPs accepted through local routes: one per aggregated prefix, not per VIP.
+    # VIPs bound anyway (layer 2 or accept = "address") need none.
+    bound = l2_bound | set(local_binds)
+    for prefix in local_route_prefixes(local_routed - bound):
+        exports.append(ExportRoute(prefix, RT_TABLE_LOCAL, LOCAL_ROUTE_PROTO, "lo", kind="local"))
 
     routes = tuple(
         BgpRoute(prefix=key[0], peers=tuple(sorted(targets)), communities=key[1],

@@ -191,6 +191,10 @@ class RouteExporter:
                      netlink: Any = None) -> RouteExporter:
         return cls(scopes_of(configs), netns=netns, netlink=netlink)
 
+    def own(self, scope: tuple[int, int]) -> None:
+        """Own (table, protocol) from now on: lbd's routes there not desired are removed."""
+        self._scopes.add(scope)
+
     # -- netlink -------------------------------------------------------------
 
     @property
@@ -337,10 +341,16 @@ class RouteExporter:
         ROUTE_CHANGES.labels(op=op).inc()
         return None
 
-    async def close(self) -> None:
-        """Remove every route lbd owns in its export tables, then close the socket."""
+    async def close(self, keep_tables: Iterable[int] = ()) -> None:
+        """Remove every route lbd owns in its export tables, then close the socket.
+
+        Routes in ``keep_tables`` stay (a stop for a restart keeps the local routes that
+        accept the VIPs' traffic, as it keeps L2 addresses: the next lbd adopts them).
+        """
+        keep = set(keep_tables)
         async with self._lock:
             try:
+                self._scopes = {(t, p) for t, p in self._scopes if t not in keep}
                 await self._apply(())
             finally:
                 if self._ipr is not None:

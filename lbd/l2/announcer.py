@@ -11,8 +11,12 @@ against what is applied and converges. Per VIP and mode:
   for it (``responder``), with the same announcements;
 - ``local``: bound (for BGP / route export), never announced at layer 2.
 
+Addresses are added and removed in pipelined batches (``AddressBinder.bind_many``:
+many netlink requests in flight, acks gathered), not one round trip per VIP.
+
 Errors are per VIP: logged, counted, shown in ``status()`` and retried on the
-next ``apply``; they never escape.
+next ``apply``; they never escape. Per-VIP lines are debug; info gets one
+summary line per pass.
 """
 
 from __future__ import annotations
@@ -93,11 +97,11 @@ class L2Announcer:
                     log.warning("l2_duplicate_intent", vip=str(intent.vip), kept=desired[intent.vip].interface, dropped=intent.interface)
                     continue
                 desired.setdefault(intent.vip, intent)
-            for vip in list(self._entries):
-                entry = self._entries[vip]
-                if vip not in desired or _key(desired[vip]) != _key(entry.intent):
-                    await self._withdraw(vip)
+            stale = [vip for vip, entry in self._entries.items()
+                     if vip not in desired or _key(desired[vip]) != _key(entry.intent)]
+            await self._withdraw_many(stale)
             inventory: list[LocalInterface] | None = None
+            pending: list[_Entry] = []
             for vip, intent in desired.items():
                 entry = self._entries.get(vip)
                 if entry is not None and entry.ready:
@@ -111,7 +115,10 @@ class L2Announcer:
                 if entry is None:
                     entry = self._entries[vip] = _Entry(intent=intent, since=self._wall())
                 entry.intent = intent
-                await self._takeover(entry, inventory)
+                pending.append(entry)
+            if pending:
+                assert inventory is not None
+                await self._takeover_many(pending, inventory)
             self._update_gauge()
             self._ensure_refresh()
 
@@ -151,8 +158,7 @@ class L2Announcer:
                 self._refresh_task.cancel()
                 await asyncio.gather(self._refresh_task, return_exceptions=True)
                 self._refresh_task = None
-            for vip in list(self._entries):
-                await self._withdraw(vip)
+            await self._withdraw_many(list(self._entries))
             for responder in self._responders.values():
                 responder.close()
             self._responders.clear()
@@ -177,53 +183,115 @@ class L2Announcer:
                 try:
                     if await binder.remove(marked):
                         removed += 1
-                        log.info("stale_address_removed", vip=str(marked.address), ifindex=marked.ifindex)
+                        log.debug("stale_address_removed", vip=str(marked.address), ifindex=marked.ifindex)
                 except Exception as exc:  # noqa: BLE001 - report, go on with the rest
                     metrics.ERRORS.inc()
                     log.warning("stale_address_remove_failed", vip=str(marked.address), error=str(exc))
+            if removed:
+                log.info("stale_addresses_removed", count=removed)
             return removed
 
     # -- takeover and withdraw ----------------------------------------------
 
-    async def _takeover(self, entry: _Entry, inventory: list[LocalInterface]) -> None:
+    async def _takeover_many(self, entries: list[_Entry], inventory: list[LocalInterface]) -> None:
+        """Take over many VIPs: locate each, bind all that need it in one pipelined
+        netlink exchange (not one round trip per VIP), then start their announcements."""
+        located: list[_Entry] = []
+        for entry in entries:
+            try:
+                await self._locate(entry, inventory)
+                located.append(entry)
+            except Exception as exc:  # noqa: BLE001 - per-VIP errors never crash the daemon
+                entry.ready = False
+                self._fail(entry, "vip_announce_failed", exc)
+        to_bind = [e for e in located if e.intent.mode in ("bind", "local") and not e.bound]
+        failed: set[int] = set()
+        if to_bind:
+            assert all(e.ifindex is not None for e in to_bind)
+            try:
+                results = await (await self._get_binder()).bind_many([(e.ifindex, e.intent.vip) for e in to_bind])  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - the whole exchange failed: every VIP in it
+                results = [str(exc) or type(exc).__name__] * len(to_bind)
+            for entry, error in zip(to_bind, results):
+                if error is None:
+                    entry.bound = True
+                else:
+                    entry.ready = False
+                    failed.add(id(entry))
+                    self._fail(entry, "vip_announce_failed", OSError(error))
+        done: list[str] = []
+        for entry in located:
+            if id(entry) in failed:
+                continue
+            try:
+                self._finish_takeover(entry)
+                done.append(str(entry.intent.vip))
+            except Exception as exc:  # noqa: BLE001
+                entry.ready = False
+                self._fail(entry, "vip_announce_failed", exc)
+        if done or len(located) != len(entries) or failed:
+            log.info("l2_takeover", announced=len(done), failed=len(entries) - len(done), first=done[:5])
+
+    async def _locate(self, entry: _Entry, inventory: list[LocalInterface]) -> None:
+        """The interface (index, MAC) ``entry`` goes on; raises when there is none fit for it."""
         intent = entry.intent
         vip, ifname = intent.vip, intent.interface
-        try:
-            if intent.mode not in MODES:
-                raise ValueError(f"unknown mode {intent.mode!r} (expected one of {', '.join(MODES)})")
-            if intent.mode == "local":
-                entry.ifindex = await self._ifindex(ifname)
-            else:
-                interface = next((i for i in inventory if i.name == ifname), None)
-                if interface is None:
-                    raise LookupError(f"interface {ifname} is not present or not usable (down, loopback, NOARP or enslaved)")
-                # Never announce where the VIP does not fit: nobody there would ask for it.
-                if not any(holds(n, vip) for n in interface.networks):
-                    nets = ", ".join(str(n.network) for n in interface.networks if n.version == vip.version) or "none"
-                    raise LookupError(f"{vip} does not fit any subnet of {ifname} ({nets})")
-                entry.ifindex = interface.index
-                entry.mac = mac_to_bytes(interface.mac)
-            if intent.mode in ("bind", "local") and not entry.bound:
-                await (await self._get_binder()).bind(entry.ifindex, vip)
-                entry.bound = True
-            if intent.mode == "responder" and not entry.responding:
-                self._responder(ifname, entry.ifindex, entry.mac).add(vip)
-                entry.responding = True
-            if intent.mode != "local" and entry.task is None:
-                entry.task = asyncio.create_task(self._announce(entry), name=f"l2-announce-{vip}")
-            entry.ready = True
-            entry.last_error = None
-            entry.since = self._wall()
-            log.info("vip_announced", vip=str(vip), interface=ifname, mode=intent.mode, services=list(intent.services))
-        except Exception as exc:  # noqa: BLE001 - per-VIP errors never crash the daemon
-            entry.ready = False
-            self._fail(entry, "vip_announce_failed", exc)
+        if intent.mode not in MODES:
+            raise ValueError(f"unknown mode {intent.mode!r} (expected one of {', '.join(MODES)})")
+        if intent.mode == "local":
+            entry.ifindex = await self._ifindex(ifname)
+        else:
+            interface = next((i for i in inventory if i.name == ifname), None)
+            if interface is None:
+                raise LookupError(f"interface {ifname} is not present or not usable (down, loopback, NOARP or enslaved)")
+            # Never announce where the VIP does not fit: nobody there would ask for it.
+            if not any(holds(n, vip) for n in interface.networks):
+                nets = ", ".join(str(n.network) for n in interface.networks if n.version == vip.version) or "none"
+                raise LookupError(f"{vip} does not fit any subnet of {ifname} ({nets})")
+            entry.ifindex = interface.index
+            entry.mac = mac_to_bytes(interface.mac)
 
-    async def _withdraw(self, vip: IPAddress) -> None:
-        entry = self._entries.pop(vip)
-        if entry.task is not None:
-            entry.task.cancel()
-            await asyncio.gather(entry.task, return_exceptions=True)
+    def _finish_takeover(self, entry: _Entry) -> None:
+        intent = entry.intent
+        vip, ifname = intent.vip, intent.interface
+        if intent.mode == "responder" and not entry.responding:
+            self._responder(ifname, entry.ifindex, entry.mac).add(vip)
+            entry.responding = True
+        if intent.mode != "local" and entry.task is None:
+            entry.task = asyncio.create_task(self._announce(entry), name=f"l2-announce-{vip}")
+        entry.ready = True
+        entry.last_error = None
+        entry.since = self._wall()
+        log.debug("vip_announced", vip=str(vip), interface=ifname, mode=intent.mode, services=list(intent.services))
+
+    async def _withdraw_many(self, vips: list[IPAddress]) -> None:
+        """Withdraw many VIPs; their addresses go in one pipelined netlink exchange."""
+        if not vips:
+            return
+        entries = [self._entries.pop(vip) for vip in vips]
+        tasks = [e.task for e in entries if e.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        bound = [e for e in entries if e.bound and e.ifindex is not None]
+        if bound:
+            try:
+                results = await (await self._get_binder()).unbind_many([(e.ifindex, e.intent.vip) for e in bound])  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - cleanup_stale or the lifetime gets them
+                results = [str(exc) or type(exc).__name__] * len(bound)
+            for entry, error in zip(bound, results):
+                if error is not None:
+                    self._fail(entry, "vip_unbind_failed", OSError(error))
+        names = []
+        for entry in entries:
+            self._after_withdraw(entry)
+            if entry.ready or entry.bound or entry.responding:
+                names.append(str(entry.intent.vip))
+        if names:
+            log.info("l2_withdrawn", withdrawn=len(names), first=names[:5])
+
+    def _after_withdraw(self, entry: _Entry) -> None:
+        vip = entry.intent.vip
         ifname = entry.intent.interface
         if entry.responding:
             responder = self._responders.get(ifname)
@@ -232,11 +300,6 @@ class L2Announcer:
                 if responder.vips == 0:
                     responder.close()
                     del self._responders[ifname]
-        if entry.bound and entry.ifindex is not None:
-            try:
-                await (await self._get_binder()).unbind(entry.ifindex, vip)
-            except Exception as exc:  # noqa: BLE001 - cleanup_stale or the lifetime gets it
-                self._fail(entry, "vip_unbind_failed", exc)
         if not any(e.intent.interface == ifname for e in self._entries.values()):
             sock = self._senders.pop(ifname, None)
             if sock is not None:
@@ -244,7 +307,7 @@ class L2Announcer:
         # Like MetalLB, nothing is sent on losing ownership: the new owner's
         # announcements replace the neighbours' entries.
         if entry.ready or entry.bound or entry.responding:
-            log.info("vip_withdrawn", vip=str(vip), interface=ifname, mode=entry.intent.mode)
+            log.debug("vip_withdrawn", vip=str(vip), interface=ifname, mode=entry.intent.mode)
 
     def _fail(self, entry: _Entry, event: str, exc: BaseException) -> None:
         entry.errors += 1
@@ -299,16 +362,17 @@ class L2Announcer:
     async def _refresh_once(self) -> None:
         """Renew every bound address's lifetime (and re-add one someone removed)."""
         binder = await self._get_binder()
-        for vip, entry in self._entries.items():
-            if not entry.bound or entry.ifindex is None:
-                continue
-            try:
-                await binder.bind(entry.ifindex, vip)
-            except Exception as exc:  # noqa: BLE001
+        bound = [e for e in self._entries.values() if e.bound and e.ifindex is not None]
+        try:
+            results = await binder.bind_many([(e.ifindex, e.intent.vip) for e in bound])  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001
+            results = [str(exc) or type(exc).__name__] * len(bound)
+        for entry, error in zip(bound, results):
+            if error is not None:
                 # Typically the interface went away (ENODEV). Forget what was
                 # applied so the next apply() redoes the whole takeover
                 # (interface lookup, bind, burst) instead of trusting state.
-                self._fail(entry, "vip_refresh_failed", exc)
+                self._fail(entry, "vip_refresh_failed", OSError(error))
                 entry.ready = entry.bound = False
                 if entry.task is not None:
                     entry.task.cancel()

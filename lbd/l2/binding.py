@@ -20,11 +20,12 @@ their finite lifetime expiring; lbd does not guess by other means.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from dataclasses import dataclass
 
 from lbd.l2.interfaces import LBD_ADDR_PROTO
-from lbd.l2.netlink import Netlink
+from lbd.l2.netlink import AddrRequest, Netlink
 from lbd.model import IPAddress
 
 IFA_F_NODAD = 0x02
@@ -62,6 +63,25 @@ class AddressBinder:
             valid_lft=self.lifetime,
             preferred_lft=self.lifetime,
         )
+
+    def _flags(self, vip: IPAddress) -> int:
+        return IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if vip.version == 6 else 0)
+
+    async def bind_many(self, items: list[tuple[int, IPAddress]]) -> list[str | None]:
+        """``bind`` for many (ifindex, vip) at once, pipelined: an error text per item, None when bound."""
+        requests = [
+            AddrRequest("replace", ifindex, vip, vip.max_prefixlen, self._flags(vip), self.proto, self.lifetime)
+            for ifindex, vip in items
+        ]
+        return [None if e == 0 else f"[Errno {e}] {errno.errorcode.get(e, e)}: {os.strerror(e)}"
+                for e in await self._nl.addr_batch(requests)]
+
+    async def unbind_many(self, items: list[tuple[int, IPAddress]]) -> list[str | None]:
+        """``unbind`` for many at once: None when removed or already gone, else the error text."""
+        requests = [AddrRequest("del", ifindex, vip, vip.max_prefixlen) for ifindex, vip in items]
+        return [None if e in (0, errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV)
+                else f"[Errno {e}] {errno.errorcode.get(e, e)}: {os.strerror(e)}"
+                for e in await self._nl.addr_batch(requests)]
 
     async def unbind(self, ifindex: int, vip: IPAddress) -> bool:
         """Remove ``vip``; False when it was not there (already gone is fine)."""

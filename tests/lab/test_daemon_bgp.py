@@ -69,8 +69,10 @@ def test_daemon_announces_over_bgp_and_survives_restart(lab, tmp_path):
         assert route.next_hops == ("10.77.0.2",)
         assert route.local_pref == 150
         assert "64512:100" in route.communities and "64512:7:9" in route.large_communities
-        # The node accepts traffic for the VIP: bound locally, not on the LAN.
-        assert "10.88.0.0" in node.run("ip -br addr show dev lo").stdout
+        # The node accepts traffic for the VIP through lbd's local route (accept = "local-route",
+        # the default), not an address, and not on the LAN.
+        assert "10.88.0.0" in node.run("ip route show table local type local dev lo proto 252").stdout
+        assert "10.88.0.0" not in node.run("ip -br addr show dev lo").stdout
         assert "10.88.0.0" not in node.run("ip -br addr show dev eth0").stdout
         peers = json.loads(lbd.ctl("--json", "bgp").stdout)
         assert peers[0]["name"] == "gateway" and peers[0]["state"].lower() == "established"
@@ -83,6 +85,8 @@ def test_daemon_announces_over_bgp_and_survives_restart(lab, tmp_path):
         wait_for(lambda: not lbd.running(), 20, what="lbd to exit for the restart")
         assert lbd.proc.returncode == 75
         assert "10.88.0.0/32" in router.routes(), "graceful restart must keep the route at the router"
+        # ...and the node keeps accepting the traffic meanwhile: the local route stays.
+        assert "10.88.0.0" in node.run("ip route show table local type local dev lo proto 252").stdout
         lbd.start()
         router.wait_established("10.77.0.2", timeout=30)
         assert "10.88.0.0/32" in router.routes()
@@ -95,6 +99,78 @@ def test_daemon_announces_over_bgp_and_survives_restart(lab, tmp_path):
         # A plain stop withdraws everything (Cease), at once.
         lbd.stop()
         router.wait_routes(lambda r: not r, timeout=30, what="every route withdrawn")
+    finally:
+        lbd.stop()
+        router.stop()
+
+
+SERVER = """
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2])))
+srv.listen(64)
+srv.settimeout(60)
+for _ in range(int(sys.argv[3])):
+    conn, _ = srv.accept()
+    conn.sendall(conn.getsockname()[0].encode() + b"\\n")
+    conn.close()
+"""
+
+CLIENT = """
+import socket, sys
+for vip in sys.argv[2:]:
+    with socket.create_connection((vip, int(sys.argv[1])), timeout=5) as c:
+        print(c.recv(64).decode().strip())
+"""
+
+
+def test_two_thousand_bgp_vips_accepted_by_local_routes(lab, tmp_path):
+    """2,048 BGP VIPs at the router; the node answers TCP on a sample of them through one local
+    route (AnyIP), with no address per VIP on lo; a stop removes the route."""
+    require_binary("bird", "birdc")
+    import sys
+
+    router_host = lab.add_host("router", ["10.77.0.1/24"])
+    node = lab.add_host("node", ["10.77.0.2/24"])
+    router = DirectBird(router_host, PeerSpec(
+        asn=64512, router_id="10.77.0.1", neighbors=[Neighbor(address="10.77.0.2", asn=64512, hold_time=9)],
+    )).start()
+    config = CONFIG.replace('addresses = ["10.88.0.0/24"]', 'addresses = ["10.88.0.0/21"]')
+    services = "".join(f'[[service]]\nname = "s{i}"\npool = "routed"\n' for i in range(2048))
+    lbd = LbdNode(node, tmp_path, config + services, name="node1").start()
+    try:
+        def count() -> int:
+            import re
+            m = re.search(r"(\d+) of \d+ routes", router.birdc("show", "route", "count"))
+            return int(m.group(1)) if m else 0
+
+        try:
+            # The router's own connected route is counted too.
+            wait_for(lambda: count() >= 2049, 120, what="2,048 routes at the router")
+        except TimeoutError:
+            raise AssertionError(router.birdc("show", "route", "count") + lbd.log()[-3000:]) from None
+        assert sum(1 for prefix in router.routes() if prefix.startswith("10.88.")) == 2048
+        local = node.run("ip route show table local type local dev lo proto 252").stdout
+        assert local.split()[:2] == ["local", "10.88.0.0/21"] and len(local.strip().splitlines()) == 1, local
+        assert "10.88." not in node.run("ip -br addr show dev lo").stdout
+        router_host.run("ip route add 10.88.0.0/21 via 10.77.0.2")
+        sample = ["10.88.0.0", "10.88.3.77", "10.88.7.255"]
+        # A socket bound to the wildcard answers on every VIP...
+        wild = node.popen([sys.executable, "-c", SERVER, "0.0.0.0", "8080", str(len(sample))])
+        # ...and one bound to a single VIP binds without IP_FREEBIND (IPv4 AnyIP: the address
+        # is local by the local table's route).
+        one = node.popen([sys.executable, "-c", SERVER, "10.88.3.77", "8081", "1"])
+        wait_for(lambda: ":8081" in node.run("ss -ltn").stdout and ":8080" in node.run("ss -ltn").stdout,
+                 10, what="listeners")
+        out = router_host.run([sys.executable, "-c", CLIENT, "8080", *sample], timeout=30).stdout.split()
+        assert out == sample
+        out = router_host.run([sys.executable, "-c", CLIENT, "8081", "10.88.3.77"], timeout=30).stdout.split()
+        assert out == ["10.88.3.77"]
+        wild.wait(10)
+        one.wait(10)
+        lbd.stop()
+        assert "10.88." not in node.run("ip route show table local proto 252").stdout
     finally:
         lbd.stop()
         router.stop()

@@ -165,8 +165,48 @@ def test_bgp_routes_aggregate_and_bind_locally():
     assert str(route.prefix) == "10.42.0.0/24" and route.peers == ("gw",)
     assert route.communities == ((64512, 100),) and route.large_communities == ((64512, 1, 2),)
     assert route.local_pref == 200
+    # Default accept = "local-route": no address per VIP, one local route for both (10.42.0.1-2
+    # is not a CIDR: the minimal cover is .1/32 and .2/32).
+    assert result.l2 == ()
+    assert {(str(e.prefix), e.table, e.kind, e.interface) for e in result.exports} == {
+        ("10.42.0.1/32", 255, "local", "lo"), ("10.42.0.2/32", 255, "local", "lo")}
+
+
+def test_bgp_accept_address_binds_each_vip_on_lo():
+    peer = BgpPeerConfig(name="gw", my_asn=64512, peer_asn=64512, peer_address=ip("10.77.0.254"))
+    cfg = config(l2_advertisements=(), bgp_peers=(peer,),
+                 bgp_advertisements=(BgpAdvertisementConfig(name="b", accept="address"),))
+    result = run("n1", [member("n1")], [alloc("a", "10.42.0.1"), alloc("b", "10.42.0.2")], cfg)
     assert {(str(i.vip), i.interface, i.mode) for i in result.l2} == {("10.42.0.1", "lo", "local"),
                                                                       ("10.42.0.2", "lo", "local")}
+    assert result.exports == ()
+
+
+def test_bgp_local_routes_grow_with_prefixes_not_vips():
+    peer = BgpPeerConfig(name="gw", my_asn=64512, peer_asn=64512, peer_address=ip("10.77.0.254"))
+    cfg = config(l2_advertisements=(), bgp_peers=(peer,),
+                 bgp_advertisements=(BgpAdvertisementConfig(name="b"),))
+    allocs = [alloc(f"s{i}", f"10.42.{i // 256}.{i % 256}") for i in range(2048)]
+    allocs += [alloc("v6", "fd77::5"), alloc("odd", "10.43.0.3")]
+    result = run("n1", [member("n1")], allocs, cfg)
+    assert sum(1 for r in result.bgp if r.prefix.version == 4) == 2049 and result.l2 == ()
+    assert sorted(str(e.prefix) for e in result.exports) == ["10.42.0.0/21", "10.43.0.3/32", "fd77::5/128"]
+    assert {e.protocol for e in result.exports} == {252}
+    decision = next(d for d in result.decisions if str(d.vip) == "10.42.3.7")
+    assert decision.announced_here and decision.interface == "lo"
+
+
+def test_local_route_prefixes_is_the_minimal_exact_cover():
+    from lbd.planner import local_route_prefixes
+    vips = [ip(f"10.88.0.{i}") for i in range(1, 255)]  # a pool range 10.88.0.1-10.88.0.254
+    prefixes = local_route_prefixes(vips)
+    assert sorted(str(p) for p in prefixes) == sorted([
+        "10.88.0.1/32", "10.88.0.2/31", "10.88.0.4/30", "10.88.0.8/29", "10.88.0.16/28", "10.88.0.32/27",
+        "10.88.0.64/26", "10.88.0.128/26", "10.88.0.192/27", "10.88.0.224/28", "10.88.0.240/29",
+        "10.88.0.248/30", "10.88.0.252/31", "10.88.0.254/32"])
+    covered = {a for p in prefixes for a in p}
+    assert covered == set(vips)
+    assert local_route_prefixes([]) == []
 
 
 def test_bgp_withdrawn_on_failing_health_only_on_that_node():

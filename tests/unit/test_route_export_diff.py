@@ -93,3 +93,47 @@ def test_applying_the_diff_reaches_the_desired_set(desired, current):
     assert kernel == {x.key: x for x in desired}
     # And a second pass has nothing left to do.
     assert diff_routes(desired, list(kernel.values())).empty
+
+
+class _FakeNetlink:
+    """lbd.l2.netlink.Netlink's call() over an in-memory route table."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[int, str], dict] = {}
+
+    async def call(self, method: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if method == "link_lookup":
+            return [1]
+        op = args[0]
+        if op == "dump":
+            return [r for (table, _), r in self.routes.items() if table == kwargs["table"]]
+        net = ipaddress.ip_network(kwargs["dst"])
+        key = (kwargs["table"], str(net))
+        if op == "del":
+            self.routes.pop(key, None)
+        else:
+            self.routes[key] = {"family": 2 if net.version == 4 else 10, "dst": str(net.network_address),
+                                "dst_len": net.prefixlen, "table": kwargs["table"], "proto": kwargs["proto"],
+                                "priority": kwargs["priority"], "oif": kwargs["oif"], "type": kwargs["type"]}
+        return None
+
+
+def test_close_for_a_restart_keeps_the_local_routes_and_a_plain_close_removes_them():
+    import asyncio
+
+    from lbd.bgp.export import RT_TABLE_LOCAL, RouteExporter
+    from lbd.model import ExportRoute
+
+    async def run(keep: tuple[int, ...]) -> set[tuple[int, str]]:
+        nl = _FakeNetlink()
+        exporter = RouteExporter([(RT_TABLE_LOCAL, 252), (100, 252)], netlink=nl)
+        await exporter.apply([ExportRoute(ipaddress.ip_network("10.88.0.0/21"), RT_TABLE_LOCAL, 252, "lo", kind="local"),
+                              ExportRoute(ipaddress.ip_network("10.88.0.1/32"), 100, 252, "lo")])
+        await exporter.apply([ExportRoute(ipaddress.ip_network("10.88.0.0/21"), RT_TABLE_LOCAL, 252, "lo", kind="local"),
+                              ExportRoute(ipaddress.ip_network("10.88.0.1/32"), 100, 252, "lo")])
+        assert set(nl.routes) == {(255, "10.88.0.0/21"), (100, "10.88.0.1/32")}
+        await exporter.close(keep_tables=keep)
+        return set(nl.routes)
+
+    assert asyncio.run(run((RT_TABLE_LOCAL,))) == {(255, "10.88.0.0/21")}
+    assert asyncio.run(run(())) == set()
