@@ -617,9 +617,10 @@ class Daemon:
         self._restarting = restart
         self._stop.set()
         self._wake.set()
-        if self._pass is not None and not self._pass.done():
+        running = getattr(self, "_pass", None)  # (tests build a Daemon without __init__)
+        if running is not None and not running.done():
             self._interrupted = True
-            self._pass.cancel()  # a long pass must not delay the stop; shutdown() undoes its work
+            running.cancel()  # a long pass must not delay the stop; shutdown() undoes its work
 
     async def shutdown(self) -> None:
         self.notifier.stopping()
@@ -641,7 +642,7 @@ class Daemon:
             log.info("leaving_addresses_for_restart", vips=len(self.plan.l2))
         else:
             await self.l2.close()
-            if self._interrupted:
+            if getattr(self, "_interrupted", False):
                 # An interrupted bind may have reached the kernel without being recorded:
                 # remove every address lbd marked that close() did not know of.
                 try:
