@@ -571,18 +571,24 @@ def check_services(services: Iterable[ServiceSpec], pools: Iterable[PoolConfig],
     errors = Errors(file)
     pools = list(pools)
     names = [p.name for p in pools]
+    # Constant work per service (issue 9: 100,000 of them): pools by name, pool families once.
+    by_name: dict[str, PoolConfig] = {}
+    for p in pools:
+        by_name.setdefault(p.name, p)
+    families_of = {p.name: {r.family for r in p.addresses} for p in by_name.values()}
     claimed: dict[Any, ServiceSpec] = {}
     for spec in services:
         short = spec.name[len(prefix):] if spec.name.startswith(prefix) else spec.name
         label = f'service "{short}"'
         pool = None
         if spec.pool is not None:
-            pool = next((p for p in pools if p.name == spec.pool), None)
+            pool = by_name.get(spec.pool)
             if pool is None:
                 errors.add(f"{label}: pool", f'no pool is named "{spec.pool}"{did_you_mean(spec.pool, names)}')
             else:
+                has = families_of[pool.name]
                 for family in spec.ip_families:
-                    if not any(r.family == family for r in pool.addresses):
+                    if family not in has:
                         errors.add(f"{label}: ip_families", f'pool "{pool.name}" has no {family.value} addresses')
                 refusal = pool_refuses(pool, spec, namespaces or {})
                 if refusal is not None:

@@ -7,7 +7,6 @@ from other files with exactly the same code and messages.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from typing import Any
 
 from lbd.config_read import (
@@ -110,6 +109,19 @@ def parse_health_check(errors: Errors, where: str, data: dict) -> HealthCheckCon
     )
 
 
+_FORWARD_KEYS = frozenset(FORWARD_KEYS)
+_NO_FORWARDING: dict[str, Any] = {}
+
+
+def _no_forwarding() -> dict[str, Any]:
+    """``parse_forwarding`` of a service with none of its keys: the same for every such service."""
+    if not _NO_FORWARDING:
+        t = Table(Errors(""), "", {}, SERVICE_KEYS)
+        _NO_FORWARDING.update(parse_forwarding(t, (), (Family.IPV4,)))
+        assert not t.errors.items
+    return _NO_FORWARDING
+
+
 def parse_service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | None, list[str]]:
     """Validate one ``[[service]]`` table.
 
@@ -123,9 +135,11 @@ def parse_service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec
     return (spec if not errors else None), errors
 
 
-def _service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | None, list[str]]:
+def _service_table(table: dict, where: str, file: str, prefix: str = "") -> tuple[ServiceSpec | None, list[str]]:
     """Like ``parse_service_table`` but returns what is valid even when some
-    keys are not (for cross-checks that find the remaining errors)."""
+    keys are not (for cross-checks that find the remaining errors). The spec's
+    name is ``prefix + name`` (built once: copying 100,000 specs to rename them
+    cost as much as validating them, issue 9)."""
     errors = Errors(file)
     if not isinstance(table, dict):
         errors.add(where, f"expected a table, {got(table)}")
@@ -138,7 +152,7 @@ def _service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | No
 
     addresses: list[IPAddress] = []
     by_family: dict[Family, int] = {}
-    for i, item in enumerate(t.array("addresses") or []):
+    for i, item in enumerate((t.array("addresses") or []) if "addresses" in table else ()):
         at = f"{t.at('addresses')}[{i}]"
         text = check_string(errors, at, item)
         if text is None:
@@ -157,7 +171,7 @@ def _service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | No
         addresses.append(address)
 
     ports: dict[PortSpec, int] = {}  # port -> index in the file
-    for i, item in enumerate(t.array("ports") or []):
+    for i, item in enumerate((t.array("ports") or []) if "ports" in table else ()):
         at = f"{t.at('ports')}[{i}]"
         spec = parse_port(errors, at, item)
         if spec is None:
@@ -167,7 +181,7 @@ def _service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | No
             continue
         ports[spec] = i
 
-    share_key = t.string("share_key")
+    share_key = t.string("share_key") if "share_key" in table else None
 
     families: tuple[Family, ...]
     if t.has("ip_families"):
@@ -189,23 +203,30 @@ def _service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec | No
     else:
         families = tuple(Family.of(a) for a in addresses) or (Family.IPV4,)
 
+    # Absent optional keys are skipped without their readers: a plain service then costs
+    # little more than tomllib's own parse of it (issue 9: 100,000 services).
     health = None
-    health_table = t.table("health_check")
+    health_table = t.table("health_check") if "health_check" in table else None
     if health_table is not None:
         health = parse_health_check(errors, t.at("health_check"), health_table)
 
-    labels = t.string_map("labels")
-    namespace = t.name("namespace")
-    nodes = t.string_list("nodes")
-    if t.array("nodes") == []:
-        t.error("nodes", "an empty list would leave the service with no node: omit the key for every node")
+    labels = t.string_map("labels") if "labels" in table else {}
+    namespace = t.name("namespace") if "namespace" in table else None
+    nodes: list[str] = []
+    if "nodes" in table:
+        nodes = t.string_list("nodes")
+        if t.array("nodes") == []:
+            t.error("nodes", "an empty list would leave the service with no node: omit the key for every node")
 
-    forwarding = parse_forwarding(t, tuple(ports), families)
+    if _FORWARD_KEYS.isdisjoint(table):
+        forwarding = _no_forwarding()
+    else:
+        forwarding = parse_forwarding(t, tuple(ports), families)
 
     if name is None:
         return None, errors.items
     return ServiceSpec(
-        name=name,
+        name=prefix + name,
         pool=pool,
         addresses=tuple(addresses),
         ports=tuple(ports),
@@ -240,7 +261,7 @@ def _parse_services(errors: Errors, doc: dict, prefix: str, *, partial: bool) ->
     specs: list[ServiceSpec] = []
     seen: dict[str, int] = {}
     for i, table in array_of_tables(errors, doc, "service"):
-        spec, messages = _service_table(table, f"service[{i}]", errors.file)
+        spec, messages = _service_table(table, f"service[{i}]", errors.file, prefix)
         errors.extend(messages)
         if messages and not partial:
             spec = None
@@ -251,9 +272,5 @@ def _parse_services(errors: Errors, doc: dict, prefix: str, *, partial: bool) ->
                 continue
             seen[name] = i
         if spec is not None:
-            specs.append(_with_prefix(spec, prefix))
+            specs.append(spec)
     return specs, errors.items
-
-
-def _with_prefix(spec: ServiceSpec, prefix: str) -> ServiceSpec:
-    return replace(spec, name=prefix + spec.name)

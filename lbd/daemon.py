@@ -175,6 +175,8 @@ class Daemon:
         self.hook_runner = HookRunner()
         self.hooks = HookDispatcher(config.hooks, config.node.name, self.hook_runner.submit)
         self._reload_lock = asyncio.Lock()
+        self._pass: asyncio.Future[bool] | None = None  # the reconcile pass running now, if any
+        self._interrupted = False  # a stop cancelled a pass: addresses it was binding may be left over
 
     # -- inputs -------------------------------------------------------------
 
@@ -250,6 +252,10 @@ class Daemon:
                 m.OWNER_CHANGES.labels(kind).inc()
                 log.info("vip_owner_changed", vip=str(decision.vip), old=before, new=decision.owner, kind=kind,
                          reason=decision.reason)
+        # BGP first: its UPDATEs leave now, never after the layer-2 work (binding up to every
+        # VIP) below; a withdrawal also goes out before its VIP is unbound. (issue 9)
+        if self.bgp is not None:
+            self.bgp.apply(self.plan.bgp)
         await self.l2.apply(self.plan.l2)
         # A VIP we announce that another alive member holds too (a partition healing): announce
         # again when that starts and when it ends, so neighbours that followed the other holder
@@ -261,8 +267,6 @@ class Daemon:
         }
         self.l2.reannounce((contested ^ self._contested) & {i.vip for i in self.plan.l2})
         self._contested = contested
-        if self.bgp is not None:
-            self.bgp.apply(self.plan.bgp)
         if self.exporter is not None:
             await self.exporter.apply(self.plan.exports)
         held_now = tuple(sorted({str(i.vip) for i in self.plan.l2 if i.mode != "local"}))
@@ -319,10 +323,28 @@ class Daemon:
                 return
             await asyncio.sleep(DEBOUNCE)
             self._wake.clear()
-            if not await self._reconcile_once():
+            if not await self._interruptible_pass():
+                if self._stop.is_set():
+                    return
                 await asyncio.sleep(1.0)
                 self.trigger()
             self._watchdog()
+
+    async def _interruptible_pass(self) -> bool:
+        """One pass that :meth:`stop` can cancel: SIGTERM is served at once however long the pass
+        (binding 100,000 VIPs one by one takes minutes); shutdown then withdraws what it applied."""
+        if self._stop.is_set():
+            return False
+        task = self._pass = asyncio.ensure_future(self._reconcile_once())
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not (task.cancelled() and self._stop.is_set()):
+                raise  # we are cancelled ourselves, not the pass by stop()
+            log.info("reconcile_interrupted")
+            return False
+        finally:
+            self._pass = None
 
     async def _reconcile_once(self) -> bool:
         """One pass; a failure is logged, counted, shown in status and retried, never fatal."""
@@ -564,7 +586,9 @@ class Daemon:
             # announce, for a moment, VIPs that other nodes own.
             await self.membership.start(self.trigger)
             await self._wait_for_sources()
-            await self._reconcile_once()
+            await self._interruptible_pass()
+            if self._stop.is_set():
+                return EXIT_RESTART if self._restarting else 0  # (finally: shutdown)
             # Only now, with the desired addresses in place, remove what a crashed lbd left behind:
             # cleaning up first would withdraw, for a moment, VIPs that are still ours.
             if self.graceful_restart:
@@ -598,6 +622,10 @@ class Daemon:
         self._restarting = restart
         self._stop.set()
         self._wake.set()
+        running = getattr(self, "_pass", None)  # (tests build a Daemon without __init__)
+        if running is not None and not running.done():
+            self._interrupted = True
+            running.cancel()  # a long pass must not delay the stop; shutdown() undoes its work
 
     async def shutdown(self) -> None:
         self.notifier.stopping()
@@ -619,6 +647,13 @@ class Daemon:
             log.info("leaving_addresses_for_restart", vips=len(self.plan.l2))
         else:
             await self.l2.close()
+            if getattr(self, "_interrupted", False):
+                # An interrupted bind may have reached the kernel without being recorded:
+                # remove every address lbd marked that close() did not know of.
+                try:
+                    await self.l2.cleanup_stale()
+                except Exception:  # noqa: BLE001 - shutdown must go on
+                    log.exception("cleanup_after_interrupt_failed")
         if self._restarting:
             self.extra_state["restart_stop_at"] = time.time()
         if self.bgp is not None and self._restarting:

@@ -1,0 +1,171 @@
+"""Issue 9, where the decisions are made in the daemon: BGP UPDATEs never wait on layer-2
+work, and a stop interrupts a long pass yet still withdraws everything, in order.
+
+The layer-2 announcer is replaced by a fake whose binds are slow (or never finish) and the
+BGP announcer by a recorder, so the order of the calls is what is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from lbd.config import load_config
+from lbd.daemon import Daemon
+
+SERVICES = 50
+
+
+def config_file(tmp: Path) -> Path:
+    path = tmp / "lbd.toml"
+    body = (f'[node]\nname = "n1"\nstate_dir = "{tmp}/state"\ncontrol_socket = "{tmp}/lbd.sock"\n'
+            '[[pool]]\nname = "routed"\naddresses = ["10.88.0.0/24"]\n'
+            '[[bgp_peer]]\nname = "gw"\nmy_asn = 64512\npeer_asn = 64512\npeer_address = "10.77.0.1"\n'
+            '[[bgp_advertisement]]\npools = ["routed"]\n'
+            # Per-VIP binds on lo: the slow layer-2 path the UPDATEs must not wait for
+            # (the default, one local route per prefix, has no per-VIP work to wait on).
+            'accept = "address"\n')
+    body += "".join(f'[[service]]\nname = "s{i}"\npool = "routed"\n' for i in range(SERVICES))
+    path.write_text(body)
+    return path
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+
+    def add(self, what: str) -> None:
+        self.calls.append((what, time.monotonic()))
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+class SlowL2:
+    """Binds one VIP per ``delay`` seconds (or never, with ``block``), like a huge first pass."""
+
+    def __init__(self, rec: Recorder, delay: float = 0.05, block: bool = False) -> None:
+        self.rec, self.delay, self.block = rec, delay, block
+        self.bound: set[object] = set()
+        self.leftover = False  # a bind was cut short: the kernel may hold an unrecorded address
+
+    async def apply(self, intents: Any) -> None:
+        self.rec.add("l2.apply.start")
+        for intent in intents:
+            self.leftover = True
+            await asyncio.sleep(3600 if self.block else self.delay)
+            self.bound.add(intent.vip)
+            self.leftover = False
+        self.rec.add("l2.apply.done")
+
+    def reannounce(self, vips: Any) -> None:
+        pass
+
+    def status(self) -> list[dict[str, object]]:
+        return []
+
+    async def close(self) -> None:
+        self.rec.add("l2.close")
+        self.bound.clear()
+
+    async def cleanup_stale(self) -> int:
+        self.rec.add("l2.cleanup_stale")
+        self.leftover = False
+        return 0
+
+
+class FakeBgp:
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+        self.routes: list[object] = []
+        self.closing = False
+
+    async def set_peers(self, peers: Any, profiles: Any = ()) -> None:
+        pass
+
+    def apply(self, routes: Any) -> None:
+        if not self.closing:
+            self.routes = list(routes)
+            self.rec.add("bgp.apply")
+
+    def withdraw_all(self) -> None:
+        self.closing = True
+        self.routes = []
+        self.rec.add("bgp.withdraw_all")
+
+    async def close(self, graceful_restart: bool = False) -> None:
+        self.rec.add("bgp.close")
+
+    def status(self) -> list[dict[str, object]]:
+        return []
+
+    def bfd_status(self) -> list[dict[str, object]]:
+        return []
+
+
+async def test_bgp_routes_leave_before_the_slow_layer2_pass(tmp_path: Path) -> None:
+    rec = Recorder()
+    d = Daemon(load_config(config_file(tmp_path)))
+    d.l2 = SlowL2(rec, delay=0.05)  # 50 local binds: 2.5 s
+    d.bgp = FakeBgp(rec)
+    try:
+        await d.apply_config()
+        task = asyncio.ensure_future(d.reconcile())
+        deadline = time.monotonic() + 10
+        while "bgp.apply" not in rec.names() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        # The announcer has every route while the binder is still at its first VIPs.
+        assert len(d.bgp.routes) == SERVICES
+        assert "l2.apply.done" not in rec.names()
+        assert len(d.l2.bound) < SERVICES // 2
+        await asyncio.wait_for(task, 20)
+        assert rec.names().index("bgp.apply") < rec.names().index("l2.apply.done")
+    finally:
+        await d.sources.close()
+        await d.hook_runner.close()
+        await d.netlink.aclose()
+
+
+async def test_stop_interrupts_a_long_first_pass_and_withdraws_in_order(tmp_path: Path) -> None:
+    rec = Recorder()
+    d = Daemon(load_config(config_file(tmp_path)))
+    d.l2 = SlowL2(rec, block=True)  # the first pass would never end
+    d.bgp = FakeBgp(rec)
+    run = asyncio.ensure_future(d.run())
+    deadline = time.monotonic() + 10
+    while "l2.apply.start" not in rec.names() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert "bgp.apply" in rec.names() and len(d.bgp.routes) == SERVICES
+    stopped = time.monotonic()
+    d.stop()  # what SIGTERM calls
+    assert await asyncio.wait_for(run, 5) == 0
+    assert time.monotonic() - stopped < 1.0
+    names = rec.names()
+    assert "l2.apply.done" not in names
+    # Withdraw-all in the signal handler, then the BGP close, then the VIPs, then what an
+    # interrupted bind may have left in the kernel.
+    assert names.index("bgp.withdraw_all") < names.index("bgp.close") < names.index("l2.close") \
+        < names.index("l2.cleanup_stale")
+    assert d.bgp.routes == [] and not d.l2.bound and not d.l2.leftover
+
+
+async def test_a_stop_between_passes_does_not_clean_up_twice(tmp_path: Path) -> None:
+    rec = Recorder()
+    d = Daemon(load_config(config_file(tmp_path)))
+    d.l2 = SlowL2(rec, delay=0.0)
+    d.bgp = FakeBgp(rec)
+    run = asyncio.ensure_future(d.run())
+    deadline = time.monotonic() + 10
+    # run() calls cleanup_stale once after the first pass (crash leftovers): wait for it.
+    while rec.names().count("l2.cleanup_stale") < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    while d._pass is not None and time.monotonic() < deadline:  # idle between passes
+        await asyncio.sleep(0.001)
+    assert d._pass is None
+    d.stop()
+    assert await asyncio.wait_for(run, 5) == 0
+    names = rec.names()
+    assert names.count("l2.cleanup_stale") == 1  # nothing was interrupted
+    assert names.index("bgp.withdraw_all") < names.index("bgp.close") < names.index("l2.close")
