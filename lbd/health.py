@@ -34,7 +34,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import structlog
 
@@ -126,6 +126,25 @@ class HealthState:
     def _enter(self, state: str, now: float) -> None:
         self.state = state
         self.since = now
+
+
+async def run_check_timed(config: HealthCheckConfig, clock: Callable[[], float],
+                          logger: Any = None) -> tuple[CheckResult, float]:
+    """One run of ``config`` and how long it took on ``clock``.
+
+    A bug in a check is a failed result (logged on ``logger`` when given), never an
+    exception that would stop the caller's checking loop; cancellation passes.
+    """
+    started = clock()
+    try:
+        result = await run_check(config)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug in a check must not stop checking
+        if logger is not None:
+            logger.exception("health_check_error")
+        result = CheckResult(False, f"internal error: {exc!r}")
+    return result, clock() - started
 
 
 def next_delay(interval: float, duration: float, draw: float, jitter: float = JITTER) -> float:
@@ -439,15 +458,7 @@ class HealthChecker:
         delay = config.interval * self._jitter * self._rng.random()
         while True:
             await asyncio.sleep(delay)
-            started = self._clock()
-            try:
-                result = await run_check(config)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a bug in a check must not stop checking
-                bound.exception("health_check_error")
-                result = CheckResult(False, f"internal error: {exc!r}")
-            duration = self._clock() - started
+            result, duration = await run_check_timed(config, self._clock, bound)
             HEALTH_DURATION.labels(config.type).observe(duration)
             entry.runs += 1
             entry.last_duration = duration

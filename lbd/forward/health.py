@@ -27,7 +27,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from lbd.config_forward import DEFAULT_BACKEND_CHECK
-from lbd.health import JITTER, CheckResult, HealthState, next_delay, run_check
+from lbd.health import JITTER, HealthState, next_delay, run_check_timed
 from lbd.metrics import REGISTRY
 from lbd.model import Backend, HealthCheckConfig, ServiceSpec
 
@@ -171,14 +171,7 @@ class BackendChecker:
         delay = config.interval * JITTER * self._rng.random()
         while True:
             await asyncio.sleep(delay)
-            started = self._clock()
-            try:
-                result = await run_check(config)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a bug in a check must not stop checking
-                result = CheckResult(False, f"internal error: {exc!r}")
-            duration = self._clock() - started
+            result, duration = await run_check_timed(config, self._clock)
             entry.runs += 1
             entry.detail = result.detail
             before = entry.state.state
