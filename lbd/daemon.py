@@ -31,7 +31,7 @@ from lbd.l2.announcer import L2Announcer
 from lbd.l2.interfaces import list_interfaces
 from lbd.l2.netlink import Netlink
 from lbd.membership import LocalMembership, Membership
-from lbd.model import Allocation, Config, Family, IPAddress, Member, MemberState, Plan, ServiceSpec
+from lbd.model import Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec
 from lbd.planner import PlannerInput, plan, selector_matches
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
 from lbd.sdnotify import Notifier
@@ -166,6 +166,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._contested: set[IPAddress] = set()  # VIPs we announce that another member holds too
+        self._exports_applied: tuple[ExportRoute, ...] = ()  # what the exporter last converged on
         self._writer: bool | None = None  # whether this node writes results back to sources
         self._restarting = False  # this stop is for a restart: keep routes and addresses in place
         stopped_at = self.extra_state.pop("restart_stop_at", None)
@@ -252,7 +253,13 @@ class Daemon:
                 m.OWNER_CHANGES.labels(kind).inc()
                 log.info("vip_owner_changed", vip=str(decision.vip), old=before, new=decision.owner, kind=kind,
                          reason=decision.reason)
-        # BGP first: its UPDATEs leave now, never after the layer-2 work (binding up to every
+        if self.exporter is not None:
+            # Make before break: the node accepts a VIP's traffic (its local route, one per
+            # prefix, so this is quick) before the UPDATE announcing it leaves. Routes that are
+            # no longer desired stay until after the withdrawal (the full apply below).
+            accept = [r for r in self.plan.exports if r.kind == "local"]
+            await self.exporter.apply(list(dict.fromkeys((*self._exports_applied, *accept))))
+        # BGP next: its UPDATEs leave now, never after the layer-2 work (binding up to every
         # VIP) below; a withdrawal also goes out before its VIP is unbound. (issue 9)
         if self.bgp is not None:
             self.bgp.apply(self.plan.bgp)
@@ -269,6 +276,7 @@ class Daemon:
         self._contested = contested
         if self.exporter is not None:
             await self.exporter.apply(self.plan.exports)
+            self._exports_applied = self.plan.exports
         held_now = tuple(sorted({str(i.vip) for i in self.plan.l2 if i.mode != "local"}))
         if held_now != held:
             self.membership.update_local(replace(me, holds=held_now))

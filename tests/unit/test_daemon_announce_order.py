@@ -169,3 +169,53 @@ async def test_a_stop_between_passes_does_not_clean_up_twice(tmp_path: Path) -> 
     names = rec.names()
     assert names.count("l2.cleanup_stale") == 1  # nothing was interrupted
     assert names.index("bgp.withdraw_all") < names.index("bgp.close") < names.index("l2.close")
+
+
+class FakeExporter:
+    """Records which local routes each apply() converges on."""
+
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+        self.installed: set[object] = set()
+
+    async def apply(self, routes: Any) -> None:
+        wanted = {r.prefix for r in routes if r.kind == "local"}
+        for prefix in sorted(wanted - self.installed, key=str):
+            self.rec.add(f"exporter.add {prefix}")
+        for prefix in sorted(self.installed - wanted, key=str):
+            self.rec.add(f"exporter.remove {prefix}")
+        self.installed = wanted
+
+
+async def test_local_routes_go_in_before_the_update_and_out_after_the_withdrawal(tmp_path: Path) -> None:
+    """Make before break: the node accepts a VIP (its local route) before BGP announces it,
+    and keeps accepting until BGP has withdrawn it."""
+    rec = Recorder()
+    path = config_file(tmp_path)
+    path.write_text(path.read_text().replace('accept = "address"\n', ""))  # the default: local routes
+    d = Daemon(load_config(path))
+    d.l2 = SlowL2(rec, delay=0.0)
+    d.bgp = FakeBgp(rec)
+    try:
+        await d.apply_config()
+        d.exporter = FakeExporter(rec)  # type: ignore[assignment]
+        deadline = time.monotonic() + 10
+        while len(d.services_now()) < SERVICES and time.monotonic() < deadline:  # the static source
+            await asyncio.sleep(0.01)
+        await d.reconcile()
+        names = rec.names()
+        added = [n for n in names if n.startswith("exporter.add")]
+        assert added and names.index(added[-1]) < names.index("bgp.apply")
+        assert len(d.bgp.routes) == SERVICES
+
+        rec.calls.clear()
+        d.services_now = lambda: {}  # type: ignore[method-assign]  # every service gone
+        await d.reconcile()
+        names = rec.names()
+        removed = [n for n in names if n.startswith("exporter.remove")]
+        assert d.bgp.routes == [] and removed
+        assert names.index("bgp.apply") < names.index(removed[0])
+    finally:
+        await d.sources.close()
+        await d.hook_runner.close()
+        await d.netlink.aclose()
