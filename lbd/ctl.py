@@ -79,8 +79,13 @@ def render_status(status: dict[str, Any]) -> str:
         out.append("")
         out.append(_table(backends, ("SERVICE", "PORT", "BACKEND", "WEIGHT", "HEALTH", "SHARE", "PACKETS", "NOTE")))
     for source in status.get("sources", []):
-        if source.get("state") not in (None, "ok"):
-            out.append(printable(f"source {source.get('name')}: {source.get('state')}: {source.get('last_error')}"))
+        state = source.get("state")
+        if state == "starting" and source.get("last_error"):
+            # Failing before its first snapshot (401, 403, unreachable, bad kubeconfig): degraded for
+            # the operator; the daemon keeps the persisted allocations announced meanwhile.
+            state = "degraded (no snapshot yet)"
+        if state not in (None, "ok"):
+            out.append(printable(f"source {source.get('name')}: {state}: {source.get('last_error')}"))
     return "\n".join(out)
 
 

@@ -97,6 +97,18 @@ def test_render_status_shows_reasons():
     assert "lan   1/16" in text and 'pool "lan" is exhausted' in text and "pending" in text
 
 
+def test_render_status_names_a_source_failing_before_its_first_snapshot_degraded():
+    """Issue 12: a 401/403/unreachable API server at start shows as degraded with its cause,
+    although the manager keeps it 'starting' (so persisted allocations stay announced)."""
+    base = {"node": "n1", "pools": [], "services": []}
+    text = render_status({**base, "sources": [
+        {"name": "k8s", "state": "starting", "last_error": "403 Forbidden: cannot list services"},
+        {"name": "files", "state": "starting", "last_error": None},
+        {"name": "static", "state": "ok", "last_error": None}]})
+    assert "source k8s: degraded (no snapshot yet): 403 Forbidden: cannot list services" in text
+    assert "source files: starting" in text and "source static" not in text
+
+
 # -- limits: depth, size, time, connections (issue 10) -------------------------
 
 
