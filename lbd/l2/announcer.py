@@ -14,6 +14,10 @@ against what is applied and converges. Per VIP and mode:
 Addresses are added and removed in pipelined batches (``AddressBinder.bind_many``:
 many netlink requests in flight, acks gathered), not one round trip per VIP.
 
+Gratuitous ARP / unsolicited NA go through one scheduler task per announcer
+(``lbd.l2.pacer.AnnounceScheduler``), paced under ``announce_rate`` packets/s,
+not one asyncio task per VIP.
+
 Errors are per VIP: logged, counted, shown in ``status()`` and retried on the
 next ``apply``; they never escape. Per-VIP lines are debug; info gets one
 summary line per pass.
@@ -25,7 +29,7 @@ import asyncio
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Callable, Sequence
 
 import structlog
@@ -35,6 +39,7 @@ from lbd.l2.binding import DEFAULT_LIFETIME, AddressBinder
 from lbd.l2.frame import mac_to_bytes
 from lbd.l2.interfaces import holds, list_interfaces
 from lbd.l2.netlink import Netlink
+from lbd.l2.pacer import DEFAULT_RATE, AnnounceScheduler
 from lbd.l2.responder import Responder
 from lbd.model import IPAddress, L2Intent, LocalInterface
 
@@ -57,7 +62,6 @@ class _Entry:
     gratuitous_sent: int = 0
     last_error: str | None = None
     errors: int = 0
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 def _key(intent: L2Intent) -> tuple[str, str]:
@@ -73,6 +77,7 @@ class L2Announcer:
         refresh_interval: float = DEFAULT_REFRESH,
         burst_spacing: float = BURST_SPACING,
         wall_clock: Callable[[], float] = time.time,
+        announce_rate: float = DEFAULT_RATE,
     ) -> None:
         self._nl = netlink
         self._own_nl = netlink is None
@@ -86,6 +91,9 @@ class L2Announcer:
         self._binder: AddressBinder | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._sched: AnnounceScheduler[IPAddress] = AnnounceScheduler(announce_rate, burst_spacing)
+        self._sched_task: asyncio.Task[None] | None = None
+        self._sched_wake = asyncio.Event()
 
     # -- public API ---------------------------------------------------------
 
@@ -106,9 +114,10 @@ class L2Announcer:
                 entry = self._entries.get(vip)
                 if entry is not None and entry.ready:
                     entry.intent = intent  # burst/interval/services changes apply from now on
-                    if intent.mode != "local" and intent.announce_interval > 0 and (entry.task is None or entry.task.done()):
-                        # Periodic announcements were off and are now on: no new burst.
-                        entry.task = asyncio.create_task(self._announce(entry, burst=False), name=f"l2-announce-{vip}")
+                    if intent.mode != "local":
+                        # Periodic announcements changed (or were off and are now on): no new burst.
+                        self._sched.set_interval(vip, self._now(), intent.announce_interval)
+                        self._kick()
                     continue
                 if inventory is None:
                     inventory = await self._inventory()
@@ -130,9 +139,7 @@ class L2Announcer:
             entry = self._entries.get(vip)
             if entry is None or not entry.ready or entry.intent.mode == "local":
                 continue
-            if entry.task is not None:
-                entry.task.cancel()
-            entry.task = asyncio.create_task(self._announce(entry), name=f"l2-announce-{vip}")
+            self._start_announcing(entry)
 
     def status(self) -> list[dict[str, object]]:
         rows = []
@@ -154,6 +161,10 @@ class L2Announcer:
     async def close(self) -> None:
         """Withdraw everything lbd added: addresses, responders, timers."""
         async with self._lock:
+            if self._sched_task is not None:
+                self._sched_task.cancel()
+                await asyncio.gather(self._sched_task, return_exceptions=True)
+                self._sched_task = None
             if self._refresh_task is not None:
                 self._refresh_task.cancel()
                 await asyncio.gather(self._refresh_task, return_exceptions=True)
@@ -257,8 +268,8 @@ class L2Announcer:
         if intent.mode == "responder" and not entry.responding:
             self._responder(ifname, entry.ifindex, entry.mac).add(vip)
             entry.responding = True
-        if intent.mode != "local" and entry.task is None:
-            entry.task = asyncio.create_task(self._announce(entry), name=f"l2-announce-{vip}")
+        if intent.mode != "local" and not self._sched.active(vip):
+            self._start_announcing(entry)
         entry.ready = True
         entry.last_error = None
         entry.since = self._wall()
@@ -269,10 +280,8 @@ class L2Announcer:
         if not vips:
             return
         entries = [self._entries.pop(vip) for vip in vips]
-        tasks = [e.task for e in entries if e.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for vip in vips:
+            self._sched.cancel(vip)  # pending announcements are never sent
         bound = [e for e in entries if e.bound and e.ifindex is not None]
         if bound:
             try:
@@ -337,15 +346,38 @@ class L2Announcer:
         except OSError as exc:
             self._fail(entry, "gratuitous_send_failed", exc)
 
-    async def _announce(self, entry: _Entry, burst: bool = True) -> None:
-        """The takeover burst, then one announcement every ``announce_interval`` (0: none)."""
-        for i in range(max(1, entry.intent.announce_burst) if burst else 0):
-            if i:
-                await asyncio.sleep(self._burst_spacing)
-            self._send_announcement(entry)
-        while entry.intent.announce_interval > 0:
-            await asyncio.sleep(entry.intent.announce_interval)
-            self._send_announcement(entry)
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _start_announcing(self, entry: _Entry) -> None:
+        """The takeover burst (first packet ahead of periodic repeats), then one
+        announcement every ``announce_interval`` (0: none)."""
+        intent = entry.intent
+        self._sched.schedule(intent.vip, self._now(), max(1, intent.announce_burst), intent.announce_interval)
+        self._kick()
+
+    def _kick(self) -> None:
+        self._sched_wake.set()
+        if self._sched_task is None or self._sched_task.done():
+            self._sched_task = asyncio.create_task(self._announce_loop(), name="l2-announce")
+
+    async def _announce_loop(self) -> None:
+        """The one task that sends every VIP's announcements, as the scheduler paces them."""
+        while True:
+            now = self._now()
+            for vip in self._sched.poll(now):
+                entry = self._entries.get(vip)
+                if entry is not None and entry.ready:
+                    self._send_announcement(entry)
+            wake = self._sched.next_wake(now)
+            self._sched_wake.clear()
+            try:
+                if wake is None:
+                    await self._sched_wake.wait()
+                else:
+                    await asyncio.wait_for(self._sched_wake.wait(), max(0.0, wake - self._now()))
+            except asyncio.TimeoutError:
+                pass
 
     # -- address lifetime refresh ---------------------------------------------
 
@@ -374,9 +406,7 @@ class L2Announcer:
                 # (interface lookup, bind, burst) instead of trusting state.
                 self._fail(entry, "vip_refresh_failed", OSError(error))
                 entry.ready = entry.bound = False
-                if entry.task is not None:
-                    entry.task.cancel()
-                    entry.task = None
+                self._sched.cancel(entry.intent.vip)
                 self._update_gauge()
 
     # -- plumbing -------------------------------------------------------------
