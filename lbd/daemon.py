@@ -494,6 +494,8 @@ class Daemon:
         await self._configure_export()
         await self.membership.configure(self.config)
         self.hooks.set_hooks(self.config.hooks)
+        # One packets/s cap for the node's announcer: the lowest announce_rate configured.
+        self.l2.set_rate(min((a.announce_rate for a in self.config.l2_advertisements), default=1000))
 
     async def _apply(self, config: Config) -> None:
         self.config = config

@@ -113,6 +113,7 @@ class L2AdvertisementConfig(_Selected):
     announce_burst: int = 3  # gratuitous packets sent on takeover, 100 ms apart
     announce_interval: float = 10.0  # periodic refresh in seconds; 0 disables
     pool_selectors: Selectors = ()  # pools whose labels match any, besides ``pools``
+    announce_rate: int = 1000  # gratuitous packets/s cap; the node's announcer uses the lowest (issue 9)
 
     _SELECTOR_FIELDS = ("node_selector", "pool_selectors")
 

@@ -141,6 +141,12 @@ class L2Announcer:
                 continue
             self._start_announcing(entry)
 
+    def set_rate(self, rate: float) -> None:
+        """The packets-per-second cap of every announcement (from ``announce_rate``)."""
+        if rate != self._sched.rate:
+            self._sched.set_rate(rate)
+            self._kick()
+
     def status(self) -> list[dict[str, object]]:
         rows = []
         for vip, entry in sorted(self._entries.items(), key=lambda kv: (kv[0].version, kv[0])):

@@ -55,6 +55,13 @@ class AnnounceScheduler(Generic[K]):
         self._gens = itertools.count(1)
         self._states: dict[K, _State] = {}
 
+    def set_rate(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        self.rate = float(rate)
+        self._capacity = max(1.0, self.rate / 20)
+        self._tokens = min(self._tokens, self._capacity)
+
     def __len__(self) -> int:
         return len(self._states)
 

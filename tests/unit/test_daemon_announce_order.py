@@ -51,6 +51,9 @@ class SlowL2:
         self.bound: set[object] = set()
         self.leftover = False  # a bind was cut short: the kernel may hold an unrecorded address
 
+    def set_rate(self, rate: float) -> None:  # the announce_rate cap: nothing is sent here
+        pass
+
     async def apply(self, intents: Any) -> None:
         self.rec.add("l2.apply.start")
         for intent in intents:

@@ -353,3 +353,21 @@ def test_address_request_wire_format_and_acks() -> None:
     assert parse_acks(ack + b"\x01\x02") == [(42, 0), (43, 17)]
     with pytest.raises(ValueError):
         encode_addr_request(AddrRequest("move", 7, ipaddress.ip_address("10.88.0.9"), 32), seq=1)
+
+
+async def test_announcements_are_paced_by_one_scheduler_under_the_rate_cap(sent: list[bytes]) -> None:
+    nl = FakeNetlink()
+    ann = make(nl, announce_rate=20)
+    vips = [ipaddress.ip_address(f"10.77.0.{100 + i}") for i in range(10)]
+    await ann.apply([intent(v, burst=3) for v in vips])
+    await asyncio.sleep(0.3)
+    pairs = [arp.parse_arp(f) for f in sent if f[12:14] == b"\x08\x06"][::2]  # one request+reply per announcement
+    assert 5 <= len(pairs) <= 9  # ~1 + 0.3 s x 20/s, never the 30 of unpaced bursts
+    await asyncio.sleep(0.4)
+    pairs = [arp.parse_arp(f) for f in sent if f[12:14] == b"\x08\x06"][::2]
+    assert [p.sender_ip for p in pairs[:10]] == vips  # every VIP's first packet before any repeat
+    await ann.apply([])  # withdrawal cancels what is still pending
+    count = len(sent)
+    await asyncio.sleep(0.2)
+    assert len(sent) == count
+    await ann.close()

@@ -103,6 +103,15 @@ def test_burst_then_interval_and_interval_changes() -> None:
     assert [round(t, 3) for t, _ in log] == [111.0, 111.1]
 
 
-def test_rate_must_be_positive() -> None:
+def test_rate_must_be_positive_and_can_change() -> None:
     with pytest.raises(ValueError):
         AnnounceScheduler(0)
+    s: AnnounceScheduler[int] = AnnounceScheduler(1000)
+    with pytest.raises(ValueError):
+        s.set_rate(-1)
+    s.set_rate(10)
+    for vip in range(100):
+        s.schedule(vip, 0.0, burst=1, interval=0.0)
+    log: list[tuple[float, int]] = []
+    run(s, 0.0, 20.0, log)
+    assert len(log) == 100 and max_per_second([t for t, _ in log]) <= 10
