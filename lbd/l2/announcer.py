@@ -113,8 +113,10 @@ class L2Announcer:
             for vip, intent in desired.items():
                 entry = self._entries.get(vip)
                 if entry is not None and entry.ready:
+                    old_interval = entry.intent.announce_interval
                     entry.intent = intent  # burst/interval/services changes apply from now on
-                    if intent.mode != "local":
+                    if intent.mode != "local" and (intent.announce_interval != old_interval or (
+                            intent.announce_interval > 0 and not self._sched.active(vip))):
                         # Periodic announcements changed (or were off and are now on): no new burst.
                         self._sched.set_interval(vip, self._now(), intent.announce_interval)
                         self._kick()
