@@ -97,6 +97,10 @@ def test_bird(lab, tmp_path, multihop):  # type: ignore[no-untyped-def]
     spec = BfdSpec(multihop=multihop, local=ROUTER_LO if multihop else None, minimum_ttl=64 if multihop else None)
     rtr, lbd = build(lab, tmp_path, "bird", spec)
     wait_up(rtr, lbd)
+    # Up is first reached at the slow rate (RFC 5880 §6.8.3: 1 s until Up); the 100 ms x 3
+    # timers follow through each side's Poll sequence, a moment later.
+    wait_for(lambda: lbd_bfd(lbd).get("detection_time_ms") == 300.0, timeout=10,
+             what=f"negotiated detection time; {lbd_bfd(lbd)}")
     row = lbd_bfd(lbd)
     assert row["multihop"] is multihop and row["detection_time_ms"] == 300.0
 
