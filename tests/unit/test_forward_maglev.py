@@ -48,9 +48,42 @@ def test_removing_one_backend_disrupts_little(names: list[str], size: int, data:
     # Every entry of the removed backend moves, to a survivor.
     assert all(before.backend(b) != gone or after.backend(b) != gone for b in range(size))
     assert sum(1 for b in changed if before.backend(b) == gone) == own
-    # Entries moving between survivors: at most as many again (paper, section 3.4 / figure 13).
+    # Entries moving between survivors: the paper (section 3.4, figure 13) gives no strict
+    # bound, only that they are few. Measured over 2,500 random cases: median 0.28x the
+    # removed backend's own entries, p99 0.92x, max 1.41x (9 backends at 4099 reached 1.01x,
+    # which failed an earlier "at most as many again"). Twice is the per-case bound; the
+    # typical case is held to a tighter one in test_typical_disruption_is_small below.
     between_survivors = len(changed) - own
-    assert between_survivors <= own, (len(names), own, between_survivors)
+    assert between_survivors <= 2 * own, (len(names), own, between_survivors)
+
+
+def test_ci_finding_moves_its_own_entries_and_few_others() -> None:
+    """The case that broke the old one-to-one bound in CI (9 backends, 4099 entries)."""
+    pool = ["10.88.0.1:1", "10.88.0.3:1", "10.88.0.1:2", "10.88.0.1:36", "10.88.0.86:11459", "10.88.1.1:2",
+            "10.88.32.2:31", "10.88.42.254:502", "10.88.235.199:155"]
+    before, after = build(pool, 4099), build([n for n in pool if n != "10.88.0.3:1"], 4099)
+    own = before.counts()["10.88.0.3:1"]
+    between_survivors = len(diff(before.as_names(), after.as_names())) - own
+    assert own < between_survivors <= 2 * own  # 456 own, 462 others
+
+
+def test_typical_disruption_is_small() -> None:
+    """Over fixed random cases, the median of (entries moved between survivors / the removed
+    backend's own entries) stays low: a permutation or population bug shows up here."""
+    rng = random.Random(20161)  # fixed: the same 150 cases every run
+    ratios = []
+    for _ in range(150):
+        count, size = rng.randint(2, 40), rng.choice(SIZES)
+        pool = sorted({f"10.88.{rng.randint(0, 255)}.{rng.randint(1, 254)}:{rng.randint(1, 65535)}"
+                       for _ in range(count)})
+        if len(pool) < 2:
+            continue
+        gone = rng.choice(pool)
+        before, after = build(pool, size), build([n for n in pool if n != gone], size)
+        own = before.counts()[gone]
+        ratios.append((len(diff(before.as_names(), after.as_names())) - own) / own)
+    ratios.sort()
+    assert ratios[len(ratios) // 2] <= 0.5, ratios[len(ratios) // 2]
 
 
 @settings(max_examples=25, deadline=None)
