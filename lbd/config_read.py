@@ -114,6 +114,23 @@ class Errors:
         return len(self.items)
 
 
+def read_string_map(errors: Any, where: str, value: Any) -> dict[str, str]:
+    """``value`` as a table of string -> string (labels, selectors); each bad entry is one error at ``where``."""
+    if not isinstance(value, dict):
+        errors.add(where, f"expected a table of strings, {got(value)}")
+        return {}
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        at = f"{where}: {k}" if k else f'{where}: ""'
+        if not k:
+            errors.add(at, "an empty key is not allowed")
+        elif not isinstance(v, str):
+            errors.add(at, f"expected a string, {got(v)}")
+        else:
+            out[k] = v
+    return out
+
+
 class Table:
     """A TOML table being read: typed getters, and unknown-key detection.
 
@@ -256,20 +273,7 @@ class Table:
         value = self.raw(key)
         if value is MISSING:
             return {}
-        if not isinstance(value, dict):
-            self.error(key, f"expected a table of strings, {got(value)}")
-            return {}
-        out: dict[str, str] = {}
-        for k, v in value.items():
-            where = f"{self.at(key)}: {k}" if k else f"{self.at(key)}: \"\""
-            if not k:
-                self.errors.add(where, "an empty key is not allowed")
-                continue
-            if not isinstance(v, str):
-                self.errors.add(where, f"expected a string, {got(v)}")
-                continue
-            out[k] = v
-        return out
+        return read_string_map(self.errors, self.at(key), value)
 
     def selectors(self, key: str, *, flat: bool = True) -> "Selectors":
         """A label selector or an array of them (``lbd.selectors``); absent: ()."""

@@ -190,21 +190,9 @@ def _is_flat(table: dict) -> bool:
 
 
 def _labels(errors: Any, where: str, table: Any) -> dict[str, str]:
-    from lbd.config_read import got
+    from lbd.config_read import read_string_map
 
-    if not isinstance(table, dict):
-        errors.add(where, f"expected a table of strings, {got(table)}")
-        return {}
-    out: dict[str, str] = {}
-    for k, v in table.items():
-        at = f"{where}: {k}" if k else f'{where}: ""'
-        if not k:
-            errors.add(at, "an empty key is not allowed")
-        elif not isinstance(v, str):
-            errors.add(at, f"expected a string, {got(v)}")
-        else:
-            out[k] = v
-    return out
+    return read_string_map(errors, where, table)
 
 
 def _structured(errors: Any, where: str, table: dict) -> LabelSelector | None:
