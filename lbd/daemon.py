@@ -32,7 +32,7 @@ from lbd.l2.interfaces import list_interfaces
 from lbd.l2.netlink import Netlink
 from lbd.membership import LocalMembership, Membership
 from lbd.model import Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec
-from lbd.planner import PlannerInput, plan, selector_matches
+from lbd.planner import PlannerInput, held_vips, plan, selector_matches
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
 from lbd.sdnotify import Notifier
 from lbd.sources.base import ServiceResult
@@ -221,7 +221,7 @@ class Daemon:
             name for name, spec in self.services.items()
             if spec.health_check is not None and self.health is not None and self.health.healthy(name) is not True
         ) | withdraw
-        held = tuple(sorted({str(i.vip) for i in self.plan.l2 if i.mode != "local"}))
+        held = held_vips(self.plan.l2)
         me = Member(
             name=config.node.name,
             state=MemberState.ALIVE,
@@ -269,7 +269,7 @@ class Daemon:
         # come back to us as soon as it lets go, not at the next periodic announcement.
         contested = {
             i.vip for i in self.plan.l2
-            if i.mode != "local" and any(str(i.vip) in mb.holds for mb in members
+            if i.mode.announced and any(str(i.vip) in mb.holds for mb in members
                                          if mb.name != config.node.name and mb.state == MemberState.ALIVE)
         }
         self.l2.reannounce((contested ^ self._contested) & {i.vip for i in self.plan.l2})
@@ -277,7 +277,7 @@ class Daemon:
         if self.exporter is not None:
             await self.exporter.apply(self.plan.exports)
             self._exports_applied = self.plan.exports
-        held_now = tuple(sorted({str(i.vip) for i in self.plan.l2 if i.mode != "local"}))
+        held_now = held_vips(self.plan.l2)
         if held_now != held:
             self.membership.update_local(replace(me, holds=held_now))
         # One node writes results back to the sources (Kubernetes status): the allocator.

@@ -400,16 +400,40 @@ class Member:
     holds: tuple[str, ...] = ()  # VIPs this member currently announces (for sticky failback)
 
 
+class L2Mode(str, enum.Enum):
+    """How this node makes a VIP reach it (a ``str`` so logs, JSON and the control socket
+    show the plain word)."""
+
+    BIND = "bind"            # bound on the interface: the kernel answers ARP/NDP
+    RESPONDER = "responder"  # not bound: lbd's userspace responder answers ARP/NDP
+    LOCAL = "local"          # bound on lo, never announced at layer 2 (BGP/export VIPs)
+
+    @property
+    def announced(self) -> bool:
+        """Whether layer 2 announces the VIP (this node *holds* it for the cluster)."""
+        return self is not L2Mode.LOCAL
+
+
 @dataclass(frozen=True)
 class L2Intent:
     """This node must announce ``vip`` on ``interface``."""
 
     vip: IPAddress
     interface: str
-    mode: str  # "bind", "responder", or "local" (bind only, no announcements: BGP/export VIPs)
+    mode: L2Mode
     services: tuple[str, ...]
     announce_burst: int = 3
     announce_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        # Callers (tests, the lab driver's JSON) may pass the plain word; an unknown one is a
+        # ValueError here, at the boundary, not a silent fall-through in the announcer.
+        if not isinstance(self.mode, L2Mode):
+            try:
+                object.__setattr__(self, "mode", L2Mode(self.mode))
+            except ValueError:
+                modes = ", ".join(m.value for m in L2Mode)
+                raise ValueError(f"unknown mode {self.mode!r} (expected one of {modes})") from None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
 from lbd.model import (
+    L2Mode,
     Allocation,
     BgpAdvertisementConfig,
     BgpRoute,
@@ -63,6 +64,16 @@ def local_route_prefixes(vips: Iterable[IPAddress]) -> list[ipaddress.IPv4Networ
         nets = [ipaddress.ip_network(v) for v in vips if v.version == version]
         out.extend(ipaddress.collapse_addresses(nets))
     return out
+
+
+def held_vips(intents: Iterable[L2Intent]) -> tuple[str, ...]:
+    """The VIPs this node *holds* for the cluster: announced at layer 2 (sorted, unique).
+
+    BGP/export VIPs bound on ``lo`` only (``L2Mode.LOCAL``) are not held: every eligible
+    node carries those. The one definition that the node's gossip metadata, the partition
+    check and the graceful handover all use.
+    """
+    return tuple(sorted({str(i.vip) for i in intents if i.mode.announced}))
 
 
 # Node selectors are lbd.selectors' (MetalLB's label selectors: any of a list,
@@ -244,7 +255,7 @@ def plan(inp: PlannerInput) -> Plan:
                         L2Intent(
                             vip=vip,
                             interface=ifname,
-                            mode=ad.mode,
+                            mode=L2Mode(ad.mode),
                             services=names,
                             announce_burst=ad.announce_burst,
                             announce_interval=ad.announce_interval,
@@ -264,7 +275,7 @@ def plan(inp: PlannerInput) -> Plan:
                         here = True
                         reasons.append(f"l2: handing over to {owner}")
                         l2_intents.append(
-                            L2Intent(vip, ifname, ad.mode, names, ad.announce_burst, ad.announce_interval)
+                            L2Intent(vip, ifname, L2Mode(ad.mode), names, ad.announce_burst, ad.announce_interval)
                         )
 
         # -- BGP: every eligible node announces ------------------------------
@@ -344,7 +355,7 @@ def plan(inp: PlannerInput) -> Plan:
     for vip, ifname in sorted(local_binds.items(), key=lambda kv: (kv[0].version, int(kv[0]))):
         if vip not in l2_bound:
             names = tuple(a.service for a in by_vip[vip])
-            l2_intents.append(L2Intent(vip=vip, interface=ifname, mode="local", services=names,
+            l2_intents.append(L2Intent(vip=vip, interface=ifname, mode=L2Mode.LOCAL, services=names,
                                        announce_burst=0, announce_interval=0.0))
     # BGP VIPs accepted through local routes: one per aggregated prefix, not per VIP.
     # VIPs bound anyway (layer 2 or accept = "address") need none.

@@ -45,6 +45,7 @@ from lbd.ipam import AllocationResult, allocate
 from lbd.membership import Membership
 from lbd.metrics import REGISTRY
 from lbd.model import Allocation, Config, Member, MemberState, ServiceSpec
+from lbd.planner import held_vips
 
 log = structlog.get_logger(__name__)
 
@@ -494,7 +495,7 @@ class ClusterMembership(Membership):
 
 
 def _held(daemon: Any) -> list[str]:
-    return [str(i.vip) for i in daemon.plan.l2 if i.mode != "local"]
+    return list(held_vips(daemon.plan.l2))
 
 
 def _now_ms() -> int:

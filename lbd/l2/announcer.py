@@ -41,11 +41,10 @@ from lbd.l2.interfaces import holds, list_interfaces
 from lbd.l2.netlink import Netlink
 from lbd.l2.pacer import DEFAULT_RATE, AnnounceScheduler
 from lbd.l2.responder import Responder
-from lbd.model import IPAddress, L2Intent, LocalInterface
+from lbd.model import IPAddress, L2Intent, L2Mode, LocalInterface
 
 log = structlog.get_logger(__name__)
 
-MODES = ("bind", "responder", "local")
 BURST_SPACING = 0.1  # seconds between the takeover packets
 DEFAULT_REFRESH = 30.0  # address lifetime refresh; a quarter of the 120 s lifetime
 
@@ -115,7 +114,7 @@ class L2Announcer:
                 if entry is not None and entry.ready:
                     old_interval = entry.intent.announce_interval
                     entry.intent = intent  # burst/interval/services changes apply from now on
-                    if intent.mode != "local" and (intent.announce_interval != old_interval or (
+                    if intent.mode.announced and (intent.announce_interval != old_interval or (
                             intent.announce_interval > 0 and not self._sched.active(vip))):
                         # Periodic announcements changed (or were off and are now on): no new burst.
                         self._sched.set_interval(vip, self._now(), intent.announce_interval)
@@ -139,7 +138,7 @@ class L2Announcer:
         healed partition, so that neighbours that followed the other holder come back at once."""
         for vip in vips:
             entry = self._entries.get(vip)
-            if entry is None or not entry.ready or entry.intent.mode == "local":
+            if entry is None or not entry.ready or not entry.intent.mode.announced:
                 continue
             self._start_announcing(entry)
 
@@ -223,7 +222,7 @@ class L2Announcer:
             except Exception as exc:  # noqa: BLE001 - per-VIP errors never crash the daemon
                 entry.ready = False
                 self._fail(entry, "vip_announce_failed", exc)
-        to_bind = [e for e in located if e.intent.mode in ("bind", "local") and not e.bound]
+        to_bind = [e for e in located if e.intent.mode in (L2Mode.BIND, L2Mode.LOCAL) and not e.bound]
         failed: set[int] = set()
         if to_bind:
             assert all(e.ifindex is not None for e in to_bind)
@@ -255,9 +254,7 @@ class L2Announcer:
         """The interface (index, MAC) ``entry`` goes on; raises when there is none fit for it."""
         intent = entry.intent
         vip, ifname = intent.vip, intent.interface
-        if intent.mode not in MODES:
-            raise ValueError(f"unknown mode {intent.mode!r} (expected one of {', '.join(MODES)})")
-        if intent.mode == "local":
+        if intent.mode is L2Mode.LOCAL:
             entry.ifindex = await self._ifindex(ifname)
         else:
             interface = next((i for i in inventory if i.name == ifname), None)
@@ -273,10 +270,10 @@ class L2Announcer:
     def _finish_takeover(self, entry: _Entry) -> None:
         intent = entry.intent
         vip, ifname = intent.vip, intent.interface
-        if intent.mode == "responder" and not entry.responding:
+        if intent.mode is L2Mode.RESPONDER and not entry.responding:
             self._responder(ifname, entry.ifindex, entry.mac).add(vip)
             entry.responding = True
-        if intent.mode != "local" and not self._sched.active(vip):
+        if intent.mode.announced and not self._sched.active(vip):
             self._start_announcing(entry)
         entry.ready = True
         entry.last_error = None
@@ -447,4 +444,4 @@ class L2Announcer:
         return responder
 
     def _update_gauge(self) -> None:
-        metrics.ANNOUNCED_VIPS.set(sum(1 for e in self._entries.values() if e.ready and e.intent.mode != "local"))
+        metrics.ANNOUNCED_VIPS.set(sum(1 for e in self._entries.values() if e.ready and e.intent.mode.announced))

@@ -14,7 +14,7 @@ from lbd.l2 import arp, metrics, ndp, rawsock
 from lbd.l2.announcer import L2Announcer
 from lbd.l2.binding import IFA_F_NODAD, IFA_F_NOPREFIXROUTE
 from lbd.l2.interfaces import IFF_BROADCAST, IFF_UP, LBD_ADDR_PROTO
-from lbd.model import L2Intent
+from lbd.model import L2Intent, L2Mode
 
 MAC = "02:00:00:00:00:01"
 V4 = ipaddress.ip_address("10.77.0.10")
@@ -208,13 +208,19 @@ async def test_vip_that_does_not_fit_or_missing_interface_is_not_bound(sent: lis
     nl = FakeNetlink()
     ann = make(nl)
     outside = ipaddress.ip_address("10.99.0.5")
-    await ann.apply([intent(outside), intent(ipaddress.ip_address("10.77.0.11"), interface="eth9"), intent(V4, mode="bogus")])
+    await ann.apply([intent(outside), intent(ipaddress.ip_address("10.77.0.11"), interface="eth9")])
     rows = {r["vip"]: r for r in ann.status()}
     assert rows["10.99.0.5"]["last_error"] == "10.99.0.5 does not fit any subnet of eth0 (10.77.0.0/24)"
     assert "eth9 is not present" in rows["10.77.0.11"]["last_error"]
-    assert "unknown mode 'bogus'" in rows["10.77.0.10"]["last_error"]
     assert nl.replaces() == 0 and sent == []
     await ann.close()
+
+
+def test_unknown_mode_is_refused_where_the_intent_is_made() -> None:
+    # The mode is an enum (L2Mode): a bad word never reaches the announcer.
+    with pytest.raises(ValueError, match="unknown mode 'bogus'"):
+        intent(V4, mode="bogus")
+    assert intent(V4, mode="responder").mode is L2Mode.RESPONDER
 
 
 async def test_mode_change_moves_vip_from_address_to_responder(sent: list[bytes]) -> None:
