@@ -32,8 +32,9 @@ from lbd.l2.interfaces import list_interfaces
 from lbd.l2.netlink import Netlink
 from lbd.membership import LocalMembership, Membership
 from lbd.model import Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec
-from lbd.planner import PlannerInput, held_vips, plan, selector_matches
+from lbd.planner import PlannerInput, held_vips, plan
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
+from lbd.selectors import matches
 from lbd.sdnotify import Notifier
 from lbd.sources.base import ServiceResult
 from lbd.sources.manager import SourceManager
@@ -427,7 +428,7 @@ class Daemon:
     async def _configure_bgp(self) -> None:
         # Only the peers whose node selector picks this node open a session from it.
         labels = self.config.node.labels
-        peers = tuple(p for p in self.config.bgp_peers if selector_matches(p.node_selector, labels))
+        peers = tuple(p for p in self.config.bgp_peers if matches(p.node_selector, labels))
         if peers and self.bgp is None:
             from lbd.bgp.announcer import BgpAnnouncer
 
