@@ -7,6 +7,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from lbd.metrics import REGISTRY
+from lbd.model import L2Mode
 
 POOL_SIZE = Gauge("lbd_pool_addresses", "Usable addresses in a pool", ["pool", "family"], registry=REGISTRY)
 POOL_USED = Gauge("lbd_pool_addresses_in_use", "Allocated addresses in a pool", ["pool", "family"], registry=REGISTRY)
@@ -40,9 +41,9 @@ def update(daemon: Any) -> None:
     states["announced"] = sum(1 for name in daemon.allocations if name in here)
     for state, count in states.items():
         SERVICES.labels(state).set(count)
-    modes = {"bind": 0, "responder": 0, "local": 0}
+    modes = {mode.value: 0 for mode in L2Mode}  # every mode's series exists, at 0 when unused
     for intent in daemon.plan.l2:
-        modes[intent.mode] = modes.get(intent.mode, 0) + 1
+        modes[intent.mode.value] += 1
     for mode, count in modes.items():
         VIPS_ANNOUNCED.labels(mode).set(count)
     VIPS_ANNOUNCED.labels("bgp").set(len(daemon.plan.bgp))
