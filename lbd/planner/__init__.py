@@ -75,6 +75,8 @@ class _VipOutcome:
 
 
 def plan(inp: PlannerInput) -> Plan:
+    """This node's intents for every allocated VIP: each protocol's planner decides its part,
+    then the VIPs announced only at layer 3 are accepted locally (a bind or a local route)."""
     view = NodeView.of(inp)
     by_vip = _allocations_by_vip(inp.allocations)
     outcomes = [_decide(view, _vip_input(vip, by_vip[vip], inp.services)) for vip in sorted(by_vip, key=_vip_order)]
@@ -82,7 +84,7 @@ def plan(inp: PlannerInput) -> Plan:
     # VIPs announced at layer 3 must still be accepted locally: bind them (no ARP/NDP).
     announced = [o.announced for o in outcomes if o.announced is not None]
     l2_bound = {intent.vip for intent in announced}
-    local_binds = [
+    local_binds = [  # services in allocation order, as these intents have always listed them
         L2Intent(vip=o.decision.vip, interface=o.bind_on, mode=L2Mode.LOCAL,
                  services=tuple(a.service for a in by_vip[o.decision.vip]), announce_burst=0, announce_interval=0.0)
         for o in outcomes if o.bind_on is not None and o.decision.vip not in l2_bound
