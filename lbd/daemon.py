@@ -27,9 +27,9 @@ from lbd.config import ConfigError, parse_config
 from lbd.control import ControlError, ControlServer, peer_credentials
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, observe
 from lbd.ipam import pool_usage
+from lbd.kernel.interfaces import list_interfaces
+from lbd.kernel.netlink import Netlink
 from lbd.l2.announcer import L2Announcer
-from lbd.l2.interfaces import list_interfaces
-from lbd.l2.netlink import Netlink
 from lbd.membership import LocalMembership, Membership
 from lbd.model import Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec
 from lbd.planner import PlannerInput, held_vips, plan, selector_matches

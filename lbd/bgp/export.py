@@ -179,7 +179,7 @@ class RouteExporter:
                  netlink: Any = None) -> None:
         self._scopes: set[tuple[int, int]] = set(scopes)
         self._netns = netns
-        # The daemon's shared lbd.l2.netlink.Netlink (a thread-held IPRoute): pyroute2's
+        # The daemon's shared lbd.kernel.netlink.Netlink (a thread-held IPRoute): pyroute2's
         # AsyncIPRoute cannot open its socket under uvloop.
         self._ipr: Any = _ThreadNetlink(netlink) if netlink is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -376,7 +376,7 @@ class RouteExporter:
 
 
 class _ThreadNetlink:
-    """The slice of AsyncIPRoute the exporter uses, over lbd.l2.netlink.Netlink."""
+    """The slice of AsyncIPRoute the exporter uses, over lbd.kernel.netlink.Netlink."""
 
     def __init__(self, netlink: Any) -> None:
         self._nl = netlink

@@ -26,7 +26,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from lbd.l2.announcer import L2Announcer
-from lbd.l2.interfaces import choose_interface, list_interfaces
+from lbd.kernel.interfaces import choose_interface, list_interfaces
 from lbd.model import L2Intent
 
 if TYPE_CHECKING:

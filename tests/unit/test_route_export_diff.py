@@ -96,7 +96,7 @@ def test_applying_the_diff_reaches_the_desired_set(desired, current):
 
 
 class _FakeNetlink:
-    """lbd.l2.netlink.Netlink's call() over an in-memory route table."""
+    """lbd.kernel.netlink.Netlink's call() over an in-memory route table."""
 
     def __init__(self) -> None:
         self.routes: dict[tuple[int, str], dict] = {}
