@@ -14,7 +14,7 @@ import ipaddress
 import pytest
 from interop.bgp_peers import BirdPeer, FrrPeer, Neighbor, PeerSpec
 
-from lbd.bgp.export import RouteExporter
+from lbd.kernel.routes import RouteExporter
 from lbd.model import ExportRoute, RouteExportConfig
 from lbd.netlab import require_binary, wait_for
 
