@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lbd.l2.driver import DriverClient  # noqa: E402
-from lbd.netlab import Lab  # noqa: E402
+from lbd.testing.netlab import Lab  # noqa: E402
 
 KERNEL_VIP = "10.77.0.10"
 RESPONDER_VIP = "10.77.0.11"

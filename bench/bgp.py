@@ -56,7 +56,7 @@ from interop.bgp_speakers import (
     SessionSpec,
 )
 
-from lbd.netlab import Lab
+from lbd.testing.netlab import Lab
 
 ROUTER, SPEAKER = "10.77.0.1", "10.77.0.2"
 ROUTER_AS, SPEAKER_AS = 4200000002, 4200000001

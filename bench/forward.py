@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 from lbd.forward.lab import (  # noqa: E402
     BACKENDS, CLIENT_TOOL, backend_entries, build, holds_vip, node_config, vip_holder, wait_healthy,
 )
-from lbd.netlab import Lab, wait_for  # noqa: E402
+from lbd.testing.netlab import Lab, wait_for  # noqa: E402
 
 TABLE = "\n[forwarding]\ntable_size = 1021\n"
 

@@ -30,7 +30,7 @@ from lbd.kernel.interfaces import choose_interface, list_interfaces
 from lbd.model import L2Intent
 
 if TYPE_CHECKING:
-    from lbd.netlab import Host
+    from lbd.testing.netlab import Host
 
 
 async def _intents(raw: list[dict[str, Any]]) -> tuple[list[L2Intent], dict[str, str]]:
@@ -86,7 +86,7 @@ async def main() -> None:
 
 
 class DriverClient:
-    """Runs this driver in a lab host (``lbd.netlab.Host``) and talks JSON lines to it."""
+    """Runs this driver in a lab host (``lbd.testing.netlab.Host``) and talks JSON lines to it."""
 
     def __init__(self, host: "Host", refresh: float = 30.0) -> None:
         self.host = host

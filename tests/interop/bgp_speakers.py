@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from interop.bgp_peers import scratch_dir
 
-from lbd.netlab import Host, wait_for
+from lbd.testing.netlab import Host, wait_for
 
 
 @dataclass(frozen=True)

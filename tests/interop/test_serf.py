@@ -23,8 +23,8 @@ from typing import Any, Callable
 import pytest
 
 from lbd.cluster.crypto import generate_key
-from lbd.netlab import Host, Lab, wait_for
-from lbd.netlab import require_binary
+from lbd.testing.netlab import Host, Lab, wait_for
+from lbd.testing.netlab import require_binary
 
 pytestmark = [pytest.mark.interop, pytest.mark.lab]
 

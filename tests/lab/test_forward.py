@@ -16,7 +16,7 @@ import pytest
 from lbd.forward.lab import (
     BACKENDS, NODE_BACK, VIP, backend_entries, backend_rows, build, holds_vip, node_config, vip_holder, wait_healthy,
 )
-from lbd.netlab import wait_for
+from lbd.testing.netlab import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(150)]
 

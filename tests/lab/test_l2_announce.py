@@ -14,8 +14,8 @@ import time
 import pytest
 
 from lbd.l2.driver import DriverClient
-from lbd.netlab import Host, wait_for
-from lbd.netlab import require_binary
+from lbd.testing.netlab import Host, wait_for
+from lbd.testing.netlab import require_binary
 
 pytestmark = pytest.mark.lab
 
