@@ -1,6 +1,6 @@
 """A small L2Announcer driver for the lab tests and the ARP benchmark.
 
-``python -m lbd.l2.driver`` runs an ``L2Announcer`` in the current network
+``python -m lbd.testing.l2_driver`` runs an ``L2Announcer`` in the current network
 namespace and takes JSON commands, one per line, on stdin; it answers each
 with one JSON line on stdout (after printing ``ready`` once):
 
@@ -91,7 +91,7 @@ class DriverClient:
     def __init__(self, host: "Host", refresh: float = 30.0) -> None:
         self.host = host
         self.proc = host.popen(
-            [sys.executable, "-m", "lbd.l2.driver", str(refresh)],
+            [sys.executable, "-m", "lbd.testing.l2_driver", str(refresh)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
