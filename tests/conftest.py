@@ -10,8 +10,8 @@ import pytest
 
 from lbd.testing.netlab import Lab, require_binary  # noqa: F401 - re-exported for old imports
 
-# Under LBD_REQUIRE_ALL=1 (make test, CI) every skip is a failure: see lbd/pytest_require_all.py.
-from lbd.pytest_require_all import (  # noqa: F401 - hooks, found by pytest in this module's namespace
+# Under LBD_REQUIRE_ALL=1 (make test, CI) every skip is a failure: see lbd/testing/pytest_require_all.py.
+from lbd.testing.pytest_require_all import (  # noqa: F401 - hooks, found by pytest in this module's namespace
     pytest_collectreport,
     pytest_runtest_makereport,
     pytest_sessionfinish,
