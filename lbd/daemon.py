@@ -27,9 +27,9 @@ from lbd.config import ConfigError, parse_config
 from lbd.control import ControlError, ControlServer, peer_credentials
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, observe
 from lbd.ipam import pool_usage
+from lbd.kernel.interfaces import list_interfaces
+from lbd.kernel.netlink import Netlink
 from lbd.l2.announcer import L2Announcer
-from lbd.l2.interfaces import list_interfaces
-from lbd.l2.netlink import Netlink
 from lbd.membership import LocalMembership, Membership
 from lbd.model import Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec
 from lbd.planner import PlannerInput, held_vips, plan, selector_matches
@@ -140,7 +140,7 @@ class Daemon:
         self.netlink = Netlink()  # one netlink socket for the daemon, on its own thread (uvloop-safe)
         self.l2 = L2Announcer(netlink=self.netlink)
         self.bgp: Any = None  # lbd.bgp.announcer.BgpAnnouncer, when peers are configured
-        self.exporter: Any = None  # lbd.bgp.export.RouteExporter, when route exports are configured
+        self.exporter: Any = None  # lbd.kernel.routes.RouteExporter, when route exports are configured
         self.health: Any = None  # lbd.health.HealthChecker, when a service has a health check
         self.forwarder: Any = None  # lbd.forward.forwarder.Forwarder, once a service has backends
         self.backend_checks: Any = None  # lbd.forward.health.BackendChecker, likewise
@@ -446,7 +446,7 @@ class Daemon:
 
     async def _configure_export(self) -> None:
         if (self.config.route_exports or self.config.bgp_advertisements) and self.exporter is None:
-            from lbd.bgp.export import RT_TABLE_LOCAL, RouteExporter
+            from lbd.kernel.routes import RT_TABLE_LOCAL, RouteExporter
             from lbd.planner import LOCAL_ROUTE_PROTO
 
             self.exporter = RouteExporter.from_configs(self.config.route_exports, netlink=self.netlink)
@@ -669,7 +669,7 @@ class Daemon:
         if self.bgp is not None and self._restarting:
             await self.bgp.close(graceful_restart=True)
         if self.exporter is not None:
-            from lbd.bgp.export import RT_TABLE_LOCAL
+            from lbd.kernel.routes import RT_TABLE_LOCAL
 
             # A restart keeps the local routes accepting BGP VIPs, as it keeps the addresses.
             await self.exporter.close(keep_tables=(RT_TABLE_LOCAL,) if self._restarting and not clustered else ())

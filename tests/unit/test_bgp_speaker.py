@@ -280,7 +280,7 @@ async def test_collision_closes_the_connection_of_the_lower_identifier() -> None
 
 
 async def test_runner_announces_rereads_on_sighup_and_ceases_on_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """``python -m lbd.bgp`` as the interop tests and the benchmark drive it."""
+    """``python -m lbd.testing.bgp_speaker`` as the interop tests and the benchmark drive it."""
     import json
     import signal
     import sys
@@ -292,7 +292,7 @@ async def test_runner_announces_rereads_on_sighup_and_ceases_on_sigterm(tmp_path
     pfile = tmp_path / "prefixes"
     pfile.write_text("10.88.0.1/32\n10.88.0.2/32\n# comment\nfd77::7/128\nnot-a-prefix\n")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lbd.bgp", "--peer-address", "127.0.0.1", "--peer-port", str(port), "--peer-asn", "64512",
+        sys.executable, "-m", "lbd.testing.bgp_speaker", "--peer-address", "127.0.0.1", "--peer-port", str(port), "--peer-asn", "64512",
         "--my-asn", "64513", "--router-id", "10.77.0.2", "--hold-time", "9", "--prefixes-file", str(pfile),
         "--prefix", "10.88.1.0/24", "--community", "65000:1", "--large-community", "1:2:3",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
@@ -381,14 +381,14 @@ async def test_ipv6_session_carries_both_families() -> None:
 
 @pytest.mark.parametrize("text", ["10.1.2.3/24", "10.1.2.3", "fd77::1/64", "0.0.0.0/0", "10.77.0.1/32"])
 def test_runner_parse_prefix_matches_ip_network(text: str) -> None:
-    from lbd.bgp.__main__ import parse_prefix
+    from lbd.testing.bgp_speaker import parse_prefix
 
     assert parse_prefix(text) == ipaddress.ip_network(text, strict=False)
 
 
 @pytest.mark.parametrize("text", ["10.1.2/24", "10.1.2.3/33", "x", "10.1.2.3/a", "01.2.3.4/8", "fd77::g/64"])
 def test_runner_parse_prefix_rejects(text: str) -> None:
-    from lbd.bgp.__main__ import parse_prefix
+    from lbd.testing.bgp_speaker import parse_prefix
 
     with pytest.raises((ValueError, OSError)):
         parse_prefix(text)
@@ -427,7 +427,7 @@ async def test_runner_graceful_stop_and_restart_bit(tmp_path) -> None:  # type: 
     rib = Rib()
     a = BgpAnnouncer("a", listen_port=port, listen_addresses=("127.0.0.1",), on_event=rib)
     await a.set_peers([peer("runner", 64512, 64513, passive=True, graceful_restart=True, router_id=ipaddress.IPv4Address("10.77.0.1"))])
-    argv = [sys.executable, "-m", "lbd.bgp", "--peer-address", "127.0.0.1", "--peer-port", str(port), "--peer-asn", "64512",
+    argv = [sys.executable, "-m", "lbd.testing.bgp_speaker", "--peer-address", "127.0.0.1", "--peer-port", str(port), "--peer-asn", "64512",
             "--my-asn", "64513", "--router-id", "10.77.0.2", "--hold-time", "9", "--prefix", "10.88.0.1/32", "--graceful-restart"]
     procs = []
     try:
@@ -460,7 +460,7 @@ def test_runner_fast_ipv4_networks_are_real_networks() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from lbd.bgp import __main__ as runner
+    from lbd.testing import bgp_speaker as runner
 
     assert runner._ipv4_network is runner._ipv4_network_fast  # CPython's ipaddress as tested here
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from lbd.cluster import wire
 from lbd.cluster.errors import GossipError
 from lbd.cluster.profiles import DEFAULT, FAST, LAN, get_profile
-from lbd.cluster.sim import SimNetwork
+from lbd.testing.cluster_sim import SimNetwork
 from lbd.cluster.swim import (
     BroadcastQueue,
     EventKind,
