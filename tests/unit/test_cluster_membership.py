@@ -10,6 +10,7 @@ from lbd.cluster import nodemeta
 from lbd.cluster.membership import TABLE_MESSAGE, ClusterMembership
 from lbd.cluster.swim import MemberInfo
 from lbd.config import parse_config
+from lbd.membership import Handover
 from lbd.model import Member, MemberState, ServiceSpec
 
 CONFIG = parse_config("""
@@ -175,12 +176,12 @@ def test_leave_stops_rejoining():
 
     fake.leave = leave  # type: ignore[attr-defined]
 
-    class Daemon:
-        plan = type("Plan", (), {"l2": ()})()
+    async def reconcile() -> None:
+        raise AssertionError("nothing held: no pass to run")
 
     async def run() -> tuple[bool, bool]:
         cm._reconnect_task = asyncio.ensure_future(asyncio.sleep(60))  # noqa: SLF001
-        await cm.leave(Daemon())
+        await cm.leave(Handover(held=lambda: (), reconcile=reconcile))
         await asyncio.sleep(0)
         return cm._reconnect_task.cancelled(), bool(left)  # noqa: SLF001
 
