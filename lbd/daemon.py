@@ -25,12 +25,12 @@ from lbd import aio
 import lbd
 from lbd.config import ConfigError, parse_config
 from lbd.control import ControlError, ControlServer, peer_credentials
+from lbd.coordination import Handover, LocalMembership, Membership
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, observe
 from lbd.ipam import pool_usage
 from lbd.l2.announcer import L2Announcer
 from lbd.l2.interfaces import list_interfaces
 from lbd.l2.netlink import Netlink
-from lbd.membership import Handover, LocalMembership, Membership
 from lbd.model import Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec
 from lbd.planner import PlannerInput, held_vips, plan, selector_matches
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal

@@ -10,7 +10,7 @@ from lbd.cluster import nodemeta
 from lbd.cluster.membership import TABLE_MESSAGE, ClusterMembership
 from lbd.cluster.swim import MemberInfo
 from lbd.config import parse_config
-from lbd.membership import Handover
+from lbd.coordination import Handover
 from lbd.model import Member, MemberState, ServiceSpec
 
 CONFIG = parse_config("""
