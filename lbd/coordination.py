@@ -1,6 +1,6 @@
 """Who is in the cluster, as the planner needs it.
 
-``LocalMembership`` is a cluster of one: this node. ``lbd.cluster.membership``
+``LocalMembership`` is a cluster of one: this node. ``lbd.cluster.coordination``
 implements the same interface over gossip.
 """
 

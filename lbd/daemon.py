@@ -866,7 +866,7 @@ def run_daemon(config: Config) -> int:
     async def main() -> int:
         membership = None
         if config.cluster.enabled:
-            from lbd.cluster.membership import ClusterMembership
+            from lbd.cluster.coordination import ClusterMembership
 
             membership = ClusterMembership(config)
         return await Daemon(config, membership).run()

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from lbd.cluster import nodemeta
-from lbd.cluster.membership import TABLE_MESSAGE, ClusterMembership
+from lbd.cluster.coordination import TABLE_MESSAGE, ClusterMembership
 from lbd.cluster.swim import MemberInfo
 from lbd.config import parse_config
 from lbd.coordination import Handover
@@ -128,7 +128,7 @@ def test_only_the_allocator_writes_and_others_wait():
 def test_reconnect_tries_lost_members_and_absent_seeds(monkeypatch):
     import asyncio
 
-    from lbd.cluster import membership as mod
+    from lbd.cluster import coordination as mod
     from lbd.cluster.swim import EventKind, MemberEvent
 
     cm, fake = membership()
@@ -212,7 +212,7 @@ async def test_key_mismatch_found_on_a_later_join_attempt(monkeypatch):
     our keys on the next ones: the node must still stay out of the cluster."""
     import asyncio as aio_mod
 
-    import lbd.cluster.membership as mod
+    import lbd.cluster.coordination as mod
 
     m, fake = membership()
     attempts = []
