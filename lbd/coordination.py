@@ -1,6 +1,12 @@
-"""Who is in the cluster, as the planner needs it.
+"""How this node works with the others: who is in the cluster, who allocates, the handover.
 
-``LocalMembership`` is a cluster of one: this node. ``lbd.cluster.coordination``
+A ``Coordinator`` gives the planner its members (and since when each is eligible),
+runs or receives the round's allocations (one node allocates for all), says what
+to persist with them, and hands this node's VIPs over before it leaves. It gets
+from the daemon only values and callables (``Handover``, ``HeldVips``), never the
+daemon itself.
+
+``LocalCoordinator`` is a cluster of one: this node. ``lbd.cluster.coordination``
 implements the same interface over gossip.
 """
 
@@ -35,7 +41,9 @@ class Handover:
     restarting: bool = False
 
 
-class Membership(abc.ABC):
+class Coordinator(abc.ABC):
+    """Membership, allocation and handover for this node; a single node by default."""
+
     @abc.abstractmethod
     def update_local(self, me: Member) -> None:
         """This node's own view of itself (labels, interfaces, health, drain, holds)."""
@@ -92,7 +100,9 @@ class Membership(abc.ABC):
         ]
 
 
-class LocalMembership(Membership):
+class LocalCoordinator(Coordinator):
+    """A cluster of one: this node is every member and the allocator."""
+
     def __init__(self, name: str) -> None:
         self._me = Member(name=name)
         self._since = time.monotonic()

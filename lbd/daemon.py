@@ -25,7 +25,7 @@ from lbd import aio
 import lbd
 from lbd.config import ConfigError, parse_config
 from lbd.control import ControlError, ControlServer, peer_credentials
-from lbd.coordination import Handover, LocalMembership, Membership
+from lbd.coordination import Handover, LocalCoordinator, Coordinator
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, observe
 from lbd.ipam import pool_usage
 from lbd.l2.announcer import L2Announcer
@@ -134,7 +134,7 @@ def restored_state(persisted: PersistedState, config: Config) -> tuple[dict[str,
 
 
 class Daemon:
-    def __init__(self, config: Config, membership: Membership | None = None) -> None:
+    def __init__(self, config: Config, membership: Coordinator | None = None) -> None:
         self.config = config
         self.started = time.time()
         self.notifier = Notifier()
@@ -155,7 +155,7 @@ class Daemon:
         self.health: HealthChecker | None = None  # when a service has a health check
         self.forwarder: Forwarder | None = None  # once a service has backends
         self.backend_checks: BackendChecker | None = None  # likewise
-        self.membership: Membership = membership or LocalMembership(config.node.name)
+        self.membership: Coordinator = membership or LocalCoordinator(config.node.name)
         self.membership.restore(self.allocations, self.extra_state)
         self.sources = SourceManager(
             node_name=config.node.name, state_dir=config.node.state_dir, on_change=self.trigger
@@ -663,7 +663,7 @@ class Daemon:
             self.hooks.withdraw_all(time.time())  # vip_down / bgp_session_down for what stops now
         for task in self._tasks:
             task.cancel()
-        clustered = not isinstance(self.membership, LocalMembership)
+        clustered = not isinstance(self.membership, LocalCoordinator)
         if self.bgp is not None and not self._restarting:
             # Withdrawal, BFD AdminDown, Cease, acknowledged by each router, all
             # before leaving the cluster and before the VIPs go (l2.close below).
@@ -866,9 +866,9 @@ def run_daemon(config: Config) -> int:
     async def main() -> int:
         membership = None
         if config.cluster.enabled:
-            from lbd.cluster.coordination import ClusterMembership
+            from lbd.cluster.coordination import ClusterCoordinator
 
-            membership = ClusterMembership(config)
+            membership = ClusterCoordinator(config)
         return await Daemon(config, membership).run()
 
     try:

@@ -41,7 +41,7 @@ from lbd.cluster.crypto import load_keyring
 from lbd.cluster.replication import AllocationTable, TableEntry, TableError
 from lbd.cluster.swim import EventKind, MemberEvent, MemberInfo
 from lbd.cluster.transport import JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX, Gossip, UserPayload
-from lbd.coordination import Handover, HeldVips, Membership
+from lbd.coordination import Handover, HeldVips, Coordinator
 from lbd.ipam import AllocationResult, allocate
 from lbd.metrics import REGISTRY
 from lbd.model import Allocation, Config, Member, MemberState, ServiceSpec
@@ -66,7 +66,7 @@ TABLE_UPDATES = Counter("lbd_allocation_table_entries_received", "Allocation tab
                         registry=REGISTRY)
 
 
-class ClusterMembership(Membership):
+class ClusterCoordinator(Coordinator):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.name = config.node.name

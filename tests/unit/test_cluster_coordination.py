@@ -1,4 +1,4 @@
-"""ClusterMembership without sockets: a fake gossip layer stands in for the transport."""
+"""ClusterCoordinator without sockets: a fake gossip layer stands in for the transport."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from lbd.cluster import nodemeta
-from lbd.cluster.coordination import TABLE_MESSAGE, ClusterMembership
+from lbd.cluster.coordination import TABLE_MESSAGE, ClusterCoordinator
 from lbd.cluster.swim import MemberInfo
 from lbd.config import parse_config
 from lbd.coordination import Handover
@@ -56,8 +56,8 @@ class FakeGossip:
         return 0.0
 
 
-def membership() -> tuple[ClusterMembership, FakeGossip]:
-    cm = ClusterMembership(CONFIG)
+def membership() -> tuple[ClusterCoordinator, FakeGossip]:
+    cm = ClusterCoordinator(CONFIG)
     fake = FakeGossip()
     cm.gossip = fake  # type: ignore[assignment]
     cm._started = True  # noqa: SLF001 - start() would open sockets
