@@ -25,7 +25,7 @@ from lbd import aio
 import lbd
 from lbd.config import ConfigError, parse_config
 from lbd.control import ControlError, ControlServer, peer_credentials
-from lbd.coordination import Handover, LocalCoordinator, Coordinator
+from lbd.coordination import Coordinator, Handover, LocalCoordinator
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, observe
 from lbd.ipam import pool_usage
 from lbd.l2.announcer import L2Announcer

@@ -41,7 +41,7 @@ from lbd.cluster.crypto import load_keyring
 from lbd.cluster.replication import AllocationTable, TableEntry, TableError
 from lbd.cluster.swim import EventKind, MemberEvent, MemberInfo
 from lbd.cluster.transport import JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX, Gossip, UserPayload
-from lbd.coordination import Handover, HeldVips, Coordinator
+from lbd.coordination import Coordinator, Handover, HeldVips
 from lbd.ipam import AllocationResult, allocate
 from lbd.metrics import REGISTRY
 from lbd.model import Allocation, Config, Member, MemberState, ServiceSpec
