@@ -16,7 +16,7 @@ import stat
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import structlog
 
@@ -25,12 +25,12 @@ from lbd import aio
 import lbd
 from lbd.config import ConfigError, parse_config
 from lbd.control import ControlError, ControlServer, peer_credentials
+from lbd.coordination import Coordinator, Handover, LocalCoordinator
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, observe
 from lbd.ipam import pool_usage
 from lbd.kernel.interfaces import list_interfaces
 from lbd.kernel.netlink import Netlink
 from lbd.l2.announcer import L2Announcer
-from lbd.membership import LocalMembership, Membership
 from lbd.model import Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec
 from lbd.planner import PlannerInput, held_vips, plan, selector_matches
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
@@ -41,6 +41,17 @@ from lbd.sources.registry import validate_source
 from lbd.sources.static import static_source_config
 from lbd.state import PersistedState, StateError, StateStore
 from lbd import daemon_metrics as m
+
+if TYPE_CHECKING:
+    # Optional parts, imported when the config first needs them (start-up cost, and a
+    # node without BGP or forwarding never loads those packages).
+    from lbd.bgp.announcer import BgpAnnouncer
+    from lbd.kernel.routes import RouteExporter
+    from lbd.forward.forwarder import Forwarder
+    from lbd.forward.health import BackendChecker
+    from lbd.health import HealthChecker
+    from lbd.kernel.interfaces import LocalInterface
+    from lbd.metrics_server import MetricsServer
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +134,7 @@ def restored_state(persisted: PersistedState, config: Config) -> tuple[dict[str,
 
 
 class Daemon:
-    def __init__(self, config: Config, membership: Membership | None = None) -> None:
+    def __init__(self, config: Config, membership: Coordinator | None = None) -> None:
         self.config = config
         self.started = time.time()
         self.notifier = Notifier()
@@ -139,12 +150,12 @@ class Daemon:
         self.last_reconcile: float | None = None
         self.netlink = Netlink()  # one netlink socket for the daemon, on its own thread (uvloop-safe)
         self.l2 = L2Announcer(netlink=self.netlink)
-        self.bgp: Any = None  # lbd.bgp.announcer.BgpAnnouncer, when peers are configured
-        self.exporter: Any = None  # lbd.kernel.routes.RouteExporter, when route exports are configured
-        self.health: Any = None  # lbd.health.HealthChecker, when a service has a health check
-        self.forwarder: Any = None  # lbd.forward.forwarder.Forwarder, once a service has backends
-        self.backend_checks: Any = None  # lbd.forward.health.BackendChecker, likewise
-        self.membership: Membership = membership or LocalMembership(config.node.name)
+        self.bgp: BgpAnnouncer | None = None  # when peers are configured
+        self.exporter: RouteExporter | None = None  # when route exports are configured
+        self.health: HealthChecker | None = None  # when a service has a health check
+        self.forwarder: Forwarder | None = None  # once a service has backends
+        self.backend_checks: BackendChecker | None = None  # likewise
+        self.membership: Coordinator = membership or LocalCoordinator(config.node.name)
         self.membership.restore(self.allocations, self.extra_state)
         self.sources = SourceManager(
             node_name=config.node.name, state_dir=config.node.state_dir, on_change=self.trigger
@@ -171,7 +182,7 @@ class Daemon:
         self._restarting = False  # this stop is for a restart: keep routes and addresses in place
         stopped_at = self.extra_state.pop("restart_stop_at", None)
         self.graceful_restart = isinstance(stopped_at, (int, float)) and 0 <= time.time() - stopped_at < RESTART_WINDOW
-        self._metrics_server: Any = None
+        self._metrics_server: MetricsServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.hook_runner = HookRunner()
         self.hooks = HookDispatcher(config.hooks, config.node.name, self.hook_runner.submit)
@@ -288,7 +299,8 @@ class Daemon:
             log.info("status_writer", writer=writer)
         await self.sources.report(self.results())
         self.last_reconcile = time.time()
-        m.update(self)
+        m.update(pools=self.config.pools, allocations=self.allocations, pending=self.pending, plan=self.plan,
+                 drained=self.drained)
         self._observe_hooks(members)
 
     def _observe_hooks(self, members: list[Member]) -> None:
@@ -392,7 +404,7 @@ class Daemon:
         if self.health is not None:
             self.health.set_checks(checks)
 
-    async def _forward(self, interfaces: Any) -> frozenset[str]:
+    async def _forward(self, interfaces: Sequence[LocalInterface]) -> frozenset[str]:
         """Balance forwarded services to their healthy backends (docs/forwarding.md).
 
         Every node installs the same rules whether or not it holds the VIP, so a
@@ -637,19 +649,27 @@ class Daemon:
             self._interrupted = True
             running.cancel()  # a long pass must not delay the stop; shutdown() undoes its work
 
+    def _held(self) -> tuple[str, ...]:
+        """The layer-2 VIPs this node holds now (what a handover waits to see emptied)."""
+        return held_vips(self.plan.l2)
+
+    def _handover(self) -> Handover:
+        """What the cluster layer may use from the daemon to leave gracefully."""
+        return Handover(held=self._held, reconcile=self.reconcile, restarting=self._restarting)
+
     async def shutdown(self) -> None:
         self.notifier.stopping()
         if not self._restarting:
             self.hooks.withdraw_all(time.time())  # vip_down / bgp_session_down for what stops now
         for task in self._tasks:
             task.cancel()
-        clustered = not isinstance(self.membership, LocalMembership)
+        clustered = not isinstance(self.membership, LocalCoordinator)
         if self.bgp is not None and not self._restarting:
             # Withdrawal, BFD AdminDown, Cease, acknowledged by each router, all
             # before leaving the cluster and before the VIPs go (l2.close below).
             await self.bgp.close()
         try:
-            await self.membership.leave(self)
+            await self.membership.leave(self._handover())
         except Exception:  # noqa: BLE001 - shutdown must go on
             log.exception("leave_failed")
         if self._restarting and not clustered:
@@ -790,7 +810,7 @@ class Daemon:
         self.drained = True
         self.persist()
         self.trigger()
-        moved = await self.membership.wait_handover(self)
+        moved = await self.membership.wait_handover(self._held)
         return f"drained: {moved}"
 
     async def _cmd_undrain(self, args: Mapping[str, Any]) -> str:
@@ -846,9 +866,9 @@ def run_daemon(config: Config) -> int:
     async def main() -> int:
         membership = None
         if config.cluster.enabled:
-            from lbd.cluster.membership import ClusterMembership
+            from lbd.cluster.coordination import ClusterCoordinator
 
-            membership = ClusterMembership(config)
+            membership = ClusterCoordinator(config)
         return await Daemon(config, membership).run()
 
     try:
