@@ -19,16 +19,17 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from lbd.bgp import netutil
-from lbd.bgp.fsm import (
+from lbd.bgp.events import (
+    EndOfRibSent,
     Event,
     NotificationReceived,
     NotificationSent,
     State,
     UpdateReceived,
     UpdatesSent,
-    EndOfRibSent,
 )
 from lbd.bgp.packing import RouteAttrs
+from lbd.bgp.settings import SessionSettings
 from lbd.bgp.speaker import Listener, PeerSpeaker
 from lbd.metrics import REGISTRY
 from lbd.model import BfdProfileConfig, BgpPeerConfig, BgpRoute, IPAddress, IPNetwork
@@ -46,6 +47,24 @@ ANNOUNCED = Gauge("lbd_bgp_announced_prefixes", "Prefixes currently announced to
 ObserverCallback = Callable[[str, Event], None]
 ACK_WAIT = 1.0  # graceful stop: longest wait for the router's TCP to acknowledge the withdrawal
 ADMIN_DOWN_WAIT = 0.5  # graceful stop: longest wait for the BFD thread to send AdminDown
+
+
+def session_settings(peer: BgpPeerConfig, router_id: ipaddress.IPv4Address) -> SessionSettings:
+    """The one place a configured peer becomes the FSM's plain settings: the
+    speaker core (codec, packing, events, fsm, rib) never sees a config type.
+    ``router_id``: the node's, used unless the peer sets its own."""
+    return SessionSettings(
+        local_as=peer.local_asn if peer.local_asn is not None else peer.my_asn,
+        router_id=peer.router_id or router_id,
+        peer_as=peer.peer_asn,
+        dynamic_asn=peer.dynamic_asn,
+        hold_time=int(peer.hold_time),
+        keepalive_time=peer.keepalive_time,
+        connect_time=peer.connect_time,
+        passive=peer.passive,
+        graceful_restart=peer.graceful_restart,
+        graceful_restart_time=peer.graceful_restart_time,
+    )
 
 
 class BgpAnnouncer:
@@ -217,7 +236,13 @@ class BgpAnnouncer:
     def _start_peer(self, peer: BgpPeerConfig, router_id: ipaddress.IPv4Address, addrs: netutil.Addresses) -> None:
         if peer.vrf:
             log.warning("bgp_option_unsupported", peer=peer.name, option="vrf", value=str(peer.vrf))
-        speaker = PeerSpeaker(peer, router_id=router_id, restarting=self._restarting, on_event=self._event, addresses=addrs)
+        speaker = PeerSpeaker(
+            peer,
+            settings=session_settings(peer, router_id),
+            restarting=self._restarting,
+            on_event=self._event,
+            addresses=addrs,
+        )
         self._peers[peer.name] = peer
         self._speakers[peer.name] = speaker
         SESSION_UP.labels(peer=peer.name).set(0)

@@ -23,17 +23,10 @@ import structlog
 
 from lbd import aio
 from lbd.bgp import netutil
-from lbd.bgp.fsm import (
-    CloseRequested,
-    ConnectRequested,
-    Event,
-    OpenReceived,
-    Session,
-    SessionConfig,
-    State,
-    collision_loser,
-)
+from lbd.bgp.events import CloseRequested, ConnectRequested, Event, OpenReceived, State
+from lbd.bgp.fsm import Session, collision_loser
 from lbd.bgp.packing import RouteAttrs
+from lbd.bgp.settings import SessionSettings
 from lbd.model import BgpPeerConfig, IPAddress, IPNetwork
 
 log = structlog.get_logger(__name__)
@@ -72,17 +65,17 @@ class PeerSpeaker:
         self,
         peer: BgpPeerConfig,
         *,
-        router_id: ipaddress.IPv4Address,
+        settings: SessionSettings,
         restarting: bool = False,
         on_event: EventCallback | None = None,
-        session_overrides: dict[str, object] | None = None,
         addresses: netutil.Addresses | None = None,
     ) -> None:
+        """``peer`` says how to reach the peer (address, port, source, TCP MD5,
+        TTL); ``settings`` is what the session FSM runs with."""
         self.peer = peer
         self.loop = asyncio.get_running_loop()
-        self.router_id = router_id
-        config = SessionConfig.from_peer(peer, self.router_id, **(session_overrides or {}))
-        self.session = Session(config, name=peer.name, restarting=restarting)
+        self.router_id = settings.router_id
+        self.session = Session(settings, name=peer.name, restarting=restarting)
         self._on_event = on_event
         self._conns: dict[int, _Conn] = {}  # id(session) -> connection
         self._inbound: Session | None = None  # a colliding connection's session
@@ -172,7 +165,7 @@ class PeerSpeaker:
         else:
             # Our own connection is being made or is opening: keep both until
             # the BGP identifiers decide (RFC 4271 §6.8, _resolve_collision).
-            session = Session(main.config, name=main.name, restarting=main.restarting)
+            session = Session(main.settings, name=main.name, restarting=main.restarting)
             self._inbound = session
         self.loop.create_task(self._adopt(sock, session))
 

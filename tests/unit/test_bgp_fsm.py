@@ -22,21 +22,20 @@ from lbd.bgp.codec import (
     EnhancedRouteRefreshCap,
     Update,
 )
-from lbd.bgp.fsm import (
+from lbd.bgp.events import (
     CloseRequested,
     ConnectRequested,
     EndOfRibSent,
     NotificationReceived,
     NotificationSent,
-    Session,
-    SessionConfig,
     SessionDown,
     SessionEstablished,
     State,
     UpdateReceived,
-    collision_loser,
 )
+from lbd.bgp.fsm import Session, collision_loser
 from lbd.bgp.packing import RouteAttrs
+from lbd.bgp.settings import SessionSettings
 
 A_ID = ipaddress.IPv4Address("10.77.0.1")
 B_ID = ipaddress.IPv4Address("10.77.0.2")
@@ -44,10 +43,10 @@ LOCAL = ipaddress.IPv4Address("10.77.0.1")
 REMOTE = ipaddress.IPv4Address("10.77.0.2")
 
 
-def cfg(**kw: object) -> SessionConfig:
+def cfg(**kw: object) -> SessionSettings:
     base: dict[str, object] = dict(local_as=64512, router_id=A_ID, peer_as=64513)
     base.update(kw)
-    return SessionConfig(**base)  # type: ignore[arg-type]
+    return SessionSettings(**base)  # type: ignore[arg-type]
 
 
 def peer_open(asn: int = 64513, hold: int = 90, rid: ipaddress.IPv4Address = B_ID, caps: tuple | None = None) -> bytes:  # type: ignore[type-arg]

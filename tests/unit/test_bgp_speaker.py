@@ -16,7 +16,7 @@ import pytest
 from lbd.bgp import codec
 from lbd.bgp.announcer import BgpAnnouncer
 from lbd.bgp.codec import MultiprotocolCap, Open
-from lbd.bgp.fsm import Event, NotificationReceived, SessionDown, UpdateReceived
+from lbd.bgp.events import Event, NotificationReceived, SessionDown, UpdateReceived
 from lbd.metrics import REGISTRY
 from lbd.model import BgpPeerConfig, BgpRoute
 
