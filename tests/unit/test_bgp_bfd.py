@@ -10,7 +10,7 @@ import socket
 from typing import Any
 
 import pytest
-from test_bgp_fsm import establish, messages, notifications, cfg  # type: ignore[attr-defined]
+from bgp_helpers import cfg, establish, messages, notifications
 from test_bgp_speaker import Rib, free_port, peer, state, until
 
 from lbd.bgp import codec
