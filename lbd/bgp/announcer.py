@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import structlog
@@ -30,7 +31,7 @@ from lbd.bgp.events import (
 )
 from lbd.bgp.packing import RouteAttrs
 from lbd.bgp.settings import SessionSettings
-from lbd.bgp.speaker import Listener, PeerSpeaker
+from lbd.bgp.speaker import Listener, PeerEndpoint, PeerSpeaker
 from lbd.metrics import REGISTRY
 from lbd.model import BfdProfileConfig, BgpPeerConfig, BgpRoute, IPAddress, IPNetwork
 from lbd.selectors import matches
@@ -49,10 +50,15 @@ ACK_WAIT = 1.0  # graceful stop: longest wait for the router's TCP to acknowledg
 ADMIN_DOWN_WAIT = 0.5  # graceful stop: longest wait for the BFD thread to send AdminDown
 
 
+# -- the configuration adapter ----------------------------------------------
+# The one place a configured peer becomes plain values: SessionSettings for the
+# FSM, PeerEndpoint for the asyncio speaker. Nothing else in lbd.bgp reads a
+# BgpPeerConfig (tests/unit/test_bgp_core_imports.py holds the core to it).
+
+
 def session_settings(peer: BgpPeerConfig, router_id: ipaddress.IPv4Address) -> SessionSettings:
-    """The one place a configured peer becomes the FSM's plain settings: the
-    speaker core (codec, packing, events, fsm, rib) never sees a config type.
-    ``router_id``: the node's, used unless the peer sets its own."""
+    """What the session FSM runs with. ``router_id``: the node's, used unless
+    the peer sets its own."""
     return SessionSettings(
         local_as=peer.local_asn if peer.local_asn is not None else peer.my_asn,
         router_id=peer.router_id or router_id,
@@ -65,6 +71,42 @@ def session_settings(peer: BgpPeerConfig, router_id: ipaddress.IPv4Address) -> S
         graceful_restart=peer.graceful_restart,
         graceful_restart_time=peer.graceful_restart_time,
     )
+
+
+def peer_endpoint(peer: BgpPeerConfig) -> PeerEndpoint:
+    """How the speaker reaches the peer: address, port, source, TTL, TCP MD5."""
+    return PeerEndpoint(
+        name=peer.name,
+        address=peer.peer_address,
+        port=peer.peer_port,
+        source_address=peer.source_address,
+        ttl=peer_ttl(peer),
+        password=lambda: peer_password(peer),
+    )
+
+
+def peer_password(peer: BgpPeerConfig) -> bytes | None:
+    """The MD5 password, ``password_file`` read now (so a rotated secret is picked up)."""
+    if peer.password_file is not None:
+        text = Path(peer.password_file).read_text().strip()
+        return text.encode() if text else None
+    if peer.password:
+        return peer.password.encode()
+    return None
+
+
+def is_ibgp_config(peer: BgpPeerConfig) -> bool:
+    local = peer.local_asn if peer.local_asn is not None else peer.my_asn
+    if peer.peer_asn is not None:
+        return peer.peer_asn == local
+    return peer.dynamic_asn == "internal"
+
+
+def peer_ttl(peer: BgpPeerConfig) -> int:
+    """TTL for the session: 255 on iBGP, ``ebgp_multihop`` or 1 (directly connected) on eBGP."""
+    if is_ibgp_config(peer):
+        return 255
+    return max(1, min(255, peer.ebgp_multihop or 1))
 
 
 class BgpAnnouncer:
@@ -115,7 +157,8 @@ class BgpAnnouncer:
             if new:
                 addrs = await netutil.scan_addresses_async()
                 for peer in new:
-                    self._start_peer(peer, netutil.choose_router_id(peer, self.node_name, addrs), addrs)
+                    router_id = netutil.choose_router_id(peer.router_id, peer.source_address, self.node_name, addrs)
+                    self._start_peer(peer, router_id, addrs)
             await self._configure_listeners()
             await self._configure_bfd(list(wanted.values()), {p.name: p for p in bfd_profiles})
 
@@ -203,7 +246,7 @@ class BgpAnnouncer:
             s = speaker.session
             neg = s.negotiated if s.state == State.ESTABLISHED else None
             st = s.stats
-            peer = speaker.peer
+            peer = self._peers[name]
             out.append(
                 {
                     "name": name,
@@ -237,7 +280,7 @@ class BgpAnnouncer:
         if peer.vrf:
             log.warning("bgp_option_unsupported", peer=peer.name, option="vrf", value=str(peer.vrf))
         speaker = PeerSpeaker(
-            peer,
+            peer_endpoint(peer),
             settings=session_settings(peer, router_id),
             restarting=self._restarting,
             on_event=self._event,
@@ -307,7 +350,7 @@ class BgpAnnouncer:
         keys: dict[IPAddress, bytes] = {}
         for peer in self._peers.values():
             try:
-                key = netutil.peer_password(peer)
+                key = peer_password(peer)
             except OSError as exc:
                 log.warning("bgp_password_file_unreadable", peer=peer.name, error=str(exc))
                 continue
@@ -323,7 +366,7 @@ class BgpAnnouncer:
         if isinstance(remote, ipaddress.IPv6Address) and remote.ipv4_mapped is not None:
             remote = remote.ipv4_mapped
         for speaker in self._speakers.values():
-            if speaker.peer.peer_address == remote:
+            if speaker.endpoint.address == remote:
                 speaker.accept(sock)
                 return True
         return False
@@ -336,7 +379,7 @@ class BgpAnnouncer:
         ANNOUNCED.labels(peer=name).set(len(s.advertised) if s.state == State.ESTABLISHED else 0)
 
     def _event(self, speaker: PeerSpeaker, event: Event) -> None:
-        name = speaker.peer.name
+        name = speaker.endpoint.name
         if isinstance(event, UpdatesSent):
             UPDATES_SENT.labels(peer=name).inc(event.messages)
         elif isinstance(event, EndOfRibSent):

@@ -75,3 +75,25 @@ def test_the_walk_refuses_each_import_form(source: str) -> None:
 
 def test_the_walk_allows_the_core_and_runtime_types() -> None:
     assert refusals("from lbd.bgp import codec\nfrom lbd.model import IPNetwork\nimport lbd.backoff\n") == []
+
+
+# Outside the core, only the announcer adapts the configuration. Two more modules
+# read it today and are leaving lbd/bgp (issue 8): the standalone runner
+# (to lbd/testing/) and the kernel route exporter (to lbd/kernel/).
+CONFIG_READERS = {"announcer.py"}
+LEAVING = {"__main__.py", "export.py"}
+
+
+def config_imports(source: str, filename: str) -> list[str]:
+    found = []
+    for module, names in lbd_imports(source, filename):
+        if module.startswith("lbd.config"):
+            found.append(module)
+        elif module == "lbd.model":
+            found += [n for n in names if n.endswith("Config") or n == "*"]
+    return found
+
+
+def test_only_the_announcer_reads_configuration_in_lbd_bgp() -> None:
+    readers = {p.name for p in BGP_DIR.glob("*.py") if config_imports(p.read_text(), p.name)}
+    assert readers - LEAVING <= CONFIG_READERS, f"configuration read outside the adapter: {sorted(readers - LEAVING - CONFIG_READERS)}"
