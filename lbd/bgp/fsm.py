@@ -412,58 +412,16 @@ class Session:
                 self._resend_family((rr.afi, rr.safi), now)
 
     def _handle_open(self, msg: Open, now: float) -> None:
-        cfg = self.settings
-        asn = msg.asn
-        four_octet = msg.capability(codec.FourOctetAsCap) is not None
-        if asn == 0 or (msg.my_as == AS_TRANS and not four_octet):
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn}")  # RFC 7607, RFC 6793
-        if cfg.peer_as is not None:
-            if asn != cfg.peer_as:
-                raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn}, expected {cfg.peer_as}")
-        elif cfg.dynamic_asn == "internal" and asn != cfg.local_as:
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn} is not internal")
-        elif cfg.dynamic_asn == "external" and asn == cfg.local_as:
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn} is not external")
-        if msg.hold_time in (1, 2):
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.UNACCEPTABLE_HOLD_TIME, reason=f"hold time {msg.hold_time}")
-        ibgp = asn == cfg.local_as
-        rid = msg.router_id
-        # RFC 6286 §2.2: any non-zero identifier, distinct from ours within an AS.
-        if int(rid) == 0 or (ibgp and rid == cfg.router_id):
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_BGP_IDENTIFIER, rid.packed, f"BGP identifier {rid}")
-        peer_fams = msg.families() or (IPV4_UNICAST,)  # no MP capability: IPv4 unicast (RFC 4760 §8)
-        families = tuple(f for f in cfg.families if f in peer_fams)
-        if not families:
-            # RFC 5492 §5: the peer lacks every family we need; data lists what we want.
-            wanted = b"".join(codec.encode_capability(MultiprotocolCap(a, s)) for a, s in cfg.families)
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.UNSUPPORTED_CAPABILITY, wanted, "no common address family")
-        hold = min(int(cfg.hold_time), msg.hold_time)
-        keepalive = 0.0
-        if hold:
-            keepalive = hold / 3
-            if cfg.keepalive_time is not None and cfg.keepalive_time > 0:
-                keepalive = min(cfg.keepalive_time, hold / 3)
-        gr_cap = msg.capability(GracefulRestartCap)
+        neg = negotiate(self.settings, msg)
         self.peer_open = msg
-        self.negotiated = Negotiated(
-            peer_as=asn,
-            peer_router_id=rid,
-            hold_time=hold,
-            keepalive_time=keepalive,
-            four_octet=four_octet,
-            families=families,
-            route_refresh=msg.capability(RouteRefreshCap) is not None,
-            enhanced_route_refresh=msg.capability(EnhancedRouteRefreshCap) is not None,
-            graceful_restart=cfg.graceful_restart and gr_cap is not None,
-            peer_restarting=isinstance(gr_cap, GracefulRestartCap) and gr_cap.restarting,
-            ibgp=ibgp,
-        )
-        self._emit(OpenReceived(rid, asn))
+        self.negotiated = neg
+        self._emit(OpenReceived(neg.peer_router_id, neg.peer_as))
         # RFC 4271 §8.2.2 OpenSent + BGPOpen: KEEPALIVE, set timers, OpenConfirm.
         self._out += codec.KEEPALIVE_BYTES
         self.stats.keepalives_sent += 1
+        hold = neg.hold_time
         self._hold_at = now + hold if hold else None
-        self._keepalive_at = now + keepalive if hold else None
+        self._keepalive_at = now + neg.keepalive_time if hold else None
         self._set_state(State.OPENCONFIRM)
 
     def _established(self, now: float) -> None:
@@ -541,6 +499,55 @@ class Session:
         self._out += codec.KEEPALIVE_BYTES
         self.stats.keepalives_sent += 1
         self._touch_keepalive(now)
+
+
+def negotiate(cfg: SessionSettings, msg: Open) -> Negotiated:
+    """Check the peer's OPEN against our settings (RFC 4271 §6.2) and settle the
+    session's parameters; a refusal raises the BgpError its NOTIFICATION carries."""
+    asn = msg.asn
+    four_octet = msg.capability(codec.FourOctetAsCap) is not None
+    if asn == 0 or (msg.my_as == AS_TRANS and not four_octet):
+        raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn}")  # RFC 7607, RFC 6793
+    if cfg.peer_as is not None:
+        if asn != cfg.peer_as:
+            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn}, expected {cfg.peer_as}")
+    elif cfg.dynamic_asn == "internal" and asn != cfg.local_as:
+        raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn} is not internal")
+    elif cfg.dynamic_asn == "external" and asn == cfg.local_as:
+        raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn} is not external")
+    if msg.hold_time in (1, 2):
+        raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.UNACCEPTABLE_HOLD_TIME, reason=f"hold time {msg.hold_time}")
+    ibgp = asn == cfg.local_as
+    rid = msg.router_id
+    # RFC 6286 §2.2: any non-zero identifier, distinct from ours within an AS.
+    if int(rid) == 0 or (ibgp and rid == cfg.router_id):
+        raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_BGP_IDENTIFIER, rid.packed, f"BGP identifier {rid}")
+    peer_fams = msg.families() or (IPV4_UNICAST,)  # no MP capability: IPv4 unicast (RFC 4760 §8)
+    families = tuple(f for f in cfg.families if f in peer_fams)
+    if not families:
+        # RFC 5492 §5: the peer lacks every family we need; data lists what we want.
+        wanted = b"".join(codec.encode_capability(MultiprotocolCap(a, s)) for a, s in cfg.families)
+        raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.UNSUPPORTED_CAPABILITY, wanted, "no common address family")
+    hold = min(int(cfg.hold_time), msg.hold_time)
+    keepalive = 0.0
+    if hold:
+        keepalive = hold / 3
+        if cfg.keepalive_time is not None and cfg.keepalive_time > 0:
+            keepalive = min(cfg.keepalive_time, hold / 3)
+    gr_cap = msg.capability(GracefulRestartCap)
+    return Negotiated(
+        peer_as=asn,
+        peer_router_id=rid,
+        hold_time=hold,
+        keepalive_time=keepalive,
+        four_octet=four_octet,
+        families=families,
+        route_refresh=msg.capability(RouteRefreshCap) is not None,
+        enhanced_route_refresh=msg.capability(EnhancedRouteRefreshCap) is not None,
+        graceful_restart=cfg.graceful_restart and gr_cap is not None,
+        peer_restarting=isinstance(gr_cap, GracefulRestartCap) and gr_cap.restarting,
+        ibgp=ibgp,
+    )
 
 
 def collision_loser(local_id: ipaddress.IPv4Address, remote_id: ipaddress.IPv4Address, outbound: Session, inbound: Session) -> Session:

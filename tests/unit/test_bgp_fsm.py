@@ -32,7 +32,8 @@ from lbd.bgp.events import (
     State,
     UpdateReceived,
 )
-from lbd.bgp.fsm import Session, collision_loser
+from lbd.bgp.errors import BgpError
+from lbd.bgp.fsm import Session, collision_loser, negotiate
 from lbd.bgp.packing import RouteAttrs
 
 # ------------------------------------------------------------- establishment
@@ -437,3 +438,15 @@ def test_fuzz_handle_bytes_never_raises(chunks: list[bytes], where: str) -> None
             got = [e for e in events if isinstance(e, NotificationReceived)]
             assert sent or got  # every error becomes a NOTIFICATION (or was one)
             break
+
+
+def test_negotiate_is_a_pure_function_of_settings_and_open() -> None:
+    """OPEN negotiation (RFC 4271 §6.2) without a session: the keepalive is the
+    lower of the configured one and a third of the agreed hold time."""
+    msg = Open.for_asn(64513, 60, B_ID, (MultiprotocolCap(2, 1), GracefulRestartCap(0x8, 90, ())))
+    neg = negotiate(cfg(hold_time=90, keepalive_time=5.0, graceful_restart=True), msg)
+    assert (neg.peer_as, neg.hold_time, neg.keepalive_time, neg.families) == (64513, 60, 5.0, ((2, 1),))
+    assert neg.four_octet and neg.graceful_restart and neg.peer_restarting and not neg.ibgp
+    with pytest.raises(BgpError) as info:
+        negotiate(cfg(families=((1, 1),)), msg)
+    assert (info.value.code, info.value.subcode) == (2, 7)  # no common family: Unsupported Capability
