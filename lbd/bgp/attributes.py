@@ -392,20 +392,35 @@ def _next_hop(value: bytes, whole: bytes, d: _Decoding) -> None:
     d.values["next_hop"] = nh
 
 
-def _med(value: bytes, whole: bytes, d: _Decoding) -> None:
-    if len(value) != 4:
-        d.problem(_TW, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, "MED length")
+def _fixed(value: bytes, whole: bytes, d: _Decoding, size: int, name: str, key: str, parse: Callable[[bytes], object]) -> None:
+    """An attribute of exactly ``size`` octets; another length is treat-as-withdraw."""
+    if len(value) != size:
+        d.problem(_TW, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, f"{name} length")
     else:
-        d.values["med"] = struct.unpack("!I", value)[0]
+        d.values[key] = parse(value)
+
+
+def _records(value: bytes, whole: bytes, d: _Decoding, size: int, subcode: int, name: str, key: str,
+             parse: Callable[[bytes], object]) -> None:
+    """A list of ``size``-octet records; a length that is not a multiple is treat-as-withdraw."""
+    if len(value) % size:
+        d.problem(_TW, subcode, whole, f"{name} length")
+    else:
+        d.values[key] = tuple(parse(value[k : k + size]) for k in range(0, len(value), size))
+
+
+def _u32(value: bytes) -> int:
+    return int(struct.unpack("!I", value)[0])
+
+
+def _med(value: bytes, whole: bytes, d: _Decoding) -> None:
+    _fixed(value, whole, d, 4, "MED", "med", _u32)
 
 
 def _local_pref(value: bytes, whole: bytes, d: _Decoding) -> None:
     if not d.ibgp:
         return  # RFC 4271 §5.1.5 / RFC 7606 §7.5: ignored (discarded) from an external peer
-    if len(value) != 4:
-        d.problem(_TW, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, "LOCAL_PREF length")
-    else:
-        d.values["local_pref"] = struct.unpack("!I", value)[0]
+    _fixed(value, whole, d, 4, "LOCAL_PREF", "local_pref", _u32)
 
 
 def _atomic_aggregate(value: bytes, whole: bytes, d: _Decoding) -> None:
@@ -431,24 +446,16 @@ def _as4_aggregator(value: bytes, whole: bytes, d: _Decoding) -> None:
 
 
 def _communities(value: bytes, whole: bytes, d: _Decoding) -> None:
-    if len(value) % 4:
-        d.problem(_TW, UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR, whole, "COMMUNITIES length")  # RFC 7606 §7.8
-    else:
-        d.values["communities"] = tuple(struct.unpack("!HH", value[k : k + 4]) for k in range(0, len(value), 4))
+    # RFC 7606 §7.8
+    _records(value, whole, d, 4, UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR, "COMMUNITIES", "communities", lambda r: struct.unpack("!HH", r))
 
 
 def _originator_id(value: bytes, whole: bytes, d: _Decoding) -> None:
-    if len(value) != 4:
-        d.problem(_TW, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, "ORIGINATOR_ID length")
-    else:
-        d.values["originator_id"] = ipaddress.IPv4Address(value)
+    _fixed(value, whole, d, 4, "ORIGINATOR_ID", "originator_id", ipaddress.IPv4Address)
 
 
 def _cluster_list(value: bytes, whole: bytes, d: _Decoding) -> None:
-    if len(value) % 4:
-        d.problem(_TW, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, whole, "CLUSTER_LIST length")
-    else:
-        d.values["cluster_list"] = tuple(ipaddress.IPv4Address(value[k : k + 4]) for k in range(0, len(value), 4))
+    _records(value, whole, d, 4, UpdateSubcode.ATTRIBUTE_LENGTH_ERROR, "CLUSTER_LIST", "cluster_list", ipaddress.IPv4Address)
 
 
 def _as4_path(value: bytes, whole: bytes, d: _Decoding) -> None:
@@ -456,10 +463,9 @@ def _as4_path(value: bytes, whole: bytes, d: _Decoding) -> None:
 
 
 def _large_communities(value: bytes, whole: bytes, d: _Decoding) -> None:
-    if len(value) % 12:
-        d.problem(_TW, UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR, whole, "LARGE_COMMUNITY length")  # RFC 8092 §6
-    else:
-        d.values["large_communities"] = tuple(struct.unpack("!III", value[k : k + 12]) for k in range(0, len(value), 12))
+    # RFC 8092 §6
+    _records(value, whole, d, 12, UpdateSubcode.OPTIONAL_ATTRIBUTE_ERROR, "LARGE_COMMUNITY", "large_communities",
+             lambda r: struct.unpack("!III", r))
 
 
 def _mp_reach(value: bytes, whole: bytes, d: _Decoding) -> None:
