@@ -451,7 +451,7 @@ class Daemon:
     def _bgp_event(self, peer: str, event: object) -> None:
         # A session reaching or leaving Established: run a pass now, so status and the
         # bgp_session_up/down hooks follow at once rather than at the next resync.
-        from lbd.bgp.fsm import State, StateChanged
+        from lbd.bgp.events import State, StateChanged
 
         if isinstance(event, StateChanged) and State.ESTABLISHED in (event.old, event.new):
             self.trigger()

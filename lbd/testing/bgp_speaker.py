@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lbd.bgp.announcer import BgpAnnouncer
-from lbd.bgp.fsm import (
+from lbd.bgp.events import (
     EndOfRibSent,
     Event,
     NotificationReceived,

@@ -14,9 +14,9 @@ from typing import Callable
 import pytest
 
 from lbd.bgp import codec
-from lbd.bgp.announcer import BgpAnnouncer
+from lbd.bgp.announcer import BgpAnnouncer, peer_ttl
 from lbd.bgp.codec import MultiprotocolCap, Open
-from lbd.bgp.fsm import Event, NotificationReceived, SessionDown, UpdateReceived
+from lbd.bgp.events import Event, NotificationReceived, SessionDown, UpdateReceived
 from lbd.metrics import REGISTRY
 from lbd.model import BgpPeerConfig, BgpRoute
 
@@ -406,10 +406,10 @@ def test_address_scan_and_next_hop_rules() -> None:
     assert netutil.other_family_next_hop(ipaddress.ip_address("10.88.0.1"), fake) is None  # no IPv6 there
     assert netutil.link_local_on_interface_of(ipaddress.ip_address("10.77.0.2"), fake) == ipaddress.ip_address("fe80::1")
     cfg = peer("p", 64512, 64513)
-    assert netutil.choose_router_id(cfg, "n", fake) == ipaddress.ip_address("10.77.0.2")
-    assert netutil.choose_router_id(cfg, "n", []) == ipaddress.IPv4Address(__import__("zlib").crc32(b"n"))
-    assert netutil.peer_ttl(cfg) == 1 and netutil.peer_ttl(peer("p", 1, 1)) == 255
-    assert netutil.peer_ttl(peer("p", 1, 2, ebgp_multihop=4)) == 4
+    assert netutil.choose_router_id(cfg.router_id, cfg.source_address, "n", fake) == ipaddress.ip_address("10.77.0.2")
+    assert netutil.choose_router_id(cfg.router_id, cfg.source_address, "n", []) == ipaddress.IPv4Address(__import__("zlib").crc32(b"n"))
+    assert peer_ttl(cfg) == 1 and peer_ttl(peer("p", 1, 1)) == 255
+    assert peer_ttl(peer("p", 1, 2, ebgp_multihop=4)) == 4
     md5 = netutil.md5_struct(LO, b"key")
     assert len(md5) == 216 and md5[130:132] == struct.pack("=H", 3)
 
