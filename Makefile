@@ -39,7 +39,7 @@ deps: deps-demo
 	@for s in bird frr gobgpd openbgpd exabgp serf keepalived; do systemctl disable --now $$s >/dev/null 2>&1 || true; done
 
 demo: deps-demo venv
-	$(PY) -m lbd.demo
+	$(PY) -m lbd.testing.demo
 
 test: deps venv
 	LBD_REQUIRE_ALL=1 $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)

@@ -3,7 +3,7 @@
 Run as root: ``python bench/arp.py [--samples N] [--seconds S]``.
 
 A namespace lab (a node and a client on a bridge): on the node an
-``L2Announcer`` (``python -m lbd.l2.driver``) binds one VIP (the kernel
+``L2Announcer`` (``python -m lbd.testing.l2_driver``) binds one VIP (the kernel
 answers its ARP requests) and serves another with the responder mode. From
 the client namespace a Python client on a raw AF_PACKET socket measures, for
 both VIPs in the same run:
@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lbd.l2.driver import DriverClient  # noqa: E402
-from lbd.netlab import Lab  # noqa: E402
+from lbd.testing.l2_driver import DriverClient  # noqa: E402
+from lbd.testing.netlab import Lab  # noqa: E402
 
 KERNEL_VIP = "10.77.0.10"
 RESPONDER_VIP = "10.77.0.11"

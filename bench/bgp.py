@@ -2,7 +2,7 @@
 
 Run as root: ``python bench/bgp.py [--n 10000 --n 100000] [--json]``.
 
-For each N (/32 prefixes) and each speaker (lbd's runner ``python -m lbd.bgp
+For each N (/32 prefixes) and each speaker (lbd's runner ``python -m lbd.testing.bgp_speaker
 --prefixes-file``, ExaBGP 4 with a static config, BIRD 2 as a speaker with a
 static protocol), a fresh BIRD router in a namespace (passive, eBGP, import
 all, no kernel export) receives the table, and this script measures:
@@ -56,7 +56,7 @@ from interop.bgp_speakers import (
     SessionSpec,
 )
 
-from lbd.netlab import Lab
+from lbd.testing.netlab import Lab
 
 ROUTER, SPEAKER = "10.77.0.1", "10.77.0.2"
 ROUTER_AS, SPEAKER_AS = 4200000002, 4200000001

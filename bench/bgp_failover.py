@@ -1,6 +1,6 @@
 """BGP failover benchmark: how long clients lose service when a node announcing a VIP fails or stops.
 
-The lab (``lbd.netlab.Lab``, one bridge)::
+The lab (``lbd.testing.netlab.Lab``, one bridge)::
 
     client 10.88.0.10 --(gw 10.88.0.1)--> router (BIRD: ECMP "merge paths", kernel export, protocol bfd)
                                             |-- n1 10.77.0.2  (VIP on lo, TCP server on :8080 answering "n1")
@@ -267,7 +267,7 @@ class LbdSystem:
     name = "lbd"
 
     def __init__(self, blab: BgpLab) -> None:
-        from lbd.netlab import LbdNode
+        from lbd.testing.netlab import LbdNode
 
         self.blab = blab
         self.nodes = {}
@@ -427,7 +427,7 @@ def summarize(rows: list[RunResult]) -> dict[str, object]:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from lbd.netlab import Lab
+    from lbd.testing.netlab import Lab
 
     all_rows: list[RunResult] = []
     workroot = Path(args.workdir or tempfile.mkdtemp(prefix="lbd-bgp-failover-"))

@@ -1,6 +1,6 @@
 """Failover benchmark: how long a client goes without service when a VIP's owner fails.
 
-The lab (``lbd.netlab.Lab``): three nodes ``n1``..``n3`` (10.77.0.11-13/24) and a
+The lab (``lbd.testing.netlab.Lab``): three nodes ``n1``..``n3`` (10.77.0.11-13/24) and a
 client (10.77.0.50/24) on one bridge. The VIP 10.77.0.100 is held by whichever
 node owns it; every node runs ``failover_responder.py`` (UDP port 9999) that
 answers with the node's name. The client runs ``failover_probe.py``: a request
@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from lbd.netlab import Host, Lab
+from lbd.testing.netlab import Host, Lab
 from lbd.planner.election import rank
 
 BENCH = Path(__file__).resolve().parent

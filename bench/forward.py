@@ -1,6 +1,6 @@
 """Forwarding benchmark (issue 14), all in one run, with real lbd processes.
 
-Sections (each in its own ``lbd.forward.lab`` lab: client, lbd nodes, three backends):
+Sections (each in its own ``lbd.testing.forward_lab`` lab: client, lbd nodes, three backends):
 
 1. ``path``: one lbd node, ``forward = "nat"``, then ``"dsr"``. The client uploads for
    ``--seconds`` through the VIP, then straight to a backend from an address
@@ -44,10 +44,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lbd.forward.lab import (  # noqa: E402
+from lbd.testing.forward_lab import (  # noqa: E402
     BACKENDS, CLIENT_TOOL, backend_entries, build, holds_vip, node_config, vip_holder, wait_healthy,
 )
-from lbd.netlab import Lab, wait_for  # noqa: E402
+from lbd.testing.netlab import Lab, wait_for  # noqa: E402
 
 TABLE = "\n[forwarding]\ntable_size = 1021\n"
 

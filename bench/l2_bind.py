@@ -27,8 +27,8 @@ def _vips(n: int) -> list[ipaddress.IPv4Address]:
 
 def _child(n: int) -> None:
     """Inside the namespace: lbd's binder, then ip -batch; prints four timings."""
-    from lbd.l2.binding import AddressBinder
-    from lbd.l2.netlink import Netlink
+    from lbd.kernel.binding import AddressBinder
+    from lbd.kernel.netlink import Netlink
 
     index = int(open("/sys/class/net/v0/ifindex").read())
     vips = _vips(n)

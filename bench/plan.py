@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lbd.netlab import Lab, LbdNode, wait_for  # noqa: E402
+from lbd.testing.netlab import Lab, LbdNode, wait_for  # noqa: E402
 
 
 def config(services: range, first: str) -> str:

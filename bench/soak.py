@@ -70,7 +70,7 @@ from failover import (
     build_lab,
 )
 
-from lbd.netlab import Lab
+from lbd.testing.netlab import Lab
 from lbd.planner.election import rank
 
 METRICS_PORT = 9120
@@ -505,7 +505,7 @@ def soak_bfd(profile_text: str, duration: float, hogs: int, workdir: Path) -> in
     BIRD (its BFD trace), and lbd's worst transmit delay past a packet's deadline."""
     import bgp_failover as bf
 
-    from lbd.netlab import Lab
+    from lbd.testing.netlab import Lab
 
     ms, mult = profile_text.split("x")
     profile = bf.Profile(int(ms), int(mult))

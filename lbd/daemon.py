@@ -16,7 +16,7 @@ import stat
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import structlog
 
@@ -25,14 +25,14 @@ from lbd import aio
 import lbd
 from lbd.config import ConfigError, parse_config
 from lbd.control import ControlError, ControlServer, peer_credentials
+from lbd.coordination import Coordinator, Handover, LocalCoordinator
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, observe
 from lbd.ipam import pool_usage
+from lbd.kernel.interfaces import list_interfaces
+from lbd.kernel.netlink import Netlink
 from lbd.l2.announcer import L2Announcer
-from lbd.l2.interfaces import list_interfaces
-from lbd.l2.netlink import Netlink
-from lbd.membership import LocalMembership, Membership
-from lbd.model import (Allocation, Config, ExportRoute, Family, IPAddress, LocalInterface, Member, MemberState, Plan,
-                       ServiceSpec, VipDecision)
+from lbd.model import (Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec,
+                       VipDecision)
 from lbd.planner import PlannerInput, held_vips, plan
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
 from lbd.selectors import matches
@@ -43,6 +43,17 @@ from lbd.sources.registry import validate_source
 from lbd.sources.static import static_source_config
 from lbd.state import PersistedState, StateError, StateStore
 from lbd import daemon_metrics as m
+
+if TYPE_CHECKING:
+    # Optional parts, imported when the config first needs them (start-up cost, and a
+    # node without BGP or forwarding never loads those packages).
+    from lbd.bgp.announcer import BgpAnnouncer
+    from lbd.kernel.routes import RouteExporter
+    from lbd.forward.forwarder import Forwarder
+    from lbd.forward.health import BackendChecker
+    from lbd.health import HealthChecker
+    from lbd.kernel.interfaces import LocalInterface
+    from lbd.metrics_server import MetricsServer
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +136,7 @@ def restored_state(persisted: PersistedState, config: Config) -> tuple[dict[str,
 
 
 class Daemon:
-    def __init__(self, config: Config, membership: Membership | None = None) -> None:
+    def __init__(self, config: Config, membership: Coordinator | None = None) -> None:
         self.config = config
         self.started = time.time()
         self.notifier = Notifier()
@@ -141,12 +152,12 @@ class Daemon:
         self.last_reconcile: float | None = None
         self.netlink = Netlink()  # one netlink socket for the daemon, on its own thread (uvloop-safe)
         self.l2 = L2Announcer(netlink=self.netlink)
-        self.bgp: Any = None  # lbd.bgp.announcer.BgpAnnouncer, when peers are configured
-        self.exporter: Any = None  # lbd.bgp.export.RouteExporter, when route exports are configured
-        self.health: Any = None  # lbd.health.HealthChecker, when a service has a health check
-        self.forwarder: Any = None  # lbd.forward.forwarder.Forwarder, once a service has backends
-        self.backend_checks: Any = None  # lbd.forward.health.BackendChecker, likewise
-        self.membership: Membership = membership or LocalMembership(config.node.name)
+        self.bgp: BgpAnnouncer | None = None  # when peers are configured
+        self.exporter: RouteExporter | None = None  # when route exports are configured
+        self.health: HealthChecker | None = None  # when a service has a health check
+        self.forwarder: Forwarder | None = None  # once a service has backends
+        self.backend_checks: BackendChecker | None = None  # likewise
+        self.membership: Coordinator = membership or LocalCoordinator(config.node.name)
         self.membership.restore(self.allocations, self.extra_state)
         self.sources = SourceManager(
             node_name=config.node.name, state_dir=config.node.state_dir, on_change=self.trigger
@@ -173,7 +184,7 @@ class Daemon:
         self._restarting = False  # this stop is for a restart: keep routes and addresses in place
         stopped_at = self.extra_state.pop("restart_stop_at", None)
         self.graceful_restart = isinstance(stopped_at, (int, float)) and 0 <= time.time() - stopped_at < RESTART_WINDOW
-        self._metrics_server: Any = None
+        self._metrics_server: MetricsServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.hook_runner = HookRunner()
         self.hooks = HookDispatcher(config.hooks, config.node.name, self.hook_runner.submit)
@@ -218,7 +229,8 @@ class Daemon:
             self.membership.update_local(replace(me, holds=held_now))
         await self._write_back(config)
         self.last_reconcile = time.time()
-        m.update(self)
+        m.update(pools=self.config.pools, allocations=self.allocations, pending=self.pending, plan=self.plan,
+                 drained=self.drained)
         self._observe_hooks(members)
 
     def _allocate(self, config: Config) -> None:
@@ -420,7 +432,7 @@ class Daemon:
         if self.health is not None:
             self.health.set_checks(checks)
 
-    async def _forward(self, interfaces: Any) -> frozenset[str]:
+    async def _forward(self, interfaces: Sequence[LocalInterface]) -> frozenset[str]:
         """Balance forwarded services to their healthy backends (docs/forwarding.md).
 
         Every node installs the same rules whether or not it holds the VIP, so a
@@ -467,14 +479,14 @@ class Daemon:
     def _bgp_event(self, peer: str, event: object) -> None:
         # A session reaching or leaving Established: run a pass now, so status and the
         # bgp_session_up/down hooks follow at once rather than at the next resync.
-        from lbd.bgp.fsm import State, StateChanged
+        from lbd.bgp.events import State, StateChanged
 
         if isinstance(event, StateChanged) and State.ESTABLISHED in (event.old, event.new):
             self.trigger()
 
     async def _configure_export(self) -> None:
         if (self.config.route_exports or self.config.bgp_advertisements) and self.exporter is None:
-            from lbd.bgp.export import RT_TABLE_LOCAL, RouteExporter
+            from lbd.kernel.routes import RT_TABLE_LOCAL, RouteExporter
             from lbd.planner import LOCAL_ROUTE_PROTO
 
             self.exporter = RouteExporter.from_configs(self.config.route_exports, netlink=self.netlink)
@@ -665,19 +677,27 @@ class Daemon:
             self._interrupted = True
             running.cancel()  # a long pass must not delay the stop; shutdown() undoes its work
 
+    def _held(self) -> tuple[str, ...]:
+        """The layer-2 VIPs this node holds now (what a handover waits to see emptied)."""
+        return held_vips(self.plan.l2)
+
+    def _handover(self) -> Handover:
+        """What the cluster layer may use from the daemon to leave gracefully."""
+        return Handover(held=self._held, reconcile=self.reconcile, restarting=self._restarting)
+
     async def shutdown(self) -> None:
         self.notifier.stopping()
         if not self._restarting:
             self.hooks.withdraw_all(time.time())  # vip_down / bgp_session_down for what stops now
         for task in self._tasks:
             task.cancel()
-        clustered = not isinstance(self.membership, LocalMembership)
+        clustered = not isinstance(self.membership, LocalCoordinator)
         if self.bgp is not None and not self._restarting:
             # Withdrawal, BFD AdminDown, Cease, acknowledged by each router, all
             # before leaving the cluster and before the VIPs go (l2.close below).
             await self.bgp.close()
         try:
-            await self.membership.leave(self)
+            await self.membership.leave(self._handover())
         except Exception:  # noqa: BLE001 - shutdown must go on
             log.exception("leave_failed")
         if self._restarting and not clustered:
@@ -697,7 +717,7 @@ class Daemon:
         if self.bgp is not None and self._restarting:
             await self.bgp.close(graceful_restart=True)
         if self.exporter is not None:
-            from lbd.bgp.export import RT_TABLE_LOCAL
+            from lbd.kernel.routes import RT_TABLE_LOCAL
 
             # A restart keeps the local routes accepting BGP VIPs, as it keeps the addresses.
             await self.exporter.close(keep_tables=(RT_TABLE_LOCAL,) if self._restarting and not clustered else ())
@@ -831,7 +851,7 @@ class Daemon:
         self.drained = True
         self.persist()
         self.trigger()
-        moved = await self.membership.wait_handover(self)
+        moved = await self.membership.wait_handover(self._held)
         return f"drained: {moved}"
 
     async def _cmd_undrain(self, args: Mapping[str, Any]) -> str:
@@ -887,9 +907,9 @@ def run_daemon(config: Config) -> int:
     async def main() -> int:
         membership = None
         if config.cluster.enabled:
-            from lbd.cluster.membership import ClusterMembership
+            from lbd.cluster.coordination import ClusterCoordinator
 
-            membership = ClusterMembership(config)
+            membership = ClusterCoordinator(config)
         return await Daemon(config, membership).run()
 
     try:

@@ -137,7 +137,7 @@ def services_under(running: RunningState, new: Config) -> tuple[dict[str, Servic
 
 def allocate_for(config: Config, services: Mapping[str, ServiceSpec],
                  previous: Mapping[str, Allocation]) -> AllocationResult:
-    """The allocation the (allocating) node would compute; ``Membership.allocate``'s rule."""
+    """The allocation the (allocating) node would compute; ``Coordinator.allocate``'s rule."""
     return allocate(config.pools, list(services.values()), previous, namespaces=config.namespaces)
 
 

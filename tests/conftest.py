@@ -8,10 +8,10 @@ from typing import Iterator
 
 import pytest
 
-from lbd.netlab import Lab, require_binary  # noqa: F401 - re-exported for old imports
+from lbd.testing.netlab import Lab, require_binary  # noqa: F401 - re-exported for old imports
 
-# Under LBD_REQUIRE_ALL=1 (make test, CI) every skip is a failure: see lbd/pytest_require_all.py.
-from lbd.pytest_require_all import (  # noqa: F401 - hooks, found by pytest in this module's namespace
+# Under LBD_REQUIRE_ALL=1 (make test, CI) every skip is a failure: see lbd/testing/pytest_require_all.py.
+from lbd.testing.pytest_require_all import (  # noqa: F401 - hooks, found by pytest in this module's namespace
     pytest_collectreport,
     pytest_runtest_makereport,
     pytest_sessionfinish,
@@ -36,5 +36,5 @@ def lab() -> Iterator[Lab]:
         yield the_lab
 
 
-# Shared test helpers live in lbd.netlab (require_binary, wait_for, Lab, LbdNode): a module,
+# Shared test helpers live in lbd.testing.netlab (require_binary, wait_for, Lab, LbdNode): a module,
 # not this conftest, so that test files import them by a name that cannot collide.

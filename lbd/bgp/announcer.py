@@ -13,23 +13,25 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import structlog
 from prometheus_client import Counter, Gauge
 
 from lbd.bgp import netutil
-from lbd.bgp.fsm import (
+from lbd.bgp.events import (
+    EndOfRibSent,
     Event,
     NotificationReceived,
     NotificationSent,
     State,
     UpdateReceived,
     UpdatesSent,
-    EndOfRibSent,
 )
 from lbd.bgp.packing import RouteAttrs
-from lbd.bgp.speaker import Listener, PeerSpeaker
+from lbd.bgp.settings import SessionSettings
+from lbd.bgp.speaker import Listener, PeerEndpoint, PeerSpeaker
 from lbd.metrics import REGISTRY
 from lbd.model import BfdProfileConfig, BgpPeerConfig, BgpRoute, IPAddress, IPNetwork
 from lbd.selectors import matches
@@ -46,6 +48,65 @@ ANNOUNCED = Gauge("lbd_bgp_announced_prefixes", "Prefixes currently announced to
 ObserverCallback = Callable[[str, Event], None]
 ACK_WAIT = 1.0  # graceful stop: longest wait for the router's TCP to acknowledge the withdrawal
 ADMIN_DOWN_WAIT = 0.5  # graceful stop: longest wait for the BFD thread to send AdminDown
+
+
+# -- the configuration adapter ----------------------------------------------
+# The one place a configured peer becomes plain values: SessionSettings for the
+# FSM, PeerEndpoint for the asyncio speaker. Nothing else in lbd.bgp reads a
+# BgpPeerConfig (tests/unit/test_bgp_core_imports.py holds the core to it).
+
+
+def session_settings(peer: BgpPeerConfig, router_id: ipaddress.IPv4Address) -> SessionSettings:
+    """What the session FSM runs with. ``router_id``: the node's, used unless
+    the peer sets its own."""
+    return SessionSettings(
+        local_as=peer.local_asn if peer.local_asn is not None else peer.my_asn,
+        router_id=peer.router_id or router_id,
+        peer_as=peer.peer_asn,
+        dynamic_asn=peer.dynamic_asn,
+        hold_time=int(peer.hold_time),
+        keepalive_time=peer.keepalive_time,
+        connect_time=peer.connect_time,
+        passive=peer.passive,
+        graceful_restart=peer.graceful_restart,
+        graceful_restart_time=peer.graceful_restart_time,
+    )
+
+
+def peer_endpoint(peer: BgpPeerConfig) -> PeerEndpoint:
+    """How the speaker reaches the peer: address, port, source, TTL, TCP MD5."""
+    return PeerEndpoint(
+        name=peer.name,
+        address=peer.peer_address,
+        port=peer.peer_port,
+        source_address=peer.source_address,
+        ttl=peer_ttl(peer),
+        password=lambda: peer_password(peer),
+    )
+
+
+def peer_password(peer: BgpPeerConfig) -> bytes | None:
+    """The MD5 password, ``password_file`` read now (so a rotated secret is picked up)."""
+    if peer.password_file is not None:
+        text = Path(peer.password_file).read_text().strip()
+        return text.encode() if text else None
+    if peer.password:
+        return peer.password.encode()
+    return None
+
+
+def is_ibgp_config(peer: BgpPeerConfig) -> bool:
+    local = peer.local_asn if peer.local_asn is not None else peer.my_asn
+    if peer.peer_asn is not None:
+        return peer.peer_asn == local
+    return peer.dynamic_asn == "internal"
+
+
+def peer_ttl(peer: BgpPeerConfig) -> int:
+    """TTL for the session: 255 on iBGP, ``ebgp_multihop`` or 1 (directly connected) on eBGP."""
+    if is_ibgp_config(peer):
+        return 255
+    return max(1, min(255, peer.ebgp_multihop or 1))
 
 
 class BgpAnnouncer:
@@ -96,7 +157,8 @@ class BgpAnnouncer:
             if new:
                 addrs = await netutil.scan_addresses_async()
                 for peer in new:
-                    self._start_peer(peer, netutil.choose_router_id(peer, self.node_name, addrs), addrs)
+                    router_id = netutil.choose_router_id(peer.router_id, peer.source_address, self.node_name, addrs)
+                    self._start_peer(peer, router_id, addrs)
             await self._configure_listeners()
             await self._configure_bfd(list(wanted.values()), {p.name: p for p in bfd_profiles})
 
@@ -184,7 +246,7 @@ class BgpAnnouncer:
             s = speaker.session
             neg = s.negotiated if s.state == State.ESTABLISHED else None
             st = s.stats
-            peer = speaker.peer
+            peer = self._peers[name]
             out.append(
                 {
                     "name": name,
@@ -217,7 +279,13 @@ class BgpAnnouncer:
     def _start_peer(self, peer: BgpPeerConfig, router_id: ipaddress.IPv4Address, addrs: netutil.Addresses) -> None:
         if peer.vrf:
             log.warning("bgp_option_unsupported", peer=peer.name, option="vrf", value=str(peer.vrf))
-        speaker = PeerSpeaker(peer, router_id=router_id, restarting=self._restarting, on_event=self._event, addresses=addrs)
+        speaker = PeerSpeaker(
+            peer_endpoint(peer),
+            settings=session_settings(peer, router_id),
+            restarting=self._restarting,
+            on_event=self._event,
+            addresses=addrs,
+        )
         self._peers[peer.name] = peer
         self._speakers[peer.name] = speaker
         SESSION_UP.labels(peer=peer.name).set(0)
@@ -282,7 +350,7 @@ class BgpAnnouncer:
         keys: dict[IPAddress, bytes] = {}
         for peer in self._peers.values():
             try:
-                key = netutil.peer_password(peer)
+                key = peer_password(peer)
             except OSError as exc:
                 log.warning("bgp_password_file_unreadable", peer=peer.name, error=str(exc))
                 continue
@@ -298,7 +366,7 @@ class BgpAnnouncer:
         if isinstance(remote, ipaddress.IPv6Address) and remote.ipv4_mapped is not None:
             remote = remote.ipv4_mapped
         for speaker in self._speakers.values():
-            if speaker.peer.peer_address == remote:
+            if speaker.endpoint.address == remote:
                 speaker.accept(sock)
                 return True
         return False
@@ -311,7 +379,7 @@ class BgpAnnouncer:
         ANNOUNCED.labels(peer=name).set(len(s.advertised) if s.state == State.ESTABLISHED else 0)
 
     def _event(self, speaker: PeerSpeaker, event: Event) -> None:
-        name = speaker.peer.name
+        name = speaker.endpoint.name
         if isinstance(event, UpdatesSent):
             UPDATES_SENT.labels(peer=name).inc(event.messages)
         elif isinstance(event, EndOfRibSent):

@@ -1,31 +1,31 @@
 """The BGP session state machine (RFC 4271 §8), sans-IO.
 
 One :class:`Session` per peer. The caller feeds it connection events, received
-bytes and the current time; it returns events (some of which are actions for
-the caller: :class:`ConnectRequested`, :class:`CloseRequested`) and queues the
-bytes to write, fetched with :meth:`Session.data_to_send` (the h11 style).
-Timers are deadlines: the caller calls :meth:`Session.tick` at
-:meth:`Session.next_deadline`.
+bytes and the current time; it returns events (:mod:`lbd.bgp.events`; some are
+actions for the caller: :class:`~lbd.bgp.events.ConnectRequested`,
+:class:`~lbd.bgp.events.CloseRequested`) and queues the bytes to write, fetched
+with :meth:`Session.data_to_send` (the h11 style). Timers are deadlines: the
+caller calls :meth:`Session.tick` at :meth:`Session.next_deadline`. What the
+session needs to know comes as a plain :class:`~lbd.bgp.settings.SessionSettings`.
 
-The session also holds the Adj-RIB-Out for the peer: the desired routes set
-with :meth:`Session.set_routes`, and what the current connection has sent. On
-Established everything is sent, followed by End-of-RIB (RFC 4724 §2); later
-changes send only the difference; a ROUTE-REFRESH resends the family (inside
-BoRR/EoRR with enhanced route refresh, RFC 7313); a new connection starts
-from nothing, so a reconnect resends it all.
+The routes live in the session's :class:`~lbd.bgp.rib.AdjRibOut`; the FSM
+decides when they go out: on Established everything, followed by End-of-RIB
+(RFC 4724 §2); later changes only the difference; a ROUTE-REFRESH resends the
+family (inside BoRR/EoRR with enhanced route refresh, RFC 7313); a new
+connection starts from nothing, so a reconnect resends it all.
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from dataclasses import dataclass
-from typing import Collection, Mapping, Union
+from typing import Mapping
 
 import structlog
 
+from lbd.backoff import capped_backoff
 from lbd.bgp import codec
-from lbd.bgp.attributes import AFI_IPV4, AFI_IPV6, AS_TRANS, SAFI_UNICAST
+from lbd.bgp.attributes import AS_TRANS
 from lbd.bgp.codec import (
     EnhancedRouteRefreshCap,
     GracefulRestartCap,
@@ -36,97 +36,33 @@ from lbd.bgp.codec import (
     Open,
     RouteRefresh,
     RouteRefreshCap,
-    Update,
 )
 from lbd.bgp.errors import BgpError, CeaseSubcode, ErrorCode, FsmSubcode, OpenSubcode, describe
-from lbd.backoff import capped_backoff
-from lbd.bgp.packing import EncodeContext, RouteAttrs, UpdatePacker, family_of
-from lbd.model import BgpPeerConfig, IPAddress, IPNetwork
+from lbd.bgp.events import (
+    CloseRequested,
+    ConnectRequested,
+    EndOfRibSent,
+    Event,
+    Negotiated,
+    NotificationReceived,
+    NotificationSent,
+    OpenReceived,
+    RouteRefreshReceived,
+    SessionDown,
+    SessionEstablished,
+    State,
+    StateChanged,
+    UpdateReceived,
+    UpdatesSent,
+)
+from lbd.bgp.packing import EncodeContext, RouteAttrs, UpdatePacker
+from lbd.bgp.rib import AdjRibOut, UpdateBatch
+from lbd.bgp.settings import IPV4_UNICAST, Family, SessionSettings
+from lbd.model import IPAddress, IPNetwork
 
 log = structlog.get_logger(__name__)
 
-Family = tuple[int, int]
-IPV4_UNICAST: Family = (AFI_IPV4, SAFI_UNICAST)
-IPV6_UNICAST: Family = (AFI_IPV6, SAFI_UNICAST)
-
-
-class State(str, enum.Enum):
-    IDLE = "idle"
-    CONNECT = "connect"
-    ACTIVE = "active"
-    OPENSENT = "opensent"
-    OPENCONFIRM = "openconfirm"
-    ESTABLISHED = "established"
-
-
 _CONNECTED = (State.OPENSENT, State.OPENCONFIRM, State.ESTABLISHED)
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """What the FSM needs from a peer's configuration."""
-
-    local_as: int
-    router_id: ipaddress.IPv4Address
-    peer_as: int | None = None
-    dynamic_asn: str | None = None  # "internal" or "external" when peer_as is None
-    hold_time: int = 90
-    keepalive_time: float | None = None  # None: negotiated hold / 3
-    connect_time: float = 10.0
-    passive: bool = False
-    graceful_restart: bool = False
-    graceful_restart_time: int = 120
-    families: tuple[Family, ...] = (IPV4_UNICAST, IPV6_UNICAST)
-    connect_retry_initial: float = 1.0  # backoff 0, 1, 2, 4 ... s (as MetalLB)
-    connect_retry_max: float = 120.0
-    open_hold_time: float = 240.0  # RFC 4271 §8.2.2: the "large value" while in OpenSent
-    next_hop_v4: ipaddress.IPv4Address | None = None  # None: the session's local address
-    next_hop_v6: ipaddress.IPv6Address | None = None
-    next_hop_v6_link_local: ipaddress.IPv6Address | None = None
-
-    @staticmethod
-    def from_peer(peer: BgpPeerConfig, router_id: ipaddress.IPv4Address, **overrides: object) -> "SessionConfig":
-        kwargs: dict[str, object] = dict(
-            local_as=peer.local_asn if peer.local_asn is not None else peer.my_asn,
-            router_id=peer.router_id or router_id,
-            peer_as=peer.peer_asn,
-            dynamic_asn=peer.dynamic_asn,
-            hold_time=int(peer.hold_time),
-            keepalive_time=peer.keepalive_time,
-            connect_time=peer.connect_time,
-            passive=peer.passive,
-            graceful_restart=peer.graceful_restart,
-            graceful_restart_time=peer.graceful_restart_time,
-        )
-        kwargs.update(overrides)
-        return SessionConfig(**kwargs)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class Negotiated:
-    peer_as: int
-    peer_router_id: ipaddress.IPv4Address
-    hold_time: int
-    keepalive_time: float
-    four_octet: bool
-    families: tuple[Family, ...]
-    route_refresh: bool
-    enhanced_route_refresh: bool
-    graceful_restart: bool  # both sides advertised the capability
-    peer_restarting: bool
-    ibgp: bool
-
-    def capabilities(self) -> list[str]:
-        caps = [{IPV4_UNICAST: "ipv4-unicast", IPV6_UNICAST: "ipv6-unicast"}.get(f, f"afi{f[0]}-safi{f[1]}") for f in self.families]
-        if self.four_octet:
-            caps.append("4-octet-as")
-        if self.route_refresh:
-            caps.append("route-refresh")
-        if self.enhanced_route_refresh:
-            caps.append("enhanced-route-refresh")
-        if self.graceful_restart:
-            caps.append("graceful-restart")
-        return caps
 
 
 @dataclass
@@ -143,106 +79,11 @@ class SessionStats:
     last_error: str | None = None
 
 
-# ---------------------------------------------------------------------------
-# Events (those marked "action" ask the caller to do something)
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StateChanged:
-    old: State
-    new: State
-
-
-@dataclass(frozen=True)
-class ConnectRequested:
-    """Action: open a TCP connection to the peer (within ``connect_time``)."""
-
-
-@dataclass(frozen=True)
-class CloseRequested:
-    """Action: flush :meth:`Session.data_to_send`, then close the connection."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class OpenReceived:
-    router_id: ipaddress.IPv4Address
-    asn: int
-
-
-@dataclass(frozen=True)
-class SessionEstablished:
-    negotiated: Negotiated
-
-
-@dataclass(frozen=True)
-class SessionDown:
-    reason: str
-
-
-@dataclass(frozen=True)
-class NotificationSent:
-    code: int
-    subcode: int
-    data: bytes = b""
-
-
-@dataclass(frozen=True)
-class NotificationReceived:
-    code: int
-    subcode: int
-    data: bytes = b""
-
-
-@dataclass(frozen=True)
-class UpdateReceived:
-    update: Update
-
-
-@dataclass(frozen=True)
-class RouteRefreshReceived:
-    afi: int
-    safi: int
-    subtype: int
-
-
-@dataclass(frozen=True)
-class UpdatesSent:
-    messages: int
-    announced: int
-    withdrawn: int
-
-
-@dataclass(frozen=True)
-class EndOfRibSent:
-    afi: int
-    safi: int
-    prefixes: int
-
-
-Event = Union[
-    StateChanged,
-    ConnectRequested,
-    CloseRequested,
-    OpenReceived,
-    SessionEstablished,
-    SessionDown,
-    NotificationSent,
-    NotificationReceived,
-    UpdateReceived,
-    RouteRefreshReceived,
-    UpdatesSent,
-    EndOfRibSent,
-]
-
-
 class Session:
-    """One BGP peer's session FSM and Adj-RIB-Out."""
+    """One BGP peer's session FSM; its routes are in :attr:`rib`."""
 
-    def __init__(self, config: SessionConfig, *, name: str = "", restarting: bool = False) -> None:
-        self.config = config
+    def __init__(self, settings: SessionSettings, *, name: str = "", restarting: bool = False) -> None:
+        self.settings = settings
         self.name = name
         self.state = State.IDLE
         self.stats = SessionStats()
@@ -265,11 +106,7 @@ class Session:
         self._out = bytearray()
         self._reader = MessageReader()
         self._events: list[Event] = []
-        self._desired: dict[IPNetwork, RouteAttrs] = {}
-        self._advertised: dict[IPNetwork, RouteAttrs] = {}
-        self._packer: UpdatePacker | None = None
-        self._rib_ready = False  # set_routes was called at least once
-        self._initial_sent = False  # this connection sent its table and End-of-RIB
+        self.rib = AdjRibOut()
         self._other_next_hop: IPAddress | None = None
         self._nh6_ll: ipaddress.IPv6Address | None = None
 
@@ -281,11 +118,11 @@ class Session:
 
     @property
     def advertised(self) -> Mapping[IPNetwork, RouteAttrs]:
-        return self._advertised
+        return self.rib.advertised
 
     @property
     def desired(self) -> Mapping[IPNetwork, RouteAttrs]:
-        return self._desired
+        return self.rib.desired
 
     def data_to_send(self) -> bytes:
         data = bytes(self._out)
@@ -351,14 +188,13 @@ class Session:
         self.remote_address = remote_address
         self.outbound = outbound
         self._reader = MessageReader()
-        self._advertised = {}
-        self._packer = None
+        self.rib.reset()
         self.negotiated = None
         self.peer_open = None
         self._connect_deadline = None
         self._retry_at = None
         self._out += codec.encode_open(self._make_open())
-        self._hold_at = now + self.config.open_hold_time
+        self._hold_at = now + self.settings.open_hold_time
         self._keepalive_at = None
         self._set_state(State.OPENSENT)
         return self._flush()
@@ -427,11 +263,10 @@ class Session:
         The first call also marks the table complete: until then an
         Established session sends nothing, not even End-of-RIB.
         """
-        self._desired = dict(routes)
-        self._rib_ready = True
+        self.rib.set_desired(routes)
         if self.state == State.ESTABLISHED:
-            if self._initial_sent:
-                self._send_diff(now)
+            if self.rib.initial_sent:
+                self._write_updates(self.rib.diff(), now)
             else:
                 self._send_initial(now)
         return self._flush()
@@ -446,8 +281,7 @@ class Session:
 
     def take_over(self, other: "Session") -> None:
         """Become the peer's session in place of ``other`` (the collision loser)."""
-        self._desired = dict(other._desired)
-        self._rib_ready = other._rib_ready
+        self.rib.adopt(other.rib)
         self._auto_restart = True
         self._restarting = other._restarting
         self.stats = other.stats
@@ -478,17 +312,17 @@ class Session:
 
     def _backoff(self) -> float:
         # Clamped before the power: a peer down for days keeps retrying at the cap.
-        return capped_backoff(self._failures, self.config.connect_retry_initial, self.config.connect_retry_max)
+        return capped_backoff(self._failures, self.settings.connect_retry_initial, self.settings.connect_retry_max)
 
     def _schedule_retry(self, now: float) -> None:
         self._failures += 1
         self._retry_at = now + self._backoff()
 
     def _begin(self, now: float) -> None:
-        if self.config.passive:
+        if self.settings.passive:
             self._set_state(State.ACTIVE)  # wait for the peer to connect
             return
-        self._connect_deadline = now + self.config.connect_time
+        self._connect_deadline = now + self.settings.connect_time
         self._set_state(State.CONNECT)
         self._emit(ConnectRequested())
 
@@ -506,26 +340,26 @@ class Session:
         if close:
             self._emit(CloseRequested(reason))
         self._hold_at = self._keepalive_at = None
-        self._packer = None
+        self.rib.close()
         self._set_state(State.IDLE)
         if was_established:
             self.log.info("bgp_session_down", reason=reason)
             self._emit(SessionDown(reason))
         if self._auto_restart:
-            if self.config.passive:
+            if self.settings.passive:
                 self._set_state(State.ACTIVE)
             self._schedule_retry(now)
 
     def _make_open(self) -> Open:
-        caps: list[codec.Capability] = [MultiprotocolCap(afi, safi) for afi, safi in self.config.families]
+        caps: list[codec.Capability] = [MultiprotocolCap(afi, safi) for afi, safi in self.settings.families]
         caps += [RouteRefreshCap(), EnhancedRouteRefreshCap()]
-        if self.config.graceful_restart:
+        if self.settings.graceful_restart:
             flags = codec.GR_RESTART_STATE if self._restarting else 0
             # F bit: the VIP routes' forwarding (the kernel's) survives an lbd restart.
-            fams = tuple((afi, safi, codec.GR_AFI_FORWARDING) for afi, safi in self.config.families)
-            caps.append(GracefulRestartCap(flags, self.config.graceful_restart_time, fams))
-        hold = int(self.config.hold_time)
-        return Open.for_asn(self.config.local_as, hold, self.config.router_id, tuple(caps))
+            fams = tuple((afi, safi, codec.GR_AFI_FORWARDING) for afi, safi in self.settings.families)
+            caps.append(GracefulRestartCap(flags, self.settings.graceful_restart_time, fams))
+        hold = int(self.settings.hold_time)
+        return Open.for_asn(self.settings.local_as, hold, self.settings.router_id, tuple(caps))
 
     def _handle_message(self, msg_type: int, body: bytes, now: float) -> None:
         st = self.state
@@ -578,58 +412,16 @@ class Session:
                 self._resend_family((rr.afi, rr.safi), now)
 
     def _handle_open(self, msg: Open, now: float) -> None:
-        cfg = self.config
-        asn = msg.asn
-        four_octet = msg.capability(codec.FourOctetAsCap) is not None
-        if asn == 0 or (msg.my_as == AS_TRANS and not four_octet):
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn}")  # RFC 7607, RFC 6793
-        if cfg.peer_as is not None:
-            if asn != cfg.peer_as:
-                raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn}, expected {cfg.peer_as}")
-        elif cfg.dynamic_asn == "internal" and asn != cfg.local_as:
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn} is not internal")
-        elif cfg.dynamic_asn == "external" and asn == cfg.local_as:
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn} is not external")
-        if msg.hold_time in (1, 2):
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.UNACCEPTABLE_HOLD_TIME, reason=f"hold time {msg.hold_time}")
-        ibgp = asn == cfg.local_as
-        rid = msg.router_id
-        # RFC 6286 §2.2: any non-zero identifier, distinct from ours within an AS.
-        if int(rid) == 0 or (ibgp and rid == cfg.router_id):
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_BGP_IDENTIFIER, rid.packed, f"BGP identifier {rid}")
-        peer_fams = msg.families() or (IPV4_UNICAST,)  # no MP capability: IPv4 unicast (RFC 4760 §8)
-        families = tuple(f for f in cfg.families if f in peer_fams)
-        if not families:
-            # RFC 5492 §5: the peer lacks every family we need; data lists what we want.
-            wanted = b"".join(codec.encode_capability(MultiprotocolCap(a, s)) for a, s in cfg.families)
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.UNSUPPORTED_CAPABILITY, wanted, "no common address family")
-        hold = min(int(cfg.hold_time), msg.hold_time)
-        keepalive = 0.0
-        if hold:
-            keepalive = hold / 3
-            if cfg.keepalive_time is not None and cfg.keepalive_time > 0:
-                keepalive = min(cfg.keepalive_time, hold / 3)
-        gr_cap = msg.capability(GracefulRestartCap)
+        neg = negotiate(self.settings, msg)
         self.peer_open = msg
-        self.negotiated = Negotiated(
-            peer_as=asn,
-            peer_router_id=rid,
-            hold_time=hold,
-            keepalive_time=keepalive,
-            four_octet=four_octet,
-            families=families,
-            route_refresh=msg.capability(RouteRefreshCap) is not None,
-            enhanced_route_refresh=msg.capability(EnhancedRouteRefreshCap) is not None,
-            graceful_restart=cfg.graceful_restart and gr_cap is not None,
-            peer_restarting=isinstance(gr_cap, GracefulRestartCap) and gr_cap.restarting,
-            ibgp=ibgp,
-        )
-        self._emit(OpenReceived(rid, asn))
+        self.negotiated = neg
+        self._emit(OpenReceived(neg.peer_router_id, neg.peer_as))
         # RFC 4271 §8.2.2 OpenSent + BGPOpen: KEEPALIVE, set timers, OpenConfirm.
         self._out += codec.KEEPALIVE_BYTES
         self.stats.keepalives_sent += 1
+        hold = neg.hold_time
         self._hold_at = now + hold if hold else None
-        self._keepalive_at = now + keepalive if hold else None
+        self._keepalive_at = now + neg.keepalive_time if hold else None
         self._set_state(State.OPENCONFIRM)
 
     def _established(self, now: float) -> None:
@@ -642,11 +434,11 @@ class Session:
         self._set_state(State.ESTABLISHED)
         self.log.info("bgp_session_up", peer_as=neg.peer_as, hold=neg.hold_time, capabilities=neg.capabilities())
         self._emit(SessionEstablished(neg))
-        cfg = self.config
+        cfg = self.settings
         hops = [self.local_address, self._other_next_hop]
         nh4 = cfg.next_hop_v4 or next((a for a in hops if isinstance(a, ipaddress.IPv4Address)), None)
         nh6 = cfg.next_hop_v6 or next((a for a in hops if isinstance(a, ipaddress.IPv6Address) and not a.is_link_local), None)
-        self._packer = UpdatePacker(
+        packer = UpdatePacker(
             EncodeContext(
                 local_as=cfg.local_as,
                 ibgp=neg.ibgp,
@@ -656,9 +448,8 @@ class Session:
                 next_hop_v6_link_local=cfg.next_hop_v6_link_local or self._nh6_ll,
             )
         )
-        self._advertised = {}
-        self._initial_sent = False
-        if self._rib_ready:
+        self.rib.open(packer, neg.families)
+        if self.rib.ready:
             self._send_initial(now)
 
     def _send_initial(self, now: float) -> None:
@@ -670,10 +461,8 @@ class Session:
         """
         neg = self.negotiated
         assert neg is not None
-        self._initial_sent = True
-        self._send_diff(now)
-        v6 = sum(1 for p in self._advertised if p.version == 6)
-        counts = {IPV4_UNICAST: len(self._advertised) - v6, IPV6_UNICAST: v6}
+        batch, counts = self.rib.initial()
+        self._write_updates(batch, now)
         for fam in neg.families:
             self._out += codec.end_of_rib(*fam)
             self.stats.updates_sent += 1
@@ -681,74 +470,23 @@ class Session:
         self._restarting = False
         self._touch_keepalive(now)
 
-    def _sendable_versions(self) -> frozenset[int]:
-        """IP versions we can announce: family negotiated and a next hop known."""
-        neg, packer = self.negotiated, self._packer
-        if neg is None or packer is None:
-            return frozenset()
-        ok = set()
-        if IPV4_UNICAST in neg.families and packer.ctx.next_hop_v4 is not None:
-            ok.add(4)
-        if IPV6_UNICAST in neg.families and packer.ctx.next_hop_v6 is not None:
-            ok.add(6)
-        return frozenset(ok)
-
-    def _send_diff(self, now: float) -> None:
-        packer = self._packer
-        if packer is None:
-            return
-        adv = self._advertised
-        desired = self._desired
-        ok = self._sendable_versions()
-        if not adv:
-            # Initial table: no diff to compute. Copying the dict reuses the
-            # keys' stored hashes (IPv4Network hashes in Python, slowly).
-            withdraw: list[IPNetwork] = []
-            if all(v in ok for v in {p.version for p in desired}):
-                announce: Collection[tuple[IPNetwork, RouteAttrs]] = desired.items()
-                new_adv = dict(desired)
-            else:
-                announce = [(p, a) for p, a in desired.items() if p.version in ok]
-                new_adv = dict(announce)
-        else:
-            changed = []
-            for p, a in desired.items():
-                old = adv.get(p)
-                if old is not a and old != a and p.version in ok:
-                    changed.append((p, a))
-            announce = changed
-            withdraw = [p for p in adv if p not in desired]
-            new_adv = None
-        if not announce and not withdraw:
-            return
-        msgs = packer.withdraw(withdraw) + packer.announce(announce)
-        if new_adv is not None:
-            self._advertised = new_adv
-        else:
-            for p in withdraw:
-                del adv[p]
-            adv.update(announce)
-        self._write_updates(msgs, len(announce), len(withdraw), now)
-
     def _resend_family(self, fam: Family, now: float) -> None:
-        packer = self._packer
         neg = self.negotiated
-        if packer is None or neg is None:
+        if neg is None or not self.rib.is_open:
             return
-        routes = [(p, a) for p, a in self._advertised.items() if family_of(p) == fam]
         enhanced = neg.enhanced_route_refresh
         if enhanced:
             self._out += codec.encode_route_refresh(RouteRefresh(fam[0], fam[1], codec.RR_BORR))
-        self._write_updates(packer.announce(routes), len(routes), 0, now)
+        self._write_updates(self.rib.refresh(fam), now)
         if enhanced:
             self._out += codec.encode_route_refresh(RouteRefresh(fam[0], fam[1], codec.RR_EORR))
 
-    def _write_updates(self, msgs: list[bytes], announced: int, withdrawn: int, now: float) -> None:
-        if not msgs:
+    def _write_updates(self, batch: UpdateBatch | None, now: float) -> None:
+        if batch is None or not batch.messages:
             return
-        self._out += b"".join(msgs)
-        self.stats.updates_sent += len(msgs)
-        self._emit(UpdatesSent(len(msgs), announced, withdrawn))
+        self._out += b"".join(batch.messages)
+        self.stats.updates_sent += len(batch.messages)
+        self._emit(UpdatesSent(len(batch.messages), batch.announced, batch.withdrawn))
         self._touch_keepalive(now)
 
     def _touch_keepalive(self, now: float) -> None:
@@ -761,6 +499,55 @@ class Session:
         self._out += codec.KEEPALIVE_BYTES
         self.stats.keepalives_sent += 1
         self._touch_keepalive(now)
+
+
+def negotiate(cfg: SessionSettings, msg: Open) -> Negotiated:
+    """Check the peer's OPEN against our settings (RFC 4271 §6.2) and settle the
+    session's parameters; a refusal raises the BgpError its NOTIFICATION carries."""
+    asn = msg.asn
+    four_octet = msg.capability(codec.FourOctetAsCap) is not None
+    if asn == 0 or (msg.my_as == AS_TRANS and not four_octet):
+        raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn}")  # RFC 7607, RFC 6793
+    if cfg.peer_as is not None:
+        if asn != cfg.peer_as:
+            raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn}, expected {cfg.peer_as}")
+    elif cfg.dynamic_asn == "internal" and asn != cfg.local_as:
+        raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn} is not internal")
+    elif cfg.dynamic_asn == "external" and asn == cfg.local_as:
+        raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_PEER_AS, reason=f"peer AS {asn} is not external")
+    if msg.hold_time in (1, 2):
+        raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.UNACCEPTABLE_HOLD_TIME, reason=f"hold time {msg.hold_time}")
+    ibgp = asn == cfg.local_as
+    rid = msg.router_id
+    # RFC 6286 §2.2: any non-zero identifier, distinct from ours within an AS.
+    if int(rid) == 0 or (ibgp and rid == cfg.router_id):
+        raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.BAD_BGP_IDENTIFIER, rid.packed, f"BGP identifier {rid}")
+    peer_fams = msg.families() or (IPV4_UNICAST,)  # no MP capability: IPv4 unicast (RFC 4760 §8)
+    families = tuple(f for f in cfg.families if f in peer_fams)
+    if not families:
+        # RFC 5492 §5: the peer lacks every family we need; data lists what we want.
+        wanted = b"".join(codec.encode_capability(MultiprotocolCap(a, s)) for a, s in cfg.families)
+        raise BgpError(ErrorCode.OPEN_MESSAGE, OpenSubcode.UNSUPPORTED_CAPABILITY, wanted, "no common address family")
+    hold = min(int(cfg.hold_time), msg.hold_time)
+    keepalive = 0.0
+    if hold:
+        keepalive = hold / 3
+        if cfg.keepalive_time is not None and cfg.keepalive_time > 0:
+            keepalive = min(cfg.keepalive_time, hold / 3)
+    gr_cap = msg.capability(GracefulRestartCap)
+    return Negotiated(
+        peer_as=asn,
+        peer_router_id=rid,
+        hold_time=hold,
+        keepalive_time=keepalive,
+        four_octet=four_octet,
+        families=families,
+        route_refresh=msg.capability(RouteRefreshCap) is not None,
+        enhanced_route_refresh=msg.capability(EnhancedRouteRefreshCap) is not None,
+        graceful_restart=cfg.graceful_restart and gr_cap is not None,
+        peer_restarting=isinstance(gr_cap, GracefulRestartCap) and gr_cap.restarting,
+        ibgp=ibgp,
+    )
 
 
 def collision_loser(local_id: ipaddress.IPv4Address, remote_id: ipaddress.IPv4Address, outbound: Session, inbound: Session) -> Session:

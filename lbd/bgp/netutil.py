@@ -10,11 +10,10 @@ import ipaddress
 import socket
 import struct
 import zlib
-from pathlib import Path
 
 import structlog
 
-from lbd.model import BgpPeerConfig, IPAddress
+from lbd.model import IPAddress
 
 log = structlog.get_logger(__name__)
 
@@ -37,30 +36,6 @@ def md5_struct(address: IPAddress, key: bytes) -> bytes:
 def set_md5(sock: socket.socket, address: IPAddress, key: bytes | None) -> None:
     """Install (or with ``None``/empty, remove) the RFC 2385 key for ``address``."""
     sock.setsockopt(socket.IPPROTO_TCP, TCP_MD5SIG, md5_struct(address, key or b""))
-
-
-def peer_password(peer: BgpPeerConfig) -> bytes | None:
-    """The MD5 password, ``password_file`` read now (so a rotated secret is picked up)."""
-    if peer.password_file is not None:
-        text = Path(peer.password_file).read_text().strip()
-        return text.encode() if text else None
-    if peer.password:
-        return peer.password.encode()
-    return None
-
-
-def is_ibgp_config(peer: BgpPeerConfig) -> bool:
-    local = peer.local_asn if peer.local_asn is not None else peer.my_asn
-    if peer.peer_asn is not None:
-        return peer.peer_asn == local
-    return peer.dynamic_asn == "internal"
-
-
-def peer_ttl(peer: BgpPeerConfig) -> int:
-    """TTL for the session: 255 on iBGP, ``ebgp_multihop`` or 1 (directly connected) on eBGP."""
-    if is_ibgp_config(peer):
-        return 255
-    return max(1, min(255, peer.ebgp_multihop or 1))
 
 
 def set_ttl(sock: socket.socket, version: int, ttl: int) -> None:
@@ -156,13 +131,15 @@ def link_local_on_interface_of(local: IPAddress, addrs: Addresses) -> ipaddress.
     return None
 
 
-def choose_router_id(peer: BgpPeerConfig, node_name: str, addrs: Addresses) -> ipaddress.IPv4Address:
+def choose_router_id(
+    configured: ipaddress.IPv4Address | None, source_address: IPAddress | None, node_name: str, addrs: Addresses
+) -> ipaddress.IPv4Address:
     """MetalLB's order: configured, the IPv4 source address, an IPv4 address of
     the node (global first), else CRC32 of the node name."""
-    if peer.router_id is not None:
-        return peer.router_id
-    if isinstance(peer.source_address, ipaddress.IPv4Address):
-        return peer.source_address
+    if configured is not None:
+        return configured
+    if isinstance(source_address, ipaddress.IPv4Address):
+        return source_address
     v4 = sorted((scope, a) for _, a, scope in addrs if a.version == 4 and not a.is_loopback)
     if v4:
         return v4[0][1]  # type: ignore[return-value]

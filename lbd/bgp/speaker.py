@@ -17,28 +17,42 @@ import ipaddress
 import socket
 import struct
 import termios
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import structlog
 
 from lbd import aio
 from lbd.bgp import netutil
-from lbd.bgp.fsm import (
-    CloseRequested,
-    ConnectRequested,
-    Event,
-    OpenReceived,
-    Session,
-    SessionConfig,
-    State,
-    collision_loser,
-)
+from lbd.bgp.events import CloseRequested, ConnectRequested, Event, OpenReceived, State
+from lbd.bgp.fsm import Session, collision_loser
 from lbd.bgp.packing import RouteAttrs
-from lbd.model import BgpPeerConfig, IPAddress, IPNetwork
+from lbd.bgp.settings import SessionSettings
+from lbd.model import IPAddress, IPNetwork
 
 log = structlog.get_logger(__name__)
 
 EventCallback = Callable[["PeerSpeaker", Event], None]
+
+
+def _no_password() -> bytes | None:
+    return None
+
+
+@dataclass(frozen=True)
+class PeerEndpoint:
+    """How to reach one peer: the transport half of its settings (the FSM's
+    half is :class:`~lbd.bgp.settings.SessionSettings`). Plain values; the
+    announcer makes them from the configuration."""
+
+    name: str
+    address: IPAddress
+    port: int = 179
+    source_address: IPAddress | None = None
+    ttl: int = 1  # 255 on iBGP, ebgp_multihop or 1 on eBGP (set on both connected and accepted sockets)
+    # The TCP MD5 key (RFC 2385), read at each connect so that a rotated secret is picked up;
+    # may raise OSError (an unreadable password file fails that connect).
+    password: Callable[[], bytes | None] = _no_password
 
 
 class _Conn(asyncio.Protocol):
@@ -70,19 +84,19 @@ class PeerSpeaker:
 
     def __init__(
         self,
-        peer: BgpPeerConfig,
+        endpoint: PeerEndpoint,
         *,
-        router_id: ipaddress.IPv4Address,
+        settings: SessionSettings,
         restarting: bool = False,
         on_event: EventCallback | None = None,
-        session_overrides: dict[str, object] | None = None,
         addresses: netutil.Addresses | None = None,
     ) -> None:
-        self.peer = peer
+        """``endpoint`` says how to reach the peer, ``settings`` what the
+        session FSM runs with."""
+        self.endpoint = endpoint
         self.loop = asyncio.get_running_loop()
-        self.router_id = router_id
-        config = SessionConfig.from_peer(peer, self.router_id, **(session_overrides or {}))
-        self.session = Session(config, name=peer.name, restarting=restarting)
+        self.router_id = settings.router_id
+        self.session = Session(settings, name=endpoint.name, restarting=restarting)
         self._on_event = on_event
         self._conns: dict[int, _Conn] = {}  # id(session) -> connection
         self._inbound: Session | None = None  # a colliding connection's session
@@ -95,7 +109,7 @@ class PeerSpeaker:
         # the announcer's scan serves the first connection.
         self._addrs: netutil.Addresses | None = addresses
         self._addrs_at = self.loop.time() if addresses is not None else 0.0
-        self.log = log.bind(peer=peer.name, address=str(peer.peer_address))
+        self.log = log.bind(peer=endpoint.name, address=str(endpoint.address))
 
     # ----------------------------------------------------------------- public
 
@@ -172,7 +186,7 @@ class PeerSpeaker:
         else:
             # Our own connection is being made or is opening: keep both until
             # the BGP identifiers decide (RFC 4271 §6.8, _resolve_collision).
-            session = Session(main.config, name=main.name, restarting=main.restarting)
+            session = Session(main.settings, name=main.name, restarting=main.restarting)
             self._inbound = session
         self.loop.create_task(self._adopt(sock, session))
 
@@ -207,21 +221,21 @@ class PeerSpeaker:
         self._connect_task = self.loop.create_task(self._connect(session))
 
     async def _connect(self, session: Session) -> None:
-        peer = self.peer
-        family = socket.AF_INET if peer.peer_address.version == 4 else socket.AF_INET6
+        peer = self.endpoint
+        family = socket.AF_INET if peer.address.version == 4 else socket.AF_INET6
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            key = netutil.peer_password(peer)
+            key = peer.password()
             if key:
-                netutil.set_md5(sock, peer.peer_address, key)
-            netutil.set_ttl(sock, peer.peer_address.version, netutil.peer_ttl(peer))
+                netutil.set_md5(sock, peer.address, key)
+            netutil.set_ttl(sock, peer.address.version, peer.ttl)
             if peer.source_address is not None:
                 sock.bind((str(peer.source_address), 0))
             # The address table for next hops is read first: once connected,
             # the peer's OPEN may arrive at any moment.
             addrs = await self._addresses()
-            await aio.wait_for(self.loop.sock_connect(sock, (str(peer.peer_address), peer.peer_port)), peer.connect_time)
+            await aio.wait_for(self.loop.sock_connect(sock, (str(peer.address), peer.port)), self.session.settings.connect_time)
             await self.loop.create_connection(lambda: _Conn(self, session, True, addrs), sock=sock)
         except asyncio.CancelledError:
             sock.close()
@@ -249,7 +263,7 @@ class PeerSpeaker:
             remote = ipaddress.ip_address(transport.get_extra_info("peername")[0].split("%")[0])
             other = netutil.other_family_next_hop(local, conn.addrs)
             if not conn.outbound and sock is not None:
-                netutil.set_ttl(sock, local.version, netutil.peer_ttl(self.peer))
+                netutil.set_ttl(sock, local.version, self.endpoint.ttl)
         except (OSError, ValueError, TypeError) as exc:
             self.log.warning("bgp_address_lookup_failed", error=str(exc))
         self._conns[id(session)] = conn

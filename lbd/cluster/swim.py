@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import math
 import random
 import unicodedata
 from dataclasses import dataclass, field
@@ -26,8 +25,11 @@ from lbd.model import MemberState
 
 from . import crypto, wire
 from . import metrics as m
+from .awareness import Awareness
+from .broadcasts import BroadcastQueue
 from .errors import GossipError
 from .profiles import DEFAULT, Profile
+from .suspicion import Suspicion
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +43,6 @@ _TYPE_NAMES = {int(t): t.name.lower() for t in wire.MsgType}
 
 Addr = tuple[str, int]
 MAX_FAILED = 4096  # failed nodes remembered for reconnect attempts
-MAX_QUEUE = 4096  # queued broadcasts (serf's MaxQueueDepth default)
 
 
 # -- outputs ------------------------------------------------------------------
@@ -138,97 +139,6 @@ class _Node:
 
 
 @dataclass
-class _Suspicion:
-    """suspicion.go: a timer that shortens with each independent confirmation."""
-
-    start: float
-    k: int
-    tmin: float
-    tmax: float
-    state_change: float
-    confirmations: set[str]
-    n: int = 0
-    deadline: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.deadline = self.start + (self.tmax if self.k >= 1 else self.tmin)
-
-    def confirm(self, frm: str) -> bool:
-        if self.n >= self.k or frm in self.confirmations:
-            return False
-        self.confirmations.add(frm)
-        self.n += 1
-        self.deadline = self.start + remaining_suspicion_time(self.n, self.k, 0.0, self.tmin, self.tmax)
-        return True
-
-
-def remaining_suspicion_time(n: int, k: int, elapsed: float, tmin: float, tmax: float) -> float:
-    """memberlist remainingSuspicionTime: max - ln(n+1)/ln(k+1) * (max - min), floored to ms."""
-    frac = math.log(n + 1.0) / math.log(k + 1.0)
-    raw = tmax - frac * (tmax - tmin)
-    timeout = math.floor(1000.0 * raw + 1e-9) / 1000.0
-    return max(timeout, tmin) - elapsed
-
-
-@dataclass
-class _Broadcast:
-    id: int
-    name: str | None
-    data: bytes
-    transmits: int = 0
-
-
-class BroadcastQueue:
-    """memberlist TransmitLimitedQueue: fewest transmits first, then largest.
-
-    A queued alive/suspect/dead replaces the older one for the same node; a
-    message retires after ``retransmit_limit(n)`` sends (queue.go).
-    """
-
-    def __init__(self) -> None:
-        self._items: list[_Broadcast] = []
-        self._seq = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def queue(self, name: str | None, data: bytes) -> int:
-        if name is not None:
-            self._items = [b for b in self._items if b.name != name]
-        self._seq += 1
-        self._items.append(_Broadcast(self._seq, name, data))
-        if len(self._items) > MAX_QUEUE:
-            # Nobody to gossip to (or a flood): drop the oldest, as serf's
-            # MaxQueueDepth does; push-pull anti-entropy repairs what is lost.
-            self.prune(MAX_QUEUE)
-        return self._seq
-
-    def pending(self, bid: int) -> bool:
-        return any(b.id == bid for b in self._items)
-
-    def get(self, overhead: int, limit: int, transmit_limit: int) -> list[bytes]:
-        out: list[bytes] = []
-        used = 0
-        for b in sorted(self._items, key=lambda b: (b.transmits, -len(b.data), -b.id)):
-            cost = overhead + len(b.data)
-            if used + cost > limit:
-                continue
-            used += cost
-            out.append(b.data)
-            b.transmits += 1
-            if len(out) >= wire.MAX_COMPOUND_PARTS - 1:
-                break
-        self._items = [b for b in self._items if b.transmits < transmit_limit]
-        return out
-
-    def prune(self, keep: int) -> None:
-        """Drop the oldest beyond ``keep`` (memberlist Prune)."""
-        if len(self._items) > keep:
-            self._items.sort(key=lambda b: b.id)
-            self._items = self._items[-keep:]
-
-
-@dataclass
 class _Probe:
     target: str
     seq: int
@@ -296,36 +206,36 @@ class Stats:
     bad_names: int = 0  # Alive / push-pull entries refused for an empty or control-character name
 
 
+def _check_settings(name: str, meta: bytes, vsn: bytes, keys: Sequence[bytes]) -> None:
+    """Refuse a core that could not speak the wire (GossipError), before any state exists."""
+    if not name:
+        raise GossipError("node name must not be empty")
+    if len(meta) > wire.META_MAX_SIZE:
+        raise GossipError(f"meta is {len(meta)} bytes, at most {wire.META_MAX_SIZE}")
+    if len(vsn) != wire.VSN_LEN:
+        raise GossipError("vsn must be 6 bytes")
+    for key in keys:
+        if len(key) not in crypto.KEY_SIZES:
+            raise GossipError("keys must be 16, 24 or 32 bytes")
+
+
 class Swim:
-    """The membership state machine of one node."""
+    """The membership state machine of one node.
+
+    Probing and member state live here; Lifeguard's suspicion timers
+    (``suspicion.Suspicion``), its local health score (``awareness.Awareness``) and
+    the transmit-limited broadcast queue (``broadcasts.BroadcastQueue``) are their own
+    small classes, as in memberlist's suspicion.go, awareness.go and queue.go.
+    """
 
     def __init__(
-        self,
-        name: str,
-        addr: str,
-        port: int,
-        *,
-        now: float,
-        profile: Profile = DEFAULT,
-        rng: random.Random | None = None,
-        meta: bytes = b"",
-        keys: Sequence[bytes] = (),
-        verify_incoming: bool = True,
-        verify_outgoing: bool = True,
-        vsn: bytes = wire.DEFAULT_VSN,
-        compress: bool = False,
-        local_state: Callable[[bool], bytes] | None = None,
+        self, name: str, addr: str, port: int, *, now: float, profile: Profile = DEFAULT,
+        rng: random.Random | None = None, meta: bytes = b"", keys: Sequence[bytes] = (),
+        verify_incoming: bool = True, verify_outgoing: bool = True, vsn: bytes = wire.DEFAULT_VSN,
+        compress: bool = False, local_state: Callable[[bool], bytes] | None = None,
         merge_remote_state: Callable[[bytes, bool], None] | None = None,
     ) -> None:
-        if not name:
-            raise GossipError("node name must not be empty")
-        if len(meta) > wire.META_MAX_SIZE:
-            raise GossipError(f"meta is {len(meta)} bytes, at most {wire.META_MAX_SIZE}")
-        if len(vsn) != wire.VSN_LEN:
-            raise GossipError("vsn must be 6 bytes")
-        for key in keys:
-            if len(key) not in crypto.KEY_SIZES:
-                raise GossipError("keys must be 16, 24 or 32 bytes")
+        _check_settings(name, meta, vsn, keys)
         self.name = name
         self.profile = profile
         self.rng = rng or random.Random()
@@ -345,25 +255,31 @@ class Swim:
         self.nodes: dict[str, _Node] = {}
         self._order: list[str] = []  # probe order (memberlist m.nodes)
         self._probe_index = 0
-        self._seq = self.rng.randrange(0, 1 << 16)
+        self._seq = self.rng.randrange(0, 1 << 16)  # drawn before the timers: a seeded rng replays a run exactly
         self._stream_seq = 0
-        self._awareness = 0
+        self._awareness = Awareness(profile.awareness_max_multiplier)
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
-        self._suspicions: dict[str, _Suspicion] = {}
+        self._suspicions: dict[str, Suspicion] = {}
         self._streams: dict[int, _Stream] = {}
         self._queue = BroadcastQueue()
         self._out: list[Action] = []
         self.leaving = False
         self._leave_bid: int | None = None
         self._reassert_bid: int | None = None
+        self._failed: dict[str, tuple[Addr, float]] = {}  # name -> (address, time of death)
+        self._schedule_first_rounds(now)
+        # Bootstrap our own entry (memberlist setAlive): memberlist starts at 1.
+        self._alive(wire.Alive(1, name, self._addr, port, meta, self.vsn), now, bootstrap=True)
+
+    def _schedule_first_rounds(self, now: float) -> None:
+        """Spread the first probe, gossip and push-pull at random, so nodes started together
+        do not tick in step; the reconnect round has no reason to be spread."""
+        profile = self.profile
         self._next_probe = now + self.rng.uniform(0, profile.probe_interval)
         self._next_gossip = now + self.rng.uniform(0, profile.gossip_interval)
         self._next_push_pull = now + profile.push_pull_interval * (1 + self.rng.random())
-        self._failed: dict[str, tuple[Addr, float]] = {}  # name -> (address, time of death)
         self._next_reconnect = now + profile.reconnect_interval
-        # Bootstrap our own entry (memberlist setAlive): memberlist starts at 1.
-        self._alive(wire.Alive(1, name, self._addr, port, meta, self.vsn), now, bootstrap=True)
 
     # -- public queries -----------------------------------------------------
 
@@ -377,7 +293,8 @@ class Swim:
 
     @property
     def awareness(self) -> int:
-        return self._awareness
+        """Lifeguard's local health score (0: healthy); the probe interval is scaled by it + 1."""
+        return self._awareness.score
 
     def members(self) -> list[MemberInfo]:
         return [n.info() for n in sorted(self.nodes.values(), key=lambda n: n.name)]
@@ -714,11 +631,12 @@ class Swim:
                 if relay.nack:
                     self._send(relay.requester, wire.encode(wire.Nack(relay.requester_seq)))
         for name, susp in list(self._suspicions.items()):
-            if now >= susp.deadline:
+            if susp.expired(now):
                 del self._suspicions[name]
                 node = self.nodes.get(name)
-                if node is not None and node.state == MemberState.SUSPECT and node.state_change == susp.state_change:
-                    self.log.info("suspect_timeout", member=name, confirmations=susp.n)
+                # A suspicion older than the node's last state change is stale: ignore it.
+                if node is not None and node.state == MemberState.SUSPECT and node.state_change == susp.start:
+                    self.log.info("suspect_timeout", member=name, confirmations=susp.confirmations)
                     self._dead(wire.Dead(node.incarnation, name, self.name), now)
         probe = self._probe
         if probe is not None:
@@ -728,7 +646,7 @@ class Swim:
                 self._finish_probe(now, success=probe.tcp_ok)
         if self._probe is None and now >= self._next_probe:
             # Lifeguard LHA-Probe: a node that doubts its own health probes slower.
-            interval = self.profile.probe_interval * (self._awareness + 1)
+            interval = self._awareness.scale(self.profile.probe_interval)
             self._next_probe = now + interval
             self._start_probe(now, interval)
         if now >= self._next_gossip:
@@ -840,14 +758,14 @@ class Swim:
                 self.stats.tcp_fallback_successes += 1
                 self.log.warning("probe_tcp_only", member=probe.target,
                                  msg="was able to connect but other probes failed, network may be misconfigured")
-            self._apply_awareness(-1)
+            self._awareness.apply_delta(-1)
             return
         self.stats.probe_failures += 1
         # Lifeguard LHA: missing nacks mean our own links may be at fault.
         if probe.expected_nacks > 0:
-            self._apply_awareness(max(0, probe.expected_nacks - probe.nacks))
+            self._awareness.apply_delta(max(0, probe.expected_nacks - probe.nacks))
         else:
-            self._apply_awareness(1)
+            self._awareness.apply_delta(1)
         node = self.nodes.get(probe.target)
         if node is None or node.dead_or_left:
             return
@@ -855,9 +773,6 @@ class Swim:
         self.stats.suspicions += 1
         m.SUSPICIONS.inc()
         self._suspect(wire.Suspect(node.incarnation, node.name, self.name), now)
-
-    def _apply_awareness(self, delta: int) -> None:
-        self._awareness = min(max(self._awareness + delta, 0), self.profile.awareness_max_multiplier - 1)
 
     def _ping(self, seq: int, target: str) -> wire.Ping:
         return wire.Ping(seq, target, self._addr, self._port, self.name)
@@ -1047,7 +962,7 @@ class Swim:
         node.state = MemberState.SUSPECT
         node.state_change = now
         k, tmin, tmax = self.profile.suspicion_timeouts(len(self.nodes))
-        self._suspicions[s.node] = _Suspicion(now, k, tmin, tmax, now, {s.from_})
+        self._suspicions[s.node] = Suspicion(s.from_, k, tmin, tmax, now)
         self._event(EventKind.SUSPECT, node)
 
     def _dead(self, d: wire.Dead, now: float) -> None:
@@ -1082,7 +997,7 @@ class Swim:
         if inc > 0xFFFFFFFF:
             raise GossipError("incarnation space exhausted")
         me.incarnation = inc
-        self._apply_awareness(1)
+        self._awareness.apply_delta(1)
         self.stats.refutes += 1
         m.REFUTES.inc()
         self._broadcast(self.name, wire.Alive(inc, self.name, self._addr, self._port, me.meta, self.vsn))

@@ -34,11 +34,11 @@ from typing import Iterable, Callable, Sequence
 
 import structlog
 
+from lbd.kernel.binding import DEFAULT_LIFETIME, AddressBinder
+from lbd.kernel.interfaces import holds, list_interfaces
+from lbd.kernel.netlink import Netlink
 from lbd.l2 import arp, metrics, ndp, rawsock
-from lbd.l2.binding import DEFAULT_LIFETIME, AddressBinder
 from lbd.l2.frame import mac_to_bytes
-from lbd.l2.interfaces import holds, list_interfaces
-from lbd.l2.netlink import Netlink
 from lbd.l2.pacer import DEFAULT_RATE, AnnounceScheduler
 from lbd.l2.responder import Responder
 from lbd.model import IPAddress, L2Intent, L2Mode, LocalInterface

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from interop.bgp_peers import BirdPeer, FrrPeer, PeerSpec
 
-from lbd.netlab import Host
+from lbd.testing.netlab import Host
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from lbd.netlab import Host, wait_for
+from lbd.testing.netlab import Host, wait_for
 
 
 @dataclass(frozen=True)

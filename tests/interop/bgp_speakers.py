@@ -1,6 +1,6 @@
 """Speakers that announce prefixes to the routers of ``bgp_peers``.
 
-* ``LbdSpeaker``: lbd's standalone BGP runner (``python -m lbd.bgp``), whose
+* ``LbdSpeaker``: lbd's standalone BGP runner (``python -m lbd.testing.bgp_speaker``), whose
   JSON event lines on stdout are collected for the tests.
 * ``ExaBgpSpeaker``: ExaBGP with a static config (interop cross-check and the
   benchmark's reference).
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from interop.bgp_peers import scratch_dir
 
-from lbd.netlab import Host, wait_for
+from lbd.testing.netlab import Host, wait_for
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def write_prefixes(path: str, prefixes: Sequence[str]) -> None:
 
 
 class LbdSpeaker:
-    """``python -m lbd.bgp`` in a namespace; one session, one attribute set."""
+    """``python -m lbd.testing.bgp_speaker`` in a namespace; one session, one attribute set."""
 
     def __init__(self, host: Host, session: SessionSpec, prefixes: Sequence[str] = (),
                  communities: Sequence[str] = (), large_communities: Sequence[str] = (),
@@ -80,7 +80,7 @@ class LbdSpeaker:
     def argv(self) -> list[str]:
         s = self.session
         argv = [
-            sys.executable, "-m", "lbd.bgp",
+            sys.executable, "-m", "lbd.testing.bgp_speaker",
             "--peer-address", s.peer_address,
             "--peer-asn", str(s.peer_asn),
             "--my-asn", str(s.my_asn),

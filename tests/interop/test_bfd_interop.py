@@ -20,7 +20,7 @@ import pytest
 from interop.bfd_peers import BfdSpec, BirdBfd, FrrBfd, lbd_config
 from interop.bgp_peers import Neighbor, PeerSpec
 
-from lbd.netlab import LbdNode, require_binary, wait_for
+from lbd.testing.netlab import LbdNode, require_binary, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]
 

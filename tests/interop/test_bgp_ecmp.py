@@ -17,7 +17,7 @@ import pytest
 from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec
 from interop.bgp_speakers import LbdSpeaker, SessionSpec
 
-from lbd.netlab import require_binary, wait_for
+from lbd.testing.netlab import require_binary, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]
 

@@ -11,7 +11,7 @@ import pytest
 from interop.bgp_peers import PEERS, Neighbor, PeerSpec
 from interop.bgp_speakers import Announce, ExaBgpSpeaker, SessionSpec
 
-from lbd.netlab import require_binary
+from lbd.testing.netlab import require_binary
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]
 

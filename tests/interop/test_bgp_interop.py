@@ -1,7 +1,7 @@
 """lbd's BGP speaker against real routers: BIRD 2, FRR, GoBGP and OpenBGPD.
 
 Every check reads the route back from the router's own CLI (see bgp_peers).
-lbd runs as its standalone runner (``python -m lbd.bgp``), one process per
+lbd runs as its standalone runner (``python -m lbd.testing.bgp_speaker``), one process per
 session, in node namespaces; the router waits passively for it.
 
 Topology (one bridge):  router 10.77.0.1 / fd77::1, AS 4200000002
@@ -18,7 +18,7 @@ import pytest
 from interop.bgp_peers import PEERS, Neighbor, Peer, PeerSpec
 from interop.bgp_speakers import LbdSpeaker, SessionSpec
 
-from lbd.netlab import require_binary, wait_for
+from lbd.testing.netlab import require_binary, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]
 

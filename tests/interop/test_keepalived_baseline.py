@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lbd.netlab import require_binary
+from lbd.testing.netlab import require_binary
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]
 

@@ -3,7 +3,7 @@
 Each test runs in its own network namespace (private loopback) with fresh serf
 agents and unique node names, because serf keeps failed and left members for
 24 hours and refuses address changes for them. lbd's side is the small driver
-``python -m lbd.cluster`` that prints member events as JSON lines, so it can be
+``python -m lbd.testing.gossip_node`` that prints member events as JSON lines, so it can be
 SIGKILLed like a crashed daemon.
 """
 
@@ -23,8 +23,8 @@ from typing import Any, Callable
 import pytest
 
 from lbd.cluster.crypto import generate_key
-from lbd.netlab import Host, Lab, wait_for
-from lbd.netlab import require_binary
+from lbd.testing.netlab import Host, Lab, wait_for
+from lbd.testing.netlab import require_binary
 
 pytestmark = [pytest.mark.interop, pytest.mark.lab]
 
@@ -80,7 +80,7 @@ class PyNode:
     def __init__(self, lab: Lab, host: Host, name: str, log: Path, join: list[str] | None = None,
                  port: int = PY_PORT, keys_file: Path | None = None, extra: tuple[str, ...] = ()) -> None:
         self.lab, self.name = lab, name
-        argv = [sys.executable, "-m", "lbd.cluster", "--name", name, "--bind", f"127.0.0.1:{port}",
+        argv = [sys.executable, "-m", "lbd.testing.gossip_node", "--name", name, "--bind", f"127.0.0.1:{port}",
                 "--tag", "role=py", "--log-level", "debug", *extra]
         for seed in join or []:
             argv += ["--join", seed]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lbd.netlab import Host, Lab, LbdNode, require_binary, wait_for
+from lbd.testing.netlab import Host, Lab, LbdNode, require_binary, wait_for
 
 # Each test is bounded: a few cluster starts, waits of at most tens of seconds.
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(150)]

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from lbd.netlab import LbdNode, wait_for
-from lbd.netlab import require_binary
+from lbd.testing.netlab import LbdNode, wait_for
+from lbd.testing.netlab import require_binary
 
 pytestmark = pytest.mark.lab
 

@@ -15,9 +15,9 @@ import signal
 
 import pytest
 
-from lbd.netlab import require_binary
+from lbd.testing.netlab import require_binary
 from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec
-from lbd.netlab import LbdNode, wait_for
+from lbd.testing.netlab import LbdNode, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]
 

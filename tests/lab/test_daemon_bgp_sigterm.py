@@ -13,7 +13,7 @@ import time
 import pytest
 
 from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec
-from lbd.netlab import LbdNode, require_binary, wait_for
+from lbd.testing.netlab import LbdNode, require_binary, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]
 

@@ -1,6 +1,6 @@
 """L4 forwarding in the kernel (issue 14), with the real daemon in namespaces.
 
-A client, one or two lbd nodes and three backends (``lbd.forward.lab``).
+A client, one or two lbd nodes and three backends (``lbd.testing.forward_lab``).
 Assertions are about behaviour with generous bounds; speeds belong in
 bench/forward.py.
 """
@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from lbd.forward.lab import (
+from lbd.testing.forward_lab import (
     BACKENDS, NODE_BACK, VIP, backend_entries, backend_rows, build, holds_vip, node_config, vip_holder, wait_healthy,
 )
-from lbd.netlab import wait_for
+from lbd.testing.netlab import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(150)]
 

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from lbd.netlab import LbdNode, wait_for
+from lbd.testing.netlab import LbdNode, wait_for
 
 pytestmark = pytest.mark.lab
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from lbd.netlab import LbdNode, wait_for
+from lbd.testing.netlab import LbdNode, wait_for
 
 pytestmark = pytest.mark.lab
 

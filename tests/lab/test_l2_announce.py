@@ -1,6 +1,6 @@
 """L2 announcement in the namespace lab: an L2Announcer on a node, a client next to it.
 
-The announcer runs in the node's namespace through ``lbd.l2.driver``; the
+The announcer runs in the node's namespace through ``lbd.testing.l2_driver``; the
 client resolves the VIPs with arping / ndisc6 and connects through them.
 """
 
@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from lbd.l2.driver import DriverClient
-from lbd.netlab import Host, wait_for
-from lbd.netlab import require_binary
+from lbd.testing.l2_driver import DriverClient
+from lbd.testing.netlab import Host, wait_for
+from lbd.testing.netlab import require_binary
 
 pytestmark = pytest.mark.lab
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lbd.netlab import LbdNode, require_binary, wait_for
+from lbd.testing.netlab import LbdNode, require_binary, wait_for
 
 pytestmark = pytest.mark.lab
 

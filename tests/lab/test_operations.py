@@ -20,7 +20,7 @@ import subprocess
 
 import pytest
 
-from lbd.netlab import LbdNode, wait_for
+from lbd.testing.netlab import LbdNode, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -176,7 +176,7 @@ def test_hooks_run_on_vip_up_vip_down_and_reload(node, tmp_path):
 
 @pytest.mark.interop
 def test_hooks_run_on_bgp_session_up_and_down(lab, tmp_path):
-    from lbd.netlab import require_binary
+    from lbd.testing.netlab import require_binary
     from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec
 
     class DirectBird(BirdPeer):  # as in test_daemon_bgp: iBGP to a directly connected neighbour

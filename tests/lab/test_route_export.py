@@ -14,9 +14,9 @@ import ipaddress
 import pytest
 from interop.bgp_peers import BirdPeer, FrrPeer, Neighbor, PeerSpec
 
-from lbd.bgp.export import RouteExporter
+from lbd.kernel.routes import RouteExporter
 from lbd.model import ExportRoute, RouteExportConfig
-from lbd.netlab import require_binary, wait_for
+from lbd.testing.netlab import require_binary, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]
 

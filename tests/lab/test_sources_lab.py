@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lbd.netlab import LbdNode, require_binary, wait_for
+from lbd.testing.netlab import LbdNode, require_binary, wait_for
 
 pytestmark = pytest.mark.lab
 

@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 from lbd.backoff import capped_backoff
 from lbd.bgp import codec
-from lbd.bgp.fsm import ConnectRequested, NotificationSent, Session, SessionConfig, State
+from lbd.bgp.events import ConnectRequested, NotificationSent, State
+from lbd.bgp.fsm import Session
+from lbd.bgp.settings import SessionSettings
 from lbd.model import ServiceSpec, SourceConfig
 from lbd.sources.base import Source
 from lbd.sources.manager import SourceManager
@@ -50,14 +52,14 @@ QUIET = structlog.wrap_logger(structlog.ReturnLogger(), processors=[],
                               wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
 
 
-def _session(cfg: SessionConfig) -> Session:
+def _session(cfg: SessionSettings) -> Session:
     s = Session(cfg)
     s.log = QUIET  # 100,000 failures: keep the debug logging out of the measurement
     return s
 
 
-def _cfg(**kw: Any) -> SessionConfig:
-    return SessionConfig(local_as=64512, router_id=A_ID, peer_as=64513, **kw)
+def _cfg(**kw: Any) -> SessionSettings:
+    return SessionSettings(local_as=64512, router_id=A_ID, peer_as=64513, **kw)
 
 
 def test_bgp_active_peer_keeps_reconnecting_after_100k_failures() -> None:
@@ -71,12 +73,12 @@ def test_bgp_active_peer_keeps_reconnecting_after_100k_failures() -> None:
         s.connection_failed(now)
         assert s.state == State.ACTIVE
         deadline = s.next_deadline()
-        assert deadline is not None and deadline - now <= s.config.connect_retry_max
+        assert deadline is not None and deadline - now <= s.settings.connect_retry_max
         now = deadline
         events = s.tick(now)
     assert connects == FAILURES
     assert s.state == State.CONNECT and s.next_deadline() is not None
-    assert s._backoff() == s.config.connect_retry_max  # noqa: SLF001 - at the cap, not overflowed
+    assert s._backoff() == s.settings.connect_retry_max  # noqa: SLF001 - at the cap, not overflowed
 
 
 def test_bgp_passive_peer_keeps_answering_after_100k_failures() -> None:

@@ -10,12 +10,13 @@ import socket
 from typing import Any
 
 import pytest
-from test_bgp_fsm import establish, messages, notifications, cfg  # type: ignore[attr-defined]
+from bgp_helpers import cfg, establish, messages, notifications
 from test_bgp_speaker import Rib, free_port, peer, state, until
 
 from lbd.bgp import codec
 from lbd.bgp.announcer import BgpAnnouncer
-from lbd.bgp.fsm import NotificationReceived, Session, SessionDown, State, UpdateReceived
+from lbd.bgp.events import NotificationReceived, SessionDown, State, UpdateReceived
+from lbd.bgp.fsm import Session
 from lbd.model import BfdProfileConfig, BgpRoute
 
 pytestmark = pytest.mark.timeout(60)

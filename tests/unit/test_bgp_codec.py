@@ -412,3 +412,11 @@ def test_fuzz_message_reader(data: bytes) -> None:
             codec.decode_body(msg_type, b)
     except BgpError:
         pass
+
+
+def test_every_recognised_attribute_has_exactly_one_decoder() -> None:
+    """The dispatch table and the flags table name the same attributes: a type
+    with expected flags but no decoder would be accepted and silently dropped."""
+    from lbd.bgp import attributes
+
+    assert set(attributes._DECODERS) == set(attributes._EXPECTED_FLAGS) == set(attributes.AttrType)

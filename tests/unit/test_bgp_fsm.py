@@ -1,4 +1,6 @@
-"""BGP session FSM with a simulated clock (RFC 4271 §8, RFC 4724, RFC 7313)."""
+"""BGP session FSM with a simulated clock (RFC 4271 §8, RFC 4724): establishment,
+timers, negotiation, errors, collisions, graceful restart. What the session
+sends from its Adj-RIB-Out is in test_bgp_rib.py."""
 
 from __future__ import annotations
 
@@ -6,90 +8,33 @@ import ipaddress
 import struct
 
 import pytest
+from bgp_helpers import A_ID, B_ID, LOCAL, REMOTE, cfg, establish, messages, notifications, peer_open, routes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lbd.bgp import codec
-from lbd.bgp.attributes import AFI_IPV4, AFI_IPV6, AS_SEQUENCE, AS_TRANS, SAFI_UNICAST
+from lbd.bgp.attributes import AS_SEQUENCE, AS_TRANS
 from lbd.bgp.codec import (
     FourOctetAsCap,
     GracefulRestartCap,
     MultiprotocolCap,
     Notification,
     Open,
-    RouteRefresh,
-    RouteRefreshCap,
-    EnhancedRouteRefreshCap,
     Update,
 )
-from lbd.bgp.fsm import (
+from lbd.bgp.events import (
     CloseRequested,
     ConnectRequested,
     EndOfRibSent,
     NotificationReceived,
-    NotificationSent,
-    Session,
-    SessionConfig,
     SessionDown,
     SessionEstablished,
     State,
     UpdateReceived,
-    collision_loser,
 )
+from lbd.bgp.errors import BgpError
+from lbd.bgp.fsm import Session, collision_loser, negotiate
 from lbd.bgp.packing import RouteAttrs
-
-A_ID = ipaddress.IPv4Address("10.77.0.1")
-B_ID = ipaddress.IPv4Address("10.77.0.2")
-LOCAL = ipaddress.IPv4Address("10.77.0.1")
-REMOTE = ipaddress.IPv4Address("10.77.0.2")
-
-
-def cfg(**kw: object) -> SessionConfig:
-    base: dict[str, object] = dict(local_as=64512, router_id=A_ID, peer_as=64513)
-    base.update(kw)
-    return SessionConfig(**base)  # type: ignore[arg-type]
-
-
-def peer_open(asn: int = 64513, hold: int = 90, rid: ipaddress.IPv4Address = B_ID, caps: tuple | None = None) -> bytes:  # type: ignore[type-arg]
-    if caps is None:
-        caps = (
-            MultiprotocolCap(AFI_IPV4, SAFI_UNICAST),
-            MultiprotocolCap(AFI_IPV6, SAFI_UNICAST),
-            RouteRefreshCap(),
-            EnhancedRouteRefreshCap(),
-            GracefulRestartCap(0, 120, ((1, 1, 0), (2, 1, 0))),
-        )
-    return codec.encode_open(Open.for_asn(asn, hold, rid, caps))
-
-
-def messages(data: bytes, four_octet: bool = True) -> list[codec.Message]:
-    return list(codec.iter_messages(data, four_octet=four_octet, ibgp=True))
-
-
-def notifications(events: list) -> list[tuple[int, int]]:  # type: ignore[type-arg]
-    return [(e.code, e.subcode) for e in events if isinstance(e, NotificationSent)]
-
-
-def establish(s: Session, now: float = 0.0, **open_kw: object) -> list:  # type: ignore[type-arg]
-    s.start(now)
-    s.connection_made(now, LOCAL, REMOTE)
-    s.data_to_send()
-    events = s.handle_bytes(peer_open(**open_kw), now)  # type: ignore[arg-type]
-    events += s.handle_bytes(codec.encode_keepalive(), now)
-    return events
-
-
-def routes(n: int, start: int = 0, attrs: RouteAttrs = RouteAttrs()) -> dict:  # type: ignore[type-arg]
-    return {ipaddress.IPv4Network((0x0A4D0000 + i, 32)): attrs for i in range(start, start + n)}
-
-
-def announced_prefixes(data: bytes) -> list:  # type: ignore[type-arg]
-    out = []
-    for m in messages(data):
-        if isinstance(m, Update):
-            out += m.announced()
-    return out
-
 
 # ------------------------------------------------------------- establishment
 
@@ -148,14 +93,6 @@ def test_ipv6_routes_use_mp_reach_with_configured_next_hop() -> None:
     u = [m for m in messages(s.data_to_send()) if isinstance(m, Update) and m.attributes.mp_reach][0]
     assert u.attributes.mp_reach.next_hops == (ipaddress.IPv6Address("fd77::1"),)
     assert u.announced() == (ipaddress.IPv6Network("fd77:5::1/128"),)
-
-
-def test_ipv6_route_without_next_hop_is_held_back() -> None:
-    s = Session(cfg())
-    s.set_routes({ipaddress.IPv6Network("fd77:5::1/128"): RouteAttrs()}, 0)
-    establish(s)
-    assert announced_prefixes(s.data_to_send()) == []
-    assert len(s.advertised) == 0
 
 
 # --------------------------------------------------------------------- timers
@@ -436,98 +373,6 @@ def test_collision_detection_by_bgp_identifier() -> None:
     assert out_s.next_deadline() is None  # the loser does not reconnect by itself
 
 
-# ------------------------------------------------------ Adj-RIB-Out behaviour
-
-
-def test_changes_send_only_the_difference() -> None:
-    s = Session(cfg())
-    s.set_routes(routes(100), 0)
-    establish(s)
-    s.data_to_send()
-    new = routes(99, start=1)  # drop .0, keep 1..99
-    new[ipaddress.IPv4Network("10.88.0.1/32")] = RouteAttrs(communities=((9, 9),))
-    s.set_routes(new, 1)
-    out = [m for m in messages(s.data_to_send()) if isinstance(m, Update)]
-    assert [p for u in out for p in u.withdrawn] == [ipaddress.IPv4Network("10.77.0.0/32")]
-    assert [p for u in out for p in u.announced()] == [ipaddress.IPv4Network("10.88.0.1/32")]
-    s.set_routes(new, 2)
-    assert s.data_to_send() == b""  # level-triggered: nothing new, nothing sent
-
-
-def test_attribute_change_reannounces() -> None:
-    s = Session(cfg())
-    s.set_routes(routes(2), 0)
-    establish(s)
-    s.data_to_send()
-    changed = routes(2)
-    first = next(iter(changed))
-    changed[first] = RouteAttrs(communities=((1, 1),))
-    s.set_routes(changed, 1)
-    out = [m for m in messages(s.data_to_send()) if isinstance(m, Update)]
-    assert [p for u in out for p in u.announced()] == [first]
-    assert out[0].attributes.communities == ((1, 1),)
-
-
-def test_route_refresh_resends_inside_borr_eorr() -> None:
-    s = Session(cfg())
-    s.set_routes(routes(5), 0)
-    establish(s)
-    s.data_to_send()
-    s.handle_bytes(codec.encode_route_refresh(RouteRefresh(1, 1)), 1)
-    out = messages(s.data_to_send())
-    assert out[0] == RouteRefresh(1, 1, codec.RR_BORR) and out[-1] == RouteRefresh(1, 1, codec.RR_EORR)
-    assert sorted(p for m in out if isinstance(m, Update) for p in m.announced()) == sorted(routes(5))
-    # Without enhanced route refresh: just the routes.
-    s2 = Session(cfg())
-    s2.set_routes(routes(5), 0)
-    establish(s2, caps=(MultiprotocolCap(1, 1), RouteRefreshCap()))
-    s2.data_to_send()
-    s2.handle_bytes(codec.encode_route_refresh(RouteRefresh(1, 1)), 1)
-    out2 = messages(s2.data_to_send())
-    assert all(isinstance(m, Update) for m in out2) and len(announced_prefixes(codec.encode_keepalive())) == 0
-    assert sorted(p for m in out2 for p in m.announced()) == sorted(routes(5))
-    # A family that was not negotiated is ignored.
-    s2.handle_bytes(codec.encode_route_refresh(RouteRefresh(2, 1)), 2)
-    assert s2.data_to_send() == b""
-
-
-def test_reconnect_resends_whole_adj_rib_out() -> None:
-    s = Session(cfg())
-    s.set_routes(routes(50), 0)
-    establish(s)
-    assert len(announced_prefixes(s.data_to_send())) == 50
-    s.connection_lost(10)
-    s.set_routes(routes(60), 10)  # changes while down are kept
-    t = s.next_deadline()
-    assert any(isinstance(e, ConnectRequested) for e in s.tick(t))
-    s.connection_made(t, LOCAL, REMOTE)
-    s.handle_bytes(peer_open(), t)
-    s.handle_bytes(codec.encode_keepalive(), t)
-    out = messages(s.data_to_send())
-    assert sorted(p for m in out if isinstance(m, Update) for p in m.announced()) == sorted(routes(60))
-    assert [m.end_of_rib() for m in out if isinstance(m, Update)][-2:] == [(1, 1), (2, 1)]
-
-
-def test_ten_thousand_prefixes_pack_into_few_updates() -> None:
-    s = Session(cfg())
-    many = routes(5000)
-    many.update({ipaddress.IPv4Network((0x0A580000 + i, 32)): RouteAttrs(communities=((1, 2),)) for i in range(5000)})
-    s.set_routes(many, 0)
-    establish(s)
-    data = s.data_to_send()
-    reader = codec.MessageReader()
-    reader.feed(data)
-    sizes = []
-    total = 0
-    for t, b in reader:
-        if t == 2:
-            sizes.append(codec.HEADER_LEN + len(b))
-            total += len(codec.decode_update(b, ibgp=False).announced())
-    assert total == 10_000
-    assert max(sizes) <= 4096
-    assert len(sizes) <= 20  # 13 + 2 EoR in practice; one prefix per UPDATE would be 10,000
-
-
 # ------------------------------------------------------------ graceful restart
 
 
@@ -553,26 +398,6 @@ def test_graceful_restart_capability_and_restart_bit() -> None:
     s.start(6)
     s.connection_made(6, LOCAL, REMOTE)
     assert not messages(s.data_to_send())[0].capability(GracefulRestartCap).restarting
-
-
-def test_no_end_of_rib_before_the_first_table() -> None:
-    """A session that comes up before its owner set the routes waits: an
-    End-of-RIB over an empty table would make a graceful-restart helper flush
-    the routes it kept for us."""
-    s = Session(cfg(graceful_restart=True), restarting=True)
-    establish(s)
-    assert s.state == State.ESTABLISHED
-    assert [m for m in messages(s.data_to_send()) if isinstance(m, Update)] == []
-    events = s.set_routes(routes(2), 5.0)
-    out = [m for m in messages(s.data_to_send()) if isinstance(m, Update)]
-    assert len([p for u in out for p in u.announced()]) == 2
-    assert [u.end_of_rib() for u in out[-2:]] == [(1, 1), (2, 1)]
-    assert [e.prefixes for e in events if isinstance(e, EndOfRibSent)] == [2, 0]
-    # An empty first table is a table too: End-of-RIB at once.
-    s2 = Session(cfg())
-    s2.set_routes({}, 0)
-    establish(s2)
-    assert [m.end_of_rib() for m in messages(s2.data_to_send()) if isinstance(m, Update)] == [(1, 1), (2, 1)]
 
 
 def test_graceful_stop_without_negotiated_gr_sends_cease() -> None:
@@ -613,3 +438,15 @@ def test_fuzz_handle_bytes_never_raises(chunks: list[bytes], where: str) -> None
             got = [e for e in events if isinstance(e, NotificationReceived)]
             assert sent or got  # every error becomes a NOTIFICATION (or was one)
             break
+
+
+def test_negotiate_is_a_pure_function_of_settings_and_open() -> None:
+    """OPEN negotiation (RFC 4271 §6.2) without a session: the keepalive is the
+    lower of the configured one and a third of the agreed hold time."""
+    msg = Open.for_asn(64513, 60, B_ID, (MultiprotocolCap(2, 1), GracefulRestartCap(0x8, 90, ())))
+    neg = negotiate(cfg(hold_time=90, keepalive_time=5.0, graceful_restart=True), msg)
+    assert (neg.peer_as, neg.hold_time, neg.keepalive_time, neg.families) == (64513, 60, 5.0, ((2, 1),))
+    assert neg.four_octet and neg.graceful_restart and neg.peer_restarting and not neg.ibgp
+    with pytest.raises(BgpError) as info:
+        negotiate(cfg(families=((1, 1),)), msg)
+    assert (info.value.code, info.value.subcode) == (2, 7)  # no common family: Unsupported Capability

@@ -14,9 +14,9 @@ from typing import Callable
 import pytest
 
 from lbd.bgp import codec
-from lbd.bgp.announcer import BgpAnnouncer
+from lbd.bgp.announcer import BgpAnnouncer, peer_ttl
 from lbd.bgp.codec import MultiprotocolCap, Open
-from lbd.bgp.fsm import Event, NotificationReceived, SessionDown, UpdateReceived
+from lbd.bgp.events import Event, NotificationReceived, SessionDown, UpdateReceived
 from lbd.metrics import REGISTRY
 from lbd.model import BgpPeerConfig, BgpRoute
 
@@ -280,7 +280,7 @@ async def test_collision_closes_the_connection_of_the_lower_identifier() -> None
 
 
 async def test_runner_announces_rereads_on_sighup_and_ceases_on_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """``python -m lbd.bgp`` as the interop tests and the benchmark drive it."""
+    """``python -m lbd.testing.bgp_speaker`` as the interop tests and the benchmark drive it."""
     import json
     import signal
     import sys
@@ -292,7 +292,7 @@ async def test_runner_announces_rereads_on_sighup_and_ceases_on_sigterm(tmp_path
     pfile = tmp_path / "prefixes"
     pfile.write_text("10.88.0.1/32\n10.88.0.2/32\n# comment\nfd77::7/128\nnot-a-prefix\n")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lbd.bgp", "--peer-address", "127.0.0.1", "--peer-port", str(port), "--peer-asn", "64512",
+        sys.executable, "-m", "lbd.testing.bgp_speaker", "--peer-address", "127.0.0.1", "--peer-port", str(port), "--peer-asn", "64512",
         "--my-asn", "64513", "--router-id", "10.77.0.2", "--hold-time", "9", "--prefixes-file", str(pfile),
         "--prefix", "10.88.1.0/24", "--community", "65000:1", "--large-community", "1:2:3",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
@@ -381,14 +381,14 @@ async def test_ipv6_session_carries_both_families() -> None:
 
 @pytest.mark.parametrize("text", ["10.1.2.3/24", "10.1.2.3", "fd77::1/64", "0.0.0.0/0", "10.77.0.1/32"])
 def test_runner_parse_prefix_matches_ip_network(text: str) -> None:
-    from lbd.bgp.__main__ import parse_prefix
+    from lbd.testing.bgp_speaker import parse_prefix
 
     assert parse_prefix(text) == ipaddress.ip_network(text, strict=False)
 
 
 @pytest.mark.parametrize("text", ["10.1.2/24", "10.1.2.3/33", "x", "10.1.2.3/a", "01.2.3.4/8", "fd77::g/64"])
 def test_runner_parse_prefix_rejects(text: str) -> None:
-    from lbd.bgp.__main__ import parse_prefix
+    from lbd.testing.bgp_speaker import parse_prefix
 
     with pytest.raises((ValueError, OSError)):
         parse_prefix(text)
@@ -406,10 +406,10 @@ def test_address_scan_and_next_hop_rules() -> None:
     assert netutil.other_family_next_hop(ipaddress.ip_address("10.88.0.1"), fake) is None  # no IPv6 there
     assert netutil.link_local_on_interface_of(ipaddress.ip_address("10.77.0.2"), fake) == ipaddress.ip_address("fe80::1")
     cfg = peer("p", 64512, 64513)
-    assert netutil.choose_router_id(cfg, "n", fake) == ipaddress.ip_address("10.77.0.2")
-    assert netutil.choose_router_id(cfg, "n", []) == ipaddress.IPv4Address(__import__("zlib").crc32(b"n"))
-    assert netutil.peer_ttl(cfg) == 1 and netutil.peer_ttl(peer("p", 1, 1)) == 255
-    assert netutil.peer_ttl(peer("p", 1, 2, ebgp_multihop=4)) == 4
+    assert netutil.choose_router_id(cfg.router_id, cfg.source_address, "n", fake) == ipaddress.ip_address("10.77.0.2")
+    assert netutil.choose_router_id(cfg.router_id, cfg.source_address, "n", []) == ipaddress.IPv4Address(__import__("zlib").crc32(b"n"))
+    assert peer_ttl(cfg) == 1 and peer_ttl(peer("p", 1, 1)) == 255
+    assert peer_ttl(peer("p", 1, 2, ebgp_multihop=4)) == 4
     md5 = netutil.md5_struct(LO, b"key")
     assert len(md5) == 216 and md5[130:132] == struct.pack("=H", 3)
 
@@ -427,7 +427,7 @@ async def test_runner_graceful_stop_and_restart_bit(tmp_path) -> None:  # type: 
     rib = Rib()
     a = BgpAnnouncer("a", listen_port=port, listen_addresses=("127.0.0.1",), on_event=rib)
     await a.set_peers([peer("runner", 64512, 64513, passive=True, graceful_restart=True, router_id=ipaddress.IPv4Address("10.77.0.1"))])
-    argv = [sys.executable, "-m", "lbd.bgp", "--peer-address", "127.0.0.1", "--peer-port", str(port), "--peer-asn", "64512",
+    argv = [sys.executable, "-m", "lbd.testing.bgp_speaker", "--peer-address", "127.0.0.1", "--peer-port", str(port), "--peer-asn", "64512",
             "--my-asn", "64513", "--router-id", "10.77.0.2", "--hold-time", "9", "--prefix", "10.88.0.1/32", "--graceful-restart"]
     procs = []
     try:
@@ -460,7 +460,7 @@ def test_runner_fast_ipv4_networks_are_real_networks() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from lbd.bgp import __main__ as runner
+    from lbd.testing import bgp_speaker as runner
 
     assert runner._ipv4_network is runner._ipv4_network_fast  # CPython's ipaddress as tested here
 

@@ -36,7 +36,7 @@ def specs(names) -> list[ServiceSpec]:
 
 
 def allocator_pass(table: AllocationTable, names, now_ms: int) -> list[TableEntry]:
-    """What ClusterMembership.allocate does on the allocator: ipam over the live view, then record."""
+    """What ClusterCoordinator.allocate does on the allocator: ipam over the live view, then record."""
     live, _ = table.live()
     result = allocate(POOLS, specs(names), live)
     by_name = {s.name: s for s in specs(names)}

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lbd.bgp import codec
+from lbd.bgp.attributes import Action, strongest
 from lbd.bgp.errors import BgpError
 from lbd.cluster import lzw, wire
 from lbd.cluster.errors import GossipError
@@ -32,6 +33,9 @@ ERRORS: dict[str, type[ValueError]] = {
     "BgpError": BgpError, "GossipError": GossipError, "InflateLimitError": wire.InflateLimitError,
     "OutputLimitError": lzw.OutputLimitError, "TableError": TableError,
 }
+# BGP attribute faults RFC 7606 answers without a reset: the UPDATE decodes with this strongest problem.
+HANDLED = {"treat-as-withdraw": Action.TREAT_AS_WITHDRAW, "attribute-discard": Action.ATTRIBUTE_DISCARD}
+CORPUS_PEER_AS = 64513  # the eBGP peer the handled UPDATEs come from
 
 
 def _cases(kind: str) -> list[tuple[str, dict[str, str]]]:
@@ -75,6 +79,13 @@ def test_corpus_input_is_rejected_precisely(name: str, case: dict[str, str]) -> 
     kind = "bgp" if case["surface"] == "message" else "gossip"
     data = (CORPUS / kind / name).read_bytes()
     error = case["error"]
+    if error in HANDLED:
+        assert _run(case["surface"], data) is None  # decodes either way, raising nothing
+        length, msg_type = codec.check_header(data[: codec.HEADER_LEN])
+        assert (length, msg_type) == (len(data), codec.MsgType.UPDATE)
+        update = codec.decode_update(data[codec.HEADER_LEN :], four_octet=True, ibgp=False, peer_as=CORPUS_PEER_AS)
+        assert strongest(update.problems) == HANDLED[error], f"{name}: {update.problems}"
+        return
     if error == "refused-name":
         core = _run(case["surface"], data)
         assert [m.name for m in core.members()] == ["a"] and core.stats.bad_names == 1

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import time
 from types import SimpleNamespace
+from typing import Any
 
 from lbd import daemon_metrics as m
 from lbd.metrics import REGISTRY
 
 
-def fake(n: int, here_every: int) -> SimpleNamespace:
+def fake(n: int, here_every: int) -> dict[str, Any]:
+    """update()'s keyword arguments for n services, one in ``here_every`` announced here."""
     decisions = [SimpleNamespace(announced_here=i % here_every == 0, services=(f"s{i}", f"shared{i % 2}"))
                  for i in range(n)]
-    return SimpleNamespace(
-        config=SimpleNamespace(pools=()), allocations={f"s{i}": None for i in range(n)} | {"gone": None},
+    return dict(
+        pools=(), allocations={f"s{i}": None for i in range(n)} | {"gone": None},
         pending={"p": "no pool"}, plan=SimpleNamespace(decisions=decisions, l2=(), bgp=(), exports=()),
         drained=False,
     )
@@ -25,7 +27,7 @@ def announced() -> float | None:
 
 
 def test_announced_counts_services_with_a_vip_announced_here() -> None:
-    m.update(fake(10, here_every=3))  # s0, s3, s6, s9 announced here; "shared*" not allocated
+    m.update(**fake(10, here_every=3))  # s0, s3, s6, s9 announced here; "shared*" not allocated
     assert announced() == 4
     assert REGISTRY.get_sample_value("lbd_services", {"state": "allocated"}) == 11
     assert REGISTRY.get_sample_value("lbd_services", {"state": "pending"}) == 1
@@ -34,6 +36,6 @@ def test_announced_counts_services_with_a_vip_announced_here() -> None:
 def test_announced_is_linear_at_scale() -> None:
     d = fake(50_000, here_every=1)
     start = time.monotonic()
-    m.update(d)
+    m.update(**d)
     assert announced() == 50_000
     assert time.monotonic() - start < 20  # the quadratic scan took hours here

@@ -210,7 +210,7 @@ async def test_handlers_see_the_peer_credentials(tmp_path) -> None:
 
 async def test_a_session_reaching_or_leaving_established_runs_a_pass(daemon) -> None:
     """So bgp_session_up/down hooks (and status) follow at once, not at the next resync."""
-    from lbd.bgp.fsm import State, StateChanged
+    from lbd.bgp.events import State, StateChanged
 
     daemon._wake.clear()
     daemon._bgp_event("gw", StateChanged(State.CONNECT, State.ACTIVE))

@@ -12,8 +12,8 @@ import pytest
 from lbd.l2 import announcer as announcer_mod
 from lbd.l2 import arp, metrics, ndp, rawsock
 from lbd.l2.announcer import L2Announcer
-from lbd.l2.binding import IFA_F_NODAD, IFA_F_NOPREFIXROUTE
-from lbd.l2.interfaces import IFF_BROADCAST, IFF_UP, LBD_ADDR_PROTO
+from lbd.kernel.binding import IFA_F_NODAD, IFA_F_NOPREFIXROUTE
+from lbd.kernel.interfaces import IFF_BROADCAST, IFF_UP, LBD_ADDR_PROTO
 from lbd.model import L2Intent, L2Mode
 
 MAC = "02:00:00:00:00:01"
@@ -340,7 +340,7 @@ def test_address_request_wire_format_and_acks() -> None:
 
     from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-    from lbd.l2.netlink import AddrRequest, encode_addr_request, parse_acks
+    from lbd.kernel.netlink import AddrRequest, encode_addr_request, parse_acks
 
     data = encode_addr_request(AddrRequest("replace", 7, ipaddress.ip_address("10.88.0.9"), 32,
                                            IFA_F_NOPREFIXROUTE, LBD_ADDR_PROTO, 120), seq=42)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from lbd.l2.interfaces import (
+from lbd.kernel.interfaces import (
     IFF_BROADCAST,
     IFF_LOOPBACK,
     IFF_NOARP,

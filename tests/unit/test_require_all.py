@@ -1,4 +1,4 @@
-"""Under LBD_REQUIRE_ALL=1 every skip is a failure (lbd/pytest_require_all.py), run on a tiny suite."""
+"""Under LBD_REQUIRE_ALL=1 every skip is a failure (lbd/testing/pytest_require_all.py), run on a tiny suite."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def run_suite(tmp_path: Path, require_all: str | None) -> subprocess.CompletedPr
     if require_all is not None:
         env["LBD_REQUIRE_ALL"] = require_all
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "lbd.pytest_require_all",
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "lbd.testing.pytest_require_all",
          "-q", "-rA", "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )

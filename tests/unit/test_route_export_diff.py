@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lbd.bgp.export import (
+from lbd.kernel.routes import (
     KernelRoute,
     _parse_route,
     diff_routes,
@@ -96,7 +96,7 @@ def test_applying_the_diff_reaches_the_desired_set(desired, current):
 
 
 class _FakeNetlink:
-    """lbd.l2.netlink.Netlink's call() over an in-memory route table."""
+    """lbd.kernel.netlink.Netlink's call() over an in-memory route table."""
 
     def __init__(self) -> None:
         self.routes: dict[tuple[int, str], dict] = {}
@@ -121,7 +121,7 @@ class _FakeNetlink:
 def test_close_for_a_restart_keeps_the_local_routes_and_a_plain_close_removes_them():
     import asyncio
 
-    from lbd.bgp.export import RT_TABLE_LOCAL, RouteExporter
+    from lbd.kernel.routes import RT_TABLE_LOCAL, RouteExporter
     from lbd.model import ExportRoute
 
     async def run(keep: tuple[int, ...]) -> set[tuple[int, str]]:

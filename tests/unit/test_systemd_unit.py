@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lbd.netlab import require_binary
+from lbd.testing.netlab import require_binary
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "lbd.service"
 

@@ -54,6 +54,29 @@ def oversized_withdrawal() -> bytes:
     return bgp(2, update_body(withdrawn=prefixes))
 
 
+def attribute(flags: int, code: int, value: bytes) -> bytes:
+    """One path attribute (RFC 4271 §4.3), extended length when it needs it."""
+    if len(value) > 255:
+        return bytes([flags | 0x10, code]) + struct.pack("!H", len(value)) + value
+    return bytes([flags, code, len(value)]) + value
+
+
+FD77_1 = ipaddress.IPv6Address("fd77::1").packed
+MP_REACH_V6 = attribute(0x80, 14, struct.pack("!HBB", 2, 1, 16) + FD77_1 + b"\x00")  # no NLRI
+ORIGIN_IGP = attribute(0x40, 1, b"\x00")
+EBGP_PATH = attribute(0x40, 2, b"\x02\x01" + struct.pack("!I", 64513))
+NEXT_HOP = attribute(0x40, 3, bytes([10, 77, 0, 2]))
+NLRI_24 = b"\x18\x0a\x58\x00"
+
+
+def update_with(*replace: tuple[int, bytes], extra: bytes = b"") -> bytes:
+    """An eBGP UPDATE announcing 10.88.0.0/24 whose ORIGIN, AS_PATH or NEXT_HOP
+    (by type code) is replaced; ``extra`` attributes follow them."""
+    attrs = {1: ORIGIN_IGP, 2: EBGP_PATH, 3: NEXT_HOP}
+    attrs.update(dict(replace))
+    return bgp(2, update_body(attrs=b"".join(attrs.values()) + extra, nlri=NLRI_24))
+
+
 BGP: dict[str, tuple[bytes, str]] = {
     "header-bad-marker": (b"\x00" * 16 + b"\x00\x13\x04", "marker not all ones (RFC 4271 §6.1)"),
     "header-length-short": (bgp(4, b"", length=18), "length field below 19"),
@@ -76,6 +99,47 @@ BGP: dict[str, tuple[bytes, str]] = {
     "update-withdrawal-packed-past-4096": (oversized_withdrawal(), "815 /32 withdrawals in one UPDATE: 4,100 octets (the packing mutation)"),
     "notification-too-short": (bgp(3, b"\x06"), "NOTIFICATION without a subcode"),
     "route-refresh-short": (bgp(5, b"\x00\x01\x00"), "ROUTE-REFRESH of 3 octets"),
+    "route-refresh-long": (bgp(5, b"\x00\x01\x00\x01\x00"), "ROUTE-REFRESH of 5 octets (RFC 7313 §5)"),
+    "open-capability-mp-short": (bgp(1, open_body(params=b"\x02\x04\x01\x02\x00\x01")), "multiprotocol capability of 2 octets (4 expected)"),
+    "open-capability-4octet-short": (bgp(1, open_body(params=b"\x02\x04\x41\x02\x00\x01")), "four-octet AS capability of 2 octets"),
+    "open-capability-gr-odd": (bgp(1, open_body(params=b"\x02\x05\x40\x03\x00\x78\x00")), "graceful restart capability with a partial family tuple"),
+    "update-nlri-bad-prefix-length": (bgp(2, update_body(attrs=ORIGIN_IGP + EBGP_PATH + NEXT_HOP, nlri=b"\x21\x0a\x58\x00\x00\x00")), "a /33 in the NLRI field"),
+    "update-nlri-truncated-prefix": (bgp(2, update_body(attrs=ORIGIN_IGP + EBGP_PATH + NEXT_HOP, nlri=b"\x18\x0a")), "a /24 with one octet in the NLRI field"),
+    "update-unrecognized-well-known": (update_with(extra=attribute(0x40, 99, b"\x01")), "well-known attribute type 99 (RFC 4271 §6.3: still a reset)"),
+    "update-mp-reach-repeated": (bgp(2, update_body(attrs=MP_REACH_V6 * 2)), "MP_REACH_NLRI twice (RFC 7606 §3 g)"),
+    "update-mp-reach-too-short": (bgp(2, update_body(attrs=attribute(0x80, 14, b"\x00\x02\x01\x10"))), "MP_REACH_NLRI of 4 octets"),
+    "update-mp-reach-next-hop-overrun": (bgp(2, update_body(attrs=attribute(0x80, 14, struct.pack("!HBB", 2, 1, 32) + bytes(16) + b"\x00"))),
+                                         "MP_REACH_NLRI next hop length 32 with 17 octets left"),
+    "update-mp-reach-next-hop-length-5": (bgp(2, update_body(attrs=attribute(0x80, 14, struct.pack("!HBB", 2, 1, 5) + bytes(5) + b"\x00"))),
+                                          "IPv6 MP_REACH_NLRI with a 5-octet next hop"),
+    "update-mp-reach-bad-prefix": (bgp(2, update_body(attrs=attribute(0x80, 14, struct.pack("!HBB", 2, 1, 16) + FD77_1 + b"\x00\x81" + bytes(17)))),
+                                   "a /129 inside MP_REACH_NLRI (RFC 7606 §7.11: reset)"),
+    "update-mp-reach-bad-flags": (bgp(2, update_body(attrs=attribute(0x40, 14, MP_REACH_V6[3:]))), "MP_REACH_NLRI flagged well-known"),
+    "update-mp-unreach-too-short": (bgp(2, update_body(attrs=attribute(0x80, 15, b"\x00\x02"))), "MP_UNREACH_NLRI of 2 octets"),
+    "update-mp-unreach-empty": (bgp(2, update_body(attrs=attribute(0x80, 15, b""))), "MP_UNREACH_NLRI of length 0 (RFC 7606 §3 e)"),
+    "update-mp-unreach-truncated-prefix": (bgp(2, update_body(attrs=attribute(0x80, 15, b"\x00\x02\x01\x40\xfd\x77"))),
+                                           "a /64 with two octets inside MP_UNREACH_NLRI"),
+}
+
+# RFC 7606 downgrades most attribute faults: the UPDATE decodes, its routes are
+# withdrawn ("treat-as-withdraw") or the attribute dropped ("attribute-discard").
+# Replayed as: decode_message returns an Update whose strongest problem is that.
+BGP_HANDLED: dict[str, tuple[bytes, str, str]] = {
+    "update-origin-value-3": (update_with((1, attribute(0x40, 1, b"\x03"))), "treat-as-withdraw", "ORIGIN 3 (RFC 7606 §7.1)"),
+    "update-origin-bad-flags": (update_with((1, attribute(0xC0, 1, b"\x00"))), "treat-as-withdraw", "ORIGIN flagged optional (RFC 7606 §3 c)"),
+    "update-as-path-bad-segment": (update_with((2, attribute(0x40, 2, b"\x07\x01" + struct.pack("!I", 64513)))), "treat-as-withdraw",
+                                   "AS_PATH segment type 7 (RFC 7606 §7.2)"),
+    "update-as-path-leftmost-not-peer": (update_with((2, attribute(0x40, 2, b"\x02\x01" + struct.pack("!I", 64999)))), "treat-as-withdraw",
+                                         "eBGP AS_PATH not starting with the peer's AS (checked only with a peer AS: here 64513)"),
+    "update-next-hop-zero": (update_with((3, attribute(0x40, 3, bytes(4)))), "treat-as-withdraw", "NEXT_HOP 0.0.0.0 (RFC 7606 §7.3)"),
+    "update-med-length-2": (update_with(extra=attribute(0x80, 4, b"\x00\x01")), "treat-as-withdraw", "MULTI_EXIT_DISC of 2 octets (RFC 7606 §7.4)"),
+    "update-communities-length-5": (update_with(extra=attribute(0xC0, 8, bytes(5))), "treat-as-withdraw", "COMMUNITIES of 5 octets (RFC 7606 §7.8)"),
+    "update-large-community-length-8": (update_with(extra=attribute(0xC0, 32, bytes(8))), "treat-as-withdraw", "LARGE_COMMUNITY of 8 octets (RFC 8092 §6)"),
+    "update-cluster-list-length-3": (update_with(extra=attribute(0x80, 10, bytes(3))), "treat-as-withdraw", "CLUSTER_LIST of 3 octets (RFC 7606 §7.10)"),
+    "update-attribute-header-truncated": (update_with(extra=b"\x40\x05"), "treat-as-withdraw", "two octets of an attribute header (RFC 7606 §4)"),
+    "update-aggregator-length-5": (update_with(extra=attribute(0xC0, 7, bytes(5))), "attribute-discard", "AGGREGATOR of 5 octets (RFC 7606 §7.7)"),
+    "update-as4-path-bad-segment": (update_with(extra=attribute(0xC0, 17, b"\x02\x00")), "attribute-discard", "AS4_PATH with an empty segment (RFC 6793 §6)"),
+    "update-atomic-aggregate-length-1": (update_with(extra=attribute(0x40, 6, b"\x00")), "attribute-discard", "ATOMIC_AGGREGATE of 1 octet (RFC 7606 §7.6)"),
 }
 
 
@@ -130,6 +194,20 @@ GOSSIP: dict[str, tuple[bytes, str, str, str]] = {
     "packet-alive-empty-name": (wire.encode(wire.Alive(1, "", V4, 7946)), "packet", "refused-name", "alive for a member named \"\""),
     "packet-alive-nul-name": (wire.encode(wire.Alive(1, "evil\x00", V4, 7946)), "packet", "refused-name", "alive for a name holding NUL"),
     "packet-alive-escape-name": (wire.encode(wire.Alive(1, "\x1b]0;owned\x07", V4, 7946)), "packet", "refused-name", "alive for a name holding terminal escapes"),
+    "packet-indirect-ping-port-too-big": (packed(1, {"SeqNo": 1, "Target": V4, "Port": 70000, "Node": "b", "Nack": False}), "packet", "GossipError",
+                                          "indirect ping with Port 70000 (u16)"),
+    "packet-indirect-ping-nack-string": (packed(1, {"SeqNo": 1, "Target": V4, "Port": 7946, "Node": "b", "Nack": "yes"}), "packet", "GossipError",
+                                         "indirect ping whose Nack is a string"),
+    "packet-ack-seqno-negative": (packed(2, {"SeqNo": -1, "Payload": b""}), "packet", "GossipError", "ack with SeqNo -1 (u32)"),
+    "packet-nack-seqno-too-big": (packed(11, {"SeqNo": 2**33}), "packet", "GossipError", "nack with SeqNo 2^33 (u32)"),
+    "packet-suspect-node-int": (packed(3, {"Incarnation": 1, "Node": 5, "From": "a"}), "packet", "GossipError", "suspect whose Node is a number"),
+    "packet-dead-incarnation-bytes": (packed(5, {"Incarnation": b"1", "Node": "b", "From": "a"}), "packet", "GossipError", "dead whose Incarnation is bytes"),
+    "packet-err-not-a-map": (bytes([wire.MsgType.ERR]) + msgpack.packb([1, 2, 3]), "packet", "GossipError", "err whose body is an array, not a map"),
+    "packet-user-empty": (bytes([wire.MsgType.USER]), "packet", "GossipError", "user message without a payload"),
+    "packet-has-label": (bytes([wire.MsgType.HAS_LABEL, 3]) + b"abc" + wire.encode(wire.Ping(1, "n")), "packet", "GossipError",
+                         "hasLabel (244) packet: labels are not supported"),
+    "packet-crc-truncated": (b"\x0c\x00\x00", "packet", "GossipError", "hasCrc with two octets of checksum"),
+    "stream-err-error-int": (packed(wire.MsgType.ERR, {"Error": 7}), "stream", "GossipError", "stream err whose Error is a number"),
     "encrypted-truncated": (sealed(wire.encode(wire.Ping(1, "n")))[:20], "encrypted", "GossipError", "ciphertext shorter than nonce + tag"),
     "encrypted-version-9": (b"\x09" + sealed(wire.encode(wire.Ping(1, "n")))[1:], "encrypted", "GossipError", "encryption version byte 9"),
     "encrypted-bad-tag": (sealed(wire.encode(wire.Ping(1, "n")))[:-1] + b"\x00", "encrypted", "GossipError", "authentication tag altered"),
@@ -194,9 +272,12 @@ def write(directory: Path, cases: dict[str, tuple], title: str, intro: str) -> N
 
 
 def main() -> None:
-    write(HERE / "bgp", BGP, "BGP regression corpus",
-          "Whole BGP messages (header included). Each must make `codec.decode_message` raise `BgpError`, "
-          "with 4-octet AS on and off, and nothing else.")
+    bgp_cases: dict[str, tuple] = {**BGP, **{name: (data, "message", action, what) for name, (data, action, what) in BGP_HANDLED.items()}}
+    write(HERE / "bgp", bgp_cases, "BGP regression corpus",
+          "Whole BGP messages (header included), fed to `codec.decode_message` with 4-octet AS on and off "
+          "(eBGP from AS 64513 when off). `BgpError`: it must raise that and nothing else (a session reset). "
+          "`treat-as-withdraw` / `attribute-discard`: RFC 7606 keeps the session; the message decodes and its "
+          "strongest problem is that action.")
     write(HERE / "gossip", GOSSIP, "Gossip regression corpus",
           "Surfaces: `packet` is a UDP datagram to a plaintext node (`Swim.handle_packet`); `encrypted` the same "
           "to a node holding the corpus key `bytes(range(32))`; `stream` / `estream` a TCP stream "

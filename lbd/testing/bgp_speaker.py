@@ -1,4 +1,4 @@
-"""``python -m lbd.bgp``: a standalone BGP speaker for debugging, interop tests
+"""``python -m lbd.testing.bgp_speaker``: a standalone BGP speaker for debugging, interop tests
 and benchmarks (one peer, one attribute set).
 
 Prints one JSON object per line on stdout for every session event
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lbd.bgp.announcer import BgpAnnouncer
-from lbd.bgp.fsm import (
+from lbd.bgp.events import (
     EndOfRibSent,
     Event,
     NotificationReceived,
@@ -57,7 +57,7 @@ def _large_community(text: str) -> tuple[int, int, int]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lbd.bgp", description="lbd's BGP speaker, standalone: announce prefixes to one peer.")
+    p = argparse.ArgumentParser(prog="python -m lbd.testing.bgp_speaker", description="lbd's BGP speaker, standalone: announce prefixes to one peer.")
     p.add_argument("--peer-address", required=True, type=ipaddress.ip_address)
     p.add_argument("--peer-asn", type=int, help="expected peer AS (or --dynamic-asn)")
     p.add_argument("--dynamic-asn", choices=("internal", "external"))

@@ -1,4 +1,4 @@
-"""ClusterMembership without sockets: a fake gossip layer stands in for the transport."""
+"""ClusterCoordinator without sockets: a fake gossip layer stands in for the transport."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 from lbd.cluster import nodemeta
-from lbd.cluster.membership import TABLE_MESSAGE, ClusterMembership
+from lbd.cluster.coordination import TABLE_MESSAGE, ClusterCoordinator
 from lbd.cluster.swim import MemberInfo
 from lbd.config import parse_config
+from lbd.coordination import Handover
 from lbd.model import Member, MemberState, ServiceSpec
 
 CONFIG = parse_config("""
@@ -55,8 +56,8 @@ class FakeGossip:
         return 0.0
 
 
-def membership() -> tuple[ClusterMembership, FakeGossip]:
-    cm = ClusterMembership(CONFIG)
+def membership() -> tuple[ClusterCoordinator, FakeGossip]:
+    cm = ClusterCoordinator(CONFIG)
     fake = FakeGossip()
     cm.gossip = fake  # type: ignore[assignment]
     cm._started = True  # noqa: SLF001 - start() would open sockets
@@ -127,7 +128,7 @@ def test_only_the_allocator_writes_and_others_wait():
 def test_reconnect_tries_lost_members_and_absent_seeds(monkeypatch):
     import asyncio
 
-    from lbd.cluster import membership as mod
+    from lbd.cluster import coordination as mod
     from lbd.cluster.swim import EventKind, MemberEvent
 
     cm, fake = membership()
@@ -175,12 +176,12 @@ def test_leave_stops_rejoining():
 
     fake.leave = leave  # type: ignore[attr-defined]
 
-    class Daemon:
-        plan = type("Plan", (), {"l2": ()})()
+    async def reconcile() -> None:
+        raise AssertionError("nothing held: no pass to run")
 
     async def run() -> tuple[bool, bool]:
         cm._reconnect_task = asyncio.ensure_future(asyncio.sleep(60))  # noqa: SLF001
-        await cm.leave(Daemon())
+        await cm.leave(Handover(held=lambda: (), reconcile=reconcile))
         await asyncio.sleep(0)
         return cm._reconnect_task.cancelled(), bool(left)  # noqa: SLF001
 
@@ -211,7 +212,7 @@ async def test_key_mismatch_found_on_a_later_join_attempt(monkeypatch):
     our keys on the next ones: the node must still stay out of the cluster."""
     import asyncio as aio_mod
 
-    import lbd.cluster.membership as mod
+    import lbd.cluster.coordination as mod
 
     m, fake = membership()
     attempts = []

@@ -17,10 +17,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import wire
-from .errors import GossipError
-from .profiles import DEFAULT, Profile
-from .swim import Addr, MemberEvent, SendPacket, StreamRequest, Swim, UserMessage
+from lbd.cluster import wire
+from lbd.cluster.errors import GossipError
+from lbd.cluster.profiles import DEFAULT, Profile
+from lbd.cluster.swim import Addr, MemberEvent, SendPacket, StreamRequest, Swim, UserMessage
 
 TCP_RTO = 0.2
 

@@ -1,6 +1,6 @@
 """A small L2Announcer driver for the lab tests and the ARP benchmark.
 
-``python -m lbd.l2.driver`` runs an ``L2Announcer`` in the current network
+``python -m lbd.testing.l2_driver`` runs an ``L2Announcer`` in the current network
 namespace and takes JSON commands, one per line, on stdin; it answers each
 with one JSON line on stdout (after printing ``ready`` once):
 
@@ -26,11 +26,11 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from lbd.l2.announcer import L2Announcer
-from lbd.l2.interfaces import choose_interface, list_interfaces
+from lbd.kernel.interfaces import choose_interface, list_interfaces
 from lbd.model import L2Intent
 
 if TYPE_CHECKING:
-    from lbd.netlab import Host
+    from lbd.testing.netlab import Host
 
 
 async def _intents(raw: list[dict[str, Any]]) -> tuple[list[L2Intent], dict[str, str]]:
@@ -86,12 +86,12 @@ async def main() -> None:
 
 
 class DriverClient:
-    """Runs this driver in a lab host (``lbd.netlab.Host``) and talks JSON lines to it."""
+    """Runs this driver in a lab host (``lbd.testing.netlab.Host``) and talks JSON lines to it."""
 
     def __init__(self, host: "Host", refresh: float = 30.0) -> None:
         self.host = host
         self.proc = host.popen(
-            [sys.executable, "-m", "lbd.l2.driver", str(refresh)],
+            [sys.executable, "-m", "lbd.testing.l2_driver", str(refresh)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

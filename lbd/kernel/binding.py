@@ -24,8 +24,8 @@ import os
 import socket
 from dataclasses import dataclass
 
-from lbd.l2.interfaces import LBD_ADDR_PROTO
-from lbd.l2.netlink import AddrRequest, Netlink
+from lbd.kernel.interfaces import LBD_ADDR_PROTO
+from lbd.kernel.netlink import AddrRequest, Netlink
 from lbd.model import IPAddress
 
 IFA_F_NODAD = 0x02

@@ -39,13 +39,14 @@ import asyncio
 import errno
 import ipaddress
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import Counter, Gauge
 
+from lbd.kernel.netlink import Netlink
 from lbd.metrics import REGISTRY
 from lbd.model import ExportRoute, IPNetwork, RouteExportConfig
 
@@ -154,6 +155,26 @@ def scopes_of(configs: Iterable[RouteExportConfig]) -> set[tuple[int, int]]:
     return scopes
 
 
+class RouteMessage(Protocol):
+    """A kernel route message as pyroute2 decodes it (rtmsg): header fields and RTA_* by name."""
+
+    def __getitem__(self, key: str) -> Any: ...  # an attribute's value: an int or an address string
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+
+class RouteSocket(Protocol):
+    """The slice of pyroute2's AsyncIPRoute the exporter uses (``_ThreadNetlink`` has it too)."""
+
+    async def link_lookup(self, *, ifname: str) -> list[int]: ...
+
+    # "dump" answers an async iterator of RouteMessage; "add", "replace" and "del"
+    # answer the kernel's acknowledgement, which the exporter does not read.
+    async def route(self, op: str, **kwargs: int | str) -> Any: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class _Status:
     installed: dict[tuple[int, IPNetwork, int], KernelRoute] = field(default_factory=dict)
@@ -176,19 +197,19 @@ class RouteExporter:
     """
 
     def __init__(self, scopes: Iterable[tuple[int, int]] = (), *, netns: str | None = None,
-                 netlink: Any = None) -> None:
+                 netlink: Netlink | None = None) -> None:
         self._scopes: set[tuple[int, int]] = set(scopes)
         self._netns = netns
-        # The daemon's shared lbd.l2.netlink.Netlink (a thread-held IPRoute): pyroute2's
+        # The daemon's shared lbd.kernel.netlink.Netlink (a thread-held IPRoute): pyroute2's
         # AsyncIPRoute cannot open its socket under uvloop.
-        self._ipr: Any = _ThreadNetlink(netlink) if netlink is not None else None
+        self._ipr: RouteSocket | None = _ThreadNetlink(netlink) if netlink is not None else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_obj: asyncio.Lock | None = None
         self._status = _Status()
 
     @classmethod
     def from_configs(cls, configs: Sequence[RouteExportConfig], *, netns: str | None = None,
-                     netlink: Any = None) -> RouteExporter:
+                     netlink: Netlink | None = None) -> RouteExporter:
         return cls(scopes_of(configs), netns=netns, netlink=netlink)
 
     def own(self, scope: tuple[int, int]) -> None:
@@ -215,9 +236,10 @@ class RouteExporter:
         assert self._lock_obj is not None
         return self._lock_obj
 
-    async def _socket(self) -> Any:
+    async def _socket(self) -> RouteSocket:
         if self._ipr is None:
-            # Imported here so that importing lbd.bgp does not need netlink.
+            # Imported here: pyroute2 takes ~0.2 s to import, and only tests without the
+            # daemon's shared Netlink open their own socket.
             from pyroute2 import AsyncIPRoute
 
             # groups=0: we only ask, we do not want a multicast firehose queued up.
@@ -226,13 +248,13 @@ class RouteExporter:
             self._ipr = ipr
         return self._ipr
 
-    async def _ifindex(self, ipr: Any, name: str, cache: dict[str, int | None]) -> int | None:
+    async def _ifindex(self, ipr: RouteSocket, name: str, cache: dict[str, int | None]) -> int | None:
         if name not in cache:
             found = await ipr.link_lookup(ifname=name)
             cache[name] = found[0] if found else None
         return cache[name]
 
-    async def _read_current(self, ipr: Any) -> list[KernelRoute]:
+    async def _read_current(self, ipr: RouteSocket) -> list[KernelRoute]:
         """lbd's routes as the kernel has them: only owned (table, protocol) pairs."""
         current: list[KernelRoute] = []
         tables = {t for t, _ in self._scopes}
@@ -310,10 +332,10 @@ class RouteExporter:
                 total=len(after),
             )
 
-    async def _change(self, ipr: Any, op: str, route: KernelRoute, errors: list[str]) -> str | None:
+    async def _change(self, ipr: RouteSocket, op: str, route: KernelRoute, errors: list[str]) -> str | None:
         from pyroute2.netlink.exceptions import NetlinkError
 
-        kwargs: dict[str, Any] = {
+        kwargs: dict[str, int | str] = {
             "dst": str(route.prefix),
             "table": route.table,
             "proto": route.protocol,
@@ -376,15 +398,15 @@ class RouteExporter:
 
 
 class _ThreadNetlink:
-    """The slice of AsyncIPRoute the exporter uses, over lbd.l2.netlink.Netlink."""
+    """The slice of AsyncIPRoute the exporter uses, over lbd.kernel.netlink.Netlink."""
 
-    def __init__(self, netlink: Any) -> None:
+    def __init__(self, netlink: Netlink) -> None:
         self._nl = netlink
 
-    async def link_lookup(self, **kwargs: Any) -> Any:
-        return await self._nl.call("link_lookup", **kwargs)
+    async def link_lookup(self, *, ifname: str) -> list[int]:
+        return list(await self._nl.call("link_lookup", ifname=ifname))
 
-    async def route(self, op: str, **kwargs: Any) -> Any:
+    async def route(self, op: str, **kwargs: int | str) -> Any:
         result = await self._nl.call("route", op, **kwargs)
         if op == "dump":
             return _aiter(result)
@@ -394,12 +416,12 @@ class _ThreadNetlink:
         """The daemon owns the shared netlink thread."""
 
 
-async def _aiter(items: Iterable[Any]) -> Any:
+async def _aiter(items: Iterable[RouteMessage]) -> AsyncIterator[RouteMessage]:
     for item in items:
         yield item
 
 
-def _parse_route(msg: Mapping[str, Any] | Any) -> KernelRoute | None:
+def _parse_route(msg: RouteMessage) -> KernelRoute | None:
     """A kernel route message as a KernelRoute, or None for forms lbd never makes."""
     family = msg["family"]
     dst = msg.get("dst")

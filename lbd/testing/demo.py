@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lbd.netlab import Lab, wait_for
+from lbd.testing.netlab import Lab, wait_for
 
 DEMO_CONFIG = """\
 # The demo's /etc/lbd.toml: one pool on the LAN, announced by ARP/NDP.

@@ -14,7 +14,7 @@ developer's quick run) skips stay skips.
   still run.
 - ``xfail`` is not a skip and is left alone.
 
-Loaded by ``tests/conftest.py``; a run of its own: ``pytest -p lbd.pytest_require_all``.
+Loaded by ``tests/conftest.py``; a run of its own: ``pytest -p lbd.testing.pytest_require_all``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,12 @@
-"""Who is in the cluster, as the planner needs it.
+"""How this node works with the others: who is in the cluster, who allocates, the handover.
 
-``LocalMembership`` is a cluster of one: this node. ``lbd.cluster.membership``
+A ``Coordinator`` gives the planner its members (and since when each is eligible),
+runs or receives the round's allocations (one node allocates for all), says what
+to persist with them, and hands this node's VIPs over before it leaves. It gets
+from the daemon only values and callables (``Handover``, ``HeldVips``), never the
+daemon itself.
+
+``LocalCoordinator`` is a cluster of one: this node. ``lbd.cluster.coordination``
 implements the same interface over gossip.
 """
 
@@ -8,15 +14,36 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Any, Callable
-
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from lbd.ipam import AllocationResult, allocate
 from lbd.model import Allocation, Config, Member, ServiceSpec
 
 
-class Membership(abc.ABC):
+HeldVips = Callable[[], Sequence[str]]
+"""The layer-2 VIPs this node holds right now (``lbd.planner.held_vips`` of the current plan).
+
+A callable, not a value: each reconcile pass changes the answer while a handover runs."""
+
+
+@dataclass(frozen=True)
+class Handover:
+    """What a graceful leave needs from the daemon, and nothing more.
+
+    The cluster layer must not reach into the daemon (its plan, its flags): it gets the
+    held VIPs as a function, a way to run one reconcile pass (so peers' takeovers are
+    answered by releasing), and whether this stop is for a restart (logged only).
+    """
+
+    held: HeldVips
+    reconcile: Callable[[], Awaitable[None]]
+    restarting: bool = False
+
+
+class Coordinator(abc.ABC):
+    """Membership, allocation and handover for this node; a single node by default."""
+
     @abc.abstractmethod
     def update_local(self, me: Member) -> None:
         """This node's own view of itself (labels, interfaces, health, drain, holds)."""
@@ -55,11 +82,11 @@ class Membership(abc.ABC):
     async def start(self, on_change: Callable[[], None]) -> None:
         """Begin; call ``on_change`` whenever membership or a member's state changes."""
 
-    async def wait_handover(self, daemon: Any) -> str:
-        """After this node was drained: wait until others hold its VIPs."""
+    async def wait_handover(self, held: HeldVips) -> str:
+        """After this node was drained: wait until others hold its VIPs (``held()`` is empty)."""
         return "no other node to hand over to" if len(self.members()) <= 1 else "done"
 
-    async def leave(self, daemon: Any) -> None:
+    async def leave(self, handover: Handover) -> None:
         """Hand over and leave the cluster gracefully (before announcements are withdrawn)."""
 
     async def close(self) -> None:
@@ -73,7 +100,9 @@ class Membership(abc.ABC):
         ]
 
 
-class LocalMembership(Membership):
+class LocalCoordinator(Coordinator):
+    """A cluster of one: this node is every member and the allocator."""
+
     def __init__(self, name: str) -> None:
         self._me = Member(name=name)
         self._since = time.monotonic()

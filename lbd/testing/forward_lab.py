@@ -1,4 +1,4 @@
-"""A forwarding lab (test tooling, like ``lbd.netlab``): a client, lbd nodes, backends.
+"""A forwarding lab (test tooling, like ``lbd.testing.netlab``): a client, lbd nodes, backends.
 
 Shared by ``tests/lab/test_forward.py`` and ``bench/forward.py``. Everything
 lives in network namespaces on one bridge, in 10.77.0.0/16 and 10.88.0.0/16:
@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lbd.netlab import Host, Lab, LbdNode, wait_for
+from lbd.testing.netlab import Host, Lab, LbdNode, wait_for
 
 CLIENT = "10.77.0.3"
 VIP = "10.77.0.100"

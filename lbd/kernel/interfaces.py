@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from lbd.model import IPAddress, IPInterface, LocalInterface
 
 if TYPE_CHECKING:
-    from lbd.l2.netlink import Netlink
+    from lbd.kernel.netlink import Netlink
 
 # The IFA_PROTO value lbd marks its addresses with (kernel >= 5.18): 0-3 are
 # the kernel's (unspec, kernel_lo, kernel_ra, kernel_ll); lbd uses 252, like
@@ -103,7 +103,7 @@ def usable_link(flags: int, has_master: bool) -> bool:
 
 async def list_interfaces(nl: "Netlink | None" = None) -> list[LocalInterface]:
     """The usable interfaces of this network namespace, with their connected subnets."""
-    from lbd.l2.netlink import Netlink
+    from lbd.kernel.netlink import Netlink
 
     conn = nl or Netlink()
     try:

@@ -39,13 +39,12 @@ from lbd.backoff import capped_backoff
 from lbd.cluster import nodemeta
 from lbd.cluster.crypto import load_keyring
 from lbd.cluster.replication import AllocationTable, TableEntry, TableError
-from lbd.cluster.swim import EventKind, MemberEvent
+from lbd.cluster.swim import EventKind, MemberEvent, MemberInfo
 from lbd.cluster.transport import JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX, Gossip, UserPayload
+from lbd.coordination import Coordinator, Handover, HeldVips
 from lbd.ipam import AllocationResult, allocate
-from lbd.membership import Membership
 from lbd.metrics import REGISTRY
 from lbd.model import Allocation, Config, Member, MemberState, ServiceSpec
-from lbd.planner import held_vips
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +66,7 @@ TABLE_UPDATES = Counter("lbd_allocation_table_entries_received", "Allocation tab
                         registry=REGISTRY)
 
 
-class ClusterMembership(Membership):
+class ClusterCoordinator(Coordinator):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.name = config.node.name
@@ -337,7 +336,7 @@ class ClusterMembership(Membership):
     def _on_change_now(self) -> None:
         self._on_change()
 
-    def _holding(self, infos: Sequence[Any]) -> bool:
+    def _holding(self, infos: Sequence[MemberInfo]) -> bool:
         """True while, just after start, an alive peer has not published its metadata yet."""
         if self._hold_until is None:
             return False
@@ -435,21 +434,20 @@ class ClusterMembership(Membership):
             log.warning("cluster_config_changed", detail="[cluster] changes take effect on restart")
         self.config = config
 
-    async def wait_handover(self, daemon: Any) -> str:
+    async def wait_handover(self, held: HeldVips) -> str:
         """Wait until this node announces no layer-2 VIP any more (others hold them)."""
         deadline = time.monotonic() + HANDOVER_TIMEOUT * 2
         while time.monotonic() < deadline:
-            held = _held(daemon)
-            if not held:
+            if not held():
                 return "every VIP handed over"
             await asyncio.sleep(0.02)
-        return f"{len(_held(daemon))} VIPs still held: no other eligible node took them"
+        return f"{len(held())} VIPs still held: no other eligible node took them"
 
-    async def leave(self, daemon: Any) -> None:
+    async def leave(self, handover: Handover) -> None:
         """Hand the VIPs over (make-before-break), then leave the gossip pool."""
         if not self._started or self._leaving:
             return
-        restarting = getattr(daemon, "_restarting", False)
+        held = handover.held
         self._leaving = True
         # No more (re)joins: a reconnect after our leave would bring us back as alive, and
         # our later silence would read as a crash instead of a departure.
@@ -457,14 +455,14 @@ class ClusterMembership(Membership):
             if task is not None:
                 task.cancel()
         others = [m for m in self.members() if m.name != self.name and m.state == MemberState.ALIVE]
-        if others and _held(daemon):
+        if others and held():
             deadline = time.monotonic() + HANDOVER_TIMEOUT
-            log.info("handing_over", vips=len(_held(daemon)), restart=restarting)
-            while time.monotonic() < deadline and _held(daemon):
-                await daemon.reconcile()
+            log.info("handing_over", vips=len(held()), restart=handover.restarting)
+            while time.monotonic() < deadline and held():
+                await handover.reconcile()
                 await asyncio.sleep(0.01)
-            if _held(daemon):
-                log.warning("handover_incomplete", vips=_held(daemon))
+            if held():
+                log.warning("handover_incomplete", vips=list(held()))
         await self.gossip.leave(timeout=2.0)
 
     async def close(self) -> None:
@@ -492,10 +490,6 @@ class ClusterMembership(Membership):
                 rows.append({"name": name, "address": i.addr, "state": i.state.value, "incarnation": i.incarnation,
                              "last_change": f"{now - i.state_change:.1f}s ago", "lbd": False})
         return rows
-
-
-def _held(daemon: Any) -> list[str]:
-    return list(held_vips(daemon.plan.l2))
 
 
 def _now_ms() -> int:

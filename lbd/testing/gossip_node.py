@@ -1,6 +1,6 @@
 """A standalone gossip node for interop tests and debugging.
 
-    python -m lbd.cluster --name py1 --bind 127.0.0.1:7950 --join 127.0.0.1:7946 \\
+    python -m lbd.testing.gossip_node --name py1 --bind 127.0.0.1:7950 --join 127.0.0.1:7946 \\
         [--keys-file F] [--tag role=py] [--profile lan] [--serf-leave]
 
 Prints one JSON object per line on stdout: ``started``, ``joined`` or
@@ -20,11 +20,11 @@ from typing import Any
 from lbd.logsetup import setup_logging
 from lbd.model import LogConfig
 
-from . import serf, wire
-from .crypto import load_keyring
-from .errors import GossipError
-from .swim import MemberEvent
-from .transport import Gossip, JoinError, UserPayload
+from lbd.cluster import serf, wire
+from lbd.cluster.crypto import load_keyring
+from lbd.cluster.errors import GossipError
+from lbd.cluster.swim import MemberEvent
+from lbd.cluster.transport import Gossip, JoinError, UserPayload
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -99,7 +99,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lbd.cluster", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lbd.testing.gossip_node", description=__doc__.splitlines()[0])
     p.add_argument("--name", required=True)
     p.add_argument("--bind", default="0.0.0.0:7946")
     p.add_argument("--advertise")
