@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from lbd.testing.netlab import Host, Lab
-from lbd.planner import rank
+from lbd.planner.election import rank
 
 BENCH = Path(__file__).resolve().parent
 PROBE = BENCH / "failover_probe.py"
@@ -447,7 +447,7 @@ class LbdSystem(System):
 
     ``failback_delay = 0`` so that between runs the restored node takes its VIP
     back at once and every run starts from the same owner (the first in
-    ``lbd.planner.rank``); failback is not what this benchmark measures.
+    ``lbd.planner.election.rank``); failback is not what this benchmark measures.
     """
 
     def __init__(self, profile: str = "default", failback_delay: float = 0.0) -> None:

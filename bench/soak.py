@@ -8,7 +8,7 @@ starved of CPU must not move a single VIP.
 The lab is ``bench/failover.py``'s: three nodes ``n1``..``n3`` and a client on
 one bridge, a UDP responder on every node. ``lbd run`` runs on every node with
 the chosen timing profile and ``--services`` services, each pinned to its own
-VIP chosen so that every node owns some (``lbd.planner.rank``). Once the
+VIP chosen so that every node owns some (``lbd.planner.election.rank``). Once the
 cluster has converged (every VIP on exactly its first-ranked node, every node
 sees three alive members), the harness:
 
@@ -71,7 +71,7 @@ from failover import (
 )
 
 from lbd.testing.netlab import Lab
-from lbd.planner import rank
+from lbd.planner.election import rank
 
 METRICS_PORT = 9120
 # Candidate VIPs: the lab's /24 above the nodes and the client.

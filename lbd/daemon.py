@@ -31,9 +31,11 @@ from lbd.ipam import pool_usage
 from lbd.kernel.interfaces import list_interfaces
 from lbd.kernel.netlink import Netlink
 from lbd.l2.announcer import L2Announcer
-from lbd.model import Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec
-from lbd.planner import PlannerInput, held_vips, plan, selector_matches
+from lbd.model import (Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec,
+                       VipDecision)
+from lbd.planner import PlannerInput, held_vips, plan
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
+from lbd.selectors import matches
 from lbd.sdnotify import Notifier
 from lbd.sources.base import ServiceResult
 from lbd.sources.manager import SourceManager
@@ -209,7 +211,30 @@ class Daemon:
     # -- the loop -----------------------------------------------------------
 
     async def reconcile(self) -> None:
-        config = self.config
+        """One level-triggered pass: allocate, plan, converge every announcer, report.
+
+        The order of the steps is part of the behaviour (issue 9): see ``_announce``."""
+        config = self.config  # one config for the whole pass: a reload may swap self.config meanwhile
+        self._allocate(config)
+        interfaces = await list_interfaces(self.netlink)
+        self._configure_health()
+        withdraw = await self._forward(interfaces)
+        me = self._local_member(config, interfaces, withdraw)
+        self.membership.update_local(me)
+        members = self.membership.members()
+        self._replan(config, members)
+        await self._announce(config, members)
+        held_now = held_vips(self.plan.l2)
+        if held_now != me.holds:
+            self.membership.update_local(replace(me, holds=held_now))
+        await self._write_back(config)
+        self.last_reconcile = time.time()
+        m.update(pools=self.config.pools, allocations=self.allocations, pending=self.pending, plan=self.plan,
+                 drained=self.drained)
+        self._observe_hooks(members)
+
+    def _allocate(self, config: Config) -> None:
+        """Allocate addresses to the services the sources give now; persist what changed."""
         self.services = self.services_now()
         result, notes = self.membership.allocate(config, list(self.services.values()), self.allocations)
         for note in notes:
@@ -225,25 +250,26 @@ class Daemon:
                 log.warning("service_pending", service=name, reason=reason)
         self.pending = result.pending
 
-        interfaces = await list_interfaces(self.netlink)
-        self._configure_health()
-        withdraw = await self._forward(interfaces)
+    def _local_member(self, config: Config, interfaces: Sequence[LocalInterface], withdraw: frozenset[str]) -> Member:
+        """This node as the planner and the cluster see it: labels, usable interfaces,
+        drained, the services failing here (health checks, or no backend to forward to:
+        ``withdraw``) and the VIPs it holds as of the last pass."""
         failing = frozenset(
             name for name, spec in self.services.items()
             if spec.health_check is not None and self.health is not None and self.health.healthy(name) is not True
         ) | withdraw
-        held = held_vips(self.plan.l2)
-        me = Member(
+        return Member(
             name=config.node.name,
             state=MemberState.ALIVE,
             labels=dict(config.node.labels),
             interfaces={i.name: i.networks for i in interfaces if i.up},
             drained=self.drained,
             failing=failing,
-            holds=held,
+            holds=held_vips(self.plan.l2),
         )
-        self.membership.update_local(me)
-        members = self.membership.members()
+
+    def _replan(self, config: Config, members: list[Member]) -> None:
+        """Plan this node's intents over ``members``; log every VIP whose owner changed."""
         previous = {d.vip: d.owner for d in self.plan.decisions}
         self.plan = plan(
             PlannerInput(
@@ -264,6 +290,10 @@ class Daemon:
                 m.OWNER_CHANGES.labels(kind).inc()
                 log.info("vip_owner_changed", vip=str(decision.vip), old=before, new=decision.owner, kind=kind,
                          reason=decision.reason)
+
+    async def _announce(self, config: Config, members: list[Member]) -> None:
+        """Converge every announcer on the plan, in the order that never drops traffic:
+        local routes, BGP, layer 2, the contested re-announce, then the full route export."""
         if self.exporter is not None:
             # Make before break: the node accepts a VIP's traffic (its local route, one per
             # prefix, so this is quick) before the UPDATE announcing it leaves. Routes that are
@@ -275,9 +305,15 @@ class Daemon:
         if self.bgp is not None:
             self.bgp.apply(self.plan.bgp)
         await self.l2.apply(self.plan.l2)
-        # A VIP we announce that another alive member holds too (a partition healing): announce
-        # again when that starts and when it ends, so neighbours that followed the other holder
-        # come back to us as soon as it lets go, not at the next periodic announcement.
+        self._reannounce_contested(config, members)
+        if self.exporter is not None:
+            await self.exporter.apply(self.plan.exports)
+            self._exports_applied = self.plan.exports
+
+    def _reannounce_contested(self, config: Config, members: list[Member]) -> None:
+        """A VIP we announce that another alive member holds too (a partition healing): announce
+        again when that starts and when it ends, so neighbours that followed the other holder
+        come back to us as soon as it lets go, not at the next periodic announcement."""
         contested = {
             i.vip for i in self.plan.l2
             if i.mode.announced and any(str(i.vip) in mb.holds for mb in members
@@ -285,23 +321,15 @@ class Daemon:
         }
         self.l2.reannounce((contested ^ self._contested) & {i.vip for i in self.plan.l2})
         self._contested = contested
-        if self.exporter is not None:
-            await self.exporter.apply(self.plan.exports)
-            self._exports_applied = self.plan.exports
-        held_now = held_vips(self.plan.l2)
-        if held_now != held:
-            self.membership.update_local(replace(me, holds=held_now))
-        # One node writes results back to the sources (Kubernetes status): the allocator.
+
+    async def _write_back(self, config: Config) -> None:
+        """One node writes results back to the sources (Kubernetes status): the allocator."""
         writer = self.membership.allocator() == config.node.name
         if writer != self._writer:
             self._writer = writer
             self.sources.set_writer(writer)
             log.info("status_writer", writer=writer)
         await self.sources.report(self.results())
-        self.last_reconcile = time.time()
-        m.update(pools=self.config.pools, allocations=self.allocations, pending=self.pending, plan=self.plan,
-                 drained=self.drained)
-        self._observe_hooks(members)
 
     def _observe_hooks(self, members: list[Member]) -> None:
         """Hook events from the state this pass converged to (level-triggered: once per transition)."""
@@ -439,7 +467,7 @@ class Daemon:
     async def _configure_bgp(self) -> None:
         # Only the peers whose node selector picks this node open a session from it.
         labels = self.config.node.labels
-        peers = tuple(p for p in self.config.bgp_peers if selector_matches(p.node_selector, labels))
+        peers = tuple(p for p in self.config.bgp_peers if matches(p.node_selector, labels))
         if peers and self.bgp is None:
             from lbd.bgp.announcer import BgpAnnouncer
 
@@ -720,35 +748,6 @@ class Daemon:
         return self.status()
 
     def status(self) -> dict[str, Any]:
-        usage = pool_usage(self.config.pools, self.allocations)
-        decisions = {}
-        for decision in self.plan.decisions:
-            for service in decision.services:
-                decisions.setdefault(service, []).append(decision)
-        services = []
-        for name in sorted(set(self.services) | set(self.allocations) | set(self.pending)):
-            allocation = self.allocations.get(name)
-            row: dict[str, Any] = {"name": name, "addresses": [], "pool": None, "state": "pending",
-                                   "owner": None, "interface": None, "reason": self.pending.get(name)}
-            if allocation is not None:
-                mine = decisions.get(name, [])
-                row["addresses"] = [str(a) for a in allocation.addresses]
-                row["pool"] = allocation.pool
-                here = [d for d in mine if d.announced_here]
-                owners = sorted({d.owner for d in mine if d.owner})
-                row["owner"] = ",".join(owners) or None
-                row["interface"] = ",".join(sorted({d.interface for d in here if d.interface})) or None
-                if here:
-                    row["state"] = "announced"
-                elif owners:
-                    row["state"] = "standby"
-                else:
-                    row["state"] = "not-announced"
-                row["reason"] = "; ".join(dict.fromkeys(d.reason for d in mine)) or None
-                row["modes"] = sorted({mode for d in mine for mode in d.modes})
-            if self.forwarder is not None and name in self.services and self.services[name].backends:
-                self._forward_row(row, self.services[name])
-            services.append(row)
         return {
             "node": self.config.node.name,
             "version": lbd.__version__,
@@ -759,13 +758,8 @@ class Daemon:
             "last_reload": self.last_reload,
             "reconcile_error": self.reconcile_error,
             "last_reconcile": self.last_reconcile,
-            "pools": [
-                {"name": u.pool,
-                 "ipv4": {"used": u.ipv4.used, "total": u.ipv4.total},
-                 "ipv6": {"used": u.ipv6.used, "total": u.ipv6.total}}
-                for u in usage.values()
-            ],
-            "services": services,
+            "pools": self._pool_rows(),
+            "services": self._service_rows(),
             "vips": [
                 {"vip": str(d.vip), "services": list(d.services), "pool": d.pool, "owner": d.owner,
                  "interface": d.interface, "announced_here": d.announced_here, "modes": list(d.modes),
@@ -780,6 +774,53 @@ class Daemon:
             "sources": self.sources.status(),
             "members": self.membership.status(),
         }
+
+    def _pool_rows(self) -> list[dict[str, Any]]:
+        """Used and total addresses per pool and family."""
+        return [
+            {"name": u.pool,
+             "ipv4": {"used": u.ipv4.used, "total": u.ipv4.total},
+             "ipv6": {"used": u.ipv6.used, "total": u.ipv6.total}}
+            for u in pool_usage(self.config.pools, self.allocations).values()
+        ]
+
+    def _service_rows(self) -> list[dict[str, Any]]:
+        """One row per service known, allocated or pending, by name."""
+        decisions: dict[str, list[VipDecision]] = {}
+        for decision in self.plan.decisions:
+            for service in decision.services:
+                decisions.setdefault(service, []).append(decision)
+        rows = []
+        for name in sorted(set(self.services) | set(self.allocations) | set(self.pending)):
+            row = self._service_row(name, decisions.get(name, []))
+            if self.forwarder is not None and name in self.services and self.services[name].backends:
+                self._forward_row(row, self.services[name])
+            rows.append(row)
+        return rows
+
+    def _service_row(self, name: str, mine: list[VipDecision]) -> dict[str, Any]:
+        """A service's addresses, owners and state ("announced" here, "standby" elsewhere,
+        "not-announced", or "pending"), with the reasons of its VIPs' decisions."""
+        allocation = self.allocations.get(name)
+        row: dict[str, Any] = {"name": name, "addresses": [], "pool": None, "state": "pending",
+                               "owner": None, "interface": None, "reason": self.pending.get(name)}
+        if allocation is None:
+            return row
+        row["addresses"] = [str(a) for a in allocation.addresses]
+        row["pool"] = allocation.pool
+        here = [d for d in mine if d.announced_here]
+        owners = sorted({d.owner for d in mine if d.owner})
+        row["owner"] = ",".join(owners) or None
+        row["interface"] = ",".join(sorted({d.interface for d in here if d.interface})) or None
+        if here:
+            row["state"] = "announced"
+        elif owners:
+            row["state"] = "standby"
+        else:
+            row["state"] = "not-announced"
+        row["reason"] = "; ".join(dict.fromkeys(d.reason for d in mine)) or None
+        row["modes"] = sorted({mode for d in mine for mode in d.modes})
+        return row
 
     def _forward_row(self, row: dict[str, Any], spec: ServiceSpec) -> None:
         status = self.forwarder.status()

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 from prometheus_client import Counter, Gauge
 
 from lbd.metrics import REGISTRY
-from lbd.model import Allocation, Plan, PoolConfig
+from lbd.model import Allocation, L2Mode, Plan, PoolConfig
 
 POOL_SIZE = Gauge("lbd_pool_addresses", "Usable addresses in a pool", ["pool", "family"], registry=REGISTRY)
 POOL_USED = Gauge("lbd_pool_addresses_in_use", "Allocated addresses in a pool", ["pool", "family"], registry=REGISTRY)
@@ -43,9 +43,9 @@ def update(*, pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation]
     states["announced"] = sum(1 for name in allocations if name in here)
     for state, count in states.items():
         SERVICES.labels(state).set(count)
-    modes = {"bind": 0, "responder": 0, "local": 0}
+    modes = {mode.value: 0 for mode in L2Mode}  # every mode's series exists, at 0 when unused
     for intent in plan.l2:
-        modes[intent.mode] = modes.get(intent.mode, 0) + 1
+        modes[intent.mode.value] += 1
     for mode, count in modes.items():
         VIPS_ANNOUNCED.labels(mode).set(count)
     VIPS_ANNOUNCED.labels("bgp").set(len(plan.bgp))

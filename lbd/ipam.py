@@ -374,6 +374,11 @@ class _Book:
 # Allocation of one service
 # ---------------------------------------------------------------------------
 
+# (pool, addresses) on success, else why the service stays pending
+_Outcome = tuple[str, tuple[IPAddress, ...]] | str
+# (previous pool, previous addresses)
+_Previous = tuple[str, tuple[IPAddress, ...]]
+
 
 def _try_pool(book: _Book, req: _Request, pool: PoolConfig, fixed: Mapping[Family, IPAddress]) -> tuple[IPAddress, ...] | str:
     """Addresses for every family of ``req`` from ``pool``, ``fixed`` ones included."""
@@ -392,7 +397,7 @@ def _try_pool(book: _Book, req: _Request, pool: PoolConfig, fixed: Mapping[Famil
     return tuple(chosen)
 
 
-def _with_requests(book: _Book, req: _Request, fixed: Mapping[Family, IPAddress], what: str) -> tuple[str, tuple[IPAddress, ...]] | str:
+def _with_requests(book: _Book, req: _Request, fixed: Mapping[Family, IPAddress], what: str) -> _Outcome:
     """Allocate around fixed addresses (requested ones, or kept ones: ``what``)."""
     pool: PoolConfig | None = None
     for family in req.families:
@@ -423,7 +428,7 @@ def _with_requests(book: _Book, req: _Request, fixed: Mapping[Family, IPAddress]
     return pool.name, chosen
 
 
-def _fresh(book: _Book, req: _Request) -> tuple[str, tuple[IPAddress, ...]] | str:
+def _fresh(book: _Book, req: _Request) -> _Outcome:
     if req.requested:
         return _with_requests(book, req, req.requested, "requested address")
     if req.pool is not None:
@@ -461,7 +466,7 @@ def _fresh(book: _Book, req: _Request) -> tuple[str, tuple[IPAddress, ...]] | st
     return "every auto-assign pool is exhausted: " + "; ".join(reasons)
 
 
-def _previous_addresses(prev: object) -> tuple[str, tuple[IPAddress, ...]] | None:
+def _previous_addresses(prev: object) -> _Previous | None:
     if not isinstance(prev, Allocation):
         return None
     addresses = prev.addresses if isinstance(prev.addresses, (tuple, list)) else ()
@@ -540,10 +545,17 @@ def allocate(
     ``namespaces`` maps namespace names to their labels, for pools whose
     ``service_allocation`` selects namespaces by label (``Config.namespaces``).
     """
-    result = AllocationResult()
-    book = _Book(_items(pools), namespaces)  # type: ignore[arg-type]
-    prev = dict(previous) if isinstance(previous, Mapping) else {}
+    # The three passes of the module docstring, in this order: nothing valid ever moves
+    # and a pending service never steals an address.
+    run = _Round(pools, services, previous, precedence, namespaces)
+    invalid = run.keep_valid()
+    run.reallocate(invalid)
+    run.allocate_new()
+    return run.sorted_result()
 
+
+def _specs_by_name(services: Sequence[ServiceSpec]) -> tuple[dict[str, ServiceSpec], set[str]]:
+    """The services by name, and the names defined more than once, differently."""
     specs: dict[str, ServiceSpec] = {}
     duplicates: set[str] = set()
     for spec in _items(services):
@@ -552,89 +564,127 @@ def allocate(
         if spec.name in specs and specs[spec.name] != spec:
             duplicates.add(spec.name)
         specs[spec.name] = spec
+    return specs, duplicates
 
-    requests: dict[str, _Request] = {}
-    for name in sorted(specs):
-        if name in duplicates:
-            result.pending[name] = f'service "{name}" is defined more than once, differently'
-            continue
-        req = _request(specs[name])
-        if isinstance(req, str):
-            result.pending[name] = req
-        else:
-            requests[name] = req
 
-    olds: dict[str, tuple[str, tuple[IPAddress, ...]]] = {}
-    for name in sorted(k for k in prev if isinstance(k, str)):
-        old = _previous_addresses(prev[name])
-        if old is None or not old[1]:
-            continue  # malformed or empty: nothing held, nothing to release
-        olds[name] = old
-        if name not in specs:
-            result.changes.append(AllocationChange(name, "released", old[1], (), "the service was removed", old_pool=old[0]))
+class _Round:
+    """One run of ``allocate``: the book, the normalised requests, the previous
+    allocations, and the result as the three passes build it."""
 
-    def finish(name: str, outcome: tuple[str, tuple[IPAddress, ...]] | str, why_moved: str | None) -> None:
-        req = requests.get(name)
-        old = olds.get(name)
-        if isinstance(outcome, str) or req is None:
-            result.pending[name] = outcome if isinstance(outcome, str) else result.pending.get(name, "")
-            if old is not None:
-                result.changes.append(AllocationChange(name, "released", old[1], (), why_moved or str(outcome), old_pool=old[0]))
-            return
-        pool, addresses = outcome
-        for a in addresses:
-            book.hold(req, pool, a)
-        result.allocations[name] = Allocation(name, pool, addresses)
-        if old is not None and why_moved is not None:
-            result.changes.append(AllocationChange(name, "moved", old[1], addresses, why_moved, old_pool=old[0], new_pool=pool))
+    def __init__(
+        self,
+        pools: Sequence[PoolConfig],
+        services: Sequence[ServiceSpec],
+        previous: Mapping[str, Allocation],
+        precedence: Mapping[str, int] | None,
+        namespaces: Mapping[str, Mapping[str, str]] | None,
+    ) -> None:
+        self.result = AllocationResult()
+        self.book = _Book(_items(pools), namespaces)  # type: ignore[arg-type]
+        self.ranks: Mapping[str, int] = precedence if isinstance(precedence, Mapping) else {}
+        self.specs, duplicates = _specs_by_name(services)
+        self.requests = self._normalise(duplicates)
+        self.olds = self._previous(previous)
 
-    # Pass 1: keep every previous allocation that is still valid.
-    invalid: dict[str, tuple[dict[Family, IPAddress], str]] = {}
-    ranks = precedence if isinstance(precedence, Mapping) else {}
+    def _normalise(self, duplicates: set[str]) -> dict[str, _Request]:
+        """Every service's request; the ones that cannot be allocated at all go pending."""
+        requests: dict[str, _Request] = {}
+        for name in sorted(self.specs):
+            if name in duplicates:
+                self.result.pending[name] = f'service "{name}" is defined more than once, differently'
+                continue
+            req = _request(self.specs[name])
+            if isinstance(req, str):
+                self.result.pending[name] = req
+            else:
+                requests[name] = req
+        return requests
 
-    def order(name: str) -> tuple[int, int, str]:
-        rank = ranks.get(name)
+    def _previous(self, previous: Mapping[str, Allocation]) -> dict[str, _Previous]:
+        """The previous allocations that hold addresses; those of removed services are released."""
+        prev = dict(previous) if isinstance(previous, Mapping) else {}
+        olds: dict[str, _Previous] = {}
+        for name in sorted(k for k in prev if isinstance(k, str)):
+            old = _previous_addresses(prev[name])
+            if old is None or not old[1]:
+                continue  # malformed or empty: nothing held, nothing to release
+            olds[name] = old
+            if name not in self.specs:
+                self.result.changes.append(
+                    AllocationChange(name, "released", old[1], (), "the service was removed", old_pool=old[0]))
+        return olds
+
+    def order(self, name: str) -> tuple[int, int, str]:
+        """Precedence order of previous allocations: ranked ones first (lowest rank), then by name."""
+        rank = self.ranks.get(name)
         if isinstance(rank, int) and not isinstance(rank, bool):
             return (0, rank, name)
         return (1, 0, name)
 
-    for name in sorted(olds, key=order):
-        if name not in specs:
-            continue
-        req = requests.get(name)
-        if req is None:  # the service itself is invalid now: release
-            finish(name, result.pending[name], result.pending[name])
-            continue
-        keep, reason = _check_previous(book, req, *olds[name])
-        if reason is None:
-            pool = book.pool_of(next(iter(keep.values())), req.pool if req.pool is not None else olds[name][0])
-            finish(name, (pool.name if pool else olds[name][0], tuple(keep[f] for f in req.families)), None)
-        else:
-            invalid[name] = (keep, reason)
+    def finish(self, name: str, outcome: _Outcome, why_moved: str | None) -> None:
+        """Record ``name``'s outcome: hold its addresses, or leave it pending (releasing what it had)."""
+        req = self.requests.get(name)
+        old = self.olds.get(name)
+        if isinstance(outcome, str) or req is None:
+            self.result.pending[name] = outcome if isinstance(outcome, str) else self.result.pending.get(name, "")
+            if old is not None:
+                self.result.changes.append(
+                    AllocationChange(name, "released", old[1], (), why_moved or str(outcome), old_pool=old[0]))
+            return
+        pool, addresses = outcome
+        for a in addresses:
+            self.book.hold(req, pool, a)
+        self.result.allocations[name] = Allocation(name, pool, addresses)
+        if old is not None and why_moved is not None:
+            self.result.changes.append(
+                AllocationChange(name, "moved", old[1], addresses, why_moved, old_pool=old[0], new_pool=pool))
 
-    # Pass 2: re-allocate the invalid ones, keeping what is still individually valid.
-    for name in sorted(invalid, key=order):
-        req = requests[name]
-        keep, reason = invalid[name]
-        outcome: tuple[str, tuple[IPAddress, ...]] | str = "unreachable"
-        # Kept addresses were checked against the book of pass 1 only; re-check
-        # them inside _with_requests against what pass 2 added since.
-        fixed = {**{f: a for f, a in keep.items() if f not in req.requested}, **req.requested}
-        if fixed:
-            outcome = _with_requests(book, req, fixed, "address")
-        if not fixed or isinstance(outcome, str):
-            outcome = _fresh(book, req)
-        finish(name, outcome, reason)
+    def keep_valid(self) -> dict[str, tuple[dict[Family, IPAddress], str]]:
+        """Pass 1: keep every previous allocation that is still valid; return the invalid
+        ones with their still individually valid addresses and why the whole is not."""
+        invalid: dict[str, tuple[dict[Family, IPAddress], str]] = {}
+        for name in sorted(self.olds, key=self.order):
+            if name not in self.specs:
+                continue
+            req = self.requests.get(name)
+            if req is None:  # the service itself is invalid now: release
+                self.finish(name, self.result.pending[name], self.result.pending[name])
+                continue
+            old_pool = self.olds[name][0]
+            keep, reason = _check_previous(self.book, req, *self.olds[name])
+            if reason is None:
+                pool = self.book.pool_of(next(iter(keep.values())), req.pool if req.pool is not None else old_pool)
+                self.finish(name, (pool.name if pool else old_pool, tuple(keep[f] for f in req.families)), None)
+            else:
+                invalid[name] = (keep, reason)
+        return invalid
 
-    # Pass 3: new services.
-    for name in sorted(requests):
-        if name in olds:
-            continue
-        finish(name, _fresh(book, requests[name]), None)
+    def reallocate(self, invalid: Mapping[str, tuple[dict[Family, IPAddress], str]]) -> None:
+        """Pass 2: re-allocate the invalid ones, keeping what is still individually valid."""
+        for name in sorted(invalid, key=self.order):
+            req = self.requests[name]
+            keep, reason = invalid[name]
+            outcome: _Outcome = "unreachable"
+            # Kept addresses were checked against the book of pass 1 only; re-check
+            # them inside _with_requests against what pass 2 added since.
+            fixed = {**{f: a for f, a in keep.items() if f not in req.requested}, **req.requested}
+            if fixed:
+                outcome = _with_requests(self.book, req, fixed, "address")
+            if not fixed or isinstance(outcome, str):
+                outcome = _fresh(self.book, req)
+            self.finish(name, outcome, reason)
 
-    result.allocations = dict(sorted(result.allocations.items()))
-    result.pending = dict(sorted(result.pending.items()))
-    return result
+    def allocate_new(self) -> None:
+        """Pass 3: new services, in name order."""
+        for name in sorted(self.requests):
+            if name in self.olds:
+                continue
+            self.finish(name, _fresh(self.book, self.requests[name]), None)
+
+    def sorted_result(self) -> AllocationResult:
+        self.result.allocations = dict(sorted(self.result.allocations.items()))
+        self.result.pending = dict(sorted(self.result.pending.items()))
+        return self.result
 
 
 def pool_usage(pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation]) -> dict[str, PoolUsage]:

@@ -23,7 +23,8 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from lbd.ipam import AllocationResult, allocate
 from lbd.model import Allocation, Config, IPAddress, Member, ServiceSpec, VipDecision
-from lbd.planner import PlannerInput, plan, selector_matches
+from lbd.planner import PlannerInput, plan
+from lbd.selectors import matches
 
 REFUSAL_SHOWN = 20  # services named in a refusal; `lbd plan` lists every one
 STATIC_SOURCE = "static"  # lbd.sources.static.STATIC_NAME (not imported: keep this module free of I/O code)
@@ -141,7 +142,7 @@ def allocate_for(config: Config, services: Mapping[str, ServiceSpec],
 
 
 def _bgp_peers(config: Config, labels: Mapping[str, str]) -> dict[str, Any]:
-    return {p.name: p for p in config.bgp_peers if selector_matches(p.node_selector, labels)}
+    return {p.name: p for p in config.bgp_peers if matches(p.node_selector, labels)}
 
 
 def _decisions(running: RunningState, config: Config, services: Mapping[str, ServiceSpec],

@@ -21,7 +21,8 @@ from lbd.model import (
     RouteExportConfig,
     ServiceSpec,
 )
-from lbd.planner import PlannerInput, elect, plan, rank
+from lbd.planner import PlannerInput, plan
+from lbd.planner.election import elect, rank
 
 ip = ipaddress.ip_address
 LAN = {"eth0": (ipaddress.ip_interface("10.77.0.11/24"), ipaddress.ip_interface("fd77::11/64"))}

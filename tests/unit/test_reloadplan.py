@@ -11,7 +11,7 @@ import pytest
 from lbd.config import parse_config
 from lbd.ipam import allocate
 from lbd.model import Config, Member, ServiceSpec
-from lbd.planner import rank
+from lbd.planner.election import rank
 from lbd.reloadplan import RunningState, apply_or_rollback, diff_configs, readdress_refusal
 
 FILE = Path("/etc/lbd.toml")

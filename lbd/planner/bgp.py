@@ -1,0 +1,111 @@
+"""BGP's planner: every eligible node announces, to the peers that select it.
+
+Eligible for BGP means, besides ``inputs.refusal``: selected by an applicable
+advertisement's node selector, with at least one of its peers (all of them when it
+names none) selecting this node too. VIPs aggregate into the advertisement's prefix
+length; routes with equal attributes merge across VIPs (``merge_routes``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple
+
+from lbd.model import BgpAdvertisementConfig, BgpRoute, IPAddress, IPNetwork
+from lbd.planner.inputs import NodeView, VipInput, refusal
+from lbd.selectors import matches
+
+
+class RouteKey(NamedTuple):
+    """A route's prefix and attributes: VIPs with an equal key share one route."""
+
+    prefix: IPNetwork
+    communities: tuple[tuple[int, int], ...]
+    large_communities: tuple[tuple[int, int, int], ...]
+    local_pref: int | None
+
+
+@dataclass(frozen=True)
+class BgpPlan:
+    """BGP's decision for one VIP on this node."""
+
+    routes: tuple[tuple[RouteKey, tuple[str, ...]], ...]  # (route, peer names); empty: not announced here
+    by_address: bool  # an advertisement says accept = "address": bind the VIP on lo, not a local route
+    reason: str  # for lbd-ctl status, prefixed "bgp: "
+
+    @property
+    def announced(self) -> bool:
+        return bool(self.routes)
+
+
+def plan_bgp(view: NodeView, vip: VipInput) -> BgpPlan | None:
+    """The routes this node announces for ``vip``; None when no ``bgp_advertisement``
+    covers its pool."""
+    ads = [ad for ad in view.config.bgp_advertisements if view.covers(ad, vip.pool)]
+    if not ads:
+        return None
+    why = refusal(view.me, vip.specs)
+    routes: list[tuple[RouteKey, tuple[str, ...]]] = []
+    by_address = False
+    for ad in ads if why is None else ():
+        if not matches(ad.node_selector, view.me.labels):
+            continue
+        targets = _selected_peers(view, ad)
+        if targets:
+            routes.append((_route_key(vip.vip, ad), targets))
+            by_address = by_address or ad.accept == "address"
+    if routes:
+        reason = f"bgp: announced from {view.node}"
+    else:
+        reason = f"bgp: not announced from {view.node}: {why or 'no advertisement or peer selects this node'}"
+    return BgpPlan(tuple(routes), by_address, reason)
+
+
+def merge_routes(plans: Iterable[BgpPlan]) -> tuple[BgpRoute, ...]:
+    """Every VIP's routes as one table: equal routes merged, their peers united, sorted."""
+    peers_of: dict[RouteKey, set[str]] = defaultdict(set)
+    for bgp in plans:
+        for key, targets in bgp.routes:
+            peers_of[key].update(targets)
+    ordered = sorted(peers_of.items(), key=lambda kv: (kv[0].prefix.version, kv[0].prefix, str(kv[0][1:])))
+    return tuple(
+        BgpRoute(prefix=key.prefix, peers=tuple(sorted(targets)), communities=key.communities,
+                 large_communities=key.large_communities, local_pref=key.local_pref)
+        for key, targets in ordered
+    )
+
+
+def _selected_peers(view: NodeView, ad: BgpAdvertisementConfig) -> tuple[str, ...]:
+    """The peers ``ad`` announces to (all when it names none) that select this node."""
+    return tuple(
+        name
+        for name in (ad.peers or tuple(view.peers))
+        if name in view.peers and matches(view.peers[name].node_selector, view.me.labels)
+    )
+
+
+def _route_key(vip: IPAddress, ad: BgpAdvertisementConfig) -> RouteKey:
+    length = ad.aggregation_length if vip.version == 4 else ad.aggregation_length_v6
+    prefix = ipaddress.ip_network(f"{vip}/{length}", strict=False)
+    return RouteKey(prefix, _communities(ad), _large(ad), ad.local_pref)
+
+
+def _communities(ad: BgpAdvertisementConfig) -> tuple[tuple[int, int], ...]:
+    out = []
+    for value in ad.communities:
+        if value.startswith("large:"):
+            continue
+        high, low = value.split(":")
+        out.append((int(high), int(low)))
+    return tuple(sorted(set(out)))
+
+
+def _large(ad: BgpAdvertisementConfig) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for value in ad.communities:
+        if value.startswith("large:"):
+            a, b, c = value[len("large:"):].split(":")
+            out.append((int(a), int(b), int(c)))
+    return tuple(sorted(set(out)))
