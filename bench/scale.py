@@ -59,7 +59,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,28 +88,32 @@ def _in_nets(nets: Sequence[ipaddress.IPv4Network]) -> Callable[[bytes], bool]:
     return inside
 
 
-def addr_monitor(nets: Sequence[ipaddress.IPv4Network], max_seconds: float) -> int:
-    """Print ``<unix time> +|- <address>`` for every IPv4 address added or removed in ``nets``.
-
-    One rtnetlink socket subscribed to RTMGRP_IPV4_IFADDR with a 64 MiB receive
-    buffer (SO_RCVBUFFORCE, root), so a burst of 100,000 notifications is not
-    lost; the time is when this process read the batch (a few ms after the
-    kernel at most, on a loaded machine more). Prints ``overflow`` if the
-    kernel dropped notifications anyway (ENOBUFS): the caller then knows the
-    counts are incomplete.
-    """
-    inside = _in_nets(nets)
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+def _readable(sock: socket.socket, address: object, max_seconds: float) -> Iterator[None]:
+    """Bind ``sock`` with a 64 MiB receive buffer (SO_RCVBUFFORCE, root: a burst of 100,000
+    messages is not lost), print ``ready``, then yield whenever it is readable, for ``max_seconds``."""
     sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
-    sock.bind((0, RTMGRP_IPV4_IFADDR))
-    out = sys.stdout
-    out.write("ready\n")
-    out.flush()
+    sock.bind(address)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
     deadline = time.monotonic() + max_seconds
     while time.monotonic() < deadline:
         ready, _, _ = select.select([sock], [], [], 0.5)
-        if not ready:
-            continue
+        if ready:
+            yield
+
+
+def addr_monitor(nets: Sequence[ipaddress.IPv4Network], max_seconds: float) -> int:
+    """Print ``<unix time> +|- <address>`` for every IPv4 address added or removed in ``nets``.
+
+    One rtnetlink socket subscribed to RTMGRP_IPV4_IFADDR; the time is when
+    this process read the batch (a few ms after the kernel at most, on a loaded
+    machine more). Prints ``overflow`` if the kernel dropped notifications
+    anyway (ENOBUFS): the caller then knows the counts are incomplete.
+    """
+    inside = _in_nets(nets)
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    out = sys.stdout
+    for _ in _readable(sock, (0, RTMGRP_IPV4_IFADDR), max_seconds):
         try:
             data = sock.recv(1 << 20)
         except OSError:  # ENOBUFS: the kernel dropped notifications
@@ -148,17 +152,9 @@ def arp_monitor(ifname: str, nets: Sequence[ipaddress.IPv4Network], max_seconds:
     """Print ``<unix time> g <address>`` for the first gratuitous ARP seen for each address in ``nets``."""
     inside = _in_nets(nets)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
-    sock.bind((ifname, ETH_P_ARP))
     seen: set[bytes] = set()
     out = sys.stdout
-    out.write("ready\n")
-    out.flush()
-    deadline = time.monotonic() + max_seconds
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([sock], [], [], 0.5)
-        if not ready:
-            continue
+    for _ in _readable(sock, (ifname, ETH_P_ARP), max_seconds):
         lines = []
         while True:  # drain what is queued, then one write
             try:
@@ -995,6 +991,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     report: list[str] = []
     started = time.monotonic()
+    load_at_start = os.getloadavg()
     for part in parts:
         scratch = workdir / part
         scratch.mkdir(exist_ok=True)
@@ -1002,7 +999,12 @@ def main(argv: list[str] | None = None) -> int:
         report.append("")
     say("")
     say("\n".join(report))
-    say(f"(--quick: sizes too small for the figures to mean anything) " if quick else "")
+    if quick:
+        say("(--quick: sizes too small for the figures to mean anything)")
+    # Figures on a shared machine are upper bounds: say how loaded it was.
+    load_before = ", ".join(f"{x:.1f}" for x in load_at_start)
+    load_after = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    say(f"(load average at start {load_before}, at the end {load_after}; {os.cpu_count()} CPUs)")
     say(f"(took {time.monotonic() - started:.0f} s; configs and daemon logs: {workdir})")
     return 0
 
