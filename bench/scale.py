@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import math
 import os
 import random
 import re
@@ -252,6 +251,7 @@ from bench.bgp import (  # noqa: E402  (bench/bgp.py also puts tests/ on sys.pat
     tree_usage,
 )
 from bench.bgp import measure as measure_speaker  # noqa: E402
+from bench.failover import percentile  # noqa: E402
 from bench.l2_bind import ip_batch_adds, ip_batch_deletes, ip_batch_seconds  # noqa: E402
 from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec  # noqa: E402
 
@@ -292,12 +292,6 @@ def goal(value: float | None, limit: float) -> str:
     if value is None:
         return f"(goal <= {limit:g}: not measured)"
     return f"(goal <= {limit:g}: {'met' if value <= limit else 'MISSED'})"
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 def services_text(names: Iterable[str], pool: str, ports: str = "") -> str:
