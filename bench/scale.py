@@ -43,6 +43,7 @@ lab ends the processes it started, by PID, and removes its namespaces.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -913,6 +914,10 @@ def failover_run(lab: Lab, nodes: int, n: int, scratch: Path, timeout: float, an
     finally:
         for mon in monitors.values():
             mon.close()
+        for d in daemons.values():  # all stop at once, then each is waited for (20 nodes)
+            if d.running():
+                with contextlib.suppress(ProcessLookupError):
+                    d.send_signal(signal.SIGTERM)
         for d in daemons.values():
             d.stop(timeout=30)
 
