@@ -17,12 +17,34 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 NS = f"lbd-bench-l2-{os.getpid()}"
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _vips(n: int) -> list[ipaddress.IPv4Address]:
     return [ipaddress.ip_address("10.77.16.0") + i for i in range(n)]
+
+
+def ip_batch_adds(vips: Sequence[IPAddress], ifname: str) -> str:
+    """``ip -batch`` lines adding ``vips`` as lbd adds them: /32 or /128, no prefix route, finite lifetime."""
+    return "".join(f"addr add {v}/{v.max_prefixlen} dev {ifname} noprefixroute valid_lft 120 preferred_lft 120\n"
+                   for v in vips)
+
+
+def ip_batch_deletes(vips: Sequence[IPAddress], ifname: str) -> str:
+    return "".join(f"addr del {v}/{v.max_prefixlen} dev {ifname}\n" for v in vips)
+
+
+def ip_batch_seconds(lines: str, prefix: Sequence[str] = ()) -> float:
+    """Wall seconds of one ``ip -batch`` run of ``lines`` (``prefix``: e.g. ``ip netns exec NS``)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".batch") as batch:
+        batch.write(lines)
+        batch.flush()
+        t = time.perf_counter()
+        subprocess.run([*prefix, "ip", "-batch", batch.name], check=True)
+        return time.perf_counter() - t
 
 
 def _child(n: int) -> None:
@@ -50,19 +72,8 @@ def _child(n: int) -> None:
         return add, delete
 
     add, delete = asyncio.run(lbd())
-    with tempfile.NamedTemporaryFile("w", suffix=".batch") as adds, \
-            tempfile.NamedTemporaryFile("w", suffix=".batch") as dels:
-        # The same addresses as lbd adds them: /32, no prefix route, finite lifetime.
-        adds.write("".join(f"addr add {v}/32 dev v0 noprefixroute valid_lft 120 preferred_lft 120\n" for v in vips))
-        dels.write("".join(f"addr del {v}/32 dev v0\n" for v in vips))
-        adds.flush()
-        dels.flush()
-        t = time.perf_counter()
-        subprocess.run(["ip", "-batch", adds.name], check=True)
-        ip_add = time.perf_counter() - t
-        t = time.perf_counter()
-        subprocess.run(["ip", "-batch", dels.name], check=True)
-        ip_del = time.perf_counter() - t
+    ip_add = ip_batch_seconds(ip_batch_adds(vips, "v0"))
+    ip_del = ip_batch_seconds(ip_batch_deletes(vips, "v0"))
     print(f"{n:>6} addresses  add: lbd {add * 1000:7.1f} ms  ip -batch {ip_add * 1000:7.1f} ms  "
           f"ratio {add / ip_add:4.2f}x   delete: lbd {delete * 1000:7.1f} ms  ip -batch {ip_del * 1000:7.1f} ms  "
           f"ratio {delete / ip_del:4.2f}x", flush=True)
