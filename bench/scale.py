@@ -4,7 +4,7 @@ Run as root: ``python bench/scale.py {bgp,l2,failover,all} [--quick] [options]``
 
 Every part runs the real ``lbd --config FILE run`` process (what ``systemctl
 start lbd`` runs: a config file, real netlink, real sockets) in a namespace
-lab (``lbd.netlab.Lab``), and measures it from outside: a real BIRD router's
+lab (``lbd.testing.netlab.Lab``), and measures it from outside: a real BIRD router's
 control socket, kernel address notifications, packets on the wire.
 
 - ``bgp``: N services in one BGP pool (default 10,000 and 100,000), as static
@@ -256,7 +256,7 @@ from bench.failover import percentile  # noqa: E402
 from bench.l2_bind import ip_batch_adds, ip_batch_deletes, ip_batch_seconds  # noqa: E402
 from interop.bgp_peers import BirdPeer, Neighbor, PeerSpec  # noqa: E402
 
-from lbd.netlab import Host, Lab, LbdNode  # noqa: E402
+from lbd.testing.netlab import Host, Lab, LbdNode  # noqa: E402
 
 # The BGP pool: the same blocks, in the same order, as bench/bgp.py's prefixes (114,688 addresses).
 BGP_POOL = ("10.88.0.0/16", "10.77.128.0/17", "10.77.64.0/18")
@@ -457,7 +457,7 @@ class BgpResult:
 
 
 def bgp_config(n: int, source: str, dropins: Path, per_file: int) -> str:
-    """The node's config (lbd.netlab.LbdNode adds the [node] paths); drop-ins written for ``directory``."""
+    """The node's config (lbd.testing.netlab.LbdNode adds the [node] paths); drop-ins written for ``directory``."""
     pools = ", ".join(f'"{p}"' for p in BGP_POOL)
     text = (f'[node]\nname = "node1"\n\n[[pool]]\nname = "routed"\naddresses = [{pools}]\n\n'
             f'[[bgp_peer]]\nname = "router"\nmy_asn = {SPEAKER_AS}\npeer_asn = {ROUTER_AS}\n'
