@@ -12,12 +12,11 @@ Local Health Awareness for More Accurate Failure Detection" (2018).
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import random
 import unicodedata
-from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import structlog
 
@@ -28,6 +27,7 @@ from . import metrics as m
 from .awareness import Awareness
 from .broadcasts import BroadcastQueue
 from .errors import GossipError
+from .events import Action, Addr, EventKind, MemberEvent, MemberInfo, SendPacket, Stats, StreamRequest, UserMessage
 from .profiles import DEFAULT, Profile
 from .suspicion import Suspicion
 
@@ -41,74 +41,7 @@ _STATE_CODE = {
 }
 _TYPE_NAMES = {int(t): t.name.lower() for t in wire.MsgType}
 
-Addr = tuple[str, int]
 MAX_FAILED = 4096  # failed nodes remembered for reconnect attempts
-
-
-# -- outputs ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MemberInfo:
-    """One member as this node sees it."""
-
-    name: str
-    address: str  # IP text
-    port: int
-    state: MemberState
-    incarnation: int
-    state_change: float  # core clock time of the last state change
-    meta: bytes
-    vsn: bytes
-
-    @property
-    def addr(self) -> str:
-        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
-
-
-class EventKind(str, enum.Enum):
-    JOIN = "join"  # new, or back from dead/left
-    UPDATE = "update"  # meta changed
-    SUSPECT = "suspect"
-    ALIVE = "alive"  # suspicion refuted
-    DEAD = "dead"
-    LEFT = "left"
-
-
-@dataclass(frozen=True)
-class SendPacket:
-    addr: Addr
-    data: bytes
-
-
-@dataclass(frozen=True)
-class StreamRequest:
-    """Open a TCP stream to ``addr``, send ``data``, read one reply if ``expect_reply``.
-
-    Report the outcome with ``Swim.stream_result(id, reply_or_None, now)``.
-    """
-
-    id: int
-    kind: str  # "push_pull", "join", "ping" or "user"
-    addr: Addr
-    data: bytes
-    deadline: float
-    expect_reply: bool = True
-
-
-@dataclass(frozen=True)
-class MemberEvent:
-    kind: EventKind
-    member: MemberInfo
-
-
-@dataclass(frozen=True)
-class UserMessage:
-    payload: bytes
-    addr: Addr | None
-
-
-Action = Union[SendPacket, StreamRequest, MemberEvent, UserMessage]
 
 
 # -- internal state -----------------------------------------------------------
@@ -190,20 +123,6 @@ def ip_bytes(text: str) -> bytes:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return ip.packed
-
-
-@dataclass
-class Stats:
-    received: dict[str, int] = field(default_factory=dict)
-    sent: dict[str, int] = field(default_factory=dict)
-    decrypt_failures: int = 0
-    malformed: int = 0
-    suspicions: int = 0
-    refutes: int = 0
-    probes: int = 0
-    probe_failures: int = 0
-    tcp_fallback_successes: int = 0
-    bad_names: int = 0  # Alive / push-pull entries refused for an empty or control-character name
 
 
 def _check_settings(name: str, meta: bytes, vsn: bytes, keys: Sequence[bytes]) -> None:
