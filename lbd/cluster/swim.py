@@ -4,10 +4,14 @@ Bytes and the time go in (``handle_packet``, ``handle_stream_message``,
 ``stream_result``, ``tick``, ``join``, ``leave``); actions come out of
 ``poll()``: UDP packets to send, TCP stream requests for the adapter to make,
 member events and user messages. Randomness is injected for deterministic
-tests. The state rules follow memberlist ``state.go`` (aliveNode, suspectNode,
-deadNode, refute, mergeState, probeNode) and ``suspicion.go`` as summarised in
-memberlist-wire.md sections 6 and 7; Lifeguard is Dadgar et al., "Lifeguard:
-Local Health Awareness for More Accurate Failure Detection" (2018).
+tests. This module is the core that drives the rest, memberlist's
+``memberlist.go`` and ``net.go``: the timers, gossip, push-pull and the
+stream side, sending and sealing. The member state rules (memberlist
+``state.go`` aliveNode, suspectNode, deadNode, refute, mergeState) are
+``members.MemberTable``; the probe round (probe, probeNode, the ping handlers)
+is ``probing.Prober``; both as summarised in memberlist-wire.md sections 6 and
+7. Lifeguard is Dadgar et al., "Lifeguard: Local Health Awareness for More
+Accurate Failure Detection" (2018).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from . import metrics as m
 from .awareness import Awareness
 from .broadcasts import BroadcastQueue
 from .errors import GossipError
-from .events import Action, Addr, EventKind, MemberEvent, MemberInfo, SendPacket, Stats, StreamRequest, UserMessage
-from .members import MemberTable, Node, ip_bytes, ip_text
+from .events import Action, Addr, MemberInfo, SendPacket, Stats, StreamRequest, UserMessage
+from .members import MemberTable, Node, ip_bytes
+from .probing import Prober
 from .profiles import DEFAULT, Profile
 
 log = structlog.get_logger(__name__)
@@ -34,37 +39,10 @@ log = structlog.get_logger(__name__)
 _TYPE_NAMES = {int(t): t.name.lower() for t in wire.MsgType}
 
 
-
-# -- internal state -----------------------------------------------------------
-
-
-@dataclass
-class _Probe:
-    target: str
-    seq: int
-    sent: float
-    timeout_at: float
-    deadline: float
-    indirect: bool = False
-    acked: bool = False
-    expected_nacks: int = 0
-    nacks: int = 0
-    tcp_id: int | None = None
-    tcp_ok: bool = False
-
-
-@dataclass
-class _Relay:
-    """An indirect ping we relay: ack the requester, or nack on timeout."""
-
-    requester: Addr
-    requester_seq: int
-    nack: bool
-    deadline: float
-
-
 @dataclass
 class _Stream:
+    """A stream request in flight, until its result comes back."""
+
     kind: str
     addr: Addr
     seq: int = 0
@@ -86,10 +64,12 @@ def _check_settings(name: str, meta: bytes, vsn: bytes, keys: Sequence[bytes]) -
 class Swim:
     """The membership state machine of one node.
 
-    Probing and member state live here; Lifeguard's suspicion timers
-    (``suspicion.Suspicion``), its local health score (``awareness.Awareness``) and
-    the transmit-limited broadcast queue (``broadcasts.BroadcastQueue``) are their own
-    small classes, as in memberlist's suspicion.go, awareness.go and queue.go.
+    The timers, gossip, push-pull and the wire live here. The member table and its
+    rules (``members.MemberTable``), the probe round (``probing.Prober``), Lifeguard's
+    suspicion timers (``suspicion.Suspicion``) and local health score
+    (``awareness.Awareness``), and the transmit-limited broadcast queue
+    (``broadcasts.BroadcastQueue``) are their own small classes, as in memberlist's
+    state.go, suspicion.go, awareness.go and queue.go.
     """
 
     def __init__(
@@ -115,20 +95,20 @@ class Swim:
 
         self._addr = ip_bytes(addr)
         self._port = port
-        self._probe_index = 0
-        self._seq = self.rng.randrange(0, 1 << 16)  # drawn before the timers: a seeded rng replays a run exactly
         self._stream_seq = 0
         self._awareness = Awareness(profile.awareness_max_multiplier)
-        self._probe: _Probe | None = None
-        self._relays: dict[int, _Relay] = {}
         self._streams: dict[int, _Stream] = {}
         self._queue = BroadcastQueue()
         self._out: list[Action] = []
-        self._schedule_first_rounds(now)
         self._table = MemberTable(
             name, self._addr, port, self.vsn, profile=profile, rng=self.rng, awareness=self._awareness,
             stats=self.stats, log=self.log, broadcast=self._broadcast, pending=self._pending,
             notify=self._out.append)
+        # The prober draws its first sequence number before the timers: a seeded rng replays a run exactly.
+        self._prober = Prober(
+            self._table, profile=profile, rng=self.rng, awareness=self._awareness, stats=self.stats, log=self.log,
+            send=self._send, ping_stream=self._ping_stream, forget_stream=self._forget_stream)
+        self._schedule_first_rounds(now)
         # Bootstrap our own entry (memberlist setAlive): memberlist starts at 1.
         self._table.set_local(1, meta, now)
 
@@ -190,16 +170,14 @@ class Swim:
 
     def next_deadline(self) -> float:
         times = [self._next_push_pull]
-        if self._probe is not None:
-            times.append(self._probe.deadline if self._probe.indirect else self._probe.timeout_at)
-        else:
-            times.append(self._next_probe)
+        probe_due = self._prober.next_deadline()
+        times.append(self._next_probe if probe_due is None else probe_due)
         if len(self._queue):
             times.append(self._next_gossip)
         if self._table.failed:
             times.append(self._next_reconnect)
         times.extend(s.deadline for s in self._table.suspicions.values())
-        times.extend(r.deadline for r in self._relays.values())
+        times.extend(r.deadline for r in self._prober.relays.values())
         return min(times)
 
     # -- application inputs -------------------------------------------------
@@ -261,14 +239,13 @@ class Swim:
 
     def _dispatch(self, msg: wire.Message, addr: Addr, now: float) -> None:
         if isinstance(msg, wire.Ping):
-            self._on_ping(msg, addr, now)
+            self._prober.on_ping(msg, addr)
         elif isinstance(msg, wire.IndirectPing):
-            self._on_indirect_ping(msg, addr, now)
+            self._prober.on_indirect_ping(msg, addr, now)
         elif isinstance(msg, wire.Ack):
-            self._on_ack(msg.seq_no, now)
+            self._prober.on_ack(msg.seq_no, now)
         elif isinstance(msg, wire.Nack):
-            if self._probe is not None and self._probe.seq == msg.seq_no:
-                self._probe.nacks += 1
+            self._prober.on_nack(msg.seq_no)
         elif isinstance(msg, wire.Alive):
             if self._table.name_ok(msg.node, addr):
                 self._table.alive(msg, now)
@@ -280,38 +257,6 @@ class Swim:
             self._out.append(UserMessage(msg.payload, addr))
         else:
             raise GossipError(f"unexpected {type(msg).__name__} in a packet")
-
-    def _on_ping(self, ping: wire.Ping, addr: Addr, now: float) -> None:
-        if ping.node and ping.node != self.name:
-            self.log.debug("ping_for_other_node", target=ping.node)
-            return
-        dest = addr
-        if ping.source_addr and ping.source_port:
-            dest = (ip_text(ping.source_addr) or addr[0], ping.source_port)
-        self._send(dest, wire.encode(wire.Ack(ping.seq_no)))
-
-    def _on_indirect_ping(self, ind: wire.IndirectPing, addr: Addr, now: float) -> None:
-        target = ip_text(ind.target)
-        if not target or not ind.port:
-            raise GossipError("indirectPing with a bad target address")
-        requester = addr
-        if ind.source_addr and ind.source_port:
-            requester = (ip_text(ind.source_addr) or addr[0], ind.source_port)
-        seq = self._next_seq()
-        # Nack a little before the requester's probe interval ends so the nack still counts
-        # toward its awareness (memberlist uses ProbeTimeout, which races the deadline).
-        self._relays[seq] = _Relay(requester, ind.seq_no, ind.nack, now + 0.8 * self.profile.probe_timeout)
-        self._send((target, ind.port), wire.encode(self._ping(seq, ind.node)))
-
-    def _on_ack(self, seq: int, now: float) -> None:
-        relay = self._relays.pop(seq, None)
-        if relay is not None:
-            self._send(relay.requester, wire.encode(wire.Ack(relay.requester_seq)))
-            return
-        probe = self._probe
-        if probe is not None and probe.seq == seq and not probe.acked:
-            probe.acked = True
-            self._finish_probe(now, success=True)
 
     # -- streams ------------------------------------------------------------
 
@@ -392,11 +337,9 @@ class Swim:
                 return False
             return True
         if st.kind == "ping" and isinstance(msg, wire.Ack):
-            probe = self._probe
             if msg.seq_no != st.seq:
                 return False
-            if probe is not None and probe.tcp_id == sid:
-                probe.tcp_ok = True
+            self._prober.tcp_acked(sid)
             return True
         return False
 
@@ -410,6 +353,12 @@ class Swim:
         deadline = now + self.profile.tcp_timeout if deadline is None else deadline
         self._out.append(StreamRequest(sid, kind, addr, data, deadline, expect_reply))
         return sid
+
+    def _ping_stream(self, dest: Addr, ping: wire.Ping, now: float, deadline: float) -> int:
+        return self._request("ping", dest, self._frame(wire.encode(ping)), now, seq=ping.seq_no, deadline=deadline)
+
+    def _forget_stream(self, sid: int) -> None:
+        self._streams.pop(sid, None)
 
     def _push_pull(self, addr: Addr, now: float, join: bool) -> int:
         data = self._frame(self._local_state(join))
@@ -438,23 +387,14 @@ class Swim:
 
     def tick(self, now: float) -> None:
         """Run every timer that is due at ``now``."""
-        for seq, relay in list(self._relays.items()):
-            if now >= relay.deadline:
-                del self._relays[seq]
-                if relay.nack:
-                    self._send(relay.requester, wire.encode(wire.Nack(relay.requester_seq)))
+        self._prober.expire_relays(now)
         self._table.expire_suspicions(now)
-        probe = self._probe
-        if probe is not None:
-            if not probe.indirect and now >= probe.timeout_at:
-                self._indirect_probe(probe, now)
-            if now >= probe.deadline:
-                self._finish_probe(now, success=probe.tcp_ok)
-        if self._probe is None and now >= self._next_probe:
+        self._prober.tick(now)
+        if self._prober.probe is None and now >= self._next_probe:
             # Lifeguard LHA-Probe: a node that doubts its own health probes slower.
             interval = self._awareness.scale(self.profile.probe_interval)
             self._next_probe = now + interval
-            self._start_probe(now, interval)
+            self._prober.start(now, interval)
         if now >= self._next_gossip:
             nxt = self._next_gossip + self.profile.gossip_interval
             self._next_gossip = nxt if nxt > now else now + self.profile.gossip_interval
@@ -480,95 +420,6 @@ class Swim:
         addr = self._table.reconnect_target(now)
         if addr is not None:
             self._push_pull(addr, now, join=True)
-
-    # -- probing ------------------------------------------------------------
-
-    def _start_probe(self, now: float, interval: float) -> None:
-        """memberlist probe(): next node round robin, skipping self, dead and left."""
-        checked = 0
-        order = self._table.order
-        while checked < len(order) + 1:
-            if self._probe_index >= len(order):
-                self._table.reset(now)
-                self._probe_index = 0
-                checked += 1
-                continue
-            node = self._table.nodes[order[self._probe_index]]
-            self._probe_index += 1
-            if node.name == self.name or node.dead_or_left:
-                checked += 1
-                continue
-            self._probe_node(node, now, interval)
-            return
-
-    def _probe_node(self, node: Node, now: float, interval: float) -> None:
-        seq = self._next_seq()
-        self.stats.probes += 1
-        self._probe = _Probe(node.name, seq, now, now + self.profile.probe_timeout, now + interval)
-        ping = wire.encode(self._ping(seq, node.name))
-        dest = node.udp_addr
-        if node.state == MemberState.SUSPECT:
-            # A suspect target also hears the accusation so it can refute at once.
-            # memberlist sends [ping, suspect]; suspect first lets the target's
-            # refutation ride on the very ack it sends back (parts are independent).
-            sus = wire.encode(wire.Suspect(node.incarnation, node.name, self.name))
-            self._send(dest, sus, extra=[ping])
-        else:
-            self._send(dest, ping)
-
-    def _indirect_probe(self, probe: _Probe, now: float) -> None:
-        probe.indirect = True
-        node = self._table.nodes.get(probe.target)
-        if node is None:
-            return
-        peers = self._table.alive_peers(besides=probe.target)
-        self.rng.shuffle(peers)
-        for peer in peers[: self.profile.indirect_checks]:
-            nack = peer.pmax >= 4
-            if nack:
-                probe.expected_nacks += 1
-            ind = wire.IndirectPing(probe.seq, node.addr, node.port, node.name, nack, self._addr, self._port, self.name)
-            self._send(peer.udp_addr, wire.encode(ind))
-        if node.pmax >= 3:
-            # TCP fallback (protocol >= 3): same SeqNo, deadline = end of the probe interval.
-            data = self._frame(wire.encode(self._ping(probe.seq, node.name)))
-            dest = node.udp_addr
-            probe.tcp_id = self._request("ping", dest, data, now, seq=probe.seq, deadline=probe.deadline)
-
-    def _finish_probe(self, now: float, success: bool) -> None:
-        probe = self._probe
-        self._probe = None
-        if probe is None:
-            return
-        if probe.tcp_id is not None:
-            self._streams.pop(probe.tcp_id, None)
-        if success:
-            if not probe.acked:
-                self.stats.tcp_fallback_successes += 1
-                self.log.warning("probe_tcp_only", member=probe.target,
-                                 msg="was able to connect but other probes failed, network may be misconfigured")
-            self._awareness.apply_delta(-1)
-            return
-        self.stats.probe_failures += 1
-        # Lifeguard LHA: missing nacks mean our own links may be at fault.
-        if probe.expected_nacks > 0:
-            self._awareness.apply_delta(max(0, probe.expected_nacks - probe.nacks))
-        else:
-            self._awareness.apply_delta(1)
-        node = self._table.nodes.get(probe.target)
-        if node is None or node.dead_or_left:
-            return
-        self.log.info("probe_failed", member=node.name, nacks=probe.nacks, expected_nacks=probe.expected_nacks)
-        self.stats.suspicions += 1
-        m.SUSPICIONS.inc()
-        self._table.suspect(wire.Suspect(node.incarnation, node.name, self.name), now)
-
-    def _ping(self, seq: int, target: str) -> wire.Ping:
-        return wire.Ping(seq, target, self._addr, self._port, self.name)
-
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        return self._seq
 
     # -- gossip -------------------------------------------------------------
 
