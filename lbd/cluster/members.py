@@ -277,13 +277,22 @@ class MemberTable:
         self._reassert_bid = self._broadcast(
             self.name, wire.Alive(me.incarnation, self.name, self.addr, self.port, me.meta, self.vsn))
 
+    def _accused(self, name: str, incarnation: int) -> Node | None:
+        """The member a suspect or dead at ``incarnation`` is about; None if unknown, or if
+        the accusation is older than what we know (one about us is answered by a reassert)."""
+        node = self.nodes.get(name)
+        if node is None:
+            return None
+        if incarnation < node.incarnation:
+            if node.name == self.name:
+                self._reassert()
+            return None
+        return node
+
     def suspect(self, s: wire.Suspect, now: float) -> None:
         """memberlist suspectNode: an alive member at this incarnation or older becomes suspect."""
-        node = self.nodes.get(s.node)
-        if node is not None and node.name == self.name and s.incarnation < node.incarnation:
-            self._reassert()
-            return
-        if node is None or s.incarnation < node.incarnation:
+        node = self._accused(s.node, s.incarnation)
+        if node is None:
             return
         susp = self.suspicions.get(s.node)
         if susp is not None:
@@ -309,11 +318,8 @@ class MemberTable:
     def dead(self, d: wire.Dead, now: float) -> None:
         """memberlist deadNode: dead (or left, when it comes from the node itself) at this
         incarnation or newer; about us, refuted unless we are leaving."""
-        node = self.nodes.get(d.node)
-        if node is not None and node.name == self.name and d.incarnation < node.incarnation:
-            self._reassert()
-            return
-        if node is None or d.incarnation < node.incarnation:
+        node = self._accused(d.node, d.incarnation)
+        if node is None:
             return
         self.suspicions.pop(d.node, None)
         if node.dead_or_left:
