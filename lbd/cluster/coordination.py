@@ -38,8 +38,8 @@ from lbd import aio
 from lbd.backoff import capped_backoff
 from lbd.cluster import nodemeta
 from lbd.cluster.crypto import load_keyring
+from lbd.cluster.events import EventKind, MemberEvent, MemberInfo
 from lbd.cluster.replication import AllocationTable, TableEntry, TableError
-from lbd.cluster.swim import EventKind, MemberEvent, MemberInfo
 from lbd.cluster.transport import JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX, Gossip, UserPayload
 from lbd.coordination import Coordinator, Handover, HeldVips
 from lbd.ipam import AllocationResult, allocate

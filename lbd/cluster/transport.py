@@ -24,16 +24,8 @@ from . import metrics as m
 from . import wire
 from .errors import GossipError
 from .profiles import Profile, get_profile
-from .swim import (
-    Addr,
-    EventKind,
-    MemberEvent,
-    MemberInfo,
-    SendPacket,
-    StreamRequest,
-    Swim,
-    UserMessage,
-)
+from .events import Addr, EventKind, MemberEvent, MemberInfo, SendPacket, StreamRequest, UserMessage
+from .swim import Swim
 
 log = structlog.get_logger(__name__)
 

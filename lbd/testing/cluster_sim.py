@@ -19,8 +19,9 @@ from typing import Callable
 
 from lbd.cluster import wire
 from lbd.cluster.errors import GossipError
+from lbd.cluster.events import Addr, MemberEvent, SendPacket, StreamRequest, UserMessage
 from lbd.cluster.profiles import DEFAULT, Profile
-from lbd.cluster.swim import Addr, MemberEvent, SendPacket, StreamRequest, Swim, UserMessage
+from lbd.cluster.swim import Swim
 
 TCP_RTO = 0.2
 

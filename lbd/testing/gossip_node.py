@@ -23,7 +23,7 @@ from lbd.model import LogConfig
 from lbd.cluster import serf, wire
 from lbd.cluster.crypto import load_keyring
 from lbd.cluster.errors import GossipError
-from lbd.cluster.swim import MemberEvent
+from lbd.cluster.events import MemberEvent
 from lbd.cluster.transport import Gossip, JoinError, UserPayload
 
 

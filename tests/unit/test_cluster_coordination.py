@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lbd.cluster import nodemeta
 from lbd.cluster.coordination import TABLE_MESSAGE, ClusterCoordinator
-from lbd.cluster.swim import MemberInfo
+from lbd.cluster.events import MemberInfo
 from lbd.config import parse_config
 from lbd.coordination import Handover
 from lbd.model import Member, MemberState, ServiceSpec
@@ -129,7 +129,7 @@ def test_reconnect_tries_lost_members_and_absent_seeds(monkeypatch):
     import asyncio
 
     from lbd.cluster import coordination as mod
-    from lbd.cluster.swim import EventKind, MemberEvent
+    from lbd.cluster.events import EventKind, MemberEvent
 
     cm, fake = membership()
     tried: list[list[str]] = []

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from lbd.cluster import wire
 from lbd.cluster.broadcasts import BroadcastQueue
 from lbd.cluster.errors import GossipError
+from lbd.cluster.events import EventKind, MemberEvent, SendPacket, StreamRequest, UserMessage
 from lbd.cluster.profiles import DEFAULT, FAST, LAN, get_profile
 from lbd.testing.cluster_sim import SimNetwork
 from lbd.cluster.suspicion import remaining_suspicion_time
-from lbd.cluster.swim import EventKind, MemberEvent, SendPacket, StreamRequest, Swim, UserMessage
+from lbd.cluster.swim import Swim
 from lbd.model import MemberState
 
 T0 = 1000.0

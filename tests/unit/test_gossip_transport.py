@@ -10,7 +10,7 @@ import pytest
 
 from lbd.cluster import wire
 from lbd.cluster.errors import GossipError
-from lbd.cluster.swim import EventKind, MemberEvent
+from lbd.cluster.events import EventKind, MemberEvent
 from lbd.cluster.transport import Gossip, JoinError, UserPayload
 from lbd.metrics import REGISTRY
 from lbd.model import MemberState

@@ -9,7 +9,8 @@ import pytest
 
 from lbd import cli
 from lbd.cluster import wire
-from lbd.cluster.swim import Swim, valid_member_name
+from lbd.cluster.members import valid_member_name
+from lbd.cluster.swim import Swim
 from lbd.ctl import render_members
 
 PEER = ("10.77.0.9", 7946)
@@ -31,7 +32,7 @@ def test_lbd_check_reports_plaintext_cluster_with_the_key_path(tmp_path: Path, c
 def test_bad_member_names_are_refused_counted_and_logged_once(name: str) -> None:
     core = Swim("a", "10.77.0.1", 7946, now=0.0)
     logged: list[dict[str, object]] = []
-    core.log = _Recorder(logged)  # type: ignore[assignment]
+    core._table.log = _Recorder(logged)  # type: ignore[assignment]  # noqa: SLF001 - the member table refuses names
     for i in range(3):
         core.handle_packet(wire.encode(wire.Alive(1 + i, name, ADDR, 7946)), PEER, 1.0)
     assert [m.name for m in core.members()] == ["a"]
