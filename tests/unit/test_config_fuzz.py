@@ -10,8 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbd import config as cfg
-from lbd.config import tomllib  # tomli before Python 3.11
+from lbd.config import load as cfg
+from lbd.config.load import tomllib  # tomli before Python 3.11
 from lbd.config import ConfigError, config_from_document, parse_config
 from lbd.config_bgp import ADVERTISEMENT_KEYS, PEER_KEYS
 from lbd.config_service import HEALTH_KEYS, SERVICE_KEYS
