@@ -38,7 +38,7 @@ from lbd.config_read import (
     parse_address_entry,
     quote,
 )
-from lbd.config_hooks import parse_hooks
+from lbd.config.hooks import parse_hooks
 from lbd.config_forward import parse_forwarding_section
 from lbd.ipam import pool_refuses
 from lbd.config_service import _parse_services, parse_service_table, parse_services_document

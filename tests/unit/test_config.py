@@ -585,7 +585,7 @@ def test_every_key_is_documented() -> None:
     from lbd.config import load as cfg
     from lbd.config_bgp import ADVERTISEMENT_KEYS, PEER_KEYS
     from lbd.config_service import HEALTH_KEYS, SERVICE_KEYS
-    from lbd.config_hooks import HOOK_EVENTS, HOOK_KEYS
+    from lbd.config.hooks import HOOK_EVENTS, HOOK_KEYS
 
     text = (REPO / "docs" / "configuration.md").read_text()
     for key in (cfg.TOP_KEYS + cfg.NODE_KEYS + cfg.CLUSTER_KEYS + cfg.POOL_KEYS + cfg.L2_KEYS + cfg.EXPORT_KEYS
