@@ -20,7 +20,7 @@ from lbd.config_read import (
     parse_ip,
     quote,
 )
-from lbd.config_forward import FORWARD_KEYS, parse_forwarding
+from lbd.config.forward import FORWARD_KEYS, parse_forwarding
 from lbd.model import Family, HealthCheckConfig, IPAddress, PortSpec, ServiceSpec
 
 SERVICE_KEYS = (
