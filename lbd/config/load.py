@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from lbd.config_bfd import check_peer_profiles, parse_bfd_profiles
+from lbd.config.bfd import check_peer_profiles, parse_bfd_profiles
 from lbd.config_bgp import (
     check_advertisements,
     parse_advertisements,
