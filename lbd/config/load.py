@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from lbd.config.bfd import check_peer_profiles, parse_bfd_profiles
-from lbd.config_bgp import (
+from lbd.config.bgp import (
     check_advertisements,
     parse_advertisements,
     parse_communities_table,
