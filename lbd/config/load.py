@@ -41,7 +41,7 @@ from lbd.config_read import (
 from lbd.config.hooks import parse_hooks
 from lbd.config.forward import parse_forwarding_section
 from lbd.ipam import pool_refuses
-from lbd.config_service import _parse_services, parse_service_table, parse_services_document
+from lbd.config.services import _parse_services, parse_service_table, parse_services_document
 from lbd.model import (
     AddressRange,
     ClusterConfig,
