@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lbd.config_read import Errors, Table, array_of_tables, did_you_mean, entry_label
+from lbd.config.read import Errors, Table, array_of_tables, did_you_mean, entry_label
 from lbd.model import BfdProfileConfig, BgpPeerConfig
 
 PROFILE_KEYS = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from lbd.config_read import (
+from lbd.config.read import (
     MISSING,
     Errors,
     Table,

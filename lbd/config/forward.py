@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Sequence
 
-from lbd.config_read import Errors, Table, did_you_mean, got, parse_ip, quote, split_host_port
+from lbd.config.read import Errors, Table, did_you_mean, got, parse_ip, quote, split_host_port
 from lbd.model import Backend, Family, ForwardingConfig, HealthCheckConfig, PortSpec
 
 FORWARD_KEYS = ("backends", "forward", "snat", "backend_check", "on_no_backend")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 
-from lbd.config_read import Errors, Table, array_of_tables, did_you_mean, entry_label, quote
+from lbd.config.read import Errors, Table, array_of_tables, did_you_mean, entry_label, quote
 from lbd.model import HookConfig
 
 HOOK_KEYS = ("name", "on", "exec", "timeout")

@@ -26,7 +26,7 @@ from lbd.config.bgp import (
     parse_communities_table,
     parse_peers,
 )
-from lbd.config_read import (
+from lbd.config.read import (
     Errors,
     Table,
     array_of_tables,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from lbd.config_read import (
+from lbd.config.read import (
     NAME_RE,
     Errors,
     Table,

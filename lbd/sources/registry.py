@@ -7,7 +7,7 @@ from typing import Mapping
 
 import structlog
 
-from lbd.config_read import did_you_mean
+from lbd.config.read import did_you_mean
 from lbd.model import SourceConfig
 from lbd.sources.base import Source
 

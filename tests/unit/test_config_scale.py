@@ -9,7 +9,7 @@ import pytest
 
 from lbd.config import ConfigError, parse_config
 from lbd.config.forward import parse_forwarding
-from lbd.config_read import Errors, Table
+from lbd.config.read import Errors, Table
 from lbd.config.services import SERVICE_KEYS, _no_forwarding, _service_table
 from lbd.model import Family, PortSpec
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hypothesis import given, strategies as st
 
-from lbd.config_read import Errors
+from lbd.config.read import Errors
 from lbd.ipam import allocate, pool_refuses
 from lbd.model import (
     AddressRange,
