@@ -41,7 +41,7 @@ from lbd.config.read import (
 from lbd.config.hooks import parse_hooks
 from lbd.config.forward import parse_forwarding_section
 from lbd.ipam import pool_refuses
-from lbd.config.services import _parse_services, parse_service_table, parse_services_document
+from lbd.config.services import parse_service_table, parse_services, parse_services_document
 from lbd.model import (
     AddressRange,
     ClusterConfig,
@@ -204,7 +204,7 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
     bfd_profiles, bfd_names = parse_bfd_profiles(errors, doc, base)
     check_peer_profiles(errors, peers, bfd_names)
     exports = _route_exports(errors, doc)
-    services, messages = _parse_services(Errors(errors.file), doc, STATIC_PREFIX, partial=True)
+    services, messages = parse_services(Errors(errors.file), doc, STATIC_PREFIX, partial=True)
     errors.extend(messages)
     sources = _sources(errors, doc, validate_source)
     namespaces = _namespaces(errors, doc)

@@ -149,59 +149,10 @@ def _service_table(table: dict, where: str, file: str, prefix: str = "") -> tupl
     t = Table(errors, label, table, SERVICE_KEYS)
     name = t.name(required=True)
     pool = t.name("pool")
-
-    addresses: list[IPAddress] = []
-    by_family: dict[Family, int] = {}
-    for i, item in enumerate((t.array("addresses") or []) if "addresses" in table else ()):
-        at = f"{t.at('addresses')}[{i}]"
-        text = check_string(errors, at, item)
-        if text is None:
-            continue
-        address = parse_ip(text)
-        if address is None:
-            hint = " (request one address, not a network)" if "/" in text or "-" in text else ""
-            errors.add(at, f"{quote(text)} is not an IP address{hint}")
-            continue
-        family = Family.of(address)
-        if family in by_family:
-            errors.add(at, f"{quote(text)}: a service requests at most one address per family, "
-                           f"and addresses[{by_family[family]}] is already {family.value}")
-            continue
-        by_family[family] = i
-        addresses.append(address)
-
-    ports: dict[PortSpec, int] = {}  # port -> index in the file
-    for i, item in enumerate((t.array("ports") or []) if "ports" in table else ()):
-        at = f"{t.at('ports')}[{i}]"
-        spec = parse_port(errors, at, item)
-        if spec is None:
-            continue
-        if spec in ports:
-            errors.add(at, f'"{spec}" repeats ports[{ports[spec]}]')
-            continue
-        ports[spec] = i
-
+    addresses = _service_addresses(t)
+    ports = _service_ports(t)
     share_key = t.string("share_key") if "share_key" in table else None
-
-    families: tuple[Family, ...]
-    if t.has("ip_families"):
-        names = t.string_list("ip_families")
-        good = []
-        for i, fam in enumerate(names):
-            if fam not in FAMILIES:
-                t.error(f"ip_families[{i}]", f'{quote(fam)} is not "ipv4" or "ipv6"{did_you_mean(fam, FAMILIES)}')
-            else:
-                good.append(Family(fam))
-        if t.array("ip_families") == []:
-            t.error("ip_families", 'must list "ipv4", "ipv6" or both')
-        families = tuple(good)
-        for address in addresses:
-            if Family.of(address) not in families and good:
-                errors.add(t.at("addresses"),
-                           f"{address} is {Family.of(address).value} but ip_families is "
-                           f"{[f.value for f in families]}")
-    else:
-        families = tuple(Family.of(a) for a in addresses) or (Family.IPV4,)
+    families = _ip_families(t, addresses)
 
     # Absent optional keys are skipped without their readers: a plain service then costs
     # little more than tomllib's own parse of it (issue 9: 100,000 services).
@@ -209,19 +160,13 @@ def _service_table(table: dict, where: str, file: str, prefix: str = "") -> tupl
     health_table = t.table("health_check") if "health_check" in table else None
     if health_table is not None:
         health = parse_health_check(errors, t.at("health_check"), health_table)
-
     labels = t.string_map("labels") if "labels" in table else {}
     namespace = t.name("namespace") if "namespace" in table else None
-    nodes: list[str] = []
-    if "nodes" in table:
-        nodes = t.string_list("nodes")
-        if t.array("nodes") == []:
-            t.error("nodes", "an empty list would leave the service with no node: omit the key for every node")
-
+    eligible_nodes = _eligible_nodes(t)
     if _FORWARD_KEYS.isdisjoint(table):
         forwarding = _no_forwarding()
     else:
-        forwarding = parse_forwarding(t, tuple(ports), families)
+        forwarding = parse_forwarding(t, ports, families)
 
     if name is None:
         return None, errors.items
@@ -229,15 +174,86 @@ def _service_table(table: dict, where: str, file: str, prefix: str = "") -> tupl
         name=prefix + name,
         pool=pool,
         addresses=tuple(addresses),
-        ports=tuple(ports),
+        ports=ports,
         share_key=share_key,
         ip_families=families,
         health_check=health,
-        eligible_nodes=frozenset(nodes) if t.has("nodes") else None,
+        eligible_nodes=eligible_nodes,
         labels=labels,
         **forwarding,
         namespace=namespace,
     ), errors.items
+
+
+def _service_addresses(t: Table) -> list[IPAddress]:
+    """``addresses``: requested addresses, at most one per family."""
+    addresses: list[IPAddress] = []
+    by_family: dict[Family, int] = {}
+    for i, item in enumerate((t.array("addresses") or []) if t.has("addresses") else ()):
+        at = f"{t.at('addresses')}[{i}]"
+        text = check_string(t.errors, at, item)
+        if text is None:
+            continue
+        address = parse_ip(text)
+        if address is None:
+            hint = " (request one address, not a network)" if "/" in text or "-" in text else ""
+            t.errors.add(at, f"{quote(text)} is not an IP address{hint}")
+            continue
+        family = Family.of(address)
+        if family in by_family:
+            t.errors.add(at, f"{quote(text)}: a service requests at most one address per family, "
+                             f"and addresses[{by_family[family]}] is already {family.value}")
+            continue
+        by_family[family] = i
+        addresses.append(address)
+    return addresses
+
+
+def _service_ports(t: Table) -> tuple[PortSpec, ...]:
+    """``ports``: ``protocol/port`` strings, each at most once, in file order."""
+    ports: dict[PortSpec, int] = {}  # port -> index in the file
+    for i, item in enumerate((t.array("ports") or []) if t.has("ports") else ()):
+        at = f"{t.at('ports')}[{i}]"
+        spec = parse_port(t.errors, at, item)
+        if spec is None:
+            continue
+        if spec in ports:
+            t.errors.add(at, f'"{spec}" repeats ports[{ports[spec]}]')
+            continue
+        ports[spec] = i
+    return tuple(ports)
+
+
+def _ip_families(t: Table, addresses: list[IPAddress]) -> tuple[Family, ...]:
+    """``ip_families``, which the requested addresses must agree with; absent: the
+    addresses' own families, or IPv4 alone."""
+    if not t.has("ip_families"):
+        return tuple(Family.of(a) for a in addresses) or (Family.IPV4,)
+    good = []
+    for i, fam in enumerate(t.string_list("ip_families")):
+        if fam not in FAMILIES:
+            t.error(f"ip_families[{i}]", f'{quote(fam)} is not "ipv4" or "ipv6"{did_you_mean(fam, FAMILIES)}')
+        else:
+            good.append(Family(fam))
+    if t.array("ip_families") == []:
+        t.error("ip_families", 'must list "ipv4", "ipv6" or both')
+    families = tuple(good)
+    for address in addresses:
+        if Family.of(address) not in families and good:
+            t.errors.add(t.at("addresses"),
+                         f"{address} is {Family.of(address).value} but ip_families is "
+                         f"{[f.value for f in families]}")
+    return families
+
+
+def _eligible_nodes(t: Table) -> frozenset[str] | None:
+    """``nodes``: the nodes that may hold the service; absent: every node (None)."""
+    if not t.has("nodes"):
+        return None
+    nodes = t.string_list("nodes")
+    if t.array("nodes") == []:
+        t.error("nodes", "an empty list would leave the service with no node: omit the key for every node")
+    return frozenset(nodes)
 
 
 def parse_services_document(doc: dict, file: str, prefix: str) -> tuple[list[ServiceSpec], list[str]]:
@@ -253,11 +269,14 @@ def parse_services_document(doc: dict, file: str, prefix: str) -> tuple[list[Ser
     for key in doc:
         if key != "service":
             errors.add("", f"unknown key {key!r}{did_you_mean(str(key), ['service'])}")
-    return _parse_services(errors, doc, prefix, partial=False)
+    return parse_services(errors, doc, prefix, partial=False)
 
 
-def _parse_services(errors: Errors, doc: dict, prefix: str, *, partial: bool) -> tuple[list[ServiceSpec], list[str]]:
-    """With ``partial``, services with errors are returned too (with what was valid)."""
+def parse_services(errors: Errors, doc: dict, prefix: str, *, partial: bool) -> tuple[list[ServiceSpec], list[str]]:
+    """The ``[[service]]`` tables of ``doc`` (the main config's or a drop-in's), names
+    prefixed with ``prefix``; errors are added to ``errors``, whose items are returned.
+    With ``partial``, services with errors are returned too (with what was valid), for
+    the main config's cross-checks."""
     specs: list[ServiceSpec] = []
     seen: dict[str, int] = {}
     for i, table in array_of_tables(errors, doc, "service"):
