@@ -14,6 +14,7 @@ from lbd.config.read import (
     MISSING,
     Errors,
     Table,
+    UniqueNames,
     array_of_tables,
     check_ifname,
     check_string,
@@ -127,18 +128,15 @@ def parse_peers(errors: Errors, doc: dict, base: Path) -> tuple[list[tuple[str, 
     broken ones included, so that references to a broken peer are not
     reported as missing too."""
     out: list[tuple[str, BgpPeerConfig]] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "bgp_peer")
     endpoints: dict[tuple, str] = {}
     for i, data in array_of_tables(errors, doc, "bgp_peer"):
         label = entry_label("bgp_peer", data, i)
         before = len(errors)
         peer = _parse_peer(errors, label, data, i, base)
         name = data.get("name", f"peer-{i}")
-        if isinstance(name, str) and name in seen:
-            errors.add(f"bgp_peer[{i}]", f'name: "{name}" is already the name of bgp_peer[{seen[name]}]')
+        if isinstance(name, str) and not names.claim(name, i):
             continue
-        if isinstance(name, str):
-            seen[name] = i
         if peer is None or len(errors) > before:
             continue
         key = (peer.peer_address, peer.peer_port, peer.vrf, frozenset(peer.node_selector))
@@ -148,7 +146,7 @@ def parse_peers(errors: Errors, doc: dict, base: Path) -> tuple[list[tuple[str, 
             continue
         endpoints[key] = label
         out.append((label, peer))
-    return out, set(seen)
+    return out, names.names()
 
 
 def _parse_peer(errors: Errors, label: str, data: dict, index: int, base: Path) -> BgpPeerConfig | None:
@@ -231,7 +229,7 @@ def _multihop(t: Table) -> int | None:
 
 def parse_advertisements(errors: Errors, doc: dict, aliases: dict[str, str]) -> list[tuple[str, BgpAdvertisementConfig]]:
     out: list[tuple[str, BgpAdvertisementConfig]] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "bgp_advertisement")
     for i, data in array_of_tables(errors, doc, "bgp_advertisement"):
         label = entry_label("bgp_advertisement", data, i)
         t = Table(errors, label, data, ADVERTISEMENT_KEYS)
@@ -260,13 +258,8 @@ def parse_advertisements(errors: Errors, doc: dict, aliases: dict[str, str]) -> 
         node_selector = t.selectors("node_selector")
         pool_selectors = t.selectors("pool_selectors")
         accept = t.string("accept", "local-route", choices=("address", "local-route"))
-        if name is not None and name in seen:
-            errors.add(f"bgp_advertisement[{i}]",
-                       f'name: "{name}" is already the name of bgp_advertisement[{seen[name]}]')
+        if name is None or not names.claim(name, i):
             continue
-        if name is None:
-            continue
-        seen[name] = i
         out.append((label, BgpAdvertisementConfig(
             name=name, pools=pools, aggregation_length=length, aggregation_length_v6=length_v6,
             local_pref=local_pref, communities=tuple(communities), peers=peers, node_selector=node_selector,

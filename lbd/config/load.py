@@ -29,6 +29,7 @@ from lbd.config.bgp import (
 from lbd.config.read import (
     Errors,
     Table,
+    UniqueNames,
     array_of_tables,
     check_endpoint,
     check_ifname,
@@ -336,7 +337,7 @@ def _cluster(errors: Errors, data: dict, base: Path) -> ClusterConfig:
 def _pools(errors: Errors, doc: dict) -> list[tuple[str, PoolConfig, tuple[int, ...]]]:
     """Each pool with its label and, per kept range, its index in the file."""
     out: list[tuple[str, PoolConfig, tuple[int, ...]]] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "pool")
     for i, data in array_of_tables(errors, doc, "pool"):
         label = entry_label("pool", data, i)
         t = Table(errors, label, data, POOL_KEYS)
@@ -364,12 +365,8 @@ def _pools(errors: Errors, doc: dict) -> list[tuple[str, PoolConfig, tuple[int, 
         avoid_buggy = t.boolean("avoid_buggy_ips", False)
         labels = t.string_map("labels")
         service_allocation = _service_allocation(t)
-        if name is not None and name in seen:
-            errors.add(f"pool[{i}]", f'name: "{name}" is already the name of pool[{seen[name]}]')
+        if name is None or not names.claim(name, i):
             continue
-        if name is None:
-            continue
-        seen[name] = i
         # Kept even when an entry is broken, so the cross-checks still run on
         # what is valid (the errors already make the whole config invalid).
         out.append((label, PoolConfig(name=name, addresses=tuple(ranges), auto_assign=auto_assign,
@@ -398,18 +395,14 @@ def _namespaces(errors: Errors, doc: dict) -> dict[str, dict[str, str]]:
     """``[[namespace]] name, labels``: the labels pools' namespace_selectors
     match for services of sources that do not supply them (static, directory)."""
     out: dict[str, dict[str, str]] = {}
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "namespace")
     for i, data in array_of_tables(errors, doc, "namespace"):
         label = entry_label("namespace", data, i)
         t = Table(errors, label, data, NAMESPACE_KEYS)
         name = t.name(required=True)
         labels = t.string_map("labels")
-        if name is None:
+        if name is None or not names.claim(name, i):
             continue
-        if name in seen:
-            errors.add(f"namespace[{i}]", f'name: "{name}" is already the name of namespace[{seen[name]}]')
-            continue
-        seen[name] = i
         out[name] = labels
     return out
 
@@ -433,7 +426,7 @@ def _check_overlaps(errors: Errors, pools: list[tuple[str, PoolConfig, tuple[int
 
 def _l2_advertisements(errors: Errors, doc: dict) -> list[tuple[str, L2AdvertisementConfig]]:
     out: list[tuple[str, L2AdvertisementConfig]] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "l2_advertisement")
     defaults = L2AdvertisementConfig(name="")
     for i, data in array_of_tables(errors, doc, "l2_advertisement"):
         label = entry_label("l2_advertisement", data, i)
@@ -454,13 +447,8 @@ def _l2_advertisements(errors: Errors, doc: dict) -> list[tuple[str, L2Advertise
         burst = t.integer("announce_burst", defaults.announce_burst, lo=1, hi=100)
         interval = t.seconds("announce_interval", defaults.announce_interval)
         rate = t.integer("announce_rate", defaults.announce_rate, lo=1, hi=1_000_000)
-        if name is not None and name in seen:
-            errors.add(f"l2_advertisement[{i}]",
-                       f'name: "{name}" is already the name of l2_advertisement[{seen[name]}]')
+        if name is None or not names.claim(name, i):
             continue
-        if name is None:
-            continue
-        seen[name] = i
         out.append((label, L2AdvertisementConfig(
             name=name, pools=pools, interfaces=tuple(interfaces), node_selector=node_selector, mode=mode,
             announce_burst=burst, announce_interval=interval, pool_selectors=pool_selectors,
@@ -471,7 +459,7 @@ def _l2_advertisements(errors: Errors, doc: dict) -> list[tuple[str, L2Advertise
 
 def _route_exports(errors: Errors, doc: dict) -> list[tuple[str, RouteExportConfig]]:
     out: list[tuple[str, RouteExportConfig]] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "route_export")
     for i, data in array_of_tables(errors, doc, "route_export"):
         label = entry_label("route_export", data, i)
         t = Table(errors, label, data, EXPORT_KEYS)
@@ -493,12 +481,8 @@ def _route_exports(errors: Errors, doc: dict) -> list[tuple[str, RouteExportConf
             interface = check_ifname(errors, t.at("interface"), t.raw("interface")) or "lo"
         node_selector = t.selectors("node_selector")
         accept = t.string("accept", "address", choices=("address", "local-route"))
-        if name is not None and name in seen:
-            errors.add(f"route_export[{i}]", f'name: "{name}" is already the name of route_export[{seen[name]}]')
+        if name is None or not names.claim(name, i):
             continue
-        if name is None:
-            continue
-        seen[name] = i
         out.append((label, RouteExportConfig(
             name=name, table=table if table is not None else 0, pools=pools, protocol=protocol, metric=metric, interface=interface,
             node_selector=node_selector, accept=accept or "address",
@@ -508,19 +492,18 @@ def _route_exports(errors: Errors, doc: dict) -> list[tuple[str, RouteExportConf
 
 def _sources(errors: Errors, doc: dict, validate_source: SourceValidator | None) -> list[SourceConfig]:
     out: list[SourceConfig] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "source")
     for i, data in array_of_tables(errors, doc, "source"):
         t = Table(errors, f"source[{i}]", data, tuple(data))  # options are the plugin's to check
         kind = t.name("type", required=True)
         name = t.name("name", kind)
         label = f'source "{name}"' if name is not None else f"source[{i}]"
-        if name is not None and name in seen:
-            errors.add(f"source[{i}]", f'name: "{name}" is already the name of source[{seen[name]}]'
-                       + ("" if t.has("name") else " (set 'name' to run two sources of one type)"))
+        hint = "" if t.has("name") else " (set 'name' to run two sources of one type)"
+        if name is not None and names.repeated(name, i, hint):
             continue
         if kind is None or name is None:
             continue
-        seen[name] = i
+        names.add(name, i)  # a source without a type does not take its name
         options = {k: v for k, v in data.items() if k not in ("type", "name")}
         source = SourceConfig(type=kind, name=name, options=options)
         if validate_source is not None:

@@ -13,6 +13,7 @@ from lbd.config.read import (
     NAME_RE,
     Errors,
     Table,
+    UniqueNames,
     array_of_tables,
     check_string,
     did_you_mean,
@@ -278,18 +279,15 @@ def parse_services(errors: Errors, doc: dict, prefix: str, *, partial: bool) -> 
     With ``partial``, services with errors are returned too (with what was valid), for
     the main config's cross-checks."""
     specs: list[ServiceSpec] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "service")
     for i, table in array_of_tables(errors, doc, "service"):
         spec, messages = _service_table(table, f"service[{i}]", errors.file, prefix)
         errors.extend(messages)
         if messages and not partial:
             spec = None
         name: Any = table.get("name")
-        if isinstance(name, str) and NAME_RE.fullmatch(name):
-            if name in seen:
-                errors.add(f"service[{i}]", f'name: "{name}" is already the name of service[{seen[name]}]')
-                continue
-            seen[name] = i
+        if isinstance(name, str) and NAME_RE.fullmatch(name) and not names.claim(name, i):
+            continue
         if spec is not None:
             specs.append(spec)
     return specs, errors.items
