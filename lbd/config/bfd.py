@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lbd.config.read import Errors, Table, UniqueNames, array_of_tables, did_you_mean, entry_label
-from lbd.model import BfdProfileConfig, BgpPeerConfig
+from lbd.config.schema import BfdProfileConfig, BgpPeerConfig
 
 PROFILE_KEYS = (
     "name", "receive_interval", "transmit_interval", "detect_multiplier", "echo_interval", "echo_mode",

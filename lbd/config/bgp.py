@@ -23,7 +23,8 @@ from lbd.config.read import (
     got,
     quote,
 )
-from lbd.model import BgpAdvertisementConfig, BgpPeerConfig, Family, IPAddress, PoolConfig
+from lbd.config.schema import BgpAdvertisementConfig, BgpPeerConfig, PoolConfig
+from lbd.model import Family, IPAddress
 from lbd.selectors import selects_pool
 
 ASN_MAX = 4294967295  # RFC 6793: four-octet AS numbers

@@ -11,7 +11,8 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from lbd.config.read import Errors, Table, did_you_mean, got, parse_ip, quote, split_host_port
-from lbd.model import Backend, Family, ForwardingConfig, HealthCheckConfig, PortSpec
+from lbd.config.schema import ForwardingConfig
+from lbd.model import Backend, Family, HealthCheckConfig, PortSpec
 
 FORWARD_KEYS = ("backends", "forward", "snat", "backend_check", "on_no_backend")
 FORWARD_MODES = ("nat", "dsr")

@@ -11,7 +11,7 @@ import os
 import stat
 
 from lbd.config.read import Errors, Table, UniqueNames, array_of_tables, did_you_mean, entry_label, quote
-from lbd.model import HookConfig
+from lbd.config.schema import HookConfig
 
 HOOK_KEYS = ("name", "on", "exec", "timeout")
 # Every event a hook may subscribe to (docs/hooks.md describes each payload).

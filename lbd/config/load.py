@@ -1,4 +1,4 @@
-"""TOML configuration (``/etc/lbd.toml``) -> the typed, validated ``lbd.model.Config``.
+"""TOML configuration (``/etc/lbd.toml``) -> the typed, validated ``lbd.config.schema.Config``.
 
 Every problem in the file is collected and reported at once, each as
 ``<file>: <where>: <what>``, for example::
@@ -41,9 +41,8 @@ from lbd.config.read import (
 )
 from lbd.config.hooks import parse_hooks
 from lbd.config.forward import parse_forwarding_section
-from lbd.ipam import pool_refuses
 from lbd.config.services import parse_service_table, parse_services, parse_services_document
-from lbd.model import (
+from lbd.config.schema import (
     AddressRange,
     ClusterConfig,
     Config,
@@ -54,9 +53,9 @@ from lbd.model import (
     PoolConfig,
     RouteExportConfig,
     ServiceAllocationConfig,
-    ServiceSpec,
     SourceConfig,
 )
+from lbd.model import ServiceSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -553,6 +552,9 @@ def check_services(services: Iterable[ServiceSpec], pools: Iterable[PoolConfig],
 
     ``prefix`` is stripped from names so messages say ``service "web"``.
     """
+    # Imported here: lbd.ipam imports lbd.config.schema, and so this package.
+    from lbd.ipam import pool_refuses
+
     errors = Errors(file)
     pools = list(pools)
     names = [p.name for p in pools]

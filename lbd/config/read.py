@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from lbd.model import AddressRange, IPAddress
+from lbd.config.schema import AddressRange
+from lbd.model import IPAddress
 from lbd.selectors import Selectors
 
 MISSING: Any = object()

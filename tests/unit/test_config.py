@@ -12,7 +12,8 @@ import pytest
 from config_helpers import BASE, FILE, errors, has_error, ok, only_error
 
 from lbd.config import ConfigError, load_config, parse_config
-from lbd.model import ClusterConfig, Family, L2AdvertisementConfig, LogConfig, MetricsConfig
+from lbd.config.schema import ClusterConfig, L2AdvertisementConfig, LogConfig, MetricsConfig
+from lbd.model import Family
 from lbd.selectors import normalize
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import pytest
 from config_helpers import FILE, errors, has_error, ok, only_error
 
 from lbd.config.bgp import parse_community_literal
-from lbd.model import BgpAdvertisementConfig, BgpPeerConfig
+from lbd.config.schema import BgpAdvertisementConfig, BgpPeerConfig
 
 PEER = """
 [[bgp_peer]]

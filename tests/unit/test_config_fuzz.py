@@ -15,7 +15,7 @@ from lbd.config.load import tomllib  # tomli before Python 3.11
 from lbd.config import ConfigError, config_from_document, parse_config
 from lbd.config.bgp import ADVERTISEMENT_KEYS, PEER_KEYS
 from lbd.config.services import HEALTH_KEYS, SERVICE_KEYS
-from lbd.model import Config
+from lbd.config.schema import Config
 
 FILE = Path("/etc/lbd.toml")
 # LBD_FUZZ_SCALE=20 runs twenty times the examples (a deeper, slower run).
