@@ -26,6 +26,8 @@ from lbd.config.bgp import (
     parse_communities_table,
     parse_peers,
 )
+from lbd.config.forward import parse_forwarding_section
+from lbd.config.hooks import parse_hooks
 from lbd.config.read import (
     Errors,
     Table,
@@ -39,9 +41,6 @@ from lbd.config.read import (
     parse_address_entry,
     quote,
 )
-from lbd.config.hooks import parse_hooks
-from lbd.config.forward import parse_forwarding_section
-from lbd.config.services import parse_service_table, parse_services, parse_services_document
 from lbd.config.schema import (
     AddressRange,
     ClusterConfig,
@@ -55,6 +54,7 @@ from lbd.config.schema import (
     ServiceAllocationConfig,
     SourceConfig,
 )
+from lbd.config.services import parse_service_table, parse_services, parse_services_document
 from lbd.model import ServiceSpec
 
 if sys.version_info >= (3, 11):
