@@ -62,17 +62,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = [
-    "ConfigError",
-    "DEFAULT_PATH",
-    "STATIC_PREFIX",
-    "load_config",
-    "parse_config",
-    "config_from_document",
-    "parse_service_table",
-    "parse_services_document",
-    "check_services",
-]
 
 DEFAULT_PATH = Path("/etc/lbd.toml")
 STATIC_PREFIX = "static/"  # ServiceSpec.name of a [[service]] table is "static/<name>"
