@@ -5,7 +5,7 @@ The modules behind it:
 
 - ``load``: the whole document (sections, cross-checks, ``ConfigError``);
 - ``read``: the typed table readers every section is built with;
-- ``bgp``, ``bfd``, ``services``, ``forward``, ``hooks``: one section each.
+- ``bgp``, ``bfd``, ``services``, ``health``, ``forward``, ``hooks``: one section each.
 """
 
 from lbd.config.load import (

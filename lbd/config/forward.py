@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Sequence
 
+from lbd.config.health import parse_health_check
 from lbd.config.read import Errors, Table, did_you_mean, got, parse_ip, quote, split_host_port
 from lbd.config.schema import ForwardingConfig
 from lbd.model import Backend, Family, HealthCheckConfig, PortSpec
@@ -136,8 +137,6 @@ def _entry(errors: Errors, at: str, item: object, port: PortSpec, port_allowed: 
 def parse_backend_check(errors: Errors, where: str, data: dict) -> HealthCheckConfig | None:
     """``[service.backend_check]``: the keys of ``health_check`` except ``host``
     (each backend's own address), ``type`` defaulting to tcp and ``port`` to each backend's port."""
-    from lbd.config.services import parse_health_check  # here: lbd.config.services imports this module
-
     if "host" in data:
         errors.add(f"{where}: host", "a backend check connects to each backend's own address; remove host")
         data = {k: v for k, v in data.items() if k != "host"}

@@ -585,7 +585,8 @@ addresses = ["10.0.0.0/24"]
 def test_every_key_is_documented() -> None:
     from lbd.config import load as cfg
     from lbd.config.bgp import ADVERTISEMENT_KEYS, PEER_KEYS
-    from lbd.config.services import HEALTH_KEYS, SERVICE_KEYS
+    from lbd.config.health import HEALTH_KEYS
+    from lbd.config.services import SERVICE_KEYS
     from lbd.config.hooks import HOOK_EVENTS, HOOK_KEYS
 
     text = (REPO / "docs" / "configuration.md").read_text()

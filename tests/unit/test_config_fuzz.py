@@ -14,7 +14,8 @@ from lbd.config import load as cfg
 from lbd.config.load import tomllib  # tomli before Python 3.11
 from lbd.config import ConfigError, config_from_document, parse_config
 from lbd.config.bgp import ADVERTISEMENT_KEYS, PEER_KEYS
-from lbd.config.services import HEALTH_KEYS, SERVICE_KEYS
+from lbd.config.health import HEALTH_KEYS
+from lbd.config.services import SERVICE_KEYS
 from lbd.config.schema import Config
 
 FILE = Path("/etc/lbd.toml")
