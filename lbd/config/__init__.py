@@ -5,6 +5,7 @@ The modules behind it:
 
 - ``load``: the whole document (sections, cross-checks, ``ConfigError``);
 - ``read``: the typed table readers every section is built with;
+- ``schema``: the typed ``Config`` and its sections (plain data);
 - ``bgp``, ``bfd``, ``services``, ``health``, ``forward``, ``hooks``: one section each.
 """
 
