@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 
 from lbd.ipam import allocate  # noqa: E402
-from lbd.model import AddressRange, Allocation, PoolConfig, SourceConfig  # noqa: E402
+from lbd.config.schema import AddressRange, PoolConfig, SourceConfig  # noqa: E402
+from lbd.model import Allocation  # noqa: E402
 from lbd.sources.base import ServiceResult  # noqa: E402
 from lbd.sources.kubernetes import KubernetesSource  # noqa: E402
 from lbd.sources.manager import SourceManager  # noqa: E402

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Sequence
 import lbd
 
 if TYPE_CHECKING:
-    from lbd.model import Config
+    from lbd.config.schema import Config
 
 DEFAULT_CONFIG = Path("/etc/lbd.toml")
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from lbd.ipam import AllocationResult, allocate
-from lbd.model import Allocation, Config, Member, ServiceSpec
+from lbd.config.schema import Config
+from lbd.model import Allocation, Member, ServiceSpec
 
 
 HeldVips = Callable[[], Sequence[str]]

@@ -31,8 +31,8 @@ from lbd.ipam import pool_usage
 from lbd.kernel.interfaces import list_interfaces
 from lbd.kernel.netlink import Netlink
 from lbd.l2.announcer import L2Announcer
-from lbd.model import (Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec,
-                       VipDecision)
+from lbd.config.schema import Config
+from lbd.model import Allocation, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec, VipDecision
 from lbd.planner import PlannerInput, held_vips, plan
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
 from lbd.selectors import matches

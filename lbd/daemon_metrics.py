@@ -7,7 +7,8 @@ from typing import Mapping, Sequence
 from prometheus_client import Counter, Gauge
 
 from lbd.metrics import REGISTRY
-from lbd.model import Allocation, L2Mode, Plan, PoolConfig
+from lbd.config.schema import PoolConfig
+from lbd.model import Allocation, L2Mode, Plan
 
 POOL_SIZE = Gauge("lbd_pool_addresses", "Usable addresses in a pool", ["pool", "family"], registry=REGISTRY)
 POOL_USED = Gauge("lbd_pool_addresses_in_use", "Allocated addresses in a pool", ["pool", "family"], registry=REGISTRY)

@@ -29,9 +29,10 @@ from typing import Any, Callable, Mapping, Sequence
 import structlog
 from prometheus_client import Counter, Gauge
 
-from lbd.config_hooks import HOOK_EVENTS
+from lbd.config.hooks import HOOK_EVENTS
 from lbd.metrics import REGISTRY
-from lbd.model import HookConfig, Member, MemberState, VipDecision
+from lbd.config.schema import HookConfig
+from lbd.model import Member, MemberState, VipDecision
 
 log = structlog.get_logger(__name__)
 

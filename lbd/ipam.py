@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from typing import AbstractSet, Mapping, Sequence
 
 from lbd import pools as poolmath
-from lbd.model import Allocation, Family, IPAddress, PoolConfig, ServiceSpec
+from lbd.config.schema import PoolConfig
+from lbd.model import Allocation, Family, IPAddress, ServiceSpec
 from lbd.selectors import matches
 
 __all__ = [

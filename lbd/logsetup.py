@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from lbd.model import LogConfig
+from lbd.config.schema import LogConfig
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 

@@ -25,7 +25,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import AbstractSet, Callable, Collection, Iterator, Sequence
 
-from lbd.model import Family, IPAddress, PoolConfig
+from lbd.config.schema import PoolConfig
+from lbd.model import Family, IPAddress
 
 __all__ = [
     "PoolSpace",

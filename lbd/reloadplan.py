@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from lbd.ipam import AllocationResult, allocate
-from lbd.model import Allocation, Config, IPAddress, Member, ServiceSpec, VipDecision
+from lbd.config.schema import Config
+from lbd.model import Allocation, IPAddress, Member, ServiceSpec, VipDecision
 from lbd.planner import PlannerInput, plan
 from lbd.selectors import matches
 

@@ -135,12 +135,12 @@ def selects_pool(names: Sequence[str], pool_selectors: Selectors, pool: str, poo
 
 
 # ---------------------------------------------------------------------------
-# TOML reader (errors collected like lbd.config_read's readers)
+# TOML reader (errors collected like lbd.config.read's readers)
 # ---------------------------------------------------------------------------
 
 
 def _q(value: object) -> str:
-    from lbd.config_read import quote
+    from lbd.config.read import quote
 
     return quote(value)
 
@@ -148,11 +148,11 @@ def _q(value: object) -> str:
 def parse_selectors(errors: Any, where: str, value: Any, *, flat: bool = True) -> Selectors:
     """A table (one selector) or an array of tables (any of them) at ``where``.
 
-    ``errors`` is an ``lbd.config_read.Errors``. With ``flat``, a table whose
+    ``errors`` is an ``lbd.config.read.Errors``. With ``flat``, a table whose
     values are all strings is the shorthand for ``matchLabels`` (today's
     ``node_selector = { rack = "r1" }``), and an empty table selects everything.
     """
-    from lbd.config_read import got
+    from lbd.config.read import got
 
     if isinstance(value, dict):
         if flat and _is_flat(value):
@@ -190,13 +190,13 @@ def _is_flat(table: dict) -> bool:
 
 
 def _labels(errors: Any, where: str, table: Any) -> dict[str, str]:
-    from lbd.config_read import read_string_map
+    from lbd.config.read import read_string_map
 
     return read_string_map(errors, where, table)
 
 
 def _structured(errors: Any, where: str, table: dict) -> LabelSelector | None:
-    from lbd.config_read import did_you_mean, got
+    from lbd.config.read import did_you_mean, got
 
     before = len(errors)
     for key in table:
@@ -229,7 +229,7 @@ def _structured(errors: Any, where: str, table: dict) -> LabelSelector | None:
 
 
 def _requirement(errors: Any, where: str, item: Any) -> Requirement | None:
-    from lbd.config_read import did_you_mean, got
+    from lbd.config.read import did_you_mean, got
 
     if not isinstance(item, dict):
         errors.add(where, f"expected a table {{ key, operator, values }}, {got(item)}")

@@ -12,7 +12,7 @@ from lbd.bfd.auth import AUTH_TYPES, AuthConfig, BfdAuthError, read_key
 from lbd.bfd.session import SessionConfig, StateChanged
 from lbd.bfd.process import BfdProcess
 from lbd.bfd.transport import Endpoint
-from lbd.model import BfdProfileConfig, BgpPeerConfig
+from lbd.config.schema import BfdProfileConfig, BgpPeerConfig
 
 log = structlog.get_logger(__name__)
 

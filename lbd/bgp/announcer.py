@@ -33,7 +33,8 @@ from lbd.bgp.packing import RouteAttrs
 from lbd.bgp.settings import SessionSettings
 from lbd.bgp.speaker import Listener, PeerEndpoint, PeerSpeaker
 from lbd.metrics import REGISTRY
-from lbd.model import BfdProfileConfig, BgpPeerConfig, BgpRoute, IPAddress, IPNetwork
+from lbd.config.schema import BfdProfileConfig, BgpPeerConfig
+from lbd.model import BgpRoute, IPAddress, IPNetwork
 from lbd.selectors import matches
 
 log = structlog.get_logger(__name__)

@@ -44,7 +44,8 @@ from lbd.cluster.transport import JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX, Gossip
 from lbd.coordination import Coordinator, Handover, HeldVips
 from lbd.ipam import AllocationResult, allocate
 from lbd.metrics import REGISTRY
-from lbd.model import Allocation, Config, Member, MemberState, ServiceSpec
+from lbd.config.schema import Config
+from lbd.model import Allocation, Member, MemberState, ServiceSpec
 
 log = structlog.get_logger(__name__)
 

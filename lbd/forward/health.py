@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 import structlog
 from prometheus_client import Counter, Gauge
 
-from lbd.config_forward import DEFAULT_BACKEND_CHECK
+from lbd.config.forward import DEFAULT_BACKEND_CHECK
 from lbd.health import JITTER, HealthState, next_delay, run_check_timed
 from lbd.metrics import REGISTRY
 from lbd.model import Backend, HealthCheckConfig, ServiceSpec

@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from lbd.forward import maglev
-from lbd.model import Allocation, Backend, ForwardingConfig, IPInterface, PortSpec, ServiceSpec
+from lbd.config.schema import ForwardingConfig
+from lbd.model import Allocation, Backend, IPInterface, PortSpec, ServiceSpec
 
 TABLE = "lbd"
 NAT = "inet"

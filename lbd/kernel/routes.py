@@ -48,7 +48,8 @@ from prometheus_client import Counter, Gauge
 
 from lbd.kernel.netlink import Netlink
 from lbd.metrics import REGISTRY
-from lbd.model import ExportRoute, IPNetwork, RouteExportConfig
+from lbd.config.schema import RouteExportConfig
+from lbd.model import ExportRoute, IPNetwork
 
 log = structlog.get_logger(__name__)
 

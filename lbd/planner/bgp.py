@@ -13,7 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
-from lbd.model import BgpAdvertisementConfig, BgpRoute, IPAddress, IPNetwork
+from lbd.config.schema import BgpAdvertisementConfig
+from lbd.model import BgpRoute, IPAddress, IPNetwork
 from lbd.planner.inputs import NodeView, VipInput, refusal
 from lbd.selectors import matches
 

@@ -11,15 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from lbd.model import (
-    Allocation,
-    BgpPeerConfig,
-    Config,
-    IPAddress,
-    Member,
-    MemberState,
-    ServiceSpec,
-)
+from lbd.config.schema import BgpPeerConfig, Config
+from lbd.model import Allocation, IPAddress, Member, MemberState, ServiceSpec
 from lbd.selectors import selects_pool
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from lbd.model import IPAddress, L2AdvertisementConfig, L2Intent, L2Mode, Member
+from lbd.config.schema import L2AdvertisementConfig
+from lbd.model import IPAddress, L2Intent, L2Mode, Member
 from lbd.planner.election import describe_interfaces, elect, fitting_interfaces
 from lbd.planner.inputs import NodeView, VipInput, refusal
 from lbd.selectors import matches

@@ -28,7 +28,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import structlog
 
-from lbd.model import IPAddress, ServiceSpec, SourceConfig
+from lbd.config.schema import SourceConfig
+from lbd.model import IPAddress, ServiceSpec
 
 Publish = Callable[[Sequence[ServiceSpec]], None]
 

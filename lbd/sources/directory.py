@@ -10,7 +10,7 @@
     allow_exec = false    # exec health checks from a directory others can write
 
 Each file is validated with the main config's rules and messages
-(``lbd.config_service.parse_services_document``). Service names are
+(``lbd.config.parse_services_document``). Service names are
 ``<source name>/<service name>``.
 
 Never read a half-written file as a deletion:
@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from lbd.config import parse_services_document
 from lbd.model import ServiceSpec
 from lbd.sources.base import Publish, Source
 from lbd.sources.inotify import (
@@ -69,11 +70,6 @@ from lbd.sources.inotify import (
 from lbd.sources.options import options_table
 from lbd.safefile import NotRegularFileError, read_regular_file
 from lbd import aio
-
-try:  # the config engineer's public entry point, once it is re-exported there
-    from lbd.config import parse_services_document
-except ImportError:  # pragma: no cover - depends on what lbd.config exports
-    from lbd.config_service import parse_services_document
 
 WATCH_MASK = IN_CREATE | IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 OPTION_KEYS = ("path", "rescan_interval", "settle", "allow_exec")

@@ -40,7 +40,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from lbd.model import Backend, Family, IPAddress, PortSpec, ServiceSpec, SourceConfig
+from lbd.config.schema import SourceConfig
+from lbd.model import Backend, Family, IPAddress, PortSpec, ServiceSpec
 from lbd.sources.base import Publish, ServiceResult, Source, SourceContext
 from lbd.backoff import capped_backoff
 from lbd.sources.options import options_table

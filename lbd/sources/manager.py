@@ -22,7 +22,8 @@ from lbd.backoff import capped_backoff
 from prometheus_client import Counter, Gauge
 
 from lbd.metrics import REGISTRY
-from lbd.model import ServiceSpec, SourceConfig
+from lbd.config.schema import SourceConfig
+from lbd.model import ServiceSpec
 from lbd.sources.base import ServiceResult, Source, SourceContext
 from lbd.sources.registry import discover
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from lbd.config_read import Errors, Table
+from lbd.config.read import Errors, Table
 
 _MARK = "\x00"
 

@@ -7,8 +7,8 @@ from typing import Mapping
 
 import structlog
 
-from lbd.config_read import did_you_mean
-from lbd.model import SourceConfig
+from lbd.config.read import did_you_mean
+from lbd.config.schema import SourceConfig
 from lbd.sources.base import Source
 
 log = structlog.get_logger(__name__)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
-from lbd.model import ServiceSpec, SourceConfig
+from lbd.config.schema import SourceConfig
+from lbd.model import ServiceSpec
 from lbd.sources.base import Publish, Source
 
 STATIC_NAME = "static"

@@ -35,7 +35,8 @@ from lbd.bgp.events import (
     UpdatesSent,
 )
 from lbd.logsetup import setup_logging
-from lbd.model import BgpPeerConfig, BgpRoute, IPNetwork, LogConfig
+from lbd.config.schema import BgpPeerConfig, LogConfig
+from lbd.model import BgpRoute, IPNetwork
 
 
 def _community(text: str) -> tuple[int, int]:

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from lbd.logsetup import setup_logging
-from lbd.model import LogConfig
+from lbd.config.schema import LogConfig
 
 from lbd.cluster import serf, wire
 from lbd.cluster.crypto import load_keyring

@@ -6,7 +6,8 @@ import asyncio
 import ipaddress
 from pathlib import Path
 
-from lbd.model import ServiceSpec, SourceConfig
+from lbd.config.schema import SourceConfig
+from lbd.model import ServiceSpec
 from lbd.sources.base import ServiceResult, SourceContext
 from lbd.sources.kubernetes import KubernetesSource
 

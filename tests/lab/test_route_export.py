@@ -15,7 +15,8 @@ import pytest
 from interop.bgp_peers import BirdPeer, FrrPeer, Neighbor, PeerSpec
 
 from lbd.kernel.routes import RouteExporter
-from lbd.model import ExportRoute, RouteExportConfig
+from lbd.config.schema import RouteExportConfig
+from lbd.model import ExportRoute
 from lbd.testing.netlab import require_binary, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lbd.config import ConfigError, parse_config
-from lbd.model import Config
+from lbd.config.schema import Config
 
 FILE = Path("/etc/lbd.toml")
 

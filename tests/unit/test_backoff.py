@@ -24,7 +24,8 @@ from lbd.bgp import codec
 from lbd.bgp.events import ConnectRequested, NotificationSent, State
 from lbd.bgp.fsm import Session
 from lbd.bgp.settings import SessionSettings
-from lbd.model import ServiceSpec, SourceConfig
+from lbd.config.schema import SourceConfig
+from lbd.model import ServiceSpec
 from lbd.sources.base import Source
 from lbd.sources.manager import SourceManager
 

@@ -17,7 +17,8 @@ from lbd.bgp import codec
 from lbd.bgp.announcer import BgpAnnouncer
 from lbd.bgp.events import NotificationReceived, SessionDown, State, UpdateReceived
 from lbd.bgp.fsm import Session
-from lbd.model import BfdProfileConfig, BgpRoute
+from lbd.config.schema import BfdProfileConfig
+from lbd.model import BgpRoute
 
 pytestmark = pytest.mark.timeout(60)
 FAST = BfdProfileConfig(name="fast", receive_interval=50, transmit_interval=50, detect_multiplier=3)

@@ -18,7 +18,8 @@ from lbd.bgp.announcer import BgpAnnouncer, peer_ttl
 from lbd.bgp.codec import MultiprotocolCap, Open
 from lbd.bgp.events import Event, NotificationReceived, SessionDown, UpdateReceived
 from lbd.metrics import REGISTRY
-from lbd.model import BgpPeerConfig, BgpRoute
+from lbd.config.schema import BgpPeerConfig
+from lbd.model import BgpRoute
 
 LO = ipaddress.IPv4Address("127.0.0.1")
 pytestmark = pytest.mark.timeout(60)

@@ -12,7 +12,8 @@ import pytest
 from config_helpers import BASE, FILE, errors, has_error, ok, only_error
 
 from lbd.config import ConfigError, load_config, parse_config
-from lbd.model import ClusterConfig, Family, L2AdvertisementConfig, LogConfig, MetricsConfig
+from lbd.config.schema import ClusterConfig, L2AdvertisementConfig, LogConfig, MetricsConfig
+from lbd.model import Family
 from lbd.selectors import normalize
 
 REPO = Path(__file__).resolve().parents[2]
@@ -582,10 +583,11 @@ addresses = ["10.0.0.0/24"]
 
 
 def test_every_key_is_documented() -> None:
-    from lbd import config as cfg
-    from lbd.config_bgp import ADVERTISEMENT_KEYS, PEER_KEYS
-    from lbd.config_service import HEALTH_KEYS, SERVICE_KEYS
-    from lbd.config_hooks import HOOK_EVENTS, HOOK_KEYS
+    from lbd.config import load as cfg
+    from lbd.config.bgp import ADVERTISEMENT_KEYS, PEER_KEYS
+    from lbd.config.health import HEALTH_KEYS
+    from lbd.config.services import SERVICE_KEYS
+    from lbd.config.hooks import HOOK_EVENTS, HOOK_KEYS
 
     text = (REPO / "docs" / "configuration.md").read_text()
     for key in (cfg.TOP_KEYS + cfg.NODE_KEYS + cfg.CLUSTER_KEYS + cfg.POOL_KEYS + cfg.L2_KEYS + cfg.EXPORT_KEYS

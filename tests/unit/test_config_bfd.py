@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from config_helpers import errors, ok, only_error
 
-from lbd.model import BfdProfileConfig
+from lbd.config.schema import BfdProfileConfig
 
 PEER = """
 [[bgp_peer]]

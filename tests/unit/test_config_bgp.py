@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from config_helpers import FILE, errors, has_error, ok, only_error
 
-from lbd.config_bgp import parse_community_literal
-from lbd.model import BgpAdvertisementConfig, BgpPeerConfig
+from lbd.config.bgp import parse_community_literal
+from lbd.config.schema import BgpAdvertisementConfig, BgpPeerConfig
 
 PEER = """
 [[bgp_peer]]

@@ -7,7 +7,8 @@ import ipaddress
 from config_helpers import errors, ok, only_error
 
 from lbd.config import parse_services_document
-from lbd.model import Backend, ForwardingConfig, HealthCheckConfig, PortSpec
+from lbd.config.schema import ForwardingConfig
+from lbd.model import Backend, HealthCheckConfig, PortSpec
 
 T80 = PortSpec("tcp", 80)
 A = ipaddress.ip_address

@@ -10,12 +10,13 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbd import config as cfg
-from lbd.config import tomllib  # tomli before Python 3.11
+from lbd.config import load as cfg
+from lbd.config.load import tomllib  # tomli before Python 3.11
 from lbd.config import ConfigError, config_from_document, parse_config
-from lbd.config_bgp import ADVERTISEMENT_KEYS, PEER_KEYS
-from lbd.config_service import HEALTH_KEYS, SERVICE_KEYS
-from lbd.model import Config
+from lbd.config.bgp import ADVERTISEMENT_KEYS, PEER_KEYS
+from lbd.config.health import HEALTH_KEYS
+from lbd.config.services import SERVICE_KEYS
+from lbd.config.schema import Config
 
 FILE = Path("/etc/lbd.toml")
 # LBD_FUZZ_SCALE=20 runs twenty times the examples (a deeper, slower run).

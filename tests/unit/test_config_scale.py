@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from lbd.config import ConfigError, parse_config
-from lbd.config_forward import parse_forwarding
-from lbd.config_read import Errors, Table
-from lbd.config_service import SERVICE_KEYS, _no_forwarding, _service_table
+from lbd.config.forward import parse_forwarding
+from lbd.config.read import Errors, Table
+from lbd.config.services import SERVICE_KEYS, _no_forwarding, _service_table
 from lbd.model import Family, PortSpec
 
 HEAD = '[node]\nname = "n1"\n[[pool]]\nname = "v4"\naddresses = ["10.88.0.0/24"]\n' \

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 from config_helpers import FILE, errors, has_error, ok, only_error
 
-from lbd.config import tomllib  # tomli before Python 3.11
+from lbd.config.load import tomllib  # tomli before Python 3.11
 from lbd.config import check_services, parse_service_table, parse_services_document
 from lbd.model import Family, HealthCheckConfig, PortSpec, ServiceSpec
 

@@ -226,7 +226,8 @@ async def test_a_pass_fires_hooks_from_the_converged_state(daemon) -> None:
     """The decision point: _observe_hooks after a pass hands each transition to the runner once."""
     import ipaddress
 
-    from lbd.model import HookConfig, Plan, VipDecision
+    from lbd.config.schema import HookConfig
+    from lbd.model import Plan, VipDecision
 
     runs: list[dict] = []
     daemon.hooks._submit = lambda hook, body: runs.append(body) or True

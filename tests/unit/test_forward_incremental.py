@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbd.forward.ruleset import desired, plan_transaction, prepare_text
-from lbd.model import Allocation, Backend, ForwardingConfig, PortSpec, ServiceSpec
+from lbd.config.schema import ForwardingConfig
+from lbd.model import Allocation, Backend, PortSpec, ServiceSpec
 
 IFS = {"eth0": (ipaddress.ip_interface("10.88.1.1/24"),)}
 FWD = ForwardingConfig(seed=7, table_size=31)

@@ -24,7 +24,8 @@ from lbd.hooks import (
     transitions,
 )
 from lbd.metrics import REGISTRY
-from lbd.model import HookConfig, Member, MemberState, VipDecision
+from lbd.config.schema import HookConfig
+from lbd.model import Member, MemberState, VipDecision
 
 FILE = Path("/etc/lbd.toml")
 A, B = "10.77.0.48", "10.77.0.49"

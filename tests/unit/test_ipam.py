@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 from lbd.ipam import AllocationChange, allocate, pool_usage, sharing_conflict
-from lbd.model import AddressRange, Allocation, Family, PoolConfig, PortSpec, ServiceSpec
+from lbd.config.schema import AddressRange, PoolConfig
+from lbd.model import Allocation, Family, PortSpec, ServiceSpec
 
 A = ipaddress.ip_address
 V4, V6 = Family.IPV4, Family.IPV6

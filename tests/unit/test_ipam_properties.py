@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from lbd import pools as poolmath
 from lbd.ipam import AllocationResult, allocate, sharing_conflict
-from lbd.model import AddressRange, Allocation, Family, PoolConfig, PortSpec, ServiceSpec
+from lbd.config.schema import AddressRange, PoolConfig
+from lbd.model import Allocation, Family, PortSpec, ServiceSpec
 
 V4, V6 = Family.IPV4, Family.IPV6
 V4_BASE = int(ipaddress.IPv4Address("10.77.0.250"))

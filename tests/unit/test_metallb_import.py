@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lbd import config as lbd_config
+from lbd.config import load as lbd_config
 from lbd.cli import main
 from lbd.config import parse_config
 from lbd.import_cmd import run

@@ -8,19 +8,16 @@ from pathlib import Path
 
 from hypothesis import given, strategies as st
 
-from lbd.model import (
-    Allocation,
+from lbd.config.schema import (
     BgpAdvertisementConfig,
     BgpPeerConfig,
     Config,
     ClusterConfig,
     L2AdvertisementConfig,
-    Member,
-    MemberState,
     NodeConfig,
     RouteExportConfig,
-    ServiceSpec,
 )
+from lbd.model import Allocation, Member, MemberState, ServiceSpec
 from lbd.planner import PlannerInput, plan
 from lbd.planner.election import elect, rank
 

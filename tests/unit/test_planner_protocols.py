@@ -6,19 +6,16 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from lbd.model import (
+from lbd.config.schema import (
     BgpAdvertisementConfig,
     BgpPeerConfig,
     ClusterConfig,
     Config,
     L2AdvertisementConfig,
-    L2Mode,
-    Member,
-    MemberState,
     NodeConfig,
     RouteExportConfig,
-    ServiceSpec,
 )
+from lbd.model import L2Mode, Member, MemberState, ServiceSpec
 from lbd.planner import PlannerInput
 from lbd.planner.bgp import merge_routes, plan_bgp
 from lbd.planner.election import rank

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lbd import pools
-from lbd.model import AddressRange, Family, PoolConfig
+from lbd.config.schema import AddressRange, PoolConfig
+from lbd.model import Family
 
 
 def rng(text: str) -> AddressRange:

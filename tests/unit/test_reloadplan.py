@@ -10,7 +10,8 @@ import pytest
 
 from lbd.config import parse_config
 from lbd.ipam import allocate
-from lbd.model import Config, Member, ServiceSpec
+from lbd.config.schema import Config
+from lbd.model import Member, ServiceSpec
 from lbd.planner.election import rank
 from lbd.reloadplan import RunningState, apply_or_rollback, diff_configs, readdress_refusal
 

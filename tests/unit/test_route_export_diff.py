@@ -14,7 +14,7 @@ from lbd.kernel.routes import (
     effective_metric,
     scopes_of,
 )
-from lbd.model import RouteExportConfig
+from lbd.config.schema import RouteExportConfig
 
 N = ipaddress.ip_network
 

@@ -209,7 +209,7 @@ def test_config_that_is_not_a_regular_file_is_a_config_error(tmp_path: Path, kin
 
 
 def test_oversized_config_is_a_config_error(tmp_path: Path, monkeypatch) -> None:
-    import lbd.config as config
+    import lbd.config.load as config
 
     from lbd.config import ConfigError, load_config
 

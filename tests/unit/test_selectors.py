@@ -12,21 +12,19 @@ from pathlib import Path
 
 from hypothesis import given, strategies as st
 
-from lbd.config_read import Errors
+from lbd.config.read import Errors
 from lbd.ipam import allocate, pool_refuses
-from lbd.model import (
+from lbd.config.schema import (
     AddressRange,
-    Allocation,
     BgpAdvertisementConfig,
     BgpPeerConfig,
     Config,
     L2AdvertisementConfig,
-    Member,
     NodeConfig,
     PoolConfig,
     ServiceAllocationConfig,
-    ServiceSpec,
 )
+from lbd.model import Allocation, Member, ServiceSpec
 from lbd.planner import PlannerInput, plan
 from lbd.selectors import LabelSelector, Requirement, matches, normalize, parse_selectors
 from tests.unit.config_helpers import errors, ok
@@ -356,7 +354,7 @@ def test_bgp_pool_selectors_and_peer_not_in_expressions() -> None:
 
 
 def test_route_export_node_selector_with_expressions() -> None:
-    from lbd.model import RouteExportConfig
+    from lbd.config.schema import RouteExportConfig
 
     routed = pool("routed", "10.88.0.0/24")
     ex = RouteExportConfig(name="bird", table=100, node_selector=(expr("bird", "Exists"),))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lbd.model import SourceConfig
+from lbd.config.schema import SourceConfig
 from lbd.sources.base import SourceContext
 from lbd.sources.directory import DirectorySource, is_candidate
 from lbd.sources.inotify import InotifyDecodeError, parse_events

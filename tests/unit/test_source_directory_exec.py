@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lbd.model import SourceConfig
+from lbd.config.schema import SourceConfig
 from lbd.sources.directory import DirectorySource, ownership_problem
 from test_source_directory import API, Harness, atomic_write
 

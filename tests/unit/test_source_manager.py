@@ -8,7 +8,8 @@ from typing import Any, Mapping
 import pytest
 
 from lbd.metrics import REGISTRY
-from lbd.model import ServiceSpec, SourceConfig
+from lbd.config.schema import SourceConfig
+from lbd.model import ServiceSpec
 from lbd.sources.base import ServiceResult, Source, diff_snapshots
 from lbd.sources.manager import SourceManager
 from lbd.sources.static import StaticSource, static_source_config

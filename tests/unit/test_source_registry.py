@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lbd.model import SourceConfig
+from lbd.config.schema import SourceConfig
 from lbd.sources.base import ServiceResult, Source
 from lbd.sources.directory import DirectorySource
 from lbd.sources.manager import SourceManager

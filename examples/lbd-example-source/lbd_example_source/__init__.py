@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from lbd.config_service import parse_services_document
+from lbd.config import parse_services_document
 from lbd.model import ServiceSpec
 from lbd.sources.base import Publish, ServiceResult, Source
 from lbd.sources.options import options_table

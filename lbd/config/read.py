@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from lbd.model import AddressRange, IPAddress
+from lbd.config.schema import AddressRange
+from lbd.model import IPAddress
 from lbd.selectors import Selectors
 
 MISSING: Any = object()
@@ -112,6 +113,42 @@ class Errors:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+class UniqueNames:
+    """The names given so far to the entries of one ``[[kind]]`` array.
+
+    A name given twice is reported at the repeat, pointing at the first:
+    ``kind[3]: name: "web" is already the name of kind[1]``. Every section
+    with named entries uses this one check, so every one says it the same way.
+    """
+
+    def __init__(self, errors: Errors, kind: str) -> None:
+        self.errors = errors
+        self.kind = kind
+        self.first: dict[str, int] = {}  # name -> index of the entry that has it
+
+    def repeated(self, name: str, index: int, hint: str = "") -> bool:
+        """Whether an earlier entry has ``name`` (then the repeat is reported, ``hint`` appended)."""
+        first = self.first.get(name)
+        if first is None:
+            return False
+        self.errors.add(f"{self.kind}[{index}]", f'name: "{name}" is already the name of {self.kind}[{first}]{hint}')
+        return True
+
+    def add(self, name: str, index: int) -> None:
+        """Entry ``index`` has ``name`` (for the entries whose name counts only once they are sound)."""
+        self.first[name] = index
+
+    def claim(self, name: str, index: int, hint: str = "") -> bool:
+        """Give ``name`` to entry ``index``; False (and the repeat reported) when an earlier entry has it."""
+        if self.repeated(name, index, hint):
+            return False
+        self.add(name, index)
+        return True
+
+    def names(self) -> set[str]:
+        return set(self.first)
 
 
 def read_string_map(errors: Any, where: str, value: Any) -> dict[str, str]:

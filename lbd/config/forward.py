@@ -1,7 +1,7 @@
 """The forwarding keys of a ``[[service]]`` table: backends, forward, snat,
 backend_check, on_no_backend (docs/forwarding.md).
 
-Called by ``lbd.config_service`` for the static source and drop-in files, so
+Called by ``lbd.config.services`` for the static source and drop-in files, so
 every source that writes TOML gets the same checks and messages.
 """
 
@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Sequence
 
-from lbd.config_read import Errors, Table, did_you_mean, got, parse_ip, quote, split_host_port
-from lbd.model import Backend, Family, ForwardingConfig, HealthCheckConfig, PortSpec
+from lbd.config.health import parse_health_check
+from lbd.config.read import Errors, Table, did_you_mean, got, parse_ip, quote, split_host_port
+from lbd.config.schema import ForwardingConfig
+from lbd.model import Backend, Family, HealthCheckConfig, PortSpec
 
 FORWARD_KEYS = ("backends", "forward", "snat", "backend_check", "on_no_backend")
 FORWARD_MODES = ("nat", "dsr")
@@ -135,8 +137,6 @@ def _entry(errors: Errors, at: str, item: object, port: PortSpec, port_allowed: 
 def parse_backend_check(errors: Errors, where: str, data: dict) -> HealthCheckConfig | None:
     """``[service.backend_check]``: the keys of ``health_check`` except ``host``
     (each backend's own address), ``type`` defaulting to tcp and ``port`` to each backend's port."""
-    from lbd.config_service import parse_health_check  # here: config_service imports this module
-
     if "host" in data:
         errors.add(f"{where}: host", "a backend check connects to each backend's own address; remove host")
         data = {k: v for k, v in data.items() if k != "host"}

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import stat
 
-from lbd.config_read import Errors, Table, array_of_tables, did_you_mean, entry_label, quote
-from lbd.model import HookConfig
+from lbd.config.read import Errors, Table, UniqueNames, array_of_tables, did_you_mean, entry_label, quote
+from lbd.config.schema import HookConfig
 
 HOOK_KEYS = ("name", "on", "exec", "timeout")
 # Every event a hook may subscribe to (docs/hooks.md describes each payload).
@@ -41,7 +41,7 @@ def check_executable(path: str) -> str | None:
 
 def parse_hooks(errors: Errors, doc: dict) -> list[HookConfig]:
     out: list[HookConfig] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "hook")
     for i, data in array_of_tables(errors, doc, "hook"):
         label = entry_label("hook", data, i)
         t = Table(errors, label, data, HOOK_KEYS)
@@ -71,12 +71,11 @@ def parse_hooks(errors: Errors, doc: dict) -> list[HookConfig]:
             if problem:
                 t.error("exec[0]", problem)
         timeout = t.seconds("timeout", 10.0, positive=True, hi=MAX_TIMEOUT)
-        if name is not None and name in seen:
-            errors.add(f"hook[{i}]", f'name: "{name}" is already the name of hook[{seen[name]}]')
+        if name is not None and names.repeated(name, i):
             continue
         if name is None or not command:
             continue
-        seen[name] = i
+        names.add(name, i)  # a hook without a command does not take its name
         out.append(HookConfig(name=name, on=tuple(e for e in events if e in HOOK_EVENTS), exec=tuple(command),
                               timeout=timeout if timeout is not None else 10.0))
     return out

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lbd.config_read import Errors, Table, array_of_tables, did_you_mean, entry_label
-from lbd.model import BfdProfileConfig, BgpPeerConfig
+from lbd.config.read import Errors, Table, UniqueNames, array_of_tables, did_you_mean, entry_label
+from lbd.config.schema import BfdProfileConfig, BgpPeerConfig
 
 PROFILE_KEYS = (
     "name", "receive_interval", "transmit_interval", "detect_multiplier", "echo_interval", "echo_mode",
@@ -23,7 +23,7 @@ def parse_bfd_profiles(errors: Errors, doc: dict, base: Path) -> tuple[list[BfdP
     """The sound profiles, and every profile name (broken ones too, so that a
     peer naming a broken profile is not also reported as naming a missing one)."""
     out: list[BfdProfileConfig] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "bfd_profile")
     for i, data in array_of_tables(errors, doc, "bfd_profile"):
         label = entry_label("bfd_profile", data, i)
         before = len(errors)
@@ -57,11 +57,8 @@ def parse_bfd_profiles(errors: Errors, doc: dict, base: Path) -> tuple[list[BfdP
                 t.error("auth_key_file", f"cannot read {key_file}: {exc.strerror or exc}")
             except BfdAuthError as exc:
                 t.error("auth_key_file", str(exc))
-        if isinstance(name, str):
-            if name in seen:
-                errors.add(f"bfd_profile[{i}]", f'name: "{name}" is already the name of bfd_profile[{seen[name]}]')
-                continue
-            seen[name] = i
+        if isinstance(name, str) and not names.claim(name, i):
+            continue
         if name is None or len(errors) > before:
             continue
         out.append(BfdProfileConfig(
@@ -69,7 +66,7 @@ def parse_bfd_profiles(errors: Errors, doc: dict, base: Path) -> tuple[list[BfdP
             echo_interval=echo_interval, echo_mode=echo_mode, passive_mode=passive, minimum_ttl=minimum_ttl,
             auth_type=auth_type, auth_key_id=key_id, auth_key_file=key_file,
         ))
-    return out, set(seen)
+    return out, names.names()
 
 
 def check_peer_profiles(errors: Errors, peers: list[tuple[str, BgpPeerConfig]], names: set[str]) -> None:

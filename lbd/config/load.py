@@ -1,4 +1,4 @@
-"""TOML configuration (``/etc/lbd.toml``) -> the typed, validated ``lbd.model.Config``.
+"""TOML configuration (``/etc/lbd.toml``) -> the typed, validated ``lbd.config.schema.Config``.
 
 Every problem in the file is collected and reported at once, each as
 ``<file>: <where>: <what>``, for example::
@@ -19,16 +19,19 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from lbd.config_bfd import check_peer_profiles, parse_bfd_profiles
-from lbd.config_bgp import (
+from lbd.config.bfd import check_peer_profiles, parse_bfd_profiles
+from lbd.config.bgp import (
     check_advertisements,
     parse_advertisements,
     parse_communities_table,
     parse_peers,
 )
-from lbd.config_read import (
+from lbd.config.forward import parse_forwarding_section
+from lbd.config.hooks import parse_hooks
+from lbd.config.read import (
     Errors,
     Table,
+    UniqueNames,
     array_of_tables,
     check_endpoint,
     check_ifname,
@@ -38,11 +41,7 @@ from lbd.config_read import (
     parse_address_entry,
     quote,
 )
-from lbd.config_hooks import parse_hooks
-from lbd.config_forward import parse_forwarding_section
-from lbd.ipam import pool_refuses
-from lbd.config_service import _parse_services, parse_service_table, parse_services_document
-from lbd.model import (
+from lbd.config.schema import (
     AddressRange,
     ClusterConfig,
     Config,
@@ -53,26 +52,16 @@ from lbd.model import (
     PoolConfig,
     RouteExportConfig,
     ServiceAllocationConfig,
-    ServiceSpec,
     SourceConfig,
 )
+from lbd.config.services import parse_service_table, parse_services, parse_services_document
+from lbd.model import ServiceSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = [
-    "ConfigError",
-    "DEFAULT_PATH",
-    "STATIC_PREFIX",
-    "load_config",
-    "parse_config",
-    "config_from_document",
-    "parse_service_table",
-    "parse_services_document",
-    "check_services",
-]
 
 DEFAULT_PATH = Path("/etc/lbd.toml")
 STATIC_PREFIX = "static/"  # ServiceSpec.name of a [[service]] table is "static/<name>"
@@ -204,7 +193,7 @@ def _build(errors: Errors, doc: Any, path: Path, validate_source: SourceValidato
     bfd_profiles, bfd_names = parse_bfd_profiles(errors, doc, base)
     check_peer_profiles(errors, peers, bfd_names)
     exports = _route_exports(errors, doc)
-    services, messages = _parse_services(Errors(errors.file), doc, STATIC_PREFIX, partial=True)
+    services, messages = parse_services(Errors(errors.file), doc, STATIC_PREFIX, partial=True)
     errors.extend(messages)
     sources = _sources(errors, doc, validate_source)
     namespaces = _namespaces(errors, doc)
@@ -336,7 +325,7 @@ def _cluster(errors: Errors, data: dict, base: Path) -> ClusterConfig:
 def _pools(errors: Errors, doc: dict) -> list[tuple[str, PoolConfig, tuple[int, ...]]]:
     """Each pool with its label and, per kept range, its index in the file."""
     out: list[tuple[str, PoolConfig, tuple[int, ...]]] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "pool")
     for i, data in array_of_tables(errors, doc, "pool"):
         label = entry_label("pool", data, i)
         t = Table(errors, label, data, POOL_KEYS)
@@ -364,12 +353,8 @@ def _pools(errors: Errors, doc: dict) -> list[tuple[str, PoolConfig, tuple[int, 
         avoid_buggy = t.boolean("avoid_buggy_ips", False)
         labels = t.string_map("labels")
         service_allocation = _service_allocation(t)
-        if name is not None and name in seen:
-            errors.add(f"pool[{i}]", f'name: "{name}" is already the name of pool[{seen[name]}]')
+        if name is None or not names.claim(name, i):
             continue
-        if name is None:
-            continue
-        seen[name] = i
         # Kept even when an entry is broken, so the cross-checks still run on
         # what is valid (the errors already make the whole config invalid).
         out.append((label, PoolConfig(name=name, addresses=tuple(ranges), auto_assign=auto_assign,
@@ -398,18 +383,14 @@ def _namespaces(errors: Errors, doc: dict) -> dict[str, dict[str, str]]:
     """``[[namespace]] name, labels``: the labels pools' namespace_selectors
     match for services of sources that do not supply them (static, directory)."""
     out: dict[str, dict[str, str]] = {}
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "namespace")
     for i, data in array_of_tables(errors, doc, "namespace"):
         label = entry_label("namespace", data, i)
         t = Table(errors, label, data, NAMESPACE_KEYS)
         name = t.name(required=True)
         labels = t.string_map("labels")
-        if name is None:
+        if name is None or not names.claim(name, i):
             continue
-        if name in seen:
-            errors.add(f"namespace[{i}]", f'name: "{name}" is already the name of namespace[{seen[name]}]')
-            continue
-        seen[name] = i
         out[name] = labels
     return out
 
@@ -433,7 +414,7 @@ def _check_overlaps(errors: Errors, pools: list[tuple[str, PoolConfig, tuple[int
 
 def _l2_advertisements(errors: Errors, doc: dict) -> list[tuple[str, L2AdvertisementConfig]]:
     out: list[tuple[str, L2AdvertisementConfig]] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "l2_advertisement")
     defaults = L2AdvertisementConfig(name="")
     for i, data in array_of_tables(errors, doc, "l2_advertisement"):
         label = entry_label("l2_advertisement", data, i)
@@ -454,13 +435,8 @@ def _l2_advertisements(errors: Errors, doc: dict) -> list[tuple[str, L2Advertise
         burst = t.integer("announce_burst", defaults.announce_burst, lo=1, hi=100)
         interval = t.seconds("announce_interval", defaults.announce_interval)
         rate = t.integer("announce_rate", defaults.announce_rate, lo=1, hi=1_000_000)
-        if name is not None and name in seen:
-            errors.add(f"l2_advertisement[{i}]",
-                       f'name: "{name}" is already the name of l2_advertisement[{seen[name]}]')
+        if name is None or not names.claim(name, i):
             continue
-        if name is None:
-            continue
-        seen[name] = i
         out.append((label, L2AdvertisementConfig(
             name=name, pools=pools, interfaces=tuple(interfaces), node_selector=node_selector, mode=mode,
             announce_burst=burst, announce_interval=interval, pool_selectors=pool_selectors,
@@ -471,7 +447,7 @@ def _l2_advertisements(errors: Errors, doc: dict) -> list[tuple[str, L2Advertise
 
 def _route_exports(errors: Errors, doc: dict) -> list[tuple[str, RouteExportConfig]]:
     out: list[tuple[str, RouteExportConfig]] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "route_export")
     for i, data in array_of_tables(errors, doc, "route_export"):
         label = entry_label("route_export", data, i)
         t = Table(errors, label, data, EXPORT_KEYS)
@@ -493,12 +469,8 @@ def _route_exports(errors: Errors, doc: dict) -> list[tuple[str, RouteExportConf
             interface = check_ifname(errors, t.at("interface"), t.raw("interface")) or "lo"
         node_selector = t.selectors("node_selector")
         accept = t.string("accept", "address", choices=("address", "local-route"))
-        if name is not None and name in seen:
-            errors.add(f"route_export[{i}]", f'name: "{name}" is already the name of route_export[{seen[name]}]')
+        if name is None or not names.claim(name, i):
             continue
-        if name is None:
-            continue
-        seen[name] = i
         out.append((label, RouteExportConfig(
             name=name, table=table if table is not None else 0, pools=pools, protocol=protocol, metric=metric, interface=interface,
             node_selector=node_selector, accept=accept or "address",
@@ -508,19 +480,18 @@ def _route_exports(errors: Errors, doc: dict) -> list[tuple[str, RouteExportConf
 
 def _sources(errors: Errors, doc: dict, validate_source: SourceValidator | None) -> list[SourceConfig]:
     out: list[SourceConfig] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "source")
     for i, data in array_of_tables(errors, doc, "source"):
         t = Table(errors, f"source[{i}]", data, tuple(data))  # options are the plugin's to check
         kind = t.name("type", required=True)
         name = t.name("name", kind)
         label = f'source "{name}"' if name is not None else f"source[{i}]"
-        if name is not None and name in seen:
-            errors.add(f"source[{i}]", f'name: "{name}" is already the name of source[{seen[name]}]'
-                       + ("" if t.has("name") else " (set 'name' to run two sources of one type)"))
+        hint = "" if t.has("name") else " (set 'name' to run two sources of one type)"
+        if name is not None and names.repeated(name, i, hint):
             continue
         if kind is None or name is None:
             continue
-        seen[name] = i
+        names.add(name, i)  # a source without a type does not take its name
         options = {k: v for k, v in data.items() if k not in ("type", "name")}
         source = SourceConfig(type=kind, name=name, options=options)
         if validate_source is not None:
@@ -570,6 +541,9 @@ def check_services(services: Iterable[ServiceSpec], pools: Iterable[PoolConfig],
 
     ``prefix`` is stripped from names so messages say ``service "web"``.
     """
+    # Imported here: lbd.ipam imports lbd.config.schema, and so this package.
+    from lbd.ipam import pool_refuses
+
     errors = Errors(file)
     pools = list(pools)
     names = [p.name for p in pools]

@@ -10,10 +10,11 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from lbd.config_read import (
+from lbd.config.read import (
     MISSING,
     Errors,
     Table,
+    UniqueNames,
     array_of_tables,
     check_ifname,
     check_string,
@@ -22,7 +23,8 @@ from lbd.config_read import (
     got,
     quote,
 )
-from lbd.model import BgpAdvertisementConfig, BgpPeerConfig, Family, PoolConfig
+from lbd.config.schema import BgpAdvertisementConfig, BgpPeerConfig, PoolConfig
+from lbd.model import Family, IPAddress
 from lbd.selectors import selects_pool
 
 ASN_MAX = 4294967295  # RFC 6793: four-octet AS numbers
@@ -127,18 +129,15 @@ def parse_peers(errors: Errors, doc: dict, base: Path) -> tuple[list[tuple[str, 
     broken ones included, so that references to a broken peer are not
     reported as missing too."""
     out: list[tuple[str, BgpPeerConfig]] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "bgp_peer")
     endpoints: dict[tuple, str] = {}
     for i, data in array_of_tables(errors, doc, "bgp_peer"):
         label = entry_label("bgp_peer", data, i)
         before = len(errors)
         peer = _parse_peer(errors, label, data, i, base)
         name = data.get("name", f"peer-{i}")
-        if isinstance(name, str) and name in seen:
-            errors.add(f"bgp_peer[{i}]", f'name: "{name}" is already the name of bgp_peer[{seen[name]}]')
+        if isinstance(name, str) and not names.claim(name, i):
             continue
-        if isinstance(name, str):
-            seen[name] = i
         if peer is None or len(errors) > before:
             continue
         key = (peer.peer_address, peer.peer_port, peer.vrf, frozenset(peer.node_selector))
@@ -148,59 +147,25 @@ def parse_peers(errors: Errors, doc: dict, base: Path) -> tuple[list[tuple[str, 
             continue
         endpoints[key] = label
         out.append((label, peer))
-    return out, set(seen)
+    return out, names.names()
 
 
 def _parse_peer(errors: Errors, label: str, data: dict, index: int, base: Path) -> BgpPeerConfig | None:
     t = Table(errors, label, data, PEER_KEYS)
     name = t.name("name", f"peer-{index}")
-    my_asn = t.integer("my_asn", lo=1, hi=ASN_MAX, required=True)
-    peer_asn = t.integer("peer_asn", lo=1, hi=ASN_MAX)
-    dynamic_asn = t.string("dynamic_asn", choices=("internal", "external"))
-    if t.has("peer_asn") == t.has("dynamic_asn"):
-        t.errors.add(label, "set exactly one of 'peer_asn' and 'dynamic_asn'")
-    local_asn = t.integer("local_asn", lo=1, hi=ASN_MAX)
-    if local_asn is not None and local_asn == my_asn:
-        t.error("local_asn", f"{local_asn} equals my_asn: omit it")
-    peer_address = t.ip("peer_address", required=True)
-    if peer_address is not None and (peer_address.is_unspecified or peer_address.is_multicast):
-        t.error("peer_address", f"{peer_address} cannot be a BGP peer")
-    source_address = t.ip("source_address")
-    if source_address is not None and peer_address is not None and source_address.version != peer_address.version:
-        t.error("source_address", f"{source_address} is {Family.of(source_address).value} but "
-                                  f"peer_address {peer_address} is {Family.of(peer_address).value}")
+    my_asn, peer_asn, dynamic_asn, local_asn = _peer_asns(t)
+    peer_address, source_address = _peer_addresses(t)
     peer_port = t.integer("peer_port", 179, lo=1, hi=65535)
-    # RFC 4271 §4.2: the Hold Time is 16-bit whole seconds, zero or at least three.
-    hold_time = t.seconds("hold_time", 90.0, hi=65535, whole=True)
-    if hold_time is not None and 0 < hold_time < 3:
-        t.error("hold_time", f"{hold_time:g} must be 0 (no keepalives) or at least 3 seconds (RFC 4271 §4.2)")
-    keepalive = t.seconds("keepalive_time")
-    if keepalive is not None and hold_time is not None:
-        if keepalive > hold_time:
-            t.error("keepalive_time", f"{keepalive:g} s is longer than hold_time ({hold_time:g} s)")
-        elif keepalive == 0 and hold_time > 0:
-            t.error("keepalive_time", "0 disables keepalives, which only works with hold_time = 0")
-    connect_time = t.seconds("connect_time", 10.0, lo=1, hi=65535)
+    hold_time, keepalive, connect_time = _peer_timers(t)
     router_id = t.ip("router_id", version=4)
     if router_id is not None and int(router_id) == 0:
         t.error("router_id", "0.0.0.0 is not a valid BGP identifier (RFC 6286 §2.1)")
     node_selector = t.selectors("node_selector")
-    password = t.string("password")
-    if password is not None and len(password.encode()) > MD5_KEY_MAX:
-        t.error("password", f"is {len(password.encode())} bytes; TCP MD5 keys hold at most {MD5_KEY_MAX}")
-    password_file = t.path("password_file", None, base)
-    if t.has("password") and t.has("password_file"):
-        t.errors.add(label, "'password' and 'password_file' are mutually exclusive")
+    password, password_file = _peer_password(t, base)
     bfd_profile = t.name("bfd_profile")
-    graceful_restart = t.boolean("graceful_restart", False)
-    # RFC 4724 §3: the Restart Time field is 12 bits.
-    graceful_restart_time = t.integer("graceful_restart_time", 120, lo=1, hi=4095)
-    if t.has("graceful_restart_time") and not graceful_restart:
-        t.error("graceful_restart_time", "only meaningful with graceful_restart = true")
+    graceful_restart, graceful_restart_time = _graceful_restart(t)
     ebgp_multihop = _multihop(t)
-    vrf = None
-    if t.has("vrf"):
-        vrf = check_ifname(errors, t.at("vrf"), t.raw("vrf"))
+    vrf = check_ifname(errors, t.at("vrf"), t.raw("vrf")) if t.has("vrf") else None
     passive = t.boolean("passive", False)
     dual_stack = t.boolean("dual_stack_address_family", False)
     if my_asn is None or peer_address is None or name is None:
@@ -219,6 +184,68 @@ def _parse_peer(errors: Errors, label: str, data: dict, index: int, base: Path) 
     return peer
 
 
+def _peer_asns(t: Table) -> tuple[int | None, int | None, str | None, int | None]:
+    """``my_asn``, ``peer_asn`` or ``dynamic_asn`` (exactly one), and ``local_asn``."""
+    my_asn = t.integer("my_asn", lo=1, hi=ASN_MAX, required=True)
+    peer_asn = t.integer("peer_asn", lo=1, hi=ASN_MAX)
+    dynamic_asn = t.string("dynamic_asn", choices=("internal", "external"))
+    if t.has("peer_asn") == t.has("dynamic_asn"):
+        t.errors.add(t.where, "set exactly one of 'peer_asn' and 'dynamic_asn'")
+    local_asn = t.integer("local_asn", lo=1, hi=ASN_MAX)
+    if local_asn is not None and local_asn == my_asn:
+        t.error("local_asn", f"{local_asn} equals my_asn: omit it")
+    return my_asn, peer_asn, dynamic_asn, local_asn
+
+
+def _peer_addresses(t: Table) -> tuple[IPAddress | None, IPAddress | None]:
+    """``peer_address`` and ``source_address``, of one family."""
+    peer_address = t.ip("peer_address", required=True)
+    if peer_address is not None and (peer_address.is_unspecified or peer_address.is_multicast):
+        t.error("peer_address", f"{peer_address} cannot be a BGP peer")
+    source_address = t.ip("source_address")
+    if source_address is not None and peer_address is not None and source_address.version != peer_address.version:
+        t.error("source_address", f"{source_address} is {Family.of(source_address).value} but "
+                                  f"peer_address {peer_address} is {Family.of(peer_address).value}")
+    return peer_address, source_address
+
+
+def _peer_timers(t: Table) -> tuple[float | None, float | None, float | None]:
+    """``hold_time``, ``keepalive_time`` and ``connect_time`` in seconds."""
+    # RFC 4271 §4.2: the Hold Time is 16-bit whole seconds, zero or at least three.
+    hold_time = t.seconds("hold_time", 90.0, hi=65535, whole=True)
+    if hold_time is not None and 0 < hold_time < 3:
+        t.error("hold_time", f"{hold_time:g} must be 0 (no keepalives) or at least 3 seconds (RFC 4271 §4.2)")
+    keepalive = t.seconds("keepalive_time")
+    if keepalive is not None and hold_time is not None:
+        if keepalive > hold_time:
+            t.error("keepalive_time", f"{keepalive:g} s is longer than hold_time ({hold_time:g} s)")
+        elif keepalive == 0 and hold_time > 0:
+            t.error("keepalive_time", "0 disables keepalives, which only works with hold_time = 0")
+    connect_time = t.seconds("connect_time", 10.0, lo=1, hi=65535)
+    return hold_time, keepalive, connect_time
+
+
+def _peer_password(t: Table, base: Path) -> tuple[str | None, Path | None]:
+    """The TCP MD5 key (RFC 2385): ``password`` or ``password_file``, not both."""
+    password = t.string("password")
+    if password is not None and len(password.encode()) > MD5_KEY_MAX:
+        t.error("password", f"is {len(password.encode())} bytes; TCP MD5 keys hold at most {MD5_KEY_MAX}")
+    password_file = t.path("password_file", None, base)
+    if t.has("password") and t.has("password_file"):
+        t.errors.add(t.where, "'password' and 'password_file' are mutually exclusive")
+    return password, password_file
+
+
+def _graceful_restart(t: Table) -> tuple[bool, int | None]:
+    """``graceful_restart`` and its ``graceful_restart_time`` (RFC 4724)."""
+    graceful_restart = t.boolean("graceful_restart", False)
+    # RFC 4724 §3: the Restart Time field is 12 bits.
+    graceful_restart_time = t.integer("graceful_restart_time", 120, lo=1, hi=4095)
+    if t.has("graceful_restart_time") and not graceful_restart:
+        t.error("graceful_restart_time", "only meaningful with graceful_restart = true")
+    return graceful_restart, graceful_restart_time
+
+
 def _multihop(t: Table) -> int | None:
     """``ebgp_multihop``: a TTL 1..255, or MetalLB's boolean (true: 255)."""
     value = t.raw("ebgp_multihop")
@@ -231,7 +258,7 @@ def _multihop(t: Table) -> int | None:
 
 def parse_advertisements(errors: Errors, doc: dict, aliases: dict[str, str]) -> list[tuple[str, BgpAdvertisementConfig]]:
     out: list[tuple[str, BgpAdvertisementConfig]] = []
-    seen: dict[str, int] = {}
+    names = UniqueNames(errors, "bgp_advertisement")
     for i, data in array_of_tables(errors, doc, "bgp_advertisement"):
         label = entry_label("bgp_advertisement", data, i)
         t = Table(errors, label, data, ADVERTISEMENT_KEYS)
@@ -260,13 +287,8 @@ def parse_advertisements(errors: Errors, doc: dict, aliases: dict[str, str]) -> 
         node_selector = t.selectors("node_selector")
         pool_selectors = t.selectors("pool_selectors")
         accept = t.string("accept", "local-route", choices=("address", "local-route"))
-        if name is not None and name in seen:
-            errors.add(f"bgp_advertisement[{i}]",
-                       f'name: "{name}" is already the name of bgp_advertisement[{seen[name]}]')
+        if name is None or not names.claim(name, i):
             continue
-        if name is None:
-            continue
-        seen[name] = i
         out.append((label, BgpAdvertisementConfig(
             name=name, pools=pools, aggregation_length=length, aggregation_length_v6=length_v6,
             local_pref=local_pref, communities=tuple(communities), peers=peers, node_selector=node_selector,
