@@ -94,6 +94,7 @@ class ClusterCoordinator(Coordinator):
         self._facts_holds: tuple[str, ...] | None = None  # the holds last given to the facts replica
         self._holds_cache: dict[str, tuple[int, tuple[str, ...]]] = {}  # node -> (version, sorted holds)
         self._facts_task: asyncio.Task[None] | None = None
+        self.monotonic: Callable[[], float] = time.monotonic  # the facts repair's clock (a test passes its own)
         self._me = Member(name=self.name)
         self._meta_sent: bytes | None = None
         self._meta_cache: dict[bytes, nodemeta.NodeMeta | None] = {}
@@ -212,7 +213,7 @@ class ClusterCoordinator(Coordinator):
         infos = self.gossip.members()
         accept = {i.name: i.state in (MemberState.ALIVE, MemberState.SUSPECT) for i in infos}
         version = self.facts.local.version
-        changed, outgoing = self.facts.receive(message, _now_ms(), time.monotonic(),
+        changed, outgoing = self.facts.receive(message, _now_ms(), self.monotonic(),
                                                [n for n, ok in accept.items() if ok and n != self.name], accept)
         self._dispatch(outgoing)
         if self.facts.local.version != version:
@@ -225,13 +226,16 @@ class ClusterCoordinator(Coordinator):
         """Ask for the records we are behind on (a lost delta; a version announced in metadata)."""
         while True:
             await asyncio.sleep(FACTS_REPAIR_INTERVAL)
-            infos = self.gossip.members()
-            announced = {}
-            for info in infos:
-                meta = self._decode(info.meta) if info.state in (MemberState.ALIVE, MemberState.SUSPECT) else None
-                if meta is not None and info.name != self.name:
-                    announced[info.name] = meta.facts_version
-            self._dispatch(self.facts.repair(announced, time.monotonic()))
+            self.repair_facts(self.monotonic())
+
+    def repair_facts(self, now: float) -> None:
+        """One repair round: compare each peer's announced facts version with its record we have."""
+        announced = {}
+        for info in self.gossip.members():
+            meta = self._decode(info.meta) if info.state in (MemberState.ALIVE, MemberState.SUSPECT) else None
+            if meta is not None and info.name != self.name:
+                announced[info.name] = meta.facts_version
+        self._dispatch(self.facts.repair(announced, now))
 
     def _member_facts(self, name: str, meta: nodemeta.NodeMeta) -> tuple[tuple[str, ...], frozenset[str], bool]:
         """(holds, failing, holds known) of a peer: from its record once it arrived, else its metadata."""

@@ -49,6 +49,7 @@ MAX_RECORDS = 65_536  # records per push-pull
 MAX_PENDING = 64  # out-of-order deltas kept per node, waiting for their base
 
 DELTA_BUDGET = 1000  # bytes per UDP broadcast (memberlist packets are 1400 bytes)
+SMALL_RECORD_ITEMS = 200  # records of at most this many VIPs and services may go whole in one broadcast
 MAX_DELTA_BROADCASTS = 8  # beyond this, the whole record over TCP to each member
 REPAIR_GRACE = 0.5  # seconds behind before asking: the missing delta may still be on its way
 REPAIR_INTERVAL = 1.0  # at most one request per owner (and one answer per asker) this often
@@ -111,37 +112,36 @@ def _name(text: str) -> bytes:
     return _U16.pack(len(data)) + data
 
 
-def _runs(addresses: Iterable[IPAddress]) -> list[tuple[IPAddress, int]]:
-    """Contiguous runs (first address, how many) of each family, sorted."""
-    runs: list[tuple[IPAddress, int]] = []
-    for version in (4, 6):
-        values = sorted(int(a) for a in addresses if a.version == version)
-        start = prev = None
+def _runs(addresses: Iterable[IPAddress]) -> list[tuple[int, int, int]]:
+    """Contiguous runs (family, first address as an integer, how many), IPv4 first, each sorted."""
+    runs: list[tuple[int, int, int]] = []
+    v4: list[int] = []
+    v6: list[int] = []
+    for address in addresses:
+        (v4 if isinstance(address, ipaddress.IPv4Address) else v6).append(int(address))
+    for family, values in ((4, sorted(v4)), (6, sorted(v6))):
+        start = prev = -2
         for value in values:
-            if prev is not None and value == prev + 1 and value - start < 2**32:  # type: ignore[operator]
+            if value == prev + 1 and value - start < 2**32:
                 prev = value
                 continue
-            if start is not None and prev is not None:
-                runs.append((_from_int(version, start), prev - start + 1))
+            if start >= 0:
+                runs.append((family, start, prev - start + 1))
             start = prev = value
-        if start is not None and prev is not None:
-            runs.append((_from_int(version, start), prev - start + 1))
+        if start >= 0:
+            runs.append((family, start, prev - start + 1))
     return runs
-
-
-def _from_int(version: int, value: int) -> IPAddress:
-    return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
 
 
 def _addresses(addresses: Iterable[IPAddress]) -> bytes:
     runs = _runs(addresses)
     out = [_U32.pack(len(runs))]
-    for first, count in runs:
+    for family, first, count in runs:
+        packed = _U32.pack(first) if family == 4 else first.to_bytes(16, "big")
         if count == 1:
-            out.append(bytes([_V4_SINGLE if first.version == 4 else _V6_SINGLE]) + first.packed)
+            out.append(bytes([_V4_SINGLE if family == 4 else _V6_SINGLE]) + packed)
         else:
-            out.append(bytes([_V4_RANGE if first.version == 4 else _V6_RANGE]) + first.packed
-                       + _U32.pack(count - 1))
+            out.append(bytes([_V4_RANGE if family == 4 else _V6_RANGE]) + packed + _U32.pack(count - 1))
     return b"".join(out)
 
 
@@ -211,23 +211,26 @@ class _Reader:
         for _ in range(self.count(MAX_ADDRESSES, 5, what)):
             tag = self.take(1, what)[0]
             if tag in (_V4_SINGLE, _V4_RANGE):
-                first: IPAddress = ipaddress.IPv4Address(self.take(4, what))
+                make: type[IPAddress] = ipaddress.IPv4Address
+                first = int(_U32.unpack(self.take(4, what))[0])
+                top = 2**32
             elif tag in (_V6_SINGLE, _V6_RANGE):
-                first = ipaddress.IPv6Address(self.take(16, what))
+                make, first, top = ipaddress.IPv6Address, int.from_bytes(self.take(16, what), "big"), 2**128
             else:
                 raise FactsError(f"{what}: unknown address tag {tag:#x}")
-            extra = self.u32(what) if tag in (_V4_RANGE, _V6_RANGE) else 0
-            if tag in (_V4_RANGE, _V6_RANGE) and extra == 0:
+            if tag in (_V4_SINGLE, _V6_SINGLE):
+                out.add(make(first))
+                continue
+            extra = self.u32(what)
+            if extra == 0:
                 raise FactsError(f"{what}: a range of one address")
             if len(out) + extra + 1 > MAX_ADDRESSES:
                 raise FactsError(f"{what}: more than {MAX_ADDRESSES} addresses")
-            top = 2**32 if first.version == 4 else 2**128
-            if int(first) + extra >= top:
-                raise FactsError(f"{what}: range from {first} runs past the last address")
-            if extra:
-                out.update(first + i for i in range(extra + 1))
-            else:
-                out.add(first)
+            if first + extra >= top:
+                raise FactsError(f"{what}: range from {make(first)} runs past the last address")
+            out.update(make(v) for v in range(first, first + extra + 1))
+        if len(out) > MAX_ADDRESSES:
+            raise FactsError(f"{what}: more than {MAX_ADDRESSES} addresses")
         return frozenset(out)
 
     def strings(self, what: str) -> frozenset[str]:
@@ -330,10 +333,13 @@ class FactsReplica:
         added, removed = new_holds - old.holds, old.holds - new_holds
         f_added, f_removed = new_failing - old.failing, old.failing - new_failing
         record = NodeFacts(self.node, self._tick(now_ms), new_holds, new_failing)
-        whole = encode_records([record])
-        if len(whole) <= DELTA_BUDGET:
-            self.records[self.node] = record
-            return [Broadcast(whole)]
+        # The whole record when it is small (idempotent: a lost one leaves no gap). Counting
+        # first spares encoding 10,000 VIPs to learn that they do not fit.
+        if len(new_holds) + len(new_failing) <= SMALL_RECORD_ITEMS or len(added) + len(removed) > len(new_holds):
+            whole = encode_records([record])
+            if len(whole) <= DELTA_BUDGET:
+                self.records[self.node] = record
+                return [Broadcast(whole)]
         deltas = self._chain(old.version, record.version, added, removed, f_added, f_removed, now_ms)
         self.records[self.node] = NodeFacts(self.node, deltas[-1].version if deltas else record.version,
                                             new_holds, new_failing)
