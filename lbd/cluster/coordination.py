@@ -246,7 +246,8 @@ class ClusterCoordinator(Coordinator):
             return meta.holds, meta.failing, meta.holds_known and not meta.facts_version
         cached = self._holds_cache.get(name)
         if cached is None or cached[0] != record.version:
-            cached = (record.version, tuple(str(a) for a in sorted(record.holds, key=facts.address_key)))
+            # Sorted as text, as the node itself lists them (planner.held_vips).
+            cached = (record.version, tuple(sorted(str(a) for a in record.holds)))
             self._holds_cache[name] = cached
         return cached[1], record.failing, True
 

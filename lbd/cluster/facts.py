@@ -429,12 +429,14 @@ class FactsReplica:
             records, deltas = message, []
         for record in records:
             if record.node == self.node:
-                out += self._refute(record.version, now_ms, peers)
+                if record != self.local:  # our own record echoed back is no news
+                    out += self._refute(record.version, now_ms, peers)
             elif (accept is None or accept.get(record.node, False)) and self._adopt(record):
                 changed.append(record.node)
         for delta in deltas:
             if delta.node == self.node:
-                out += self._refute(delta.version, now_ms, peers)
+                if delta.version > self.local.version:
+                    out += self._refute(delta.version, now_ms, peers)
             elif (accept is None or accept.get(delta.node, False)) and self._apply(delta, now):
                 changed.append(delta.node)
         return changed, out

@@ -234,3 +234,11 @@ def test_an_older_record_never_replaces_a_newer_one() -> None:
     assert b.receive((old,), NOW_MS, 0.0, [])[0] == []
     assert b.receive(FactsDelta("a", 8, 9), NOW_MS, 0.0, [])[0] == []
     assert b.get("a") == new
+
+
+def test_our_own_record_echoed_back_is_no_news() -> None:
+    a, b = FactsReplica("a"), FactsReplica("b")
+    deliver(b, a.publish(vips(3), set(), NOW_MS, ["b"]))
+    version = a.local.version
+    assert a.receive(facts.decode(b.state()), NOW_MS, 0.0, ["b"]) == ([], [])
+    assert a.local.version == version
