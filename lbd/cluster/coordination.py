@@ -154,7 +154,7 @@ class ClusterCoordinator(Coordinator):
             data, dropped = nodemeta.encode(meta)
         except ValueError as exc:
             log.error("node_metadata_too_large", error=str(exc))
-            data, dropped = self._meta_sent, []
+            data, dropped = None, []  # keep what we published; the facts still go out
         if data is not None and data != self._meta_sent or outgoing:
             if dropped and data != self._meta_sent:
                 log.info("node_metadata_trimmed", dropped=dropped, detail="carried by the node facts record")

@@ -42,7 +42,7 @@ KIND_DELTA = 2
 KIND_REQUEST = 3
 
 MAX_VERSION = 2**63 - 1
-MAX_NAME_BYTES = 1024  # node and service names on the wire
+MAX_NAME_BYTES = 65_535  # node and service names on the wire (a u16 length)
 MAX_ADDRESSES = 200_000  # held VIPs per record (ranges expanded): a bound on a hostile range
 MAX_FAILING = 100_000  # failing services per record
 MAX_RECORDS = 65_536  # records per push-pull
@@ -345,7 +345,10 @@ class FactsReplica:
                                             new_holds, new_failing)
         if len(deltas) > MAX_DELTA_BROADCASTS:
             return self._send_whole(peers)
-        return [Broadcast(encode_delta(d)) for d in deltas]
+        payloads = [encode_delta(d) for d in deltas]
+        if any(len(p) > DELTA_BUDGET for p in payloads):
+            return self._send_whole(peers)  # one item alone too big for a packet (a very long service name)
+        return [Broadcast(p) for p in payloads]
 
     def _send_whole(self, peers: Sequence[str]) -> list[Outgoing]:
         payload = encode_records([self.local])

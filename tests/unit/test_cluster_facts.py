@@ -242,3 +242,12 @@ def test_our_own_record_echoed_back_is_no_news() -> None:
     version = a.local.version
     assert a.receive(facts.decode(b.state()), NOW_MS, 0.0, ["b"]) == ([], [])
     assert a.local.version == version
+
+
+def test_a_service_name_too_long_for_a_packet_goes_over_tcp() -> None:
+    a, b = FactsReplica("a"), FactsReplica("b")
+    deliver(b, a.publish(vips(300, step=2), set(), NOW_MS, ["b"]))
+    out = a.publish(vips(300, step=2), {"x" * 2000}, NOW_MS, ["b"])
+    assert [type(o) for o in out] == [Send]
+    deliver(b, out)
+    assert b.get("a") == a.local
