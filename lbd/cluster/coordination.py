@@ -50,7 +50,7 @@ from lbd.coordination import Coordinator, Handover, HeldVips
 from lbd.ipam import AllocationResult, allocate
 from lbd.metrics import REGISTRY
 from lbd.config.schema import Config
-from lbd.model import Allocation, Member, MemberState, ServiceSpec
+from lbd.model import Allocation, IPAddress, Member, MemberState, ServiceSpec
 
 log = structlog.get_logger(__name__)
 
@@ -143,9 +143,9 @@ class ClusterCoordinator(Coordinator):
             return
         outgoing: list[facts.Outgoing] = []
         if me.holds != self._facts_holds or me.failing != self.facts.local.failing or not self.facts.local.version:
-            self._facts_holds = me.holds
-            outgoing = self.facts.publish((ipaddress.ip_address(v) for v in me.holds), me.failing, _now_ms(),
+            outgoing = self.facts.publish(self._held_addresses(me.holds), me.failing, _now_ms(),
                                           self._alive_peer_names())
+            self._facts_holds = me.holds
         # Holds live only in the facts record ("H": older nodes read them as unknown, as they did
         # past a hundred VIPs); failing is also kept here when it fits, for older nodes.
         meta = nodemeta.NodeMeta(labels=me.labels, interfaces=me.interfaces, drained=me.drained,
@@ -179,6 +179,13 @@ class ClusterCoordinator(Coordinator):
             self.gossip.set_meta(data)
 
     # -- node facts (lbd.cluster.facts) ------------------------------------------
+
+    def _held_addresses(self, holds: Sequence[str]) -> frozenset[IPAddress]:
+        """``holds`` as addresses, parsing only what changed since the last publish (10,000 VIPs, one new)."""
+        before = set(self._facts_holds or ())
+        now = set(holds)
+        removed = {ipaddress.ip_address(v) for v in before - now}
+        return (self.facts.local.holds - removed) | {ipaddress.ip_address(v) for v in now - before}
 
     def _alive_peer_names(self) -> list[str]:
         return [i.name for i in self.gossip.members()
@@ -237,6 +244,12 @@ class ClusterCoordinator(Coordinator):
                 announced[info.name] = meta.facts_version
         self._dispatch(self.facts.repair(announced, now))
 
+    def _own_holds(self) -> tuple[str, ...]:
+        """Our holds with a set lookup (the planner asks per VIP whether we hold it)."""
+        if not isinstance(self._me.holds, facts.HeldVips):
+            self._me = replace(self._me, holds=facts.HeldVips(self._me.holds))
+        return self._me.holds
+
     def _member_facts(self, name: str, meta: nodemeta.NodeMeta) -> tuple[tuple[str, ...], frozenset[str], bool]:
         """(holds, failing, holds known) of a peer: from its record once it arrived, else its metadata."""
         record = self.facts.get(name)
@@ -247,7 +260,7 @@ class ClusterCoordinator(Coordinator):
         cached = self._holds_cache.get(name)
         if cached is None or cached[0] != record.version:
             # Sorted as text, as the node itself lists them (planner.held_vips).
-            cached = (record.version, tuple(sorted(str(a) for a in record.holds)))
+            cached = (record.version, facts.HeldVips(sorted(str(a) for a in record.holds)))
             self._holds_cache[name] = cached
         return cached[1], record.failing, True
 
@@ -262,7 +275,7 @@ class ClusterCoordinator(Coordinator):
         holding = self._holding(infos)
         for info in infos:
             if info.name == self.name:
-                me = replace(self._me, address=info.addr, incarnation=info.incarnation)
+                me = replace(self._me, address=info.addr, incarnation=info.incarnation, holds=self._own_holds())
                 if self._refused or holding:
                     # Our key does not open the cluster's traffic: announcing alone would
                     # duplicate every VIP the cluster serves. Own nothing until we join.
