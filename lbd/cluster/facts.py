@@ -352,40 +352,38 @@ class FactsReplica:
         added, removed = new_holds - old.holds, old.holds - new_holds
         f_added, f_removed = new_failing - old.failing, old.failing - new_failing
         record = NodeFacts(self.node, self._tick(now_ms), new_holds, new_failing)
-        # The whole record when it is small (idempotent: a lost one leaves no gap). Counting
-        # first spares encoding 10,000 VIPs to learn that they do not fit.
-        if len(new_holds) + len(new_failing) <= SMALL_RECORD_ITEMS or len(added) + len(removed) > len(new_holds):
+        items = [*(("h+", a) for a in sorted(added, key=address_key)), *(("h-", a) for a in sorted(removed, key=address_key)),
+                 *(("f+", v) for v in sorted(f_added)), *(("f-", v) for v in sorted(f_removed))]
+        if len(new_holds) + len(new_failing) <= SMALL_RECORD_ITEMS or \
+                sum(_item_cost(v) for _, v in items) > MAX_DELTA_BROADCASTS * (DELTA_BUDGET - self._delta_header()):
+            # Small: the whole record (idempotent, a lost one leaves no gap). A change too big for
+            # the delta broadcasts: the whole record too, in one broadcast when its ranges fit
+            # (10,000 contiguous VIPs take 9 bytes), else over TCP to every member.
+            self.records[self.node] = record
             whole = encode_records([record])
-            if len(whole) <= DELTA_BUDGET:
-                self.records[self.node] = record
-                return [Broadcast(whole)]
-        deltas = self._chain(old.version, record.version, added, removed, f_added, f_removed, now_ms)
-        self.records[self.node] = NodeFacts(self.node, deltas[-1].version if deltas else record.version,
-                                            new_holds, new_failing)
-        if len(deltas) > MAX_DELTA_BROADCASTS:
-            return self._send_whole(peers)
+            return [Broadcast(whole)] if len(whole) <= DELTA_BUDGET else self._send_whole(peers, whole)
+        deltas = self._chain(old.version, record.version, items, now_ms)
+        self.records[self.node] = NodeFacts(self.node, deltas[-1].version, new_holds, new_failing)
         payloads = [encode_delta(d) for d in deltas]
-        if any(len(p) > DELTA_BUDGET for p in payloads):
-            return self._send_whole(peers)  # one item alone too big for a packet (a very long service name)
+        if len(deltas) > MAX_DELTA_BROADCASTS or any(len(p) > DELTA_BUDGET for p in payloads):
+            return self._send_whole(peers)  # an item alone too big for a packet (a very long service name)
         return [Broadcast(p) for p in payloads]
 
-    def _send_whole(self, peers: Sequence[str]) -> list[Outgoing]:
-        payload = encode_records([self.local])
+    def _send_whole(self, peers: Sequence[str], payload: bytes | None = None) -> list[Outgoing]:
+        payload = encode_records([self.local]) if payload is None else payload
         return [Send(p, payload) for p in peers if p != self.node]
 
-    def _chain(self, base: int, version: int, added: frozenset[IPAddress], removed: frozenset[IPAddress],
-               f_added: frozenset[str], f_removed: frozenset[str], now_ms: int) -> list[FactsDelta]:
+    def _delta_header(self) -> int:
+        return 2 + len(_name(self.node)) + 16 + 16  # format, kind, name, base, version, four counts
+
+    def _chain(self, base: int, version: int, items: Sequence[tuple[str, IPAddress | str]],
+               now_ms: int) -> list[FactsDelta]:
         """The change as deltas of at most DELTA_BUDGET bytes each, chained base -> version -> ..."""
-        items: list[tuple[str, object]] = [("h+", a) for a in sorted(added, key=address_key)]
-        items += [("h-", a) for a in sorted(removed, key=address_key)]
-        items += [("f+", s) for s in sorted(f_added)] + [("f-", s) for s in sorted(f_removed)]
-        header = 2 + len(_name(self.node)) + 16 + 16
-        chunks: list[list[tuple[str, object]]] = [[]]
+        header = self._delta_header()
+        chunks: list[list[tuple[str, IPAddress | str]]] = [[]]
         size = header
         for kind, value in items:
-            # Worst case per item (a single address, uncompressed): ranges only make it smaller.
-            cost = (17 if isinstance(value, ipaddress.IPv6Address) else 5) if kind[0] == "h" \
-                else 2 + len(str(value).encode())
+            cost = _item_cost(value)
             if chunks[-1] and size + cost > DELTA_BUDGET:
                 chunks.append([])
                 size = header
@@ -394,11 +392,15 @@ class FactsReplica:
         deltas = []
         for i, chunk in enumerate(chunks):
             stamp = version if i == 0 else self._tick(now_ms)
-            sets: dict[str, set[object]] = {"h+": set(), "h-": set(), "f+": set(), "f-": set()}
+            held: dict[str, set[IPAddress]] = {"h+": set(), "h-": set()}
+            failing: dict[str, set[str]] = {"f+": set(), "f-": set()}
             for kind, value in chunk:
-                sets[kind].add(value)
-            deltas.append(FactsDelta(self.node, base, stamp, frozenset(sets["h+"]), frozenset(sets["h-"]),  # type: ignore[arg-type]
-                                     frozenset(sets["f+"]), frozenset(sets["f-"])))  # type: ignore[arg-type]
+                if isinstance(value, str):
+                    failing[kind].add(value)
+                else:
+                    held[kind].add(value)
+            deltas.append(FactsDelta(self.node, base, stamp, frozenset(held["h+"]), frozenset(held["h-"]),
+                                     frozenset(failing["f+"]), frozenset(failing["f-"])))
             base = stamp
         return deltas
 
@@ -543,6 +545,13 @@ class FactsReplica:
         keep = set(members) | {self.node}
         for node in [n for n in self.records if n not in keep]:
             self.forget(node)
+
+
+def _item_cost(value: IPAddress | str) -> int:
+    """Bytes an item takes in a delta at worst (a single address; ranges only make it smaller)."""
+    if isinstance(value, str):
+        return 2 + len(value.encode())
+    return 5 if value.version == 4 else 17
 
 
 def address_key(address: IPAddress) -> tuple[int, int]:

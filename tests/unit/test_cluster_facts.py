@@ -251,3 +251,11 @@ def test_a_service_name_too_long_for_a_packet_goes_over_tcp() -> None:
     assert [type(o) for o in out] == [Send]
     deliver(b, out)
     assert b.get("a") == a.local
+
+
+def test_ten_thousand_contiguous_vips_at_once_are_one_broadcast() -> None:
+    a, b = FactsReplica("a"), FactsReplica("b")
+    out = a.publish(vips(10_000), set(), NOW_MS, ["b"])
+    assert len(out) == 1 and isinstance(out[0], Broadcast) and len(out[0].payload) < 100
+    deliver(b, out)
+    assert b.get("a") == a.local
