@@ -71,6 +71,10 @@ CONFLICTS = Counter("lbd_allocation_conflicts_resolved", "Allocations dropped be
 TABLE_REJECTED = Counter("lbd_allocation_table_entries_refused",
                          "Allocation table entries from peers refused: stamped too far in the future",
                          registry=REGISTRY)
+FACTS_REJECTED = Counter("lbd_node_facts_rejected", "Node facts messages from peers refused as malformed",
+                         registry=REGISTRY)
+FACTS_REQUESTS = Counter("lbd_node_facts_requests", "Requests sent for a peer's facts record after a missed version",
+                         registry=REGISTRY)
 TABLE_UPDATES = Counter("lbd_allocation_table_entries_received", "Allocation table entries adopted from peers",
                         registry=REGISTRY)
 
@@ -215,6 +219,7 @@ class ClusterCoordinator(Coordinator):
         try:
             message = facts.decode(payload)
         except facts.FactsError as exc:
+            FACTS_REJECTED.inc()
             log.warning("facts_message_rejected", via=via, error=str(exc))
             return
         infos = self.gossip.members()
@@ -242,7 +247,11 @@ class ClusterCoordinator(Coordinator):
             meta = self._decode(info.meta) if info.state in (MemberState.ALIVE, MemberState.SUSPECT) else None
             if meta is not None and info.name != self.name:
                 announced[info.name] = meta.facts_version
-        self._dispatch(self.facts.repair(announced, now))
+        requests = self.facts.repair(announced, now)
+        if requests:
+            FACTS_REQUESTS.inc(len(requests))
+            log.info("facts_record_requested", nodes=[r.node for r in requests if isinstance(r, facts.Send)])
+        self._dispatch(requests)
 
     def _own_holds(self) -> tuple[str, ...]:
         """Our holds with a set lookup (the planner asks per VIP whether we hold it)."""
@@ -415,6 +424,7 @@ class ClusterCoordinator(Coordinator):
             try:
                 state = base64.b64decode(extra[FACTS_STATE_KEY], validate=True)
             except (binascii.Error, ValueError):
+                FACTS_REJECTED.inc()
                 log.warning("facts_message_rejected", via=via, error="node facts are not base64")
             else:
                 self._receive_facts(state, via)
