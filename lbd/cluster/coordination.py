@@ -255,8 +255,8 @@ class ClusterCoordinator(Coordinator):
 
     def _own_holds(self) -> tuple[str, ...]:
         """Our holds with a set lookup (the planner asks per VIP whether we hold it)."""
-        if not isinstance(self._me.holds, facts.HeldVips):
-            self._me = replace(self._me, holds=facts.HeldVips(self._me.holds))
+        if not isinstance(self._me.holds, facts.IndexedHolds):
+            self._me = replace(self._me, holds=facts.IndexedHolds(self._me.holds))
         return self._me.holds
 
     def _member_facts(self, name: str, meta: nodemeta.NodeMeta) -> tuple[tuple[str, ...], frozenset[str], bool]:
@@ -269,7 +269,7 @@ class ClusterCoordinator(Coordinator):
         cached = self._holds_cache.get(name)
         if cached is None or cached[0] != record.version:
             # Sorted as text, as the node itself lists them (planner.held_vips).
-            cached = (record.version, facts.HeldVips(sorted(str(a) for a in record.holds)))
+            cached = (record.version, facts.IndexedHolds(sorted(str(a) for a in record.holds)))
             self._holds_cache[name] = cached
         return cached[1], record.failing, True
 

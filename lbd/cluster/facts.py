@@ -102,7 +102,7 @@ class FactsRequest:
 Message = tuple[NodeFacts, ...] | FactsDelta | FactsRequest
 
 
-class HeldVips(tuple[str, ...]):
+class IndexedHolds(tuple[str, ...]):
     """The VIP texts a member holds, sorted as ``planner.held_vips`` lists them, with ``in`` a set lookup.
 
     ``Member.holds`` is a tuple, and the planner and the daemon ask ``str(vip) in
@@ -112,7 +112,7 @@ class HeldVips(tuple[str, ...]):
 
     _index: frozenset[str]
 
-    def __new__(cls, vips: Iterable[str]) -> "HeldVips":
+    def __new__(cls, vips: Iterable[str]) -> "IndexedHolds":
         held = super().__new__(cls, vips)
         held._index = frozenset(held)
         return held

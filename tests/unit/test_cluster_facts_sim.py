@@ -13,8 +13,9 @@ import ipaddress
 from pathlib import Path
 
 from lbd.cluster.coordination import FACTS_MESSAGE, ClusterCoordinator
-from lbd.cluster.facts import HeldVips
-from lbd.cluster.swim import MemberInfo, Swim
+from lbd.cluster.facts import IndexedHolds
+from lbd.cluster.events import MemberInfo
+from lbd.cluster.swim import Swim
 from lbd.cluster.transport import UserPayload
 from lbd.config import parse_config
 from lbd.model import Member, MemberState
@@ -119,8 +120,8 @@ async def test_ten_thousand_held_vips_and_a_thousand_failing_services_reach_the_
     seen = cluster.view("n2", "n1")
     assert seen.holds_known and seen.holds == HELD and seen.failing == FAILING
     # The planner asks "in holds" once per VIP: a set lookup, for peers and for ourselves.
-    assert isinstance(seen.holds, HeldVips) and "10.77.8.2" in seen.holds and "10.77.8.1" not in seen.holds
-    assert isinstance(cluster.view("n1", "n1").holds, HeldVips) and cluster.view("n1", "n1").holds == HELD
+    assert isinstance(seen.holds, IndexedHolds) and "10.77.8.2" in seen.holds and "10.77.8.1" not in seen.holds
+    assert isinstance(cluster.view("n1", "n1").holds, IndexedHolds) and cluster.view("n1", "n1").holds == HELD
     # A small change then travels as a delta, and its loss is repaired (the version in the metadata).
     cluster.lose_facts.add("n2")
     n1.update_local(Member(name="n1", interfaces=LAN, holds=HELD[1:], failing=FAILING - {"static/service-0000"}))
