@@ -217,7 +217,7 @@ class ClusterCoordinator(Coordinator):
 
     def _receive_facts(self, payload: bytes, via: str) -> None:
         try:
-            message = facts.decode(payload)
+            message = facts.decode(payload, known=self.facts.versions())
         except facts.FactsError as exc:
             FACTS_REJECTED.inc()
             log.warning("facts_message_rejected", via=via, error=str(exc))

@@ -225,8 +225,10 @@ class _Reader:
             raise FactsError(f"{what}: {n} items do not fit (at most {limit}, {len(self.data) - self.pos} bytes left)")
         return n
 
-    def addresses(self, what: str) -> frozenset[IPAddress]:
+    def addresses(self, what: str, build: bool = True) -> frozenset[IPAddress]:
+        """An address set; with ``build`` false only checked (a record we already have)."""
         out: set[IPAddress] = set()
+        total = 0
         for _ in range(self.count(MAX_ADDRESSES, 5, what)):
             tag = self.take(1, what)[0]
             if tag in (_V4_SINGLE, _V4_RANGE):
@@ -237,17 +239,16 @@ class _Reader:
                 make, first, top = ipaddress.IPv6Address, int.from_bytes(self.take(16, what), "big"), 2**128
             else:
                 raise FactsError(f"{what}: unknown address tag {tag:#x}")
-            if tag in (_V4_SINGLE, _V6_SINGLE):
-                out.add(make(first))
-                continue
-            extra = self.u32(what)
-            if extra == 0:
+            extra = 0 if tag in (_V4_SINGLE, _V6_SINGLE) else self.u32(what)
+            if tag in (_V4_RANGE, _V6_RANGE) and extra == 0:
                 raise FactsError(f"{what}: a range of one address")
-            if len(out) + extra + 1 > MAX_ADDRESSES:
+            total += extra + 1
+            if total > MAX_ADDRESSES:
                 raise FactsError(f"{what}: more than {MAX_ADDRESSES} addresses")
             if first + extra >= top:
                 raise FactsError(f"{what}: range from {make(first)} runs past the last address")
-            out.update(make(v) for v in range(first, first + extra + 1))
+            if build:
+                out.update(make(v) for v in range(first, first + extra + 1))
         if len(out) > MAX_ADDRESSES:
             raise FactsError(f"{what}: more than {MAX_ADDRESSES} addresses")
         return frozenset(out)
@@ -260,8 +261,13 @@ class _Reader:
             raise FactsError(f"{len(self.data) - self.pos} bytes after the message")
 
 
-def decode(data: bytes) -> Message:
-    """A message from the wire: whole records, a delta or a request; FactsError on anything malformed."""
+def decode(data: bytes, known: Mapping[str, int] | None = None) -> Message:
+    """A message from the wire: whole records, a delta or a request; FactsError on anything malformed.
+
+    Records no newer than ``known`` (node -> the version we have) are checked but
+    left out of the result: a push-pull repeats every record, mostly unchanged,
+    and building 10,000 addresses again to throw them away costs more than reading.
+    """
     reader = _Reader(data)
     head = reader.take(2, "header")
     if head[0] != FORMAT_VERSION:
@@ -271,9 +277,11 @@ def decode(data: bytes) -> Message:
     if kind == KIND_RECORDS:
         records = []
         for _ in range(reader.count(MAX_RECORDS, 19, "records")):
-            node = reader.name("node name")
-            records.append(NodeFacts(node, reader.version("version"), reader.addresses("holds"),
-                                     reader.strings("failing")))
+            node, version = reader.name("node name"), reader.version("version")
+            new = known is None or version > known.get(node, -1)
+            holds, failing = reader.addresses("holds", build=new), reader.strings("failing")
+            if new:
+                records.append(NodeFacts(node, version, holds, failing))
         message = tuple(records)
     elif kind == KIND_DELTA:
         node = reader.name("node name")
@@ -328,6 +336,7 @@ class FactsReplica:
     _behind_since: dict[str, float] = field(default_factory=dict)
     _asked: dict[str, float] = field(default_factory=dict)
     _answered: dict[str, float] = field(default_factory=dict)
+    _encoded: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # node -> (version, its record's bytes)
 
     def __post_init__(self) -> None:
         self.records.setdefault(self.node, NodeFacts(self.node, 0))
@@ -423,11 +432,24 @@ class FactsReplica:
         self._asked.pop(node, None)
         self._answered.pop(node, None)
 
+    def versions(self) -> dict[str, int]:
+        """node -> the version of its record we have (``decode``'s ``known``)."""
+        return {n: r.version for n, r in self.records.items() if n != self.node or r.version}
+
     def state(self) -> bytes:
-        """Push-pull: every record we know (ours first)."""
+        """Push-pull: every record we know (ours first); each record encoded once per version."""
         known = [self.local] if self.local.version else []
         known += [r for n, r in sorted(self.records.items()) if n != self.node]
-        return encode_records(known)
+        parts = []
+        for record in known:
+            cached = self._encoded.get(record.node)
+            if cached is None or cached[0] != record.version:
+                cached = (record.version, _record(record))
+                self._encoded[record.node] = cached
+            parts.append(cached[1])
+        for node in [n for n in self._encoded if n not in self.records]:
+            del self._encoded[node]
+        return bytes([FORMAT_VERSION, KIND_RECORDS]) + _U32.pack(len(parts)) + b"".join(parts)
 
     def receive(self, message: Message, now_ms: int, now: float, peers: Sequence[str],
                 accept: Mapping[str, bool] | None = None) -> tuple[list[str], list[Outgoing]]:

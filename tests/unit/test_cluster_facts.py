@@ -259,3 +259,14 @@ def test_ten_thousand_contiguous_vips_at_once_are_one_broadcast() -> None:
     assert len(out) == 1 and isinstance(out[0], Broadcast) and len(out[0].payload) < 100
     deliver(b, out)
     assert b.get("a") == a.local
+
+
+def test_push_pull_records_we_already_have_are_checked_but_not_built_again() -> None:
+    a, b = FactsReplica("a"), FactsReplica("b")
+    deliver(b, a.publish(vips(5_000, step=2), set(), NOW_MS, ["b"]))
+    state = a.state()
+    assert a.state() is not state and a.state() == state  # encoded once per version, the same bytes
+    assert facts.decode(state, known=b.versions()) == ()
+    assert facts.decode(state, known={"a": a.local.version - 1}) == (a.local,)
+    with pytest.raises(FactsError):
+        facts.decode(state[:-1], known=b.versions())  # still checked
