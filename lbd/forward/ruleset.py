@@ -246,13 +246,7 @@ def desired(
     the health of every backend of a service whose version did not change.
     """
     last_weights = previous.weights if previous is not None else {}
-    kept_weights: dict[tuple[str, str], int] = {}
-    ports: list[PortForward] = []
-    backends: dict[str, BackendTarget] = {}
-    snat: set[tuple[int, str, str, int]] = set()
-    view_source: list[tuple[str, _Group, tuple[bool | None, ...], maglev.MaglevTable]] = []
-    no_backend: dict[str, str] = {}
-    uses_dsr = False
+    out = _Collected()
     for name in sorted(services):
         spec = services[name]
         allocation = allocations.get(name)
@@ -261,41 +255,78 @@ def desired(
         total_up = 0
         version = versions(name) if versions is not None else None
         for group in _groups(name, spec, allocation, forwarding, interfaces):
-            if version is not None and group.seen is not None and group.seen[0] == version:
-                oks = group.seen[1]
-            else:
-                oks = tuple([healthy(name, m.backend) for m in group.members])
-                if version is not None:
-                    group.seen = (version, oks)
+            oks = _group_health(name, group, healthy, version)
             drained = tuple([last_weights.get((name, m.endpoint), 1) for m in group.drained])
-            key = (oks, drained)
-            hit = group.last
-            if hit is not None and hit[0] == key:
-                _, pf, up, table = hit  # nothing of this port changed: no table, no bucket work
-            else:
-                pf, up, table = _port(group, oks, drained, forwarding.table_size)
-                group.last = (key, pf, up, table)
-            snat.update(group.snat)
-            backends.update(group.targets)
-            kept_weights.update(group.weights)
-            for m, kept in zip(group.drained, drained):
-                kept_weights[(name, m.endpoint)] = kept
+            pf, up, table = _group_port(group, oks, drained, forwarding.table_size)
+            out.add(name, group, oks, drained, pf, table)
             total_up += up
-            view_source.append((name, group, oks, table))
-            ports.append(pf)
-            uses_dsr = uses_dsr or spec.forward == "dsr"
+            out.uses_dsr = out.uses_dsr or spec.forward == "dsr"
         if total_up == 0:
-            no_backend[name] = f"no healthy backend (0 of {len(spec.backends)} up on this node)"
+            out.no_backend[name] = f"no healthy backend (0 of {len(spec.backends)} up on this node)"
     for gone in set(_STATIC) - set(services):
         del _STATIC[gone]
-    devices = tuple(sorted(interfaces)) if uses_dsr else ()
-    ruleset = Ruleset(
-        ports=tuple(sorted(ports, key=lambda p: p.name)),
-        backends=_sorted_targets(backends),
-        snat=tuple(sorted(snat)),
-        devices=devices,
-    )
-    return Desired(ruleset=ruleset, view_source=view_source, no_backend=no_backend, weights=kept_weights)
+    return out.desired(interfaces)
+
+
+def _group_health(name: str, group: "_Group", healthy: Callable[[str, Backend], bool | None],
+                  version: object) -> tuple[bool | None, ...]:
+    """The health of each member of one VIP port: the last answer again while the service's
+    health ``version`` (None: unknown, ask) is the one it was asked at."""
+    if version is not None and group.seen is not None and group.seen[0] == version:
+        return group.seen[1]
+    oks = tuple([healthy(name, m.backend) for m in group.members])
+    if version is not None:
+        group.seen = (version, oks)
+    return oks
+
+
+def _group_port(group: "_Group", oks: tuple[bool | None, ...], drained: tuple[int, ...],
+                size: int) -> tuple[PortForward, int, maglev.MaglevTable]:
+    """``_port`` for this health and these drained weights, or its last answer when neither
+    changed (no table, no bucket work)."""
+    key = (oks, drained)
+    hit = group.last
+    if hit is not None and hit[0] == key:
+        _, pf, up, table = hit
+        return pf, up, table
+    pf, up, table = _port(group, oks, drained, size)
+    group.last = (key, pf, up, table)
+    return pf, up, table
+
+
+@dataclass
+class _Collected:
+    """What ``desired`` gathers over the VIP ports of every service, then turns into a ``Desired``."""
+
+    ports: list[PortForward] = field(default_factory=list)
+    backends: dict[str, BackendTarget] = field(default_factory=dict)
+    snat: set[tuple[int, str, str, int]] = field(default_factory=set)
+    view_source: list[tuple[str, "_Group", tuple[bool | None, ...], maglev.MaglevTable]] = field(default_factory=list)
+    no_backend: dict[str, str] = field(default_factory=dict)
+    kept_weights: dict[tuple[str, str], int] = field(default_factory=dict)
+    uses_dsr: bool = False
+
+    def add(self, name: str, group: "_Group", oks: tuple[bool | None, ...], drained: tuple[int, ...],
+            pf: PortForward, table: maglev.MaglevTable) -> None:
+        """One VIP port: its port, backends, snat entries and the weights to remember."""
+        self.snat.update(group.snat)
+        self.backends.update(group.targets)
+        self.kept_weights.update(group.weights)
+        for m, kept in zip(group.drained, drained):
+            self.kept_weights[(name, m.endpoint)] = kept
+        self.view_source.append((name, group, oks, table))
+        self.ports.append(pf)
+
+    def desired(self, interfaces: Mapping[str, Sequence[IPInterface]]) -> Desired:
+        devices = tuple(sorted(interfaces)) if self.uses_dsr else ()
+        ruleset = Ruleset(
+            ports=tuple(sorted(self.ports, key=lambda p: p.name)),
+            backends=_sorted_targets(self.backends),
+            snat=tuple(sorted(self.snat)),
+            devices=devices,
+        )
+        return Desired(ruleset=ruleset, view_source=self.view_source, no_backend=self.no_backend,
+                       weights=self.kept_weights)
 
 
 def _port(group: "_Group", oks: tuple[bool | None, ...], drained: tuple[int, ...],
@@ -606,93 +637,132 @@ def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, A
 
     # 2. new port chains; the bucket maps of every port
     for name, p in new_ports.items():
-        if old_ports.get(name) is p:  # a port whose health did not change is the very same object
-            continue
-        t = _t(p.table_family)
-        before_maps: dict[str, tuple[str, ...]] = {}
-        if name not in old_ports:
-            ops.append({"add": {"chain": {**t, "name": name}}})
-            for expr in _port_rules(p):
-                ops.append({"add": {"rule": {**t, "chain": name, "expr": expr}}})
-        else:
-            before_maps = dict(old_ports[name].maps())
-        objects = [(m, ids, before_maps.get(m, ()), new_backends) for m, ids in p.maps()]
-        if p.split:  # the set of buckets where the established-flow map has an entry
-            present = tuple("1" if i else "" for i in p.held)
-            present_before = tuple("1" if i else "" for i in before_maps.get(p.emap, ()))
-            objects.append((p.dset, present, present_before, None))
-        for m, ids, before, targets in objects:
-            if len(before) != len(ids):
-                changed = list(range(max(len(before), len(ids))))
-            else:  # C-level: an O(table) Python loop would be most of a small change's cost
-                changed = list(itertools.compress(itertools.count(), map(operator.ne, before, ids)))
-            if not changed:
-                continue
-            gone = [i for i in changed if i < len(before) and before[i]]
-            for chunk in _chunks(gone):
-                if chunk:
-                    ops.append({"delete": {"element": {**t, "name": m, "elem": chunk}}})
-            fresh = [i for i in changed if i < len(ids) and ids[i]]
-            for chunk in _chunks(fresh):
-                if chunk:
-                    ops.append({"add": {"element": {**t, "name": m, "elem": _elements(ids, chunk, targets)}}})
+        if old_ports.get(name) is not p:  # a port whose health did not change is the very same object
+            ops += _port_ops(p, old_ports.get(name), new_backends)
 
     # 3. the base chains: rebuilt whenever the set of forwarded VIP ports changes
     dispatch_old = sorted((p.key() for p in old.ports))
     dispatch_new = sorted((p.key() for p in want.ports))
     if full or dispatch_old != dispatch_new or old.devices != want.devices or old.snat != want.snat:
         if NAT in tables:
-            t = _t(NAT)
-            if full or NAT not in old.tables():
-                ops.append({"add": {"chain": {**t, "name": "prerouting", "type": "nat", "hook": "prerouting",
-                                              "prio": -100, "policy": "accept"}}})
-                ops.append({"add": {"chain": {**t, "name": "postrouting", "type": "nat", "hook": "postrouting",
-                                              "prio": 100, "policy": "accept"}}})
-                for fam, ftype in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-                    ops.append({"add": {"set": {**t, "name": f"snat{fam}", "type": [ftype, "inet_proto", "inet_service"]}}})
-            ops.append({"flush": {"chain": {**t, "name": "prerouting"}}})
-            ops.append({"flush": {"chain": {**t, "name": "postrouting"}}})
-            for p in want.ports:
-                if p.mode == "nat":
-                    ops.append({"add": {"rule": {**t, "chain": "prerouting", "expr": _dispatch_rule(p)}}})
-            for fam in (4, 6):
-                ops.append({"flush": {"set": {**t, "name": f"snat{fam}"}}})
-                elems = [{"concat": [a, proto, port]} for f, a, proto, port in want.snat if f == fam]
-                if elems:
-                    ops.append({"add": {"element": {**t, "name": f"snat{fam}", "elem": elems}}})
-                ops.append({"add": {"rule": {**t, "chain": "postrouting", "expr": [
-                    {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-                    {"match": {"op": "==", "left": {"concat": [
-                        _payload(_ipname(fam), "daddr"), {"meta": {"key": "l4proto"}}, _payload("th", "dport")]},
-                        "right": f"@snat{fam}"}},
-                    {"masquerade": None},
-                ]}}})
+            ops += _nat_base_ops(full or NAT not in old.tables(), want)
         if DSR in tables:
-            t = _t(DSR)
-            old_devices = set() if full or DSR not in old.tables() else set(old.devices)
-            for dev in want.devices:
-                chain = f"in-{dev}"
-                if dev not in old_devices:
-                    ops.append({"add": {"chain": {**t, "name": chain, "type": "filter", "hook": "ingress",
-                                                  "dev": dev, "prio": 0, "policy": "accept"}}})
-                ops.append({"flush": {"chain": {**t, "name": chain}}})
-                for p in want.ports:
-                    if p.mode == "dsr":
-                        ops.append({"add": {"rule": {**t, "chain": chain, "expr": _dispatch_rule(p)}}})
-            for dev in old_devices - set(want.devices):
-                ops.append({"delete": {"chain": {**t, "name": f"in-{dev}"}}})
+            ops += _dsr_base_ops(set() if full or DSR not in old.tables() else set(old.devices), want)
 
     # 4. what is gone: port chains and their maps
     if not full:
-        for name, p in old_ports.items():
-            if name not in new_ports and p.table_family in tables:
-                t = _t(p.table_family)
-                ops.append({"delete": {"chain": {**t, "name": name}}})
-                for m, _ in p.maps():
-                    ops.append({"delete": {"map": {**t, "name": m}}})
-                if p.split:
-                    ops.append({"delete": {"set": {**t, "name": p.dset}}})
-                    ops.append({"delete": {"set": {**t, "name": p.nset}}})
-        for family in sorted(old.tables() - tables):
-            ops.append({"delete": {"table": {"family": family, "name": TABLE}}})
+        ops += _removal_ops(old, old_ports, new_ports, tables)
+    return ops
+
+
+def _port_ops(p: PortForward, before: PortForward | None,
+              new_backends: Mapping[str, BackendTarget]) -> list[dict[str, Any]]:
+    """One changed or new port: its chain (when new) and the changed entries of its maps."""
+    ops: list[dict[str, Any]] = []
+    t = _t(p.table_family)
+    before_maps: dict[str, tuple[str, ...]] = {}
+    if before is None:
+        ops.append({"add": {"chain": {**t, "name": p.name}}})
+        for expr in _port_rules(p):
+            ops.append({"add": {"rule": {**t, "chain": p.name, "expr": expr}}})
+    else:
+        before_maps = dict(before.maps())
+    objects = [(m, ids, before_maps.get(m, ()), new_backends) for m, ids in p.maps()]
+    if p.split:  # the set of buckets where the established-flow map has an entry
+        present = tuple("1" if i else "" for i in p.held)
+        present_before = tuple("1" if i else "" for i in before_maps.get(p.emap, ()))
+        objects.append((p.dset, present, present_before, None))
+    for m, ids, old_ids, targets in objects:
+        ops += _element_ops(t, m, ids, old_ids, targets)
+    return ops
+
+
+def _element_ops(t: dict[str, str], m: str, ids: tuple[str, ...], before: tuple[str, ...],
+                 targets: Mapping[str, BackendTarget] | None) -> list[dict[str, Any]]:
+    """The element deletes, then adds, taking map (or bucket set) ``m`` from ``before`` to ``ids``
+    (a backend id per bucket, "" for no element)."""
+    ops: list[dict[str, Any]] = []
+    if len(before) != len(ids):
+        changed = list(range(max(len(before), len(ids))))
+    else:  # C-level: an O(table) Python loop would be most of a small change's cost
+        changed = list(itertools.compress(itertools.count(), map(operator.ne, before, ids)))
+    if not changed:
+        return ops
+    gone = [i for i in changed if i < len(before) and before[i]]
+    for chunk in _chunks(gone):
+        if chunk:
+            ops.append({"delete": {"element": {**t, "name": m, "elem": chunk}}})
+    fresh = [i for i in changed if i < len(ids) and ids[i]]
+    for chunk in _chunks(fresh):
+        if chunk:
+            ops.append({"add": {"element": {**t, "name": m, "elem": _elements(ids, chunk, targets)}}})
+    return ops
+
+
+def _nat_base_ops(new_table: bool, want: Ruleset) -> list[dict[str, Any]]:
+    """The nat table's base chains rebuilt: dispatch in prerouting, masquerade in postrouting
+    for the backends in the snat sets (the chains and sets are declared when ``new_table``)."""
+    ops: list[dict[str, Any]] = []
+    t = _t(NAT)
+    if new_table:
+        ops.append({"add": {"chain": {**t, "name": "prerouting", "type": "nat", "hook": "prerouting",
+                                      "prio": -100, "policy": "accept"}}})
+        ops.append({"add": {"chain": {**t, "name": "postrouting", "type": "nat", "hook": "postrouting",
+                                      "prio": 100, "policy": "accept"}}})
+        for fam, ftype in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+            ops.append({"add": {"set": {**t, "name": f"snat{fam}", "type": [ftype, "inet_proto", "inet_service"]}}})
+    ops.append({"flush": {"chain": {**t, "name": "prerouting"}}})
+    ops.append({"flush": {"chain": {**t, "name": "postrouting"}}})
+    for p in want.ports:
+        if p.mode == "nat":
+            ops.append({"add": {"rule": {**t, "chain": "prerouting", "expr": _dispatch_rule(p)}}})
+    for fam in (4, 6):
+        ops.append({"flush": {"set": {**t, "name": f"snat{fam}"}}})
+        elems = [{"concat": [a, proto, port]} for f, a, proto, port in want.snat if f == fam]
+        if elems:
+            ops.append({"add": {"element": {**t, "name": f"snat{fam}", "elem": elems}}})
+        ops.append({"add": {"rule": {**t, "chain": "postrouting", "expr": [
+            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+            {"match": {"op": "==", "left": {"concat": [
+                _payload(_ipname(fam), "daddr"), {"meta": {"key": "l4proto"}}, _payload("th", "dport")]},
+                "right": f"@snat{fam}"}},
+            {"masquerade": None},
+        ]}}})
+    return ops
+
+
+def _dsr_base_ops(old_devices: set[str], want: Ruleset) -> list[dict[str, Any]]:
+    """The netdev table's ingress chains rebuilt, one per device; those of devices gone deleted."""
+    ops: list[dict[str, Any]] = []
+    t = _t(DSR)
+    for dev in want.devices:
+        chain = f"in-{dev}"
+        if dev not in old_devices:
+            ops.append({"add": {"chain": {**t, "name": chain, "type": "filter", "hook": "ingress",
+                                          "dev": dev, "prio": 0, "policy": "accept"}}})
+        ops.append({"flush": {"chain": {**t, "name": chain}}})
+        for p in want.ports:
+            if p.mode == "dsr":
+                ops.append({"add": {"rule": {**t, "chain": chain, "expr": _dispatch_rule(p)}}})
+    for dev in old_devices - set(want.devices):
+        ops.append({"delete": {"chain": {**t, "name": f"in-{dev}"}}})
+    return ops
+
+
+def _removal_ops(old: Ruleset, old_ports: Mapping[str, PortForward], new_ports: Mapping[str, PortForward],
+                 tables: set[str]) -> list[dict[str, Any]]:
+    """The port chains, maps and sets no longer wanted, then the tables no longer wanted (a table's
+    deletion takes its contents with it: nothing in it is deleted one by one)."""
+    ops: list[dict[str, Any]] = []
+    for name, p in old_ports.items():
+        if name not in new_ports and p.table_family in tables:
+            t = _t(p.table_family)
+            ops.append({"delete": {"chain": {**t, "name": name}}})
+            for m, _ in p.maps():
+                ops.append({"delete": {"map": {**t, "name": m}}})
+            if p.split:
+                ops.append({"delete": {"set": {**t, "name": p.dset}}})
+                ops.append({"delete": {"set": {**t, "name": p.nset}}})
+    for family in sorted(old.tables() - tables):
+        ops.append({"delete": {"table": {"family": family, "name": TABLE}}})
     return ops
