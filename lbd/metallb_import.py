@@ -225,19 +225,43 @@ def convert(resources: Sequence[Resource], namespace: str | None = None) -> Conv
     namespace (Helm templates, documentation snippets) count as in it.
     """
     conv = Conversion()
-    resources = list(resources)
+    resources = _with_legacy_expanded(conv, list(resources))
+    if namespace is None:
+        namespace = _metallb_namespace(resources)
+    by_kind, secrets, namespaces = _select(conv, resources, namespace)
+    _convert_kinds(conv, by_kind, secrets)
+    _convert_namespaces(conv, namespaces)
+    _local_pref_conflicts(conv)
+    for e in conv.entries:
+        e.table = _tomlable(e.table)
+    conv.communities = _tomlable(conv.communities)
+    if any("namespace_selectors" in e.table.get("service_allocation", {}) for e in conv.entries) \
+            and not any(e.section == "namespace" for e in conv.entries):
+        conv.notes.append("a pool selects namespaces by label: list each namespace's labels in [[namespace]] "
+                          "tables (or import `kubectl get namespaces -o yaml` too)")
+    return conv
+
+
+def _with_legacy_expanded(conv: Conversion, resources: list[Resource]) -> list[Resource]:
+    """The resources with each legacy ConfigMap replaced by its CRs, which come last."""
     legacy: list[Resource] = []
     for r in resources:
         if r.kind == "ConfigMap" and _legacy_config(r) is not None:
             legacy.extend(_legacy_to_crs(conv, r))
-    resources = [r for r in resources if not (r.kind == "ConfigMap" and _legacy_config(r) is not None)] + legacy
+    return [r for r in resources if not (r.kind == "ConfigMap" and _legacy_config(r) is not None)] + legacy
 
+
+def _metallb_namespace(resources: Sequence[Resource]) -> str:
+    """The namespace most MetalLB resources name, else metallb-system."""
     ours = [r for r in resources if r.api_version.split("/")[0] == GROUP and r.kind not in STATUS_KINDS]
-    if namespace is None:
-        counts = Counter(r.namespace for r in ours if r.namespace)
-        namespace = counts.most_common(1)[0][0] if counts else DEFAULT_NAMESPACE
+    counts = Counter(r.namespace for r in ours if r.namespace)
+    return counts.most_common(1)[0][0] if counts else DEFAULT_NAMESPACE
 
-    # Latest definition of each (kind, name) wins, as with kubectl apply.
+
+def _select(conv: Conversion, resources: Sequence[Resource], namespace: str
+            ) -> tuple[dict[str, list[Resource]], dict[str, Resource], list[Resource]]:
+    """(MetalLB resources by kind, Secrets by "namespace/name", Namespaces): the latest definition
+    of each (kind, name) wins, as with kubectl apply; the rest is warned about or noted."""
     chosen: dict[tuple[str, str], Resource] = {}
     order: list[tuple[str, str]] = []
     secrets: dict[str, Resource] = {}
@@ -266,10 +290,15 @@ def convert(resources: Sequence[Resource], namespace: str | None = None) -> Conv
         else:
             order.append(key)
         chosen[key] = r
-
     by_kind: dict[str, list[Resource]] = {}
     for key in order:
         by_kind.setdefault(key[0], []).append(chosen[key])
+    return by_kind, secrets, namespaces
+
+
+def _convert_kinds(conv: Conversion, by_kind: dict[str, list[Resource]], secrets: Mapping[str, Resource]) -> None:
+    """Each MetalLB resource through its kind's converter, in the order later kinds rely on
+    (pools before the advertisements naming them); a kind without one is warned about."""
     handlers = {
         "Community": _community, "IPAddressPool": _pool, "L2Advertisement": _l2,
         "BFDProfile": _bfd, "BGPPeer": _peer, "BGPAdvertisement": _bgp_advertisement,
@@ -284,6 +313,9 @@ def convert(resources: Sequence[Resource], namespace: str | None = None) -> Conv
                     "the MetalLB operator's settings" if kind == "MetalLB" else f"a {kind}")
             conv.warn(r, f"{what} has no lbd equivalent: not converted")
 
+
+def _convert_namespaces(conv: Conversion, namespaces: Sequence[Resource]) -> None:
+    """Namespaces become ``[[namespace]]`` tables only when a pool selects namespaces by label."""
     wanted = any("namespace_selectors" in e.table.get("service_allocation", {}) for e in conv.entries)
     for r in namespaces:
         labels = _labels(r.meta.get("labels"))
@@ -294,15 +326,6 @@ def convert(resources: Sequence[Resource], namespace: str | None = None) -> Conv
             conv.skipped += 1
             conv.notes.append(f"skipped {r.origin()}: no pool selects namespaces by label" if not labels or not wanted
                               else f"skipped {r.origin()}")
-    _local_pref_conflicts(conv)
-    for e in conv.entries:
-        e.table = _tomlable(e.table)
-    conv.communities = _tomlable(conv.communities)
-    if any("namespace_selectors" in e.table.get("service_allocation", {}) for e in conv.entries) \
-            and not any(e.section == "namespace" for e in conv.entries):
-        conv.notes.append("a pool selects namespaces by label: list each namespace's labels in [[namespace]] "
-                          "tables (or import `kubectl get namespaces -o yaml` too)")
-    return conv
 
 
 def _local_pref_conflicts(conv: Conversion) -> None:
@@ -656,23 +679,31 @@ def _legacy_config(r: Resource) -> Mapping[str, Any] | None:
     return parsed
 
 
+@dataclass
+class _LegacyCRs:
+    """The CRs made from one legacy ConfigMap, each sourced to the part of it it comes from."""
+
+    configmap: Resource
+    namespace: str
+    out: list[Resource] = field(default_factory=list)
+
+    def add(self, kind: str, name: str, spec: dict, what: str, version: str = "v1beta1", labels: Any = None) -> None:
+        meta: dict[str, Any] = {"name": name, "namespace": self.namespace}
+        if labels:
+            meta["labels"] = labels
+        self.out.append(Resource(
+            {"apiVersion": f"{GROUP}/{version}", "kind": kind, "metadata": meta, "spec": spec},
+            f"{self.configmap.source}, ConfigMap {self.namespace}/{self.configmap.name} {what}"))
+
+
 def _legacy_to_crs(conv: Conversion, r: Resource) -> list[Resource]:
     """The ConfigMap as the CRs MetalLB's own converter (``configmaptocrs``) makes,
     named as it names them (peer1, bgpadvertisement1, l2advertisement1, ...)."""
     cfg = _legacy_config(r) or {}
-    ns = r.namespace or DEFAULT_NAMESPACE
-    out: list[Resource] = []
+    crs = _LegacyCRs(r, r.namespace or DEFAULT_NAMESPACE)
     if "<unreadable>" in cfg:
         conv.warn(r, "data.config is not valid YAML: not converted")
-        return out
-
-    def cr(kind: str, name: str, spec: dict, what: str, version: str = "v1beta1", labels: Any = None) -> None:
-        meta: dict[str, Any] = {"name": name, "namespace": ns}
-        if labels:
-            meta["labels"] = labels
-        out.append(Resource({"apiVersion": f"{GROUP}/{version}", "kind": kind, "metadata": meta, "spec": spec},
-                            f"{r.source}, ConfigMap {ns}/{r.name} {what}"))
-
+        return crs.out
     known = {"peers", "address-pools", "bgp-communities", "bfd-profiles"}
     for key in cfg:
         if key not in known:
@@ -680,12 +711,12 @@ def _legacy_to_crs(conv: Conversion, r: Resource) -> list[Resource]:
     if cfg.get("bgp-communities"):
         communities = cfg["bgp-communities"]
         if isinstance(communities, Mapping):
-            cr("Community", "communities", {"communities": [{"name": str(k), "value": str(v)}
-                                                            for k, v in communities.items()]}, "bgp-communities")
+            crs.add("Community", "communities", {"communities": [{"name": str(k), "value": str(v)}
+                                                                 for k, v in communities.items()]}, "bgp-communities")
     for i, p in enumerate(_seq(cfg.get("bfd-profiles"))):
         if isinstance(p, Mapping):
             spec = {_camel(k): v for k, v in p.items() if k != "name"}
-            cr("BFDProfile", str(p.get("name", f"bfdprofile{i + 1}")), spec, f"bfd-profiles[{i}]")
+            crs.add("BFDProfile", str(p.get("name", f"bfdprofile{i + 1}")), spec, f"bfd-profiles[{i}]")
     for i, p in enumerate(_seq(cfg.get("peers"))):
         if not isinstance(p, Mapping):
             continue
@@ -693,7 +724,13 @@ def _legacy_to_crs(conv: Conversion, r: Resource) -> list[Resource]:
                  "source-address": "sourceAddress", "node-selectors": "nodeSelectors",
                  "ebgp-multihop": "ebgpMultiHop"}
         spec = {names.get(k, _camel(k)): v for k, v in p.items()}
-        cr("BGPPeer", f"peer{i + 1}", spec, f"peers[{i}]", "v1beta2")
+        crs.add("BGPPeer", f"peer{i + 1}", spec, f"peers[{i}]", "v1beta2")
+    _legacy_pools(conv, crs, cfg)
+    return crs.out
+
+
+def _legacy_pools(conv: Conversion, crs: _LegacyCRs, cfg: Mapping[str, Any]) -> None:
+    """``address-pools``: an IPAddressPool each, and the L2 or BGP advertisements its protocol implies."""
     bgp_index = l2_index = 1
     for i, pool in enumerate(_seq(cfg.get("address-pools"))):
         if not isinstance(pool, Mapping):
@@ -707,28 +744,34 @@ def _legacy_to_crs(conv: Conversion, r: Resource) -> list[Resource]:
         for key in pool:
             if key not in ("name", "protocol", "addresses", "auto-assign", "avoid-buggy-ips", "bgp-advertisements"):
                 spec[_camel(key)] = pool[key]  # reported as unknown by the pool conversion
-        cr("IPAddressPool", name, spec, f"address-pools[{i}]")
+        crs.add("IPAddressPool", name, spec, f"address-pools[{i}]")
         protocol = str(pool.get("protocol", ""))
         if protocol in ("layer2", "l2"):
-            cr("L2Advertisement", f"l2advertisement{l2_index}", {"ipAddressPools": [name]},
-               f"address-pools[{i}] (protocol {protocol})")
+            crs.add("L2Advertisement", f"l2advertisement{l2_index}", {"ipAddressPools": [name]},
+                    f"address-pools[{i}] (protocol {protocol})")
             l2_index += 1
         elif protocol == "bgp":
-            ads = pool.get("bgp-advertisements") or [{}]
-            for j, ad in enumerate(ads if isinstance(ads, list) else [ads]):
-                ad = ad if isinstance(ad, Mapping) else {}
-                spec = {"ipAddressPools": [name]}
-                names = {"aggregation-length": "aggregationLength", "aggregation-length-v6": "aggregationLengthV6",
-                         "localpref": "localPref"}
-                spec.update({names.get(k, _camel(k)): v for k, v in ad.items()})
-                cr("BGPAdvertisement", f"bgpadvertisement{bgp_index}", spec,
-                   f"address-pools[{i}].bgp-advertisements[{j}]" if pool.get("bgp-advertisements")
-                   else f"address-pools[{i}] (protocol bgp)")
-                bgp_index += 1
+            bgp_index = _legacy_bgp_advertisements(crs, i, name, pool, bgp_index)
         else:
-            conv.warn(r, f"address-pools[{i}] ({name}): protocol {protocol!r} is not layer2 or bgp: "
-                         "the pool is imported but not announced")
-    return out
+            conv.warn(crs.configmap, f"address-pools[{i}] ({name}): protocol {protocol!r} is not layer2 or bgp: "
+                                     "the pool is imported but not announced")
+
+
+def _legacy_bgp_advertisements(crs: _LegacyCRs, i: int, name: str, pool: Mapping[str, Any], index: int) -> int:
+    """A bgp pool's ``bgp-advertisements`` (none: one default advertisement), numbered from
+    ``index`` across the ConfigMap; returns the next number."""
+    ads = pool.get("bgp-advertisements") or [{}]
+    for j, ad in enumerate(ads if isinstance(ads, list) else [ads]):
+        ad = ad if isinstance(ad, Mapping) else {}
+        spec = {"ipAddressPools": [name]}
+        names = {"aggregation-length": "aggregationLength", "aggregation-length-v6": "aggregationLengthV6",
+                 "localpref": "localPref"}
+        spec.update({names.get(k, _camel(k)): v for k, v in ad.items()})
+        crs.add("BGPAdvertisement", f"bgpadvertisement{index}", spec,
+                f"address-pools[{i}].bgp-advertisements[{j}]" if pool.get("bgp-advertisements")
+                else f"address-pools[{i}] (protocol bgp)")
+        index += 1
+    return index
 
 
 def _camel(key: str) -> str:
