@@ -38,7 +38,7 @@ import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from lbd.config.schema import SourceConfig
 from lbd.model import Backend, Family, IPAddress, PortSpec, ServiceSpec
@@ -143,35 +143,11 @@ def service_to_spec(svc: Mapping[str, Any], *, ready_nodes: frozenset[str], all_
     meta = _map(_map(svc).get("metadata"))
     spec = _map(_map(svc).get("spec"))
     ns, name = str(meta.get("namespace", "default")), str(meta.get("name", ""))
-    lb_ip = spec.get("loadBalancerIP") or None
-    if lb_ip is not None and not isinstance(lb_ip, str):
-        raise ServiceError("spec.loadBalancerIP: expected a string")
-    ips_text, ips_key = annotation(meta, "loadBalancerIPs")
-    if lb_ip and ips_text is not None:
-        raise ServiceError(f"spec.loadBalancerIP and the {ips_key} annotation are both set; use only the annotation")
-    requested: tuple[IPAddress, ...] = ()
-    if ips_text is not None:
-        requested = _ips(ips_text, f"annotation {ips_key}")
-    elif lb_ip:
-        requested = _ips(str(lb_ip), "spec.loadBalancerIP")
+    requested = _requested_addresses(meta, spec)
     pool, _ = annotation(meta, "address-pool")
     share, _ = annotation(meta, "allow-shared-ip")
-    ports = []
-    for i, port in enumerate(_seq(spec.get("ports"))):
-        port = _map(port)
-        proto = str(port.get("protocol", "TCP")).lower()
-        number = port.get("port")
-        if (proto not in ("tcp", "udp", "sctp") or isinstance(number, bool) or not isinstance(number, int)
-                or not 1 <= number <= 65535):
-            raise ServiceError(f"spec.ports[{i}]: unsupported {port.get('protocol')}/{number}")
-        ports.append(PortSpec(proto, number))
-    families: list[Family] = []
-    for fam in _seq(spec.get("ipFamilies")):
-        if not isinstance(fam, str) or fam not in FAMILIES:
-            raise ServiceError(f"spec.ipFamilies: unknown family {fam!r}")
-        families.append(FAMILIES[fam])
-    if not families:
-        families = [Family.of(a) for a in requested] or [Family.IPV4]
+    ports = _service_ports(spec)
+    families = _service_families(spec, requested)
     local = spec.get("externalTrafficPolicy") == "Local"
     if local:
         # MetalLB: only nodes with a ready local endpoint may announce, and the
@@ -185,9 +161,9 @@ def service_to_spec(svc: Mapping[str, Any], *, ready_nodes: frozenset[str], all_
         name=f"{ns}/{name}",
         pool=pool or None,
         addresses=requested,
-        ports=tuple(ports),
+        ports=ports,
         share_key=share or None,
-        ip_families=tuple(families),
+        ip_families=families,
         backend_key=backend_key,
         eligible_nodes=eligible,
         # The Service's own labels and namespace, for pools' service_allocation
@@ -196,6 +172,47 @@ def service_to_spec(svc: Mapping[str, Any], *, ready_nodes: frozenset[str], all_
         labels={str(k): str(v) for k, v in _map(meta.get("labels")).items()},
         namespace=ns,
     )
+
+
+def _requested_addresses(meta: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[IPAddress, ...]:
+    """The addresses the Service asks for: the loadBalancerIPs annotation, else the deprecated
+    ``spec.loadBalancerIP`` (both set is an error), else none."""
+    lb_ip = spec.get("loadBalancerIP") or None
+    if lb_ip is not None and not isinstance(lb_ip, str):
+        raise ServiceError("spec.loadBalancerIP: expected a string")
+    ips_text, ips_key = annotation(meta, "loadBalancerIPs")
+    if lb_ip and ips_text is not None:
+        raise ServiceError(f"spec.loadBalancerIP and the {ips_key} annotation are both set; use only the annotation")
+    if ips_text is not None:
+        return _ips(ips_text, f"annotation {ips_key}")
+    if lb_ip:
+        return _ips(str(lb_ip), "spec.loadBalancerIP")
+    return ()
+
+
+def _service_ports(spec: Mapping[str, Any]) -> tuple[PortSpec, ...]:
+    ports = []
+    for i, port in enumerate(_seq(spec.get("ports"))):
+        port = _map(port)
+        proto = str(port.get("protocol", "TCP")).lower()
+        number = port.get("port")
+        if (proto not in ("tcp", "udp", "sctp") or isinstance(number, bool) or not isinstance(number, int)
+                or not 1 <= number <= 65535):
+            raise ServiceError(f"spec.ports[{i}]: unsupported {port.get('protocol')}/{number}")
+        ports.append(PortSpec(proto, number))
+    return tuple(ports)
+
+
+def _service_families(spec: Mapping[str, Any], requested: Sequence[IPAddress]) -> tuple[Family, ...]:
+    """``spec.ipFamilies``; unset: the families of the requested addresses, else IPv4."""
+    families: list[Family] = []
+    for fam in _seq(spec.get("ipFamilies")):
+        if not isinstance(fam, str) or fam not in FAMILIES:
+            raise ServiceError(f"spec.ipFamilies: unknown family {fam!r}")
+        families.append(FAMILIES[fam])
+    if not families:
+        families = [Family.of(a) for a in requested] or [Family.IPV4]
+    return tuple(families)
 
 
 def ready_nodes_by_service(slices: Mapping[Any, Mapping[str, Any]]) -> dict[tuple[str, str], set[str]]:
