@@ -20,7 +20,8 @@ from prometheus_client.core import CounterMetricFamily
 
 from lbd.forward import nlobj
 from lbd.forward.nft import Nft, NftError
-from lbd.forward.ruleset import DSR, NAT, TABLE, BackendView, Desired, Ruleset, plan_transaction, prepare_text
+from lbd.forward.ruleset import DSR, NAT, TABLE, BackendView, Desired, Ruleset
+from lbd.forward.transaction import plan_transaction, prepare_text
 from lbd.metrics import REGISTRY
 
 log = structlog.get_logger(__name__)
