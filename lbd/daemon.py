@@ -41,7 +41,7 @@ from lbd.sources.base import ServiceResult
 from lbd.sources.manager import SourceManager
 from lbd.sources.registry import validate_source
 from lbd.sources.static import static_source_config
-from lbd.state import PersistedState, StateError, StateStore
+from lbd.state import PersistedState, StateError, StateStore, StateWriter
 from lbd import daemon_metrics as m
 
 if TYPE_CHECKING:
@@ -176,6 +176,7 @@ class Daemon:
         self.started = time.time()
         self.notifier = Notifier()
         self.store = StateStore(config.node.state_dir)
+        self.state_writer = StateWriter(self.store)  # off the loop, coalesced (issue 9)
         self.allocations: dict[str, Allocation]
         self.allocations, self.drained, self.extra_state = restored_state(self.store.load(), config)
         self.pending: dict[str, str] = {}
@@ -219,6 +220,7 @@ class Daemon:
         self._restarting = False  # this stop is for a restart: keep routes and addresses in place
         stopped_at = self.extra_state.pop("restart_stop_at", None)
         self.graceful_restart = isinstance(stopped_at, (int, float)) and 0 <= time.time() - stopped_at < RESTART_WINDOW
+        self._extra_changed = stopped_at is not None  # the file still holds the restart marker
         self._metrics_server: MetricsServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.hook_runner = HookRunner()
@@ -385,9 +387,24 @@ class Daemon:
         return out
 
     def persist(self) -> None:
+        """Have the state written soon: a snapshot now, encoded and written off the loop,
+        coalesced with the writes around it (``StateWriter``). ``await
+        self.state_writer.flush()`` where it must be on disk before going on."""
         self.extra_state.update(self.membership.persisted_extra())
-        self.store.save(PersistedState(allocations=dict(self.allocations), drained=self.drained,
-                                       extra=self.extra_state))
+        self._extra_changed = False
+        self.state_writer.submit(PersistedState(allocations=dict(self.allocations), drained=self.drained,
+                                                extra=dict(self.extra_state)))
+
+    async def _final_write(self) -> None:
+        """The last state write at stop, after every announcement is withdrawn, and only
+        when something is not on disk yet (issue 9: 3.8 s of a 5 s stop at 100,000 VIPs)."""
+        writer: StateWriter | None = getattr(self, "state_writer", None)  # (tests build a Daemon without __init__)
+        if writer is None:
+            self.persist()
+            return
+        if writer.dirty or self.membership.state_dirty() or self._extra_changed:
+            self.persist()
+        await writer.flush()
 
     async def _loop(self) -> None:
         while not self._stop.is_set():
@@ -742,6 +759,7 @@ class Daemon:
                     log.exception("cleanup_after_interrupt_failed")
         if self._restarting:
             self.extra_state["restart_stop_at"] = time.time()
+            self._extra_changed = True
         if self.bgp is not None and self._restarting:
             await self.bgp.close(graceful_restart=True)
         if self.exporter is not None:
@@ -763,8 +781,8 @@ class Daemon:
             self._metrics_server.close()
         await self.hook_runner.close()
         try:
-            self.persist()
-        except OSError as exc:
+            await self._final_write()
+        except (OSError, StateError) as exc:
             log.error("persist_failed", error=str(exc))
         log.info("stopped")
 
@@ -878,6 +896,7 @@ class Daemon:
             return "already drained"
         self.drained = True
         self.persist()
+        await self.state_writer.flush()  # on disk before the drain is acknowledged
         self.trigger()
         moved = await self.membership.wait_handover(self._held)
         return f"drained: {moved}"
@@ -887,6 +906,7 @@ class Daemon:
             return "not drained"
         self.drained = False
         self.persist()
+        await self.state_writer.flush()
         self.trigger()
         return "undrained: this node may own VIPs again"
 

@@ -4,13 +4,18 @@ staying responsive during a big pass."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import time
+from pathlib import Path
 
 from structlog.testing import capture_logs
 
 from lbd import daemon_metrics as m
-from lbd.daemon import OWNER_CHANGES_SHOWN, report_owner_changes
-from lbd.model import Member, MemberState, VipDecision
+from lbd.config import load_config
+from lbd.daemon import OWNER_CHANGES_SHOWN, Daemon, report_owner_changes
+from lbd.model import Allocation, Member, MemberState, VipDecision
+from lbd.state import PersistedState, StateStore, StateWriter
 
 
 def decision(i: int, owner: str | None) -> VipDecision:
@@ -43,3 +48,92 @@ def test_no_owner_change_logs_nothing() -> None:
     with capture_logs() as logs:
         assert report_owner_changes({d.vip: "n1"}, [d], [Member(name="n1")]) == {"failover": 0, "move": 0}
     assert logs == []
+
+
+# -- the state file, written off the loop ---------------------------------------------
+
+def state(n: int, drained: bool = False) -> PersistedState:
+    return PersistedState(allocations={f"s{i}": Allocation(service=f"s{i}", pool="p",
+                                                           addresses=(ipaddress.ip_address(f"10.77.0.{i + 1}"),))
+                                       for i in range(n)}, drained=drained)
+
+
+async def test_state_writes_are_coalesced_and_the_latest_wins(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    writer = StateWriter(store, min_interval=0.2)
+    writer.submit(state(1))  # the first one at once
+    for n in range(2, 30):
+        writer.submit(state(n))  # a burst: one more write, of the latest
+        await asyncio.sleep(0)
+    assert writer.dirty
+    await writer.flush()
+    assert not writer.dirty
+    assert writer.writes == 2
+    assert store.load() == state(29)
+
+
+async def test_state_flush_skips_the_coalescing_wait(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    writer = StateWriter(store, min_interval=30.0)
+    writer.submit(state(1))
+    await writer.flush()
+    writer.submit(state(2, drained=True))  # would wait 30 s
+    started = time.monotonic()
+    await writer.flush()
+    assert time.monotonic() - started < 5.0
+    assert store.load() == state(2, drained=True) and writer.writes == 2
+
+
+def test_state_submit_without_a_loop_writes_at_once(tmp_path: Path) -> None:
+    writer = StateWriter(StateStore(tmp_path))
+    writer.submit(state(3))
+    assert writer.writes == 1 and not writer.dirty
+    assert StateStore(tmp_path).load() == state(3)
+
+
+async def test_a_failed_state_write_is_logged_and_stays_dirty(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    writer = StateWriter(StateStore(tmp_path / "file" / "sub"))  # cannot create the directory
+    with capture_logs() as logs:
+        writer.submit(state(1))
+        await writer.flush()
+    assert writer.writes == 0 and writer.dirty and writer.last_error
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["persist_failed"]
+
+
+async def test_the_state_write_leaves_the_loop_free(tmp_path: Path) -> None:
+    """Encoding and writing 100,000 allocations happens in a thread: the loop keeps running."""
+    writer = StateWriter(StateStore(tmp_path))
+    big = PersistedState(allocations={
+        f"svc{i}": Allocation(service=f"svc{i}", pool="p", addresses=(ipaddress.ip_address(0x0A580000 + i),))
+        for i in range(100_000)})
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    writer.submit(big)
+    await writer.flush()
+    task.cancel()
+    assert writer.writes == 1
+    assert ticks > 3  # the ticker ran while the file was encoded and written
+
+
+async def test_stop_writes_the_state_only_when_something_changed(tmp_path: Path) -> None:
+    path = tmp_path / "lbd.toml"
+    path.write_text(f'[node]\nname = "n1"\nstate_dir = "{tmp_path}/state"\ncontrol_socket = "{tmp_path}/lbd.sock"\n'
+                    '[[pool]]\nname = "p"\naddresses = ["10.77.9.0/24"]\n')
+    d = Daemon(load_config(path))
+    await d.shutdown()
+    assert d.state_writer.writes == 0  # nothing changed: no write at stop
+    d = Daemon(load_config(path))
+    d.drained = True
+    await d._cmd_undrain({})  # a change: written at once (flushed), not again at stop
+    assert d.state_writer.writes == 1
+    await d.shutdown()
+    assert d.state_writer.writes == 1
