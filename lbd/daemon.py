@@ -28,7 +28,7 @@ from lbd.control import ControlError, ControlServer, peer_credentials
 from lbd.coordination import Coordinator, Handover, LocalCoordinator
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, observe
 from lbd.ipam import pool_usage
-from lbd.kernel.interfaces import list_interfaces
+from lbd.kernel.interfaces import InterfaceInventory
 from lbd.kernel.netlink import Netlink
 from lbd.l2.announcer import L2Announcer
 from lbd.model import (Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec,
@@ -187,7 +187,10 @@ class Daemon:
         self.reconcile_error: str | None = None
         self.last_reconcile: float | None = None
         self.netlink = Netlink()  # one netlink socket for the daemon, on its own thread (uvloop-safe)
-        self.l2 = L2Announcer(netlink=self.netlink)
+        # One interface inventory for the pass and the L2 announcer, read again only when a
+        # link or a connected subnet changes (a change also runs a pass at once).
+        self.interfaces = InterfaceInventory(self.netlink, on_change=self.trigger)
+        self.l2 = L2Announcer(netlink=self.netlink, inventory=self.interfaces)
         self.bgp: BgpAnnouncer | None = None  # when peers are configured
         self.exporter: RouteExporter | None = None  # when route exports are configured
         self.health: HealthChecker | None = None  # when a service has a health check
@@ -253,7 +256,7 @@ class Daemon:
         The order of the steps is part of the behaviour (issue 9): see ``_announce``."""
         config = self.config  # one config for the whole pass: a reload may swap self.config meanwhile
         self._allocate(config)
-        interfaces = await list_interfaces(self.netlink)
+        interfaces = await self.interfaces.get()
         self._configure_health()
         withdraw = await self._forward(interfaces)
         me = self._local_member(config, interfaces, withdraw)
@@ -776,6 +779,9 @@ class Daemon:
         await self.sources.close()
         await self.membership.close()
         await self.control.close()
+        interfaces: InterfaceInventory | None = getattr(self, "interfaces", None)  # (tests: no __init__)
+        if interfaces is not None:
+            interfaces.close()
         await self.netlink.aclose()
         if self._metrics_server is not None:
             self._metrics_server.close()

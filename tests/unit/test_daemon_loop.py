@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
+import struct
 import time
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from structlog.testing import capture_logs
 from lbd import daemon_metrics as m
 from lbd.config import load_config
 from lbd.daemon import OWNER_CHANGES_SHOWN, Daemon, report_owner_changes
+from lbd.kernel.interfaces import (LBD_ADDR_PROTO, RTM_DELADDR, RTM_NEWADDR, RTM_NEWLINK, RTM_DELLINK,
+                                   InterfaceInventory, inventory_changed)
 from lbd.model import Allocation, Member, MemberState, VipDecision
 from lbd.state import PersistedState, StateStore, StateWriter
 
@@ -137,3 +141,61 @@ async def test_stop_writes_the_state_only_when_something_changed(tmp_path: Path)
     assert d.state_writer.writes == 1
     await d.shutdown()
     assert d.state_writer.writes == 1
+
+
+# -- the interface inventory, kept by notifications ------------------------------------
+
+def nlmsg(kind: int, body: bytes) -> bytes:
+    return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
+
+
+def addr_msg(kind: int, family: int, prefixlen: int, proto: int | None = None) -> bytes:
+    body = struct.pack("=BBBBI", family, prefixlen, 0, 0, 2)
+    if proto is not None:
+        body += struct.pack("=HHB", 5, 11, proto) + b"\0" * 3  # IFA_PROTO, padded
+    return nlmsg(kind, body)
+
+
+def test_only_link_and_subnet_changes_make_the_inventory_stale() -> None:
+    vip_bind = addr_msg(RTM_NEWADDR, socket.AF_INET, 32)
+    vip6_bind = addr_msg(RTM_DELADDR, socket.AF_INET6, 128)
+    marked = addr_msg(RTM_NEWADDR, socket.AF_INET, 24, proto=LBD_ADDR_PROTO)
+    subnet = addr_msg(RTM_NEWADDR, socket.AF_INET, 24, proto=2)
+    assert not inventory_changed(vip_bind + vip6_bind + marked)
+    assert inventory_changed(vip_bind + subnet)
+    assert inventory_changed(addr_msg(RTM_DELADDR, socket.AF_INET6, 64))
+    assert inventory_changed(nlmsg(RTM_NEWLINK, b"\0" * 16))
+    assert inventory_changed(nlmsg(RTM_DELLINK, b"\0" * 16))
+    assert inventory_changed(b"\xff" * 20)  # unparseable: a change, to be safe
+    assert not inventory_changed(b"")
+
+
+async def test_the_inventory_is_read_once_until_something_changes(monkeypatch) -> None:
+    import lbd.kernel.interfaces as interfaces
+
+    reads: list[int] = []
+
+    async def fake_list(nl: object = None) -> list[object]:
+        reads.append(1)
+        return [f"if{len(reads)}"]  # type: ignore[list-item]
+
+    monkeypatch.setattr(interfaces, "list_interfaces", fake_list)
+    now = [0.0]
+    changes: list[int] = []
+    inv = InterfaceInventory(on_change=lambda: changes.append(1), max_age=30.0, clock=lambda: now[0])
+    try:
+        assert await inv.get() == ["if1"]
+        for _ in range(50):
+            assert await inv.get() == ["if1"]  # no dump per pass
+        assert inv.reads == 1
+        inv.invalidate()
+        assert await inv.get() == ["if2"]
+        now[0] = 31.0  # the safety net: a full read at least every max_age
+        assert await inv.get() == ["if3"]
+        assert inv.reads == 3
+    finally:
+        inv.close()
+    # Closed (or no notifications): a full read every time, as without an inventory.
+    await inv.get()
+    await inv.get()
+    assert inv.reads == 5
