@@ -26,13 +26,13 @@ import lbd
 from lbd.config import ConfigError, parse_config
 from lbd.control import ControlError, ControlServer, peer_credentials
 from lbd.coordination import Coordinator, Handover, LocalCoordinator
-from lbd.hooks import HookDispatcher, HookEvent, HookRunner, observe
+from lbd.hooks import HookDispatcher, HookEvent, HookRunner, Observation, observe
 from lbd.ipam import pool_usage
 from lbd.kernel.interfaces import InterfaceInventory
 from lbd.kernel.netlink import Netlink
 from lbd.l2.announcer import L2Announcer
-from lbd.model import (Allocation, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec,
-                       VipDecision)
+from lbd.model import (Allocation, BgpRoute, Config, ExportRoute, Family, IPAddress, Member, MemberState, Plan,
+                       ServiceSpec, VipDecision)
 from lbd.planner import PlannerInput, held_vips, plan
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
 from lbd.selectors import matches
@@ -59,6 +59,8 @@ log = structlog.get_logger(__name__)
 
 RESYNC_INTERVAL = 10.0  # a full pass even when nothing said it changed (interfaces, lost events)
 DEBOUNCE = 0.01  # coalesce a burst of triggers into one pass
+LOOP_LAG_INTERVAL = 0.1  # the loop-lag probe's period: cheap, and stalls that matter are longer
+FIRST_BGP_BATCH = 256  # the first pass's first BGP batch; each next one is 4x larger
 SOURCE_START_GRACE = 2.0  # wait this long at start for every source's first snapshot
 EXIT_RESTART = 75  # exit status after a stop-for-restart; the systemd unit restarts lbd on it
 RESTART_WINDOW = 300.0  # a start this soon after a stop-for-restart is a graceful restart (RFC 4724)
@@ -177,6 +179,10 @@ class Daemon:
         self.notifier = Notifier()
         self.store = StateStore(config.node.state_dir)
         self.state_writer = StateWriter(self.store)  # off the loop, coalesced (issue 9)
+        try:
+            self.state_writer.attach(asyncio.get_running_loop())  # _allocate may run in a worker thread
+        except RuntimeError:
+            pass  # built outside a loop (tools): the first submit on the loop attaches it
         self.allocations: dict[str, Allocation]
         self.allocations, self.drained, self.extra_state = restored_state(self.store.load(), config)
         self.pending: dict[str, str] = {}
@@ -231,6 +237,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._pass: asyncio.Future[bool] | None = None  # the reconcile pass running now, if any
         self._interrupted = False  # a stop cancelled a pass: addresses it was binding may be left over
+        self._bgp_first = True  # the BGP announcer has not been given a table yet
 
     # -- inputs -------------------------------------------------------------
 
@@ -255,23 +262,39 @@ class Daemon:
 
         The order of the steps is part of the behaviour (issue 9): see ``_announce``."""
         config = self.config  # one config for the whole pass: a reload may swap self.config meanwhile
-        self._allocate(config)
+        if isinstance(self.membership, LocalCoordinator):
+            # Pure on a single node (ipam over the sources' services): off the loop. A cluster's
+            # allocation writes the gossiped table, which belongs to the loop.
+            await asyncio.to_thread(self._allocate, config)
+        else:
+            self._allocate(config)
         interfaces = await self.interfaces.get()
         self._configure_health()
         withdraw = await self._forward(interfaces)
         me = self._local_member(config, interfaces, withdraw)
         self.membership.update_local(me)
         members = self.membership.members()
-        self._replan(config, members)
+        # Planning is pure and CPU-heavy (seconds at 100,000 VIPs): in a worker thread the GIL
+        # still hands the loop a turn every few milliseconds, so gossip acks, BFD and
+        # SIGTERM are served during the pass (issue 9). Nothing else writes its inputs meanwhile:
+        # passes never overlap.
+        await asyncio.to_thread(self._replan, config, members)
         await self._announce(config, members)
         held_now = held_vips(self.plan.l2)
         if held_now != me.holds:
             self.membership.update_local(replace(me, holds=held_now))
         await self._write_back(config)
         self.last_reconcile = time.time()
-        m.update(pools=self.config.pools, allocations=self.allocations, pending=self.pending, plan=self.plan,
-                 drained=self.drained)
-        self._observe_hooks(members)
+        await asyncio.to_thread(m.update, pools=config.pools, allocations=self.allocations, pending=self.pending,
+                                plan=self.plan, drained=self.drained)
+        try:
+            # The observation (a few dicts over every VIP) off the loop; the dispatch on it.
+            bgp = self.bgp.status() if self.bgp is not None else []  # the sessions live on the loop
+            observed = await asyncio.to_thread(observe, self.plan.decisions, bgp, members)
+        except Exception:  # noqa: BLE001 - hooks are a side channel: never fail the pass for them
+            log.exception("hook_observe_failed")
+        else:
+            self._observe_hooks(members, observed)
 
     def _allocate(self, config: Config) -> None:
         """Allocate addresses to the services the sources give now; persist what changed."""
@@ -336,12 +359,27 @@ class Daemon:
         # BGP next: its UPDATEs leave now, never after the layer-2 work (binding up to every
         # VIP) below; a withdrawal also goes out before its VIP is unbound. (issue 9)
         if self.bgp is not None:
-            self.bgp.apply(self.plan.bgp)
+            await self._apply_bgp(self.plan.bgp)
         await self.l2.apply(self.plan.l2)
         self._reannounce_contested(config, members)
         if self.exporter is not None:
             await self.exporter.apply(self.plan.exports)
             self._exports_applied = self.plan.exports
+
+    async def _apply_bgp(self, routes: Sequence[BgpRoute]) -> None:
+        """Hand the BGP announcer its routes. The first time, in growing batches with a turn
+        of the loop between them: the first UPDATEs leave within milliseconds instead of
+        after the whole table is packed (issue 9). Not on a graceful restart: there the
+        first table ends with End-of-RIB, and routers drop the stale routes it lacks."""
+        assert self.bgp is not None
+        if self._bgp_first and not self.graceful_restart:
+            size = FIRST_BGP_BATCH
+            while size < len(routes):
+                self.bgp.apply(routes[:size])  # nothing announced before: a prefix withdraws nothing
+                await asyncio.sleep(0)
+                size *= 4
+        self.bgp.apply(routes)
+        self._bgp_first = False
 
     def _reannounce_contested(self, config: Config, members: list[Member]) -> None:
         """A VIP we announce that another alive member holds too (a partition healing): announce
@@ -362,13 +400,15 @@ class Daemon:
             self._writer = writer
             self.sources.set_writer(writer)
             log.info("status_writer", writer=writer)
-        await self.sources.report(self.results())
+        await self.sources.report(await asyncio.to_thread(self.results))
 
-    def _observe_hooks(self, members: list[Member]) -> None:
-        """Hook events from the state this pass converged to (level-triggered: once per transition)."""
+    def _observe_hooks(self, members: list[Member], observed: Observation | None = None) -> None:
+        """Hook events from the state this pass converged to (level-triggered: once per transition);
+        ``observed``: computed already (the pass does it off the loop)."""
         try:
-            bgp = self.bgp.status() if self.bgp is not None else []
-            self.hooks.observe(observe(self.plan.decisions, bgp, members), time.time())
+            if observed is None:
+                observed = observe(self.plan.decisions, self.bgp.status() if self.bgp is not None else [], members)
+            self.hooks.observe(observed, time.time())
         except Exception:  # noqa: BLE001 - hooks are a side channel: never fail the pass for them
             log.exception("hook_observe_failed")
 
@@ -677,6 +717,9 @@ class Daemon:
             loop.add_signal_handler(sig, handler)
         log.info("starting", node=self.config.node.name, config=str(self.config.path), version=lbd.__version__,
                  allocations=len(self.allocations), graceful_restart=self.graceful_restart)
+        # Stalls of the loop (lbd_event_loop_lag_seconds): what peers' probes and BFD would see.
+        self._tasks.append(asyncio.create_task(m.LoopLagProbe(interval=LOOP_LAG_INTERVAL).run(),
+                                               name="lbd-loop-lag"))
         try:
             await self.control.start()
             await self.apply_config()

@@ -199,3 +199,118 @@ async def test_the_inventory_is_read_once_until_something_changes(monkeypatch) -
     await inv.get()
     await inv.get()
     assert inv.reads == 5
+
+
+# -- the pass leaves the loop free; the first BGP table goes out in batches --------------
+
+def bgp_config(tmp: Path, services: int) -> Path:
+    path = tmp / "lbd.toml"
+    body = (f'[node]\nname = "n1"\nstate_dir = "{tmp}/state"\ncontrol_socket = "{tmp}/lbd.sock"\n'
+            '[[pool]]\nname = "routed"\naddresses = ["10.88.0.0/20"]\n'
+            '[[bgp_peer]]\nname = "gw"\nmy_asn = 64512\npeer_asn = 64512\npeer_address = "10.77.0.1"\n'
+            '[[bgp_advertisement]]\npools = ["routed"]\naccept = "address"\n')
+    body += "".join(f'[[service]]\nname = "s{i}"\npool = "routed"\n' for i in range(services))
+    path.write_text(body)
+    return path
+
+
+class BatchBgp:
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.routes: list[object] = []
+
+    async def set_peers(self, peers: object, profiles: object = ()) -> None:
+        pass
+
+    def apply(self, routes: object) -> None:
+        self.routes = list(routes)  # type: ignore[call-overload]
+        self.sizes.append(len(self.routes))
+
+    def status(self) -> list[dict[str, object]]:
+        return []
+
+
+class NoL2:
+    def set_rate(self, rate: float) -> None:
+        pass
+
+    async def apply(self, intents: object) -> None:
+        pass
+
+    def reannounce(self, vips: object) -> None:
+        pass
+
+    def status(self) -> list[dict[str, object]]:
+        return []
+
+
+async def daemon_with(tmp: Path, services: int) -> Daemon:
+    d = Daemon(load_config(bgp_config(tmp, services)))
+    d.l2 = NoL2()  # type: ignore[assignment]
+    d.bgp = BatchBgp()  # type: ignore[assignment]
+    await d.apply_config()
+    deadline = time.monotonic() + 20
+    while len(d.services_now()) < services and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return d
+
+
+async def close(d: Daemon) -> None:
+    await d.sources.close()
+    await d.hook_runner.close()
+    await d.state_writer.flush()
+    d.interfaces.close()
+    await d.netlink.aclose()
+
+
+async def test_the_first_bgp_table_goes_out_in_growing_batches(tmp_path: Path) -> None:
+    d = await daemon_with(tmp_path, 1500)
+    try:
+        await d.reconcile()
+        assert d.bgp.sizes == [256, 1024, 1500]  # type: ignore[union-attr]
+        await d.reconcile()  # later passes: the whole table at once (a prefix would withdraw routes)
+        assert d.bgp.sizes[3:] == [1500]  # type: ignore[union-attr]
+    finally:
+        await close(d)
+
+
+async def test_a_graceful_restart_sends_the_first_table_whole(tmp_path: Path) -> None:
+    d = await daemon_with(tmp_path, 300)
+    d.graceful_restart = True  # the first table ends with End-of-RIB: never a partial one
+    try:
+        await d.reconcile()
+        assert d.bgp.sizes == [300]  # type: ignore[union-attr]
+    finally:
+        await close(d)
+
+
+async def test_planning_and_allocation_run_off_the_loop(tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    import lbd.daemon as daemon_module
+
+    threads: dict[str, str] = {}
+    real_plan = daemon_module.plan
+
+    def recording_plan(inputs):  # type: ignore[no-untyped-def]
+        threads["plan"] = threading.current_thread().name
+        return real_plan(inputs)
+
+    monkeypatch.setattr(daemon_module, "plan", recording_plan)
+    d = await daemon_with(tmp_path, 20)
+    real_allocate = d.membership.allocate
+
+    def recording_allocate(*args):  # type: ignore[no-untyped-def]
+        threads["allocate"] = threading.current_thread().name
+        return real_allocate(*args)
+
+    d.membership.allocate = recording_allocate  # type: ignore[method-assign]
+    try:
+        await d.reconcile()
+        main = threading.main_thread().name
+        assert threads["plan"] != main and threads["allocate"] != main
+        assert len(d.bgp.routes) == 20  # type: ignore[union-attr]
+        await d.state_writer.flush()
+        assert len(StateStore(d.config.node.state_dir).load().allocations) == 20  # persisted via the loop
+    finally:
+        await close(d)
