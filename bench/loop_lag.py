@@ -29,6 +29,7 @@ from typing import Any
 from lbd.config import load_config
 from lbd.daemon import Daemon
 from lbd.daemon_metrics import LoopLagProbe
+from lbd.testing.configs import bgp_services_config
 
 
 class Recorder:
@@ -71,20 +72,9 @@ class _done:  # apply() is sync for BGP and awaited for layer 2: be both
         return iter(())
 
 
-def config(tmp: Path, services: int) -> Path:
-    path = tmp / "lbd.toml"
-    body = (f'[node]\nname = "n1"\nstate_dir = "{tmp}/state"\ncontrol_socket = "{tmp}/lbd.sock"\n'
-            '[[pool]]\nname = "routed"\naddresses = ["10.88.0.0/15"]\n'
-            '[[bgp_peer]]\nname = "gw"\nmy_asn = 64512\npeer_asn = 64512\npeer_address = "10.77.0.1"\n'
-            '[[bgp_advertisement]]\npools = ["routed"]\naccept = "address"\n')
-    body += "".join(f'[[service]]\nname = "s{i}"\npool = "routed"\n' for i in range(services))
-    path.write_text(body)
-    return path
-
-
 async def measure(services: int, passes: int) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="lbd-looplag-") as tmp:
-        d = Daemon(load_config(config(Path(tmp), services)))
+        d = Daemon(load_config(bgp_services_config(Path(tmp), services, pool="10.88.0.0/15")))
         d.l2 = Recorder()  # type: ignore[assignment]
         d.bgp = Recorder()  # type: ignore[assignment]
         probe = LoopLagProbe(interval=0.001)
@@ -108,7 +98,7 @@ async def measure(services: int, passes: int) -> list[dict[str, float]]:
                              "p99": lags[int(len(lags) * 0.99)] if lags else 0.0,
                              "median": statistics.median(lags) if lags else 0.0, "wakeups": len(lags),
                              "bgp_routes": len(d.bgp.routes)})  # type: ignore[union-attr]
-            await d.state_writer.flush() if hasattr(d, "state_writer") else None
+            await d.state_writer.flush()
         finally:
             task.cancel()
             await d.sources.close()

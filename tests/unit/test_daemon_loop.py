@@ -20,6 +20,7 @@ from lbd.kernel.interfaces import (LBD_ADDR_PROTO, RTM_DELADDR, RTM_NEWADDR, RTM
                                    InterfaceInventory, inventory_changed)
 from lbd.model import Allocation, Member, MemberState, VipDecision
 from lbd.state import PersistedState, StateStore, StateWriter
+from lbd.testing.configs import bgp_services_config
 
 
 def decision(i: int, owner: str | None) -> VipDecision:
@@ -203,17 +204,6 @@ async def test_the_inventory_is_read_once_until_something_changes(monkeypatch) -
 
 # -- the pass leaves the loop free; the first BGP table goes out in batches --------------
 
-def bgp_config(tmp: Path, services: int) -> Path:
-    path = tmp / "lbd.toml"
-    body = (f'[node]\nname = "n1"\nstate_dir = "{tmp}/state"\ncontrol_socket = "{tmp}/lbd.sock"\n'
-            '[[pool]]\nname = "routed"\naddresses = ["10.88.0.0/20"]\n'
-            '[[bgp_peer]]\nname = "gw"\nmy_asn = 64512\npeer_asn = 64512\npeer_address = "10.77.0.1"\n'
-            '[[bgp_advertisement]]\npools = ["routed"]\naccept = "address"\n')
-    body += "".join(f'[[service]]\nname = "s{i}"\npool = "routed"\n' for i in range(services))
-    path.write_text(body)
-    return path
-
-
 class BatchBgp:
     def __init__(self) -> None:
         self.sizes: list[int] = []
@@ -245,7 +235,7 @@ class NoL2:
 
 
 async def daemon_with(tmp: Path, services: int) -> Daemon:
-    d = Daemon(load_config(bgp_config(tmp, services)))
+    d = Daemon(load_config(bgp_services_config(tmp, services, pool="10.88.0.0/20")))
     d.l2 = NoL2()  # type: ignore[assignment]
     d.bgp = BatchBgp()  # type: ignore[assignment]
     await d.apply_config()
