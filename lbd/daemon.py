@@ -60,6 +60,7 @@ log = structlog.get_logger(__name__)
 RESYNC_INTERVAL = 10.0  # a full pass even when nothing said it changed (interfaces, lost events)
 DEBOUNCE = 0.01  # coalesce a burst of triggers into one pass
 LOOP_LAG_INTERVAL = 0.1  # the loop-lag probe's period: cheap, and stalls that matter are longer
+LOOP_STALL_WARNING = 0.25  # log a stall this long: half memberlist's LAN probe timeout
 FIRST_BGP_BATCH = 256  # the first pass's first BGP batch; each next one is 4x larger
 SOURCE_START_GRACE = 2.0  # wait this long at start for every source's first snapshot
 EXIT_RESTART = 75  # exit status after a stop-for-restart; the systemd unit restarts lbd on it
@@ -718,8 +719,8 @@ class Daemon:
         log.info("starting", node=self.config.node.name, config=str(self.config.path), version=lbd.__version__,
                  allocations=len(self.allocations), graceful_restart=self.graceful_restart)
         # Stalls of the loop (lbd_event_loop_lag_seconds): what peers' probes and BFD would see.
-        self._tasks.append(asyncio.create_task(m.LoopLagProbe(interval=LOOP_LAG_INTERVAL).run(),
-                                               name="lbd-loop-lag"))
+        probe = m.LoopLagProbe(interval=LOOP_LAG_INTERVAL, warn_after=LOOP_STALL_WARNING)
+        self._tasks.append(asyncio.create_task(probe.run(), name="lbd-loop-lag"))
         try:
             await self.control.start()
             await self.apply_config()
@@ -778,8 +779,6 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self.notifier.stopping()
-        if not self._restarting:
-            self.hooks.withdraw_all(time.time())  # vip_down / bgp_session_down for what stops now
         for task in self._tasks:
             task.cancel()
         clustered = not isinstance(self.membership, LocalCoordinator)
@@ -803,6 +802,10 @@ class Daemon:
                     await self.l2.cleanup_stale()
                 except Exception:  # noqa: BLE001 - shutdown must go on
                     log.exception("cleanup_after_interrupt_failed")
+        if not self._restarting:
+            # vip_down / bgp_session_down for what stopped: after the withdrawals, which must
+            # not wait for it (it walks every VIP: about a second at 100,000, issue 9).
+            self.hooks.withdraw_all(time.time())
         if self._restarting:
             self.extra_state["restart_stop_at"] = time.time()
             self._extra_changed = True

@@ -6,10 +6,13 @@ import asyncio
 import time
 from typing import Mapping, Sequence
 
+import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from lbd.metrics import REGISTRY
 from lbd.model import Allocation, L2Mode, Plan, PoolConfig
+
+log = structlog.get_logger(__name__)
 
 POOL_SIZE = Gauge("lbd_pool_addresses", "Usable addresses in a pool", ["pool", "family"], registry=REGISTRY)
 POOL_USED = Gauge("lbd_pool_addresses_in_use", "Allocated addresses in a pool", ["pool", "family"], registry=REGISTRY)
@@ -36,13 +39,21 @@ class LoopLagProbe:
     A pass that holds the loop longer than a gossip probe timeout gets the node declared
     dead by its peers (issue 9); this is the figure that shows it."""
 
-    def __init__(self, interval: float = 0.005, clock=time.perf_counter) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, interval: float = 0.005, clock=time.perf_counter,  # type: ignore[no-untyped-def]
+                 warn_after: float | None = None, warn_every: float = 10.0) -> None:
         self.interval = interval
         self._clock = clock
         self.max_lag = 0.0
         self.samples = 0
         self.lags: list[float] = []  # kept only when ``keep`` (benchmarks)
         self.keep = False
+        # A stall of ``warn_after`` seconds or more is logged (``event_loop_stalled``), at most
+        # one line per ``warn_every`` seconds with the number of stalls it stands for.
+        self.warn_after = warn_after
+        self.warn_every = warn_every
+        self._last_warning = -warn_every
+        self._unreported = 0
+        self._unreported_max = 0.0
 
     def reset(self) -> None:
         self.max_lag = 0.0
@@ -59,6 +70,19 @@ class LoopLagProbe:
             if self.keep:
                 self.lags.append(lag)
             LOOP_LAG.observe(lag)
+            if self.warn_after is not None and lag >= self.warn_after:
+                self._stalled(lag)
+
+    def _stalled(self, lag: float) -> None:
+        self._unreported += 1
+        self._unreported_max = max(self._unreported_max, lag)
+        now = self._clock()
+        if now - self._last_warning >= self.warn_every:
+            log.warning("event_loop_stalled", seconds=round(self._unreported_max, 3), stalls=self._unreported,
+                        detail="gossip probes, BFD and signals waited that long")
+            self._last_warning = now
+            self._unreported = 0
+            self._unreported_max = 0.0
 
 
 def update(*, pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation], pending: Mapping[str, str],

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from lbd import daemon_metrics as m
 from lbd.config import load_config
 from lbd.daemon import OWNER_CHANGES_SHOWN, Daemon, report_owner_changes
+from lbd.daemon_metrics import LoopLagProbe
 from lbd.kernel.interfaces import (LBD_ADDR_PROTO, RTM_DELADDR, RTM_NEWADDR, RTM_NEWLINK, RTM_DELLINK,
                                    InterfaceInventory, inventory_changed)
 from lbd.model import Allocation, Member, MemberState, VipDecision
@@ -304,3 +305,18 @@ async def test_planning_and_allocation_run_off_the_loop(tmp_path: Path, monkeypa
         assert len(StateStore(d.config.node.state_dir).load().allocations) == 20  # persisted via the loop
     finally:
         await close(d)
+
+
+async def test_the_loop_lag_probe_sees_a_stall_and_logs_it_once() -> None:
+    probe = LoopLagProbe(interval=0.005, warn_after=0.05, warn_every=60.0)
+    task = asyncio.ensure_future(probe.run())
+    with capture_logs() as logs:
+        await asyncio.sleep(0.02)
+        time.sleep(0.12)  # the loop blocked
+        await asyncio.sleep(0.02)
+        time.sleep(0.12)  # again: counted, not logged again within warn_every
+        await asyncio.sleep(0.02)
+    task.cancel()
+    assert probe.max_lag >= 0.1
+    stalls = [e for e in logs if e["event"] == "event_loop_stalled"]
+    assert len(stalls) == 1 and stalls[0]["seconds"] >= 0.1
