@@ -386,11 +386,13 @@ class Daemon:
         """A VIP we announce that another alive member holds too (a partition healing): announce
         again when that starts and when it ends, so neighbours that followed the other holder
         come back to us as soon as it lets go, not at the next periodic announcement."""
+        # One set per other member (``holds`` is a tuple): a lookup per VIP, not a scan.
+        others = [frozenset(mb.holds) for mb in members
+                  if mb.name != config.node.name and mb.state == MemberState.ALIVE and mb.holds]
         contested = {
             i.vip for i in self.plan.l2
-            if i.mode.announced and any(str(i.vip) in mb.holds for mb in members
-                                         if mb.name != config.node.name and mb.state == MemberState.ALIVE)
-        }
+            if i.mode.announced and any(str(i.vip) in held for held in others)
+        } if others else set()
         self.l2.reannounce((contested ^ self._contested) & {i.vip for i in self.plan.l2})
         self._contested = contested
 
