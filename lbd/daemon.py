@@ -138,6 +138,14 @@ def restored_state(persisted: PersistedState, config: Config) -> tuple[dict[str,
     return dict(persisted.allocations), persisted.drained or config.node.drained, dict(persisted.extra)
 
 
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread runs ``loop``."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
 OWNER_CHANGES_SHOWN = 10  # the owner changes named in a pass's info summary; the rest are counted
 
 
@@ -181,9 +189,10 @@ class Daemon:
         self.store = StateStore(config.node.state_dir)
         self.state_writer = StateWriter(self.store)  # off the loop, coalesced (issue 9)
         try:
-            self.state_writer.attach(asyncio.get_running_loop())  # _allocate may run in a worker thread
+            # Where persist() called from a pass step in a worker thread takes its snapshot.
+            self._event_loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
-            pass  # built outside a loop (tools): the first submit on the loop attaches it
+            self._event_loop = None  # built outside a loop (tools): persist() writes at once
         self.allocations: dict[str, Allocation]
         self.allocations, self.drained, self.extra_state = restored_state(self.store.load(), config)
         self.pending: dict[str, str] = {}
@@ -436,6 +445,12 @@ class Daemon:
         """Have the state written soon: a snapshot now, encoded and written off the loop,
         coalesced with the writes around it (``StateWriter``). ``await
         self.state_writer.flush()`` where it must be on disk before going on."""
+        loop = getattr(self, "_event_loop", None)
+        if loop is not None and not loop.is_closed() and not _on_loop(loop):
+            # From a worker thread (_allocate off the loop): take the snapshot on the loop, in
+            # order with persist() calls made there (a drain), never an older one after a newer.
+            loop.call_soon_threadsafe(self.persist)
+            return
         self.extra_state.update(self.membership.persisted_extra())
         self._extra_changed = False
         self.state_writer.submit(PersistedState(allocations=dict(self.allocations), drained=self.drained,

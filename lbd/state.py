@@ -338,7 +338,6 @@ class StateWriter:
         self._clock = clock
         self._pending: PersistedState | None = None  # the latest snapshot not yet written
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_write = -math.inf
         self._hurry = False  # flush(): skip the coalescing wait
         self.writes = 0  # files written (for tests and figures)
@@ -351,26 +350,17 @@ class StateWriter:
                 or self.last_error is not None)
 
     def submit(self, state: PersistedState) -> None:
-        """Write ``state`` soon (replacing any snapshot still waiting). From a worker thread
-        (a pass step run off the loop) it is handed to the loop the writer works on; with
-        no event loop at all (tools, tests), it is written now in this thread."""
+        """Write ``state`` soon (replacing any snapshot still waiting). Call it on the event
+        loop; without a running loop (tools, tests) it is written now, in this thread."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self.submit, state)
-                return
             self._save(state)
             return
-        self._loop = loop
         self._pending = state
         if self._task is not None and not self._task.done():
             return  # the running writer picks the latest snapshot up
         self._task = loop.create_task(self._run(), name="lbd-state-writer")
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The loop that writes: snapshots submitted from other threads go to it."""
-        self._loop = loop
 
     async def flush(self) -> None:
         """Write what is pending now, without the coalescing wait, and wait until it is on disk."""

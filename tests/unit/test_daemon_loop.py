@@ -320,3 +320,29 @@ async def test_the_loop_lag_probe_sees_a_stall_and_logs_it_once() -> None:
     assert probe.max_lag >= 0.1
     stalls = [e for e in logs if e["event"] == "event_loop_stalled"]
     assert len(stalls) == 1 and stalls[0]["seconds"] >= 0.1
+
+
+async def test_persist_from_a_worker_thread_snapshots_on_the_loop(tmp_path: Path) -> None:
+    """_allocate runs in a worker thread on a single node: its persist() takes the snapshot on
+    the loop, in order with the loop's own persist() calls (a drain), never in the thread."""
+    import threading
+
+    d = await daemon_with(tmp_path, 3)
+    submitted: list[tuple[bool, bool]] = []  # (on the main thread, drained in the snapshot)
+    real_submit = d.state_writer.submit
+
+    def recording_submit(state: PersistedState) -> None:
+        submitted.append((threading.current_thread() is threading.main_thread(), state.drained))
+        real_submit(state)
+
+    d.state_writer.submit = recording_submit  # type: ignore[method-assign]
+    try:
+        await asyncio.to_thread(d.persist)  # from the thread: deferred to the loop
+        d.drained = True
+        d.persist()  # on the loop, after
+        await asyncio.sleep(0.01)
+        await d.state_writer.flush()
+        assert submitted == [(True, False), (True, True)]  # both on the loop, in order
+        assert StateStore(d.config.node.state_dir).load().drained is True
+    finally:
+        await close(d)
