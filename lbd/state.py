@@ -35,6 +35,7 @@ Failure policy.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import json
@@ -42,6 +43,7 @@ import math
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -58,6 +60,7 @@ __all__ = [
     "StateError",
     "StateVersionError",
     "StateStore",
+    "StateWriter",
     "decode_state",
     "encode_state",
 ]
@@ -69,6 +72,10 @@ STATE_FILE = "allocations.json"
 _ENTRY_KEYS = frozenset({"pool", "addresses"})
 _TEMP_PREFIX = f".{STATE_FILE}.tmp-"
 _MAX_BYTES = 64 * 1024 * 1024  # far above any real table; refuse to read a runaway file
+# Writes closer together than this are coalesced into one (the latest state): a burst of
+# changes costs one encode and one fsync, not one per change. The first change after a
+# quiet spell is written at once.
+WRITE_INTERVAL = 0.25
 
 
 class StateError(ValueError):
@@ -311,3 +318,80 @@ class StateStore:
             consequence="starting with no allocations; services may get new addresses",
         )
         return PersistedState()
+
+
+class StateWriter:
+    """Writes the state file off the event loop, only when told it changed, coalesced.
+
+    At 100,000 allocations encoding and writing the file takes seconds of CPU (issue 9):
+    on the event loop that stalled gossip acks, BFD and SIGTERM. :meth:`submit` only keeps
+    the latest snapshot; one task writes it in a worker thread, at most every
+    ``min_interval`` seconds (the first one at once), so a burst of changes is one write.
+    :meth:`flush` writes what is pending now and waits for it (a drain, the final write at
+    stop). A failed write is logged (``persist_failed``) and retried with the next one.
+    """
+
+    def __init__(self, store: StateStore, min_interval: float = WRITE_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.min_interval = min_interval
+        self._clock = clock
+        self._pending: PersistedState | None = None  # the latest snapshot not yet written
+        self._task: asyncio.Task[None] | None = None
+        self._last_write = -math.inf
+        self._hurry = False  # flush(): skip the coalescing wait
+        self.writes = 0  # files written (for tests and figures)
+        self.last_error: str | None = None
+
+    @property
+    def dirty(self) -> bool:
+        """A snapshot is waiting to be written, or being written, or the last write failed."""
+        return (self._pending is not None or (self._task is not None and not self._task.done())
+                or self.last_error is not None)
+
+    def submit(self, state: PersistedState) -> None:
+        """Write ``state`` soon (replacing any snapshot still waiting). Call it on the event
+        loop; without a running loop (tools, tests) it is written now, in this thread."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._save(state)
+            return
+        self._pending = state
+        if self._task is not None and not self._task.done():
+            return  # the running writer picks the latest snapshot up
+        self._task = loop.create_task(self._run(), name="lbd-state-writer")
+
+    async def flush(self) -> None:
+        """Write what is pending now, without the coalescing wait, and wait until it is on disk."""
+        if self._pending is not None and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="lbd-state-writer")
+        if self._task is None:
+            return
+        self._hurry = True
+        try:
+            # Shielded: a cancelled caller must not cut a write short (the worker thread
+            # would finish anyway; the task then still records what it wrote).
+            await asyncio.shield(self._task)
+        finally:
+            self._hurry = False
+
+    async def _run(self) -> None:
+        while self._pending is not None:
+            wait = self._last_write + self.min_interval - self._clock()
+            while wait > 0 and not self._hurry:
+                await asyncio.sleep(min(wait, 0.05))  # re-checks _hurry: a flush stops the wait
+                wait = self._last_write + self.min_interval - self._clock()
+            state, self._pending = self._pending, None
+            self._last_write = self._clock()
+            await asyncio.to_thread(self._save, state)
+
+    def _save(self, state: PersistedState) -> None:
+        try:
+            self.store.save(state)
+        except (OSError, StateError) as exc:
+            self.last_error = str(exc)
+            log.error("persist_failed", error=str(exc), path=str(self.store.path))
+            return
+        self.writes += 1
+        self.last_error = None

@@ -35,7 +35,7 @@ from typing import Iterable, Callable, Sequence
 import structlog
 
 from lbd.kernel.binding import DEFAULT_LIFETIME, AddressBinder
-from lbd.kernel.interfaces import holds, list_interfaces
+from lbd.kernel.interfaces import InterfaceInventory, holds, list_interfaces
 from lbd.kernel.netlink import Netlink
 from lbd.l2 import arp, metrics, ndp, rawsock
 from lbd.l2.frame import mac_to_bytes
@@ -77,8 +77,10 @@ class L2Announcer:
         burst_spacing: float = BURST_SPACING,
         wall_clock: Callable[[], float] = time.time,
         announce_rate: float = DEFAULT_RATE,
+        inventory: InterfaceInventory | None = None,
     ) -> None:
         self._nl = netlink
+        self._shared_inventory = inventory  # the daemon's: no address dump of our own per apply
         self._own_nl = netlink is None
         self._lifetime = address_lifetime
         self._refresh_interval = refresh_interval
@@ -327,6 +329,8 @@ class L2Announcer:
         entry.errors += 1
         entry.last_error = str(exc) or type(exc).__name__
         metrics.ERRORS.inc()
+        if self._shared_inventory is not None:
+            self._shared_inventory.invalidate()  # the interface may be gone: read afresh next time
         log.warning(event, vip=str(entry.intent.vip), interface=entry.intent.interface, mode=entry.intent.mode, error=entry.last_error)
 
     # -- announcements ------------------------------------------------------
@@ -426,6 +430,8 @@ class L2Announcer:
     async def _inventory(self) -> list[LocalInterface]:
         await self._get_binder()
         try:
+            if self._shared_inventory is not None:
+                return await self._shared_inventory.get()
             return await list_interfaces(self._nl)
         except Exception as exc:  # noqa: BLE001 - every VIP then fails with this reason
             metrics.ERRORS.inc()

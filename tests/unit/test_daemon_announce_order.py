@@ -14,22 +14,15 @@ from typing import Any
 
 from lbd.config import load_config
 from lbd.daemon import Daemon
+from lbd.testing.configs import bgp_services_config
 
 SERVICES = 50
 
 
 def config_file(tmp: Path) -> Path:
-    path = tmp / "lbd.toml"
-    body = (f'[node]\nname = "n1"\nstate_dir = "{tmp}/state"\ncontrol_socket = "{tmp}/lbd.sock"\n'
-            '[[pool]]\nname = "routed"\naddresses = ["10.88.0.0/24"]\n'
-            '[[bgp_peer]]\nname = "gw"\nmy_asn = 64512\npeer_asn = 64512\npeer_address = "10.77.0.1"\n'
-            '[[bgp_advertisement]]\npools = ["routed"]\n'
-            # Per-VIP binds on lo: the slow layer-2 path the UPDATEs must not wait for
-            # (the default, one local route per prefix, has no per-VIP work to wait on).
-            'accept = "address"\n')
-    body += "".join(f'[[service]]\nname = "s{i}"\npool = "routed"\n' for i in range(SERVICES))
-    path.write_text(body)
-    return path
+    # Per-VIP binds on lo (accept = "address"): the slow layer-2 path the UPDATEs must not
+    # wait for (the default, one local route per prefix, has no per-VIP work to wait on).
+    return bgp_services_config(tmp, SERVICES, accept="address")
 
 
 class Recorder:
