@@ -49,7 +49,7 @@ from prometheus_client import Counter, Gauge
 from lbd.kernel.netlink import Netlink
 from lbd.metrics import REGISTRY
 from lbd.config.schema import RouteExportConfig
-from lbd.model import ExportRoute, IPNetwork
+from lbd.model import RT_TABLE_LOCAL, ExportRoute, IPNetwork
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +79,6 @@ _DEFAULT_METRIC = {4: 0, 6: 1024}
 
 
 RTN_UNICAST, RTN_LOCAL = 1, 2  # rtm_type values (include/uapi/linux/rtnetlink.h)
-RT_TABLE_LOCAL = 255
 RT_SCOPE_HOST = 254
 _KINDS = {"unicast": RTN_UNICAST, "local": RTN_LOCAL}
 
