@@ -42,7 +42,7 @@ from lbd.sources.manager import SourceManager
 from lbd.sources.registry import validate_source
 from lbd.sources.static import static_source_config
 from lbd.state import PersistedState, StateError, StateStore
-from lbd import daemon_metrics as m
+from lbd import metrics as m
 
 if TYPE_CHECKING:
     # Optional parts, imported when the config first needs them (start-up cost, and a
