@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gossip layer (against lbd.metrics.REGISTRY)."""
+"""Prometheus metrics of the gossip layer and the cluster's allocation table (against lbd.metrics.REGISTRY)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,12 @@ BAD_NAMES = Counter(
     "lbd_gossip_bad_member_names_total",
     "Member entries refused because the name is empty or holds control characters", registry=REGISTRY,
 )
+
+# The allocation table the cluster replicates (lbd.cluster.coordination).
+CONFLICTS = Counter("lbd_allocation_conflicts_resolved", "Allocations dropped because an older one held the address",
+                    registry=REGISTRY)
+TABLE_REJECTED = Counter("lbd_allocation_table_entries_refused",
+                         "Allocation table entries from peers refused: stamped too far in the future",
+                         registry=REGISTRY)
+TABLE_UPDATES = Counter("lbd_allocation_table_entries_received", "Allocation table entries adopted from peers",
+                        registry=REGISTRY)
