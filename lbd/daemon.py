@@ -442,8 +442,9 @@ class Daemon:
         forwarded = {name: spec for name, spec in self.services.items() if spec.backends}
         if not forwarded and self.forwarder is None:
             return frozenset()
-        from lbd.forward.forwarder import COLLECTOR, Forwarder
+        from lbd.forward.forwarder import Forwarder
         from lbd.forward.health import BackendChecker
+        from lbd.forward.metrics import COLLECTOR
         from lbd.forward.ruleset import desired, to_withdraw
 
         if self.backend_checks is None:
