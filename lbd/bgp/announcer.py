@@ -28,16 +28,9 @@ from lbd.bgp.events import (
     UpdateReceived,
     UpdatesSent,
 )
+from lbd.bgp.metrics import ANNOUNCED, NOTIFICATIONS_RECEIVED, NOTIFICATIONS_SENT, SESSION_UP, UPDATES_RECEIVED, UPDATES_SENT
 from lbd.bgp.packing import RouteAttrs
 from lbd.bgp.settings import SessionSettings
-from lbd.bgp.metrics import (
-    ANNOUNCED,
-    NOTIFICATIONS_RECEIVED,
-    NOTIFICATIONS_SENT,
-    SESSION_UP,
-    UPDATES_RECEIVED,
-    UPDATES_SENT,
-)
 from lbd.bgp.speaker import Listener, PeerEndpoint, PeerSpeaker
 from lbd.config.schema import BfdProfileConfig, BgpPeerConfig
 from lbd.model import BgpRoute, IPAddress, IPNetwork
