@@ -6,8 +6,8 @@ Sections (each in its own ``lbd.testing.forward_lab`` lab: client, lbd nodes, th
    ``--seconds`` through the VIP, then straight to a backend from an address
    on the backends' subnet (the same client, the same tool); then opens
    ``--connections`` short connections each way. Reports both and the ratios.
-2. ``apply``: lbd's own forwarding code (``lbd.forward.ruleset`` +
-   ``Forwarder``, what the daemon runs) in a fresh namespace with
+2. ``apply``: lbd's own forwarding code (``lbd.forward.ruleset``,
+   ``lbd.forward.transaction`` and ``Forwarder``, what the daemon runs) in a fresh namespace with
    ``--backends`` backends (10,000 by default), twice: in one service with a
    65537-entry table, then spread over ``--services`` services (100) with
    8191-entry tables: the initial load, then one backend failing, coming
@@ -95,7 +95,7 @@ def bench_path(workdir: Path, mode: str, seconds: int, connections: int, rounds:
 APPLY = r"""
 import asyncio, ipaddress, json, sys, time
 from dataclasses import replace
-from lbd.forward import ruleset
+from lbd.forward import ruleset, transaction
 from lbd.forward.forwarder import Forwarder
 from lbd.model import Allocation, Backend, ForwardingConfig, PortSpec, ServiceSpec
 n, services_n, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -125,7 +125,7 @@ async def main():
         d = ruleset.desired(specs, alloc, health, fwd, ifs, previous=f.desired, versions=versions.__getitem__)
         t1 = time.perf_counter()
         before = f.applied
-        ops = ruleset.plan_transaction(before, d.ruleset)  # only to count; apply plans it again
+        ops = transaction.plan_transaction(before, d.ruleset)  # only to count; apply plans it again
         t_plan = time.perf_counter()
         await f.apply(d)
         t2 = time.perf_counter()

@@ -96,7 +96,8 @@ class Coordinator(abc.ABC):
     def status(self) -> list[dict[str, Any]]:
         return [
             {"name": m.name, "address": m.address, "state": m.state.value, "incarnation": m.incarnation,
-             "drained": m.drained, "holds": list(m.holds), "failing": sorted(m.failing)}
+             "drained": m.drained, "holds": list(m.holds), "holds_known": m.holds_known,
+             "failing": sorted(m.failing)}
             for m in self.members()
         ]
 

@@ -35,7 +35,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None,
         stderr: TextIO | None = None) -> int:
     from lbd.config import ConfigError, parse_config
-    from lbd.metallb_import import MetalLBImportError, Resource, convert, load_documents, render
+    from lbd.metallb.convert import convert, render
+    from lbd.metallb.load import load_documents
+    from lbd.metallb.model import MetalLBImportError, Resource
     from lbd.sources.registry import validate_source
 
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr

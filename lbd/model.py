@@ -152,6 +152,7 @@ class Member:
     drained: bool = False
     failing: frozenset[str] = frozenset()  # services whose health check fails on this node
     holds: tuple[str, ...] = ()  # VIPs this member currently announces (for sticky failback)
+    holds_known: bool = True  # False: its record of held VIPs has not reached us (holds reads as empty)
 
 
 class L2Mode(str, enum.Enum):

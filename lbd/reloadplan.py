@@ -171,12 +171,27 @@ def diff_configs(running: RunningState, new: Config) -> PlanDiff:
     out.notes.extend(notes)
     before = allocate_for(old, old_services, running.allocations)
     after = allocate_for(new, new_services, running.allocations)
+    _diff_allocations(out, running, old_services, new_services, before, after)
+    _diff_vips(out, running, old, new, (old_services, before.allocations), (new_services, after.allocations))
+    _diff_peers(out, old, new)
+    if old.metrics.listen != new.metrics.listen:
+        out.notes.append(f"metrics listen changes: {old.metrics.listen or 'off'} -> {new.metrics.listen or 'off'}")
+    if old.hooks != new.hooks:
+        out.notes.append(f"hooks change: {len(old.hooks)} -> {len(new.hooks)} hook(s)")
+    if not out.changed and _settings(new, old) != _settings(old, old):
+        out.notes.append("other settings change (no address, VIP or BGP session moves)")
+    return out
+
+
+def _diff_allocations(out: PlanDiff, running: RunningState, old_services: Mapping[str, ServiceSpec],
+                      new_services: Mapping[str, ServiceSpec], before: AllocationResult,
+                      after: AllocationResult) -> None:
+    """Addresses released, allocated, left pending and taken away."""
     reasons = {c.service: c.reason for c in after.changes}
     # What services hold now, not what re-running the old config would give them: in a cluster
     # a node's table can hold less than its own sources know (the allocator has not allocated a
     # new service yet, or a conflict took an address away), and only a held address can be lost.
     held = {name: a for name, a in running.allocations.items() if name in old_services}
-
     for name in sorted(set(held) | set(after.allocations) | set(after.pending)):
         was = held.get(name)
         now = after.allocations.get(name)
@@ -197,8 +212,14 @@ def diff_configs(running: RunningState, new: Config) -> PlanDiff:
         elif now.addresses != was.addresses:
             out.allocated.append((name, tuple(a for a in now.addresses if a not in was.addresses)))
 
-    d_before = _decisions(running, old, old_services, before.allocations)
-    d_after = _decisions(running, new, new_services, after.allocations)
+
+def _diff_vips(out: PlanDiff, running: RunningState, old: Config, new: Config,
+               old_state: tuple[Mapping[str, ServiceSpec], Mapping[str, Allocation]],
+               new_state: tuple[Mapping[str, ServiceSpec], Mapping[str, Allocation]]) -> None:
+    """VIPs added and withdrawn, owners moved, and what this node starts or stops announcing;
+    each state is (services, allocations)."""
+    d_before = _decisions(running, old, *old_state)
+    d_after = _decisions(running, new, *new_state)
     out.vips_added = _ordered(d_after.keys() - d_before.keys())
     out.vips_withdrawn = _ordered(d_before.keys() - d_after.keys())
     for vip in _ordered(d_before.keys() & d_after.keys()):
@@ -210,19 +231,14 @@ def diff_configs(running: RunningState, new: Config) -> PlanDiff:
     out.announced_here = _ordered(here_after - here_before)
     out.unannounced_here = _ordered(here_before - here_after)
 
+
+def _diff_peers(out: PlanDiff, old: Config, new: Config) -> None:
+    """BGP sessions opened, closed and reset (a changed peer)."""
     peers_before = _bgp_peers(old, old.node.labels)
     peers_after = _bgp_peers(new, new.node.labels)
     out.bgp_opened = sorted(peers_after.keys() - peers_before.keys())
     out.bgp_closed = sorted(peers_before.keys() - peers_after.keys())
     out.bgp_reset = sorted(n for n in peers_before.keys() & peers_after.keys() if peers_before[n] != peers_after[n])
-
-    if old.metrics.listen != new.metrics.listen:
-        out.notes.append(f"metrics listen changes: {old.metrics.listen or 'off'} -> {new.metrics.listen or 'off'}")
-    if old.hooks != new.hooks:
-        out.notes.append(f"hooks change: {len(old.hooks)} -> {len(new.hooks)} hook(s)")
-    if not out.changed and _settings(new, old) != _settings(old, old):
-        out.notes.append("other settings change (no address, VIP or BGP session moves)")
-    return out
 
 
 def _settings(config: Config, base: Config) -> Config:

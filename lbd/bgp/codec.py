@@ -24,12 +24,11 @@ from lbd.bgp.attributes import (
     Action,
     PathAttributes,
     Problem,
-    decode_attributes,
-    decode_prefixes,
     encode_attributes,
     encode_prefixes,
     strongest,
 )
+from lbd.bgp.attribute_decoding import decode_attributes, decode_prefixes
 from lbd.bgp.errors import (
     BgpError,
     ErrorCode,

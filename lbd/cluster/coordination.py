@@ -3,9 +3,11 @@
 - Members come from the gossip layer (memberlist wire, SWIM + Lifeguard).
   Only members carrying lbd node metadata count (a serf agent in the same
   gossip pool is not an lbd node).
-- Each node publishes what the planner needs about it in its metadata
-  (``nodemeta``): labels, interfaces and networks, drain, failing services,
-  held VIPs.
+- Each node publishes what the planner needs about it: the small, slowly
+  changing facts in its metadata (``nodemeta``: labels, interfaces and
+  networks, drain, the version of its big facts), the big ones (held VIPs,
+  failing services) as a record of its own (``facts``) that travels in user
+  messages and push-pull, so they never outgrow memberlist's 512 bytes.
 - The allocator is the alive lbd member with the lowest name: a choice every
   node makes alike from membership. It runs the allocator over its replica of
   the table and broadcasts what changed; every node merges and persists.
@@ -26,6 +28,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import ipaddress
 import random
 import time
 from dataclasses import replace
@@ -35,20 +40,23 @@ import structlog
 
 from lbd import aio
 from lbd.backoff import capped_backoff
-from lbd.cluster import nodemeta
+from lbd.cluster import facts, nodemeta
 from lbd.cluster.crypto import load_keyring
 from lbd.cluster.events import EventKind, MemberEvent, MemberInfo
-from lbd.cluster.metrics import CONFLICTS, TABLE_REJECTED, TABLE_UPDATES
+from lbd.cluster.metrics import CONFLICTS, FACTS_REJECTED, FACTS_REQUESTS, TABLE_REJECTED, TABLE_UPDATES
 from lbd.cluster.replication import AllocationTable, TableEntry, TableError
 from lbd.cluster.transport import JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX, Gossip, UserPayload
 from lbd.coordination import Coordinator, Handover, HeldVips
 from lbd.ipam import AllocationResult, allocate
 from lbd.config.schema import Config
-from lbd.model import Allocation, Member, MemberState, ServiceSpec
+from lbd.model import Allocation, IPAddress, Member, MemberState, ServiceSpec
 
 log = structlog.get_logger(__name__)
 
 TABLE_MESSAGE = b"lbd1T"  # user message: table entries (a delta, or the whole table)
+FACTS_MESSAGE = b"lbd1F"  # user message: node facts (records, a delta or a request; lbd.cluster.facts)
+FACTS_STATE_KEY = "nf"  # the node facts in the push-pull table JSON (base64), which older nodes ignore
+FACTS_REPAIR_INTERVAL = 0.25  # how often to look for facts records we are behind on
 DELTA_BUDGET = 1000  # bytes of entries per UDP broadcast (memberlist packets are 1400 bytes)
 MAX_DELTA_BROADCASTS = 8  # beyond this, send the whole table over TCP to each member
 INITIAL_JOIN_WAIT = 3.0  # at start, wait this long to hear the cluster before announcing alone
@@ -73,6 +81,11 @@ class ClusterCoordinator(Coordinator):
             merge_remote_state=self._merge_remote_state,
         )
         self.table = AllocationTable(self.name)
+        self.facts = facts.FactsReplica(self.name)
+        self._facts_holds: tuple[str, ...] | None = None  # the holds last given to the facts replica
+        self._holds_cache: dict[str, tuple[int, tuple[str, ...]]] = {}  # node -> (version, sorted holds)
+        self._facts_task: asyncio.Task[None] | None = None
+        self.monotonic: Callable[[], float] = time.monotonic  # the facts repair's clock (a test passes its own)
         self._me = Member(name=self.name)
         self._meta_sent: bytes | None = None
         self._meta_cache: dict[bytes, nodemeta.NodeMeta | None] = {}
@@ -119,40 +132,146 @@ class ClusterCoordinator(Coordinator):
         self._me = me
         if not self._started:
             return
+        outgoing: list[facts.Outgoing] = []
+        if me.holds != self._facts_holds or me.failing != self.facts.local.failing or not self.facts.local.version:
+            outgoing = self.facts.publish(self._held_addresses(me.holds), me.failing, _now_ms(),
+                                          self._alive_peer_names())
+            self._facts_holds = me.holds
+        # Holds live only in the facts record ("H": older nodes read them as unknown, as they did
+        # past a hundred VIPs); failing is also kept here when it fits, for older nodes.
         meta = nodemeta.NodeMeta(labels=me.labels, interfaces=me.interfaces, drained=me.drained,
-                                 failing=me.failing, holds=me.holds)
+                                 failing=me.failing, holds_known=False, facts_version=self.facts.local.version)
         try:
             data, dropped = nodemeta.encode(meta)
         except ValueError as exc:
             log.error("node_metadata_too_large", error=str(exc))
-            return
-        if data != self._meta_sent:
-            if dropped:
-                log.warning("node_metadata_trimmed", dropped=dropped)
-            self._meta_sent = data
+            data, dropped = None, []  # keep what we published; the facts still go out
+        if data is not None and data != self._meta_sent or outgoing:
+            if dropped and data != self._meta_sent:
+                log.info("node_metadata_trimmed", dropped=dropped, detail="carried by the node facts record")
+            if data is not None:
+                self._meta_sent = data
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                self.gossip.set_meta(data)
+                self._send_meta(data, outgoing)
                 return
             # One loop turn later: the announcer's takeover task (created in this pass, so
             # queued before us) sends its first gratuitous ARP before peers hear that we hold
             # the VIP and the old owner releases it; clients never point at a released VIP.
-            loop.call_soon(self._send_meta, data)
+            loop.call_soon(self._send_meta, data, outgoing)
 
-    def _send_meta(self, data: bytes) -> None:
-        if data == self._meta_sent and not self._closed:
+    def _send_meta(self, data: bytes | None, outgoing: Sequence[facts.Outgoing] = ()) -> None:
+        if self._closed:
+            return
+        # The facts first: a peer that sees the new version in our metadata has (most likely) the record.
+        self._dispatch(outgoing)
+        if data is not None and data == self._meta_sent:
             self.gossip.set_meta(data)
+
+    # -- node facts (lbd.cluster.facts) ------------------------------------------
+
+    def _held_addresses(self, holds: Sequence[str]) -> frozenset[IPAddress]:
+        """``holds`` as addresses, parsing only what changed since the last publish (10,000 VIPs, one new)."""
+        before = set(self._facts_holds or ())
+        now = set(holds)
+        removed = {ipaddress.ip_address(v) for v in before - now}
+        return (self.facts.local.holds - removed) | {ipaddress.ip_address(v) for v in now - before}
+
+    def _alive_peer_names(self) -> list[str]:
+        return [i.name for i in self.gossip.members()
+                if i.name != self.name and i.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+
+    def _dispatch(self, outgoing: Sequence[facts.Outgoing]) -> None:
+        if not outgoing or not self._started or self._closed:
+            return
+        addresses = {i.name: i.addr for i in self.gossip.members()}
+        for item in outgoing:
+            if isinstance(item, facts.Broadcast):
+                self.gossip.broadcast_user(FACTS_MESSAGE + item.payload)
+            elif item.node in addresses:
+                asyncio.ensure_future(self._send_facts(item.node, addresses[item.node], item.payload))
+
+    async def _send_facts(self, node: str, address: str, payload: bytes) -> None:
+        try:
+            sent = await self.gossip.send_user(address, FACTS_MESSAGE + payload)
+        except Exception as exc:  # noqa: BLE001 - the peer is gone or slow: it asks again, or push-pull repairs
+            sent, error = False, str(exc)
+        else:
+            error = ""
+        if sent is not True:
+            log.info("facts_send_failed", node=node, error=error)
+
+    def _receive_facts(self, payload: bytes, via: str) -> None:
+        try:
+            message = facts.decode(payload, known=self.facts.versions())
+        except facts.FactsError as exc:
+            FACTS_REJECTED.inc()
+            log.warning("facts_message_rejected", via=via, error=str(exc))
+            return
+        infos = self.gossip.members()
+        accept = {i.name: i.state in (MemberState.ALIVE, MemberState.SUSPECT) for i in infos}
+        version = self.facts.local.version
+        changed, outgoing = self.facts.receive(message, _now_ms(), self.monotonic(),
+                                               [n for n, ok in accept.items() if ok and n != self.name], accept)
+        self._dispatch(outgoing)
+        if self.facts.local.version != version:
+            # A record about us newer than ours (our previous life): we wrote above it; say so.
+            self.update_local(self._me)
+        if changed:
+            self._on_change()
+
+    async def _facts_repair_loop(self) -> None:
+        """Ask for the records we are behind on (a lost delta; a version announced in metadata)."""
+        while True:
+            await asyncio.sleep(FACTS_REPAIR_INTERVAL)
+            self.repair_facts(self.monotonic())
+
+    def repair_facts(self, now: float) -> None:
+        """One repair round: compare each peer's announced facts version with its record we have."""
+        announced = {}
+        for info in self.gossip.members():
+            meta = self._decode(info.meta) if info.state in (MemberState.ALIVE, MemberState.SUSPECT) else None
+            if meta is not None and info.name != self.name:
+                announced[info.name] = meta.facts_version
+        requests = self.facts.repair(announced, now)
+        if requests:
+            FACTS_REQUESTS.inc(len(requests))
+            log.info("facts_record_requested", nodes=[r.node for r in requests if isinstance(r, facts.Send)])
+        self._dispatch(requests)
+
+    def _own_holds(self) -> tuple[str, ...]:
+        """Our holds with a set lookup (the planner asks per VIP whether we hold it)."""
+        if not isinstance(self._me.holds, facts.IndexedHolds):
+            self._me = replace(self._me, holds=facts.IndexedHolds(self._me.holds))
+        return self._me.holds
+
+    def _member_facts(self, name: str, meta: nodemeta.NodeMeta) -> tuple[tuple[str, ...], frozenset[str], bool]:
+        """(holds, failing, holds known) of a peer: from its record once it arrived, else its metadata."""
+        record = self.facts.get(name)
+        if record is None:
+            # No record yet: a node that publishes one holds what we do not know yet; an older
+            # node's metadata says what it says.
+            return meta.holds, meta.failing, meta.holds_known and not meta.facts_version
+        cached = self._holds_cache.get(name)
+        if cached is None or cached[0] != record.version:
+            # Sorted as text, as the node itself lists them (planner.held_vips).
+            cached = (record.version, facts.IndexedHolds(sorted(str(a) for a in record.holds)))
+            self._holds_cache[name] = cached
+        return cached[1], record.failing, True
 
     def members(self) -> list[Member]:
         if not self._started:
             return [self._me]
         out = []
         infos = self.gossip.members()
+        self.facts.prune(i.name for i in infos)
+        for name in [n for n in self._holds_cache if n not in self.facts.records]:
+            del self._holds_cache[name]
         holding = self._holding(infos)
         for info in infos:
             if info.name == self.name:
-                me = replace(self._me, address=info.addr, incarnation=info.incarnation)
+                me = replace(self._me, address=info.addr, incarnation=info.incarnation, holds=self._own_holds())
                 if self._refused or holding:
                     # Our key does not open the cluster's traffic: announcing alone would
                     # duplicate every VIP the cluster serves. Own nothing until we join.
@@ -167,10 +286,11 @@ class ClusterCoordinator(Coordinator):
             if state == MemberState.SUSPECT:
                 # A suspect still owns its VIPs until declared dead (Lifeguard gives it time to refute).
                 state = MemberState.ALIVE
+            holds, failing, holds_known = self._member_facts(info.name, meta)
             member = Member(
                 name=info.name, address=info.addr, state=state, incarnation=info.incarnation,
-                labels=meta.labels, interfaces=meta.interfaces, drained=meta.drained, failing=meta.failing,
-                holds=meta.holds,
+                labels=meta.labels, interfaces=meta.interfaces, drained=meta.drained, failing=failing,
+                holds=holds, holds_known=holds_known,
             )
             self._note_drain(member)
             out.append(member)
@@ -265,22 +385,36 @@ class ClusterCoordinator(Coordinator):
             log.warning("table_send_failed", targets=failed)
 
     def _local_state(self, join: bool) -> bytes:
-        return TABLE_MESSAGE + self.table.encode()
+        # The node facts ride in the table's JSON under a key older nodes ignore, so they still
+        # read the table from a newer node's push-pull (docs/cluster.md, "Node facts").
+        extra = {FACTS_STATE_KEY: base64.b64encode(self.facts.state()).decode()}
+        return TABLE_MESSAGE + self.table.encode(extra=extra)
 
     def _merge_remote_state(self, data: bytes, join: bool) -> None:
         self._merge_payload(data, "push_pull")
 
     def _user(self, message: UserPayload) -> None:
+        if message.payload.startswith(FACTS_MESSAGE):
+            self._receive_facts(message.payload[len(FACTS_MESSAGE):], "message")
+            return
         self._merge_payload(message.payload, "message")
 
     def _merge_payload(self, data: bytes, via: str) -> None:
         if not data.startswith(TABLE_MESSAGE):
             return  # someone else's user message (serf events, ...)
         try:
-            _, entries = AllocationTable.decode(data[len(TABLE_MESSAGE):])
+            _, entries, extra = AllocationTable.decode_with_extra(data[len(TABLE_MESSAGE):])
         except TableError as exc:
             log.warning("table_message_rejected", via=via, error=str(exc))
             return
+        if FACTS_STATE_KEY in extra:
+            try:
+                state = base64.b64decode(extra[FACTS_STATE_KEY], validate=True)
+            except (binascii.Error, ValueError):
+                FACTS_REJECTED.inc()
+                log.warning("facts_message_rejected", via=via, error="node facts are not base64")
+            else:
+                self._receive_facts(state, via)
         before = self.table.rejected
         adopted = self.table.merge(entries, now_ms=_now_ms())
         refused = self.table.rejected - before
@@ -323,6 +457,7 @@ class ClusterCoordinator(Coordinator):
             self._hold_until = time.monotonic() + PEER_META_WAIT
             asyncio.get_running_loop().call_later(PEER_META_WAIT + 0.01, self._on_change_now)
             self._reconnect_task = asyncio.ensure_future(self._reconnect_loop(seeds))
+        self._facts_task = asyncio.ensure_future(self._facts_repair_loop())
         on_change()
 
     def _on_change_now(self) -> None:
@@ -414,6 +549,9 @@ class ClusterCoordinator(Coordinator):
             self._lost.pop(name, None)
         elif event.kind in (EventKind.DEAD, EventKind.LEFT):
             self._since.pop(name, None)
+            # The dead node holds nothing, and its record must not decide anything any more.
+            self.facts.forget(name)
+            self._holds_cache.pop(name, None)
             if event.kind == EventKind.DEAD and name != self.name:
                 self._lost[name] = (event.member.addr, time.monotonic())
             else:
@@ -459,7 +597,7 @@ class ClusterCoordinator(Coordinator):
 
     async def close(self) -> None:
         self._closed = True
-        for task in (self._join_task, self._reconnect_task):
+        for task in (self._join_task, self._reconnect_task, self._facts_task):
             if task is not None:
                 task.cancel()
         await self.gossip.close()

@@ -3,10 +3,18 @@
 memberlist carries at most 512 bytes of metadata per node and re-gossips it
 with every alive message, so it is the natural home for small, slowly
 changing facts the planner needs from every member: labels, the interfaces
-and connected networks a node can announce on, drain state, the services
-whose health check fails there, and the VIPs it holds. When it does not fit,
-the least important fields give way (holds first, marked as unknown), and the
-sender is told so it can log it.
+and connected networks a node can announce on, drain state, and the version
+of the node's big facts (``lbd.cluster.facts``: the VIPs it holds, the
+services failing there), which travel beside the metadata because they grow
+with the table. A peer whose record is older than the announced version asks
+for it again.
+
+Nodes before the facts records put ``holds`` and ``failing`` here; they are
+still read (a record, once it arrived, wins), and ``failing`` is still written
+when it fits so that such nodes see it during a rolling upgrade. When the
+metadata does not fit, the least important fields give way (holds, then
+failing, each marked as not carried, then extra networks), and the sender is
+told so it can log it.
 
 Encoding: a msgpack map (go-msgpack compatible: str keys, no bin type),
 prefixed by the byte 0x4c ('L') and a version byte, so it is never mistaken
@@ -39,6 +47,8 @@ class NodeMeta:
     failing: frozenset[str] = frozenset()
     holds: tuple[str, ...] = ()
     holds_known: bool = True  # False: did not fit; treat as "holds nothing we know of"
+    failing_known: bool = True  # False: did not fit (the facts record carries it)
+    facts_version: int = 0  # the version of the node's facts record (0: it publishes none)
 
 
 def encode(meta: NodeMeta, limit: int = META_MAX) -> tuple[bytes, list[str]]:
@@ -49,10 +59,14 @@ def encode(meta: NodeMeta, limit: int = META_MAX) -> tuple[bytes, list[str]]:
     }
     if meta.drained:
         body["d"] = True
+    if meta.facts_version:
+        body["v"] = meta.facts_version
     if meta.failing:
         body["f"] = sorted(meta.failing)
     if meta.holds:
         body["h"] = [ipaddress.ip_address(v).packed for v in meta.holds]
+    if not meta.holds_known:
+        body["H"] = False
     dropped: list[str] = []
     data = _pack(body)
     if len(data) > limit and "h" in body:
@@ -60,14 +74,19 @@ def encode(meta: NodeMeta, limit: int = META_MAX) -> tuple[bytes, list[str]]:
         body["H"] = False  # holds unknown
         dropped.append("holds")
         data = _pack(body)
+    if len(data) > limit and "f" in body:
+        del body["f"]
+        body["F"] = False  # failing not carried here
+        dropped.append("failing")
+        data = _pack(body)
     if len(data) > limit and "i" in body:
         # Keep only the networks, drop the interface names' detail beyond the first network each.
         body["i"] = {name: nets[:1] for name, nets in body["i"].items()}  # type: ignore[union-attr]
         dropped.append("extra networks")
         data = _pack(body)
     if len(data) > limit:
-        raise ValueError(f"node metadata is {len(data)} bytes even without holds; at most {limit} "
-                         "(fewer labels, interfaces or failing services)")
+        raise ValueError(f"node metadata is {len(data)} bytes even without holds and failing; at most {limit} "
+                         "(fewer labels or interfaces)")
     return data, dropped
 
 
@@ -94,7 +113,15 @@ def decode(data: bytes) -> NodeMeta:
         failing=frozenset(_str_list(body.get(b"f", []), "failing")),
         holds=tuple(_addresses(body.get(b"h", []))),
         holds_known=b"H" not in body,
+        failing_known=b"F" not in body,
+        facts_version=_version(body.get(b"v", 0)),
     )
+
+
+def _version(raw: object) -> int:
+    if not isinstance(raw, int) or isinstance(raw, bool) or not 0 <= raw < 2**63:
+        raise MetaError("facts version is not a non-negative 63-bit integer")
+    return raw
 
 
 def _text(value: object, what: str) -> str:

@@ -250,14 +250,27 @@ class AllocationTable:
 
     # -- wire and disk ------------------------------------------------------
 
-    def encode(self, entries: Sequence[TableEntry] | None = None) -> bytes:
+    def encode(self, entries: Sequence[TableEntry] | None = None, extra: Mapping[str, str] | None = None) -> bytes:
+        """The table (or ``entries`` of it) as JSON; ``extra`` adds top-level string fields.
+
+        Readers ignore fields they do not know, so ``extra`` carries what newer
+        nodes add to push-pull (the node facts, "nf") without hiding the table
+        from older ones.
+        """
         chosen = list(self.entries.values()) if entries is None else list(entries)
-        return json.dumps({"v": 1, "clock": self.clock, "e": [e.to_json() for e in chosen]},
-                          separators=(",", ":")).encode()
+        body: dict[str, object] = {"v": 1, "clock": self.clock, "e": [e.to_json() for e in chosen]}
+        body.update(extra or {})
+        return json.dumps(body, separators=(",", ":")).encode()
 
     @staticmethod
     def decode(data: bytes) -> tuple[int, list[TableEntry]]:
         """(clock, entries) from ``encode``'s bytes; TableError on anything malformed."""
+        clock, entries, _ = AllocationTable.decode_with_extra(data)
+        return clock, entries
+
+    @staticmethod
+    def decode_with_extra(data: bytes) -> tuple[int, list[TableEntry], dict[str, str]]:
+        """(clock, entries, the extra string fields); TableError on anything malformed."""
         if len(data) > 64 * 1024 * 1024:
             raise TableError("table larger than 64 MiB")
         try:
@@ -271,7 +284,8 @@ class AllocationTable:
             raise TableError("table clock is not a timestamp")
         if not isinstance(entries, list) or len(entries) > MAX_TABLE_ENTRIES:
             raise TableError("table entries must be a list")
-        return clock, [TableEntry.from_json(e) for e in entries]
+        extra = {k: v for k, v in raw.items() if k not in ("v", "clock", "e") and isinstance(v, str)}
+        return clock, [TableEntry.from_json(e) for e in entries], extra
 
     def to_state(self) -> dict[str, object]:
         return json.loads(self.encode())

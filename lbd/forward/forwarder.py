@@ -19,7 +19,8 @@ import structlog
 from lbd.forward import nlobj
 from lbd.forward.metrics import APPLY_ERRORS, APPLY_SECONDS
 from lbd.forward.nft import Nft, NftError
-from lbd.forward.ruleset import DSR, NAT, TABLE, BackendView, Desired, Ruleset, plan_transaction, prepare_text
+from lbd.forward.ruleset import DSR, NAT, TABLE, BackendView, Desired, Ruleset
+from lbd.forward.transaction import plan_transaction, prepare_text
 
 log = structlog.get_logger(__name__)
 

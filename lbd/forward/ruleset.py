@@ -1,11 +1,11 @@
-"""The desired nftables state for forwarding, and the transaction that reaches it.
+"""The desired nftables state for forwarding.
 
 Pure: ``desired()`` turns (services, allocations, backend health, the
 cluster-wide ``[forwarding]`` settings, this node's interfaces) into a
-``Ruleset``; ``plan_transaction()`` turns (applied, desired) into the commands
-of ONE libnftables transaction. The adapter (``lbd.forward.forwarder``) only
-runs them. Level-triggered: the same inputs give the same commands, and an
-unchanged ruleset gives none.
+``Ruleset``; ``lbd.forward.transaction`` turns (applied, desired) into the
+commands of ONE libnftables transaction, and the adapter
+(``lbd.forward.forwarder``) only runs them. Level-triggered: the same inputs
+give the same commands, and an unchanged ruleset gives none.
 
 Layout (docs/forwarding.md has the picture). lbd owns the tables named
 ``lbd`` and never touches any other:
@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import hashlib
 import ipaddress
-import itertools
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -246,13 +245,7 @@ def desired(
     the health of every backend of a service whose version did not change.
     """
     last_weights = previous.weights if previous is not None else {}
-    kept_weights: dict[tuple[str, str], int] = {}
-    ports: list[PortForward] = []
-    backends: dict[str, BackendTarget] = {}
-    snat: set[tuple[int, str, str, int]] = set()
-    view_source: list[tuple[str, _Group, tuple[bool | None, ...], maglev.MaglevTable]] = []
-    no_backend: dict[str, str] = {}
-    uses_dsr = False
+    out = _Collected()
     for name in sorted(services):
         spec = services[name]
         allocation = allocations.get(name)
@@ -261,41 +254,78 @@ def desired(
         total_up = 0
         version = versions(name) if versions is not None else None
         for group in _groups(name, spec, allocation, forwarding, interfaces):
-            if version is not None and group.seen is not None and group.seen[0] == version:
-                oks = group.seen[1]
-            else:
-                oks = tuple([healthy(name, m.backend) for m in group.members])
-                if version is not None:
-                    group.seen = (version, oks)
+            oks = _group_health(name, group, healthy, version)
             drained = tuple([last_weights.get((name, m.endpoint), 1) for m in group.drained])
-            key = (oks, drained)
-            hit = group.last
-            if hit is not None and hit[0] == key:
-                _, pf, up, table = hit  # nothing of this port changed: no table, no bucket work
-            else:
-                pf, up, table = _port(group, oks, drained, forwarding.table_size)
-                group.last = (key, pf, up, table)
-            snat.update(group.snat)
-            backends.update(group.targets)
-            kept_weights.update(group.weights)
-            for m, kept in zip(group.drained, drained):
-                kept_weights[(name, m.endpoint)] = kept
+            pf, up, table = _group_port(group, oks, drained, forwarding.table_size)
+            out.add(name, group, oks, drained, pf, table)
             total_up += up
-            view_source.append((name, group, oks, table))
-            ports.append(pf)
-            uses_dsr = uses_dsr or spec.forward == "dsr"
+            out.uses_dsr = out.uses_dsr or spec.forward == "dsr"
         if total_up == 0:
-            no_backend[name] = f"no healthy backend (0 of {len(spec.backends)} up on this node)"
+            out.no_backend[name] = f"no healthy backend (0 of {len(spec.backends)} up on this node)"
     for gone in set(_STATIC) - set(services):
         del _STATIC[gone]
-    devices = tuple(sorted(interfaces)) if uses_dsr else ()
-    ruleset = Ruleset(
-        ports=tuple(sorted(ports, key=lambda p: p.name)),
-        backends=_sorted_targets(backends),
-        snat=tuple(sorted(snat)),
-        devices=devices,
-    )
-    return Desired(ruleset=ruleset, view_source=view_source, no_backend=no_backend, weights=kept_weights)
+    return out.desired(interfaces)
+
+
+def _group_health(name: str, group: "_Group", healthy: Callable[[str, Backend], bool | None],
+                  version: object) -> tuple[bool | None, ...]:
+    """The health of each member of one VIP port: the last answer again while the service's
+    health ``version`` (None: unknown, ask) is the one it was asked at."""
+    if version is not None and group.seen is not None and group.seen[0] == version:
+        return group.seen[1]
+    oks = tuple([healthy(name, m.backend) for m in group.members])
+    if version is not None:
+        group.seen = (version, oks)
+    return oks
+
+
+def _group_port(group: "_Group", oks: tuple[bool | None, ...], drained: tuple[int, ...],
+                size: int) -> tuple[PortForward, int, maglev.MaglevTable]:
+    """``_port`` for this health and these drained weights, or its last answer when neither
+    changed (no table, no bucket work)."""
+    key = (oks, drained)
+    hit = group.last
+    if hit is not None and hit[0] == key:
+        _, pf, up, table = hit
+        return pf, up, table
+    pf, up, table = _port(group, oks, drained, size)
+    group.last = (key, pf, up, table)
+    return pf, up, table
+
+
+@dataclass
+class _Collected:
+    """What ``desired`` gathers over the VIP ports of every service, then turns into a ``Desired``."""
+
+    ports: list[PortForward] = field(default_factory=list)
+    backends: dict[str, BackendTarget] = field(default_factory=dict)
+    snat: set[tuple[int, str, str, int]] = field(default_factory=set)
+    view_source: list[tuple[str, "_Group", tuple[bool | None, ...], maglev.MaglevTable]] = field(default_factory=list)
+    no_backend: dict[str, str] = field(default_factory=dict)
+    kept_weights: dict[tuple[str, str], int] = field(default_factory=dict)
+    uses_dsr: bool = False
+
+    def add(self, name: str, group: "_Group", oks: tuple[bool | None, ...], drained: tuple[int, ...],
+            pf: PortForward, table: maglev.MaglevTable) -> None:
+        """One VIP port: its port, backends, snat entries and the weights to remember."""
+        self.snat.update(group.snat)
+        self.backends.update(group.targets)
+        self.kept_weights.update(group.weights)
+        for m, kept in zip(group.drained, drained):
+            self.kept_weights[(name, m.endpoint)] = kept
+        self.view_source.append((name, group, oks, table))
+        self.ports.append(pf)
+
+    def desired(self, interfaces: Mapping[str, Sequence[IPInterface]]) -> Desired:
+        devices = tuple(sorted(interfaces)) if self.uses_dsr else ()
+        ruleset = Ruleset(
+            ports=tuple(sorted(self.ports, key=lambda p: p.name)),
+            backends=_sorted_targets(self.backends),
+            snat=tuple(sorted(self.snat)),
+            devices=devices,
+        )
+        return Desired(ruleset=ruleset, view_source=self.view_source, no_backend=self.no_backend,
+                       weights=self.kept_weights)
 
 
 def _port(group: "_Group", oks: tuple[bool | None, ...], drained: tuple[int, ...],
@@ -427,17 +457,6 @@ def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: Fo
 _TARGETS: list[tuple[frozenset[str], tuple[BackendTarget, ...]]] = []
 
 
-_BY_ID: list[tuple[tuple[BackendTarget, ...], dict[str, BackendTarget]]] = []
-
-
-def _targets_by_id(backends: tuple[BackendTarget, ...]) -> dict[str, BackendTarget]:
-    """id -> target; the last answer when ``backends`` is the very same tuple (``_sorted_targets``)."""
-    if _BY_ID and _BY_ID[0][0] is backends:
-        return _BY_ID[0][1]
-    _BY_ID[:] = [(backends, {b.name: b for b in backends})]
-    return _BY_ID[0][1]
-
-
 def _sorted_targets(backends: dict[str, BackendTarget]) -> tuple[BackendTarget, ...]:
     """The ruleset's backends in id order; the last answer again when the ids are the same
     (a health flip does not change them: every backend that can be in a table is listed)."""
@@ -461,238 +480,3 @@ def to_withdraw(want: Desired, services: Mapping[str, ServiceSpec]) -> frozenset
     ``health_check``, so the election moves the VIP to a node that can serve)."""
     return frozenset(name for name in want.no_backend
                      if name in services and services[name].on_no_backend == "withdraw")
-
-
-# ---------------------------------------------------------------------------
-# Transactions (libnftables JSON)
-# ---------------------------------------------------------------------------
-
-
-def _t(family: str) -> dict[str, str]:
-    return {"family": family, "table": TABLE}
-
-
-def _payload(protocol: str, fieldname: str) -> dict[str, Any]:
-    return {"payload": {"protocol": protocol, "field": fieldname}}
-
-
-def _ipname(family: int) -> str:
-    return "ip" if family == 4 else "ip6"
-
-
-def _lookup(p: PortForward, name: str) -> dict[str, Any]:
-    key = {"concat": [_payload(_ipname(p.family), "saddr"), _payload(p.protocol, "sport")]}
-    return {"map": {"key": {"jhash": {"mod": p.size, "seed": p.seed, "expr": key}}, "data": "@" + name}}
-
-
-# A TCP segment opening a connection: SYN set, ACK clear (RFC 9293 section 3.5).
-def _syn(op: str) -> dict[str, Any]:
-    return {"match": {"op": op, "left": {"&": [_payload("tcp", "flags"), ["syn", "ack"]]}, "right": "syn"}}
-
-
-FLOW_TIMEOUT = 7200  # s: how long a flow opened in a drained bucket is remembered after its last packet
-FLOW_SET_SIZE = 262144
-
-
-def _flow(p: PortForward) -> dict[str, Any]:
-    return {"concat": [_payload(_ipname(p.family), "saddr"), _payload("tcp", "sport")]}
-
-
-def _port_rules(p: PortForward) -> list[list[dict[str, Any]]]:
-    """The port chain's rules (each a list of expressions)."""
-    if p.split:
-        # dsr keeps no per-flow state in general, so the packet says whether its flow is new: a
-        # bare SYN takes the new-flow map ``m`` (drained backends are not in it); every other
-        # packet takes the established-flow map ``e`` where it has an entry (the buckets of
-        # drained backends, still pointing at them), else ``m``. A connection opened during a
-        # drain in such a bucket went to another backend: its flow (client address . port) is
-        # remembered in the dynamic set ``n`` so its later packets follow ``m`` too. That is the
-        # only per-flow state, and only for those flows. ``d`` holds the buckets where ``e`` has
-        # an entry. A SYN finding no entry (every backend drained) falls through to the node.
-        fwd = {"dev": p.device, "family": _ipname(p.family)}
-        bucket = {"jhash": {"mod": p.size, "seed": p.seed, "expr": _flow(p)}}
-        remember = {"set": {"op": "update", "elem": _flow(p), "set": "@" + p.nset}}
-        return [
-            [_syn("=="), {"match": {"op": "==", "left": bucket, "right": "@" + p.dset}}, remember,
-             {"fwd": {**fwd, "addr": _lookup(p, p.map)}}],
-            [_syn("=="), {"fwd": {**fwd, "addr": _lookup(p, p.map)}}],
-            [_syn("!="), {"match": {"op": "==", "left": _flow(p), "right": "@" + p.nset}}, remember,
-             {"fwd": {**fwd, "addr": _lookup(p, p.map)}}],
-            [_syn("!="), {"fwd": {**fwd, "addr": _lookup(p, p.emap)}}],
-            [_syn("!="), {"fwd": {**fwd, "addr": _lookup(p, p.map)}}],
-        ]
-    if p.mode == "dsr":
-        return [[{"fwd": {"dev": p.device, "family": _ipname(p.family), "addr": _lookup(p, p.map)}}]]
-    return [[{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": p.protocol}},
-             {"dnat": {"family": _ipname(p.family), "addr": _lookup(p, p.map)}}]]
-
-
-def _dispatch_rule(p: PortForward) -> list[dict[str, Any]]:
-    return [
-        {"match": {"op": "==", "left": _payload(_ipname(p.family), "daddr"), "right": p.vip}},
-        {"match": {"op": "==", "left": _payload(p.protocol, "dport"), "right": p.port}},
-        {"jump": {"target": p.name}},
-    ]
-
-
-def _elements(ids: Sequence[str], buckets: Sequence[int], targets: Mapping[str, BackendTarget] | None) -> list[Any]:
-    if targets is None:  # a set of buckets
-        return list(buckets)
-    return [[b, targets[ids[b]].value()] for b in buckets]
-
-
-def map_declaration(p: PortForward, name: str | None = None) -> str:
-    """nft syntax for a port's map ``name`` (default: its new-flow map; see ``prepare_text``)."""
-    ip = _ipname(p.family)
-    data = f"{ip} daddr" if p.mode == "dsr" else f"{ip} daddr . tcp dport"
-    return f"add map {p.table_family} {TABLE} {name or p.map} {{ typeof numgen random mod 2 : {data}; counter; }}"
-
-
-def _chunks(items: list[Any], size: int = 20000) -> list[list[Any]]:
-    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
-
-
-def prepare_text(applied: Ruleset | None, want: Ruleset) -> str:
-    """nft-syntax commands run just before the transaction: tables and new, empty maps.
-
-    libnftables 1.0's JSON input cannot declare a map keyed by a 32-bit
-    hash (that needs ``typeof``, which its JSON parser lacks), so maps are
-    declared here, keyed ``typeof numgen random mod 2`` (an unsized 32-bit
-    integer, like the ``jhash`` result; ``typeof jhash ...`` would do too, but
-    nft 1.0.6 crashes listing such a map, which would break ``nft list
-    ruleset`` for everyone), with a counter on every entry. An empty map that no rule references changes no packet's fate, so
-    this does not break the all-or-nothing rule: every change that traffic can
-    see is in the one JSON transaction. With ``applied`` None (start, or after
-    a failure) lbd's tables are recreated from scratch.
-    """
-    lines: list[str] = []
-    tables = want.tables()
-    existing = set() if applied is None else applied.tables()
-    for family in (NAT, DSR):
-        if applied is None:
-            lines += [f"add table {family} {TABLE}", f"delete table {family} {TABLE}"]
-        # Only for a new table: any command naming an existing table makes
-        # libnftables load its whole cache, set elements included (slow).
-        if family in tables and family not in existing:
-            lines.append(f"add table {family} {TABLE}")
-    have = set() if applied is None else {m for p in applied.ports for m, _ in p.maps()}
-    for p in want.ports:
-        for m, _ in p.maps():
-            if m not in have:
-                lines.append(map_declaration(p, m))
-        if p.split and p.map not in have:
-            addr = "ipv4_addr" if p.family == 4 else "ipv6_addr"
-            lines.append(f"add set {p.table_family} {TABLE} {p.dset} {{ typeof numgen random mod 2; }}")
-            lines.append(f"add set {p.table_family} {TABLE} {p.nset} {{ type {addr} . inet_service; "
-                         f"flags dynamic,timeout; timeout {FLOW_TIMEOUT}s; size {FLOW_SET_SIZE}; }}")
-    return "\n".join(lines)
-
-
-def plan_transaction(applied: Ruleset | None, want: Ruleset) -> list[dict[str, Any]]:
-    """The JSON commands taking lbd's tables from ``applied`` to ``want`` in one transaction.
-
-    Order matters inside the batch: objects are added before anything refers
-    to them and deleted after the last reference is gone. A moved entry is
-    deleted and added again (its counter restarts; ``Forwarder`` keeps the
-    count it had).
-    """
-    full = applied is None
-    old = Ruleset() if applied is None else applied
-    ops: list[dict[str, Any]] = []
-    tables = want.tables()
-    new_backends = _targets_by_id(want.backends)
-    old_ports = {p.name: p for p in old.ports}
-    new_ports = {p.name: p for p in want.ports}
-
-    # 2. new port chains; the bucket maps of every port
-    for name, p in new_ports.items():
-        if old_ports.get(name) is p:  # a port whose health did not change is the very same object
-            continue
-        t = _t(p.table_family)
-        before_maps: dict[str, tuple[str, ...]] = {}
-        if name not in old_ports:
-            ops.append({"add": {"chain": {**t, "name": name}}})
-            for expr in _port_rules(p):
-                ops.append({"add": {"rule": {**t, "chain": name, "expr": expr}}})
-        else:
-            before_maps = dict(old_ports[name].maps())
-        objects = [(m, ids, before_maps.get(m, ()), new_backends) for m, ids in p.maps()]
-        if p.split:  # the set of buckets where the established-flow map has an entry
-            present = tuple("1" if i else "" for i in p.held)
-            present_before = tuple("1" if i else "" for i in before_maps.get(p.emap, ()))
-            objects.append((p.dset, present, present_before, None))
-        for m, ids, before, targets in objects:
-            if len(before) != len(ids):
-                changed = list(range(max(len(before), len(ids))))
-            else:  # C-level: an O(table) Python loop would be most of a small change's cost
-                changed = list(itertools.compress(itertools.count(), map(operator.ne, before, ids)))
-            if not changed:
-                continue
-            gone = [i for i in changed if i < len(before) and before[i]]
-            for chunk in _chunks(gone):
-                if chunk:
-                    ops.append({"delete": {"element": {**t, "name": m, "elem": chunk}}})
-            fresh = [i for i in changed if i < len(ids) and ids[i]]
-            for chunk in _chunks(fresh):
-                if chunk:
-                    ops.append({"add": {"element": {**t, "name": m, "elem": _elements(ids, chunk, targets)}}})
-
-    # 3. the base chains: rebuilt whenever the set of forwarded VIP ports changes
-    dispatch_old = sorted((p.key() for p in old.ports))
-    dispatch_new = sorted((p.key() for p in want.ports))
-    if full or dispatch_old != dispatch_new or old.devices != want.devices or old.snat != want.snat:
-        if NAT in tables:
-            t = _t(NAT)
-            if full or NAT not in old.tables():
-                ops.append({"add": {"chain": {**t, "name": "prerouting", "type": "nat", "hook": "prerouting",
-                                              "prio": -100, "policy": "accept"}}})
-                ops.append({"add": {"chain": {**t, "name": "postrouting", "type": "nat", "hook": "postrouting",
-                                              "prio": 100, "policy": "accept"}}})
-                for fam, ftype in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-                    ops.append({"add": {"set": {**t, "name": f"snat{fam}", "type": [ftype, "inet_proto", "inet_service"]}}})
-            ops.append({"flush": {"chain": {**t, "name": "prerouting"}}})
-            ops.append({"flush": {"chain": {**t, "name": "postrouting"}}})
-            for p in want.ports:
-                if p.mode == "nat":
-                    ops.append({"add": {"rule": {**t, "chain": "prerouting", "expr": _dispatch_rule(p)}}})
-            for fam in (4, 6):
-                ops.append({"flush": {"set": {**t, "name": f"snat{fam}"}}})
-                elems = [{"concat": [a, proto, port]} for f, a, proto, port in want.snat if f == fam]
-                if elems:
-                    ops.append({"add": {"element": {**t, "name": f"snat{fam}", "elem": elems}}})
-                ops.append({"add": {"rule": {**t, "chain": "postrouting", "expr": [
-                    {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-                    {"match": {"op": "==", "left": {"concat": [
-                        _payload(_ipname(fam), "daddr"), {"meta": {"key": "l4proto"}}, _payload("th", "dport")]},
-                        "right": f"@snat{fam}"}},
-                    {"masquerade": None},
-                ]}}})
-        if DSR in tables:
-            t = _t(DSR)
-            old_devices = set() if full or DSR not in old.tables() else set(old.devices)
-            for dev in want.devices:
-                chain = f"in-{dev}"
-                if dev not in old_devices:
-                    ops.append({"add": {"chain": {**t, "name": chain, "type": "filter", "hook": "ingress",
-                                                  "dev": dev, "prio": 0, "policy": "accept"}}})
-                ops.append({"flush": {"chain": {**t, "name": chain}}})
-                for p in want.ports:
-                    if p.mode == "dsr":
-                        ops.append({"add": {"rule": {**t, "chain": chain, "expr": _dispatch_rule(p)}}})
-            for dev in old_devices - set(want.devices):
-                ops.append({"delete": {"chain": {**t, "name": f"in-{dev}"}}})
-
-    # 4. what is gone: port chains and their maps
-    if not full:
-        for name, p in old_ports.items():
-            if name not in new_ports and p.table_family in tables:
-                t = _t(p.table_family)
-                ops.append({"delete": {"chain": {**t, "name": name}}})
-                for m, _ in p.maps():
-                    ops.append({"delete": {"map": {**t, "name": m}}})
-                if p.split:
-                    ops.append({"delete": {"set": {**t, "name": p.dset}}})
-                    ops.append({"delete": {"set": {**t, "name": p.nset}}})
-        for family in sorted(old.tables() - tables):
-            ops.append({"delete": {"table": {"family": family, "name": TABLE}}})
-    return ops

@@ -33,395 +33,34 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import ipaddress
 import os
-import random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from lbd.config.schema import SourceConfig
-from lbd.model import Backend, Family, IPAddress, PortSpec, ServiceSpec
+from lbd.model import ServiceSpec
 from lbd.sources.base import Publish, ServiceResult, Source, SourceContext
-from lbd.backoff import capped_backoff
+from lbd.sources.kube_informer import Informer, describe_error
+from lbd.sources.kube_translate import (
+    DEFAULT_CLASS,
+    ClassFilter,
+    ServiceError,
+    backends_by_service,
+    deprecated_annotations,
+    ingress_ips,
+    json_object,
+    ready_nodes_by_service,
+    service_to_spec,
+)
 from lbd.sources.options import options_table
 
-DEFAULT_CLASS = "lbd.io/lbd"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
-ANNOTATION_PREFIXES = ("metallb.io/", "metallb.universe.tf/")
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 OPTION_KEYS = ("kubeconfig", "context", "in_cluster", "load_balancer_class", "claim_unclassed",
                "ignore_exclude_lb", "watch_timeout", "write_concurrency", "forward", "namespaces")
 ANNOUNCING_ANNOTATION = "lbd.io/announcing-nodes"
 # MetalLB's speaker: c.client.Infof(svc, "nodeAssigned", "announcing from node %q with protocol %q", ...)
 NODE_ASSIGNED = "nodeAssigned"
-FAMILIES = {"IPv4": Family.IPV4, "IPv6": Family.IPV6}
-
-
-class ServiceError(ValueError):
-    """A Service whose lbd-relevant fields are contradictory or malformed."""
-
-
-def _map(value: Any) -> Mapping[str, Any]:
-    """A JSON object, or {} for anything else (API objects are input too)."""
-    # dict, not typing.Mapping: the ABC check costs ~2 us and runs ~200 times
-    # per Service per snapshot (JSON objects are always dicts).
-    return value if isinstance(value, dict) else {}
-
-
-def _seq(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-# ---------------------------------------------------------------------------
-# Pure mapping: Kubernetes objects -> ServiceSpec
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClassFilter:
-    load_balancer_class: str = DEFAULT_CLASS
-    claim_unclassed: bool = True
-
-    def wants(self, svc: Mapping[str, Any]) -> bool:
-        spec = _map(_map(svc).get("spec"))
-        if spec.get("type") != "LoadBalancer":
-            return False
-        cls = spec.get("loadBalancerClass")
-        if cls is None:
-            return self.claim_unclassed
-        return cls == self.load_balancer_class
-
-
-def annotation(meta: Mapping[str, Any], key: str) -> tuple[str | None, str | None]:
-    """(value, the full key it came from): ``metallb.io/`` first, then the older prefix."""
-    annotations = _map(meta.get("annotations"))
-    for prefix in ANNOTATION_PREFIXES:
-        value = annotations.get(prefix + key)
-        if isinstance(value, str):
-            return value, prefix + key
-    return None, None
-
-
-def deprecated_annotations(meta: Mapping[str, Any]) -> list[str]:
-    """The lbd-relevant annotations written with the old ``metallb.universe.tf/`` prefix."""
-    annotations = _map(meta.get("annotations"))
-    return sorted(k for k in annotations if isinstance(k, str) and k.startswith(ANNOTATION_PREFIXES[1])
-                  and k[len(ANNOTATION_PREFIXES[1]):] in ("loadBalancerIPs", "address-pool", "allow-shared-ip"))
-
-
-def selector_string(selector: Mapping[str, Any] | None) -> str:
-    """``labels.Set(selector).String()``: sorted ``k=v`` joined by commas (MetalLB's backend key)."""
-    sel = _map(selector)
-    return ",".join(f"{k}={sel[k]}" for k in sorted(sel, key=str))
-
-
-def _ips(text: str, where: str) -> tuple[IPAddress, ...]:
-    out: list[IPAddress] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            out.append(ipaddress.ip_address(part))
-        except ValueError:
-            raise ServiceError(f'{where}: "{part}" is not an IP address') from None
-    families = [a.version for a in out]
-    if len(families) != len(set(families)):
-        raise ServiceError(f"{where}: at most one IPv4 and one IPv6 address")
-    return tuple(out)
-
-
-def service_to_spec(svc: Mapping[str, Any], *, ready_nodes: frozenset[str], all_nodes: frozenset[str],
-                    excluded: frozenset[str]) -> ServiceSpec:
-    """The ServiceSpec (local name ``namespace/name``) for one LoadBalancer Service.
-
-    ``ready_nodes`` are the nodes holding a ready endpoint of this Service
-    (from its EndpointSlices); ``excluded`` the nodes carrying the exclude
-    label. Raises ServiceError for a Service lbd must not allocate.
-    """
-    meta = _map(_map(svc).get("metadata"))
-    spec = _map(_map(svc).get("spec"))
-    ns, name = str(meta.get("namespace", "default")), str(meta.get("name", ""))
-    lb_ip = spec.get("loadBalancerIP") or None
-    if lb_ip is not None and not isinstance(lb_ip, str):
-        raise ServiceError("spec.loadBalancerIP: expected a string")
-    ips_text, ips_key = annotation(meta, "loadBalancerIPs")
-    if lb_ip and ips_text is not None:
-        raise ServiceError(f"spec.loadBalancerIP and the {ips_key} annotation are both set; use only the annotation")
-    requested: tuple[IPAddress, ...] = ()
-    if ips_text is not None:
-        requested = _ips(ips_text, f"annotation {ips_key}")
-    elif lb_ip:
-        requested = _ips(str(lb_ip), "spec.loadBalancerIP")
-    pool, _ = annotation(meta, "address-pool")
-    share, _ = annotation(meta, "allow-shared-ip")
-    ports = []
-    for i, port in enumerate(_seq(spec.get("ports"))):
-        port = _map(port)
-        proto = str(port.get("protocol", "TCP")).lower()
-        number = port.get("port")
-        if (proto not in ("tcp", "udp", "sctp") or isinstance(number, bool) or not isinstance(number, int)
-                or not 1 <= number <= 65535):
-            raise ServiceError(f"spec.ports[{i}]: unsupported {port.get('protocol')}/{number}")
-        ports.append(PortSpec(proto, number))
-    families: list[Family] = []
-    for fam in _seq(spec.get("ipFamilies")):
-        if not isinstance(fam, str) or fam not in FAMILIES:
-            raise ServiceError(f"spec.ipFamilies: unknown family {fam!r}")
-        families.append(FAMILIES[fam])
-    if not families:
-        families = [Family.of(a) for a in requested] or [Family.IPV4]
-    local = spec.get("externalTrafficPolicy") == "Local"
-    if local:
-        # MetalLB: only nodes with a ready local endpoint may announce, and the
-        # service shares an IP only with services of the same selector.
-        eligible: frozenset[str] | None = ready_nodes - excluded
-        backend_key = selector_string(spec.get("selector"))
-    else:
-        eligible = (all_nodes - excluded) if excluded else None
-        backend_key = ""
-    return ServiceSpec(
-        name=f"{ns}/{name}",
-        pool=pool or None,
-        addresses=requested,
-        ports=tuple(ports),
-        share_key=share or None,
-        ip_families=tuple(families),
-        backend_key=backend_key,
-        eligible_nodes=eligible,
-        # The Service's own labels and namespace, for pools' service_allocation
-        # (MetalLB matches serviceSelectors against metadata.labels). Namespace
-        # labels (namespaceSelectors) are not read yet: [[namespace]] in the config.
-        labels={str(k): str(v) for k, v in _map(meta.get("labels")).items()},
-        namespace=ns,
-    )
-
-
-def ready_nodes_by_service(slices: Mapping[Any, Mapping[str, Any]]) -> dict[tuple[str, str], set[str]]:
-    """(namespace, service name) -> nodes holding a ready endpoint.
-
-    ``conditions.ready`` unset means ready (discovery/v1 API docs).
-    """
-    out: dict[tuple[str, str], set[str]] = {}
-    for sl in slices.values():
-        meta = _map(_map(sl).get("metadata"))
-        service = _map(meta.get("labels")).get(SERVICE_NAME_LABEL)
-        if not isinstance(service, str) or not service:
-            continue
-        nodes = out.setdefault((str(meta.get("namespace", "default")), service), set())
-        for ep in _seq(_map(sl).get("endpoints")):
-            ep = _map(ep)
-            if _map(ep.get("conditions")).get("ready") is False:
-                continue
-            node = ep.get("nodeName")
-            if isinstance(node, str) and node:
-                nodes.add(node)
-    return out
-
-
-def backends_by_service(services: Mapping[tuple[str, str], Mapping[str, Any]],
-                        slices: Mapping[Any, Mapping[str, Any]]) -> dict[tuple[str, str], tuple[Backend, ...]]:
-    """(namespace, name) -> the ready endpoints of each Service port, as lbd backends (``forward = true``).
-
-    A Service port is matched to an EndpointSlice port by name (both unnamed
-    for a single-port Service), which is how kube-proxy resolves targetPort;
-    ``conditions.ready`` unset means ready. Endpoints of another family than
-    the slice's addressType are skipped.
-    """
-    out: dict[tuple[str, str], list[Backend]] = {}
-    seen: set[tuple[str, str, PortSpec, str, int]] = set()
-    for sl in slices.values():
-        meta = _map(_map(sl).get("metadata"))
-        service = _map(meta.get("labels")).get(SERVICE_NAME_LABEL)
-        key = (str(meta.get("namespace", "default")), service)
-        svc = services.get(key) if isinstance(service, str) else None
-        if svc is None or _map(sl).get("addressType") not in ("IPv4", "IPv6"):
-            continue
-        slice_ports = {str(p.get("name") or ""): p for p in map(_map, _seq(_map(sl).get("ports")))}
-        for port in map(_map, _seq(_map(_map(svc).get("spec")).get("ports"))):
-            proto = str(port.get("protocol", "TCP")).lower()
-            number = port.get("port")
-            target = _map(slice_ports.get(str(port.get("name") or ""))).get("port")
-            if (proto not in ("tcp", "udp", "sctp") or not isinstance(number, int) or not isinstance(target, int)
-                    or isinstance(target, bool) or not 1 <= target <= 65535 or not 1 <= number <= 65535):
-                continue
-            for ep in map(_map, _seq(_map(sl).get("endpoints"))):
-                if _map(ep.get("conditions")).get("ready") is False:
-                    continue
-                for text in _seq(ep.get("addresses")):
-                    try:
-                        address = ipaddress.ip_address(str(text))
-                    except ValueError:
-                        continue
-                    item = (key[0], key[1], PortSpec(proto, number), str(address), target)
-                    if item in seen:
-                        continue
-                    seen.add(item)
-                    out.setdefault(key, []).append(Backend(PortSpec(proto, number), address, target))
-    return {k: tuple(sorted(v, key=lambda b: (b.port.protocol, b.port.port, b.endpoint))) for k, v in out.items()}
-
-
-def ingress_ips(svc: Mapping[str, Any]) -> list[str]:
-    ingress = _seq(_map(_map(_map(svc).get("status")).get("loadBalancer")).get("ingress"))
-    return [str(i.get("ip")) for i in ingress if isinstance(i, dict) and i.get("ip")]
-
-
-# ---------------------------------------------------------------------------
-# Informer: list + watch one resource into a dict store
-# ---------------------------------------------------------------------------
-
-
-def describe_error(exc: BaseException, path: str) -> str:
-    """One operator-readable line for a failed request: what failed and why.
-
-    ``path`` is the API path listed/watched, or what was written ("status").
-    403s carry the API server's own message, which names the user, the verb
-    and the resource that the ClusterRole lacks.
-    """
-    from lbd.sources.kube_client import ApiError, Unreachable, WatchStreamError
-
-    resource = path.rstrip("/").rsplit("/", 1)[-1]
-    if isinstance(exc, ApiError):
-        if exc.code == 401:
-            return f"401 Unauthorized: the API server rejected lbd's credentials ({resource})"
-        if exc.code == 403:
-            return f"403 Forbidden: {exc.message}"
-        return f"{resource}: {exc.code} {exc.reason}: {exc.message}"
-    if isinstance(exc, Unreachable):
-        return str(exc)
-    if isinstance(exc, WatchStreamError):
-        return f"{resource}: bad watch stream: {exc}"
-    return f"{resource}: {type(exc).__name__}: {exc}"
-
-
-class Informer:
-    def __init__(self, client: Any, path: str, *, on_change: Callable[[], None],
-                 on_health: Callable[[str, str | None], bool], log: Any, watch_timeout: float,
-                 backoff_initial: float = 0.5, backoff_max: float = 30.0,
-                 store: dict[tuple[str, str], dict] | None = None, namespace: str | None = None) -> None:
-        self.client = client
-        self.path = path
-        self.on_change = on_change
-        self.on_health = on_health
-        self.log = log
-        self.watch_timeout = watch_timeout
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        # With a namespaces filter, one informer per namespace shares one store
-        # and owns the keys of its namespace.
-        self.store: dict[tuple[str, str], dict] = store if store is not None else {}
-        self.namespace = namespace
-        self.resource_version: str | None = None
-        self.synced = False
-        self.relists = 0
-
-    @staticmethod
-    def key(obj: Mapping[str, Any]) -> tuple[str, str]:
-        meta = _map(_map(obj).get("metadata"))
-        return (str(meta.get("namespace", "")), str(meta.get("name", "")))
-
-    async def _list(self) -> None:
-        result = await self.client.request("GET", self.path)
-        fresh = {self.key(o): o for o in _seq(result.get("items")) if isinstance(o, dict)}
-        if self.namespace is None:
-            self.store.clear()
-        else:
-            for key in [k for k in self.store if k[0] == self.namespace]:
-                del self.store[key]
-        self.store.update(fresh)  # one step: no await between clear and update
-        self.resource_version = (result.get("metadata") or {}).get("resourceVersion")
-        self.synced = True
-        self.relists += 1
-        self.on_health(self.path, None)
-        self.on_change()
-
-    async def run(self) -> None:
-        from lbd.sources.kube_client import ApiError
-
-        failures = 0
-        while True:
-            try:
-                if self.resource_version is None:
-                    await self._list()
-                server_timeout = int(self.watch_timeout * random.uniform(1.0, 1.2))
-                params = {"watch": "true", "resourceVersion": self.resource_version or "",
-                          "allowWatchBookmarks": "true", "timeoutSeconds": str(server_timeout)}
-                async for event in self.client.watch(self.path, params, timeout=server_timeout + 30):
-                    if failures:
-                        failures = 0
-                        self.on_health(self.path, None)
-                    if self._apply(event):
-                        break
-            except asyncio.CancelledError:
-                raise
-            except ApiError as exc:
-                if exc.code == 410:
-                    self._expire()
-                    continue
-                if exc.code == 504 and failures == 0:
-                    # The API server's watch timed out on its side ("Timeout: Too large
-                    # resource version" or a gateway): resume at once, like client-go.
-                    failures += 1
-                    continue
-                failures += 1
-                await self._fail(failures, exc)
-            except (OSError, asyncio.TimeoutError, ValueError) as exc:
-                # Unreachable, reset, timed out, garbage, an over-long line: keep the store, retry.
-                failures += 1
-                await self._fail(failures, exc)
-
-    def _expire(self) -> None:
-        # 410 Gone: our resourceVersion was compacted away. Re-list; the store
-        # is replaced in one step so unchanged objects cause no churn.
-        self.log.info("watch_expired_relisting", path=self.path, resource_version=self.resource_version)
-        self.resource_version = None
-
-    def retry_delay(self, failures: int) -> float:
-        return capped_backoff(max(1, failures), self.backoff_initial, self.backoff_max, jitter=0.2)
-
-    async def _fail(self, failures: int, exc: BaseException) -> None:
-        delay = self.retry_delay(failures)
-        cause = describe_error(exc, self.path)
-        if self.on_health(self.path, cause):
-            # One line per distinct cause, not one per retry.
-            self.log.warning("kube_watch_failed", path=self.path, error=cause, retry_in=round(delay, 2))
-        await asyncio.sleep(delay)
-
-    def _apply(self, event: Mapping[str, Any]) -> bool:
-        """Apply one watch event; True when the watch must be restarted."""
-        from lbd.sources.kube_client import ApiError
-
-        kind = event.get("type")
-        obj = _map(event.get("object"))
-        if kind == "ERROR":
-            code = obj.get("code")
-            # A Status's code is an int; anything else (hostile or broken) is a 500.
-            code = code if isinstance(code, int) and not isinstance(code, bool) else 500
-            if code == 410:
-                self._expire()
-                return True
-            raise ApiError(code, str(obj.get("reason", ""))[:200], str(obj.get("message", ""))[:500])
-        rv = _map(obj.get("metadata")).get("resourceVersion")
-        if kind == "BOOKMARK":
-            self.resource_version = rv or self.resource_version
-            return False
-        if not obj:
-            return False
-        if kind in ("ADDED", "MODIFIED"):
-            self.store[self.key(obj)] = obj
-        elif kind == "DELETED":
-            self.store.pop(self.key(obj), None)
-        else:
-            return False
-        self.resource_version = rv or self.resource_version
-        self.on_change()
-        return False
-
-
-# ---------------------------------------------------------------------------
-# The source
-# ---------------------------------------------------------------------------
 
 
 class KubernetesSource(Source):
@@ -571,7 +210,7 @@ class KubernetesSource(Source):
         all_nodes = frozenset(name for (_, name) in self.nodes.store)
         excluded = frozenset() if self.ignore_exclude else frozenset(
             name for (_, name), n in self.nodes.store.items()
-            if EXCLUDE_LABEL in _map(_map(n.get("metadata")).get("labels")))
+            if EXCLUDE_LABEL in json_object(json_object(n.get("metadata")).get("labels")))
         ready = ready_nodes_by_service(self.slices.store)
         nodes_sig = (excluded, all_nodes if excluded else None)
         out: list[ServiceSpec] = []
@@ -586,7 +225,7 @@ class KubernetesSource(Source):
             # Each status write we make comes back as a MODIFIED event: reuse the
             # spec of a Service whose object and inputs did not change, so a
             # burst of writes does not remap all 5,000 Services each time.
-            rv = _map(svc.get("metadata")).get("resourceVersion")
+            rv = json_object(svc.get("metadata")).get("resourceVersion")
             ready_here = frozenset(ready.get(key, ()))
             hit = self._spec_cache.get(key)
             if hit is not None and hit[0] == rv and rv is not None and hit[1] == ready_here and hit[2] == nodes_sig:
@@ -597,7 +236,7 @@ class KubernetesSource(Source):
                 except ServiceError as exc:
                     value = exc
             cache[key] = (rv, ready_here, nodes_sig, value)
-            old = deprecated_annotations(_map(svc.get("metadata")))
+            old = deprecated_annotations(json_object(svc.get("metadata")))
             if old:
                 deprecated[f"{key[0]}/{key[1]}"] = old
             if isinstance(value, ServiceError):
@@ -674,7 +313,7 @@ class KubernetesSource(Source):
 
     def _annotation_current(self, svc: Mapping[str, Any], uid: str, nodes: tuple[str, ...]) -> bool:
         value = ",".join(nodes)
-        current = _map(_map(svc.get("metadata")).get("annotations")).get(ANNOUNCING_ANNOTATION)
+        current = json_object(json_object(svc.get("metadata")).get("annotations")).get(ANNOUNCING_ANNOTATION)
         if current == value or (current is None and not nodes):
             self._annotating.pop(uid, None)
             return True

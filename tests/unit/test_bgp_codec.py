@@ -23,10 +23,10 @@ from lbd.bgp.attributes import (
     MpUnreach,
     PathAttributes,
     RawAttribute,
-    decode_prefixes,
     encode_as_path,
     encode_prefixes,
 )
+from lbd.bgp.attribute_decoding import decode_prefixes
 from lbd.bgp.codec import (
     EnhancedRouteRefreshCap,
     FourOctetAsCap,
@@ -417,6 +417,6 @@ def test_fuzz_message_reader(data: bytes) -> None:
 def test_every_recognised_attribute_has_exactly_one_decoder() -> None:
     """The dispatch table and the flags table name the same attributes: a type
     with expected flags but no decoder would be accepted and silently dropped."""
-    from lbd.bgp import attributes
+    from lbd.bgp import attribute_decoding, attributes
 
-    assert set(attributes._DECODERS) == set(attributes._EXPECTED_FLAGS) == set(attributes.AttrType)
+    assert set(attribute_decoding._DECODERS) == set(attribute_decoding._EXPECTED_FLAGS) == set(attributes.AttrType)

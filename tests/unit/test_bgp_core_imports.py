@@ -1,5 +1,5 @@
 """The BGP speaker core never sees configuration (issue 8; gobgp keeps its packet
-library free of config the same way): codec, attributes, packing, errors,
+library free of config the same way): codec, attributes, attribute_decoding, packing, errors,
 settings, events, fsm and rib import only each other, the standard library,
 lbd.backoff and the plain runtime types of lbd.model. A configured peer becomes
 a SessionSettings in one adapter, lbd.bgp.announcer.session_settings."""
@@ -14,7 +14,7 @@ import pytest
 import lbd.bgp
 
 BGP_DIR = Path(lbd.bgp.__file__).parent
-CORE = ("codec", "attributes", "packing", "errors", "settings", "events", "fsm", "rib")
+CORE = ("codec", "attributes", "attribute_decoding", "packing", "errors", "settings", "events", "fsm", "rib")
 ALLOWED_LBD = {f"lbd.bgp.{name}" for name in CORE} | {"lbd.backoff", "lbd.model"}
 
 

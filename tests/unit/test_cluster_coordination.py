@@ -13,7 +13,7 @@ from lbd.config import parse_config
 from lbd.coordination import Handover
 from lbd.model import Member, MemberState, ServiceSpec
 
-CONFIG = parse_config("""
+CONFIG_TEXT = """
 [node]
 name = "n1"
 [cluster]
@@ -25,7 +25,8 @@ name = "p"
 addresses = ["10.77.0.100-10.77.0.103"]
 [[l2_advertisement]]
 pools = ["p"]
-""", Path("/dev/null"))
+"""
+CONFIG = parse_config(CONFIG_TEXT, Path("/dev/null"))
 LAN = {"eth0": (ipaddress.ip_interface("10.77.0.11/24"),)}
 
 
@@ -89,12 +90,15 @@ def test_a_node_whose_key_is_refused_owns_and_allocates_nothing():
     assert me.state == MemberState.DEAD
     result, _ = cm.allocate(CONFIG, [ServiceSpec(name="a")], {})
     assert result.allocations == {} and "cannot be decrypted" in result.pending["a"]
-    assert cm.table.entries == {} and fake.broadcasts == []
+    # Table broadcasts only: the node's own facts record (it holds nothing) is no allocation.
+    tables = [b for b in fake.broadcasts if b.startswith(TABLE_MESSAGE)]
+    assert cm.table.entries == {} and tables == []
     cm._set_refused(False)  # noqa: SLF001
     assert next(m for m in cm.members() if m.name == "n1").state == MemberState.ALIVE
     result, _ = cm.allocate(CONFIG, [ServiceSpec(name="a")], {})
     assert str(result.allocations["a"].addresses[0]) == "10.77.0.100"
-    assert fake.broadcasts and fake.broadcasts[0].startswith(TABLE_MESSAGE)
+    tables = [b for b in fake.broadcasts if b.startswith(TABLE_MESSAGE)]
+    assert tables and tables[0].startswith(TABLE_MESSAGE)
 
 
 def test_at_start_own_nothing_until_joined_peers_publish_metadata():
@@ -235,3 +239,30 @@ async def test_key_mismatch_found_on_a_later_join_attempt(monkeypatch):
         assert m._refused and len(attempts) >= 2  # noqa: SLF001
     finally:
         task.cancel()
+
+
+def test_push_pull_state_is_still_a_table_for_older_nodes_and_carries_the_facts():
+    import json as json_mod
+
+    from lbd.cluster.coordination import FACTS_STATE_KEY
+
+    cm, fake = membership()
+    cm.allocate(CONFIG, [ServiceSpec(name="a")], {})
+    cm.update_local(Member(name="n1", interfaces=LAN, holds=("10.77.0.100",), failing=frozenset({"static/b"})))
+    state = cm._local_state(False)  # noqa: SLF001
+    assert state.startswith(TABLE_MESSAGE)
+    # What a node before the facts records does with it: the table, the facts key ignored.
+    from lbd.cluster.replication import AllocationTable
+
+    _, entries = AllocationTable.decode(state[len(TABLE_MESSAGE):])
+    assert [e.service for e in entries] == ["a"]
+    assert FACTS_STATE_KEY in json_mod.loads(state[len(TABLE_MESSAGE):])
+    # A newer node learns n1's facts from it.
+    other = ClusterCoordinator(parse_config(CONFIG_TEXT.replace('name = "n1"', 'name = "n2"'), Path("/dev/null")))
+    other_gossip = FakeGossip()
+    other.gossip = other_gossip  # type: ignore[assignment]
+    other._started = True  # noqa: SLF001
+    other_gossip.add("n1", fake.meta)
+    other._merge_remote_state(state, False)  # noqa: SLF001
+    seen = next(m for m in other.members() if m.name == "n1")
+    assert seen.holds == ("10.77.0.100",) and seen.failing == {"static/b"} and seen.holds_known

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from lbd.bgp import codec
 from lbd.bgp.attributes import Action, strongest
 from lbd.bgp.errors import BgpError
-from lbd.cluster import lzw, wire
+from lbd.cluster import facts, lzw, wire
 from lbd.cluster.errors import GossipError
 from lbd.cluster.replication import MAX_CLOCK_SKEW_MS, AllocationTable, TableError
 from lbd.cluster.swim import Swim
@@ -31,7 +31,7 @@ PEER = ("10.77.0.9", 7946)
 NOW_MS = 1_780_000_000_000
 ERRORS: dict[str, type[ValueError]] = {
     "BgpError": BgpError, "GossipError": GossipError, "InflateLimitError": wire.InflateLimitError,
-    "OutputLimitError": lzw.OutputLimitError, "TableError": TableError,
+    "OutputLimitError": lzw.OutputLimitError, "TableError": TableError, "FactsError": facts.FactsError,
 }
 # BGP attribute faults RFC 7606 answers without a reset: the UPDATE decodes with this strongest problem.
 HANDLED = {"treat-as-withdraw": Action.TREAT_AS_WITHDRAW, "attribute-discard": Action.ATTRIBUTE_DISCARD}
@@ -63,6 +63,8 @@ def _run(surface: str, data: bytes) -> Any:
         return lzw.decompress(data, wire.MAX_PACKET_INFLATE)
     if surface == "table":
         return AllocationTable.decode(data)
+    if surface == "facts":
+        return facts.decode(data)
     raise AssertionError(f"unknown surface {surface}")
 
 
@@ -108,7 +110,7 @@ def test_corpus_input_is_rejected_precisely(name: str, case: dict[str, str]) -> 
 
 _FAMILY: dict[str, type[ValueError]] = {"message": BgpError, "packet": GossipError, "encrypted": GossipError,
                                          "stream": GossipError, "estream": GossipError, "lzw": GossipError,
-                                         "table": TableError}
+                                         "table": TableError, "facts": facts.FactsError}
 _ALL = [(k, n, c) for k in ("bgp", "gossip") for n, c in _cases(k)]
 
 

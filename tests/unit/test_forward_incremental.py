@@ -14,7 +14,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lbd.forward.ruleset import desired, plan_transaction, prepare_text
+from lbd.forward.ruleset import desired
+from lbd.forward.transaction import plan_transaction, prepare_text
 from lbd.config.schema import ForwardingConfig
 from lbd.model import Allocation, Backend, PortSpec, ServiceSpec
 

@@ -13,7 +13,8 @@ import pytest
 from lbd.config import parse_config
 from lbd.forward import nlobj
 from lbd.forward.health import check_for
-from lbd.forward.ruleset import desired, plan_transaction, prepare_text, to_withdraw
+from lbd.forward.ruleset import desired, to_withdraw
+from lbd.forward.transaction import plan_transaction, prepare_text
 from lbd.model import Allocation
 
 CONFIG = """

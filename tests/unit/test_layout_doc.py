@@ -68,7 +68,9 @@ def row_to_add(module: str, headings: set[str], docstring: str | None = None) ->
     package = package_of(module)
     where = (f"under the heading ### `{package}`" if package in headings
              else f"in a new table headed ### `{package}` (a new package)")
-    concern = (docstring or "").strip().splitlines()[0].rstrip(".").replace("|", "/") if docstring else ""
+    # The docstring's first sentence, unwrapped, in Markdown's backticks.
+    paragraph = " ".join((docstring or "").strip().split("\n\n")[0].split())
+    concern = paragraph.split(". ")[0].rstrip(".").replace("``", "`").replace("|", "/")
     return (f"{module}: add this row to docs/DEVELOPING.md {where}:\n"
             f"    | `{module}` | {concern or '<its one concern>'} | <must never> |")
 
@@ -151,8 +153,8 @@ def test_a_new_module_is_reported_with_the_row_to_add() -> None:
         "lbd/bgp/incremental.py: add this row to docs/DEVELOPING.md under the heading ### `lbd/bgp/`:\n"
         "    | `lbd/bgp/incremental.py` | <its one concern> | <must never> |")
     assert "a new package" in row_to_add("lbd/facts/__init__.py", headings)
-    assert row_to_add("lbd/bgp/incremental.py", headings, "Incremental RIB updates.\n\nMore.").endswith(
-        "| `lbd/bgp/incremental.py` | Incremental RIB updates | <must never> |")
+    assert row_to_add("lbd/bgp/incremental.py", headings, "Incremental ``RIB``\nupdates. Fast.\n\nMore.").endswith(
+        "| `lbd/bgp/incremental.py` | Incremental `RIB` updates | <must never> |")
 
 
 def test_the_clock_check_sees_each_spelling() -> None:

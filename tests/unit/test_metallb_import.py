@@ -25,7 +25,9 @@ from lbd.cli import main
 from lbd.config import parse_config
 from lbd.import_cmd import run
 from lbd.ipam import allocate
-from lbd.metallb_import import Resource, convert, load_documents, render, to_config_document
+from lbd.metallb.convert import convert, render, to_config_document
+from lbd.metallb.load import load_documents
+from lbd.metallb.model import Resource
 from lbd.model import ServiceSpec
 from lbd.selectors import LabelSelector, Requirement
 from lbd.sources.registry import validate_source

@@ -364,7 +364,7 @@ def test_route_export_node_selector_with_expressions() -> None:
 
 
 def test_kubernetes_services_carry_their_namespace_and_labels() -> None:
-    from lbd.sources.kubernetes import service_to_spec
+    from lbd.sources.kube_translate import service_to_spec
 
     svc_obj = {"metadata": {"namespace": "shop", "name": "web", "labels": {"app": "web", "tier": "gold"}},
                "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}

@@ -12,14 +12,14 @@ pytest.importorskip("yaml")
 
 from lbd.model import Family  # noqa: E402
 from lbd.sources.kube_client import KubeConfigError, in_cluster, load_kubeconfig  # noqa: E402
-from lbd.sources.kubernetes import (  # noqa: E402
+from lbd.sources.kube_translate import (  # noqa: E402
     ClassFilter,
-    KubernetesSource,
     ServiceError,
     ready_nodes_by_service,
     selector_string,
     service_to_spec,
 )
+from lbd.sources.kubernetes import KubernetesSource  # noqa: E402
 
 NONE = frozenset()
 
@@ -194,7 +194,7 @@ def test_in_cluster_needs_env_and_files(tmp_path: Path):
 
 def test_backoff_never_overflows_and_stays_at_its_cap():
     """100,000 failures in a row: every delay is a finite number within the cap (the loop goes on)."""
-    from lbd.sources.kubernetes import Informer
+    from lbd.sources.kube_informer import Informer
 
     informer = Informer.__new__(Informer)
     informer.backoff_initial, informer.backoff_max = 0.5, 30.0
@@ -207,7 +207,7 @@ async def test_informer_retries_forever_on_a_simulated_clock(monkeypatch):
     """The informer's own retry loop through 100,000 failures (asyncio.sleep is the simulated clock)."""
     import asyncio
 
-    from lbd.sources import kubernetes as k
+    from lbd.sources import kube_informer as k
 
     slept: list[float] = []
 
@@ -237,7 +237,7 @@ class _NullLog:
 @pytest.mark.parametrize("code", ["410", 4.5, None, [1], {"x": 1}, True, 2 ** 80])
 def test_watch_error_event_with_odd_code_is_an_api_error(code):
     from lbd.sources.kube_client import ApiError
-    from lbd.sources.kubernetes import Informer
+    from lbd.sources.kube_informer import Informer
 
     inf = Informer(None, "/api/v1/services", on_change=lambda: None, on_health=lambda p, e: True,
                    log=_NullLog(), watch_timeout=5)

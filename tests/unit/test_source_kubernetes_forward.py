@@ -9,7 +9,8 @@ import pytest
 pytest.importorskip("yaml")
 
 from lbd.model import Backend, PortSpec  # noqa: E402
-from lbd.sources.kubernetes import KubernetesSource, backends_by_service  # noqa: E402
+from lbd.sources.kube_translate import backends_by_service  # noqa: E402
+from lbd.sources.kubernetes import KubernetesSource  # noqa: E402
 
 
 def service(ports):  # type: ignore[no-untyped-def]

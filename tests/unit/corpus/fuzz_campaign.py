@@ -36,7 +36,7 @@ from lbd.bgp import codec  # noqa: E402
 from lbd.bgp.attributes import AFI_IPV4, AFI_IPV6, SAFI_UNICAST
 from lbd.bgp.errors import BgpError
 from lbd.bgp.packing import EncodeContext, RouteAttrs, UpdatePacker
-from lbd.cluster import lzw, wire
+from lbd.cluster import facts, lzw, wire
 from lbd.cluster.errors import GossipError
 from lbd.cluster.replication import AllocationTable, TableEntry, TableError
 from lbd.model import Allocation
@@ -116,6 +116,30 @@ def table_seeds() -> list[bytes]:
               "v6": Allocation("v6", "p", (ipaddress.ip_address("fd77::1"), ipaddress.ip_address("10.77.0.2")))},
              {}, now_ms=1_780_000_000_000)
     return [t.encode()]
+
+
+def facts_seeds() -> list[bytes]:
+    v4 = [ipaddress.ip_address("10.77.0.0") + i for i in (0, 1, 2, 9, 40)]
+    v6 = [ipaddress.ip_address("fd77::1"), ipaddress.ip_address("fd77::2")]
+    return [
+        facts.encode_records([facts.NodeFacts("a", 5, frozenset(v4 + v6), frozenset({"static/web"})),
+                              facts.NodeFacts("b", 1)]),
+        facts.encode_delta(facts.FactsDelta("a", 5, 6, frozenset(v4[:2]), frozenset(v6), frozenset({"x"}))),
+        facts.encode_request(facts.FactsRequest("b", ("a",))),
+    ]
+
+
+def facts_oracle(data: bytes) -> None:
+    """A peer's facts message: decode, then merge into a replica that goes on publishing."""
+    try:
+        message = facts.decode(data)
+    except facts.FactsError:
+        return
+    replica = facts.FactsReplica("a")
+    replica.publish([ipaddress.ip_address("10.77.9.9")], {"mine"}, NOW_MS, ["b"])
+    replica.receive(message, NOW_MS, 1.0, ["b"])
+    replica.repair({"b": 9}, 5.0)
+    facts.decode(replica.state())  # what it sends in push-pull reads back
 
 
 def lzw_seeds() -> list[bytes]:
@@ -334,6 +358,7 @@ def main() -> int:
         ("lzw", lzw_seeds(), lzw_oracle, lambda d: d),
         ("stream", stream_seeds(), stream_oracle_factory(rng), lambda d: d),
         ("table", table_seeds(), table_oracle, table_transform(rng)),
+        ("facts", facts_seeds(), facts_oracle, lambda d: d),
         ("stream-large", large_stream_seeds(), large_stream_oracle, lambda d: d),
     ]
     for name, seeds, oracle, transform in surfaces:

@@ -25,7 +25,7 @@ import hostile  # noqa: E402
 from lbd.bgp import codec  # noqa: E402
 from lbd.bgp.attributes import AFI_IPV4, SAFI_UNICAST  # noqa: E402
 from lbd.bgp.codec import MARKER  # noqa: E402
-from lbd.cluster import crypto, lzw, wire  # noqa: E402
+from lbd.cluster import crypto, facts, lzw, wire  # noqa: E402
 from lbd.cluster.replication import AllocationTable, TableEntry  # noqa: E402
 
 KEY = bytes(range(32))  # the corpus key for the encrypted cases
@@ -164,6 +164,11 @@ def poisoned_table() -> bytes:
     return t.encode()
 
 
+def facts_record(item: bytes) -> bytes:
+    """One node facts record (node "n", version 1) whose holds are the one address ``item``."""
+    return b"\x01\x01" + struct.pack("!IH", 1, 1) + b"n" + struct.pack("!QI", 1, 1) + item + bytes(4)
+
+
 def crc_nest(depth: int) -> bytes:
     inner = wire.encode(wire.Ping(1, "n"))
     for _ in range(depth):
@@ -232,6 +237,23 @@ GOSSIP: dict[str, tuple[bytes, str, str, str]] = {
     "table-stamp-negative": (b'{"v":1,"clock":1,"e":[{"s":"a","p":"p","a":[],"c":-1,"u":1,"o":"x"}]}', "table", "TableError", "entry created -1"),
     "table-not-json": (b'{"v":1,"clock":', "table", "TableError", "truncated JSON"),
     "table-poisoned-clock": (poisoned_table(), "table", "refused-stamp", "a user-message table stamped 2^63-2 (adopted before the fix)"),
+    "facts-format-2": (b"\x02\x01" + struct.pack("!I", 0), "facts", "FactsError", "node facts in format version 2"),
+    "facts-kind-unknown": (b"\x01\x09", "facts", "FactsError", "node facts message kind 9"),
+    "facts-count-huge": (b"\x01\x01" + struct.pack("!I", 2**32 - 1), "facts", "FactsError", "2^32-1 records announced in 4 bytes"),
+    "facts-range-past-end": (facts_record(b"\x14\xff\xff\xff\xfe" + struct.pack("!I", 5)), "facts", "FactsError",
+                             "an IPv4 range from 255.255.255.254 over 6 addresses"),
+    "facts-range-bomb": (facts_record(b"\x14\x0a\x00\x00\x00" + struct.pack("!I", 2**32 - 2)), "facts", "FactsError",
+                         "one 9-byte range item of 4 billion addresses (a memory bomb)"),
+    "facts-range-of-one": (facts_record(b"\x14\x0a\x00\x00\x00" + struct.pack("!I", 0)), "facts", "FactsError",
+                           "a range item of one address (singles have their own tag)"),
+    "facts-version-past-2-63": (b"\x01\x01" + struct.pack("!IH", 1, 1) + b"n" + b"\xff" * 8 + bytes(8), "facts", "FactsError",
+                                "a record at version 2^64-1 (the decoder stops at 2^63-1)"),
+    "facts-delta-not-later": (b"\x01\x02" + struct.pack("!H", 1) + b"n" + struct.pack("!QQ", 9, 9) + bytes(16), "facts", "FactsError",
+                              "a delta from version 9 to version 9"),
+    "facts-name-not-utf8": (b"\x01\x03" + struct.pack("!H", 2) + b"\xc3\x28" + bytes(4), "facts", "FactsError",
+                            "a request from a name that is not UTF-8"),
+    "facts-trailing": (facts.encode_records([facts.NodeFacts("n", 1)]) + b"\x00", "facts", "FactsError",
+                       "a record followed by a stray byte"),
 }
 
 
@@ -282,7 +304,8 @@ def main() -> None:
           "Surfaces: `packet` is a UDP datagram to a plaintext node (`Swim.handle_packet`); `encrypted` the same "
           "to a node holding the corpus key `bytes(range(32))`; `stream` / `estream` a TCP stream "
           "(`wire.decode_stream`, without / with the key); `lzw` raw LZW data (`lzw.decompress` with the "
-          "per-packet budget); `table` an allocation-table payload (`AllocationTable.decode`). "
+          "per-packet budget); `table` an allocation-table payload (`AllocationTable.decode`); `facts` a node "
+          "facts message after its `lbd1F` prefix (`facts.decode`). "
           "`refused-name`: the packet is accepted but the member is not added (counted in `bad_names`); "
           "`refused-stamp[:n]`: the table decodes but `merge` refuses its far-future entries (all, or n) and the "
           "clock stays near now. The 4 MiB push-pull that used to cost seconds of re-parsing is not stored here "

@@ -1,0 +1,162 @@
+"""The informer: list + watch one Kubernetes resource into a dict store.
+
+List, then watch from the list's resourceVersion with bookmarks; on 410 Gone a re-list replaces
+the store. While the API server is unreachable the store stays as it is, and the informer retries
+with capped, jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, Callable, Mapping
+
+from lbd.backoff import capped_backoff
+from lbd.sources.kube_translate import json_array, json_object
+
+
+def describe_error(exc: BaseException, path: str) -> str:
+    """One operator-readable line for a failed request: what failed and why.
+
+    ``path`` is the API path listed/watched, or what was written ("status").
+    403s carry the API server's own message, which names the user, the verb
+    and the resource that the ClusterRole lacks.
+    """
+    from lbd.sources.kube_client import ApiError, Unreachable, WatchStreamError
+
+    resource = path.rstrip("/").rsplit("/", 1)[-1]
+    if isinstance(exc, ApiError):
+        if exc.code == 401:
+            return f"401 Unauthorized: the API server rejected lbd's credentials ({resource})"
+        if exc.code == 403:
+            return f"403 Forbidden: {exc.message}"
+        return f"{resource}: {exc.code} {exc.reason}: {exc.message}"
+    if isinstance(exc, Unreachable):
+        return str(exc)
+    if isinstance(exc, WatchStreamError):
+        return f"{resource}: bad watch stream: {exc}"
+    return f"{resource}: {type(exc).__name__}: {exc}"
+
+
+class Informer:
+    def __init__(self, client: Any, path: str, *, on_change: Callable[[], None],
+                 on_health: Callable[[str, str | None], bool], log: Any, watch_timeout: float,
+                 backoff_initial: float = 0.5, backoff_max: float = 30.0,
+                 store: dict[tuple[str, str], dict] | None = None, namespace: str | None = None) -> None:
+        self.client = client
+        self.path = path
+        self.on_change = on_change
+        self.on_health = on_health
+        self.log = log
+        self.watch_timeout = watch_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        # With a namespaces filter, one informer per namespace shares one store
+        # and owns the keys of its namespace.
+        self.store: dict[tuple[str, str], dict] = store if store is not None else {}
+        self.namespace = namespace
+        self.resource_version: str | None = None
+        self.synced = False
+        self.relists = 0
+
+    @staticmethod
+    def key(obj: Mapping[str, Any]) -> tuple[str, str]:
+        meta = json_object(json_object(obj).get("metadata"))
+        return (str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+    async def _list(self) -> None:
+        result = await self.client.request("GET", self.path)
+        fresh = {self.key(o): o for o in json_array(result.get("items")) if isinstance(o, dict)}
+        if self.namespace is None:
+            self.store.clear()
+        else:
+            for key in [k for k in self.store if k[0] == self.namespace]:
+                del self.store[key]
+        self.store.update(fresh)  # one step: no await between clear and update
+        self.resource_version = (result.get("metadata") or {}).get("resourceVersion")
+        self.synced = True
+        self.relists += 1
+        self.on_health(self.path, None)
+        self.on_change()
+
+    async def run(self) -> None:
+        from lbd.sources.kube_client import ApiError
+
+        failures = 0
+        while True:
+            try:
+                if self.resource_version is None:
+                    await self._list()
+                server_timeout = int(self.watch_timeout * random.uniform(1.0, 1.2))
+                params = {"watch": "true", "resourceVersion": self.resource_version or "",
+                          "allowWatchBookmarks": "true", "timeoutSeconds": str(server_timeout)}
+                async for event in self.client.watch(self.path, params, timeout=server_timeout + 30):
+                    if failures:
+                        failures = 0
+                        self.on_health(self.path, None)
+                    if self._apply(event):
+                        break
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                if exc.code == 410:
+                    self._expire()
+                    continue
+                if exc.code == 504 and failures == 0:
+                    # The API server's watch timed out on its side ("Timeout: Too large
+                    # resource version" or a gateway): resume at once, like client-go.
+                    failures += 1
+                    continue
+                failures += 1
+                await self._fail(failures, exc)
+            except (OSError, asyncio.TimeoutError, ValueError) as exc:
+                # Unreachable, reset, timed out, garbage, an over-long line: keep the store, retry.
+                failures += 1
+                await self._fail(failures, exc)
+
+    def _expire(self) -> None:
+        # 410 Gone: our resourceVersion was compacted away. Re-list; the store
+        # is replaced in one step so unchanged objects cause no churn.
+        self.log.info("watch_expired_relisting", path=self.path, resource_version=self.resource_version)
+        self.resource_version = None
+
+    def retry_delay(self, failures: int) -> float:
+        return capped_backoff(max(1, failures), self.backoff_initial, self.backoff_max, jitter=0.2)
+
+    async def _fail(self, failures: int, exc: BaseException) -> None:
+        delay = self.retry_delay(failures)
+        cause = describe_error(exc, self.path)
+        if self.on_health(self.path, cause):
+            # One line per distinct cause, not one per retry.
+            self.log.warning("kube_watch_failed", path=self.path, error=cause, retry_in=round(delay, 2))
+        await asyncio.sleep(delay)
+
+    def _apply(self, event: Mapping[str, Any]) -> bool:
+        """Apply one watch event; True when the watch must be restarted."""
+        from lbd.sources.kube_client import ApiError
+
+        kind = event.get("type")
+        obj = json_object(event.get("object"))
+        if kind == "ERROR":
+            code = obj.get("code")
+            # A Status's code is an int; anything else (hostile or broken) is a 500.
+            code = code if isinstance(code, int) and not isinstance(code, bool) else 500
+            if code == 410:
+                self._expire()
+                return True
+            raise ApiError(code, str(obj.get("reason", ""))[:200], str(obj.get("message", ""))[:500])
+        rv = json_object(obj.get("metadata")).get("resourceVersion")
+        if kind == "BOOKMARK":
+            self.resource_version = rv or self.resource_version
+            return False
+        if not obj:
+            return False
+        if kind in ("ADDED", "MODIFIED"):
+            self.store[self.key(obj)] = obj
+        elif kind == "DELETED":
+            self.store.pop(self.key(obj), None)
+        else:
+            return False
+        self.resource_version = rv or self.resource_version
+        self.on_change()
+        return False
