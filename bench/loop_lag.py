@@ -28,7 +28,7 @@ from typing import Any
 
 from lbd.config import load_config
 from lbd.daemon import Daemon
-from lbd.daemon_metrics import LoopLagProbe
+from lbd.looplag import LoopLagProbe
 from lbd.testing.configs import bgp_services_config
 
 

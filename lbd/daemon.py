@@ -43,7 +43,8 @@ from lbd.sources.manager import SourceManager
 from lbd.sources.registry import validate_source
 from lbd.sources.static import static_source_config
 from lbd.state import PersistedState, StateError, StateStore, StateWriter
-from lbd import daemon_metrics as m
+from lbd import metrics as m
+from lbd.looplag import LoopLagProbe
 
 if TYPE_CHECKING:
     # Optional parts, imported when the config first needs them (start-up cost, and a
@@ -549,8 +550,9 @@ class Daemon:
         forwarded = {name: spec for name, spec in self.services.items() if spec.backends}
         if not forwarded and self.forwarder is None:
             return frozenset()
-        from lbd.forward.forwarder import COLLECTOR, Forwarder
+        from lbd.forward.forwarder import Forwarder
         from lbd.forward.health import BackendChecker
+        from lbd.forward.metrics import COLLECTOR
         from lbd.forward.ruleset import desired, to_withdraw
 
         if self.backend_checks is None:
@@ -737,7 +739,7 @@ class Daemon:
         log.info("starting", node=self.config.node.name, config=str(self.config.path), version=lbd.__version__,
                  allocations=len(self.allocations), graceful_restart=self.graceful_restart)
         # Stalls of the loop (lbd_event_loop_lag_seconds): what peers' probes and BFD would see.
-        probe = m.LoopLagProbe(interval=LOOP_LAG_INTERVAL, warn_after=LOOP_STALL_WARNING)
+        probe = LoopLagProbe(interval=LOOP_LAG_INTERVAL, warn_after=LOOP_STALL_WARNING)
         self._tasks.append(asyncio.create_task(probe.run(), name="lbd-loop-lag"))
         try:
             await self.control.start()

@@ -39,32 +39,10 @@ from typing import Any, Callable, Mapping
 import structlog
 
 from lbd import aio
-from prometheus_client import Counter, Gauge, Histogram
-
-from lbd.metrics import REGISTRY
+from lbd.metrics import HEALTH_DURATION, HEALTH_FAILURES, HEALTH_UP
 from lbd.model import HealthCheckConfig
 
 log = structlog.get_logger(__name__)
-
-HEALTH_UP = Gauge(
-    "lbd_health_check_up",
-    "1 while the service's health check passes on this node, 0 while it fails or is not yet known",
-    ["service"],
-    registry=REGISTRY,
-)
-HEALTH_FAILURES = Counter(
-    "lbd_health_check_failures",
-    "Health check executions that failed",
-    ["service"],
-    registry=REGISTRY,
-)
-HEALTH_DURATION = Histogram(
-    "lbd_health_check_duration_seconds",
-    "Time one health check execution took",
-    ["type"],
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-    registry=REGISTRY,
-)
 
 UNKNOWN, UP, DOWN = "unknown", "up", "down"
 OUTPUT_LIMIT = 512  # bytes of exec output / error text kept for status

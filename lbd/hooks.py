@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import structlog
-from prometheus_client import Counter, Gauge
 
 from lbd.config.hooks import HOOK_EVENTS
-from lbd.metrics import REGISTRY
 from lbd.config.schema import HookConfig
+from lbd.metrics import HOOK_DROPPED as DROPPED
+from lbd.metrics import HOOK_QUEUED as QUEUED
+from lbd.metrics import HOOK_RUNS as RUNS
 from lbd.model import Member, MemberState, VipDecision
 
 log = structlog.get_logger(__name__)
@@ -41,11 +42,6 @@ MAX_RUNNING = 4  # hooks running at once
 MAX_QUEUED = 256  # hook runs waiting for a slot; beyond, events are dropped (and counted)
 OUTPUT_KEPT = 2048  # bytes of a hook's output kept for the log
 HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-RUNS = Counter("lbd_hook_runs", "Hook runs by result (ok, failed, timeout, error)", ["hook", "result"],
-               registry=REGISTRY)
-DROPPED = Counter("lbd_hook_dropped", "Hook runs dropped because the queue was full", ["hook"], registry=REGISTRY)
-QUEUED = Gauge("lbd_hook_queued", "Hook runs waiting for a slot", registry=REGISTRY)
 
 
 # ---------------------------------------------------------------------------

@@ -202,6 +202,12 @@ class BgpRoute:
     local_pref: int | None = None
 
 
+# The kernel's "local" routing table (RT_TABLE_LOCAL in include/uapi/linux/rtnetlink.h): routes
+# there deliver to this host. Here, not in lbd.kernel, because the planner (which must not import
+# the kernel adapters) writes it into ExportRoute.table and the route exporter reads it back.
+RT_TABLE_LOCAL = 255
+
+
 @dataclass(frozen=True)
 class ExportRoute:
     """This node must install ``prefix`` in kernel table ``table``."""

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import structlog
-from prometheus_client import Counter, Gauge
 
 from lbd.bgp import netutil
 from lbd.bgp.events import (
@@ -29,22 +28,15 @@ from lbd.bgp.events import (
     UpdateReceived,
     UpdatesSent,
 )
+from lbd.bgp.metrics import ANNOUNCED, NOTIFICATIONS_RECEIVED, NOTIFICATIONS_SENT, SESSION_UP, UPDATES_RECEIVED, UPDATES_SENT
 from lbd.bgp.packing import RouteAttrs
 from lbd.bgp.settings import SessionSettings
 from lbd.bgp.speaker import Listener, PeerEndpoint, PeerSpeaker
-from lbd.metrics import REGISTRY
 from lbd.config.schema import BfdProfileConfig, BgpPeerConfig
 from lbd.model import BgpRoute, IPAddress, IPNetwork
 from lbd.selectors import matches
 
 log = structlog.get_logger(__name__)
-
-SESSION_UP = Gauge("lbd_bgp_session_up", "1 while the BGP session is Established", ["peer"], registry=REGISTRY)
-UPDATES_SENT = Counter("lbd_bgp_updates_sent_total", "BGP UPDATE messages sent", ["peer"], registry=REGISTRY)
-UPDATES_RECEIVED = Counter("lbd_bgp_updates_received_total", "BGP UPDATE messages received", ["peer"], registry=REGISTRY)
-NOTIFICATIONS_SENT = Counter("lbd_bgp_notifications_sent_total", "BGP NOTIFICATION messages sent", ["peer"], registry=REGISTRY)
-NOTIFICATIONS_RECEIVED = Counter("lbd_bgp_notifications_received_total", "BGP NOTIFICATION messages received", ["peer"], registry=REGISTRY)
-ANNOUNCED = Gauge("lbd_bgp_announced_prefixes", "Prefixes currently announced to the peer", ["peer"], registry=REGISTRY)
 
 ObserverCallback = Callable[[str, Event], None]
 ACK_WAIT = 1.0  # graceful stop: longest wait for the router's TCP to acknowledge the withdrawal

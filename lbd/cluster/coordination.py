@@ -37,18 +37,17 @@ from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 import structlog
-from prometheus_client import Counter
 
 from lbd import aio
 from lbd.backoff import capped_backoff
 from lbd.cluster import facts, nodemeta
 from lbd.cluster.crypto import load_keyring
 from lbd.cluster.events import EventKind, MemberEvent, MemberInfo
+from lbd.cluster.metrics import CONFLICTS, FACTS_REJECTED, FACTS_REQUESTS, TABLE_REJECTED, TABLE_UPDATES
 from lbd.cluster.replication import AllocationTable, TableEntry, TableError
 from lbd.cluster.transport import JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX, Gossip, UserPayload
 from lbd.coordination import Coordinator, Handover, HeldVips
 from lbd.ipam import AllocationResult, allocate
-from lbd.metrics import REGISTRY
 from lbd.config.schema import Config
 from lbd.model import Allocation, IPAddress, Member, MemberState, ServiceSpec
 
@@ -65,18 +64,6 @@ PEER_META_WAIT = 2.0  # then wait at most this long for joined peers to publish 
 RECONNECT_INTERVAL = 2.0  # how often to try the seeds and dead members again (a healed partition)
 RECONNECT_TIMEOUT = 24 * 3600.0  # stop trying a dead member after this long (serf's reconnect_timeout)
 HANDOVER_TIMEOUT = 5.0
-
-CONFLICTS = Counter("lbd_allocation_conflicts_resolved", "Allocations dropped because an older one held the address",
-                    registry=REGISTRY)
-TABLE_REJECTED = Counter("lbd_allocation_table_entries_refused",
-                         "Allocation table entries from peers refused: stamped too far in the future",
-                         registry=REGISTRY)
-FACTS_REJECTED = Counter("lbd_node_facts_rejected", "Node facts messages from peers refused as malformed",
-                         registry=REGISTRY)
-FACTS_REQUESTS = Counter("lbd_node_facts_requests", "Requests sent for a peer's facts record after a missed version",
-                         registry=REGISTRY)
-TABLE_UPDATES = Counter("lbd_allocation_table_entries_received", "Allocation table entries adopted from peers",
-                        registry=REGISTRY)
 
 
 class ClusterCoordinator(Coordinator):

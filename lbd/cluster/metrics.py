@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gossip layer (against lbd.metrics.REGISTRY)."""
+"""Prometheus metrics of the gossip layer, the cluster's allocation table and node facts (against lbd.metrics.REGISTRY)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,16 @@ BAD_NAMES = Counter(
     "lbd_gossip_bad_member_names_total",
     "Member entries refused because the name is empty or holds control characters", registry=REGISTRY,
 )
+
+# The allocation table the cluster replicates, and the node facts records (lbd.cluster.coordination).
+CONFLICTS = Counter("lbd_allocation_conflicts_resolved", "Allocations dropped because an older one held the address",
+                    registry=REGISTRY)
+TABLE_REJECTED = Counter("lbd_allocation_table_entries_refused",
+                         "Allocation table entries from peers refused: stamped too far in the future",
+                         registry=REGISTRY)
+FACTS_REJECTED = Counter("lbd_node_facts_rejected", "Node facts messages from peers refused as malformed",
+                         registry=REGISTRY)
+FACTS_REQUESTS = Counter("lbd_node_facts_requests", "Requests sent for a peer's facts record after a missed version",
+                         registry=REGISTRY)
+TABLE_UPDATES = Counter("lbd_allocation_table_entries_received", "Allocation table entries adopted from peers",
+                        registry=REGISTRY)

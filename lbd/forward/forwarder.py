@@ -12,25 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import structlog
-from prometheus_client import Counter, Histogram
-from prometheus_client.core import CounterMetricFamily
 
 from lbd.forward import nlobj
+from lbd.forward.metrics import APPLY_ERRORS, APPLY_SECONDS
 from lbd.forward.nft import Nft, NftError
 from lbd.forward.ruleset import DSR, NAT, TABLE, BackendView, Desired, Ruleset
 from lbd.forward.transaction import plan_transaction, prepare_text
-from lbd.metrics import REGISTRY
 
 log = structlog.get_logger(__name__)
-
-APPLY_SECONDS = Histogram(
-    "lbd_forward_apply_seconds", "Time one forwarding transaction took (libnftables, kernel commit included)",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY,
-)
-APPLY_ERRORS = Counter("lbd_forward_apply_errors", "Forwarding transactions the kernel refused", registry=REGISTRY)
 
 
 class Forwarder:
@@ -151,10 +143,15 @@ class Forwarder:
     def views(self) -> list[BackendView]:
         return list(self.desired.views) if self.desired is not None else []
 
+    def last_counts(self, view: BackendView) -> tuple[int, int]:
+        """(packets, bytes) sent to ``view``'s backend, as last read (0, 0 before a read or
+        for a backend with no table entry): for status and the Prometheus collector."""
+        return self._counters.get((view.table_family, view.counter or ""), (0, 0))
+
     def status(self) -> dict[str, Any]:
         services: dict[str, list[dict[str, Any]]] = {}
         for v in self.views():
-            packets, octets = self._counters.get((v.table_family, v.counter or ""), (0, 0))
+            packets, octets = self.last_counts(v)
             services.setdefault(v.service, []).append({
                 "port": v.port, "backend": v.endpoint, "weight": v.weight,
                 "health": {True: "up", False: "down", None: "unchecked"}[v.healthy],
@@ -196,33 +193,3 @@ def ip_forward_enabled(family: int = 4) -> bool | None:
     except OSError:
         return None
 
-
-class CounterCollector:
-    """Prometheus view of the nftables counters, as last read (every reconcile pass)."""
-
-    def __init__(self) -> None:
-        self.forwarder: Forwarder | None = None
-
-    def collect(self) -> Iterable[CounterMetricFamily]:
-        packets = CounterMetricFamily("lbd_backend_packets", "Packets lbd sent to the backend (nat: the first "
-                                      "packet of each new flow; dsr: every packet from the client)",
-                                      labels=["service", "port", "backend"])
-        octets = CounterMetricFamily("lbd_backend_bytes", "Bytes counted with lbd_backend_packets",
-                                     labels=["service", "port", "backend"])
-        forwarder = self.forwarder
-        if forwarder is not None:
-            seen: set[tuple[str, str, str]] = set()
-            for v in forwarder.views():
-                key = (v.service, v.port, v.endpoint)
-                if v.counter is None or key in seen:
-                    continue
-                seen.add(key)
-                p, b = forwarder._counters.get((v.table_family, v.counter), (0, 0))
-                packets.add_metric(list(key), p)
-                octets.add_metric(list(key), b)
-        yield packets
-        yield octets
-
-
-COLLECTOR = CounterCollector()
-REGISTRY.register(COLLECTOR)  # type: ignore[arg-type]

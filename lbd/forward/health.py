@@ -24,23 +24,13 @@ from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 import structlog
-from prometheus_client import Counter, Gauge
 
 from lbd.config.forward import DEFAULT_BACKEND_CHECK
+from lbd.forward.metrics import BACKEND_TRANSITIONS, BACKEND_UP
 from lbd.health import JITTER, HealthState, next_delay, run_check_timed
-from lbd.metrics import REGISTRY
 from lbd.model import Backend, HealthCheckConfig, ServiceSpec
 
 log = structlog.get_logger(__name__)
-
-BACKEND_UP = Gauge(
-    "lbd_backend_up", "1 while the backend's check passes on this node, 0 while it fails or is not yet known",
-    ["service", "backend"], registry=REGISTRY,
-)
-BACKEND_TRANSITIONS = Counter(
-    "lbd_backend_transitions", "Backend health changes seen on this node, by the state entered",
-    ["service", "backend", "state"], registry=REGISTRY,
-)
 
 Key = tuple[str, str, int]  # (service, address, port checked)
 

@@ -44,33 +44,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
-from prometheus_client import Counter, Gauge
 
+from lbd.kernel.metrics import ROUTE_CHANGES, ROUTE_ERRORS, ROUTES_INSTALLED
 from lbd.kernel.netlink import Netlink
-from lbd.metrics import REGISTRY
 from lbd.config.schema import RouteExportConfig
-from lbd.model import ExportRoute, IPNetwork
+from lbd.model import RT_TABLE_LOCAL, ExportRoute, IPNetwork
 
 log = structlog.get_logger(__name__)
-
-ROUTES_INSTALLED = Gauge(
-    "lbd_route_export_routes",
-    "VIP routes lbd holds in a kernel export table",
-    ["table"],
-    registry=REGISTRY,
-)
-ROUTE_CHANGES = Counter(
-    "lbd_route_export_changes_total",
-    "Kernel route changes made by the route exporter",
-    ["op"],
-    registry=REGISTRY,
-)
-ROUTE_ERRORS = Counter(
-    "lbd_route_export_errors_total",
-    "Kernel route changes that failed (conflicts with foreign routes included)",
-    ["reason"],
-    registry=REGISTRY,
-)
 
 # The kernel stores an IPv6 route added without a metric with priority 1024
 # (IP6_RT_PRIO_USER); IPv4 routes get 0. Normalising both sides lets the diff
@@ -79,7 +59,6 @@ _DEFAULT_METRIC = {4: 0, 6: 1024}
 
 
 RTN_UNICAST, RTN_LOCAL = 1, 2  # rtm_type values (include/uapi/linux/rtnetlink.h)
-RT_TABLE_LOCAL = 255
 RT_SCOPE_HOST = 254
 _KINDS = {"unicast": RTN_UNICAST, "local": RTN_LOCAL}
 

@@ -11,11 +11,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
 
-from lbd.model import ExportRoute, IPAddress
+from lbd.model import RT_TABLE_LOCAL, ExportRoute, IPAddress
 from lbd.planner.inputs import NodeView, VipInput, refusal
 from lbd.selectors import matches
 
-RT_TABLE_LOCAL = 255  # the kernel's "local" table: routes that deliver to this host
 # rtnetlink protocol lbd marks its BGP "accept" local routes with (the route exporter's
 # default too): the exporter only ever reads back, replaces or deletes routes of its own protocols.
 LOCAL_ROUTE_PROTO = 252

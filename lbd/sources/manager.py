@@ -19,22 +19,13 @@ import structlog
 
 from lbd import aio
 from lbd.backoff import capped_backoff
-from prometheus_client import Counter, Gauge
-
-from lbd.metrics import REGISTRY
 from lbd.config.schema import SourceConfig
 from lbd.model import ServiceSpec
 from lbd.sources.base import ServiceResult, Source, SourceContext
+from lbd.sources.metrics import SOURCE_ERRORS, SOURCE_SERVICES, SOURCE_UP
 from lbd.sources.registry import discover
 
 log = structlog.get_logger(__name__)
-
-SOURCE_SERVICES = Gauge("lbd_source_services", "Services in the source's current snapshot",
-                        ["source"], registry=REGISTRY)
-SOURCE_UP = Gauge("lbd_source_up", "1 when the source is healthy, 0 when degraded or starting",
-                  ["source"], registry=REGISTRY)
-SOURCE_ERRORS = Counter("lbd_source_errors", "Source failures: crashes, rejected snapshots, reported errors",
-                        ["source"], registry=REGISTRY)
 
 
 class SnapshotError(ValueError):

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from lbd import daemon_metrics as m
+from lbd import metrics as m
 from lbd.config import load_config
 from lbd.daemon import OWNER_CHANGES_SHOWN, Daemon, report_owner_changes
-from lbd.daemon_metrics import LoopLagProbe
+from lbd.looplag import LoopLagProbe
 from lbd.kernel.interfaces import (LBD_ADDR_PROTO, RTM_DELADDR, RTM_NEWADDR, RTM_NEWLINK, RTM_DELLINK,
                                    InterfaceInventory, inventory_changed)
 from lbd.model import Allocation, Member, MemberState, VipDecision

@@ -7,7 +7,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from lbd import daemon_metrics as m
+from lbd import metrics as m
 from lbd.metrics import REGISTRY
 
 
