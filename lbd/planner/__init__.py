@@ -13,7 +13,9 @@ controller per protocol over a shared allocator):
 - ``export.plan_export``: the kernel routes this node installs for the VIP;
 - ``inputs``: what they all read, and the eligibility they share.
 
-``plan`` runs the three for every VIP and composes this node's ``Plan``.
+``plan`` runs the three for every VIP and composes this node's ``Plan``: the reference.
+``incremental.IncrementalPlanner`` keeps that plan up to date across passes, re-deciding
+only the VIPs whose inputs changed (what the daemon runs).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class _VipOutcome:
     local_route: bool  # accept it through a local route (BGP's accept = "local-route")
     bgp: BgpPlan | None
     exports: tuple[ExportRoute, ...]
+    timed: bool = False  # layer 2's election depends on the clock (a failback window)
 
 
 def plan(inp: PlannerInput) -> Plan:
@@ -144,7 +147,8 @@ def _decide(view: NodeView, vip: VipInput) -> _VipOutcome:
         modes=tuple(mode for mode, part in (("l2", l2), ("bgp", bgp), ("export", export)) if part is not None),
         announced_here=here,
     )
-    return _VipOutcome(decision, intent, bind_on, local_route, bgp, export.routes if export is not None else ())
+    return _VipOutcome(decision, intent, bind_on, local_route, bgp, export.routes if export is not None else (),
+                       timed=l2 is not None and l2.timed)
 
 
 def _reasons(vip: VipInput, l2: L2Plan | None, bgp: BgpPlan | None, export: ExportPlan | None) -> list[str]:

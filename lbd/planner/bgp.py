@@ -8,8 +8,9 @@ length; routes with equal attributes merge across VIPs (``merge_routes``).
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
@@ -69,12 +70,59 @@ def merge_routes(plans: Iterable[BgpPlan]) -> tuple[BgpRoute, ...]:
     for bgp in plans:
         for key, targets in bgp.routes:
             peers_of[key].update(targets)
-    ordered = sorted(peers_of.items(), key=lambda kv: (kv[0].prefix.version, kv[0].prefix, str(kv[0][1:])))
-    return tuple(
-        BgpRoute(prefix=key.prefix, peers=tuple(sorted(targets)), communities=key.communities,
-                 large_communities=key.large_communities, local_pref=key.local_pref)
-        for key, targets in ordered
-    )
+    ordered = sorted(peers_of.items(), key=lambda kv: route_order(kv[0]))
+    return tuple(_route(key, targets) for key, targets in ordered)
+
+
+def route_order(key: RouteKey) -> tuple[int, int, int, str]:
+    """The table's order: by family, then prefix (address, then length, as ``ip_network``
+    sorts), then attributes."""
+    return (key.prefix.version, int(key.prefix.network_address), key.prefix.prefixlen, str(key[1:]))
+
+
+def _route(key: RouteKey, targets: Iterable[str]) -> BgpRoute:
+    return BgpRoute(prefix=key.prefix, peers=tuple(sorted(targets)), communities=key.communities,
+                    large_communities=key.large_communities, local_pref=key.local_pref)
+
+
+class RouteMerge:
+    """``merge_routes`` kept up to date as VIPs' plans come and go: a VIP's change touches
+    only its own routes (peers counted per route, so a peer stays while any VIP names it)."""
+
+    def __init__(self) -> None:
+        self._peers: dict[RouteKey, Counter[str]] = {}
+        self._order: list[tuple[int, int, int, str]] = []  # route_order of every route, sorted
+        self._routes: list[BgpRoute] = []  # in that order
+        self._dirty: set[RouteKey] = set()
+
+    def add(self, plan: BgpPlan) -> None:
+        for key, targets in plan.routes:
+            self._peers.setdefault(key, Counter()).update(targets)
+            self._dirty.add(key)
+
+    def remove(self, plan: BgpPlan) -> None:
+        for key, targets in plan.routes:
+            self._peers[key].subtract(targets)
+            self._dirty.add(key)
+
+    def table(self) -> tuple[BgpRoute, ...]:
+        for key in self._dirty:
+            counts = self._peers.get(key)
+            peers = [peer for peer, n in counts.items() if n > 0] if counts is not None else []
+            order = route_order(key)
+            i = bisect.bisect_left(self._order, order)
+            present = i < len(self._order) and self._order[i] == order
+            if not peers:
+                self._peers.pop(key, None)
+                if present:
+                    del self._order[i], self._routes[i]
+            elif present:
+                self._routes[i] = _route(key, peers)
+            else:
+                self._order.insert(i, order)
+                self._routes.insert(i, _route(key, peers))
+        self._dirty.clear()
+        return tuple(self._routes)
 
 
 def _selected_peers(view: NodeView, ad: BgpAdvertisementConfig) -> tuple[str, ...]:
