@@ -15,7 +15,8 @@ Anything else the planner reads (the node's name, the advertisements, peers, rou
 pool labels, the failback delay; a member joining, leaving, changing state, drain, labels or
 interfaces) re-decides every VIP: every decision lists every eligible member and every
 refusal, so such a change does touch every VIP's decision. ``full=True`` does the same on
-demand: the daemon's periodic safety net.
+demand, and so does every call ``full_every`` seconds (of ``PlannerInput.now``) after the
+last full one: the level-triggered safety net the daemon keeps (``FULL_PASS_INTERVAL``).
 
 One precondition, met by both coordinators (they hand allocations over in name order): a VIP
 bound locally without being announced lists its services by name, where ``plan`` lists them
@@ -34,7 +35,11 @@ from lbd.planner.bgp import RouteMerge
 from lbd.planner.export import LocalRouteCover
 from lbd.planner.inputs import NodeView, PlannerInput
 
-__all__ = ["IncrementalPlanner"]
+__all__ = ["FULL_PASS_INTERVAL", "IncrementalPlanner"]
+
+# The daemon re-decides every VIP from scratch at least this often (seconds), whatever changed:
+# should an input escape the change tracking, the plan converges anyway.
+FULL_PASS_INTERVAL = 300.0
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -94,7 +99,10 @@ def _shape(member: Member) -> tuple[object, ...]:
 class IncrementalPlanner:
     """The last ``plan`` and the indexes that let the next one re-decide only changed VIPs."""
 
-    def __init__(self) -> None:
+    def __init__(self, full_every: float | None = None) -> None:
+        self.full_every = full_every
+        self._last_full: float | None = None
+        self.previous: dict[IPAddress, VipDecision] = {}  # the last call's re-decided VIPs, as they were
         self._reset()
 
     def _reset(self) -> None:
@@ -121,14 +129,23 @@ class IncrementalPlanner:
         """``plan(inp)``, re-deciding only the VIPs whose inputs changed (all with ``full``)."""
         scope = _scope(inp)
         shapes = tuple(_shape(m) for m in inp.members)
-        if full or scope != self._scope or shapes != self._shapes:
+        due = self.full_every is not None and (self._last_full is None or inp.now - self._last_full >= self.full_every)
+        if full or due or scope != self._scope or shapes != self._shapes:
+            self._last_full = inp.now
+            before = {vip: outcome.decision for vip, outcome in self._outcomes.items()}
             self._reset()
+            self.previous = before
             self._scope, self._shapes = scope, shapes
             full = True
+        else:
+            self.previous = {}
         dirty = self._reindex(inp, full)
         view = NodeView.of(inp)
         self._members = dict(view.members)
         for vip in dirty:
+            outcome = self._outcomes.get(vip)
+            if outcome is not None:
+                self.previous[vip] = outcome.decision
             self._redecide(view, vip)
         self.changed, self.full = frozenset(dirty), full
         if dirty:
@@ -139,6 +156,15 @@ class IncrementalPlanner:
                 decisions=tuple(self._decisions.values()),
             )
         return self._plan
+
+    def owner_changes(self) -> list[tuple[VipDecision, VipDecision]]:
+        """(before, after) of every VIP whose layer-2 owner the last call changed, in VIP order."""
+        changes = []
+        for vip in sorted(self.changed, key=_vip_order):
+            before, after = self.previous.get(vip), self._outcomes.get(vip)
+            if before is not None and after is not None and before.owner != after.decision.owner:
+                changes.append((before, after.decision))
+        return changes
 
     def _reindex(self, inp: PlannerInput, full: bool) -> set[IPAddress]:
         """Update the indexes to ``inp``; return the VIPs to re-decide."""
