@@ -104,6 +104,7 @@ class LocalRouteCover:
         self._full: set[_Block] = set()
         self._dirty: set[_Block] = set()
         self._composed: list[ExportRoute] = []
+        self._runs: dict[tuple[_Block, _Block], list[ExportRoute]] = {}  # (first, last) full block -> cover
 
     def add(self, vip: IPAddress) -> None:
         block = (vip.version, int(vip) >> _BLOCK_BITS)
@@ -144,23 +145,36 @@ class LocalRouteCover:
 
     def _compose(self) -> list[ExportRoute]:
         out: list[ExportRoute] = []
-        run: list[_AnyNetwork] = []  # consecutive full blocks, merged when the run ends
+        runs: dict[tuple[_Block, _Block], list[ExportRoute]] = {}
+        first: _Block | None = None  # of the run of consecutive full blocks being walked
         last: _Block | None = None
         for block in self._order:
             if block in self._full:
-                if run and last is not None and (block[0] != last[0] or block[1] != last[1] + 1):
-                    out.extend(_local_routes(ipaddress.collapse_addresses(run)))
-                    run = []
-                run.append(self._routes[block][0].prefix)  # type: ignore[arg-type]
+                if first is not None and last is not None and (block[0] != last[0] or block[1] != last[1] + 1):
+                    out.extend(self._run(first, last, runs))
+                    first = None
+                first = block if first is None else first
                 last = block
                 continue
-            if run:
-                out.extend(_local_routes(ipaddress.collapse_addresses(run)))
-                run = []
+            if first is not None and last is not None:
+                out.extend(self._run(first, last, runs))
+                first = None
             out.extend(self._routes[block])
-        if run:
-            out.extend(_local_routes(ipaddress.collapse_addresses(run)))
+        if first is not None and last is not None:
+            out.extend(self._run(first, last, runs))
+        self._runs = runs  # runs that ended or changed are forgotten
         return out
+
+    def _run(self, first: _Block, last: _Block, runs: dict[tuple[_Block, _Block], list[ExportRoute]]) -> list[ExportRoute]:
+        """The cover of the full blocks ``first`` to ``last``: merged once, then kept while the run lasts."""
+        routes = self._runs.get((first, last))
+        if routes is None:
+            network = ipaddress.IPv4Network if first[0] == 4 else ipaddress.IPv6Network
+            width = 32 if first[0] == 4 else 128
+            routes = _local_routes(ipaddress.collapse_addresses(
+                network((block << _BLOCK_BITS, width - _BLOCK_BITS)) for block in range(first[1], last[1] + 1)))
+        runs[(first, last)] = routes
+        return routes
 
 
 def _local_routes(prefixes: Iterable[_AnyNetwork]) -> list[ExportRoute]:

@@ -55,6 +55,10 @@ class _Ordered(Generic[V]):
         self._values: list[V] = []
 
     def set(self, key: tuple[int, int], value: V) -> None:
+        if not self._keys or key > self._keys[-1]:  # a full pass sets keys in order
+            self._keys.append(key)
+            self._values.append(value)
+            return
         i = bisect.bisect_left(self._keys, key)
         if i < len(self._keys) and self._keys[i] == key:
             self._values[i] = value
@@ -142,7 +146,7 @@ class IncrementalPlanner:
         dirty = self._reindex(inp, full)
         view = NodeView.of(inp)
         self._members = dict(view.members)
-        for vip in dirty:
+        for vip in sorted(dirty, key=_vip_order):  # in order: a full pass appends, never inserts
             outcome = self._outcomes.get(vip)
             if outcome is not None:
                 self.previous[vip] = outcome.decision
