@@ -42,18 +42,22 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from dataclasses import dataclass, field
-from typing import AbstractSet, Mapping, Sequence
+from typing import AbstractSet, Hashable, Mapping, Sequence, TypeVar
 
 from lbd import pools as poolmath
 from lbd.model import Allocation, Family, IPAddress, PoolConfig, ServiceSpec
 from lbd.selectors import matches
 
+_K = TypeVar("_K", bound=Hashable)
+
 __all__ = [
     "AllocationChange",
+    "IncrementalAllocator",
     "AllocationResult",
     "FamilyUsage",
     "PoolUsage",
     "allocate",
+    "changed_keys",
     "pool_refuses",
     "pool_usage",
     "sharing_conflict",
@@ -285,12 +289,39 @@ class _ShareGroup:
                 # inserted inside a clashing prefix: keep the prefix exact
                 self.cursors[sig] = cursor + 1 if ports & sig else i
 
+    def remove(self, address: IPAddress) -> None:
+        """``address`` is free again (its last holder released it)."""
+        i = bisect.bisect_left(self.addresses, address)  # type: ignore[arg-type]
+        if i < len(self.addresses) and self.addresses[i] == address:
+            del self.addresses[i]
+            for sig, cursor in self.cursors.items():
+                if cursor > i:
+                    self.cursors[sig] = cursor - 1  # the rest of the prefix still clashes
+
+    def ports_shrank(self, address: IPAddress) -> None:
+        """A holder of ``address`` left: it may clash with fewer port sets now."""
+        i = bisect.bisect_left(self.addresses, address)  # type: ignore[arg-type]
+        for sig, cursor in self.cursors.items():
+            if cursor > i:
+                self.cursors[sig] = i
+
     def lowest(self, sig: frozenset[_Port], uses: Mapping[IPAddress, _Use]) -> IPAddress | None:
         c = self.cursors.get(sig, 0)
         while c < len(self.addresses) and uses[self.addresses[c]].ports & sig:
             c += 1
         self.cursors[sig] = c
         return self.addresses[c] if c < len(self.addresses) else None
+
+
+class _Scanner(poolmath.FreeScanner):
+    """``FreeScanner`` that also hears of an address freed (``IncrementalAllocator`` releasing
+    a removed service): the cursor steps back to it, so the next search still finds the lowest."""
+
+    def release(self, value: int) -> None:
+        if not self._space.contains_int(self._family, value):
+            return
+        if self._cursor is None or value < self._cursor:
+            self._cursor = self._space.next_usable(self._family, value)
 
 
 class _Book:
@@ -307,7 +338,7 @@ class _Book:
         self.uses: dict[IPAddress, _Use] = {}
         self.taken: dict[Family, set[int]] = {Family.IPV4: set(), Family.IPV6: set()}
         self.used: dict[tuple[str, Family], int] = {}
-        self.scanners: dict[tuple[str, Family], poolmath.FreeScanner] = {}
+        self.scanners: dict[tuple[str, Family], _Scanner] = {}
         # (share_key, backend_key, pool, family) -> addresses a sharing service could join
         self.shared: dict[tuple[str, str, str, Family], _ShareGroup] = {}
 
@@ -348,6 +379,27 @@ class _Book:
             self.shared.setdefault(key, _ShareGroup()).insert(address, frozenset(use.ports))
         use.services.append(req.spec.name)
 
+    def release(self, name: str, addresses: Sequence[IPAddress], ports_of: Mapping[str, frozenset[_Port]]) -> None:
+        """Undo ``hold`` of ``name`` on ``addresses`` (``ports_of``: the other holders' ports)."""
+        for address in addresses:
+            use = self.uses[address]
+            use.services.remove(name)
+            family = Family.of(address)
+            group = self.shared.get((use.share_key, use.backend_key, use.pool, family)) if use.share_key else None
+            if use.services:
+                use.ports = set().union(*(ports_of[other] for other in use.services))
+                if group is not None:
+                    group.ports_shrank(address)
+                continue
+            del self.uses[address]
+            self.taken[family].discard(int(address))
+            self.used[(use.pool, family)] -= 1
+            if group is not None:
+                group.remove(address)
+            for (_, scanned), scanner in self.scanners.items():
+                if scanned is family:
+                    scanner.release(int(address))
+
     def exhausted(self, pool: PoolConfig, family: Family) -> str:
         total = poolmath.usable_count(pool, family)
         used = self.used.get((pool.name, family), 0)
@@ -359,7 +411,7 @@ class _Book:
         key = (pool.name, family)
         scanner = self.scanners.get(key)
         if scanner is None:
-            scanner = self.scanners[key] = poolmath.FreeScanner(pool, family, self.taken[family])
+            scanner = self.scanners[key] = _Scanner(pool, family, self.taken[family])
         best = scanner.lowest_free()
         share_key = req.spec.share_key
         if share_key:
@@ -545,13 +597,23 @@ def allocate(
     ``namespaces`` maps namespace names to their labels, for pools whose
     ``service_allocation`` selects namespaces by label (``Config.namespaces``).
     """
+    return _full_round(pools, services, previous, precedence, namespaces).sorted_result()
+
+
+def _full_round(
+    pools: Sequence[PoolConfig],
+    services: Sequence[ServiceSpec],
+    previous: Mapping[str, Allocation],
+    precedence: Mapping[str, int] | None,
+    namespaces: Mapping[str, Mapping[str, str]] | None,
+) -> _Round:
     # The three passes of the module docstring, in this order: nothing valid ever moves
     # and a pending service never steals an address.
     run = _Round(pools, services, previous, precedence, namespaces)
     invalid = run.keep_valid()
     run.reallocate(invalid)
     run.allocate_new()
-    return run.sorted_result()
+    return run
 
 
 def _specs_by_name(services: Sequence[ServiceSpec]) -> tuple[dict[str, ServiceSpec], set[str]]:
@@ -685,6 +747,110 @@ class _Round:
         self.result.allocations = dict(sorted(self.result.allocations.items()))
         self.result.pending = dict(sorted(self.result.pending.items()))
         return self.result
+
+
+class IncrementalAllocator:
+    """``allocate`` across reconcile passes, in work proportional to what changed (issue 9).
+
+    It keeps the last round's book (who holds which address). When the next call has the same
+    pools, namespaces and precedence, its ``previous`` is the last result, no service is
+    defined twice and no service holding an address changed its spec, the result of
+    ``allocate`` is known without re-checking every allocation: every allocation of the last
+    result is still valid (it was made under these rules), the removed services release
+    theirs, and the services without an address (pending ones and new ones) run pass 3 in
+    name order against the book, as ``allocate`` would. Anything else runs ``allocate``'s
+    full round (and keeps its book). The result equals ``allocate``'s, and the allocations
+    of unchanged services are the same objects, so the planner's change detection is cheap.
+    """
+
+    def __init__(self) -> None:
+        self._round: _Round | None = None
+        self._inputs: tuple[list[PoolConfig], object, object] | None = None
+        self._allocations: dict[str, Allocation] = {}
+        self._pending: dict[str, str] = {}
+        self._ports: dict[str, frozenset[_Port]] = {}  # holders' ports, for releases
+        self.full = True  # whether the last call ran the full round
+
+    def allocate(
+        self,
+        pools: Sequence[PoolConfig],
+        services: Sequence[ServiceSpec],
+        previous: Mapping[str, Allocation],
+        *,
+        precedence: Mapping[str, int] | None = None,
+        namespaces: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> AllocationResult:
+        inputs = (_items(pools), precedence, namespaces)
+        specs, duplicates = _specs_by_name(services)
+        result = None
+        if self._round is not None and not duplicates and inputs == self._inputs and previous == self._allocations:
+            result = self._increment(self._round, specs)
+        self.full = result is None
+        if result is None:
+            run = _full_round(pools, services, previous, precedence, namespaces)
+            result = run.sorted_result()
+            self._round, self._inputs = run, inputs
+            self._ports = {name: req.ports for name, req in run.requests.items() if name in result.allocations}
+        self._allocations, self._pending = result.allocations, result.pending
+        return result
+
+    def _increment(self, run: _Round, specs: dict[str, ServiceSpec]) -> AllocationResult | None:
+        """The next result from the last one, or None when only a full round can tell."""
+        changed = changed_keys(run.specs, specs)
+        held = self._allocations
+        if any(name in specs and name in held for name in changed):
+            return None  # an allocated service changed: pass 1 may keep, move or release others too
+        removed = sorted(name for name in changed if name not in specs and name in held)
+        result = AllocationResult()
+        for name in removed:
+            old = held[name]
+            del self._ports[name]
+            run.book.release(name, old.addresses, self._ports)
+            result.changes.append(AllocationChange(name, "released", old.addresses, (), "the service was removed",
+                                                   old_pool=old.pool))
+        run.specs = specs
+        granted: dict[str, Allocation] = {}
+        for name in sorted((set(self._pending) | set(changed)) & specs.keys()):  # pass 3, in name order
+            req = _request(specs[name])
+            if isinstance(req, str):
+                result.pending[name] = req
+                continue
+            outcome = _fresh(run.book, req)
+            if isinstance(outcome, str):
+                result.pending[name] = outcome
+                continue
+            pool, addresses = outcome
+            for address in addresses:
+                run.book.hold(req, pool, address)
+            granted[name] = Allocation(name, pool, addresses)
+            self._ports[name] = req.ports
+        allocations = dict(held)
+        for name in removed:
+            del allocations[name]
+        if granted:
+            names = list(allocations)
+            for name in granted:
+                bisect.insort(names, name)
+            allocations.update(granted)
+            allocations = dict(zip(names, map(allocations.__getitem__, names)))
+        result.allocations = allocations
+        return result
+
+
+_MISSING = object()
+
+
+def changed_keys(old: Mapping[_K, object], new: Mapping[_K, object]) -> set[_K]:
+    """Keys whose value differs between ``old`` and ``new`` (added and removed ones included).
+
+    ``old == new`` runs at C speed and short-cuts on identical values, the usual case between
+    two passes; only when they differ does a loop look for which keys."""
+    if old == new:
+        return set()
+    changed = {key for key, value in new.items()
+               if (before := old.get(key, _MISSING)) is not value and before != value}
+    changed.update(old.keys() - new.keys())
+    return changed
 
 
 def pool_usage(pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation]) -> dict[str, PoolUsage]:

@@ -42,7 +42,7 @@ from lbd.cluster.replication import AllocationTable, TableEntry, TableError
 from lbd.cluster.swim import EventKind, MemberEvent, MemberInfo
 from lbd.cluster.transport import JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX, Gossip, UserPayload
 from lbd.coordination import Coordinator, Handover, HeldVips
-from lbd.ipam import AllocationResult, allocate
+from lbd.ipam import AllocationResult, IncrementalAllocator
 from lbd.metrics import REGISTRY
 from lbd.model import Allocation, Config, Member, MemberState, ServiceSpec
 
@@ -81,6 +81,7 @@ class ClusterCoordinator(Coordinator):
             merge_remote_state=self._merge_remote_state,
         )
         self.table = AllocationTable(self.name)
+        self._allocator = IncrementalAllocator()  # allocate(), in work proportional to the change (issue 9)
         self._me = Member(name=self.name)
         self._meta_sent: bytes | None = None
         self._meta_cache: dict[bytes, nodemeta.NodeMeta | None] = {}
@@ -231,7 +232,7 @@ class ClusterCoordinator(Coordinator):
             )
             return result, notes
         if allocator == self.name:
-            result = allocate(config.pools, list(services), live, namespaces=config.namespaces)
+            result = self._allocator.allocate(config.pools, list(services), live, namespaces=config.namespaces)
             changed = self.table.record(result.allocations, by_name, _now_ms())
             if changed:
                 self._state_dirty = True

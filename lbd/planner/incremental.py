@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import bisect
 from itertools import chain
-from typing import Generic, Hashable, Iterable, Mapping, TypeVar
+from typing import Generic, Hashable, Iterable, TypeVar
 
+from lbd.ipam import changed_keys
 from lbd.model import Allocation, IPAddress, L2Intent, L2Mode, Member, Plan, ServiceSpec, VipDecision
 from lbd.planner import _decide, _vip_input, _vip_order, _VipOutcome
 from lbd.planner.bgp import RouteMerge
@@ -41,9 +42,7 @@ __all__ = ["FULL_PASS_INTERVAL", "IncrementalPlanner"]
 # should an input escape the change tracking, the plan converges anyway.
 FULL_PASS_INTERVAL = 300.0
 
-K = TypeVar("K")
 V = TypeVar("V")
-_MISSING = object()
 
 
 class _Ordered(Generic[V]):
@@ -73,18 +72,6 @@ class _Ordered(Generic[V]):
 
     def values(self) -> list[V]:
         return self._values
-
-
-def _changed(old: Mapping[K, object], new: Mapping[K, object]) -> set[K]:
-    """Keys whose value differs between ``old`` and ``new`` (added and removed ones included).
-
-    ``old == new`` runs at C speed and short-cuts on identical values, the usual case."""
-    if old == new:
-        return set()
-    changed = {key for key, value in new.items()
-               if (before := old.get(key, _MISSING)) is not value and before != value}
-    changed.update(old.keys() - new.keys())
-    return changed
 
 
 def _scope(inp: PlannerInput) -> tuple[Hashable, ...]:
@@ -174,7 +161,7 @@ class IncrementalPlanner:
         """Update the indexes to ``inp``; return the VIPs to re-decide."""
         allocations = dict(inp.allocations)
         services = dict(inp.services)
-        names = set(allocations) if full else _changed(self._allocations, allocations) | _changed(
+        names = set(allocations) if full else changed_keys(self._allocations, allocations) | changed_keys(
             self._services, services)
         dirty: set[IPAddress] = set(self._timed)
         for name in names:
