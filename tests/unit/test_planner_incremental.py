@@ -15,6 +15,7 @@ from typing import Any
 
 from hypothesis import given, settings, strategies as st
 
+from lbd.hooks import Observation, observe, transitions
 from lbd.ipam import allocate
 from lbd.model import (
     AddressRange,
@@ -168,11 +169,20 @@ class World:
                             members=list(self.members.values()), now=self.now, eligible_since=dict(self.since))
 
 
+def as_maps(observation: Observation) -> Observation:
+    """The same observation with its per-VIP maps built: ``transitions`` compares whole maps."""
+    return Observation(vips_here=dict(observation.vips_here), owners=dict(observation.owners),
+                       vip_services=dict(observation.vip_services), bgp=observation.bgp, members=observation.members)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(events, max_size=40))
 def test_incremental_plan_equals_plan_after_every_event(sequence):
+    """...and the hooks' events, found from the changed decisions only, equal the events of
+    the whole observations."""
     world = World()
     planner = IncrementalPlanner()
+    seen = None
     start = [("svc", "s0", "l2", None, 80, False, None), ("member", "n2", "join")]
     for event in [*start, *sequence]:
         world.apply(event)
@@ -184,6 +194,10 @@ def test_incremental_plan_equals_plan_after_every_event(sequence):
         assert got.bgp == expected.bgp, event
         assert got.exports == expected.exports, event
         world.last_l2 = got.l2
+        now = observe(got.decisions, [], inp.members)
+        if seen is not None:
+            assert transitions(seen, now) == transitions(as_maps(seen), as_maps(now)), event
+        seen = now
 
 
 def test_an_unrelated_change_redecides_only_its_vips():
