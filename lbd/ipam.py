@@ -42,7 +42,9 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from dataclasses import dataclass, field
-from typing import AbstractSet, Hashable, Mapping, Sequence, TypeVar
+from itertools import compress, count
+from operator import attrgetter, is_not, or_
+from typing import AbstractSet, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 from lbd import pools as poolmath
 from lbd.model import Allocation, Family, IPAddress, PoolConfig, ServiceSpec
@@ -616,6 +618,17 @@ def _full_round(
     return run
 
 
+def _specs_quickly(services: Sequence[ServiceSpec]) -> tuple[dict[str, ServiceSpec], set[str]]:
+    """``_specs_by_name`` at C speed for the usual input (specs with distinct string names)."""
+    items = _items(services)
+    names = list(map(attrgetter("name"), items)) if set(map(type, items)) <= {ServiceSpec} else None
+    if names is not None and set(map(type, names)) <= {str}:
+        specs = dict(zip(names, items))
+        if len(specs) == len(items):
+            return specs, set()
+    return _specs_by_name(services)
+
+
 def _specs_by_name(services: Sequence[ServiceSpec]) -> tuple[dict[str, ServiceSpec], set[str]]:
     """The services by name, and the names defined more than once, differently."""
     specs: dict[str, ServiceSpec] = {}
@@ -781,7 +794,7 @@ class IncrementalAllocator:
         namespaces: Mapping[str, Mapping[str, str]] | None = None,
     ) -> AllocationResult:
         inputs = (_items(pools), precedence, namespaces)
-        specs, duplicates = _specs_by_name(services)
+        specs, duplicates = _specs_quickly(services)
         result = None
         if self._round is not None and not duplicates and inputs == self._inputs and previous == self._allocations:
             result = self._increment(self._round, specs)
@@ -843,14 +856,26 @@ _MISSING = object()
 def changed_keys(old: Mapping[_K, object], new: Mapping[_K, object]) -> set[_K]:
     """Keys whose value differs between ``old`` and ``new`` (added and removed ones included).
 
-    ``old == new`` runs at C speed and short-cuts on identical values, the usual case between
-    two passes; only when they differ does a loop look for which keys."""
+    Between two passes the mappings are mostly the very same (key, value) objects in the same
+    order: ``old == new`` runs at C speed and short-cuts on identical values; when they differ,
+    C-speed iterators skip the common prefix and suffix of identical entries and only the
+    window between them is compared in Python (a few entries for a change of a few keys)."""
     if old == new:
         return set()
-    changed = {key for key, value in new.items()
-               if (before := old.get(key, _MISSING)) is not value and before != value}
-    changed.update(old.keys() - new.keys())
-    return changed
+    old_keys, new_keys, old_values, new_values = list(old), list(new), list(old.values()), list(new.values())
+    short = min(len(old_keys), len(new_keys))
+
+    def same(keys: Iterable[object], other_keys: Iterable[object], values: Iterable[object],
+             other_values: Iterable[object]) -> int:
+        differs = map(or_, map(is_not, keys, other_keys), map(is_not, values, other_values))
+        return next(compress(count(), differs), short)
+
+    head = same(old_keys, new_keys, old_values, new_values)
+    tail = min(same(reversed(old_keys), reversed(new_keys), reversed(old_values), reversed(new_values)), short - head)
+    # Outside the windows both hold the same keys, so a key inside one window is not outside the other.
+    window = set(old_keys[head:len(old_keys) - tail]) | set(new_keys[head:len(new_keys) - tail])
+    return {key for key in window if (was := old.get(key, _MISSING)) is not (now := new.get(key, _MISSING))
+            and (was is _MISSING or now is _MISSING or was != now)}
 
 
 def pool_usage(pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation]) -> dict[str, PoolUsage]:

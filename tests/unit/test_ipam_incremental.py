@@ -12,7 +12,7 @@ import ipaddress
 
 from hypothesis import given, settings, strategies as st
 
-from lbd.ipam import IncrementalAllocator, allocate
+from lbd.ipam import IncrementalAllocator, allocate, changed_keys
 from lbd.model import AddressRange, Family, PoolConfig, PortSpec, ServiceSpec
 
 ip = ipaddress.ip_address
@@ -97,3 +97,14 @@ def test_a_shared_address_takes_the_port_its_leaver_freed():
     assert not allocator.full
     assert previous["s2"].addresses == (ip("10.88.0.1"),)
     assert previous["s3"].addresses == (ip("10.88.0.0"),)  # joined s0's address on the freed port
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 3)),
+       st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 3)), st.booleans())
+def test_changed_keys_are_the_keys_whose_value_differs(old, new, share):
+    """Whatever the order and the objects: the keys added, removed or holding an unequal value."""
+    if share:  # the usual case: the same objects, a few keys changed
+        new = {**old, **new}
+    expected = {k for k in old.keys() | new.keys() if k not in old or k not in new or old[k] != new[k]}
+    assert changed_keys(old, new) == expected
