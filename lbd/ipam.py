@@ -599,23 +599,9 @@ def allocate(
     ``namespaces`` maps namespace names to their labels, for pools whose
     ``service_allocation`` selects namespaces by label (``Config.namespaces``).
     """
-    return _full_round(pools, services, previous, precedence, namespaces).sorted_result()
-
-
-def _full_round(
-    pools: Sequence[PoolConfig],
-    services: Sequence[ServiceSpec],
-    previous: Mapping[str, Allocation],
-    precedence: Mapping[str, int] | None,
-    namespaces: Mapping[str, Mapping[str, str]] | None,
-) -> _Round:
-    # The three passes of the module docstring, in this order: nothing valid ever moves
-    # and a pending service never steals an address.
     run = _Round(pools, services, previous, precedence, namespaces)
-    invalid = run.keep_valid()
-    run.reallocate(invalid)
-    run.allocate_new()
-    return run
+    run.all_passes()
+    return run.sorted_result()
 
 
 def _specs_quickly(services: Sequence[ServiceSpec]) -> tuple[dict[str, ServiceSpec], set[str]]:
@@ -756,6 +742,13 @@ class _Round:
                 continue
             self.finish(name, _fresh(self.book, self.requests[name]), None)
 
+    def all_passes(self) -> None:
+        # The three passes of the module docstring, in this order: nothing valid ever moves
+        # and a pending service never steals an address.
+        invalid = self.keep_valid()
+        self.reallocate(invalid)
+        self.allocate_new()
+
     def sorted_result(self) -> AllocationResult:
         self.result.allocations = dict(sorted(self.result.allocations.items()))
         self.result.pending = dict(sorted(self.result.pending.items()))
@@ -784,15 +777,10 @@ class IncrementalAllocator:
         self._ports: dict[str, frozenset[_Port]] = {}  # holders' ports, for releases
         self.full = True  # whether the last call ran the full round
 
-    def allocate(
-        self,
-        pools: Sequence[PoolConfig],
-        services: Sequence[ServiceSpec],
-        previous: Mapping[str, Allocation],
-        *,
-        precedence: Mapping[str, int] | None = None,
-        namespaces: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> AllocationResult:
+    def allocate(self, pools: Sequence[PoolConfig], services: Sequence[ServiceSpec],
+                 previous: Mapping[str, Allocation], *, precedence: Mapping[str, int] | None = None,
+                 namespaces: Mapping[str, Mapping[str, str]] | None = None) -> AllocationResult:
+        """``allocate(pools, services, previous, precedence=, namespaces=)``, incrementally."""
         inputs = (_items(pools), precedence, namespaces)
         specs, duplicates = _specs_quickly(services)
         result = None
@@ -800,7 +788,8 @@ class IncrementalAllocator:
             result = self._increment(self._round, specs)
         self.full = result is None
         if result is None:
-            run = _full_round(pools, services, previous, precedence, namespaces)
+            run = _Round(pools, services, previous, precedence, namespaces)
+            run.all_passes()
             result = run.sorted_result()
             self._round, self._inputs = run, inputs
             self._ports = {name: req.ports for name, req in run.requests.items() if name in result.allocations}
