@@ -872,26 +872,57 @@ def pool_usage(pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation
 
     An address counts once however many services share it, for the first
     pool (config order) in which it is usable.
+
+    The daemon asks on every pass (metrics, status): the counts of the last call are kept
+    and only the allocations that changed since are counted again (issue 9).
     """
-    valid = [p for p in _items(pools) if isinstance(p, PoolConfig)]
-    seen: set[IPAddress] = set()
-    used: dict[tuple[str, Family], int] = {}
-    for alloc in allocations.values():
-        for a in getattr(alloc, "addresses", ()):
-            if not _is_address(a) or a in seen:
+    return _USAGE.usage(pools, allocations)
+
+
+class _UsageCounts:
+    """``pool_usage``'s counts as of its last call, for the next one to update."""
+
+    def __init__(self) -> None:
+        self.pools: list[PoolConfig] = []
+        self.allocations: dict[str, Allocation] = {}
+        self.holders: dict[IPAddress, int] = {}  # address -> how many times allocations name it
+        self.used: dict[tuple[str, Family], int] = {}
+
+    def usage(self, pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation]) -> dict[str, PoolUsage]:
+        valid = [p for p in _items(pools) if isinstance(p, PoolConfig)]
+        if valid != self.pools:
+            self.pools, self.allocations, self.holders, self.used = valid, {}, {}, {}
+        current = dict(allocations)
+        for name in changed_keys(self.allocations, current):
+            self._count(self.allocations.get(name), -1)
+            self._count(current.get(name), 1)
+        self.allocations = current
+        out: dict[str, PoolUsage] = {}
+        for p in valid:
+            if p.name in out:
                 continue
-            seen.add(a)
-            pool = poolmath.pool_of(valid, a)
-            if pool is not None and poolmath.usable(pool, a):
-                key = (pool.name, Family.of(a))
-                used[key] = used.get(key, 0) + 1
-    out: dict[str, PoolUsage] = {}
-    for p in valid:
-        if p.name in out:
-            continue
-        out[p.name] = PoolUsage(
-            p.name,
-            FamilyUsage(used.get((p.name, Family.IPV4), 0), poolmath.usable_count(p, Family.IPV4)),
-            FamilyUsage(used.get((p.name, Family.IPV6), 0), poolmath.usable_count(p, Family.IPV6)),
-        )
-    return out
+            out[p.name] = PoolUsage(
+                p.name,
+                FamilyUsage(self.used.get((p.name, Family.IPV4), 0), poolmath.usable_count(p, Family.IPV4)),
+                FamilyUsage(self.used.get((p.name, Family.IPV6), 0), poolmath.usable_count(p, Family.IPV6)),
+            )
+        return out
+
+    def _count(self, allocation: Allocation | None, step: int) -> None:
+        for a in getattr(allocation, "addresses", ()) if allocation is not None else ():
+            if not _is_address(a):
+                continue
+            before = self.holders.get(a, 0)
+            after = before + step
+            if after:
+                self.holders[a] = after
+            else:
+                del self.holders[a]
+            if (before == 0) != (after == 0):  # the address starts or stops being used
+                pool = poolmath.pool_of(self.pools, a)
+                if pool is not None and poolmath.usable(pool, a):
+                    key = (pool.name, Family.of(a))
+                    self.used[key] = self.used.get(key, 0) + (1 if after else -1)
+
+
+_USAGE = _UsageCounts()

@@ -12,7 +12,7 @@ import ipaddress
 
 from hypothesis import given, settings, strategies as st
 
-from lbd.ipam import IncrementalAllocator, allocate, changed_keys
+from lbd.ipam import IncrementalAllocator, allocate, changed_keys, pool_usage
 from lbd.model import AddressRange, Family, PoolConfig, PortSpec, ServiceSpec
 
 ip = ipaddress.ip_address
@@ -108,3 +108,38 @@ def test_changed_keys_are_the_keys_whose_value_differs(old, new, share):
         new = {**old, **new}
     expected = {k for k in old.keys() | new.keys() if k not in old or k not in new or old[k] != new[k]}
     assert changed_keys(old, new) == expected
+
+
+def usage_from_scratch(pools_, allocations):
+    """pool_usage as it was before it kept counts: one pass over every allocation."""
+    seen, used = set(), {}
+    for alloc in allocations.values():
+        for a in alloc.addresses:
+            if a in seen:
+                continue
+            seen.add(a)
+            pool = next((p for p in pools_ if any(r.family == Family.of(a) and r.first <= a <= r.last
+                                                  for r in p.addresses)), None)
+            if pool is not None:
+                used[(pool.name, Family.of(a))] = used.get((pool.name, Family.of(a)), 0) + 1
+    return {p.name: (used.get((p.name, Family.IPV4), 0), used.get((p.name, Family.IPV6), 0)) for p in pools_}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(events, max_size=20))
+def test_pool_usage_counts_follow_the_allocations(sequence):
+    """pool_usage keeps its counts across calls: they equal a count from scratch after every event."""
+    services: dict[str, ServiceSpec] = {}
+    previous: dict = {}
+    variant = 0
+    for event in sequence:
+        if event[0] == "set":
+            services[event[1].name] = event[1]
+        elif event[0] == "rm":
+            services.pop(event[1], None)
+        else:
+            variant = event[1]
+        previous = allocate(pools(variant), list(services.values()), previous).allocations
+        usage = pool_usage(pools(variant), previous)
+        assert {name: (u.ipv4.used, u.ipv6.used) for name, u in usage.items()} == usage_from_scratch(
+            pools(variant), previous)
