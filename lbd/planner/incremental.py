@@ -11,10 +11,11 @@ whose inputs changed since the previous call:
 - VIPs whose layer-2 election depends on the clock (``Election.timed``: a failback window),
   on every call, as ``now`` moves.
 
-Anything else the planner reads (the node's name, the advertisements, peers, route exports,
-pool labels, the failback delay; a member joining, leaving, changing state, drain, labels or
-interfaces) re-decides every VIP: every decision lists every eligible member and every
-refusal, so such a change does touch every VIP's decision. ``full=True`` does the same on
+Another member joining, leaving, or changing state, drain, labels or interfaces re-decides the
+VIPs an ``l2_advertisement`` covers (every layer-2 decision lists every eligible member and
+every refusal, so it does touch each of them); BGP and route export read this node's own
+entry only. Anything else the planner reads (the node's name, this node's own entry, the
+advertisements, peers, route exports, pool labels, the failback delay) re-decides every VIP. ``full=True`` does the same on
 demand, and so does every call ``full_every`` seconds (of ``PlannerInput.now``) after the
 last full one: the level-triggered safety net the daemon keeps (``FULL_PASS_INTERVAL``).
 
@@ -87,6 +88,12 @@ def _shape(member: Member) -> tuple[object, ...]:
     return (member.name, member.state, member.drained, member.labels, member.interfaces)
 
 
+def _own_shape(inp: PlannerInput) -> tuple[object, ...] | None:
+    """This node's own shape as ``NodeView`` finds it (the last entry of its name), or None."""
+    mine = [m for m in inp.members if m.name == inp.node]
+    return _shape(mine[-1]) if mine else None
+
+
 class IncrementalPlanner:
     """The last ``plan`` and the indexes that let the next one re-decide only changed VIPs."""
 
@@ -106,6 +113,8 @@ class IncrementalPlanner:
         self._by_text: dict[str, IPAddress] = {}  # str(VIP) -> VIP, for members' holds
         self._outcomes: dict[IPAddress, _VipOutcome] = {}
         self._timed: set[IPAddress] = set()
+        self._l2: set[IPAddress] = set()  # VIPs an l2_advertisement covers: every member is a candidate
+        self._me: tuple[object, ...] | None = None  # this node's own shape
         self._decisions: _Ordered[VipDecision] = _Ordered()
         self._announced: _Ordered[L2Intent] = _Ordered()
         self._local_binds: _Ordered[L2Intent] = _Ordered()
@@ -120,17 +129,24 @@ class IncrementalPlanner:
         """``plan(inp)``, re-deciding only the VIPs whose inputs changed (all with ``full``)."""
         scope = _scope(inp)
         shapes = tuple(_shape(m) for m in inp.members)
+        me = _own_shape(inp)
         due = self.full_every is not None and (self._last_full is None or inp.now - self._last_full >= self.full_every)
-        if full or due or scope != self._scope or shapes != self._shapes:
+        # Another member joining, leaving or changing touches layer 2's elections only: BGP and
+        # route export read this node's own entry alone.
+        others_changed = shapes != self._shapes
+        if full or due or scope != self._scope or (others_changed and me != self._me):
             self._last_full = inp.now
             before = {vip: outcome.decision for vip, outcome in self._outcomes.items()}
             self._reset()
             self.previous = before
-            self._scope, self._shapes = scope, shapes
+            self._scope, self._shapes, self._me = scope, shapes, me
             full = True
         else:
             self.previous = {}
         dirty = self._reindex(inp, full)
+        if others_changed and not full:
+            dirty |= self._l2
+            self._shapes = shapes
         view = NodeView.of(inp)
         self._members = dict(view.members)
         for vip in sorted(dirty, key=_vip_order):  # in order: a full pass appends, never inserts
@@ -221,6 +237,7 @@ class IncrementalPlanner:
                 ordered.discard(key)
             self._cover.discard(vip)
             self._timed.discard(vip)
+            self._l2.discard(vip)
             return
         self._decisions.set(key, outcome.decision)
         if outcome.announced is not None:
@@ -243,7 +260,8 @@ class IncrementalPlanner:
             self._cover.add(vip)
         else:
             self._cover.discard(vip)
-        if outcome.timed:
-            self._timed.add(vip)
-        else:
-            self._timed.discard(vip)
+        for flag, members in ((outcome.timed, self._timed), ("l2" in outcome.decision.modes, self._l2)):
+            if flag:
+                members.add(vip)
+            else:
+                members.discard(vip)

@@ -214,7 +214,12 @@ def test_an_unrelated_change_redecides_only_its_vips():
     world.apply(("fail", "n1", "s1"))
     planner.plan(world.inputs())
     assert planner.changed == frozenset(world.allocations["s1"].addresses)
-    world.apply(("member", "n2", "join"))  # every decision lists the candidates: all re-decided
+    world.apply(("member", "n2", "join"))  # every layer-2 decision lists the candidates
+    planner.plan(world.inputs())
+    l2 = {a for name in world.allocations for a in world.allocations[name].addresses
+          if world.allocations[name].pool == "l2"}
+    assert not planner.full and planner.changed == frozenset(l2)
+    world.apply(("member", "n1", "drain"))  # this node itself: BGP and export too
     planner.plan(world.inputs())
     assert planner.full
 
