@@ -31,7 +31,7 @@ from itertools import chain
 from typing import Generic, Hashable, Iterable, TypeVar
 
 from lbd.ipam import changed_keys
-from lbd.model import Allocation, IPAddress, L2Intent, L2Mode, Member, Plan, ServiceSpec, VipDecision
+from lbd.model import Allocation, ExportRoute, IPAddress, L2Intent, L2Mode, Member, Plan, ServiceSpec, VipDecision
 from lbd.planner import _decide, _vip_input, _vip_order, _VipOutcome
 from lbd.planner.bgp import RouteMerge
 from lbd.planner.export import LocalRouteCover
@@ -118,7 +118,7 @@ class IncrementalPlanner:
         self._decisions: _Ordered[VipDecision] = _Ordered()
         self._announced: _Ordered[L2Intent] = _Ordered()
         self._local_binds: _Ordered[L2Intent] = _Ordered()
-        self._exports: _Ordered[tuple] = _Ordered()  # type: ignore[type-arg]
+        self._exports: _Ordered[tuple[ExportRoute, ...]] = _Ordered()
         self._routes = RouteMerge()
         self._cover = LocalRouteCover()
         self._plan = Plan()
