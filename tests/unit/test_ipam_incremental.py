@@ -45,12 +45,9 @@ events = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.lists(events, max_size=30))
-def test_incremental_allocation_equals_allocate_after_every_event(sequence):
-    allocator = IncrementalAllocator()
+def replay(sequence):
+    """Each event with the pool variant and the services after it."""
     services: dict[str, ServiceSpec] = {}
-    previous: dict = {}
     variant = 0
     for event in sequence:
         if event[0] == "set":
@@ -59,6 +56,15 @@ def test_incremental_allocation_equals_allocate_after_every_event(sequence):
             services.pop(event[1], None)
         else:
             variant = event[1]
+        yield event, variant, services
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(events, max_size=30))
+def test_incremental_allocation_equals_allocate_after_every_event(sequence):
+    allocator = IncrementalAllocator()
+    previous: dict = {}
+    for event, variant, services in replay(sequence):
         expected = allocate(pools(variant), list(services.values()), previous)
         got = allocator.allocate(pools(variant), list(services.values()), previous)
         assert got.allocations == expected.allocations, event
@@ -129,16 +135,8 @@ def usage_from_scratch(pools_, allocations):
 @given(st.lists(events, max_size=20))
 def test_pool_usage_counts_follow_the_allocations(sequence):
     """pool_usage keeps its counts across calls: they equal a count from scratch after every event."""
-    services: dict[str, ServiceSpec] = {}
     previous: dict = {}
-    variant = 0
-    for event in sequence:
-        if event[0] == "set":
-            services[event[1].name] = event[1]
-        elif event[0] == "rm":
-            services.pop(event[1], None)
-        else:
-            variant = event[1]
+    for _, variant, services in replay(sequence):
         previous = allocate(pools(variant), list(services.values()), previous).allocations
         usage = pool_usage(pools(variant), previous)
         assert {name: (u.ipv4.used, u.ipv6.used) for name, u in usage.items()} == usage_from_scratch(
