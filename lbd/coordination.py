@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from lbd.ipam import AllocationResult, allocate
+from lbd.ipam import AllocationResult, IncrementalAllocator
 from lbd.config.schema import Config
 from lbd.model import Allocation, Member, ServiceSpec
 
@@ -45,6 +45,8 @@ class Handover:
 class Coordinator(abc.ABC):
     """Membership, allocation and handover for this node; a single node by default."""
 
+    _allocator: IncrementalAllocator  # each coordinator's own: it keeps the last round's book
+
     @abc.abstractmethod
     def update_local(self, me: Member) -> None:
         """This node's own view of itself (labels, interfaces, health, drain, holds)."""
@@ -63,7 +65,7 @@ class Coordinator(abc.ABC):
     def allocate(self, config: Config, services: Sequence[ServiceSpec],
                  previous: Mapping[str, Allocation]) -> tuple[AllocationResult, list[str]]:
         """This round's allocations (and notes worth a warning). A single node allocates alone."""
-        return allocate(config.pools, list(services), previous, namespaces=config.namespaces), []
+        return self._allocator.allocate(config.pools, list(services), previous, namespaces=config.namespaces), []
 
     def allocator(self) -> str:
         """The node that allocates (and writes results back to sources)."""
@@ -107,6 +109,7 @@ class LocalCoordinator(Coordinator):
 
     def __init__(self, name: str) -> None:
         self._me = Member(name=name)
+        self._allocator = IncrementalAllocator()  # allocate(), in work proportional to the change (issue 9)
         self._since = time.monotonic()
 
     def update_local(self, me: Member) -> None:

@@ -34,7 +34,8 @@ from lbd.l2.announcer import L2Announcer
 from lbd.config.schema import Config
 from lbd.model import (Allocation, BgpRoute, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec,
                        VipDecision)
-from lbd.planner import PlannerInput, held_vips, plan
+from lbd.planner import PlannerInput, held_vips
+from lbd.planner.incremental import FULL_PASS_INTERVAL, IncrementalPlanner
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
 from lbd.selectors import matches
 from lbd.sdnotify import Notifier
@@ -246,6 +247,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self.hook_runner = HookRunner()
         self.hooks = HookDispatcher(config.hooks, config.node.name, self.hook_runner.submit)
+        self.planner = IncrementalPlanner(full_every=FULL_PASS_INTERVAL)  # self.plan, kept up to date per change
         self._reload_lock = asyncio.Lock()
         self._pass: asyncio.Future[bool] | None = None  # the reconcile pass running now, if any
         self._interrupted = False  # a stop cancelled a pass: addresses it was binding may be left over
@@ -344,9 +346,11 @@ class Daemon:
         )
 
     def _replan(self, config: Config, members: list[Member]) -> None:
-        """Plan this node's intents over ``members``; log every VIP whose owner changed."""
-        previous = {d.vip: d.owner for d in self.plan.decisions}
-        self.plan = plan(
+        """Plan this node's intents over ``members``; log every VIP whose owner changed.
+
+        Incremental (issue 9): only the VIPs whose inputs changed are re-decided; every
+        ``FULL_PASS_INTERVAL`` seconds every VIP is, from scratch (the safety net)."""
+        self.plan = self.planner.plan(
             PlannerInput(
                 config=config,
                 node=config.node.name,
@@ -357,7 +361,10 @@ class Daemon:
                 eligible_since=self.membership.eligible_since(),
             )
         )
-        report_owner_changes(previous, self.plan.decisions, members)
+        # Only the VIPs the incremental planner re-decided can have changed owner (O(k)).
+        changes = self.planner.owner_changes()
+        report_owner_changes({before.vip: before.owner for before, _ in changes}, [after for _, after in changes],
+                             members)
 
     async def _announce(self, config: Config, members: list[Member]) -> None:
         """Converge every announcer on the plan, in the order that never drops traffic:

@@ -24,7 +24,9 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from itertools import compress, count
+from operator import is_not
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import structlog
 
@@ -57,6 +59,51 @@ class VipHere:
     pool: str
 
 
+class _FromDecisions(Mapping[str, Any]):
+    """One of an observation's per-VIP maps, built from the plan's decisions on first use.
+
+    A pass whose events ``transitions`` finds from the changed decisions alone (issue 9)
+    never builds it: at 100,000 VIPs that is most of the cost of observing."""
+
+    def __init__(self, decisions: tuple[VipDecision, ...], build: Callable[[tuple[VipDecision, ...]], dict[str, Any]]):
+        self._decisions = decisions
+        self._build = build
+        self._map: dict[str, Any] | None = None
+
+    def _get(self) -> dict[str, Any]:
+        if self._map is None:
+            self._map = self._build(self._decisions)
+        return self._map
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
+def _vips_here(decisions: tuple[VipDecision, ...]) -> dict[str, VipHere]:
+    return {str(d.vip): _here(d) for d in decisions if d.announced_here}
+
+
+def _here(d: VipDecision) -> VipHere:
+    return VipHere(tuple(d.services), d.interface, tuple(d.modes), d.pool)
+
+
+def _owners(decisions: tuple[VipDecision, ...]) -> dict[str, str | None]:
+    return {str(d.vip): d.owner for d in decisions}
+
+
+def _vip_services(decisions: tuple[VipDecision, ...]) -> dict[str, tuple[str, ...]]:
+    return {str(d.vip): tuple(d.services) for d in decisions}
+
+
 @dataclass(frozen=True)
 class Observation:
     """What events derive from, as of one reconcile pass."""
@@ -66,19 +113,22 @@ class Observation:
     vip_services: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     bgp: Mapping[str, tuple[bool, str]] = field(default_factory=dict)  # peer -> (established, address)
     members: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # name -> (state, address)
+    # The plan's decisions the three maps above derive from (``observe``); None when given as maps.
+    decisions: tuple[VipDecision, ...] | None = field(default=None, compare=False, repr=False)
 
 
 def observe(decisions: Sequence[VipDecision], bgp_status: Sequence[Mapping[str, Any]],
             members: Sequence[Member]) -> Observation:
     """The observation of a converged pass: the plan, BGP session states, members."""
+    ds = tuple(decisions)
     return Observation(
-        vips_here={str(d.vip): VipHere(tuple(d.services), d.interface, tuple(d.modes), d.pool)
-                   for d in decisions if d.announced_here},
-        owners={str(d.vip): d.owner for d in decisions},
-        vip_services={str(d.vip): tuple(d.services) for d in decisions},
+        vips_here=_FromDecisions(ds, _vips_here),
+        owners=_FromDecisions(ds, _owners),
+        vip_services=_FromDecisions(ds, _vip_services),
         bgp={str(p.get("name")): (str(p.get("state", "")).lower() == "established", str(p.get("address", "")))
              for p in bgp_status},
         members={m.name: (m.state.value, m.address) for m in members},
+        decisions=ds,
     )
 
 
@@ -100,21 +150,72 @@ def transitions(previous: Observation | None, current: Observation) -> list[Hook
     """
     first = previous is None
     prev = previous or Observation()
+    if prev.decisions is not None and current.decisions is not None:
+        out = _vip_transitions(prev.decisions, current.decisions)
+    else:
+        out = _vip_transitions_of_maps(prev, current, first)
+    out += _session_and_member_transitions(prev, current, first)
+    return out
+
+
+def _vip_transitions(previous: tuple[VipDecision, ...], current: tuple[VipDecision, ...]) -> list[HookEvent]:
+    """``_vip_transitions_of_maps`` of two plans' decisions, looking only at the decisions that
+    changed: the planner keeps an unchanged VIP's decision (the same object) from pass to pass,
+    so a change of k VIPs costs work in proportion to k plus a C-speed pass over the ids."""
+    if previous is current:
+        return []
+    # Decisions are in VIP order: skip the common prefix and suffix of identical objects (C-speed
+    # iterators, no __eq__), then diff the window between them by identity.
+    head = next(compress(count(), map(is_not, previous, current)), min(len(previous), len(current)))
+    tail = next(compress(count(), map(is_not, reversed(previous), reversed(current))), 0)
+    tail = min(tail, len(previous) - head, len(current) - head)
+    previous, current = previous[head:len(previous) - tail], current[head:len(current) - tail]
+    before_ids = dict(zip(map(id, previous), previous))
+    after_ids = dict(zip(map(id, current), current))
+    before = {str(d.vip): d for d in map(before_ids.__getitem__, before_ids.keys() - after_ids.keys())}
+    after = {str(d.vip): d for d in map(after_ids.__getitem__, after_ids.keys() - before_ids.keys())}
+    down, up, owners = [], [], []
+    for vip in before.keys() | after.keys():
+        old, new = before.get(vip), after.get(vip)
+        was_here = old is not None and old.announced_here
+        is_here = new is not None and new.announced_here
+        if was_here and not is_here:
+            down.append(vip)
+        elif is_here and not was_here:
+            up.append(vip)
+        if old is not None and new is not None and old.owner != new.owner:
+            owners.append(vip)
+    out = [_vip_event("vip_down", vip, _here(before[vip])) for vip in sorted(down)]
+    out += [_vip_event("vip_up", vip, _here(after[vip])) for vip in sorted(up)]
+    out += [_owner_event(vip, tuple(after[vip].services), before[vip].owner, after[vip].owner) for vip in sorted(owners)]
+    return out
+
+
+def _vip_event(event: str, vip: str, v: VipHere) -> HookEvent:
+    return HookEvent(event, {"vip": vip, "services": list(v.services), "interface": v.interface,
+                             "modes": list(v.modes), "pool": v.pool})
+
+
+def _owner_event(vip: str, services: tuple[str, ...], old: str | None, new: str | None) -> HookEvent:
+    return HookEvent("owner_changed", {"vip": vip, "services": list(services), "old_owner": old, "new_owner": new})
+
+
+def _vip_transitions_of_maps(prev: Observation, current: Observation, first: bool) -> list[HookEvent]:
     out: list[HookEvent] = []
     for vip in sorted(prev.vips_here.keys() - current.vips_here.keys()):
-        v = prev.vips_here[vip]
-        out.append(HookEvent("vip_down", {"vip": vip, "services": list(v.services), "interface": v.interface,
-                                          "modes": list(v.modes), "pool": v.pool}))
+        out.append(_vip_event("vip_down", vip, prev.vips_here[vip]))
     for vip in sorted(current.vips_here.keys() - prev.vips_here.keys()):
-        v = current.vips_here[vip]
-        out.append(HookEvent("vip_up", {"vip": vip, "services": list(v.services), "interface": v.interface,
-                                        "modes": list(v.modes), "pool": v.pool}))
+        out.append(_vip_event("vip_up", vip, current.vips_here[vip]))
     if not first:
         for vip in sorted(prev.owners.keys() & current.owners.keys()):
             old, new = prev.owners[vip], current.owners[vip]
             if old != new:
-                out.append(HookEvent("owner_changed", {"vip": vip, "services": list(current.vip_services.get(vip, ())),
-                                                       "old_owner": old, "new_owner": new}))
+                out.append(_owner_event(vip, current.vip_services.get(vip, ()), old, new))
+    return out
+
+
+def _session_and_member_transitions(prev: Observation, current: Observation, first: bool) -> list[HookEvent]:
+    out: list[HookEvent] = []
     for peer in sorted(set(prev.bgp) | set(current.bgp)):
         was = prev.bgp.get(peer, (False, ""))
         now = current.bgp.get(peer, (False, was[1]))

@@ -42,19 +42,25 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from dataclasses import dataclass, field
-from typing import AbstractSet, Mapping, Sequence
+from itertools import compress, count
+from operator import attrgetter, is_not, or_
+from typing import AbstractSet, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 from lbd import pools as poolmath
 from lbd.config.schema import PoolConfig
 from lbd.model import Allocation, Family, IPAddress, ServiceSpec
 from lbd.selectors import matches
 
+_K = TypeVar("_K", bound=Hashable)
+
 __all__ = [
     "AllocationChange",
+    "IncrementalAllocator",
     "AllocationResult",
     "FamilyUsage",
     "PoolUsage",
     "allocate",
+    "changed_keys",
     "pool_refuses",
     "pool_usage",
     "sharing_conflict",
@@ -286,12 +292,39 @@ class _ShareGroup:
                 # inserted inside a clashing prefix: keep the prefix exact
                 self.cursors[sig] = cursor + 1 if ports & sig else i
 
+    def remove(self, address: IPAddress) -> None:
+        """``address`` is free again (its last holder released it)."""
+        i = bisect.bisect_left(self.addresses, address)  # type: ignore[arg-type]
+        if i < len(self.addresses) and self.addresses[i] == address:
+            del self.addresses[i]
+            for sig, cursor in self.cursors.items():
+                if cursor > i:
+                    self.cursors[sig] = cursor - 1  # the rest of the prefix still clashes
+
+    def ports_shrank(self, address: IPAddress) -> None:
+        """A holder of ``address`` left: it may clash with fewer port sets now."""
+        i = bisect.bisect_left(self.addresses, address)  # type: ignore[arg-type]
+        for sig, cursor in self.cursors.items():
+            if cursor > i:
+                self.cursors[sig] = i
+
     def lowest(self, sig: frozenset[_Port], uses: Mapping[IPAddress, _Use]) -> IPAddress | None:
         c = self.cursors.get(sig, 0)
         while c < len(self.addresses) and uses[self.addresses[c]].ports & sig:
             c += 1
         self.cursors[sig] = c
         return self.addresses[c] if c < len(self.addresses) else None
+
+
+class _Scanner(poolmath.FreeScanner):
+    """``FreeScanner`` that also hears of an address freed (``IncrementalAllocator`` releasing
+    a removed service): the cursor steps back to it, so the next search still finds the lowest."""
+
+    def release(self, value: int) -> None:
+        if not self._space.contains_int(self._family, value):
+            return
+        if self._cursor is None or value < self._cursor:
+            self._cursor = self._space.next_usable(self._family, value)
 
 
 class _Book:
@@ -308,7 +341,7 @@ class _Book:
         self.uses: dict[IPAddress, _Use] = {}
         self.taken: dict[Family, set[int]] = {Family.IPV4: set(), Family.IPV6: set()}
         self.used: dict[tuple[str, Family], int] = {}
-        self.scanners: dict[tuple[str, Family], poolmath.FreeScanner] = {}
+        self.scanners: dict[tuple[str, Family], _Scanner] = {}
         # (share_key, backend_key, pool, family) -> addresses a sharing service could join
         self.shared: dict[tuple[str, str, str, Family], _ShareGroup] = {}
 
@@ -349,6 +382,27 @@ class _Book:
             self.shared.setdefault(key, _ShareGroup()).insert(address, frozenset(use.ports))
         use.services.append(req.spec.name)
 
+    def release(self, name: str, addresses: Sequence[IPAddress], ports_of: Mapping[str, frozenset[_Port]]) -> None:
+        """Undo ``hold`` of ``name`` on ``addresses`` (``ports_of``: the other holders' ports)."""
+        for address in addresses:
+            use = self.uses[address]
+            use.services.remove(name)
+            family = Family.of(address)
+            group = self.shared.get((use.share_key, use.backend_key, use.pool, family)) if use.share_key else None
+            if use.services:
+                use.ports = set().union(*(ports_of[other] for other in use.services))
+                if group is not None:
+                    group.ports_shrank(address)
+                continue
+            del self.uses[address]
+            self.taken[family].discard(int(address))
+            self.used[(use.pool, family)] -= 1
+            if group is not None:
+                group.remove(address)
+            for (_, scanned), scanner in self.scanners.items():
+                if scanned is family:
+                    scanner.release(int(address))
+
     def exhausted(self, pool: PoolConfig, family: Family) -> str:
         total = poolmath.usable_count(pool, family)
         used = self.used.get((pool.name, family), 0)
@@ -360,7 +414,7 @@ class _Book:
         key = (pool.name, family)
         scanner = self.scanners.get(key)
         if scanner is None:
-            scanner = self.scanners[key] = poolmath.FreeScanner(pool, family, self.taken[family])
+            scanner = self.scanners[key] = _Scanner(pool, family, self.taken[family])
         best = scanner.lowest_free()
         share_key = req.spec.share_key
         if share_key:
@@ -546,13 +600,20 @@ def allocate(
     ``namespaces`` maps namespace names to their labels, for pools whose
     ``service_allocation`` selects namespaces by label (``Config.namespaces``).
     """
-    # The three passes of the module docstring, in this order: nothing valid ever moves
-    # and a pending service never steals an address.
     run = _Round(pools, services, previous, precedence, namespaces)
-    invalid = run.keep_valid()
-    run.reallocate(invalid)
-    run.allocate_new()
+    run.all_passes()
     return run.sorted_result()
+
+
+def _specs_quickly(services: Sequence[ServiceSpec]) -> tuple[dict[str, ServiceSpec], set[str]]:
+    """``_specs_by_name`` at C speed for the usual input (specs with distinct string names)."""
+    items = _items(services)
+    names = list(map(attrgetter("name"), items)) if set(map(type, items)) <= {ServiceSpec} else None
+    if names is not None and set(map(type, names)) <= {str}:
+        specs = dict(zip(names, items))
+        if len(specs) == len(items):
+            return specs, set()
+    return _specs_by_name(services)
 
 
 def _specs_by_name(services: Sequence[ServiceSpec]) -> tuple[dict[str, ServiceSpec], set[str]]:
@@ -682,10 +743,129 @@ class _Round:
                 continue
             self.finish(name, _fresh(self.book, self.requests[name]), None)
 
+    def all_passes(self) -> None:
+        # The three passes of the module docstring, in this order: nothing valid ever moves
+        # and a pending service never steals an address.
+        invalid = self.keep_valid()
+        self.reallocate(invalid)
+        self.allocate_new()
+
     def sorted_result(self) -> AllocationResult:
         self.result.allocations = dict(sorted(self.result.allocations.items()))
         self.result.pending = dict(sorted(self.result.pending.items()))
         return self.result
+
+
+class IncrementalAllocator:
+    """``allocate`` across reconcile passes, in work proportional to what changed (issue 9).
+
+    It keeps the last round's book (who holds which address). When the next call has the same
+    pools, namespaces and precedence, its ``previous`` is the last result, no service is
+    defined twice and no service holding an address changed its spec, the result of
+    ``allocate`` is known without re-checking every allocation: every allocation of the last
+    result is still valid (it was made under these rules), the removed services release
+    theirs, and the services without an address (pending ones and new ones) run pass 3 in
+    name order against the book, as ``allocate`` would. Anything else runs ``allocate``'s
+    full round (and keeps its book). The result equals ``allocate``'s, and the allocations
+    of unchanged services are the same objects, so the planner's change detection is cheap.
+    """
+
+    def __init__(self) -> None:
+        self._round: _Round | None = None
+        self._inputs: tuple[list[PoolConfig], object, object] | None = None
+        self._allocations: dict[str, Allocation] = {}
+        self._pending: dict[str, str] = {}
+        self._ports: dict[str, frozenset[_Port]] = {}  # holders' ports, for releases
+        self.full = True  # whether the last call ran the full round
+
+    def allocate(self, pools: Sequence[PoolConfig], services: Sequence[ServiceSpec],
+                 previous: Mapping[str, Allocation], *, precedence: Mapping[str, int] | None = None,
+                 namespaces: Mapping[str, Mapping[str, str]] | None = None) -> AllocationResult:
+        """``allocate(pools, services, previous, precedence=, namespaces=)``, incrementally."""
+        inputs = (_items(pools), precedence, namespaces)
+        specs, duplicates = _specs_quickly(services)
+        result = None
+        if self._round is not None and not duplicates and inputs == self._inputs and previous == self._allocations:
+            result = self._increment(self._round, specs)
+        self.full = result is None
+        if result is None:
+            run = _Round(pools, services, previous, precedence, namespaces)
+            run.all_passes()
+            result = run.sorted_result()
+            self._round, self._inputs = run, inputs
+            self._ports = {name: req.ports for name, req in run.requests.items() if name in result.allocations}
+        self._allocations, self._pending = result.allocations, result.pending
+        return result
+
+    def _increment(self, run: _Round, specs: dict[str, ServiceSpec]) -> AllocationResult | None:
+        """The next result from the last one, or None when only a full round can tell."""
+        changed = changed_keys(run.specs, specs)
+        held = self._allocations
+        if any(name in specs and name in held for name in changed):
+            return None  # an allocated service changed: pass 1 may keep, move or release others too
+        removed = sorted(name for name in changed if name not in specs and name in held)
+        result = AllocationResult()
+        for name in removed:
+            old = held[name]
+            del self._ports[name]
+            run.book.release(name, old.addresses, self._ports)
+            result.changes.append(AllocationChange(name, "released", old.addresses, (), "the service was removed",
+                                                   old_pool=old.pool))
+        run.specs = specs
+        granted: dict[str, Allocation] = {}
+        for name in sorted((set(self._pending) | set(changed)) & specs.keys()):  # pass 3, in name order
+            req = _request(specs[name])
+            if isinstance(req, str):
+                result.pending[name] = req
+                continue
+            outcome = _fresh(run.book, req)
+            if isinstance(outcome, str):
+                result.pending[name] = outcome
+                continue
+            pool, addresses = outcome
+            for address in addresses:
+                run.book.hold(req, pool, address)
+            granted[name] = Allocation(name, pool, addresses)
+            self._ports[name] = req.ports
+        allocations = dict(held)
+        for name in removed:
+            del allocations[name]
+        if granted:
+            names = list(allocations)
+            for name in granted:
+                bisect.insort(names, name)
+            allocations.update(granted)
+            allocations = dict(zip(names, map(allocations.__getitem__, names)))
+        result.allocations = allocations
+        return result
+
+
+_MISSING = object()
+
+
+def changed_keys(old: Mapping[_K, object], new: Mapping[_K, object]) -> set[_K]:
+    """Keys whose value differs between ``old`` and ``new`` (added and removed ones included).
+
+    Between two passes the mappings are mostly the very same (key, value) objects in the same
+    order: ``old == new`` runs at C speed and short-cuts on identical values; when they differ,
+    C-speed iterators skip the common prefix and suffix of identical entries and only the
+    window between them is compared in Python (a few entries for a change of a few keys)."""
+    if old == new:
+        return set()
+    old_keys, new_keys, old_values, new_values = list(old), list(new), list(old.values()), list(new.values())
+    short = min(len(old_keys), len(new_keys))
+
+    def same(keys: Iterable[object], other_keys: Iterable[object], values: Iterable[object],
+             other_values: Iterable[object]) -> int:
+        differs = map(or_, map(is_not, keys, other_keys), map(is_not, values, other_values))
+        return next(compress(count(), differs), short)
+
+    head = same(old_keys, new_keys, old_values, new_values)
+    tail = min(same(reversed(old_keys), reversed(new_keys), reversed(old_values), reversed(new_values)), short - head)
+    # Outside the windows both hold the same keys, so a key inside one window is not outside the other.
+    window = set(old_keys[head:len(old_keys) - tail]) | set(new_keys[head:len(new_keys) - tail])
+    return {key for key in window if (was := old.get(key, _MISSING)) is not (now := new.get(key, _MISSING))
+            and (was is _MISSING or now is _MISSING or was != now)}
 
 
 def pool_usage(pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation]) -> dict[str, PoolUsage]:
@@ -693,26 +873,57 @@ def pool_usage(pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation
 
     An address counts once however many services share it, for the first
     pool (config order) in which it is usable.
+
+    The daemon asks on every pass (metrics, status): the counts of the last call are kept
+    and only the allocations that changed since are counted again (issue 9).
     """
-    valid = [p for p in _items(pools) if isinstance(p, PoolConfig)]
-    seen: set[IPAddress] = set()
-    used: dict[tuple[str, Family], int] = {}
-    for alloc in allocations.values():
-        for a in getattr(alloc, "addresses", ()):
-            if not _is_address(a) or a in seen:
+    return _USAGE.usage(pools, allocations)
+
+
+class _UsageCounts:
+    """``pool_usage``'s counts as of its last call, for the next one to update."""
+
+    def __init__(self) -> None:
+        self.pools: list[PoolConfig] = []
+        self.allocations: dict[str, Allocation] = {}
+        self.holders: dict[IPAddress, int] = {}  # address -> how many times allocations name it
+        self.used: dict[tuple[str, Family], int] = {}
+
+    def usage(self, pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation]) -> dict[str, PoolUsage]:
+        valid = [p for p in _items(pools) if isinstance(p, PoolConfig)]
+        if valid != self.pools:
+            self.pools, self.allocations, self.holders, self.used = valid, {}, {}, {}
+        current = dict(allocations)
+        for name in changed_keys(self.allocations, current):
+            self._count(self.allocations.get(name), -1)
+            self._count(current.get(name), 1)
+        self.allocations = current
+        out: dict[str, PoolUsage] = {}
+        for p in valid:
+            if p.name in out:
                 continue
-            seen.add(a)
-            pool = poolmath.pool_of(valid, a)
-            if pool is not None and poolmath.usable(pool, a):
-                key = (pool.name, Family.of(a))
-                used[key] = used.get(key, 0) + 1
-    out: dict[str, PoolUsage] = {}
-    for p in valid:
-        if p.name in out:
-            continue
-        out[p.name] = PoolUsage(
-            p.name,
-            FamilyUsage(used.get((p.name, Family.IPV4), 0), poolmath.usable_count(p, Family.IPV4)),
-            FamilyUsage(used.get((p.name, Family.IPV6), 0), poolmath.usable_count(p, Family.IPV6)),
-        )
-    return out
+            out[p.name] = PoolUsage(
+                p.name,
+                FamilyUsage(self.used.get((p.name, Family.IPV4), 0), poolmath.usable_count(p, Family.IPV4)),
+                FamilyUsage(self.used.get((p.name, Family.IPV6), 0), poolmath.usable_count(p, Family.IPV6)),
+            )
+        return out
+
+    def _count(self, allocation: Allocation | None, step: int) -> None:
+        for a in getattr(allocation, "addresses", ()) if allocation is not None else ():
+            if not _is_address(a):
+                continue
+            before = self.holders.get(a, 0)
+            after = before + step
+            if after:
+                self.holders[a] = after
+            else:
+                del self.holders[a]
+            if (before == 0) != (after == 0):  # the address starts or stops being used
+                pool = poolmath.pool_of(self.pools, a)
+                if pool is not None and poolmath.usable(pool, a):
+                    key = (pool.name, Family.of(a))
+                    self.used[key] = self.used.get(key, 0) + (1 if after else -1)
+
+
+_USAGE = _UsageCounts()

@@ -47,7 +47,7 @@ from lbd.cluster.metrics import CONFLICTS, FACTS_REJECTED, FACTS_REQUESTS, TABLE
 from lbd.cluster.replication import AllocationTable, TableEntry, TableError
 from lbd.cluster.transport import JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX, Gossip, UserPayload
 from lbd.coordination import Coordinator, Handover, HeldVips
-from lbd.ipam import AllocationResult, allocate
+from lbd.ipam import AllocationResult, IncrementalAllocator
 from lbd.config.schema import Config
 from lbd.model import Allocation, IPAddress, Member, MemberState, ServiceSpec
 
@@ -86,6 +86,7 @@ class ClusterCoordinator(Coordinator):
         self._holds_cache: dict[str, tuple[int, tuple[str, ...]]] = {}  # node -> (version, sorted holds)
         self._facts_task: asyncio.Task[None] | None = None
         self.monotonic: Callable[[], float] = time.monotonic  # the facts repair's clock (a test passes its own)
+        self._allocator = IncrementalAllocator()  # allocate(), in work proportional to the change (issue 9)
         self._me = Member(name=self.name)
         self._meta_sent: bytes | None = None
         self._meta_cache: dict[bytes, nodemeta.NodeMeta | None] = {}
@@ -343,7 +344,7 @@ class ClusterCoordinator(Coordinator):
             )
             return result, notes
         if allocator == self.name:
-            result = allocate(config.pools, list(services), live, namespaces=config.namespaces)
+            result = self._allocator.allocate(config.pools, list(services), live, namespaces=config.namespaces)
             changed = self.table.record(result.allocations, by_name, _now_ms())
             if changed:
                 self._state_dirty = True

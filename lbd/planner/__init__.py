@@ -13,7 +13,9 @@ controller per protocol over a shared allocator):
 - ``export.plan_export``: the kernel routes this node installs for the VIP;
 - ``inputs``: what they all read, and the eligibility they share.
 
-``plan`` runs the three for every VIP and composes this node's ``Plan``.
+``plan`` runs the three for every VIP and composes this node's ``Plan``: the reference.
+``incremental.IncrementalPlanner`` keeps that plan up to date across passes, re-deciding
+only the VIPs whose inputs changed (what the daemon runs).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def held_vips(intents: Iterable[L2Intent]) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class _VipOutcome:
+class VipOutcome:
     """Every protocol's decision for one VIP on this node, combined."""
 
     decision: VipDecision
@@ -72,6 +74,7 @@ class _VipOutcome:
     local_route: bool  # accept it through a local route (BGP's accept = "local-route")
     bgp: BgpPlan | None
     exports: tuple[ExportRoute, ...]
+    timed: bool = False  # layer 2's election depends on the clock (a failback window)
 
 
 def plan(inp: PlannerInput) -> Plan:
@@ -79,7 +82,7 @@ def plan(inp: PlannerInput) -> Plan:
     then the VIPs announced only at layer 3 are accepted locally (a bind or a local route)."""
     view = NodeView.of(inp)
     by_vip = _allocations_by_vip(inp.allocations)
-    outcomes = [_decide(view, _vip_input(vip, by_vip[vip], inp.services)) for vip in sorted(by_vip, key=_vip_order)]
+    outcomes = [decide_vip(view, vip_input(vip, by_vip[vip], inp.services)) for vip in sorted(by_vip, key=vip_order)]
 
     # VIPs announced at layer 3 must still be accepted locally: bind them (no ARP/NDP).
     announced = [o.announced for o in outcomes if o.announced is not None]
@@ -102,7 +105,7 @@ def plan(inp: PlannerInput) -> Plan:
     )
 
 
-def _vip_order(vip: IPAddress) -> tuple[int, int]:
+def vip_order(vip: IPAddress) -> tuple[int, int]:
     return (vip.version, int(vip))
 
 
@@ -114,14 +117,14 @@ def _allocations_by_vip(allocations: Mapping[str, Allocation]) -> dict[IPAddress
     return by_vip
 
 
-def _vip_input(vip: IPAddress, allocations: Sequence[Allocation], services: Mapping[str, ServiceSpec]) -> VipInput:
+def vip_input(vip: IPAddress, allocations: Sequence[Allocation], services: Mapping[str, ServiceSpec]) -> VipInput:
     allocs = sorted(allocations, key=lambda a: a.service)
     names = tuple(a.service for a in allocs)
     return VipInput(vip=vip, pool=allocs[0].pool, services=names,
                     specs=tuple(services[n] for n in names if n in services))
 
 
-def _decide(view: NodeView, vip: VipInput) -> _VipOutcome:
+def decide_vip(view: NodeView, vip: VipInput) -> VipOutcome:
     """Run every protocol's planner on ``vip`` and say what this node does with it, and why."""
     l2, bgp, export = plan_l2(view, vip), plan_bgp(view, vip), plan_export(view, vip)
     intent = l2.intent if l2 is not None else None
@@ -144,7 +147,8 @@ def _decide(view: NodeView, vip: VipInput) -> _VipOutcome:
         modes=tuple(mode for mode, part in (("l2", l2), ("bgp", bgp), ("export", export)) if part is not None),
         announced_here=here,
     )
-    return _VipOutcome(decision, intent, bind_on, local_route, bgp, export.routes if export is not None else ())
+    return VipOutcome(decision, intent, bind_on, local_route, bgp, export.routes if export is not None else (),
+                       timed=l2 is not None and l2.timed)
 
 
 def _reasons(vip: VipInput, l2: L2Plan | None, bgp: BgpPlan | None, export: ExportPlan | None) -> list[str]:

@@ -8,6 +8,7 @@ length; routes with equal attributes merge across VIPs (``merge_routes``).
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass
@@ -70,12 +71,70 @@ def merge_routes(plans: Iterable[BgpPlan]) -> tuple[BgpRoute, ...]:
     for bgp in plans:
         for key, targets in bgp.routes:
             peers_of[key].update(targets)
-    ordered = sorted(peers_of.items(), key=lambda kv: (kv[0].prefix.version, kv[0].prefix, str(kv[0][1:])))
-    return tuple(
-        BgpRoute(prefix=key.prefix, peers=tuple(sorted(targets)), communities=key.communities,
-                 large_communities=key.large_communities, local_pref=key.local_pref)
-        for key, targets in ordered
-    )
+    ordered = sorted(peers_of.items(), key=lambda kv: route_order(kv[0]))
+    return tuple(_route(key, targets) for key, targets in ordered)
+
+
+def route_order(key: RouteKey) -> tuple[int, int, int, str]:
+    """The table's order: by family, then prefix (address, then length, as ``ip_network``
+    sorts), then attributes."""
+    return (key.prefix.version, int(key.prefix.network_address), key.prefix.prefixlen, str(key[1:]))
+
+
+def _route(key: RouteKey, targets: Iterable[str]) -> BgpRoute:
+    return BgpRoute(prefix=key.prefix, peers=tuple(sorted(targets)), communities=key.communities,
+                    large_communities=key.large_communities, local_pref=key.local_pref)
+
+
+class RouteMerge:
+    """``merge_routes`` kept up to date as VIPs' plans come and go: a VIP's change touches
+    only its own routes (peers counted per route, so a peer stays while any VIP names it)."""
+
+    def __init__(self) -> None:
+        self._peers: dict[RouteKey, dict[str, int]] = {}  # route -> peer -> how many VIPs name it
+        self._order: list[tuple[int, int, int, str]] = []  # route_order of every route, sorted
+        self._routes: list[BgpRoute] = []  # in that order
+        self._dirty: set[RouteKey] = set()
+
+    def add(self, plan: BgpPlan) -> None:
+        for key, targets in plan.routes:
+            counts = self._peers.setdefault(key, {})
+            for peer in targets:
+                counts[peer] = counts.get(peer, 0) + 1
+            self._dirty.add(key)
+
+    def remove(self, plan: BgpPlan) -> None:
+        for key, targets in plan.routes:
+            counts = self._peers[key]
+            for peer in targets:
+                counts[peer] -= 1
+                if not counts[peer]:
+                    del counts[peer]
+            if not counts:
+                del self._peers[key]
+            self._dirty.add(key)
+
+    def table(self) -> tuple[BgpRoute, ...]:
+        if len(self._dirty) * 8 > len(self._order):  # many changed (a full pass): sort once
+            ordered = sorted(((route_order(key), key) for key in self._peers), key=lambda pair: pair[0])
+            self._order = [order for order, _ in ordered]
+            self._routes = [_route(key, self._peers[key]) for _, key in ordered]
+            self._dirty.clear()
+        for key in self._dirty:
+            counts = self._peers.get(key)
+            order = route_order(key)
+            i = bisect.bisect_left(self._order, order)
+            present = i < len(self._order) and self._order[i] == order
+            if counts is None:
+                if present:
+                    del self._order[i], self._routes[i]
+            elif present:
+                self._routes[i] = _route(key, counts)
+            else:
+                self._order.insert(i, order)
+                self._routes.insert(i, _route(key, counts))
+        self._dirty.clear()
+        return tuple(self._routes)
 
 
 def _selected_peers(view: NodeView, ad: BgpAdvertisementConfig) -> tuple[str, ...]:
@@ -89,7 +148,8 @@ def _selected_peers(view: NodeView, ad: BgpAdvertisementConfig) -> tuple[str, ..
 
 def _route_key(vip: IPAddress, ad: BgpAdvertisementConfig) -> RouteKey:
     length = ad.aggregation_length if vip.version == 4 else ad.aggregation_length_v6
-    prefix = ipaddress.ip_network(f"{vip}/{length}", strict=False)
+    network = ipaddress.IPv4Network if vip.version == 4 else ipaddress.IPv6Network
+    prefix = network((int(vip), length), strict=False)  # from the integer: no text to parse
     return RouteKey(prefix, _communities(ad), _large(ad), ad.local_pref)
 
 

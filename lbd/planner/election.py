@@ -53,6 +53,10 @@ class Election:
     owner: str | None
     reason: str
     candidates: tuple[str, ...]
+    # The outcome (or its reason) depends on ``now`` and ``eligible_since``: a holder other
+    # than the first-ranked node holds the VIP while failback may take it. The incremental
+    # planner re-decides such VIPs on every pass.
+    timed: bool = False
 
 
 def elect(
@@ -79,10 +83,12 @@ def elect(
         return Election(current, f"kept by current holder (failback disabled; {ideal} ranks first)", ranked)
     waited = now - eligible_since.get(ideal, now)
     if waited >= failback_delay:
-        return Election(ideal, f"ranked first of {len(ranked)} eligible (failback after {failback_delay:g}s)", ranked)
+        return Election(ideal, f"ranked first of {len(ranked)} eligible (failback after {failback_delay:g}s)", ranked,
+                        timed=True)
     return Election(
         current,
         f"kept by current holder until {ideal} has been eligible for {failback_delay:g}s "
         f"({failback_delay - waited:.1f}s left)",
         ranked,
+        timed=True,
     )

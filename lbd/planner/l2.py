@@ -29,6 +29,7 @@ class L2Plan:
     candidates: tuple[str, ...]  # eligible nodes in rank order
     reasons: tuple[str, ...]  # for lbd-ctl status, each prefixed "l2: "
     intent: L2Intent | None  # set when this node announces it (the owner, or handing over)
+    timed: bool = False  # the election depends on the clock (``Election.timed``)
 
 
 def plan_l2(view: NodeView, vip: VipInput) -> L2Plan | None:
@@ -52,7 +53,7 @@ def plan_l2(view: NodeView, vip: VipInput) -> L2Plan | None:
         intent = _intent(view.me, vip, ads)
         if intent is not None:
             reasons.append(f"l2: handing over to {owner}")
-    return L2Plan(owner, election.candidates, tuple(reasons), intent)
+    return L2Plan(owner, election.candidates, tuple(reasons), intent, election.timed)
 
 
 def _candidates(view: NodeView, vip: VipInput, ads: Sequence[L2AdvertisementConfig]) -> tuple[list[str], list[str]]:

@@ -278,17 +278,15 @@ async def test_a_graceful_restart_sends_the_first_table_whole(tmp_path: Path) ->
 async def test_planning_and_allocation_run_off_the_loop(tmp_path: Path, monkeypatch) -> None:
     import threading
 
-    import lbd.daemon as daemon_module
-
     threads: dict[str, str] = {}
-    real_plan = daemon_module.plan
+    d = await daemon_with(tmp_path, 20)
+    real_plan = d.planner.plan
 
     def recording_plan(inputs):  # type: ignore[no-untyped-def]
         threads["plan"] = threading.current_thread().name
         return real_plan(inputs)
 
-    monkeypatch.setattr(daemon_module, "plan", recording_plan)
-    d = await daemon_with(tmp_path, 20)
+    d.planner.plan = recording_plan  # type: ignore[method-assign]
     real_allocate = d.membership.allocate
 
     def recording_allocate(*args):  # type: ignore[no-untyped-def]
