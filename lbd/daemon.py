@@ -24,7 +24,7 @@ from lbd import aio
 
 import lbd
 from lbd.config import ConfigError, parse_config
-from lbd.control import ControlError, ControlServer, peer_credentials
+from lbd.control import ControlError, ControlServer, Handler, peer_credentials
 from lbd.coordination import Coordinator, Handover, LocalCoordinator
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, Observation, observe
 from lbd.ipam import pool_usage
@@ -220,20 +220,7 @@ class Daemon:
         self.sources = SourceManager(
             node_name=config.node.name, state_dir=config.node.state_dir, on_change=self.trigger
         )
-        self.control = ControlServer(
-            config.node.control_socket,
-            {
-                "status": self._cmd_status,
-                "bgp": self._cmd_bgp,
-                "bfd": self._cmd_bfd,
-                "members": self._cmd_members,
-                "drain": self._cmd_drain,
-                "undrain": self._cmd_undrain,
-                "reload": self._cmd_reload,
-                "restart": self._cmd_restart,
-                "plan": self._cmd_plan,
-            },
-        )
+        self.control = ControlServer(config.node.control_socket, self._control_commands())
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._contested: set[IPAddress] = set()  # VIPs we announce that another member holds too
@@ -252,6 +239,20 @@ class Daemon:
         self._pass: asyncio.Future[bool] | None = None  # the reconcile pass running now, if any
         self._interrupted = False  # a stop cancelled a pass: addresses it was binding may be left over
         self._bgp_first = True  # the BGP announcer has not been given a table yet
+
+    def _control_commands(self) -> dict[str, Handler]:
+        """What ``lbd-ctl`` may ask over the control socket, by command name."""
+        return {
+            "status": self._cmd_status,
+            "bgp": self._cmd_bgp,
+            "bfd": self._cmd_bfd,
+            "members": self._cmd_members,
+            "drain": self._cmd_drain,
+            "undrain": self._cmd_undrain,
+            "reload": self._cmd_reload,
+            "restart": self._cmd_restart,
+            "plan": self._cmd_plan,
+        }
 
     # -- inputs -------------------------------------------------------------
 
