@@ -185,7 +185,7 @@ def report_owner_changes(previous: Mapping[IPAddress, str | None], decisions: Se
 
 
 class Daemon:
-    def __init__(self, config: Config, membership: Coordinator | None = None) -> None:
+    def __init__(self, config: Config, coordinator: Coordinator | None = None) -> None:
         self.config = config
         self.started = time.time()
         self.notifier = Notifier()
@@ -215,8 +215,8 @@ class Daemon:
         self.health: HealthChecker | None = None  # when a service has a health check
         self.forwarder: Forwarder | None = None  # once a service has backends
         self.backend_checks: BackendChecker | None = None  # likewise
-        self.membership: Coordinator = membership or LocalCoordinator(config.node.name)
-        self.membership.restore(self.allocations, self.extra_state)
+        self.coordinator: Coordinator = coordinator or LocalCoordinator(config.node.name)
+        self.coordinator.restore(self.allocations, self.extra_state)
         self.sources = SourceManager(
             node_name=config.node.name, state_dir=config.node.state_dir, on_change=self.trigger
         )
@@ -277,7 +277,7 @@ class Daemon:
 
         The order of the steps is part of the behaviour (issue 9): see ``_announce``."""
         config = self.config  # one config for the whole pass: a reload may swap self.config meanwhile
-        if isinstance(self.membership, LocalCoordinator):
+        if isinstance(self.coordinator, LocalCoordinator):
             # Pure on a single node (ipam over the sources' services): off the loop. A cluster's
             # allocation writes the gossiped table, which belongs to the loop.
             await asyncio.to_thread(self._allocate, config)
@@ -287,8 +287,8 @@ class Daemon:
         self._configure_health()
         withdraw = await self._forward(interfaces)
         me = self._local_member(config, interfaces, withdraw)
-        self.membership.update_local(me)
-        members = self.membership.members()
+        self.coordinator.update_local(me)
+        members = self.coordinator.members()
         # Planning is pure and CPU-heavy (seconds at 100,000 VIPs): in a worker thread the GIL
         # still hands the loop a turn every few milliseconds, so gossip acks, BFD and
         # SIGTERM are served during the pass (issue 9). Nothing else writes its inputs meanwhile:
@@ -297,7 +297,7 @@ class Daemon:
         await self._announce(config, members)
         held_now = held_vips(self.plan.l2)
         if held_now != me.holds:
-            self.membership.update_local(replace(me, holds=held_now))
+            self.coordinator.update_local(replace(me, holds=held_now))
         await self._write_back(config)
         self.last_reconcile = time.time()
         await asyncio.to_thread(m.update, pools=config.pools, allocations=self.allocations, pending=self.pending,
@@ -314,13 +314,13 @@ class Daemon:
     def _allocate(self, config: Config) -> None:
         """Allocate addresses to the services the sources give now; persist what changed."""
         self.services = self.services_now()
-        result, notes = self.membership.allocate(config, list(self.services.values()), self.allocations)
+        result, notes = self.coordinator.allocate(config, list(self.services.values()), self.allocations)
         for note in notes:
             log.warning("allocation_note", detail=note)
         for change in result.changes:
             log.warning("allocation_changed", service=change.service, change=str(change))
             m.ALLOCATION_CHANGES.inc()
-        if result.allocations != self.allocations or self.membership.state_dirty():
+        if result.allocations != self.allocations or self.coordinator.state_dirty():
             self.allocations = result.allocations
             self.persist()
         for name, reason in result.pending.items():
@@ -359,7 +359,7 @@ class Daemon:
                 services=self.services,
                 members=members,
                 now=time.monotonic(),
-                eligible_since=self.membership.eligible_since(),
+                eligible_since=self.coordinator.eligible_since(),
             )
         )
         # Only the VIPs the incremental planner re-decided can have changed owner (O(k)).
@@ -417,7 +417,7 @@ class Daemon:
 
     async def _write_back(self, config: Config) -> None:
         """One node writes results back to the sources (Kubernetes status): the allocator."""
-        writer = self.membership.allocator() == config.node.name
+        writer = self.coordinator.allocator() == config.node.name
         if writer != self._writer:
             self._writer = writer
             self.sources.set_writer(writer)
@@ -461,7 +461,7 @@ class Daemon:
             # order with persist() calls made there (a drain), never an older one after a newer.
             loop.call_soon_threadsafe(self.persist)
             return
-        self.extra_state.update(self.membership.persisted_extra())
+        self.extra_state.update(self.coordinator.persisted_extra())
         self._extra_changed = False
         self.state_writer.submit(PersistedState(allocations=dict(self.allocations), drained=self.drained,
                                                 extra=dict(self.extra_state)))
@@ -473,7 +473,7 @@ class Daemon:
         if writer is None:
             self.persist()
             return
-        if writer.dirty or self.membership.state_dirty() or self._extra_changed:
+        if writer.dirty or self.coordinator.state_dirty() or self._extra_changed:
             self.persist()
         await writer.flush()
 
@@ -649,7 +649,7 @@ class Daemon:
         await self._configure_sources()
         await self._configure_bgp()
         await self._configure_export()
-        await self.membership.configure(self.config)
+        await self.coordinator.configure(self.config)
         self.hooks.set_hooks(self.config.hooks)
         # One packets/s cap for the node's announcer: the lowest announce_rate configured.
         self.l2.set_rate(min((a.announce_rate for a in self.config.l2_advertisements), default=1000))
@@ -661,8 +661,8 @@ class Daemon:
     def running_state(self) -> RunningState:
         """The inputs of the pure pipeline as they are now (for plan and the reload refusal)."""
         return RunningState(config=self.config, node=self.config.node.name, services=self.services_now(),
-                            allocations=dict(self.allocations), members=self.membership.members(),
-                            now=time.monotonic(), eligible_since=self.membership.eligible_since())
+                            allocations=dict(self.allocations), members=self.coordinator.members(),
+                            now=time.monotonic(), eligible_since=self.coordinator.eligible_since())
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -754,7 +754,7 @@ class Daemon:
             await self.apply_config()
             # Hear the cluster (bounded) before the first pass, so a restarting node does not
             # announce, for a moment, VIPs that other nodes own.
-            await self.membership.start(self.trigger)
+            await self.coordinator.start(self.trigger)
             await self._wait_for_sources()
             await self._interruptible_pass()
             if self._stop.is_set():
@@ -809,13 +809,13 @@ class Daemon:
         self.notifier.stopping()
         for task in self._tasks:
             task.cancel()
-        clustered = not isinstance(self.membership, LocalCoordinator)
+        clustered = not isinstance(self.coordinator, LocalCoordinator)
         if self.bgp is not None and not self._restarting:
             # Withdrawal, BFD AdminDown, Cease, acknowledged by each router, all
             # before leaving the cluster and before the VIPs go (l2.close below).
             await self.bgp.close()
         try:
-            await self.membership.leave(self._handover())
+            await self.coordinator.leave(self._handover())
         except Exception:  # noqa: BLE001 - shutdown must go on
             log.exception("leave_failed")
         if self._restarting and not clustered:
@@ -851,7 +851,7 @@ class Daemon:
         if self.forwarder is not None and not self._restarting:
             await self.forwarder.close()  # lbd's nftables tables only; a restart keeps them for the next lbd
         await self.sources.close()
-        await self.membership.close()
+        await self.coordinator.close()
         await self.control.close()
         interfaces: InterfaceInventory | None = getattr(self, "interfaces", None)  # (tests: no __init__)
         if interfaces is not None:
@@ -898,7 +898,7 @@ class Daemon:
             "health": self.health.status() if self.health is not None else {},
             "forwarding": self.forwarder.status() if self.forwarder is not None else None,
             "sources": self.sources.status(),
-            "members": self.membership.status(),
+            "members": self.coordinator.status(),
         }
 
     def _pool_rows(self) -> list[dict[str, Any]]:
@@ -969,7 +969,7 @@ class Daemon:
         return self.bgp.bfd_status() if self.bgp is not None else []
 
     async def _cmd_members(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return self.membership.status()
+        return self.coordinator.status()
 
     async def _cmd_drain(self, args: Mapping[str, Any]) -> str:
         if self.drained:
@@ -978,7 +978,7 @@ class Daemon:
         self.persist()
         await self.state_writer.flush()  # on disk before the drain is acknowledged
         self.trigger()
-        moved = await self.membership.wait_handover(self._held)
+        moved = await self.coordinator.wait_handover(self._held)
         return f"drained: {moved}"
 
     async def _cmd_undrain(self, args: Mapping[str, Any]) -> str:
@@ -1033,12 +1033,12 @@ def run_daemon(config: Config) -> int:
         runner = asyncio.run
 
     async def main() -> int:
-        membership = None
+        coordinator: Coordinator | None = None
         if config.cluster.enabled:
             from lbd.cluster.coordination import ClusterCoordinator
 
-            membership = ClusterCoordinator(config)
-        return await Daemon(config, membership).run()
+            coordinator = ClusterCoordinator(config)
+        return await Daemon(config, coordinator).run()
 
     try:
         return runner(main())

@@ -201,7 +201,7 @@ def fake_daemon(log: list[str]) -> Any:
     d.hooks = type("Hooks", (), {"withdraw_all": lambda self, now: log.append("hooks.withdraw_all")})()
     d.hook_runner = Recorder(log, "hook_runner")
     d.sources = Recorder(log, "sources")
-    d.membership = Recorder(log, "membership")
+    d.coordinator = Recorder(log, "membership")
     d.control = Recorder(log, "control")
     d.netlink = Recorder(log, "netlink")
     d.notifier = Recorder(log, "notifier")

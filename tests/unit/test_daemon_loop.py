@@ -287,13 +287,13 @@ async def test_planning_and_allocation_run_off_the_loop(tmp_path: Path, monkeypa
         return real_plan(inputs)
 
     d.planner.plan = recording_plan  # type: ignore[method-assign]
-    real_allocate = d.membership.allocate
+    real_allocate = d.coordinator.allocate
 
     def recording_allocate(*args):  # type: ignore[no-untyped-def]
         threads["allocate"] = threading.current_thread().name
         return real_allocate(*args)
 
-    d.membership.allocate = recording_allocate  # type: ignore[method-assign]
+    d.coordinator.allocate = recording_allocate  # type: ignore[method-assign]
     try:
         await d.reconcile()
         main = threading.main_thread().name

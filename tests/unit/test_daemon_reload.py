@@ -235,7 +235,7 @@ async def test_a_pass_fires_hooks_from_the_converged_state(daemon) -> None:
     decision = VipDecision(vip=ipaddress.ip_address("10.77.0.48"), services=("static/a",), owner="n1",
                            interface="eth0", reason="", pool="lan", modes=("l2",), announced_here=True)
     daemon.plan = Plan(decisions=(decision,))
-    members = daemon.membership.members()
+    members = daemon.coordinator.members()
     daemon._observe_hooks(members)
     daemon._observe_hooks(members)
     daemon.plan = Plan()

@@ -78,7 +78,7 @@ async def test_the_first_allocation_after_a_restart_keeps_every_persisted_addres
         assert daemon.allocations == persisted().allocations
         services = list(config.services)  # the static source's services, named static/<name>
         assert sorted(s.name for s in services) == ["static/api", "static/web"]
-        result, _ = daemon.membership.allocate(config, services, daemon.allocations)
+        result, _ = daemon.coordinator.allocate(config, services, daemon.allocations)
         assert {name: a.addresses for name, a in result.allocations.items()} == {
             "static/web": (ip("10.77.1.9"),),
             "static/api": (ip("10.77.1.4"),),
