@@ -131,12 +131,14 @@ def merge(file_doc: Mapping[str, Any], clusters: Sequence[ClusterDocument], file
 
 
 def _named(error: str, cluster: ClusterDocument) -> list[ResourceRef]:
-    out = []
+    """The cluster resources whose entries ``error`` names, in the order it names them."""
+    found: dict[ResourceRef, int] = {}
     for (section, name), ref in cluster.origins.items():
         needle = f'"{name}"' if section == "communities" else f'{section} "{name}"'
-        if needle in error and ref not in out:
-            out.append(ref)
-    return out
+        at = error.find(needle) if section != "communities" or "communit" in error else -1
+        if at >= 0:
+            found[ref] = min(at, found.get(ref, at))
+    return sorted(found, key=found.__getitem__)
 
 
 def annotate(errors: Sequence[str], clusters: Sequence[ClusterDocument]) -> list[str]:
