@@ -10,6 +10,7 @@ no special cases: they are just another pass.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import stat
@@ -73,6 +74,11 @@ RESTART_WINDOW = 300.0  # a start this soon after a stop-for-restart is a gracef
 
 
 MAX_CONFIG_BYTES = 64 << 20
+# Live mode: the MetalLB resources last applied, per source, so that a restart starts with the
+# cluster's pools (and keeps their allocations) before the API server answers. 0600: a BGPPeer
+# may hold an inline password.
+CLUSTER_FILE = "metallb-{source}.json"
+MAX_CLUSTER_BYTES = 16 << 20
 
 
 def may_read(st: os.stat_result, uid: int | None, gid: int | None) -> bool:
@@ -769,6 +775,42 @@ class Daemon:
 
     # -- live mode: MetalLB's resources from the cluster ----------------------
 
+    async def _save_cluster(self, source: str, objects: Sequence[Mapping[str, Any]], namespace: str) -> None:
+        data = json.dumps({"version": 1, "namespace": namespace, "objects": list(objects)}).encode()
+        try:
+            await asyncio.to_thread(self.store.save_file, CLUSTER_FILE.format(source=source), data, 0o600)
+        except (OSError, TypeError, ValueError) as exc:  # the next change writes it again
+            log.warning("cluster_config_not_saved", source=source, error=str(exc))
+
+    def restore_cluster_config(self) -> None:
+        """At start: the MetalLB resources each live-mode source last applied, merged into the
+        file as if just read from the cluster. Anything unreadable or no longer valid is left
+        out (logged); the source's first listing replaces it either way."""
+        for source in self.config.sources:
+            if source.options.get("metallb_resources") is not True:
+                continue
+            name = CLUSTER_FILE.format(source=source.name)
+            try:
+                data = self.store.load_file(name, MAX_CLUSTER_BYTES)
+                if data is None:
+                    continue
+                saved = json.loads(data)
+                objects = [o for o in saved["objects"] if isinstance(o, dict)]
+                self.cluster_seen[source.name] = cluster_document(source.name, objects, str(saved["namespace"]))
+            except Exception as exc:  # noqa: BLE001 - a bad cache must not stop the start
+                log.warning("cluster_config_not_restored", file=name, error=f"{type(exc).__name__}: {exc}")
+        if not self.cluster_seen or self._file_text is None:
+            self.cluster_seen.clear()
+            return
+        try:
+            self.config = self._candidate(self._file_text, self.config.path, self.cluster_seen)
+        except ConfigError as exc:
+            log.warning("cluster_config_not_restored", errors=exc.errors)
+            self.cluster_seen.clear()
+            return
+        self.cluster_applied = dict(self.cluster_seen)
+        log.info("cluster_config_restored", sources=sorted(self.cluster_seen), pools=len(self.config.pools))
+
     def _pools_select_namespaces(self) -> bool:
         return any(p.service_allocation is not None and p.service_allocation.namespace_selectors
                    for p in self.config.pools)
@@ -779,7 +821,11 @@ class Daemon:
         converted, merged into the running file's document, validated and applied through the
         reload path. Invalid or refused: the running config stays, and the outcome says which
         of the source's resources each error is about (the source posts Events on them)."""
-        doc = cluster_document(source, objects, namespace)
+        try:
+            doc = cluster_document(source, objects, namespace)
+        except Exception as exc:  # noqa: BLE001 - a converter bug must not restart the source in a loop
+            log.exception("cluster_config_conversion_failed", source=source)
+            return ConfigOutcome("rejected", (f"internal error converting MetalLB resources: {type(exc).__name__}: {exc}",))
         previous = self.cluster_seen.get(source)
         for warning in doc.warnings:
             if previous is None or warning not in previous.warnings:
@@ -797,6 +843,7 @@ class Daemon:
         result, errors = await self._reload_outcome(live=dict(self.cluster_seen))
         if result == "applied":
             log.info("cluster_config_applied", source=source, resources=len(doc.resources))
+            await self._save_cluster(source, objects, namespace)
             return ConfigOutcome("applied")
         self._live_rejected = source
         log.error("cluster_config_not_applied", source=source, result=result, errors=errors)
@@ -821,6 +868,7 @@ class Daemon:
                 self._file_text = read_config_text(self.config.path)  # what live-mode changes merge into
             except (ConfigError, OSError):
                 self._file_text = None  # read at the first change instead
+            self.restore_cluster_config()
             async with self._reload_lock:  # a live-mode source's first apply waits for this one
                 await self.apply_config()
             # Hear the cluster (bounded) before the first pass, so a restarting node does not

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from lbd.config import ConfigError, load_config, parse_config
 from lbd.liveconfig import merged_config
@@ -196,3 +197,60 @@ async def test_daemon_refuses_a_cluster_change_that_readdresses(daemon):
     assert out.result == "refused" and any("k8s/default/b" in e for e in out.errors)
     assert [r.name for r in out.by_resource] == ["lan"]
     assert next(p for p in daemon.config.pools if p.name == "lan").addresses[0].text == "10.77.2.0/28"
+
+
+async def test_a_restart_starts_with_the_resources_last_applied(daemon):
+    import json
+    import stat
+
+    from lbd.daemon import Daemon
+
+    objects = [pool("lan", ["10.77.2.0/28"]), l2("lan-l2", ["lan"])]
+    assert (await daemon.apply_cluster_config("k8s", objects, "metallb-system")).result == "applied"
+    saved = daemon.config.node.state_dir / "metallb-k8s.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600, "a BGPPeer may hold an inline password"
+    assert json.loads(saved.read_text())["objects"] == objects
+
+    made: list[Daemon] = []
+
+    def restarted() -> Daemon:
+        d = Daemon(load_config(daemon.config.path))
+        made.append(d)
+        d._file_text = daemon.config.path.read_text()
+        d.restore_cluster_config()
+        return d
+
+    again = restarted()
+    assert [p.name for p in again.config.pools] == ["file-pool", "lan"], "the cluster's pools before the API answers"
+    assert set(again.cluster_applied) == {"k8s"}
+    # A file that no longer fits (now the file has a pool "lan" too) or a broken cache: left out.
+    text = daemon.config.path.read_text()
+    daemon.config.path.write_text(text + '[[pool]]\nname = "lan"\naddresses = ["10.77.9.0/28"]\n')
+    assert [p.name for p in restarted().config.pools] == ["file-pool", "lan"]
+    assert restarted().config.pools[1].addresses[0].text == "10.77.9.0/28" and not restarted().cluster_seen
+    daemon.config.path.write_text(text)
+    saved.write_text("{not json")
+    broken = restarted()
+    assert [p.name for p in broken.config.pools] == ["file-pool"] and not broken.cluster_seen
+    for d in made:
+        await d.netlink.aclose()
+
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                    max_leaves=20)
+KINDS = st.sampled_from(["IPAddressPool", "L2Advertisement", "BGPAdvertisement", "BGPPeer", "BFDProfile", "Community"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.fixed_dictionaries({
+    "apiVersion": st.sampled_from(["metallb.io/v1beta1", "metallb.io/v1beta2", "v1"]), "kind": KINDS,
+    "metadata": st.fixed_dictionaries({"name": st.text(max_size=8), "namespace": st.just("metallb-system")}) | JSON,
+    "spec": JSON}), max_size=5))
+def test_hostile_resources_are_config_errors_never_a_crash(objects):
+    doc = cluster_document("k8s", objects, "metallb-system")
+    try:
+        merged_config(FILE, Path("/etc/lbd.toml"), [doc])
+    except ConfigError as exc:
+        attribute(exc.errors, [doc], changed_resources([], [doc]))
