@@ -840,7 +840,9 @@ class Daemon:
                 self._live_rejected, self.last_reload, self.reload_error = None, "applied", None
                 log.info("cluster_config_current", source=source)
             return ConfigOutcome("applied")
-        result, errors = await self._reload_outcome(live=dict(self.cluster_seen))
+        # Shielded: the source's task awaits this, and a source stopped meanwhile must not cut a
+        # reload half way (apply-or-roll-back finishes either way).
+        result, errors = await asyncio.shield(asyncio.ensure_future(self._reload_outcome(live=dict(self.cluster_seen))))
         if result == "applied":
             log.info("cluster_config_applied", source=source, resources=len(doc.resources))
             await self._save_cluster(source, objects, namespace)

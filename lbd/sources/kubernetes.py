@@ -230,7 +230,11 @@ class KubernetesSource(Source):
             self.services, self.slices = svcs[0], slices[0]
             informers = [*svcs, *slices, self.nodes]
         if self.metallb_resources:
-            self.metallb = [mk(path) for path in await self._metallb_paths()]
+            try:
+                self.metallb = [mk(path) for path in await self._metallb_paths()]
+            except BaseException:
+                await self.client.close()  # raised before the loop's finally: close it here
+                raise
         informers = [*informers, *self.metallb]
         tasks = [asyncio.create_task(i.run(), name=f"lbd-kube-{i.path}") for i in informers]
         applied: tuple | None = None  # the MetalLB resources last handed to the daemon
