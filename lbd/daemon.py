@@ -713,6 +713,8 @@ class Daemon:
         """A reload of the file (``live`` None), or of the running file with the cluster's
         resources ``live``: (result, errors)."""
         async with self._reload_lock:
+            if live is None:
+                self._live_rejected = None  # what the status shows is now the file's outcome
             self.notifier.reloading()
             m.RELOADS.labels("attempted").inc()
             try:
@@ -769,18 +771,21 @@ class Daemon:
             return "rolled_back", [f"{new.path}: the config is valid but could not be applied: {error}; "
                                    "the running config and its effects are kept"]
         self._file_text = text
-        self.cluster_applied = clusters
+        previous, self.cluster_applied = self.cluster_applied, clusters
         self._live_rejected = None
+        for name, doc in clusters.items():
+            if previous.get(name) is not doc:
+                await self._save_cluster(doc)
         return "applied", []
 
     # -- live mode: MetalLB's resources from the cluster ----------------------
 
-    async def _save_cluster(self, source: str, objects: Sequence[Mapping[str, Any]], namespace: str) -> None:
-        data = json.dumps({"version": 1, "namespace": namespace, "objects": list(objects)}).encode()
+    async def _save_cluster(self, doc: ClusterDocument) -> None:
+        data = json.dumps({"version": 1, "namespace": doc.namespace, "objects": list(doc.objects)}).encode()
         try:
-            await asyncio.to_thread(self.store.save_file, CLUSTER_FILE.format(source=source), data, 0o600)
+            await asyncio.to_thread(self.store.save_file, CLUSTER_FILE.format(source=doc.source), data, 0o600)
         except (OSError, TypeError, ValueError) as exc:  # the next change writes it again
-            log.warning("cluster_config_not_saved", source=source, error=str(exc))
+            log.warning("cluster_config_not_saved", source=doc.source, error=str(exc))
 
     def restore_cluster_config(self) -> None:
         """At start: the MetalLB resources each live-mode source last applied, merged into the
@@ -845,7 +850,6 @@ class Daemon:
         result, errors = await asyncio.shield(asyncio.ensure_future(self._reload_outcome(live=dict(self.cluster_seen))))
         if result == "applied":
             log.info("cluster_config_applied", source=source, resources=len(doc.resources))
-            await self._save_cluster(source, objects, namespace)
             return ConfigOutcome("applied")
         self._live_rejected = source
         log.error("cluster_config_not_applied", source=source, result=result, errors=errors)

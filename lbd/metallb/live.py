@@ -65,6 +65,8 @@ class ClusterDocument:
     origins: Mapping[tuple[str, str], ResourceRef] = field(default_factory=dict)  # (section, name) -> resource
     warnings: tuple[str, ...] = ()  # fields with no lbd equivalent (as `lbd import metallb` warns)
     resources: tuple[ResourceRef, ...] = ()  # every resource read, converted or not
+    objects: tuple[Mapping[str, Any], ...] = ()  # the resources as read (what a restart starts from)
+    namespace: str = "metallb-system"
 
 
 def cluster_document(source: str, objects: Sequence[Mapping[str, Any]], namespace: str) -> ClusterDocument:
@@ -81,7 +83,8 @@ def cluster_document(source: str, objects: Sequence[Mapping[str, Any]], namespac
     document.pop("namespace", None)
     return ClusterDocument(source=source, document=document, origins=origins,
                            warnings=tuple(conversion.warnings),
-                           resources=tuple(ref_of(o) for o in objects if isinstance(o, Mapping)))
+                           resources=tuple(ref_of(o) for o in objects if isinstance(o, Mapping)),
+                           objects=tuple(objects), namespace=namespace)
 
 
 def merge(file_doc: Mapping[str, Any], clusters: Sequence[ClusterDocument], file_label: str

@@ -173,6 +173,17 @@ async def test_daemon_applies_a_valid_set_and_keeps_the_running_config_on_an_inv
     assert await daemon.reload() is True
     assert [p.name for p in daemon.config.pools] == ["file-pool", "lan"]
 
+    # A file reload rejected for the file's own fault stays shown after a cluster change is reverted.
+    dup = [pool("lan", ["10.77.2.0/28"]), l2("lan-l2", ["lan"]), pool("dup", ["10.77.2.4/30"], rv="8")]
+    assert (await daemon.apply_cluster_config("k8s", dup, "metallb-system")).result == "rejected"
+    text = daemon.config.path.read_text()
+    daemon.config.path.write_text(text + "[[pool]]\nname = 5\n")
+    assert await daemon.reload() is False
+    await daemon.apply_cluster_config("k8s", [pool("lan", ["10.77.2.0/28"]), l2("lan-l2", ["lan"])], "metallb-system")
+    assert daemon.last_reload == "rejected" and any("name" in e for e in daemon.reload_error or [])
+    daemon.config.path.write_text(text)
+    assert await daemon.reload() is True and daemon.reload_error is None
+
     # Namespace selectors from the cluster: the source is told to read namespaces' labels.
     sel = pool("lan", ["10.77.2.0/28"], rv="9", serviceAllocation={"namespaceSelectors": [{"matchLabels": {"team": "a"}}]})
     assert (await daemon.apply_cluster_config("k8s", [sel, l2("lan-l2", ["lan"])], "metallb-system")).result == "applied"
