@@ -5,7 +5,8 @@ emulator become lbd's pools (issue 13).
 - an overlapping pool -> the running config stays, the source is degraded, ``lbd-ctl status``
   says the reload was rejected, and ``kubectl get events`` shows a Warning on that pool;
 - a pool selecting namespaces by label -> a label change on a namespace moves no Service, and a
-  new Service in that namespace gets the selected pool.
+  new Service in that namespace gets the selected pool;
+- a restart while the API server is down keeps the cluster's pools and every address.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def test_metallb_resources_from_the_cluster(lab, tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
     empty = tmp_path / "manifests"
     empty.mkdir()
-    node.popen([sys.executable, "-m", "tests.kubeapi_emulator", "--port", "16443", "--manifests", str(empty),
+    emulator = node.popen([sys.executable, "-m", "tests.kubeapi_emulator", "--port", "16443", "--manifests", str(empty),
                 "--token", "t0k", "--tls", "--kubeconfig", str(kubeconfig)], cwd=ROOT,
                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(kubeconfig.exists, 15, what="emulator up")
@@ -142,5 +143,15 @@ metallb_resources = true
         assert ipaddress.ip_address(new["addresses"][0]) in ipaddress.ip_network("10.77.0.64/29")
         assert announced(lbd, "k8s/team-b/api")["addresses"] == api["addresses"], "a label change moves nothing"
         assert announced(lbd, "k8s/team-a/web")["addresses"] == web["addresses"]
+
+        # A restart while the API server is gone: the cluster's pools come from the state dir,
+        # and every Service keeps its address (nothing is re-addressed for want of a pool).
+        lbd.stop()
+        lab.stop(emulator)
+        lbd.start()
+        wait_for(lambda: [p["name"] for p in lbd.status()["pools"]] == ["lan", "team"], 20, what="pools restored")
+        for name, before in (("k8s/team-a/web", web), ("k8s/team-b/api", api), ("k8s/team-b/new", new)):
+            again = wait_for(lambda n=name: announced(lbd, n), 20, what=f"{name} announced after the restart")
+            assert again["addresses"] == before["addresses"] and again["pool"] == before["pool"], name
     finally:
         lbd.stop()
