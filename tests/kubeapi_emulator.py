@@ -18,6 +18,10 @@ in https://kubernetes.io/docs/reference/using-api/api-concepts/:
   resource ignores ``.status`` changes; a stale ``metadata.resourceVersion``
   in the body is a 409 Conflict Status;
 - Events (core/v1) can be created (``generateName`` honoured) and listed;
+- Namespaces, and MetalLB's configuration CRDs (``metallb.io``: IPAddressPool,
+  L2Advertisement, BGPAdvertisement, BFDProfile, Community at v1beta1, BGPPeer at
+  v1beta1 and v1beta2, each version its own store), namespaced, with discovery
+  listing both versions (v1beta2 preferred) and the same list/watch semantics;
 - what real clients need (kubectl 1.32 and the official Python client run
   against it in tests/k8s/test_real_clients.py): ``/version``, discovery,
   a minimal OpenAPI v3, Table responses for ``Accept: ...;as=Table``, label
