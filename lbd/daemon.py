@@ -726,12 +726,14 @@ class Daemon:
             self.reload_error = None if result == "applied" else errors
             m.RELOADS.labels(result).inc()
             if result == "applied":
-                log.info("config_reloaded", path=str(self.config.path))
+                if live is None:  # a cluster change: apply_cluster_config logs its own one line
+                    log.info("config_reloaded", path=str(self.config.path))
                 status = "reloaded"
             else:
-                for error in errors:
-                    log.error(f"reload_{result}", error=error)
-                log.error("reload_kept_running_config", result=result, errors=len(errors))
+                if live is None:
+                    for error in errors:
+                        log.error(f"reload_{result}", error=error)
+                    log.error("reload_kept_running_config", result=result, errors=len(errors))
                 status = f"reload {result.replace('_', ' ')} ({len(errors)} errors), running config kept"
             self.hooks.emit(HookEvent("reload", {"result": result, "errors": errors,
                                                  "config": str(self.config.path)}), time.time())
@@ -852,9 +854,11 @@ class Daemon:
             log.info("cluster_config_applied", source=source, resources=len(doc.resources))
             return ConfigOutcome("applied")
         self._live_rejected = source
-        log.error("cluster_config_not_applied", source=source, result=result, errors=errors)
         changed = changed_resources(before, [doc])
         by_resource = attribute(errors, [doc], changed)
+        # One line: what was not applied, why, and which resources get the Event.
+        log.error("cluster_config_not_applied", source=source, result=result, running_config="kept",
+                  resources=sorted(str(r) for r in by_resource), errors=errors)
         return ConfigOutcome(result, tuple(errors), by_resource)
 
     async def run(self) -> int:

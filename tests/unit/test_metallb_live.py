@@ -158,8 +158,14 @@ async def test_daemon_applies_a_valid_set_and_keeps_the_running_config_on_an_inv
     assert ok.result == "applied" and [p.name for p in daemon.config.pools] == ["file-pool", "lan"]
     assert daemon.last_reload == "applied" and daemon._pools_select_namespaces() is False
 
-    bad = await daemon.apply_cluster_config("k8s", [pool("lan", ["10.77.2.0/28"]), l2("lan-l2", ["lan"]),
-                                                    pool("dup", ["10.77.2.4/30"], rv="7")], "metallb-system")
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        bad = await daemon.apply_cluster_config("k8s", [pool("lan", ["10.77.2.0/28"]), l2("lan-l2", ["lan"]),
+                                                        pool("dup", ["10.77.2.4/30"], rv="7")], "metallb-system")
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [e["event"] for e in errors] == ["cluster_config_not_applied"], "one clear line"
+    assert errors[0]["resources"] == ["IPAddressPool metallb-system/dup"] and errors[0]["result"] == "rejected"
     assert bad.result == "rejected"
     assert [p.name for p in daemon.config.pools] == ["file-pool", "lan"], "the running config stays"
     assert [r.name for r in bad.by_resource] == ["dup"]
