@@ -333,17 +333,9 @@ class KubernetesSource(Source):
         if key in self._evented:
             return
         self._evented.add(key)
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{ref.name}.", "namespace": ref.namespace},
-            "involvedObject": {"apiVersion": ref.api_version, "kind": ref.kind, "namespace": ref.namespace,
-                               "name": ref.name, "uid": ref.uid, "resourceVersion": ref.resource_version},
-            "reason": reason, "message": message[:1024], "type": "Warning", "count": 1,
-            "firstTimestamp": now, "lastTimestamp": now,
-            "source": {"component": "lbd", "host": self.context.node_name},
-            "reportingComponent": "lbd", "reportingInstance": self.context.node_name,
-        }
+        event = self._event_body({"apiVersion": ref.api_version, "kind": ref.kind, "namespace": ref.namespace,
+                                  "name": ref.name, "uid": ref.uid, "resourceVersion": ref.resource_version},
+                                 reason, message[:1024], "Warning")
         try:
             async with sem:
                 await self.client.request("POST", f"/api/v1/namespaces/{ref.namespace}/events", body=event)
@@ -589,6 +581,19 @@ class KubernetesSource(Source):
         finally:
             self._inflight.discard(uid)
 
+    def _event_body(self, involved: Mapping[str, Any], reason: str, message: str, kind: str) -> dict[str, Any]:
+        """A core/v1 Event about ``involved`` (a Service, or a MetalLB resource in live mode)."""
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": involved["namespace"]},
+            "involvedObject": dict(involved),
+            "reason": reason, "message": message, "type": kind, "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": "lbd", "host": self.context.node_name},
+            "reportingComponent": "lbd", "reportingInstance": self.context.node_name,
+        }
+
     async def _event(self, svc: Mapping[str, Any], reason: str, message: str, sem: asyncio.Semaphore,
                      kind: str = "Warning") -> None:
         meta = svc["metadata"]
@@ -598,17 +603,9 @@ class KubernetesSource(Source):
             if key in self._evented:
                 return
             self._evented.add(key)
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": "v1", "kind": "Service", "namespace": meta["namespace"],
-                               "name": meta["name"], "uid": uid, "resourceVersion": meta.get("resourceVersion")},
-            "reason": reason, "message": message, "type": kind, "count": 1,
-            "firstTimestamp": now, "lastTimestamp": now,
-            "source": {"component": "lbd", "host": self.context.node_name},
-            "reportingComponent": "lbd", "reportingInstance": self.context.node_name,
-        }
+        event = self._event_body({"apiVersion": "v1", "kind": "Service", "namespace": meta["namespace"],
+                                  "name": meta["name"], "uid": uid, "resourceVersion": meta.get("resourceVersion")},
+                                 reason, message, kind)
         try:
             async with sem:
                 await self.client.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
