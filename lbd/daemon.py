@@ -846,20 +846,20 @@ class Daemon:
             if self._live_rejected == source:
                 self._live_rejected, self.last_reload, self.reload_error = None, "applied", None
                 log.info("cluster_config_current", source=source)
-            return ConfigOutcome("applied")
+            return ConfigOutcome("applied", warnings=doc.warnings_by)
         # Shielded: the source's task awaits this, and a source stopped meanwhile must not cut a
         # reload half way (apply-or-roll-back finishes either way).
         result, errors = await asyncio.shield(asyncio.ensure_future(self._reload_outcome(live=dict(self.cluster_seen))))
         if result == "applied":
             log.info("cluster_config_applied", source=source, resources=len(doc.resources))
-            return ConfigOutcome("applied")
+            return ConfigOutcome("applied", warnings=doc.warnings_by)
         self._live_rejected = source
         changed = changed_resources(before, [doc])
         by_resource = attribute(errors, [doc], changed)
         # One line: what was not applied, why, and which resources get the Event.
         log.error("cluster_config_not_applied", source=source, result=result, running_config="kept",
                   resources=sorted(str(r) for r in by_resource), errors=errors)
-        return ConfigOutcome(result, tuple(errors), by_resource)
+        return ConfigOutcome(result, tuple(errors), by_resource, warnings=doc.warnings_by)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

@@ -64,6 +64,7 @@ class ClusterDocument:
     document: Mapping[str, Any] = field(default_factory=dict)  # lbd sections, as tomllib would read them
     origins: Mapping[tuple[str, str], ResourceRef] = field(default_factory=dict)  # (section, name) -> resource
     warnings: tuple[str, ...] = ()  # fields with no lbd equivalent (as `lbd import metallb` warns)
+    warnings_by: Mapping[ResourceRef, tuple[str, ...]] = field(default_factory=dict)  # the same, per resource
     resources: tuple[ResourceRef, ...] = ()  # every resource read, converted or not
     objects: tuple[Mapping[str, Any], ...] = ()  # the resources as read (what a restart starts from)
     namespace: str = "metallb-system"
@@ -81,8 +82,17 @@ def cluster_document(source: str, objects: Sequence[Mapping[str, Any]], namespac
         origins[("communities", alias)] = ref_of(r.obj)
     document = conversion.document()
     document.pop("namespace", None)
+    # Each warning starts with the origin of its resource ("<kind> (<apiVersion>) <ns>/<name> in ..."):
+    # said once more as an Event on that resource.
+    by: dict[ResourceRef, list[str]] = {}
+    for r in (Resource(o, label) for o in objects if isinstance(o, Mapping)):
+        prefix = r.origin() + ": "
+        for warning in conversion.warnings:
+            if warning.startswith(prefix):
+                by.setdefault(ref_of(r.obj), []).append(warning[len(prefix):])
     return ClusterDocument(source=source, document=document, origins=origins,
                            warnings=tuple(conversion.warnings),
+                           warnings_by={ref: tuple(w) for ref, w in by.items()},
                            resources=tuple(ref_of(o) for o in objects if isinstance(o, Mapping)),
                            objects=tuple(objects), namespace=namespace)
 

@@ -55,6 +55,8 @@ class ConfigOutcome:
     result: str
     errors: tuple[str, ...] = ()
     by_resource: Mapping[Any, Sequence[str]] = field(default_factory=dict)
+    # What was converted with a loss (a field with no lbd equivalent), per resource, whatever the result.
+    warnings: Mapping[Any, Sequence[str]] = field(default_factory=dict)
 
 
 # (objects, namespace) -> outcome: MetalLB's resources as the cluster has them now (a complete set,

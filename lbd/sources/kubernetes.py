@@ -313,6 +313,11 @@ class KubernetesSource(Source):
         outcome = await self.context.apply_config(objects, self.metallb_namespace)
         self.config_outcome = outcome
         self.config_applies += 1
+        sem = asyncio.Semaphore(self.write_concurrency)
+        if self.is_writer and self.client is not None and outcome.warnings:
+            # As `lbd import metallb` warns: a field with no lbd equivalent is never dropped silently.
+            await asyncio.gather(*(self._config_event(ref, "NotConverted", "; ".join(warnings), sem)
+                                   for ref, warnings in outcome.warnings.items()))
         if outcome.result == "applied":
             if self._health.pop("config", None) is not None:
                 self._report_health()
@@ -322,7 +327,6 @@ class KubernetesSource(Source):
         self._health["config"] = f"MetalLB resources not applied ({outcome.result}), running config kept: {first}{more}"
         self._report_health()
         if self.is_writer and self.client is not None:
-            sem = asyncio.Semaphore(self.write_concurrency)
             reason = CONFIG_REASONS.get(outcome.result, "InvalidConfiguration")
             await asyncio.gather(*(self._config_event(ref, reason, "; ".join(errors), sem)
                                    for ref, errors in outcome.by_resource.items()))

@@ -42,9 +42,10 @@ class Daemonish:
             merged_config(FILE, Path("/etc/lbd.toml"), [doc])
         except ConfigError as exc:
             changed = changed_resources(self.applied, [doc])
-            return ConfigOutcome("rejected", tuple(exc.errors), attribute(exc.errors, [doc], changed))
+            return ConfigOutcome("rejected", tuple(exc.errors), attribute(exc.errors, [doc], changed),
+                                 warnings=doc.warnings_by)
         self.applied = [doc]
-        return ConfigOutcome("applied")
+        return ConfigOutcome("applied", warnings=doc.warnings_by)
 
 
 def pool(name: str, cidr: str, **spec) -> dict:
@@ -76,7 +77,8 @@ async def test_live_mode_reads_applies_and_reports(emu, tmp_path):
                 "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}})
     emu.create(pool("lan", "10.77.3.0/28"))
     emu.create({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
-                "metadata": {"name": "lan", "namespace": "metallb-system"}, "spec": {"ipAddressPools": ["lan"]}})
+                "metadata": {"name": "lan", "namespace": "metallb-system"},
+                "spec": {"ipAddressPools": ["lan"], "serviceSelectors": [{"matchLabels": {"app": "web"}}]}})
     emu.create(pool("not-ours", "10.77.4.0/28") | {"metadata": {"name": "not-ours", "namespace": "default"}})
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emu.url, TOKEN)
     daemon = Daemonish()
@@ -101,6 +103,10 @@ async def test_live_mode_reads_applies_and_reports(emu, tmp_path):
         (doc,) = daemon.applied
         assert [t["name"] for t in doc.document["pool"]] == ["lan"], "only MetalLB's namespace is read"
         assert snapshots[-1]["team-a/web"].namespace_labels is None, "no pool selects namespaces: not read"
+        # What has no lbd equivalent is said on the resource, as the importer warns.
+        lost = await until(lambda: [e for e in emu.events() if e["reason"] == "NotConverted"], "NotConverted Event")
+        assert lost[0]["involvedObject"]["kind"] == "L2Advertisement" and lost[0]["type"] == "Warning"
+        assert "serviceSelectors" in lost[0]["message"]
 
         # An overlapping pool: rejected, the running set stays, an Event on that pool, degraded.
         emu.create(pool("dup", "10.77.3.8/29"))

@@ -115,6 +115,15 @@ def test_an_overlap_with_a_file_pool_goes_to_the_cluster_pool():
     assert [r.name for r in attribute(info.value.errors, [doc], [])] == ["wide"]
 
 
+def test_conversion_warnings_are_kept_per_resource():
+    adv = l2("adv", ["a"])
+    adv["spec"]["serviceSelectors"] = [{"matchLabels": {"app": "web"}}]
+    doc = cluster(pool("a", ["10.77.2.0/28"]), adv)
+    (ref,) = doc.warnings_by
+    assert ref.name == "adv" and any("serviceSelectors" in w for w in doc.warnings_by[ref])
+    assert not any(w.startswith("L2Advertisement") for w in doc.warnings_by[ref]), "the origin is not repeated"
+
+
 def test_an_error_naming_no_resource_goes_to_each_changed_one():
     doc = cluster(pool("a", ["10.77.2.0/28"]), l2("adv", ["a"]))
     by = attribute(["/etc/lbd.toml: something global"], [doc], changed_resources([], [doc]))
