@@ -38,7 +38,8 @@ time it changes, before it publishes Services: the daemon converts them as ``lbd
 metallb`` does, merges them into the file's configuration and applies the result through
 its reload path (docs/sources.md, "Live mode"). An invalid or refused change keeps the
 running config; the source is degraded and posts a Warning Event (``InvalidConfiguration``,
-or ``ReaddressRefused``) on each resource the errors are about. Secrets are never read: a
+or ``ReaddressRefused``) on each resource the errors are about; a field with no lbd
+equivalent is a Warning Event ``NotConverted`` on its resource. Secrets are never read: a
 BGPPeer's ``passwordSecret`` becomes ``password_file = "/etc/lbd/bgp-passwords/<peer>"``,
 a file each node provides, as with the importer.
 
