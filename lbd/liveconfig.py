@@ -5,7 +5,8 @@ is the file's document merged with what that source read from the cluster
 (``lbd.metallb.live.merge``: the file's entries, then the cluster's; a name in both is an
 error naming both origins). The merged document goes through ``config_from_document``,
 the code path of ``lbd check`` and of every reload, so a cluster change is held to exactly
-the rules a file is. Without such a source this is ``parse_config``.
+the rules a file is. The file must also pass alone, as ``lbd check`` and a start check it.
+Without such a source this is ``parse_config``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ def merged_config(text: str, path: Path, clusters: Sequence[ClusterDocument],
     doc = parse_document(text, path)
     wanted = live_sources(doc)
     used = [c for c in clusters if c.source in wanted]
+    # The file alone must pass, always: `lbd check` and a start check it without the cluster,
+    # so a file that leans on a cluster pool would pass a reload and then fail the next start.
+    alone = config_from_document(doc, path, validate_source)
     if not used:
-        return config_from_document(doc, path, validate_source)
+        return alone
     merged, clashes = merge(doc, used, str(path))
     try:
         config = config_from_document(merged, path, validate_source)

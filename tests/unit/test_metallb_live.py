@@ -70,6 +70,14 @@ def test_without_a_live_source_the_cluster_is_not_merged():
     assert [p.name for p in merged_config(FILE, Path("/etc/lbd.toml"), [other]).pools] == ["file-pool"]
 
 
+def test_the_file_must_pass_alone_as_lbd_check_and_a_start_check_it():
+    doc = cluster(pool("lan", ["10.77.2.0/28"]))
+    leaning = FILE + '[[l2_advertisement]]\nname = "x"\npools = ["lan"]\n'
+    with pytest.raises(ConfigError) as info:
+        merged_config(leaning, Path("/etc/lbd.toml"), [doc])
+    assert any('no pool is named "lan"' in e for e in info.value.errors)
+
+
 def test_a_name_in_both_is_an_error_naming_both_origins():
     doc = cluster(pool("file-pool", ["10.77.2.0/28"]))
     _, errors = merge({"pool": [{"name": "file-pool", "addresses": ["10.77.1.0/28"]}]}, [doc], "/etc/lbd.toml")
