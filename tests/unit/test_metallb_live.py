@@ -277,7 +277,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size
 KINDS = st.sampled_from(["IPAddressPool", "L2Advertisement", "BGPAdvertisement", "BGPPeer", "BFDProfile", "Community"])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.fixed_dictionaries({
     "apiVersion": st.sampled_from(["metallb.io/v1beta1", "metallb.io/v1beta2", "v1"]), "kind": KINDS,
     "metadata": st.fixed_dictionaries({"name": st.text(max_size=8), "namespace": st.just("metallb-system")}) | JSON,
