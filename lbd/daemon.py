@@ -10,6 +10,7 @@ no special cases: they are just another pass.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import stat
@@ -23,7 +24,7 @@ import structlog
 from lbd import aio
 
 import lbd
-from lbd.config import ConfigError, parse_config
+from lbd.config import ConfigError
 from lbd.control import ControlError, ControlServer, Handler, peer_credentials
 from lbd.coordination import Coordinator, Handover, LocalCoordinator
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, Observation, observe
@@ -31,6 +32,8 @@ from lbd.ipam import pool_usage
 from lbd.kernel.interfaces import InterfaceInventory
 from lbd.kernel.netlink import Netlink
 from lbd.l2.announcer import L2Announcer
+from lbd.liveconfig import merged_config
+from lbd.metallb.live import ClusterDocument, attribute, changed_resources, cluster_document
 from lbd.config.schema import Config
 from lbd.model import (Allocation, BgpRoute, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec,
                        VipDecision)
@@ -39,7 +42,7 @@ from lbd.planner.incremental import FULL_PASS_INTERVAL, IncrementalPlanner
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
 from lbd.selectors import matches
 from lbd.sdnotify import Notifier
-from lbd.sources.base import ServiceResult
+from lbd.sources.base import ConfigOutcome, ServiceResult
 from lbd.sources.manager import SourceManager
 from lbd.sources.registry import validate_source
 from lbd.sources.static import static_source_config
@@ -71,6 +74,11 @@ RESTART_WINDOW = 300.0  # a start this soon after a stop-for-restart is a gracef
 
 
 MAX_CONFIG_BYTES = 64 << 20
+# Live mode: the MetalLB resources last applied, per source, so that a restart starts with the
+# cluster's pools (and keeps their allocations) before the API server answers. 0600: a BGPPeer
+# may hold an inline password.
+CLUSTER_FILE = "metallb-{source}.json"
+MAX_CLUSTER_BYTES = 16 << 20
 
 
 def may_read(st: os.stat_result, uid: int | None, gid: int | None) -> bool:
@@ -217,8 +225,16 @@ class Daemon:
         self.backend_checks: BackendChecker | None = None  # likewise
         self.coordinator: Coordinator = coordinator or LocalCoordinator(config.node.name)
         self.coordinator.restore(self.allocations, self.extra_state)
+        # Live mode (a kubernetes source with metallb_resources = true): MetalLB's resources as
+        # each such source last read them, and as last applied; the file's text as last applied,
+        # which a cluster change is merged into (the file on disk waits for a reload).
+        self.cluster_seen: dict[str, ClusterDocument] = {}
+        self.cluster_applied: dict[str, ClusterDocument] = {}
+        self._file_text: str | None = None
+        self._live_rejected: str | None = None  # the source whose change the last reload rejected
         self.sources = SourceManager(
-            node_name=config.node.name, state_dir=config.node.state_dir, on_change=self.trigger
+            node_name=config.node.name, state_dir=config.node.state_dir, on_change=self.trigger,
+            apply_config=self.apply_cluster_config, pools_select_namespaces=self._pools_select_namespaces,
         )
         self.control = ControlServer(config.node.control_socket, self._control_commands())
         self._wake = asyncio.Event()
@@ -673,8 +689,11 @@ class Daemon:
         they may read it themselves, so the socket does not become a way to read files.
         """
         target = self.config.path if path is None else path
-        text = read_config_text(target, uid, gid)
-        new = parse_config(text, target, validate_source=validate_source)
+        return self._candidate(read_config_text(target, uid, gid), target, self.cluster_seen)
+
+    def _candidate(self, text: str, target: Path, clusters: Mapping[str, ClusterDocument]) -> Config:
+        """The file's text merged with the cluster's resources (live mode), validated like a reload."""
+        new = merged_config(text, target, list(clusters.values()), validate_source=validate_source)
         if new.node.name != self.config.node.name:
             raise ConfigError([f"{target}: node.name: changing the node name needs a restart"])
         if new.node.state_dir != self.config.node.state_dir or new.node.control_socket != self.config.node.control_socket:
@@ -686,11 +705,20 @@ class Daemon:
     async def reload(self, allow_readdress: bool = False) -> bool:
         """Re-read the config and apply it fully, or keep the running one (and everything it
         applied) and say why in ``reload_error``. Always ends with READY=1."""
+        result, _ = await self._reload_outcome(allow_readdress)
+        return result == "applied"
+
+    async def _reload_outcome(self, allow_readdress: bool = False,
+                              live: Mapping[str, ClusterDocument] | None = None) -> tuple[str, list[str]]:
+        """A reload of the file (``live`` None), or of the running file with the cluster's
+        resources ``live``: (result, errors)."""
         async with self._reload_lock:
+            if live is None:
+                self._live_rejected = None  # what the status shows is now the file's outcome
             self.notifier.reloading()
             m.RELOADS.labels("attempted").inc()
             try:
-                result, errors = await self._reload(allow_readdress)
+                result, errors = await self._reload(allow_readdress, live)
             except Exception as exc:  # noqa: BLE001 - a reload must never leave systemd in RELOADING
                 log.exception("reload_failed")
                 result, errors = "rolled_back", [f"internal error: {type(exc).__name__}: {exc}"]
@@ -698,23 +726,31 @@ class Daemon:
             self.reload_error = None if result == "applied" else errors
             m.RELOADS.labels(result).inc()
             if result == "applied":
-                log.info("config_reloaded", path=str(self.config.path))
+                if live is None:  # a cluster change: apply_cluster_config logs its own one line
+                    log.info("config_reloaded", path=str(self.config.path))
                 status = "reloaded"
             else:
-                for error in errors:
-                    log.error(f"reload_{result}", error=error)
-                log.error("reload_kept_running_config", result=result, errors=len(errors))
+                if live is None:
+                    for error in errors:
+                        log.error(f"reload_{result}", error=error)
+                    log.error("reload_kept_running_config", result=result, errors=len(errors))
                 status = f"reload {result.replace('_', ' ')} ({len(errors)} errors), running config kept"
             self.hooks.emit(HookEvent("reload", {"result": result, "errors": errors,
                                                  "config": str(self.config.path)}), time.time())
             self.trigger()
             self.notifier.ready(status=status)
-            return result == "applied"
+            return result, errors
 
-    async def _reload(self, allow_readdress: bool) -> tuple[str, list[str]]:
+    async def _reload(self, allow_readdress: bool, live: Mapping[str, ClusterDocument] | None = None
+                      ) -> tuple[str, list[str]]:
         """(result, errors): applied, rejected (invalid), refused (re-addresses) or rolled_back."""
+        clusters = dict(self.cluster_seen if live is None else live)
         try:
-            new = self.read_new_config()
+            if live is None or self._file_text is None:
+                text = read_config_text(self.config.path)
+            else:
+                text = self._file_text
+            new = self._candidate(text, self.config.path, clusters)
         except ConfigError as exc:
             return "rejected", exc.errors
         allowed = allow_readdress or new.node.allow_readdress
@@ -736,7 +772,94 @@ class Daemon:
         if error is not None:
             return "rolled_back", [f"{new.path}: the config is valid but could not be applied: {error}; "
                                    "the running config and its effects are kept"]
+        self._file_text = text
+        previous, self.cluster_applied = self.cluster_applied, clusters
+        self._live_rejected = None
+        for name, doc in clusters.items():
+            if previous.get(name) is not doc:
+                await self._save_cluster(doc)
         return "applied", []
+
+    # -- live mode: MetalLB's resources from the cluster ----------------------
+
+    async def _save_cluster(self, doc: ClusterDocument) -> None:
+        data = json.dumps({"version": 1, "namespace": doc.namespace, "objects": list(doc.objects)}).encode()
+        try:
+            await asyncio.to_thread(self.store.save_file, CLUSTER_FILE.format(source=doc.source), data, 0o600)
+        except (OSError, TypeError, ValueError) as exc:  # the next change writes it again
+            log.warning("cluster_config_not_saved", source=doc.source, error=str(exc))
+
+    def restore_cluster_config(self) -> None:
+        """At start: the MetalLB resources each live-mode source last applied, merged into the
+        file as if just read from the cluster. Anything unreadable or no longer valid is left
+        out (logged); the source's first listing replaces it either way."""
+        for source in self.config.sources:
+            if source.options.get("metallb_resources") is not True:
+                continue
+            name = CLUSTER_FILE.format(source=source.name)
+            try:
+                data = self.store.load_file(name, MAX_CLUSTER_BYTES)
+                if data is None:
+                    continue
+                saved = json.loads(data)
+                objects = [o for o in saved["objects"] if isinstance(o, dict)]
+                self.cluster_seen[source.name] = cluster_document(source.name, objects, str(saved["namespace"]))
+            except Exception as exc:  # noqa: BLE001 - a bad cache must not stop the start
+                log.warning("cluster_config_not_restored", file=name, error=f"{type(exc).__name__}: {exc}")
+        if not self.cluster_seen or self._file_text is None:
+            self.cluster_seen.clear()
+            return
+        try:
+            self.config = self._candidate(self._file_text, self.config.path, self.cluster_seen)
+        except ConfigError as exc:
+            log.warning("cluster_config_not_restored", errors=exc.errors)
+            self.cluster_seen.clear()
+            return
+        self.cluster_applied = dict(self.cluster_seen)
+        log.info("cluster_config_restored", sources=sorted(self.cluster_seen), pools=len(self.config.pools))
+
+    def _pools_select_namespaces(self) -> bool:
+        return any(p.service_allocation is not None and p.service_allocation.namespace_selectors
+                   for p in self.config.pools)
+
+    async def apply_cluster_config(self, source: str, objects: Sequence[Mapping[str, Any]],
+                                   namespace: str) -> ConfigOutcome:
+        """A live-mode source's MetalLB resources (the complete set, as now in the cluster):
+        converted, merged into the running file's document, validated and applied through the
+        reload path. Invalid or refused: the running config stays, and the outcome says which
+        of the source's resources each error is about (the source posts Events on them)."""
+        try:
+            doc = cluster_document(source, objects, namespace)
+        except Exception as exc:  # noqa: BLE001 - a converter bug must not restart the source in a loop
+            log.exception("cluster_config_conversion_failed", source=source)
+            return ConfigOutcome("rejected", (f"internal error converting MetalLB resources: {type(exc).__name__}: {exc}",))
+        previous = self.cluster_seen.get(source)
+        for warning in doc.warnings:
+            if previous is None or warning not in previous.warnings:
+                log.warning("cluster_resource_not_converted", source=source, warning=warning)
+        before = list(self.cluster_applied.values())
+        self.cluster_seen[source] = doc
+        applied = self.cluster_applied.get(source)
+        if applied is not None and applied.document == doc.document:
+            # Back to what runs (an invalid edit reverted), or a change that converts to the same.
+            self.cluster_applied[source] = doc
+            if self._live_rejected == source:
+                self._live_rejected, self.last_reload, self.reload_error = None, "applied", None
+                log.info("cluster_config_current", source=source)
+            return ConfigOutcome("applied", warnings=doc.warnings_by)
+        # Shielded: the source's task awaits this, and a source stopped meanwhile must not cut a
+        # reload half way (apply-or-roll-back finishes either way).
+        result, errors = await asyncio.shield(asyncio.ensure_future(self._reload_outcome(live=dict(self.cluster_seen))))
+        if result == "applied":
+            log.info("cluster_config_applied", source=source, resources=len(doc.resources))
+            return ConfigOutcome("applied", warnings=doc.warnings_by)
+        self._live_rejected = source
+        changed = changed_resources(before, [doc])
+        by_resource = attribute(errors, [doc], changed)
+        # One line: what was not applied, why, and which resources get the Event.
+        log.error("cluster_config_not_applied", source=source, result=result, running_config="kept",
+                  resources=sorted(str(r) for r in by_resource), errors=errors)
+        return ConfigOutcome(result, tuple(errors), by_resource, warnings=doc.warnings_by)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -751,7 +874,13 @@ class Daemon:
         self._tasks.append(asyncio.create_task(probe.run(), name="lbd-loop-lag"))
         try:
             await self.control.start()
-            await self.apply_config()
+            try:
+                self._file_text = read_config_text(self.config.path)  # what live-mode changes merge into
+            except (ConfigError, OSError):
+                self._file_text = None  # read at the first change instead
+            self.restore_cluster_config()
+            async with self._reload_lock:  # a live-mode source's first apply waits for this one
+                await self.apply_config()
             # Hear the cluster (bounded) before the first pass, so a restarting node does not
             # announce, for a moment, VIPs that other nodes own.
             await self.coordinator.start(self.trigger)

@@ -261,10 +261,26 @@ class StateStore:
 
     def save(self, state: PersistedState) -> None:
         """Write ``state`` atomically; raises ``OSError`` or ``StateError`` and leaves the old file."""
-        data = encode_state(state)
+        self.save_file(STATE_FILE, encode_state(state))
+
+    def load_file(self, name: str, limit: int = _MAX_BYTES) -> bytes | None:
+        """Another file of the state directory (written by ``save_file``); None when there is none.
+        Raises ``OSError`` (``NotRegularFileError`` for anything but a regular file) or ``StateError``
+        when it is larger than ``limit``."""
+        try:
+            data, _ = read_regular_file(self.state_dir / name, limit, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if len(data) > limit:
+            raise StateError(f"{self.state_dir / name} is larger than {limit} bytes")
+        return data
+
+    def save_file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        """Write ``data`` to ``name`` in the state directory atomically (temp file, fsync, rename);
+        raises ``OSError`` and leaves the old file."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_dir / f"{_TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             try:
                 view = memoryview(data)
@@ -274,7 +290,7 @@ class StateStore:
                 os.fsync(fd)  # the data is on disk before the name points at it
             finally:
                 os.close(fd)
-            os.replace(tmp, self.path)
+            os.replace(tmp, self.state_dir / name)
         except BaseException:
             try:
                 os.unlink(tmp)

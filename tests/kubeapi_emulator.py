@@ -18,6 +18,10 @@ in https://kubernetes.io/docs/reference/using-api/api-concepts/:
   resource ignores ``.status`` changes; a stale ``metadata.resourceVersion``
   in the body is a 409 Conflict Status;
 - Events (core/v1) can be created (``generateName`` honoured) and listed;
+- Namespaces, and MetalLB's configuration CRDs (``metallb.io``: IPAddressPool,
+  L2Advertisement, BGPAdvertisement, BFDProfile, Community at v1beta1, BGPPeer at
+  v1beta1 and v1beta2, each version its own store), namespaced, with discovery
+  listing both versions (v1beta2 preferred) and the same list/watch semantics;
 - what real clients need (kubectl 1.32 and the official Python client run
   against it in tests/k8s/test_real_clients.py): ``/version``, discovery,
   a minimal OpenAPI v3, Table responses for ``Accept: ...;as=Table``, label
@@ -87,10 +91,25 @@ RESOURCES = [
     Resource("", "v1", "events", "Event", True, False),
     Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, False),
     Resource("events.k8s.io", "v1", "events", "Event", True, False),
+    # MetalLB's configuration CRDs (metallb.io), namespaced, for the kubernetes source's live mode.
+    # BGPPeer is served at v1beta1 and v1beta2; here each version has its own store (a real API
+    # server converts one stored object between them: create a peer at the version you list).
+    Resource("metallb.io", "v1beta1", "ipaddresspools", "IPAddressPool", True, True),
+    Resource("metallb.io", "v1beta1", "l2advertisements", "L2Advertisement", True, False),
+    Resource("metallb.io", "v1beta1", "bgpadvertisements", "BGPAdvertisement", True, False),
+    Resource("metallb.io", "v1beta1", "bfdprofiles", "BFDProfile", True, False),
+    Resource("metallb.io", "v1beta1", "communities", "Community", True, False),
+    Resource("metallb.io", "v1beta1", "bgppeers", "BGPPeer", True, False),
+    Resource("metallb.io", "v1beta2", "bgppeers", "BGPPeer", True, True),
 ]
 SHORT_NAMES = {"services": "svc", "nodes": "no", "events": "ev", "endpoints": "ep", "namespaces": "ns"}
 BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
 BY_KIND = {(r.api_version, r.kind): r for r in RESOURCES if r.group != "events.k8s.io"}
+
+
+def group_versions(group: str) -> list[str]:
+    """A group's versions, the newest (preferred) first."""
+    return sorted({r.version for r in RESOURCES if r.group == group}, reverse=True)
 
 
 def status_obj(code: int, reason: str, message: str, **details: Any) -> dict:
@@ -503,8 +522,9 @@ class ApiServerEmulator:
         self._record(r, "MODIFIED", new)
         return copy.deepcopy(new)
 
-    def patch(self, kind: str, namespace: str, name: str, patch: dict, *, subresource: str | None = None) -> dict:
-        r = self.resource(kind)
+    def patch(self, kind: str, namespace: str, name: str, patch: dict, *, subresource: str | None = None,
+              resource: Resource | None = None) -> dict:
+        r = resource or self.resource(kind)
         key = (namespace if r.namespaced else "", name)
         current = self.objects[r].get(key)
         if current is None:
@@ -516,8 +536,8 @@ class ApiServerEmulator:
         merged["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         return self.update(merged, subresource=subresource)
 
-    def delete(self, kind: str, namespace: str, name: str) -> dict:
-        r = self.resource(kind)
+    def delete(self, kind: str, namespace: str, name: str, resource: Resource | None = None) -> dict:
+        r = resource or self.resource(kind)
         obj = self.objects[r].pop((namespace if r.namespaced else "", name))
         self._record(r, "DELETED", obj)
         return copy.deepcopy(obj)
@@ -592,19 +612,21 @@ class ApiServerEmulator:
                     "groupVersion": f"{group}/{version}" if group else version, "resources": out}
 
         def group_doc(group: str) -> dict:
-            gv = {"groupVersion": f"{group}/v1", "version": "v1"}
-            return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": [gv], "preferredVersion": gv}
+            gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in group_versions(group)]
+            return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": gvs, "preferredVersion": gvs[0]}
 
         if parts == ["openapi", "v3"]:
             # kubectl apply validates against OpenAPI v3 (falls back to v2; refuses without either).
-            return {"paths": {(f"apis/{g}/v1" if g else "api/v1"): {"serverRelativeURL": (
-                f"/openapi/v3/apis/{g}/v1" if g else "/openapi/v3/api/v1") + "?hash=emulator"} for g in groups}}
+            return {"paths": {(f"apis/{g}/{v}" if g else "api/v1"): {"serverRelativeURL": (
+                f"/openapi/v3/apis/{g}/{v}" if g else "/openapi/v3/api/v1") + "?hash=emulator"}
+                for g in groups for v in group_versions(g)}}
         if parts[:2] == ["openapi", "v3"]:
             gv = parts[2:]
             group = gv[1] if gv[:1] == ["apis"] and len(gv) == 3 else ("" if gv == ["api", "v1"] else None)
             if group is None or group not in groups:
                 return None
-            return openapi_v3(groups[group])
+            version = gv[2] if group else "v1"
+            return openapi_v3([r for r in groups[group] if r.version == version])
         if parts == ["version"]:
             return {"major": "1", "minor": "32", "gitVersion": "v1.32.0-lbd-emulator", "platform": "linux/amd64"}
         if parts == ["api"]:
@@ -616,8 +638,9 @@ class ApiServerEmulator:
             return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_doc(g) for g in groups if g]}
         if len(parts) == 2 and parts[0] == "apis" and parts[1] in groups and parts[1]:
             return group_doc(parts[1])
-        if len(parts) == 3 and parts[0] == "apis" and parts[1] in groups and parts[1] and parts[2] == "v1":
-            return resource_list(parts[1], "v1")
+        if len(parts) == 3 and parts[0] == "apis" and parts[1] in groups and parts[1] \
+                and parts[2] in group_versions(parts[1]):
+            return resource_list(parts[1], parts[2])
         return None
 
     # -- HTTP -------------------------------------------------------------
@@ -693,7 +716,7 @@ class ApiServerEmulator:
                         return web.json_response(table(r.kind, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]}))
                     return web.json_response(obj)
                 if request.method == "DELETE":
-                    return web.json_response(self.delete(r.kind, key_ns, name))
+                    return web.json_response(self.delete(r.kind, key_ns, name, r))
                 if request.method == "PUT":
                     body = await request.json()
                     body.setdefault("apiVersion", r.api_version)
@@ -707,7 +730,8 @@ class ApiServerEmulator:
                         return web.json_response(status_obj(415, "UnsupportedMediaType",
                                                             f"the emulator does not support {ctype}"), status=415)
                     self._maybe_conflict(sub)
-                    return web.json_response(self.patch(r.kind, key_ns, name, await request.json(), subresource=sub))
+                    return web.json_response(self.patch(r.kind, key_ns, name, await request.json(),
+                                                               subresource=sub, resource=r))
         except KeyError:
             return web.json_response(status_obj(404, "NotFound", f'{r.plural} "{name}" not found',
                                                 name=name, kind=r.plural), status=404)

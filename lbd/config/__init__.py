@@ -17,6 +17,7 @@ from lbd.config.load import (
     config_from_document,
     load_config,
     parse_config,
+    parse_document,
     parse_service_table,
     parse_services_document,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "STATIC_PREFIX",
     "load_config",
     "parse_config",
+    "parse_document",
     "config_from_document",
     "parse_service_table",
     "parse_services_document",

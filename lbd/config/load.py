@@ -136,14 +136,18 @@ def load_config(path: Path, validate_source: SourceValidator | None = None) -> C
 def parse_config(text: str, path: Path, validate_source: SourceValidator | None = None) -> Config:
     """Validate TOML ``text`` as if read from ``path`` (used in messages and
     to resolve relative paths)."""
+    return config_from_document(parse_document(text, path), Path(path), validate_source)
+
+
+def parse_document(text: str, path: Path) -> dict:
+    """TOML ``text`` -> the document, or a ``ConfigError`` saying where the syntax is wrong."""
     path = Path(path)
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_syntax_error(path, exc)]) from None
     except Exception as exc:  # tomllib documents only TOMLDecodeError; be sure nothing else escapes
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-    return config_from_document(doc, path, validate_source)
 
 
 def _syntax_error(path: Path, exc: Exception) -> str:

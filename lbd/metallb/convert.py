@@ -137,7 +137,8 @@ def _convert_namespaces(conv: Conversion, namespaces: Sequence[Resource]) -> Non
     for r in namespaces:
         labels = labels_of(r.meta.get("labels"))
         if wanted and labels:
-            conv.entries.append(Entry("namespace", {"name": r.name, "labels": labels}, [f"from {r.origin()}"]))
+            conv.entries.append(Entry("namespace", {"name": r.name, "labels": labels}, [f"from {r.origin()}"],
+                                      resource=r))
             conv.converted += 1
         else:
             conv.skipped += 1

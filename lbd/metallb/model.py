@@ -64,6 +64,7 @@ class Entry:
     table: dict[str, Any]
     comments: list[str] = field(default_factory=list)  # above the table: origin first
     key_comments: dict[str, list[str]] = field(default_factory=dict)
+    resource: Resource | None = None  # the resource it came from (live mode names it in Events)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Conversion:
     entries: list[Entry] = field(default_factory=list)
     communities: dict[str, str] = field(default_factory=dict)
     community_comments: list[str] = field(default_factory=list)
+    community_origins: dict[str, Resource] = field(default_factory=dict)  # alias -> the Community defining it
     warnings: list[str] = field(default_factory=list)  # "<origin>: <what>"
     notes: list[str] = field(default_factory=list)  # header comments: skipped objects, hints
     converted: int = 0  # resources turned into lbd configuration

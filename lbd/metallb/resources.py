@@ -26,7 +26,7 @@ def _unknown(conv: Conversion, r: Resource, entry: Entry, spec: Mapping[str, Any
 
 
 def _origin_entry(section: str, r: Resource) -> Entry:
-    return Entry(section, {"name": r.name}, [f"from {r.origin()}"])
+    return Entry(section, {"name": r.name}, [f"from {r.origin()}"], resource=r)
 
 
 def _selector(value: Any) -> Any:
@@ -67,6 +67,7 @@ def _community(conv: Conversion, r: Resource, _: Mapping[str, Resource]) -> None
         if name in conv.communities and conv.communities[name] != value:
             conv.warn(r, f"community {name!r} was {conv.communities[name]!r}, now {value!r}")
         conv.communities[name] = value
+        conv.community_origins[name] = r
     _unknown(conv, r, Entry("", {}), r.spec, ("communities",))
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import structlog
 
@@ -38,6 +38,32 @@ def _no_health(error: str | None) -> None:
     return None
 
 
+def _no_namespace_selectors() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class ConfigOutcome:
+    """What became of configuration a source read from its backend (``ApplyConfig``).
+
+    ``result`` is the reload's: ``applied``, ``rejected`` (invalid), ``refused`` (it would
+    re-address services) or ``rolled_back``. ``by_resource`` says which of the source's
+    objects each error is about (``lbd.metallb.live.attribute``), for the source to
+    report on them (the kubernetes source posts an Event on each).
+    """
+
+    result: str
+    errors: tuple[str, ...] = ()
+    by_resource: Mapping[Any, Sequence[str]] = field(default_factory=dict)
+    # What was converted with a loss (a field with no lbd equivalent), per resource, whatever the result.
+    warnings: Mapping[Any, Sequence[str]] = field(default_factory=dict)
+
+
+# (objects, namespace) -> outcome: MetalLB's resources as the cluster has them now (a complete set,
+# like a snapshot), merged into the file's configuration and applied through the reload path.
+ApplyConfig = Callable[[Sequence[Mapping[str, Any]], str], Awaitable[ConfigOutcome]]
+
+
 @dataclass
 class SourceContext:
     """What the daemon gives a source.
@@ -45,12 +71,19 @@ class SourceContext:
     ``set_error`` lets a source say it is degraded without crashing (a drop-in
     file does not parse, the API server is unreachable); ``None`` clears it.
     The last published snapshot stays in effect either way.
+
+    ``apply_config`` (None when the daemon does not take configuration from
+    sources) applies configuration read from the backend; ``pools_select_namespaces``
+    says whether a pool of the running config has ``namespace_selectors``, so that a
+    source able to read namespaces' labels does so only then.
     """
 
     node_name: str
     log: Any = field(default_factory=lambda: structlog.get_logger("lbd.sources"))
     state_dir: Path = Path("/var/lib/lbd")
     set_error: Callable[[str | None], None] = _no_health
+    apply_config: ApplyConfig | None = None
+    pools_select_namespaces: Callable[[], bool] = _no_namespace_selectors
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@
     claim_unclassed = true                    # ... and so are Services with no class (MetalLB's default)
     ignore_exclude_lb = false                 # true: ignore node.kubernetes.io/exclude-from-external-load-balancers
     namespaces = ["web", "shop"]              # only these namespaces (default: all)
+    metallb_resources = true                  # live mode: MetalLB's resources are configuration too
+    metallb_namespace = "metallb-system"      # ... read from this namespace (MetalLB's)
 
 It lists and watches Services, EndpointSlices and Nodes (informer pattern:
 list, then watch from the list's resourceVersion with bookmarks; on 410 Gone a
@@ -27,6 +29,23 @@ written too, after the status and in the background: MetalLB's ``nodeAssigned``
 Event when the announcing node changes, and the ``lbd.io/announcing-nodes``
 annotation. A write refused with 401/403 makes the source degraded with the
 API server's reason; nothing is withdrawn for it.
+
+Live mode (``metallb_resources = true``, off by default): the source also lists and
+watches, in ``metallb_namespace``, MetalLB's IPAddressPool, L2Advertisement,
+BGPAdvertisement, BGPPeer (v1beta2 when the API serves it, else v1beta1), BFDProfile and
+Community, and hands the complete set to the daemon (``SourceContext.apply_config``) each
+time it changes, before it publishes Services: the daemon converts them as ``lbd import
+metallb`` does, merges them into the file's configuration and applies the result through
+its reload path (docs/sources.md, "Live mode"). An invalid or refused change keeps the
+running config; the source is degraded and posts a Warning Event (``InvalidConfiguration``,
+or ``ReaddressRefused``) on each resource the errors are about; a field with no lbd
+equivalent is a Warning Event ``NotConverted`` on its resource. Secrets are never read: a
+BGPPeer's ``passwordSecret`` becomes ``password_file = "/etc/lbd/bgp-passwords/<peer>"``,
+a file each node provides, as with the importer.
+
+When a pool of the running config has ``namespace_selectors``, the source also watches
+Namespaces and gives each Service its namespace's labels (they win over ``[[namespace]]``
+tables, which remain for the other sources).
 """
 
 from __future__ import annotations
@@ -40,7 +59,7 @@ from typing import Any, Mapping
 
 from lbd.config.schema import SourceConfig
 from lbd.model import ServiceSpec
-from lbd.sources.base import Publish, ServiceResult, Source, SourceContext
+from lbd.sources.base import ConfigOutcome, Publish, ServiceResult, Source, SourceContext
 from lbd.sources.kube_informer import Informer, describe_error
 from lbd.sources.kube_translate import (
     DEFAULT_CLASS,
@@ -57,10 +76,29 @@ from lbd.sources.options import options_table
 
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 OPTION_KEYS = ("kubeconfig", "context", "in_cluster", "load_balancer_class", "claim_unclassed",
-               "ignore_exclude_lb", "watch_timeout", "write_concurrency", "forward", "namespaces")
+               "ignore_exclude_lb", "watch_timeout", "write_concurrency", "forward", "namespaces",
+               "metallb_resources", "metallb_namespace")
 ANNOUNCING_ANNOTATION = "lbd.io/announcing-nodes"
 # MetalLB's speaker: c.client.Infof(svc, "nodeAssigned", "announcing from node %q with protocol %q", ...)
 NODE_ASSIGNED = "nodeAssigned"
+METALLB_GROUP = "metallb.io"
+# (plural, version): the configuration kinds live mode reads; BGPPeer's version is discovered.
+METALLB_KINDS = (("ipaddresspools", "v1beta1"), ("l2advertisements", "v1beta1"), ("bgpadvertisements", "v1beta1"),
+                 ("bfdprofiles", "v1beta1"), ("communities", "v1beta1"), ("bgppeers", None))
+CONFIG_REASONS = {"rejected": "InvalidConfiguration", "refused": "ReaddressRefused",
+                  "rolled_back": "ConfigurationNotApplied"}
+NAMESPACE_CHECK = 1.0  # how often to look whether a pool now selects namespaces (a reload may add one)
+
+
+def label_map(obj: Mapping[str, Any]) -> dict[str, str]:
+    labels = json_object(json_object(obj.get("metadata")).get("labels"))
+    return {str(k): str(v) for k, v in labels.items() if isinstance(v, str)}
+
+
+def metallb_order(obj: Mapping[str, Any]) -> tuple[str, str]:
+    """The order resources reach the converter: oldest first (pools are tried in that order)."""
+    meta = json_object(obj.get("metadata"))
+    return (str(meta.get("creationTimestamp", "")), str(meta.get("name", "")))
 
 
 class KubernetesSource(Source):
@@ -83,6 +121,10 @@ class KubernetesSource(Source):
         t.integer("write_concurrency", 16, lo=1, hi=256)
         t.boolean("forward", False)
         t.string_list("namespaces")
+        t.boolean("metallb_resources", False)
+        metallb_ns = t.string("metallb_namespace")
+        if metallb_ns is not None and not metallb_ns:
+            t.error("metallb_namespace", "must not be empty")
         try:
             import aiohttp  # noqa: F401
             import lightkube.config.client_adapter  # noqa: F401
@@ -101,6 +143,12 @@ class KubernetesSource(Source):
         self.write_concurrency = int(o.get("write_concurrency", 16))  # type: ignore[arg-type]
         self.forward = bool(o.get("forward", False))  # balance to ready endpoints (docs/forwarding.md)
         self.namespaces: tuple[str, ...] = tuple(o.get("namespaces") or ())  # type: ignore[arg-type]
+        self.metallb_resources = bool(o.get("metallb_resources", False))
+        self.metallb_namespace = str(o.get("metallb_namespace") or "metallb-system")
+        self.metallb: list[Informer] = []
+        self.namespace_informer: Informer | None = None
+        self.config_outcome: ConfigOutcome | None = None
+        self.config_applies = 0
         self._announced: dict[str, tuple[str, ...]] = {}  # uid -> nodes a nodeAssigned Event was sent for
         self._annotating: dict[str, str] = {}  # uid -> annotation value written, not yet seen in the watch
         self._background: set[asyncio.Task] = set()
@@ -182,17 +230,39 @@ class KubernetesSource(Source):
                       for ns in self.namespaces]
             self.services, self.slices = svcs[0], slices[0]
             informers = [*svcs, *slices, self.nodes]
+        if self.metallb_resources:
+            try:
+                self.metallb = [mk(path) for path in await self._metallb_paths()]
+            except BaseException:
+                await self.client.close()  # raised before the loop's finally: close it here
+                raise
+        informers = [*informers, *self.metallb]
         tasks = [asyncio.create_task(i.run(), name=f"lbd-kube-{i.path}") for i in informers]
+        applied: tuple | None = None  # the MetalLB resources last handed to the daemon
         try:
             while True:
                 waiter = asyncio.create_task(self._dirty.wait())
-                done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait([waiter, *tasks], timeout=NAMESPACE_CHECK,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
                 for t in tasks:
                     if t in done:
-                        waiter.cancel()
                         t.result()  # an informer bug: raise so the manager restarts us
+                if self.namespace_informer is None and self.context.pools_select_namespaces():
+                    self.namespace_informer = mk("/api/v1/namespaces")
+                    informers.append(self.namespace_informer)
+                    tasks.append(asyncio.create_task(self.namespace_informer.run(), name="lbd-kube-namespaces"))
+                if not self._dirty.is_set():
+                    continue
                 await asyncio.sleep(self.debounce)
                 self._dirty.clear()
+                if self.metallb and all(i.synced for i in self.metallb):
+                    signature = self._metallb_signature()
+                    if signature != applied:
+                        applied = signature
+                        await self._apply_metallb()
+                        self._dirty.set()  # a pool may now select namespaces: look again first
+                        continue
                 if all(i.synced for i in informers):
                     snapshot = self.snapshot()
                     if snapshot != self._published:
@@ -204,6 +274,82 @@ class KubernetesSource(Source):
                 t.cancel()
             await asyncio.gather(*tasks, *self._background, return_exceptions=True)
             await self.client.close()
+
+    # -- live mode: MetalLB's resources as configuration -------------------
+
+    async def _metallb_paths(self) -> list[str]:
+        """The list/watch path of each MetalLB kind in MetalLB's namespace. BGPPeer: v1beta2
+        when the API serves it (MetalLB >= 0.14; the API converts v1beta1 peers to it),
+        else v1beta1; both at once would read every peer twice."""
+        from lbd.sources.kube_client import ApiError
+
+        peers = "v1beta1"
+        try:
+            listing = await self.client.request("GET", f"/apis/{METALLB_GROUP}/v1beta2")
+            if any(isinstance(r, dict) and r.get("name") == "bgppeers" for r in listing.get("resources") or []):
+                peers = "v1beta2"
+        except ApiError as exc:
+            if exc.code != 404:
+                raise
+        ns = self.metallb_namespace
+        return [f"/apis/{METALLB_GROUP}/{version or peers}/namespaces/{ns}/{plural}" for plural, version in METALLB_KINDS]
+
+    def metallb_objects(self) -> list[dict]:
+        out = []
+        for informer in self.metallb:
+            out.extend(sorted(informer.store.values(), key=metallb_order))
+        return out
+
+    def _metallb_signature(self) -> tuple:
+        return tuple((i.path, k, json_object(o.get("metadata")).get("resourceVersion"))
+                     for i in self.metallb for k, o in sorted(i.store.items()))
+
+    async def _apply_metallb(self) -> None:
+        """Hand the resources to the daemon; on a refusal, say so where operators look."""
+        objects = self.metallb_objects()
+        if self.context.apply_config is None:
+            self._health["config"] = "metallb_resources: this daemon takes no configuration from sources"
+            self._report_health()
+            return
+        outcome = await self.context.apply_config(objects, self.metallb_namespace)
+        self.config_outcome = outcome
+        self.config_applies += 1
+        sem = asyncio.Semaphore(self.write_concurrency)
+        if self.is_writer and self.client is not None and outcome.warnings:
+            # As `lbd import metallb` warns: a field with no lbd equivalent is never dropped silently.
+            await asyncio.gather(*(self._config_event(ref, "NotConverted", "; ".join(warnings), sem)
+                                   for ref, warnings in outcome.warnings.items()))
+        if outcome.result == "applied":
+            if self._health.pop("config", None) is not None:
+                self._report_health()
+            return
+        first = outcome.errors[0] if outcome.errors else ""
+        more = f" (and {len(outcome.errors) - 1} more)" if len(outcome.errors) > 1 else ""
+        self._health["config"] = f"MetalLB resources not applied ({outcome.result}), running config kept: {first}{more}"
+        self._report_health()
+        if self.is_writer and self.client is not None:
+            reason = CONFIG_REASONS.get(outcome.result, "InvalidConfiguration")
+            await asyncio.gather(*(self._config_event(ref, reason, "; ".join(errors), sem)
+                                   for ref, errors in outcome.by_resource.items()))
+
+    async def _config_event(self, ref: Any, reason: str, message: str, sem: asyncio.Semaphore) -> None:
+        """A Warning Event whose involvedObject is a MetalLB resource (``ResourceRef``)."""
+        key = (f"{ref.uid}@{ref.resource_version}", reason, message)
+        if key in self._evented:
+            return
+        self._evented.add(key)
+        event = self._event_body({"apiVersion": ref.api_version, "kind": ref.kind, "namespace": ref.namespace,
+                                  "name": ref.name, "uid": ref.uid, "resourceVersion": ref.resource_version},
+                                 reason, message[:1024], "Warning")
+        try:
+            async with sem:
+                await self.client.request("POST", f"/api/v1/namespaces/{ref.namespace}/events", body=event)
+            self._write_health("events", None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._evented.discard(key)
+            self._write_health("events", exc, str(ref))
 
     def snapshot(self) -> list[ServiceSpec]:
         assert self.services and self.slices and self.nodes
@@ -246,6 +392,10 @@ class KubernetesSource(Source):
             else:
                 out.append(value)
         self._spec_cache = cache
+        if self.namespace_informer is not None and self.namespace_informer.synced:
+            # The API's labels win over [[namespace]] tables (lbd.ipam: a spec's own namespace_labels).
+            labels = {name: label_map(obj) for (_, name), obj in self.namespace_informer.store.items()}
+            out = [replace(spec, namespace_labels=labels.get(spec.namespace or "", {})) for spec in out]
         self.deprecated = deprecated
         for name, why in invalid.items():
             if self.invalid.get(name) != why:
@@ -436,6 +586,19 @@ class KubernetesSource(Source):
         finally:
             self._inflight.discard(uid)
 
+    def _event_body(self, involved: Mapping[str, Any], reason: str, message: str, kind: str) -> dict[str, Any]:
+        """A core/v1 Event about ``involved`` (a Service, or a MetalLB resource in live mode)."""
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": involved["namespace"]},
+            "involvedObject": dict(involved),
+            "reason": reason, "message": message, "type": kind, "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": "lbd", "host": self.context.node_name},
+            "reportingComponent": "lbd", "reportingInstance": self.context.node_name,
+        }
+
     async def _event(self, svc: Mapping[str, Any], reason: str, message: str, sem: asyncio.Semaphore,
                      kind: str = "Warning") -> None:
         meta = svc["metadata"]
@@ -445,17 +608,9 @@ class KubernetesSource(Source):
             if key in self._evented:
                 return
             self._evented.add(key)
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": "v1", "kind": "Service", "namespace": meta["namespace"],
-                               "name": meta["name"], "uid": uid, "resourceVersion": meta.get("resourceVersion")},
-            "reason": reason, "message": message, "type": kind, "count": 1,
-            "firstTimestamp": now, "lastTimestamp": now,
-            "source": {"component": "lbd", "host": self.context.node_name},
-            "reportingComponent": "lbd", "reportingInstance": self.context.node_name,
-        }
+        event = self._event_body({"apiVersion": "v1", "kind": "Service", "namespace": meta["namespace"],
+                                  "name": meta["name"], "uid": uid, "resourceVersion": meta.get("resourceVersion")},
+                                 reason, message, kind)
         try:
             async with sem:
                 await self.client.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)

@@ -11,6 +11,7 @@ of the latest snapshots.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Mapping, Sequence
@@ -21,7 +22,7 @@ from lbd import aio
 from lbd.backoff import capped_backoff
 from lbd.config.schema import SourceConfig
 from lbd.model import ServiceSpec
-from lbd.sources.base import ServiceResult, Source, SourceContext
+from lbd.sources.base import ConfigOutcome, ServiceResult, Source, SourceContext
 from lbd.sources.metrics import SOURCE_ERRORS, SOURCE_SERVICES, SOURCE_UP
 from lbd.sources.registry import discover
 
@@ -54,8 +55,14 @@ class SourceManager:
                  plugins: Mapping[str, type[Source]] | None = None,
                  backoff_initial: float = 1.0, backoff_max: float = 60.0,
                  report_timeout: float = 30.0,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 apply_config: Callable[[str, Sequence[Mapping[str, Any]], str], Awaitable[ConfigOutcome]]
+                 | None = None,
+                 pools_select_namespaces: Callable[[], bool] | None = None) -> None:
         self.node_name = node_name
+        # Configuration sources read (the kubernetes source's live mode), by source name.
+        self.apply_config = apply_config
+        self.pools_select_namespaces = pools_select_namespaces
         self.state_dir = state_dir
         self.on_change = on_change
         self.changed = asyncio.Event()
@@ -222,6 +229,10 @@ class SourceManager:
                 state_dir=self.state_dir,
                 set_error=lambda error, e=entry: self._reported(e, error),
             )
+            if self.apply_config is not None:
+                ctx.apply_config = functools.partial(self.apply_config, name)
+            if self.pools_select_namespaces is not None:
+                ctx.pools_select_namespaces = self.pools_select_namespaces
             started = time.monotonic()
             try:
                 cls = self._plugin(entry.config.type)

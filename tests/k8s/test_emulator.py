@@ -195,11 +195,61 @@ async def test_discovery_documents(emu, http):
     assert by_name["services/status"]["verbs"] == ["get", "patch", "update"]
     assert not by_name["nodes"]["namespaced"]
     _, groups = await get(http, emu, "/apis")
-    assert {g["name"] for g in groups["groups"]} == {"discovery.k8s.io", "events.k8s.io"}
+    assert {g["name"] for g in groups["groups"]} == {"discovery.k8s.io", "events.k8s.io", "metallb.io"}
     _, disc = await get(http, emu, "/apis/discovery.k8s.io/v1")
     assert [r["name"] for r in disc["resources"]] == ["endpointslices"]
     _, openapi = await get(http, emu, "/openapi/v3")
     assert "api/v1" in openapi["paths"]
+
+
+async def test_metallb_group_is_served_like_services(emu, http):
+    """metallb.io: discovery with both versions (v1beta2 preferred), namespaced list and
+    watch with resourceVersions, as the kubernetes source's live mode reads them."""
+    _, group = await get(http, emu, "/apis/metallb.io")
+    assert [v["version"] for v in group["versions"]] == ["v1beta2", "v1beta1"]
+    assert group["preferredVersion"]["version"] == "v1beta2"
+    _, v1 = await get(http, emu, "/apis/metallb.io/v1beta1")
+    assert {r["name"] for r in v1["resources"] if "/" not in r["name"]} == {
+        "ipaddresspools", "l2advertisements", "bgpadvertisements", "bfdprofiles", "communities", "bgppeers"}
+    assert all(r["namespaced"] for r in v1["resources"])
+    _, v2 = await get(http, emu, "/apis/metallb.io/v1beta2")
+    assert [r["name"] for r in v2["resources"] if "/" not in r["name"]] == ["bgppeers"]
+    _, openapi = await get(http, emu, "/openapi/v3")
+    assert {"apis/metallb.io/v1beta1", "apis/metallb.io/v1beta2"} <= set(openapi["paths"])
+
+    path = "/apis/metallb.io/v1beta1/namespaces/metallb-system/ipaddresspools"
+    _, empty = await get(http, emu, path)
+    assert empty["kind"] == "IPAddressPoolList" and empty["items"] == []
+    rv = empty["metadata"]["resourceVersion"]
+
+    async def changes():
+        await asyncio.sleep(0.1)
+        emu.create({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+                    "metadata": {"name": "other", "namespace": "elsewhere"}, "spec": {"addresses": ["10.77.9.0/24"]}})
+        emu.create({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+                    "metadata": {"name": "lan", "namespace": "metallb-system"}, "spec": {"addresses": ["10.77.0.0/28"]}})
+        emu.patch("IPAddressPool", "metallb-system", "lan", {"spec": {"autoAssign": False}})
+        emu.delete("IPAddressPool", "metallb-system", "lan")
+
+    task = asyncio.create_task(changes())
+    events = await watch(http, emu, path, 3, resourceVersion=rv)
+    await task
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "DELETED"]
+    assert {e["object"]["metadata"]["namespace"] for e in events} == {"metallb-system"}
+    assert events[1]["object"]["spec"] == {"addresses": ["10.77.0.0/28"], "autoAssign": False}
+    versions = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
+    assert versions == sorted(versions) and versions[0] > int(rv)
+    # Each BGPPeer version has its path; a write through one reaches that version's object.
+    peer = {"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer", "metadata": {"name": "r1"},
+            "spec": {"myASN": 64512, "peerASN": 64512, "peerAddress": "10.77.0.1"}}
+    async with http.post(emu.url + "/apis/metallb.io/v1beta2/namespaces/metallb-system/bgppeers", json=peer) as resp:
+        assert resp.status == 201
+    async with http.patch(emu.url + "/apis/metallb.io/v1beta2/namespaces/metallb-system/bgppeers/r1",
+                          json={"spec": {"peerASN": 64513}},
+                          headers={"Content-Type": "application/merge-patch+json"}) as resp:
+        assert resp.status == 200 and (await resp.json())["spec"]["peerASN"] == 64513
+    _, v1peers = await get(http, emu, "/apis/metallb.io/v1beta1/namespaces/metallb-system/bgppeers")
+    assert v1peers["items"] == []
 
 
 async def test_no_op_writes_change_nothing(emu, http):

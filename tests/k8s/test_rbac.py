@@ -26,13 +26,13 @@ from tests.kubeapi_emulator import ApiServerEmulator, write_kubeconfig  # noqa: 
 USER = "system:serviceaccount:lbd-system:lbd"
 
 
-def documented_rules() -> list[dict]:
+def documented_rules(name: str = "lbd") -> list[dict]:
     text = (ROOT / "docs" / "sources.md").read_text()
     for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
         doc = yaml.safe_load(block)
-        if isinstance(doc, dict) and doc.get("kind") == "ClusterRole" and doc["metadata"]["name"] == "lbd":
+        if isinstance(doc, dict) and doc.get("kind") == "ClusterRole" and doc["metadata"]["name"] == name:
             return doc["rules"]
-    raise AssertionError("docs/sources.md has no ClusterRole named lbd")
+    raise AssertionError(f"docs/sources.md has no ClusterRole named {name}")
 
 
 def without(rules: list[dict], resource: str, verb: str) -> list[dict]:
@@ -139,3 +139,43 @@ async def test_namespaces_filter_watches_only_those(tmp_path):
     finally:
         await r.stop()
         await emu.stop()
+
+
+async def test_live_mode_needs_the_documented_lbd_metallb_role_and_says_what_is_missing(tmp_path):
+    """metallb_resources = true: with lbd and lbd-metallb the resources and Namespaces are read;
+    without lbd-metallb no Service is published (no allocation against a partial configuration)
+    and the 403 names the resource."""
+    from lbd.sources.base import ConfigOutcome
+
+    applied: list[list[dict]] = []
+
+    async def apply(objects, namespace):
+        applied.append(list(objects))
+        return ConfigOutcome("applied")
+
+    pool = {"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+            "metadata": {"name": "lan", "namespace": "metallb-system"}, "spec": {"addresses": ["10.77.7.0/28"]}}
+    for rules, works in ((documented_rules() + documented_rules("lbd-metallb"), True), (documented_rules(), False)):
+        emu = ApiServerEmulator(tls=True, tokens={"sa-token": USER}, rbac={USER: rules}, bookmark_interval=0.3)
+        emu.load_manifests(MANIFESTS)
+        emu.create(pool)
+        await emu.start()
+        r = Runner(emu, write_kubeconfig(tmp_path / "kc", emu.url, "sa-token", emu.ca_pem), metallb_resources=True)
+        r.source.context.apply_config = apply
+        r.source.context.pools_select_namespaces = lambda: True
+        r.start()
+        try:
+            if works:
+                await r.until(lambda: bool(r.snapshots) and r.source.namespace_informer is not None
+                              and r.source.namespace_informer.synced)
+                assert [o["metadata"]["name"] for o in applied[-1]] == ["lan"]
+                assert emu.denied == [] and r.error is None
+            else:
+                await r.until(lambda: r.error is not None)
+                assert (f'User "{USER}" cannot list resource "ipaddresspools" in API group "metallb.io" '
+                        'in the namespace "metallb-system"') in r.error
+                await asyncio.sleep(0.5)
+                assert r.snapshots == []
+        finally:
+            await r.stop()
+            await emu.stop()
