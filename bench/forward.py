@@ -97,7 +97,8 @@ import asyncio, ipaddress, json, sys, time
 from dataclasses import replace
 from lbd.forward import ruleset, transaction
 from lbd.forward.forwarder import Forwarder
-from lbd.model import Allocation, Backend, ForwardingConfig, PortSpec, ServiceSpec
+from lbd.config.schema import ForwardingConfig
+from lbd.model import Allocation, Backend, PortSpec, ServiceSpec
 n, services_n, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 per = n // services_n
 base = int(ipaddress.IPv4Address("10.88.0.0"))
