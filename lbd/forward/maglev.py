@@ -111,16 +111,34 @@ def build(weights: Mapping[str, int] | Sequence[str], size: int = DEFAULT_TABLE_
         if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
             raise MaglevError(f"backend {name!r}: the weight {weight!r} must be a non-negative integer")
     names = tuple(sorted(n for n, w in weights.items() if w > 0))
-    if not names:
-        return MaglevTable((), ())
     if len(names) > size:
         raise MaglevError(f"{len(names)} backends do not fit a table of {size} entries")
-    w = [weights[n] for n in names]
-    params = [permutation_params(n, size) for n in names]
+    return build_sorted(names, tuple(weights[n] for n in names), size)
+
+
+def build_sorted(names: tuple[str, ...], weights: tuple[int, ...], size: int) -> MaglevTable:
+    """``build`` for callers that hold their backends already sorted by name (unique), with a
+    weight for each (valid: non-negative integers, ``size`` a prime, at most ``size``
+    backends of weight > 0), in the same order: the same table, without sorting or checking
+    again. The permutation parameters are kept per ``names``, so a caller asking again
+    with the same names (the same tuple) and other weights skips that work too."""
+    offsets, skips = _params_of(names, size)
+    if 0 in weights:  # only the backends of weight > 0 play; C-level selection, order kept
+        names = tuple(itertools.compress(names, weights))
+        offsets = tuple(itertools.compress(offsets, weights))
+        skips = tuple(itertools.compress(skips, weights))
+        weights = tuple(itertools.compress(weights, weights))
+    if not names:
+        return MaglevTable((), ())
     entries = [0] * size
-    turns = _turns(w)
-    _populate(turns, [offset for offset, _ in params], [skip for _, skip in params], entries, size)
+    _populate(_turns(list(weights)), list(offsets), list(skips), entries, size)
     return MaglevTable(names, tuple(entries))
+
+
+@functools.lru_cache(maxsize=64)
+def _params_of(names: tuple[str, ...], size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    params = [permutation_params(n, size) for n in names]
+    return tuple(offset for offset, _ in params), tuple(skip for _, skip in params)
 
 
 # Below this many empty entries the population switches from walking a backend's preference
@@ -173,8 +191,11 @@ def _populate(turns: Iterator[list[int]], pos: list[int], steps: list[int], entr
     at = 0
     while walks:
         order = next(turns)
-        at = 0
-        for i in order:
+        # A whole round at a time, or the part of the last one that still walks: no counter
+        # to check on every turn (this loop is most of a build).
+        at = min(len(order), walks)
+        walks -= at
+        for i in order[:at] if at < len(order) else order:
             c, skip = pos[i], steps[i]
             while not free[c]:
                 c += skip
@@ -184,10 +205,6 @@ def _populate(turns: Iterator[list[int]], pos: list[int], steps: list[int], entr
             entries[c] = i
             c += skip
             pos[i] = c - size if c >= size else c
-            at += 1
-            walks -= 1
-            if not walks:
-                break
     empty = list(itertools.compress(range(size), free))
     while empty:
         for i in order[at:]:
