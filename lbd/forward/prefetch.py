@@ -46,7 +46,10 @@ class TablePrefetcher:
             if current is None:
                 return
             try:
-                self.built += await asyncio.to_thread(prefetch, current, services, self._ahead)
+                built = await asyncio.to_thread(prefetch, current, services, self._ahead)
+                self.built += built
+                if built:
+                    log.info("forward_tables_prefetched", services=sorted(services), tables=built)
             except Exception:  # noqa: BLE001 - only an optimisation: the pass computes what it needs anyway
                 log.exception("forward_prefetch_failed")
 
