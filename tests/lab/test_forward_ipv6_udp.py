@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from lbd.testing.forward_lab import (
-    BACKENDS, BACKENDS6, CLIENT, CLIENT6, VIP, VIP6, backend_entries, backend_rows, build, node_config, vip_holder,
+    BACKENDS, BACKENDS6, CLIENT, CLIENT6, NODE_BACK6, VIP, VIP6, backend_entries, backend_rows, build, node_config, vip_holder,
     wait_healthy,
 )
 from lbd.testing.netlab import wait_for
@@ -39,6 +39,17 @@ def test_nat_ipv6_spreads_over_backends_and_a_dead_one_is_out(lab, tmp_path):
                          for r in backend_rows(lbd)), 10, interval=0.05, what="b1 out of the table")
     after = fl.spread(40, vip=VIP6)
     assert after["errors"] == 0 and set(after["names"]) == {"b2", "b3"}, after
+
+
+def test_nat_ipv6_with_snat_for_backends_that_do_not_route_back(lab, tmp_path):
+    backends = backend_entries({"b1": 1, "b2": 1, "b3": 1}, 8080, BACKENDS6)
+    cfg = node_config("n1", backends=backends, vip=VIP6, snat=True, extra=SMALL_TABLE)
+    fl = build(lab, tmp_path, nodes=("n1",), route="none", port=8080, configs={"n1": cfg}, ipv6=True)
+    wait_healthy(fl.lbd["n1"], 3)
+    wait_for(lambda: vip_holder(fl, VIP6) == "n1", 15, what="n1 to hold the IPv6 VIP")
+    result = fl.spread(60, vip=VIP6)
+    assert result["errors"] == 0 and set(result["names"]) == {"b1", "b2", "b3"}, result
+    assert set(result["peers"]) == {NODE_BACK6["n1"]}, result  # masqueraded to the node's address
 
 
 @pytest.mark.parametrize("family", [4, 6])
