@@ -146,7 +146,7 @@ async def main():
     # runs an interval before the change, not on the change's way to the kernel.
     t = time.perf_counter()
     built = ruleset.prefetch(f.desired, {target}, lambda s, b: False if b == victim else None)
-    out["prefetch_before_the_failure"] = {"seconds": round(time.perf_counter() - t, 4), "tables": built}
+    out["prefetch_before_the_failure"] = {"seconds": round(time.perf_counter() - t, 4), "tables": sum(built.values())}
     down.add(victim); versions[target] += 1; await step("one_backend_fails")
     down.clear(); versions[target] += 1; await step("it_comes_back")
     # A failure nobody saw coming (fall = 1, or several backends at once): no table ahead.

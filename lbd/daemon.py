@@ -583,6 +583,8 @@ class Daemon:
             previous=self.forwarder.desired, versions=checks.version)
         try:
             await self.forwarder.apply(want)
+            if self.table_prefetch is not None:
+                self.table_prefetch.applied()
             if self.config.metrics.listen:  # for Prometheus; lbd-ctl status reads afresh
                 await self.forwarder.refresh_counters(max_age=30.0)
         except Exception:  # noqa: BLE001 - announcing must go on; status shows the error, a later pass retries

@@ -30,6 +30,7 @@ class TablePrefetcher:
         self._current = current  # the forwarder's last desired state
         self._ahead = ahead  # (service, backend) -> the health one more like result gives it, or None
         self._pending: set[str] = set()
+        self._wavering: set[str] = set()  # services with a backend near a flip at the last build
         self._task: asyncio.Task[None] | None = None
         self.built = 0  # tables built ahead so far (tests, debugging)
 
@@ -39,6 +40,13 @@ class TablePrefetcher:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="forward-prefetch")
 
+    def applied(self) -> None:
+        """A pass applied a new desired state: the tables built ahead were for the sets of the
+        one before. Build again for the services whose backends still waver (a second backend
+        of the port failing after the first one: its table is then the set without both)."""
+        for service in self._wavering:
+            self.near_flip(service)
+
     async def _run(self) -> None:
         while self._pending:
             current = self._current()
@@ -47,9 +55,10 @@ class TablePrefetcher:
                 return
             try:
                 built = await asyncio.to_thread(prefetch, current, services, self._ahead)
-                self.built += built
+                self._wavering = (self._wavering - services) | set(built)
+                self.built += sum(built.values())
                 if built:
-                    log.info("forward_tables_prefetched", services=sorted(services), tables=built)
+                    log.info("forward_tables_prefetched", services=sorted(built), tables=sum(built.values()))
             except Exception:  # noqa: BLE001 - only an optimisation: the pass computes what it needs anyway
                 log.exception("forward_prefetch_failed")
 

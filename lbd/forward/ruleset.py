@@ -271,10 +271,12 @@ def desired(
 PREFETCH_PER_PORT = 4  # tables built ahead per VIP port and call: bounded when many backends waver at once
 
 
-def prefetch(current: Desired, services: Collection[str], ahead: Callable[[str, Backend], bool | None]) -> int:
+def prefetch(current: Desired, services: Collection[str],
+             ahead: Callable[[str, Backend], bool | None]) -> dict[str, int]:
     """Build, before it is needed, the table of each VIP port of ``services`` as it will be
     when one backend flips (``ahead(service, backend)``: the health it is one check result
-    away from, or None); returns how many were built.
+    away from, or None); returns how many were built (or found built) per service, for the
+    services where a backend is near a flip.
 
     ``desired`` finds them in its table caches when the flip comes (the table is the same
     function of the backend set whenever it is computed: nothing here depends on history).
@@ -283,7 +285,7 @@ def prefetch(current: Desired, services: Collection[str], ahead: Callable[[str, 
     does not wait for a whole Maglev table. Meant for a worker thread: it reads ``current``
     and the groups and only fills the caches (``_port`` does not touch ``group.last``).
     """
-    built = 0
+    built: dict[str, int] = {}
     for name, group, oks, _table in list(current.view_source):
         if name not in services:
             continue
@@ -292,7 +294,7 @@ def prefetch(current: Desired, services: Collection[str], ahead: Callable[[str, 
         drained = tuple([current.weights.get((name, m.endpoint), 1) for m in group.drained])
         for k, health in flips[:PREFETCH_PER_PORT]:
             _port(group, oks[:k] + (health,) + oks[k + 1:], drained, group.base.size)
-            built += 1
+            built[name] = built.get(name, 0) + 1
     return built
 
 

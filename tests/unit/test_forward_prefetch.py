@@ -97,7 +97,7 @@ def test_the_flip_finds_its_tables_built_ahead(setup, builds) -> None:
     builds.clear()
     ahead = {"10.88.1.11": False}
     built = prefetch(before, {"static/web"}, lambda s, b: ahead.get(str(b.address)))
-    assert built == 2  # each of web's two ports (the same table: built once, cached)
+    assert built == {"static/web": 2}  # each of web's two ports (the same table: built once, cached)
     assert builds == [("10.88.1.10:8080", "10.88.1.12:8080")]
     builds.clear()
 
@@ -115,9 +115,9 @@ def test_prefetch_skips_what_cannot_flip_and_other_services(setup, builds) -> No
     before = desired(services, allocations, lambda s, b: True, cfg.forwarding, IFS)
     builds.clear()
     # No backend near a flip, a "flip" to the health it already has, another service's backend.
-    assert prefetch(before, {"static/web"}, lambda s, b: None) == 0
-    assert prefetch(before, {"static/web"}, lambda s, b: True) == 0
-    assert prefetch(before, {"static/other"}, lambda s, b: False if str(b.address) == "10.88.1.11" else None) == 0
+    assert prefetch(before, {"static/web"}, lambda s, b: None) == {}
+    assert prefetch(before, {"static/web"}, lambda s, b: True) == {}
+    assert prefetch(before, {"static/other"}, lambda s, b: False if str(b.address) == "10.88.1.11" else None) == {}
     assert builds == []
 
 
@@ -147,4 +147,48 @@ async def test_prefetcher_builds_in_a_worker_thread(setup, builds) -> None:
         assert loop_thread and not any(loop_thread)  # never on the event loop's thread
     finally:
         module.prefetch = real  # type: ignore[assignment]
+        await prefetcher.close()
+
+
+async def test_a_second_failure_has_its_table_built_after_the_first_is_applied(setup, builds) -> None:
+    """b1 and b2 both near a fall; b1 falls first. The table built ahead for b2 was "all but
+    b2"; once the pass for b1 is applied, the one "all but b1 and b2" is built ahead too."""
+    cfg, services, allocations = setup
+    down: set[str] = set()
+    near = {"10.88.1.10": False, "10.88.1.11": False}
+
+    def healthy(service, backend):  # type: ignore[no-untyped-def]
+        return str(backend.address) not in down
+
+    state = {"current": desired(services, allocations, healthy, cfg.forwarding, IFS)}
+    prefetcher = TablePrefetcher(lambda: state["current"],
+                                 lambda s, b: None if str(b.address) in down else near.get(str(b.address)))
+
+    async def settled(count: int) -> None:
+        for _ in range(300):
+            if prefetcher.built >= count and (prefetcher._task is None or prefetcher._task.done()):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(prefetcher.built)
+
+    try:
+        builds.clear()
+        prefetcher.near_flip("static/web")
+        await settled(4)  # two ports x (all but b1, all but b2)
+        assert sorted(builds) == [("10.88.1.10:8080", "10.88.1.12:8080"), ("10.88.1.11:8080", "10.88.1.12:8080")]
+        down.add("10.88.1.10")  # b1 falls: the pass finds its table, and is applied
+        builds.clear()
+        state["current"] = desired(services, allocations, healthy, cfg.forwarding, IFS, previous=state["current"])
+        assert builds == []
+        prefetcher.applied()
+        await settled(6)
+        assert builds == [("10.88.1.12:8080",)]  # all but b1 and b2, before b2 falls
+        down.add("10.88.1.11")
+        builds.clear()
+        desired(services, allocations, healthy, cfg.forwarding, IFS, previous=state["current"])
+        assert builds == []
+        prefetcher.applied()  # nobody wavers any more: nothing to build
+        await asyncio.sleep(0.05)
+        assert prefetcher._wavering == set() and builds == []
+    finally:
         await prefetcher.close()
