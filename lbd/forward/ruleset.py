@@ -469,11 +469,15 @@ def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: Fo
     # A changed spec (a weight, a backend added): the backends it still shares with the last one,
     # by identity (``dataclasses.replace`` and the sources keep them), are not worked out again.
     reuse: dict[int, _Member] = {}
+    # The sorted endpoints of each last group, by their set: a weight change keeps the set, and
+    # sorting 10,000 names again would be a good part of the pass.
+    sorted_names: dict[frozenset[str], tuple[str, ...]] = {}
     if cached is not None and cached[1] == inputs and (cached[0].forward, cached[0].snat) == (spec.forward, spec.snat):
         reuse = {id(m.backend): m for g in cached[2] for m in g.members}
+        sorted_names = {frozenset(g.names): g.names for g in cached[2]}
     groups: list[_Group] = []
     for port in spec.ports:
-        members = [b for b in spec.backends if b.port == port]
+        members = [b for b in spec.backends if b.port is port or b.port == port]  # ``is``: no dataclass __eq__
         if not members:
             continue
         for vip in allocation.addresses:
@@ -485,7 +489,7 @@ def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: Fo
                 port_device = devices_here[0] if devices_here else None
             group_members = tuple(
                 m if (m := reuse.get(id(b))) is not None and m.backend is b and m.port_device == port_device
-                and m.target.port == b.target_port and m.port == port
+                and m.target.port == b.target_port and (m.port is port or m.port == port)
                 else _member(name, spec.forward, spec.snat, port, b, devices.get(b), port_device)
                 for b in fitting)
             base = PortForward(
@@ -494,7 +498,8 @@ def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: Fo
                 mode=spec.forward, size=forwarding.table_size, seed=forwarding.seed, device=port_device,
             )
             chain_of = {m.endpoint: m.target.name for m in group_members if not m.note}
-            names = tuple(sorted({m.endpoint for m in group_members}))
+            endpoints = frozenset([m.endpoint for m in group_members])
+            names = sorted_names.get(endpoints) or tuple(sorted(endpoints))
             groups.append(_Group(base=base, port_text=str(port), members=group_members,
                                  names=names, ids=tuple(chain_of.get(n, "") for n in names),
                                  chain_of=chain_of,
