@@ -14,8 +14,12 @@ Sections (each in its own ``lbd.testing.forward_lab`` lab: client, lbd nodes, th
    back, and changing weight. Reports for each change the end-to-end time
    (from the change entering the forwarder, i.e. the desired state computed
    from services and health, to the kernel having committed it) and the
-   kernel part (libnftables + commit). Driven directly rather than through a
-   daemon: 10,000 live health-checked backends do not fit this machine.
+   kernel part (libnftables + commit). A failure announced by a first failed
+   check (fall = 2, the default) has its table built ahead
+   (``ruleset.prefetch``, timed apart as ``prefetch_before_the_failure``); an
+   unannounced failure and a weight change (a reload) build it on the way.
+   Driven directly rather than through a daemon: 10,000 live health-checked
+   backends do not fit this machine.
 3. ``failover``: two lbd nodes in a cluster, ``--flows`` long-lived TCP
    connections through the VIP exchanging a line every 0.2 s; the VIP's owner
    crashes (link down, SIGKILL); the share of connections that still work
@@ -97,7 +101,8 @@ import asyncio, ipaddress, json, sys, time
 from dataclasses import replace
 from lbd.forward import ruleset, transaction
 from lbd.forward.forwarder import Forwarder
-from lbd.model import Allocation, Backend, ForwardingConfig, PortSpec, ServiceSpec
+from lbd.config.schema import ForwardingConfig
+from lbd.model import Allocation, Backend, PortSpec, ServiceSpec
 n, services_n, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 per = n // services_n
 base = int(ipaddress.IPv4Address("10.88.0.0"))
@@ -136,8 +141,17 @@ async def main():
                                       for o in ops)}
     await step("initial")
     victim = specs[target].backends[1234 % per]
+    # What the daemon does when the victim's first check fails (fall = 2): the table after
+    # the flip is built ahead in a worker thread (lbd.forward.prefetch). Timed on its own: it
+    # runs an interval before the change, not on the change's way to the kernel.
+    t = time.perf_counter()
+    built = ruleset.prefetch(f.desired, {target}, lambda s, b: False if b == victim else None)
+    out["prefetch_before_the_failure"] = {"seconds": round(time.perf_counter() - t, 4), "tables": sum(built.values())}
     down.add(victim); versions[target] += 1; await step("one_backend_fails")
     down.clear(); versions[target] += 1; await step("it_comes_back")
+    # A failure nobody saw coming (fall = 1, or several backends at once): no table ahead.
+    down.add(specs[target].backends[4321 % per]); versions[target] += 1; await step("unannounced_failure")
+    down.clear(); versions[target] += 1; await step("it_comes_back_too")
     specs[target] = replace(specs[target], backends=tuple(
         b if i != 77 % per else replace(b, weight=3) for i, b in enumerate(specs[target].backends)))
     await step("weight_change")

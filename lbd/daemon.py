@@ -35,8 +35,8 @@ from lbd.l2.announcer import L2Announcer
 from lbd.liveconfig import merged_config
 from lbd.metallb.live import ClusterDocument, attribute, changed_resources, cluster_document
 from lbd.config.schema import Config
-from lbd.model import (Allocation, BgpRoute, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec,
-                       VipDecision)
+from lbd.model import (Allocation, Backend, BgpRoute, ExportRoute, Family, IPAddress, Member, MemberState, Plan,
+                       ServiceSpec, VipDecision)
 from lbd.planner import PlannerInput, held_vips
 from lbd.planner.incremental import FULL_PASS_INTERVAL, IncrementalPlanner
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from lbd.kernel.routes import RouteExporter
     from lbd.forward.forwarder import Forwarder
     from lbd.forward.health import BackendChecker
+    from lbd.forward.prefetch import TablePrefetcher
     from lbd.health import HealthChecker
     from lbd.kernel.interfaces import LocalInterface
     from lbd.metrics_server import MetricsServer
@@ -223,6 +224,7 @@ class Daemon:
         self.health: HealthChecker | None = None  # when a service has a health check
         self.forwarder: Forwarder | None = None  # once a service has backends
         self.backend_checks: BackendChecker | None = None  # likewise
+        self.table_prefetch: TablePrefetcher | None = None  # likewise
         self.coordinator: Coordinator = coordinator or LocalCoordinator(config.node.name)
         self.coordinator.restore(self.allocations, self.extra_state)
         # Live mode (a kubernetes source with metallb_resources = true): MetalLB's resources as
@@ -577,25 +579,38 @@ class Daemon:
         from lbd.forward.forwarder import Forwarder
         from lbd.forward.health import BackendChecker
         from lbd.forward.metrics import COLLECTOR
+        from lbd.forward.prefetch import TablePrefetcher
         from lbd.forward.ruleset import desired, to_withdraw
 
-        if self.backend_checks is None:
-            self.backend_checks = BackendChecker(on_change=self.trigger)
         if self.forwarder is None:
             self.forwarder = Forwarder()
             COLLECTOR.forwarder = self.forwarder
-        self.backend_checks.set_services(forwarded)
-        want = desired(forwarded, self.allocations, lambda s, b: self.backend_checks.healthy(forwarded[s], b),
-                       self.config.forwarding, {i.name: i.networks for i in interfaces if i.up},
-                       previous=self.forwarder.desired, versions=self.backend_checks.version)
+        if self.backend_checks is None:
+            forwarder = self.forwarder
+            self.table_prefetch = TablePrefetcher(lambda: forwarder.desired, self._backend_ahead)
+            self.backend_checks = BackendChecker(on_change=self.trigger, on_near_flip=self.table_prefetch.near_flip)
+        checks = self.backend_checks
+        checks.set_services(forwarded)
+        # In a worker thread: at 10,000 backends a changed Maglev table is tens of ms of Python,
+        # which must not hold up the event loop (gossip, BGP and BFD timers).
+        want = await asyncio.to_thread(
+            desired, forwarded, self.allocations, lambda s, b: checks.healthy(forwarded[s], b),
+            self.config.forwarding, {i.name: i.networks for i in interfaces if i.up},
+            previous=self.forwarder.desired, versions=checks.version)
         try:
             await self.forwarder.apply(want)
+            if self.table_prefetch is not None:
+                self.table_prefetch.applied()
             if self.config.metrics.listen:  # for Prometheus; lbd-ctl status reads afresh
                 await self.forwarder.refresh_counters(max_age=30.0)
         except Exception:  # noqa: BLE001 - announcing must go on; status shows the error, a later pass retries
             log.exception("forward_failed")
             asyncio.get_running_loop().call_later(1.0, self.trigger)
         return to_withdraw(want, forwarded)
+
+    def _backend_ahead(self, service: str, backend: Backend) -> bool | None:
+        spec, checks = self.services.get(service), self.backend_checks
+        return None if spec is None or checks is None else checks.ahead(spec, backend)
 
     async def _configure_bgp(self) -> None:
         # Only the peers whose node selector picks this node open a session from it.
@@ -975,6 +990,9 @@ class Daemon:
             await self.exporter.close(keep_tables=(RT_TABLE_LOCAL,) if self._restarting and not clustered else ())
         if self.health is not None:
             await self.health.close()
+        prefetcher: TablePrefetcher | None = getattr(self, "table_prefetch", None)  # (tests: no __init__)
+        if prefetcher is not None:
+            await prefetcher.close()
         if self.backend_checks is not None:
             await self.backend_checks.close()
         if self.forwarder is not None and not self._restarting:

@@ -70,8 +70,11 @@ class BackendChecker:
     """Level-triggered like ``lbd.health.HealthChecker``: ``set_services()`` converges the checks."""
 
     def __init__(self, on_change: Callable[[], None] | None = None, *, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, on_near_flip: Callable[[str], None] | None = None) -> None:
         self._on_change = on_change
+        # Called with the service when one of its backends is one result away from flipping
+        # (``ahead``): the forwarder works out the table it will need then, beforehand.
+        self._on_near_flip = on_near_flip
         self._clock = clock
         self._rng = rng or random.Random()
         self._entries: dict[Key, _Entry] = {}
@@ -124,6 +127,13 @@ class BackendChecker:
         entry = self._entries.get(check_for(spec, backend)[0])
         return None if entry is None else entry.state.healthy
 
+    def ahead(self, spec: ServiceSpec, backend: Backend) -> bool | None:
+        """The health ``backend`` will have if its next result is like its last one, when that
+        result flips it (up with ``fall - 1`` failures in a row: False; not up with ``rise - 1``
+        successes: True); None when the next result cannot flip it."""
+        entry = self._entries.get(check_for(spec, backend)[0])
+        return None if entry is None else near_flip(entry.state)
+
     def status(self, key: Key) -> dict[str, object]:
         entry = self._entries.get(key)
         if entry is None:
@@ -175,4 +185,14 @@ class BackendChecker:
                          detail=result.detail)
                 if self._on_change is not None:
                     self._on_change()
+            elif self._on_near_flip is not None and near_flip(entry.state) is not None:
+                self._on_near_flip(key[0])  # once a run: near_flip holds at one count only
             delay = next_delay(config.interval, duration, self._rng.random())
+
+
+def near_flip(state: HealthState) -> bool | None:
+    """The health ``state`` takes if its next result is like its last one and that flips it;
+    None when it does not (``BackendChecker.ahead``)."""
+    if state.healthy:
+        return False if state.failures and state.failures == state.fall - 1 else None
+    return True if state.successes and state.successes == state.rise - 1 else None

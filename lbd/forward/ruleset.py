@@ -42,9 +42,10 @@ import dataclasses
 import functools
 import hashlib
 import ipaddress
+import itertools
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from lbd.forward import maglev
 from lbd.config.schema import ForwardingConfig
@@ -267,6 +268,36 @@ def desired(
     return out.desired(interfaces)
 
 
+PREFETCH_PER_PORT = 4  # tables built ahead per VIP port and call: bounded when many backends waver at once
+
+
+def prefetch(current: Desired, services: Collection[str],
+             ahead: Callable[[str, Backend], bool | None]) -> dict[str, int]:
+    """Build, before it is needed, the table of each VIP port of ``services`` as it will be
+    when one backend flips (``ahead(service, backend)``: the health it is one check result
+    away from, or None); returns how many were built (or found built) per service, for the
+    services where a backend is near a flip.
+
+    ``desired`` finds them in its table caches when the flip comes (the table is the same
+    function of the backend set whenever it is computed: nothing here depends on history).
+    A backend's check needs ``fall`` failures in a row to take it out (2 by default, an
+    ``interval`` apart), so this runs an interval before the change and the change itself
+    does not wait for a whole Maglev table. Meant for a worker thread: it reads ``current``
+    and the groups and only fills the caches (``_port`` does not touch ``group.last``).
+    """
+    built: dict[str, int] = {}
+    for name, group, oks, _table in list(current.view_source):
+        if name not in services:
+            continue
+        flips = [(k, health) for k, m in enumerate(group.members)
+                 if oks[k] is not None and (health := ahead(name, m.backend)) is not None and health != oks[k]]
+        drained = tuple([current.weights.get((name, m.endpoint), 1) for m in group.drained])
+        for k, health in flips[:PREFETCH_PER_PORT]:
+            _port(group, oks[:k] + (health,) + oks[k + 1:], drained, group.base.size)
+            built[name] = built.get(name, 0) + 1
+    return built
+
+
 def _group_health(name: str, group: "_Group", healthy: Callable[[str, Backend], bool | None],
                   version: object) -> tuple[bool | None, ...]:
     """The health of each member of one VIP port: the last answer again while the service's
@@ -343,14 +374,31 @@ def _port(group: "_Group", oks: tuple[bool | None, ...], drained: tuple[int, ...
         # its previous weight in the established-flow table.
         held[endpoint] = (b.weight if b.weight > 0 else kept_of[endpoint]) if usable else 0
         up += usable
-    chain_of = group.chain_of
-    table = _table(tuple(sorted(weights.items())), size)
-    pf = dataclasses.replace(group.base, buckets=_bucket_ids(table, tuple(chain_of.get(n, "") for n in table.backends)))
+    table, ids = _port_table(group, weights, size)
+    pf = dataclasses.replace(group.base, buckets=_bucket_ids(table, ids))
     if pf.split:
-        etable = _table(tuple(sorted(held.items())), size)
-        pf = dataclasses.replace(pf, established=_bucket_ids(
-            etable, tuple(chain_of.get(n, "") for n in etable.backends)))
+        etable, eids = _port_table(group, held, size)
+        pf = dataclasses.replace(pf, established=_bucket_ids(etable, eids))
     return pf, up, table
+
+
+def _port_table(group: "_Group", weights: dict[str, int], size: int) -> tuple[maglev.MaglevTable, tuple[str, ...]]:
+    """The Maglev table of one VIP port for these weights (endpoint -> weight), and the
+    backend id of each of its backends. The group keeps its endpoints sorted once, so a
+    pass neither sorts nor re-hashes 10,000 names (``maglev.build_sorted``)."""
+    names = group.names
+    if len(names) == len(weights):  # one weight per distinct endpoint: the usual case
+        w = tuple(map(weights.__getitem__, names))
+        table = _table_sorted(names, w, size)
+        return table, tuple(itertools.compress(group.ids, w)) if 0 in w else group.ids
+    table = _table(tuple(sorted(weights.items())), size)
+    chain_of = group.chain_of
+    return table, tuple(chain_of.get(n, "") for n in table.backends)
+
+
+@functools.lru_cache(maxsize=256)
+def _table_sorted(names: tuple[str, ...], weights: tuple[int, ...], size: int) -> maglev.MaglevTable:
+    return maglev.build_sorted(names, weights, size)
 
 
 @dataclass(frozen=True)
@@ -378,6 +426,8 @@ class _Group:
     drained: tuple[_Member, ...]  # weight 0: their previous weight is an input
     weights: dict[tuple[str, str], int]  # (service, endpoint) -> weight, the others
     snat: frozenset[tuple[int, str, str, int]]  # nat with snat: (family, address, protocol, port)
+    names: tuple[str, ...] = ()  # the members' distinct endpoints, sorted (the Maglev order)
+    ids: tuple[str, ...] = ()  # the backend id of each of ``names`` ("" for one that cannot be in a table)
     # The last result: ((health, drained weights), port, backends up, table). A pass where
     # neither changed reuses it.
     last: tuple[Any, PortForward, int, maglev.MaglevTable] | None = None
@@ -419,11 +469,15 @@ def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: Fo
     # A changed spec (a weight, a backend added): the backends it still shares with the last one,
     # by identity (``dataclasses.replace`` and the sources keep them), are not worked out again.
     reuse: dict[int, _Member] = {}
+    # The sorted endpoints of each last group, by their set: a weight change keeps the set, and
+    # sorting 10,000 names again would be a good part of the pass.
+    sorted_names: dict[frozenset[str], tuple[str, ...]] = {}
     if cached is not None and cached[1] == inputs and (cached[0].forward, cached[0].snat) == (spec.forward, spec.snat):
         reuse = {id(m.backend): m for g in cached[2] for m in g.members}
+        sorted_names = {frozenset(g.names): g.names for g in cached[2]}
     groups: list[_Group] = []
     for port in spec.ports:
-        members = [b for b in spec.backends if b.port == port]
+        members = [b for b in spec.backends if b.port is port or b.port == port]  # ``is``: no dataclass __eq__
         if not members:
             continue
         for vip in allocation.addresses:
@@ -435,7 +489,7 @@ def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: Fo
                 port_device = devices_here[0] if devices_here else None
             group_members = tuple(
                 m if (m := reuse.get(id(b))) is not None and m.backend is b and m.port_device == port_device
-                and m.target.port == b.target_port and m.port == port
+                and m.target.port == b.target_port and (m.port is port or m.port == port)
                 else _member(name, spec.forward, spec.snat, port, b, devices.get(b), port_device)
                 for b in fitting)
             base = PortForward(
@@ -443,8 +497,12 @@ def _groups(name: str, spec: ServiceSpec, allocation: Allocation, forwarding: Fo
                 service=name, vip=str(vip), family=vip.version, protocol=port.protocol, port=port.port,
                 mode=spec.forward, size=forwarding.table_size, seed=forwarding.seed, device=port_device,
             )
+            chain_of = {m.endpoint: m.target.name for m in group_members if not m.note}
+            endpoints = frozenset([m.endpoint for m in group_members])
+            names = sorted_names.get(endpoints) or tuple(sorted(endpoints))
             groups.append(_Group(base=base, port_text=str(port), members=group_members,
-                                 chain_of={m.endpoint: m.target.name for m in group_members if not m.note},
+                                 names=names, ids=tuple(chain_of.get(n, "") for n in names),
+                                 chain_of=chain_of,
                                  targets={m.target.name: m.target for m in group_members if not m.note},
                                  drained=tuple(m for m in group_members if m.backend.weight == 0),
                                  weights={(name, m.endpoint): m.backend.weight for m in group_members

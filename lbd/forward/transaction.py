@@ -101,7 +101,9 @@ def _elements(ids: Sequence[str], buckets: Sequence[int], targets: Mapping[str, 
 def map_declaration(p: PortForward, name: str | None = None) -> str:
     """nft syntax for a port's map ``name`` (default: its new-flow map; see ``prepare_text``)."""
     ip = _ipname(p.family)
-    data = f"{ip} daddr" if p.mode == "dsr" else f"{ip} daddr . tcp dport"
+    # The data's typeof names the port's own protocol: nft derives a protocol dependency from
+    # it, and a "tcp dport" map in a udp port's dnat is refused ("conflicting protocols").
+    data = f"{ip} daddr" if p.mode == "dsr" else f"{ip} daddr . {p.protocol} dport"
     return f"add map {p.table_family} {TABLE} {name or p.map} {{ typeof numgen random mod 2 : {data}; counter; }}"
 
 

@@ -95,6 +95,8 @@ def test_killed_backend_is_out_within_its_interval_and_drain_keeps_flows(lab, tm
     assert took < 0.5 * 2 + 0.4 + 2.0  # generous: a loaded machine
     result = fl.spread(60)
     assert result["errors"] == 0 and "b2" not in result["names"] and set(result["names"]) == {"b1", "b3"}, result
+    # b2's first failed check (fall = 2) had the table without it built ahead (lbd.forward.prefetch).
+    assert "forward_tables_prefetched" in lbd.log(), lbd.log()[-3000:]
 
     # Drain b3: hold connections open, some on b3; weight 0 by a reload.
     hold = fl.hold(12, 6.0)

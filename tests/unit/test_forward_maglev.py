@@ -171,3 +171,44 @@ def test_build_equals_the_plain_weighted_population(weights: dict[str, int], siz
     if not any(weights.values()) or sum(1 for w in weights.values() if w) > size:
         return
     assert maglev.build(weights, size) == _reference(weights, size)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.dictionaries(st.text("abcdef0123456789.:", min_size=1, max_size=12), st.integers(min_value=0, max_value=4),
+                       min_size=1, max_size=300),
+       st.sampled_from([257, 1021, 4099]), st.sampled_from([1, 7, 256, 5000]))
+def test_walking_and_asking_the_empty_entries_give_the_same_table(
+        weights: dict[str, int], size: int, tail: int) -> None:
+    """``build`` walks preference lists until ``TAIL`` entries are empty, then asks each
+    empty entry how far down a backend's list it is: wherever that switch happens (every
+    entry walked, every entry asked, or in between), the table is the plain population's."""
+    if not any(weights.values()) or sum(1 for w in weights.values() if w) > size:
+        return
+    old = maglev.TAIL
+    maglev.TAIL = tail
+    try:
+        assert maglev.build(weights, size) == _reference(weights, size)
+    finally:
+        maglev.TAIL = old
+
+
+def test_a_large_weighted_table_equals_the_plain_population() -> None:
+    """The benchmark's shape, smaller: many backends, mixed weights, both phases used."""
+    rng = random.Random(14)
+    weights = {f"10.88.{i // 250}.{i % 250 + 1}:8080": rng.choice((0, 1, 1, 1, 2, 5)) for i in range(1500)}
+    assert maglev.build(weights, 16381) == _reference(weights, 16381)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.text("abcdef0123456789.:", min_size=1, max_size=12), st.integers(min_value=0, max_value=5),
+                       min_size=1, max_size=60),
+       st.sampled_from([61, 1021]))
+def test_build_sorted_is_build(weights: dict[str, int], size: int) -> None:
+    """The forwarder's entry point (names sorted once per VIP port, weights in that order,
+    zeros included) gives the table ``build`` gives."""
+    if sum(1 for w in weights.values() if w) > size:
+        return
+    names = tuple(sorted(weights))
+    table = maglev.build_sorted(names, tuple(weights[n] for n in names), size)
+    assert table == build(weights, size)
+    assert table == maglev.build_sorted(names, tuple(weights[n] for n in names), size)  # params cached per names

@@ -422,3 +422,21 @@ def test_health_is_asked_again_only_when_the_service_version_changes(setup) -> N
     assert next(p for p in d2.ruleset.ports if p.service == "static/dsr") is dsr1  # reused as is
     web2 = next(p for p in d2.ruleset.ports if p.service == "static/web")
     assert web2 != next(p for p in d1.ruleset.ports if p.service == "static/web")
+
+
+@pytest.mark.parametrize("protocol", ["udp", "sctp"])
+def test_nat_map_of_a_non_tcp_port_is_typed_by_its_protocol(protocol: str) -> None:
+    """nft refuses a dnat through a map typed ``tcp dport`` in a udp rule ("conflicting
+    protocols specified: udp vs. tcp"): the lab found it; each port's map names its protocol."""
+    cfg = parse_config(CONFIG.replace('ports = ["tcp/80"]', f'ports = ["{protocol}/53"]')
+                       .replace("snat = true\n", ""), Path("/etc/lbd.toml"))
+    services = {s.name: s for s in cfg.services if s.name == "static/web"}
+    allocations = {"static/web": Allocation("static/web", "p", (ipaddress.ip_address("10.77.0.100"),))}
+    d = desired(services, allocations, up_except(), cfg.forwarding, IFS).ruleset
+    prep = prepare_text(None, d)
+    assert f"{{ typeof numgen random mod 2 : ip daddr . {protocol} dport; counter; }}" in prep
+    assert "tcp" not in prep
+    rules = [o["add"]["rule"]["expr"] for o in plan_transaction(None, d) if "add" in o and "rule" in o["add"]]
+    dnat = [r for r in rules if any("dnat" in e for e in r)]
+    assert dnat and all(r[0] == {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": protocol}}
+                        for r in dnat)
