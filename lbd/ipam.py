@@ -129,7 +129,7 @@ def _ports(spec: ServiceSpec) -> frozenset[_Port]:
     return frozenset((p.protocol.lower(), p.port) for p in spec.ports)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Use:
     """Who holds one address; every holder has the same share and backend key."""
 
@@ -210,7 +210,7 @@ def _family_name(family: Family) -> str:
     return "IPv4" if family is Family.IPV4 else "IPv6"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Request:
     spec: ServiceSpec
     families: tuple[Family, ...]

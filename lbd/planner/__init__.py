@@ -64,7 +64,7 @@ def held_vips(intents: Iterable[L2Intent]) -> tuple[str, ...]:
     return tuple(sorted({str(i.vip) for i in intents if i.mode.announced}))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VipOutcome:
     """Every protocol's decision for one VIP on this node, combined."""
 

@@ -29,7 +29,7 @@ class RouteKey(NamedTuple):
     local_pref: int | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BgpPlan:
     """BGP's decision for one VIP on this node."""
 

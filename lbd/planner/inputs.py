@@ -64,7 +64,7 @@ class NodeView:
                             self.pool_labels.get(pool, {}))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VipInput:
     """One allocated VIP as every protocol's planner sees it."""
 
