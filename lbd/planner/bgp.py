@@ -45,24 +45,39 @@ class BgpPlan:
 def plan_bgp(view: NodeView, vip: VipInput) -> BgpPlan | None:
     """The routes this node announces for ``vip``; None when no ``bgp_advertisement``
     covers its pool."""
-    ads = [ad for ad in view.config.bgp_advertisements if view.covers(ad, vip.pool)]
+    ads = _pool_setup(view, vip.pool)
     if not ads:
         return None
     why = refusal(view.me, vip.specs)
     routes: list[tuple[RouteKey, tuple[str, ...]]] = []
     by_address = False
-    for ad in ads if why is None else ():
-        if not matches(ad.node_selector, view.me.labels):
-            continue
-        targets = _selected_peers(view, ad)
+    for ad, targets, communities, large in ads if why is None else ():
         if targets:
-            routes.append((_route_key(vip.vip, ad), targets))
+            routes.append((RouteKey(_prefix(vip.vip, ad), communities, large, ad.local_pref), targets))
             by_address = by_address or ad.accept == "address"
     if routes:
         reason = f"bgp: announced from {view.node}"
     else:
         reason = f"bgp: not announced from {view.node}: {why or 'no advertisement or peer selects this node'}"
-    return BgpPlan(tuple(routes), by_address, reason)
+    return BgpPlan(tuple(routes), by_address, view.shared(reason))
+
+
+_Setup = list[tuple[BgpAdvertisementConfig, tuple[str, ...], tuple[tuple[int, int], ...],
+                    tuple[tuple[int, int, int], ...]]]
+
+
+def _pool_setup(view: NodeView, pool: str) -> _Setup:
+    """The advertisements covering ``pool``, each with the peers it announces to from this node
+    (empty: its node selector or no peer selects this node) and its communities: the same for
+    every VIP of the pool, derived once per view."""
+    key = ("bgp", pool)
+    setup = view.memo.get(key)
+    if setup is None:
+        setup = [(ad, view.shared(_selected_peers(view, ad)) if matches(ad.node_selector, view.me.labels) else (),
+                  _communities(ad), _large(ad))
+                 for ad in view.config.bgp_advertisements if view.covers(ad, pool)]
+        view.memo[key] = setup
+    return setup  # type: ignore[return-value]
 
 
 def merge_routes(plans: Iterable[BgpPlan]) -> tuple[BgpRoute, ...]:
@@ -95,6 +110,20 @@ class RouteMerge:
         self._order: list[tuple[int, int, int, str]] = []  # route_order of every route, sorted
         self._routes: list[BgpRoute] = []  # in that order
         self._dirty: set[RouteKey] = set()
+        # Equal attribute texts and peer tuples shared by every route (memory, issue 9).
+        self._shared: dict[object, object] = {}
+
+    def _order_of(self, key: RouteKey) -> tuple[int, int, int, str]:
+        """``route_order(key)``, its attribute text shared with the routes that have the same."""
+        text = self._shared.get(key[1:])
+        if text is None:
+            text = self._shared[key[1:]] = str(key[1:])
+        prefix = key.prefix
+        return (prefix.version, int(prefix.network_address), prefix.prefixlen, text)  # type: ignore[return-value]
+
+    def _route_of(self, key: RouteKey, targets: Iterable[str]) -> BgpRoute:
+        peers = tuple(sorted(targets))
+        return _route(key, self._shared.setdefault(peers, peers))  # type: ignore[arg-type]
 
     def add(self, plan: BgpPlan) -> None:
         for key, targets in plan.routes:
@@ -116,23 +145,23 @@ class RouteMerge:
 
     def table(self) -> tuple[BgpRoute, ...]:
         if len(self._dirty) * 8 > len(self._order):  # many changed (a full pass): sort once
-            ordered = sorted(((route_order(key), key) for key in self._peers), key=lambda pair: pair[0])
+            ordered = sorted(((self._order_of(key), key) for key in self._peers), key=lambda pair: pair[0])
             self._order = [order for order, _ in ordered]
-            self._routes = [_route(key, self._peers[key]) for _, key in ordered]
+            self._routes = [self._route_of(key, self._peers[key]) for _, key in ordered]
             self._dirty.clear()
         for key in self._dirty:
             counts = self._peers.get(key)
-            order = route_order(key)
+            order = self._order_of(key)
             i = bisect.bisect_left(self._order, order)
             present = i < len(self._order) and self._order[i] == order
             if counts is None:
                 if present:
                     del self._order[i], self._routes[i]
             elif present:
-                self._routes[i] = _route(key, counts)
+                self._routes[i] = self._route_of(key, counts)
             else:
                 self._order.insert(i, order)
-                self._routes.insert(i, _route(key, counts))
+                self._routes.insert(i, self._route_of(key, counts))
         self._dirty.clear()
         return tuple(self._routes)
 
@@ -146,11 +175,10 @@ def _selected_peers(view: NodeView, ad: BgpAdvertisementConfig) -> tuple[str, ..
     )
 
 
-def _route_key(vip: IPAddress, ad: BgpAdvertisementConfig) -> RouteKey:
+def _prefix(vip: IPAddress, ad: BgpAdvertisementConfig) -> IPNetwork:
     length = ad.aggregation_length if vip.version == 4 else ad.aggregation_length_v6
     network = ipaddress.IPv4Network if vip.version == 4 else ipaddress.IPv6Network
-    prefix = network((int(vip), length), strict=False)  # from the integer: no text to parse
-    return RouteKey(prefix, _communities(ad), _large(ad), ad.local_pref)
+    return network((int(vip), length), strict=False)  # from the integer: no text to parse
 
 
 def _communities(ad: BgpAdvertisementConfig) -> tuple[tuple[int, int], ...]:

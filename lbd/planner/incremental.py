@@ -109,7 +109,8 @@ class IncrementalPlanner:
         self._members: dict[str, Member] = {}
         self._allocations: dict[str, Allocation] = {}
         self._services: dict[str, ServiceSpec] = {}
-        self._vip_services: dict[IPAddress, set[str]] = {}  # VIP -> the services allocated it
+        # VIP -> the services allocated it: a tuple (48 bytes for one service; a set is 216)
+        self._vip_services: dict[IPAddress, tuple[str, ...]] = {}
         self._by_text: dict[str, IPAddress] = {}  # str(VIP) -> VIP, for members' holds
         self._outcomes: dict[IPAddress, VipOutcome] = {}
         self._timed: set[IPAddress] = set()
@@ -186,11 +187,13 @@ class IncrementalPlanner:
             for vip in old.addresses if old is not None else ():
                 dirty.add(vip)
                 holders = self._vip_services.get(vip)
-                if holders is not None:
-                    holders.discard(name)
+                if holders is not None and name in holders:
+                    self._vip_services[vip] = tuple(n for n in holders if n != name)
             for vip in new.addresses if new is not None else ():
                 dirty.add(vip)
-                self._vip_services.setdefault(vip, set()).add(name)
+                holders = self._vip_services.get(vip, ())
+                if name not in holders:
+                    self._vip_services[vip] = (*holders, name)
         for vip in dirty:
             if vip in self._vip_services and not self._vip_services[vip]:
                 del self._vip_services[vip]
