@@ -7,6 +7,7 @@ from other files with exactly the same code and messages.
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 from lbd.config.forward import FORWARD_KEYS, parse_forwarding
@@ -109,6 +110,8 @@ def _plain_service(table: dict, file: str, prefix: str) -> ServiceSpec | None:
         if errors.items or len(set(parsed)) != len(parsed):
             return None
         ports = tuple(parsed)  # type: ignore[arg-type]
+    if pool is not None:
+        pool = sys.intern(pool)  # one string for the pool's 100,000 services, not one each
     return ServiceSpec(name=prefix + name, pool=pool, ports=ports, ip_families=_IPV4_ONLY, labels={},
                        **_no_forwarding())
 

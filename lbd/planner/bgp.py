@@ -123,7 +123,9 @@ class RouteMerge:
 
     def _route_of(self, key: RouteKey, targets: Iterable[str]) -> BgpRoute:
         peers = tuple(sorted(targets))
-        return _route(key, self._shared.setdefault(peers, peers))  # type: ignore[arg-type]
+        return BgpRoute(prefix=key.prefix, peers=self._shared.setdefault(peers, peers),  # type: ignore[arg-type]
+                        communities=key.communities, large_communities=key.large_communities,
+                        local_pref=key.local_pref)
 
     def add(self, plan: BgpPlan) -> None:
         for key, targets in plan.routes:
