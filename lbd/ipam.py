@@ -798,6 +798,7 @@ class IncrementalAllocator:
             result = run.sorted_result()
             self._round, self._inputs = run, inputs
             self._ports = {name: req.ports for name, req in run.requests.items() if name in result.allocations}
+            run.requests = {}  # only the round needs them (the increments make their own): 100,000 of them
         self._allocations, self._pending = result.allocations, result.pending
         return result
 
