@@ -91,3 +91,19 @@ def test_a_batched_first_pass_ends_in_the_state_of_one_pass(sequence, first, gro
     assert got.l2 == expected.l2
     assert got.bgp == expected.bgp
     assert got.exports == expected.exports
+
+
+@pytest.mark.parametrize("text", ["10.88.0.1", "0.0.0.0", "255.255.255.255", "fd77::1", "::", "2001:db8::ffff"])
+def test_a_host_route_built_around_its_address_equals_the_constructed_one(text: str) -> None:
+    from lbd.planner.bgp import host_network
+
+    vip = ip(text)
+    built, constructed = host_network(vip), ipaddress.ip_network((int(vip), vip.max_prefixlen))
+    assert type(built) is type(constructed)
+    assert built == constructed and hash(built) == hash(constructed) and {built: 1}[constructed] == 1
+    assert str(built) == str(constructed) and repr(built) == repr(constructed)
+    assert built.prefixlen == constructed.prefixlen and built.netmask == constructed.netmask
+    assert built.network_address == vip and built.broadcast_address == constructed.broadcast_address
+    assert built.num_addresses == 1 and vip in built and built.subnet_of(constructed)
+    assert sorted([constructed, built]) == [constructed, built] or built == constructed
+    assert list(ipaddress.collapse_addresses([built])) == [constructed]
