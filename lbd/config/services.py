@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from lbd.config.forward import FORWARD_KEYS, parse_forwarding
 from lbd.config.health import parse_health_check
@@ -88,6 +89,7 @@ def parse_service_table(table: dict, where: str, file: str) -> tuple[ServiceSpec
 
 _PLAIN_KEYS = frozenset({"name", "pool", "ports"})
 _IPV4_ONLY = (Family.IPV4,)
+_NO_LABELS: Mapping[str, str] = MappingProxyType({})  # read-only: one for every service without labels
 
 
 def _plain_service(table: dict, file: str, prefix: str) -> ServiceSpec | None:
@@ -112,7 +114,7 @@ def _plain_service(table: dict, file: str, prefix: str) -> ServiceSpec | None:
         ports = tuple(parsed)  # type: ignore[arg-type]
     if pool is not None:
         pool = sys.intern(pool)  # one string for the pool's 100,000 services, not one each
-    return ServiceSpec(name=prefix + name, pool=pool, ports=ports, ip_families=_IPV4_ONLY, labels={},
+    return ServiceSpec(name=prefix + name, pool=pool, ports=ports, ip_families=_IPV4_ONLY, labels=_NO_LABELS,
                        **_no_forwarding())
 
 
@@ -150,7 +152,7 @@ def _read_service_table(table: dict, where: str, file: str, prefix: str = "") ->
     health_table = t.table("health_check") if "health_check" in table else None
     if health_table is not None:
         health = parse_health_check(errors, t.at("health_check"), health_table)
-    labels = t.string_map("labels") if "labels" in table else {}
+    labels = t.string_map("labels") if "labels" in table else _NO_LABELS
     namespace = t.name("namespace") if "namespace" in table else None
     eligible_nodes = _eligible_nodes(t)
     if _FORWARD_KEYS.isdisjoint(table):

@@ -27,6 +27,7 @@ in the order of ``inp.allocations``.
 from __future__ import annotations
 
 import bisect
+import ipaddress
 from itertools import chain
 from typing import Generic, Hashable, Iterable, TypeVar
 
@@ -75,6 +76,16 @@ class _Ordered(Generic[V]):
         return self._values
 
 
+def _parse_vip(text: object) -> IPAddress | None:
+    """A VIP named in a member's ``holds``, or None (not an address: gossip is hostile input)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 def _scope(inp: PlannerInput) -> tuple[Hashable, ...]:
     """Everything the planners read from the config (and the node's name): a change re-decides
     every VIP."""
@@ -111,7 +122,6 @@ class IncrementalPlanner:
         self._services: dict[str, ServiceSpec] = {}
         # VIP -> the services allocated it: a tuple (48 bytes for one service; a set is 216)
         self._vip_services: dict[IPAddress, tuple[str, ...]] = {}
-        self._by_text: dict[str, IPAddress] = {}  # str(VIP) -> VIP, for members' holds
         self._outcomes: dict[IPAddress, VipOutcome] = {}
         self._timed: set[IPAddress] = set()
         self._l2: set[IPAddress] = set()  # VIPs an l2_advertisement covers: every member is a candidate
@@ -197,9 +207,6 @@ class IncrementalPlanner:
         for vip in dirty:
             if vip in self._vip_services and not self._vip_services[vip]:
                 del self._vip_services[vip]
-                self._by_text.pop(str(vip), None)
-            elif vip in self._vip_services:
-                self._by_text.setdefault(str(vip), vip)
         self._allocations, self._services = allocations, services
         if not full:
             dirty |= self._member_changes(inp.members)
@@ -214,8 +221,10 @@ class IncrementalPlanner:
                 continue
             if before.holds != member.holds:
                 for text in set(before.holds).symmetric_difference(member.holds):
-                    vip = self._by_text.get(text)
-                    if vip is not None:
+                    # Parsed here, for the few that changed: an index of every VIP's text cost
+                    # a string per VIP and str() of each in a full pass (issue 9).
+                    vip = _parse_vip(text)
+                    if vip is not None and vip in self._vip_services:
                         dirty.add(vip)
             if before.failing != member.failing:
                 for name in before.failing.symmetric_difference(member.failing):
