@@ -514,6 +514,10 @@ def bgp_run(lab: Lab, n: int, source: str, churn: int, timeout: float, scratch: 
         established = router_established(router, proto)
         if wall_all is not None and established is not None:
             result.established_to_all = wall_all - established
+        if result.start_to_all is not None:
+            # The peak of the whole first pass (status, metrics and hooks follow the routes):
+            # wait for the daemon's "ready" line (bounded) before reading VmHWM again below.
+            wait_until(lambda: '"ready"' in lbd.log() or not lbd.running(), 120)
         if result.start_to_all is not None and churn and source == "directory":
             result.churn_ms, result.churn_failed = bgp_churn(bird, proto, dropins, n, churn, churn_budget)
         if result.start_to_all is not None:

@@ -462,9 +462,11 @@ class Daemon:
     def results(self) -> dict[str, ServiceResult]:
         owners: dict[str, list[str]] = {}
         for decision in self.plan.decisions:
+            if not decision.owner:
+                continue  # (BGP VIPs have none: no list per service for nothing, 100,000 at start-up)
             for service in decision.services:
                 nodes = owners.setdefault(service, [])
-                if decision.owner and decision.owner not in nodes:
+                if decision.owner not in nodes:
                     nodes.append(decision.owner)
         out: dict[str, ServiceResult] = {}
         for name in self.services:

@@ -244,6 +244,7 @@ class IncrementalPlanner:
             inputs = vip_input(vip, [self._allocations[n] for n in names], self._services)
             outcome = decide_vip(view, inputs)
             self._outcomes[vip] = outcome
+            self._vip_services[vip] = inputs.services  # the same names, sorted: one tuple with the decision's
         if outcome is None:
             for ordered in (self._decisions, self._announced, self._local_binds, self._exports):
                 ordered.discard(key)
