@@ -10,8 +10,9 @@ control socket, kernel address notifications, packets on the wire.
 - ``bgp``: N services in one BGP pool (default 10,000 and 100,000), as static
   ``[[service]]`` tables in the config file and as ``directory`` source drop-in
   files. Start -> first route and -> all N routes at the router, the router's
-  Established -> all, the daemon's peak RSS (VmHWM) and CPU seconds (utime +
-  stime) at that moment. With the directory source, churn: one drop-in file
+  Established -> all, the daemon's CPU seconds (utime + stime) at that moment,
+  and its peak RSS (VmHWM) once the first pass is done (its ``ready`` line; with
+  churn, after the churn). With the directory source, churn: one drop-in file
   added or removed with N present -> the router holds N+1 / N routes, p50 and
   p99 over ``--churn`` changes. Then SIGTERM -> every route withdrawn at the
   router, and -> the process gone. ExaBGP announcing the same number of /32s
@@ -473,8 +474,9 @@ def bgp_config(n: int, source: str, dropins: Path, per_file: int) -> str:
 
 
 def bgp_run(lab: Lab, n: int, source: str, churn: int, timeout: float, scratch: Path, per_file: int,
-            profile: bool = False, churn_budget: float = 120.0) -> BgpResult:
-    """One daemon start with N services to a fresh BIRD router; churn (directory); SIGTERM."""
+            profile: bool = False, churn_budget: float = 120.0, stop_early: bool = False) -> BgpResult:
+    """One daemon start with N services to a fresh BIRD router; churn (directory); SIGTERM
+    (``stop_early``: as soon as the router holds the first routes, in the middle of the first pass)."""
     result = BgpResult(n=n, source=source)
     router_host, node_host = lab.hosts["router"], lab.hosts["node"]
     spec = PeerSpec(asn=ROUTER_AS, router_id=ROUTER,
@@ -500,6 +502,9 @@ def bgp_run(lab: Lab, n: int, source: str, churn: int, timeout: float, scratch: 
             now = time.monotonic()
             if count and result.start_to_first is None:
                 result.start_to_first = now - t0
+                if stop_early:
+                    result.note = f"SIGTERM with {count} of {n} routes at the router"
+                    break
             if count >= n:
                 result.start_to_all = now - t0
                 wall_all = time.time()
@@ -514,6 +519,10 @@ def bgp_run(lab: Lab, n: int, source: str, churn: int, timeout: float, scratch: 
         established = router_established(router, proto)
         if wall_all is not None and established is not None:
             result.established_to_all = wall_all - established
+        if result.start_to_all is not None and not stop_early:
+            # The peak of the whole first pass (status, metrics and hooks follow the routes):
+            # wait for the daemon's "ready" line (bounded) before reading VmHWM again below.
+            wait_until(lambda: '"ready"' in lbd.log() or not lbd.running(), 120)
         if result.start_to_all is not None and churn and source == "directory":
             result.churn_ms, result.churn_failed = bgp_churn(bird, proto, dropins, n, churn, churn_budget)
         if result.start_to_all is not None:
@@ -624,7 +633,7 @@ def bgp_part(args: argparse.Namespace, scratch: Path) -> list[str]:
             for source in args.sources:
                 say(f"# bgp: N={n} source={source} ...")
                 r = bgp_run(lab, n, source, args.churn, args.timeout, scratch, args.per_file, args.py_spy,
-                            args.churn_seconds)
+                            args.churn_seconds, stop_early=args.sigterm_first)
                 results.append(r)
                 say(f"#   {r}" if not r.churn_ms else f"#   start->all {r.start_to_all} churn p50 "
                     f"{statistics.median(r.churn_ms):.1f} ms")
@@ -960,6 +969,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--churn-seconds", type=float, default=120.0,
                     help="stop churning after this long (slow changes at 100,000 services)")
     ap.add_argument("--no-exabgp", action="store_true", help="skip the ExaBGP anchor")
+    ap.add_argument("--sigterm-first", action="store_true",
+                    help="bgp: SIGTERM as soon as the router holds the first routes (mid first pass)")
     ap.add_argument("--py-spy", action="store_true", help="record each BGP run's daemon with py-spy (venv's)")
     ap.add_argument("--l2-n", type=int, action="append", help="L2 VIP counts (default 2000 and 10000)")
     ap.add_argument("--announce-rate", type=int, default=1000, help="[[l2_advertisement]] announce_rate (lbd's default)")

@@ -10,6 +10,7 @@ no special cases: they are just another pass.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -38,6 +39,7 @@ from lbd.config.schema import Config
 from lbd.model import (Allocation, Backend, BgpRoute, ExportRoute, Family, IPAddress, Member, MemberState, Plan,
                        ServiceSpec, VipDecision)
 from lbd.planner import PlannerInput, held_vips
+from lbd.planner.batches import first_pass_batches
 from lbd.planner.incremental import FULL_PASS_INTERVAL, IncrementalPlanner
 from lbd.reloadplan import PlanDiff, RunningState, apply_or_rollback, diff_configs, readdress_refusal
 from lbd.selectors import matches
@@ -68,7 +70,6 @@ RESYNC_INTERVAL = 10.0  # a full pass even when nothing said it changed (interfa
 DEBOUNCE = 0.01  # coalesce a burst of triggers into one pass
 LOOP_LAG_INTERVAL = 0.1  # the loop-lag probe's period: cheap, and stalls that matter are longer
 LOOP_STALL_WARNING = 0.25  # log a stall this long: half memberlist's LAN probe timeout
-FIRST_BGP_BATCH = 256  # the first pass's first BGP batch; each next one is 4x larger
 SOURCE_START_GRACE = 2.0  # wait this long at start for every source's first snapshot
 EXIT_RESTART = 75  # exit status after a stop-for-restart; the systemd unit restarts lbd on it
 RESTART_WINDOW = 300.0  # a start this soon after a stop-for-restart is a graceful restart (RFC 4724)
@@ -257,6 +258,7 @@ class Daemon:
         self._pass: asyncio.Future[bool] | None = None  # the reconcile pass running now, if any
         self._interrupted = False  # a stop cancelled a pass: addresses it was binding may be left over
         self._bgp_first = True  # the BGP announcer has not been given a table yet
+        self.manage_gc = False  # the first pass without the cyclic GC, then freeze (run_daemon: on)
 
     def _control_commands(self) -> dict[str, Handler]:
         """What ``lbd-ctl`` may ask over the control socket, by command name."""
@@ -311,6 +313,8 @@ class Daemon:
         # still hands the loop a turn every few milliseconds, so gossip acks, BFD and
         # SIGTERM are served during the pass (issue 9). Nothing else writes its inputs meanwhile:
         # passes never overlap.
+        if self._bgp_first and self.bgp is not None and not self.graceful_restart:
+            await self._first_pass_batches(config, members)
         await asyncio.to_thread(self._replan, config, members)
         await self._announce(config, members)
         held_now = held_vips(self.plan.l2)
@@ -364,16 +368,18 @@ class Daemon:
             holds=held_vips(self.plan.l2),
         )
 
-    def _replan(self, config: Config, members: list[Member]) -> None:
+    def _replan(self, config: Config, members: list[Member],
+                allocations: Mapping[str, Allocation] | None = None) -> None:
         """Plan this node's intents over ``members``; log every VIP whose owner changed.
 
         Incremental (issue 9): only the VIPs whose inputs changed are re-decided; every
-        ``FULL_PASS_INTERVAL`` seconds every VIP is, from scratch (the safety net)."""
+        ``FULL_PASS_INTERVAL`` seconds every VIP is, from scratch (the safety net).
+        ``allocations``: a part of them (the first pass's batches); by default all."""
         self.plan = self.planner.plan(
             PlannerInput(
                 config=config,
                 node=config.node.name,
-                allocations=self.allocations,
+                allocations=self.allocations if allocations is None else allocations,
                 services=self.services,
                 members=members,
                 now=time.monotonic(),
@@ -384,6 +390,32 @@ class Daemon:
         changes = self.planner.owner_changes()
         report_owner_changes({before.vip: before.owner for before, _ in changes}, [after for _, after in changes],
                              members)
+
+    async def _first_pass_batches(self, config: Config, members: list[Member]) -> None:
+        """The first pass at start-up plans and announces its BGP routes in growing batches of
+        VIPs (256, 1,024, 4,096, ...): the first UPDATEs leave within milliseconds of the
+        allocation, not after the plan of every VIP (seconds at 100,000, issue 9).
+
+        Each batch is made of whole VIPs (``first_pass_batches``), so a VIP is decided once, on
+        the inputs the full plan decides it on: a batch never announces what the full plan
+        would not. The local routes accepting a batch go in before its UPDATEs (make before
+        break, as in ``_announce``). Layer 2, the route export, status and hooks wait for the
+        full plan, which the pass then computes and converges on as always (the incremental
+        planner re-decides only the last batch): the same state as one pass."""
+        batches = await asyncio.to_thread(first_pass_batches, self.allocations)
+        for part in batches[:-1]:
+            await asyncio.to_thread(self._replan, config, members, part)
+            await self._accept_then_announce()
+
+    async def _accept_then_announce(self) -> None:
+        """The plan's local accept routes (added to those applied), then its BGP routes."""
+        if self.exporter is not None:
+            accept = [r for r in self.plan.exports if r.kind == "local"]
+            applied = tuple(dict.fromkeys((*self._exports_applied, *accept)))
+            await self.exporter.apply(list(applied))
+            self._exports_applied = applied
+        if self.bgp is not None:
+            await self._apply_bgp(self.plan.bgp)
 
     async def _announce(self, config: Config, members: list[Member]) -> None:
         """Converge every announcer on the plan, in the order that never drops traffic:
@@ -405,17 +437,10 @@ class Daemon:
             self._exports_applied = self.plan.exports
 
     async def _apply_bgp(self, routes: Sequence[BgpRoute]) -> None:
-        """Hand the BGP announcer its routes. The first time, in growing batches with a turn
-        of the loop between them: the first UPDATEs leave within milliseconds instead of
-        after the whole table is packed (issue 9). Not on a graceful restart: there the
-        first table ends with End-of-RIB, and routers drop the stale routes it lacks."""
+        """Hand the BGP announcer its routes. At start-up the first pass hands them over in
+        growing batches (``_first_pass_batches``), never on a graceful restart: there the first
+        table ends with End-of-RIB, and routers drop the stale routes it lacks."""
         assert self.bgp is not None
-        if self._bgp_first and not self.graceful_restart:
-            size = FIRST_BGP_BATCH
-            while size < len(routes):
-                self.bgp.apply(routes[:size])  # nothing announced before: a prefix withdraws nothing
-                await asyncio.sleep(0)
-                size *= 4
         self.bgp.apply(routes)
         self._bgp_first = False
 
@@ -455,9 +480,11 @@ class Daemon:
     def results(self) -> dict[str, ServiceResult]:
         owners: dict[str, list[str]] = {}
         for decision in self.plan.decisions:
+            if not decision.owner:
+                continue  # (BGP VIPs have none: no list per service for nothing, 100,000 at start-up)
             for service in decision.services:
                 nodes = owners.setdefault(service, [])
-                if decision.owner and decision.owner not in nodes:
+                if decision.owner not in nodes:
                     nodes.append(decision.owner)
         out: dict[str, ServiceResult] = {}
         for name in self.services:
@@ -900,7 +927,7 @@ class Daemon:
             # announce, for a moment, VIPs that other nodes own.
             await self.coordinator.start(self.trigger)
             await self._wait_for_sources()
-            await self._interruptible_pass()
+            await self._first_pass()
             if self._stop.is_set():
                 return EXIT_RESTART if self._restarting else 0  # (finally: shutdown)
             # Only now, with the desired addresses in place, remove what a crashed lbd left behind:
@@ -917,6 +944,25 @@ class Daemon:
         finally:
             await self.shutdown()
         return EXIT_RESTART if self._restarting else 0
+
+    async def _first_pass(self) -> None:
+        """The first pass; with ``manage_gc`` (the real process), without the cyclic garbage
+        collector. Everything the start-up builds lives on (specs, allocations, the plan), yet
+        each full collection walks all of it again as the heap grows: 14 collections, about
+        4 s of a 100,000-service start that collected nothing (issue 9). Afterwards what start-up
+        built is frozen (``gc.freeze``): later collections skip it, so they no longer stall
+        the loop in proportion to the table. Refcounting still frees what is dropped later;
+        only cyclic garbage alive at that moment would be kept (the start's is a few hundred
+        objects)."""
+        if not self.manage_gc:
+            await self._interruptible_pass()
+            return
+        gc.disable()
+        try:
+            await self._interruptible_pass()
+        finally:
+            gc.freeze()
+            gc.enable()
 
     async def _wait_for_sources(self) -> None:
         deadline = time.monotonic() + SOURCE_START_GRACE
@@ -1185,7 +1231,13 @@ def run_daemon(config: Config) -> int:
             from lbd.cluster.coordination import ClusterCoordinator
 
             coordinator = ClusterCoordinator(config)
-        return await Daemon(config, coordinator).run()
+        daemon = Daemon(config, coordinator)
+        daemon.manage_gc = True
+        return await daemon.run()
+
+    # The validated config (100,000 services: a million objects) lives until a reload: out of
+    # the cyclic collector's walks (see Daemon._first_pass).
+    gc.freeze()
 
     try:
         return runner(main())

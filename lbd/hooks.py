@@ -51,7 +51,7 @@ HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VipHere:
     services: tuple[str, ...]
     interface: str | None
@@ -270,6 +270,12 @@ class HookDispatcher:
         self.hooks = tuple(hooks)
 
     def observe(self, current: Observation, now: float) -> list[HookEvent]:
+        if not self.hooks:
+            # Nobody listens: keep the baseline, find no events. The first pass's transitions
+            # are a vip_up per VIP over a map of every VIP (100,000 at start-up, issue 9); a
+            # hook configured later hears the transitions from this baseline on.
+            self._previous = current
+            return []
         events = transitions(self._previous, current)
         self._previous = current
         for event in events:

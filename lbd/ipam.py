@@ -123,20 +123,23 @@ class PoolUsage:
 # ---------------------------------------------------------------------------
 
 _Port = tuple[str, int]
+# One empty set of ports for every service and address without ports: an empty set is 216
+# bytes, and there are two per service (its request, its address) at 100,000 (issue 9).
+_NO_PORTS: frozenset[_Port] = frozenset()
 
 
 def _ports(spec: ServiceSpec) -> frozenset[_Port]:
     return frozenset((p.protocol.lower(), p.port) for p in spec.ports)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Use:
     """Who holds one address; every holder has the same share and backend key."""
 
     pool: str
     share_key: str | None
     backend_key: str
-    ports: set[_Port]
+    ports: AbstractSet[_Port]  # never changed in place (shared: _NO_PORTS)
     services: list[str]
 
 
@@ -210,7 +213,7 @@ def _family_name(family: Family) -> str:
     return "IPv4" if family is Family.IPV4 else "IPv6"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Request:
     spec: ServiceSpec
     families: tuple[Family, ...]
@@ -262,7 +265,7 @@ def _request(spec: ServiceSpec) -> _Request | str:
             wanted = ", ".join(x.value for x in families)
             return f"requested address {a} is {_family_name(f)} but the service's ip families are {wanted}"
         requested[f] = a
-    return _Request(spec, tuple(families), requested, pool, frozenset(ports))
+    return _Request(spec, tuple(families), requested, pool, frozenset(ports) if ports else _NO_PORTS)
 
 
 # ---------------------------------------------------------------------------
@@ -372,11 +375,12 @@ class _Book:
         use = self.uses.get(address)
         if use is None:
             family = Family.of(address)
-            use = _Use(pool, req.spec.share_key, req.spec.backend_key, set(), [])
+            use = _Use(pool, req.spec.share_key, req.spec.backend_key, _NO_PORTS, [])
             self.uses[address] = use
             self.taken[family].add(int(address))
             self.used[(pool, family)] = self.used.get((pool, family), 0) + 1
-        use.ports |= req.ports
+        if not req.ports <= use.ports:
+            use.ports = use.ports | req.ports  # a new set: _NO_PORTS and others' sets stay as they are
         if len(use.services) == 0 and req.spec.share_key:
             key = (req.spec.share_key, req.spec.backend_key, pool, Family.of(address))
             self.shared.setdefault(key, _ShareGroup()).insert(address, frozenset(use.ports))
@@ -794,6 +798,7 @@ class IncrementalAllocator:
             result = run.sorted_result()
             self._round, self._inputs = run, inputs
             self._ports = {name: req.ports for name, req in run.requests.items() if name in result.allocations}
+            run.requests = {}  # only the round needs them (the increments make their own): 100,000 of them
         self._allocations, self._pending = result.allocations, result.pending
         return result
 

@@ -50,7 +50,7 @@ class HealthCheckConfig:
     fall: int = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortSpec:
     protocol: str  # "tcp", "udp" or "sctp"
     port: int
@@ -73,7 +73,7 @@ class Backend:
         return f"[{self.address}]:{self.target_port}" if self.address.version == 6 else f"{self.address}:{self.target_port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceSpec:
     """A service that needs addresses, from any source.
 
@@ -111,7 +111,7 @@ class ServiceSpec:
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Allocation:
     """Addresses held by one service; sticky and persisted."""
 
@@ -169,7 +169,7 @@ class L2Mode(str, enum.Enum):
         return self is not L2Mode.LOCAL
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class L2Intent:
     """This node must announce ``vip`` on ``interface``."""
 
@@ -191,7 +191,7 @@ class L2Intent:
                 raise ValueError(f"unknown mode {self.mode!r} (expected one of {modes})") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BgpRoute:
     """This node must announce ``prefix`` to ``peers`` (peer names)."""
 
@@ -208,7 +208,7 @@ class BgpRoute:
 RT_TABLE_LOCAL = 255
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExportRoute:
     """This node must install ``prefix`` in kernel table ``table``."""
 
@@ -220,7 +220,7 @@ class ExportRoute:
     kind: str = "unicast"  # "unicast" (the exported route) or "local" (the node accepts the VIP)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VipDecision:
     """Why a VIP is (not) announced, and by whom: shown by lbd-ctl status."""
 

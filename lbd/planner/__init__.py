@@ -64,7 +64,7 @@ def held_vips(intents: Iterable[L2Intent]) -> tuple[str, ...]:
     return tuple(sorted({str(i.vip) for i in intents if i.mode.announced}))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VipOutcome:
     """Every protocol's decision for one VIP on this node, combined."""
 
@@ -141,10 +141,10 @@ def decide_vip(view: NodeView, vip: VipInput) -> VipOutcome:
         services=vip.services,
         owner=l2.owner if l2 is not None else None,
         interface=interface if here else None,
-        reason="; ".join(_reasons(vip, l2, bgp, export)),
+        reason=view.shared("; ".join(_reasons(vip, l2, bgp, export))),  # one text for the VIPs alike
         candidates=l2.candidates if l2 is not None else (),
         pool=vip.pool,
-        modes=tuple(mode for mode, part in (("l2", l2), ("bgp", bgp), ("export", export)) if part is not None),
+        modes=view.shared(tuple(mode for mode, part in (("l2", l2), ("bgp", bgp), ("export", export)) if part is not None)),
         announced_here=here,
     )
     return VipOutcome(decision, intent, bind_on, local_route, bgp, export.routes if export is not None else (),

@@ -21,7 +21,7 @@ from lbd.selectors import matches
 LOCAL_ROUTE_PROTO = 252
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExportPlan:
     """Route export's decision for one VIP on this node."""
 

@@ -27,6 +27,7 @@ in the order of ``inp.allocations``.
 from __future__ import annotations
 
 import bisect
+import ipaddress
 from itertools import chain
 from typing import Generic, Hashable, Iterable, TypeVar
 
@@ -75,6 +76,16 @@ class _Ordered(Generic[V]):
         return self._values
 
 
+def _parse_vip(text: object) -> IPAddress | None:
+    """A VIP named in a member's ``holds``, or None (not an address: gossip is hostile input)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 def _scope(inp: PlannerInput) -> tuple[Hashable, ...]:
     """Everything the planners read from the config (and the node's name): a change re-decides
     every VIP."""
@@ -109,8 +120,8 @@ class IncrementalPlanner:
         self._members: dict[str, Member] = {}
         self._allocations: dict[str, Allocation] = {}
         self._services: dict[str, ServiceSpec] = {}
-        self._vip_services: dict[IPAddress, set[str]] = {}  # VIP -> the services allocated it
-        self._by_text: dict[str, IPAddress] = {}  # str(VIP) -> VIP, for members' holds
+        # VIP -> the services allocated it: a tuple (48 bytes for one service; a set is 216)
+        self._vip_services: dict[IPAddress, tuple[str, ...]] = {}
         self._outcomes: dict[IPAddress, VipOutcome] = {}
         self._timed: set[IPAddress] = set()
         self._l2: set[IPAddress] = set()  # VIPs an l2_advertisement covers: every member is a candidate
@@ -186,17 +197,16 @@ class IncrementalPlanner:
             for vip in old.addresses if old is not None else ():
                 dirty.add(vip)
                 holders = self._vip_services.get(vip)
-                if holders is not None:
-                    holders.discard(name)
+                if holders is not None and name in holders:
+                    self._vip_services[vip] = tuple(n for n in holders if n != name)
             for vip in new.addresses if new is not None else ():
                 dirty.add(vip)
-                self._vip_services.setdefault(vip, set()).add(name)
+                holders = self._vip_services.get(vip, ())
+                if name not in holders:
+                    self._vip_services[vip] = (*holders, name)
         for vip in dirty:
             if vip in self._vip_services and not self._vip_services[vip]:
                 del self._vip_services[vip]
-                self._by_text.pop(str(vip), None)
-            elif vip in self._vip_services:
-                self._by_text.setdefault(str(vip), vip)
         self._allocations, self._services = allocations, services
         if not full:
             dirty |= self._member_changes(inp.members)
@@ -211,8 +221,10 @@ class IncrementalPlanner:
                 continue
             if before.holds != member.holds:
                 for text in set(before.holds).symmetric_difference(member.holds):
-                    vip = self._by_text.get(text)
-                    if vip is not None:
+                    # Parsed here, for the few that changed: an index of every VIP's text cost
+                    # a string per VIP and str() of each in a full pass (issue 9).
+                    vip = _parse_vip(text)
+                    if vip is not None and vip in self._vip_services:
                         dirty.add(vip)
             if before.failing != member.failing:
                 for name in before.failing.symmetric_difference(member.failing):
@@ -232,6 +244,7 @@ class IncrementalPlanner:
             inputs = vip_input(vip, [self._allocations[n] for n in names], self._services)
             outcome = decide_vip(view, inputs)
             self._outcomes[vip] = outcome
+            self._vip_services[vip] = inputs.services  # the same names, sorted: one tuple with the decision's
         if outcome is None:
             for ordered in (self._decisions, self._announced, self._local_binds, self._exports):
                 ordered.discard(key)

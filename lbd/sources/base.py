@@ -105,6 +105,10 @@ class ServiceResult:
 class Source(abc.ABC):
     """Base class of every source plugin."""
 
+    # True: the specs a snapshot carries are named ``<source name>/<name>`` already, and the
+    # manager takes them without copying (the static source: the config names them so).
+    publishes_full_names = False
+
     def __init__(self, config: SourceConfig, context: SourceContext) -> None:
         self.config = config
         self.context = context

@@ -215,3 +215,59 @@ async def test_local_routes_go_in_before_the_update_and_out_after_the_withdrawal
         await d.sources.close()
         await d.hook_runner.close()
         await d.netlink.aclose()
+
+
+class BatchRecorder(FakeBgp):
+    """Keeps every table the announcer is handed, and the local routes in place at that moment."""
+
+    def __init__(self, rec: Recorder, exporter: FakeExporter) -> None:
+        super().__init__(rec)
+        self.exporter = exporter
+        self.tables: list[tuple[list[Any], set[object]]] = []
+
+    def apply(self, routes: Any) -> None:
+        super().apply(routes)
+        self.tables.append((list(routes), set(self.exporter.installed)))
+
+
+async def test_the_first_pass_announces_in_batches_and_ends_as_one_pass(tmp_path: Path) -> None:
+    """Issue 9: at start-up the BGP routes leave in growing batches (256 VIPs first), each
+    accepted by its local routes before its UPDATEs, and the pass ends with the plan a single
+    from-scratch pass computes."""
+    from lbd.model import Member
+    from lbd.planner import PlannerInput, plan
+
+    services = 1500
+    rec = Recorder()
+    path = bgp_services_config(tmp_path, services, pool="10.88.0.0/20", accept=None)  # local routes
+    d = Daemon(load_config(path))
+    d.l2 = SlowL2(rec, delay=0.0)
+    exporter = FakeExporter(rec)
+    bgp = BatchRecorder(rec, exporter)
+    d.bgp = bgp
+    try:
+        await d.apply_config()
+        d.exporter = exporter  # type: ignore[assignment]
+        deadline = time.monotonic() + 20
+        while len(d.services_now()) < services and time.monotonic() < deadline:  # the static source
+            await asyncio.sleep(0.01)
+        await d.reconcile()
+        sizes = [len(routes) for routes, _ in bgp.tables]
+        assert sizes[0] == 256 and sizes[-1] == services and sizes == sorted(sizes) and len(sizes) >= 3
+        final = {r.prefix for r in bgp.tables[-1][0]}
+        for routes, accepting in bgp.tables:
+            prefixes = {r.prefix for r in routes}
+            assert prefixes <= final
+            # Make before break: every announced VIP is inside a local route already installed.
+            for prefix in prefixes:
+                assert any(prefix.subnet_of(local) for local in accepting), prefix
+        me = [m for m in d.coordinator.members() if m.name == d.config.node.name]
+        expected = plan(PlannerInput(config=d.config, node=d.config.node.name, allocations=d.allocations,
+                                     services=d.services, members=me or [Member(name="n1")]))
+        assert d.plan.bgp == expected.bgp and d.plan.decisions == expected.decisions
+        assert d.plan.exports == expected.exports
+        assert list(bgp.routes) == list(expected.bgp)
+    finally:
+        await d.sources.close()
+        await d.hook_runner.close()
+        await d.netlink.aclose()
