@@ -48,12 +48,12 @@ def stop_linger_left(linger: float, withdrawn_routes: int, acked_at: float, now:
 
     A router acknowledges the withdrawing UPDATE (its TCP ACK, what :meth:`BgpAnnouncer.close`
     waits for) before BGP has run its decision process and before the new route reaches its
-    forwarding table: BIRD -> kernel took 0.5-28 ms in bench/bgp_failover.py, a hardware FIB
-    takes longer. Until then connections still arrive hashed to this node, and a VIP removed
-    meanwhile drops them (issue 11). So the VIPs stay ``linger`` seconds past the
-    acknowledgement (``acked_at``, monotonic); the time spent meanwhile (leaving the cluster)
-    counts. Nothing withdrawn (no established session had routes): no router is sending us
-    VIP traffic because of BGP, nothing to wait for."""
+    forwarding table (in bench/bgp_failover.py the route left the router's kernel table
+    0.5-28 ms after SIGTERM; a hardware FIB takes longer). Until then connections still
+    arrive hashed to this node, and a VIP removed meanwhile drops them (issue 11). So the
+    VIPs stay ``linger`` seconds past the acknowledgement (``acked_at``, monotonic); the time
+    spent meanwhile (leaving the cluster) counts. Nothing withdrawn (no established session
+    had routes): no router is sending us VIP traffic because of BGP, nothing to wait for."""
     if withdrawn_routes <= 0 or linger <= 0:
         return 0.0
     return max(0.0, min(linger, acked_at + linger - now))
