@@ -49,7 +49,7 @@ def stop_linger_left(linger: float, withdrawn_routes: int, acked_at: float, now:
     A router acknowledges the withdrawing UPDATE (its TCP ACK, what :meth:`BgpAnnouncer.close`
     waits for) before BGP has run its decision process and before the new route reaches its
     forwarding table (in bench/bgp_failover.py the route left the router's kernel table
-    0.5-28 ms after SIGTERM; a hardware FIB takes longer). Until then connections still
+    0.5-31 ms after SIGTERM; a hardware FIB takes longer). Until then connections still
     arrive hashed to this node, and a VIP removed meanwhile drops them (issue 11). So the
     VIPs stay ``linger`` seconds past the acknowledgement (``acked_at``, monotonic); the time
     spent meanwhile (leaving the cluster) counts. Nothing withdrawn (no established session
