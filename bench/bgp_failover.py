@@ -32,6 +32,7 @@ This file is also the probe and the server (``--role probe|server``, run inside 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -89,7 +90,7 @@ def serve(name: str, port: int, max_seconds: float) -> None:
 
 def probe(vip: str, port: int, interval: float, timeout: float, max_seconds: float) -> None:
     """A new TCP connection every ``interval``; stops on 'stop' on stdin or after max_seconds.
-    Prints one JSON line: [[start_wall, end_wall, node_or_null], ...]."""
+    Prints one JSON line: [[start_wall, end_wall, node_or_null(, why it failed)], ...]."""
     sel = selectors.DefaultSelector()
     sel.register(sys.stdin, selectors.EVENT_READ, "stdin")
     pending: dict[socket.socket, tuple[float, float, bytes]] = {}
@@ -117,25 +118,28 @@ def probe(vip: str, port: int, interval: float, timeout: float, max_seconds: flo
                 continue
             s = key.fileobj  # type: ignore[assignment]
             t0, deadline, got = pending[s]  # type: ignore[index]
+            why = "closed without an answer"
             try:
                 data = s.recv(64)  # type: ignore[union-attr]
-            except OSError:
+            except OSError as exc:
+                # A reset even after the answer fails the probe: the client saw an error.
                 data = b""
                 got = b""
+                why = errno.errorcode.get(exc.errno or 0, str(exc))
             if data:
                 pending[s] = (t0, deadline, got + data)  # type: ignore[index]
                 continue
             sel.unregister(s)
             del pending[s]  # type: ignore[arg-type]
             s.close()  # type: ignore[union-attr]
-            results.append([t0, time.time(), got.decode() or None])
+            results.append([t0, time.time(), got.decode() or None] + ([] if got else [why]))
         now = time.monotonic()
         for s, (t0, deadline, got) in list(pending.items()):
             if now >= deadline:
                 sel.unregister(s)
                 del pending[s]
                 s.close()
-                results.append([t0, time.time(), None])
+                results.append([t0, time.time(), None, "timeout"])
     print(json.dumps(results), flush=True)
 
 
@@ -202,7 +206,7 @@ class RunResult:
     failed: int
     probes: int
     route_gone: float | None  # seconds from the fault to the route leaving the router's kernel
-    failures: list = field(default_factory=list)  # [start - fault, duration] of each failed probe
+    failures: list = field(default_factory=list)  # [start - fault, duration, why] of each failed probe
 
 
 class BgpLab:
@@ -405,7 +409,8 @@ def run_once(blab: BgpLab, system, fault: str, interval: float, probe_timeout: f
     gone = blab.watch.gone_after(t_fault, NODES["n1"])
     result = RunResult(system.name, blab.profile.name, fault, outage, len(failed), len(results),
                        None if gone is None else max(0.0, gone - t_fault),
-                       [[round(r[0] - t_fault, 4), round(r[1] - r[0], 4)] for r in failed])
+                       [[round(r[0] - t_fault, 4), round(r[1] - r[0], 4), r[3] if len(r) > 3 else "?"]
+                        for r in failed])
     system.restore("n1", fault)
     return result
 
@@ -448,7 +453,7 @@ def bench(args: argparse.Namespace) -> int:
                             print(f"{row.system:5} {row.profile:10} {row.fault:8} run {i + 1}: outage "
                                   f"{row.outage * 1000:7.1f} ms, failed {row.failed:3}/{row.probes}, route gone "
                                   + (f"{row.route_gone * 1000:7.1f} ms" if row.route_gone is not None else "   n/a")
-                                  + (f"  (failed probes, start after fault / duration s: {row.failures})"
+                                  + (f"  (failed probes, start after fault / duration s / why: {row.failures})"
                                      if fault == "graceful" and row.failures else ""),
                                   flush=True)
                 finally:

@@ -500,6 +500,14 @@ def report(result: SoakResult, argv: list[str]) -> str:
     return "\n".join(lines)
 
 
+def late_when(row: dict[str, object], load_start: float) -> str:
+    """When lbd's worst BFD transmit delay happened, relative to the start of the load."""
+    at = row.get("max_transmit_late_at")
+    if not isinstance(at, (int, float)):
+        return "time unknown"
+    return f"at {at - load_start:+.1f} s from the start of the load"
+
+
 def soak_bfd(profile_text: str, duration: float, hogs: int, workdir: Path) -> int:
     """Zero false BFD Down under CPU load: two lbd nodes and a BIRD router (bench/bgp_failover.py's lab;
     the router's BIRD runs SCHED_RR, standing for a router on its own machine),
@@ -523,6 +531,7 @@ def soak_bfd(profile_text: str, duration: float, hogs: int, workdir: Path) -> in
             before = {n: node.ctl("--json", "bfd").stdout for n, node in system.nodes.items()}
             router_downs_before = blab.bird.log().count("changed state from Up to Down")
             busy0, t0 = cpu_times()
+            load_start = time.time()
             load = Hogs(hogs, duration, sys.executable)
             try:
                 time.sleep(duration)
@@ -543,7 +552,8 @@ def soak_bfd(profile_text: str, duration: float, hogs: int, workdir: Path) -> in
         print(f"  {n}: state {row['state']}, Up->Down during the soak {row['flaps'] - first[n]['flaps']}, "
               f"packets sent {row['packets_sent'] - first[n]['packets_sent']}, received "
               f"{row['packets_received'] - first[n]['packets_received']}, worst transmit delay past deadline "
-              f"{row['max_transmit_late_ms']} ms (while Up, since start), scheduling {row.get('scheduling')}")
+              f"{row['max_transmit_late_ms']} ms (while Up, since start; {late_when(row, load_start)}), "
+              f"before the load {first[n]['max_transmit_late_ms']} ms, scheduling {row.get('scheduling')}")
     print(f"  router (BIRD, SCHED_RR): BFD Up->Down during the soak {router_downs}, longest gap between its "
           f"packets to each node (whole run): "
           + ", ".join(f"{addr} {gap * 1000:.0f} ms" for addr, gap in sorted(router_gaps.items())))

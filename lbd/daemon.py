@@ -995,19 +995,34 @@ class Daemon:
         """What the cluster layer may use from the daemon to leave gracefully."""
         return Handover(held=self._held, reconcile=self.reconcile, restarting=self._restarting)
 
+    async def _stop_linger(self, acked_at: float) -> None:
+        """Keep the VIPs accepting until the routers' forwarding tables have let go of this
+        node: a router acknowledges the withdrawal before its FIB changes (issue 11)."""
+        from lbd.bgp.announcer import stop_linger_left
+
+        assert self.bgp is not None
+        wait = stop_linger_left(self.config.node.stop_linger, self.bgp.withdrawn_routes, acked_at, time.monotonic())
+        if wait > 0:
+            log.info("stop_linger", seconds=round(wait, 3), routes=self.bgp.withdrawn_routes)
+            await asyncio.sleep(wait)
+
     async def shutdown(self) -> None:
         self.notifier.stopping()
         for task in self._tasks:
             task.cancel()
         clustered = not isinstance(self.coordinator, LocalCoordinator)
+        acked_at: float | None = None
         if self.bgp is not None and not self._restarting:
             # Withdrawal, BFD AdminDown, Cease, acknowledged by each router, all
             # before leaving the cluster and before the VIPs go (l2.close below).
             await self.bgp.close()
+            acked_at = time.monotonic()
         try:
             await self.coordinator.leave(self._handover())
         except Exception:  # noqa: BLE001 - shutdown must go on
             log.exception("leave_failed")
+        if acked_at is not None:
+            await self._stop_linger(acked_at)
         if self._restarting and not clustered:
             # The addresses keep their finite lifetime; the next lbd adopts them as its own.
             log.info("leaving_addresses_for_restart", vips=len(self.plan.l2))

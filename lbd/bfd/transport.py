@@ -115,6 +115,7 @@ class _Entry:
     received_seen: int = 0
     discarded_seen: int = 0
     max_late: float = 0.0  # the worst delay of a periodic packet past its deadline, seconds
+    max_late_at: float | None = None  # when that was (wall clock, time.time()): start-up or steady state
     send_errors: int = 0
     last_send_error: str | None = None
 
@@ -233,8 +234,8 @@ class BfdEngine:
                 scheduled = entry.session.next_transmit
                 was_up = entry.session.state == SessionState.UP
                 events = entry.session.tick(now)
-                if scheduled is not None and scheduled <= now and was_up:
-                    entry.max_late = max(entry.max_late, now - scheduled)
+                if scheduled is not None and scheduled <= now and was_up and now - scheduled > entry.max_late:
+                    entry.max_late, entry.max_late_at = now - scheduled, time.time()
                 self._after(entry, events, now)
 
     def _drain_commands(self) -> None:
@@ -314,6 +315,7 @@ class BfdEngine:
             row.update(
                 address=str(e.endpoint.peer), local_address=str(e.endpoint.local) if e.endpoint.local else None,
                 multihop=e.endpoint.multihop, max_transmit_late_ms=round(e.max_late * 1000, 2),
+                max_transmit_late_at=None if e.max_late_at is None else round(e.max_late_at, 3),
                 send_errors=e.send_errors, last_send_error=e.last_send_error, scheduling=self.scheduling,
             )
             out[key] = row

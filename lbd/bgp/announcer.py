@@ -43,6 +43,22 @@ ACK_WAIT = 1.0  # graceful stop: longest wait for the router's TCP to acknowledg
 ADMIN_DOWN_WAIT = 0.5  # graceful stop: longest wait for the BFD thread to send AdminDown
 
 
+def stop_linger_left(linger: float, withdrawn_routes: int, acked_at: float, now: float) -> float:
+    """How much longer a graceful stop keeps its VIPs accepting after the withdrawal.
+
+    A router acknowledges the withdrawing UPDATE (its TCP ACK, what :meth:`BgpAnnouncer.close`
+    waits for) before BGP has run its decision process and before the new route reaches its
+    forwarding table (in bench/bgp_failover.py the route left the router's kernel table
+    0.5-31 ms after SIGTERM; a hardware FIB takes longer). Until then connections still
+    arrive hashed to this node, and a VIP removed meanwhile drops them (issue 11). So the
+    VIPs stay ``linger`` seconds past the acknowledgement (``acked_at``, monotonic); the time
+    spent meanwhile (leaving the cluster) counts. Nothing withdrawn (no established session
+    had routes): no router is sending us VIP traffic because of BGP, nothing to wait for."""
+    if withdrawn_routes <= 0 or linger <= 0:
+        return 0.0
+    return max(0.0, min(linger, acked_at + linger - now))
+
+
 # -- the configuration adapter ----------------------------------------------
 # The one place a configured peer becomes plain values: SessionSettings for the
 # FSM, PeerEndpoint for the asyncio speaker. Nothing else in lbd.bgp reads a
@@ -132,6 +148,7 @@ class BgpAnnouncer:
         self._bfd: Any = None  # lbd.bfd.manager.BfdManager, once a peer names a bfd_profile
         self._bfd_options: dict[str, object] = {}  # BfdEngine options (tests: other ports)
         self._closing = False  # withdraw_all() was called: no more routes are announced
+        self.withdrawn_routes = 0  # routes withdraw_all() took back from established sessions (the stop's linger)
         self._admin_down: asyncio.Future[object] | None = None
 
     # ----------------------------------------------------------------- public
@@ -183,6 +200,8 @@ class BgpAnnouncer:
         if self._closing:
             return
         self._closing = True
+        self.withdrawn_routes = sum(len(s.session.advertised) for s in self._speakers.values()
+                                    if s.session.state == State.ESTABLISHED)
         for speaker in self._speakers.values():
             speaker.withdraw_all()
         for name in self._speakers:

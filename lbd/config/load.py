@@ -73,7 +73,8 @@ TOP_KEYS = (
     "node", "cluster", "pool", "l2_advertisement", "bgp_peer", "bgp_advertisement", "route_export",
     "service", "source", "communities", "log", "metrics", "hook", "forwarding", "bfd_profile", "namespace",
 )
-NODE_KEYS = ("name", "labels", "state_dir", "control_socket", "drained", "allow_readdress")
+STOP_LINGER_MAX = 10.0  # [node] stop_linger: the stop must stay well inside the unit's TimeoutStopSec (30 s)
+NODE_KEYS = ("name", "labels", "state_dir", "control_socket", "drained", "allow_readdress", "stop_linger")
 CLUSTER_KEYS = ("bind", "advertise", "join", "keys_file", "profile", "failback_delay")
 POOL_KEYS = ("name", "addresses", "auto_assign", "avoid_buggy_ips", "labels", "service_allocation")
 SERVICE_ALLOCATION_KEYS = ("priority", "namespaces", "namespace_selectors", "service_selectors")
@@ -267,10 +268,11 @@ def _node(errors: Errors, data: dict, base: Path) -> NodeConfig | None:
         t.error("control_socket", "a Unix socket path is limited to 107 bytes (sun_path)")
     drained = t.boolean("drained", False)
     allow_readdress = t.boolean("allow_readdress", False)
+    stop_linger = t.seconds("stop_linger", NodeConfig.stop_linger, hi=STOP_LINGER_MAX)
     if name is None:
         return None
     return NodeConfig(name=name, labels=labels, state_dir=state_dir, control_socket=control_socket,
-                      drained=drained, allow_readdress=allow_readdress)
+                      drained=drained, allow_readdress=allow_readdress, stop_linger=stop_linger)
 
 
 CLUSTER_KEYS += ("allow_plaintext",)  # issue 10: plaintext gossip only when said so

@@ -194,6 +194,10 @@ class NodeConfig:
     control_socket: Path = Path("/run/lbd/lbd.sock")
     drained: bool = False
     allow_readdress: bool = False  # a reload may re-address allocated services without --allow-readdress
+    # Graceful stop in BGP mode: seconds the VIPs keep accepting after the routers acknowledged
+    # the withdrawal, counted from that acknowledgement (leaving the cluster runs meanwhile).
+    # A router acknowledges the UPDATE before its FIB stops sending us traffic (issue 11).
+    stop_linger: float = 0.5
 
 
 @dataclass(frozen=True)

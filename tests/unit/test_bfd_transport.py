@@ -61,6 +61,7 @@ def test_two_engines_come_up_over_loopback_and_detect_loss(multihop: bool) -> No
                   priority=False)
     b = BfdEngine(lambda k, e: events["b"].append(e), listen_ports=(pb, qb), peer_ports=(pa, qa),
                   priority=False)
+    started = time.time()
     a.start()
     b.start()
     try:
@@ -72,6 +73,11 @@ def test_two_engines_come_up_over_loopback_and_detect_loss(multihop: bool) -> No
         snap = a.snapshot().result(5)["peer"]
         assert snap["state"] == "Up" and snap["remote_discriminator"] == b.snapshot().result(5)["peer"]["local_discriminator"]
         assert wait_for(lambda: a.snapshot().result(5)["peer"]["transmit_interval_ms"] == 50.0, 5)
+        # The worst transmit delay while Up, and when it was (start-up or steady state).
+        assert wait_for(lambda: a.snapshot().result(5)["peer"]["max_transmit_late_at"] is not None, 5)
+        snap = a.snapshot().result(5)["peer"]
+        at = snap["max_transmit_late_at"]  # rounded to the millisecond
+        assert started - 0.001 <= at <= time.time() + 0.001 and snap["max_transmit_late_ms"] >= 0
         # Graceful: B goes AdminDown; A goes Down without a failure.
         b.admin_down().result(5)
         assert wait_for(lambda: any(e.new == SessionState.DOWN for e in events["a"]))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -138,6 +140,7 @@ async def test_graceful_stop_withdraws_then_admin_down_then_cease() -> None:
         b._bfd.admin_down = admin_down  # type: ignore[method-assign]
         b.withdraw_all()
         calls.insert(0, "withdraw" if speaker._withdrawn else "?")
+        assert b.withdrawn_routes == 1  # what the daemon's stop linger is for (issue 11)
         b.apply([BgpRoute(VIP, ("to-a",))])  # a reconcile pass after SIGTERM announces nothing
         await b.close()
         assert calls == ["withdraw", "bfd admin-down", "cease drain=1.0"]
@@ -188,13 +191,15 @@ class Recorder:
         return call
 
 
-def fake_daemon(log: list[str]) -> Any:
+def fake_daemon(log: list[str], linger: float = 0.0, withdrawn: int = 1) -> Any:
     from lbd.daemon import Daemon
 
     d = Daemon.__new__(Daemon)
     bgp = Recorder(log, "bgp")
     bgp.withdraw_all = lambda: log.append("bgp.withdraw_all")  # type: ignore[attr-defined]
+    bgp.withdrawn_routes = withdrawn  # type: ignore[attr-defined]
     d.bgp = bgp
+    d.config = SimpleNamespace(node=SimpleNamespace(stop_linger=linger))
     d.l2 = Recorder(log, "l2")
     d.exporter = d.health = d._metrics_server = None
     d.backend_checks = d.forwarder = None
@@ -221,6 +226,76 @@ async def test_daemon_stop_withdraws_in_the_signal_handler_and_before_leaving() 
     assert log == ["bgp.withdraw_all"]  # synchronously, before anything else
     await d.shutdown()
     assert log.index("bgp.close") < log.index("membership.leave") < log.index("l2.close")
+
+
+class Timed(Recorder):
+    """A recorder that also notes when each call was made (monotonic)."""
+
+    def __init__(self, log: list[str], name: str, at: dict[str, float], delay: float = 0.0) -> None:
+        super().__init__(log, name)
+        self.at, self.delay = at, delay
+
+    def __getattr__(self, attr: str) -> Any:
+        def call(*args: Any, **kw: Any) -> Any:
+            self.log.append(f"{self.name}.{attr}")
+
+            async def done() -> None:
+                self.at.setdefault(f"{self.name}.{attr}", time.monotonic())
+                await asyncio.sleep(self.delay)
+
+            return done()
+
+        return call
+
+
+async def test_daemon_stop_keeps_the_vips_for_the_linger_after_the_withdrawal_is_acked() -> None:
+    # Issue 11: the router's TCP ACK of the withdrawal comes before its FIB lets go of this node;
+    # a VIP removed in between drops connections still hashed here. The VIPs stay stop_linger
+    # past the acknowledgement; leaving the cluster runs inside that time.
+    log: list[str] = []
+    at: dict[str, float] = {}
+    d = fake_daemon(log, linger=0.3)
+    d.coordinator = Timed(log, "membership", at, delay=0.1)
+    d.l2 = Timed(log, "l2", at)
+    bgp_closed: list[float] = []
+    d.bgp.close = lambda **kw: _stamp(bgp_closed)  # type: ignore[attr-defined]
+    d.stop()
+    await d.shutdown()
+    assert bgp_closed and log.index("membership.leave") < log.index("l2.close")
+    assert at["l2.close"] - bgp_closed[0] >= 0.3
+
+
+async def test_daemon_stop_does_not_linger_when_nothing_was_withdrawn() -> None:
+    log: list[str] = []
+    at: dict[str, float] = {}
+    d = fake_daemon(log, linger=30.0, withdrawn=0)  # no established session had routes
+    d.l2 = Timed(log, "l2", at)
+    d.stop()
+    await asyncio.wait_for(d.shutdown(), 10.0)  # 30 s of linger would time this out
+    assert "l2.close" in log
+
+
+async def test_daemon_restart_does_not_linger() -> None:
+    log: list[str] = []
+    d = fake_daemon(log, linger=30.0)
+    d.stop(restart=True)
+    await asyncio.wait_for(d.shutdown(), 10.0)
+    assert "bgp.close(restart)" in log
+
+
+def test_stop_linger_left() -> None:
+    from lbd.bgp.announcer import stop_linger_left
+
+    assert stop_linger_left(0.5, 3, acked_at=100.0, now=100.0) == 0.5
+    assert stop_linger_left(0.5, 3, acked_at=100.0, now=100.2) == pytest.approx(0.3)  # leaving the cluster counts
+    assert stop_linger_left(0.5, 3, acked_at=100.0, now=101.0) == 0.0  # never negative
+    assert stop_linger_left(0.5, 3, acked_at=100.0, now=99.0) == 0.5  # a clock oddity never waits longer
+    assert stop_linger_left(0.5, 0, acked_at=100.0, now=100.0) == 0.0  # nothing withdrawn
+    assert stop_linger_left(0.0, 3, acked_at=100.0, now=100.0) == 0.0  # turned off
+
+
+async def _stamp(into: list[float]) -> None:
+    into.append(time.monotonic())
 
 
 async def test_daemon_restart_keeps_routes() -> None:

@@ -32,6 +32,7 @@ def test_minimal_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.node.state_dir == Path("/var/lib/lbd")
     assert config.node.control_socket == Path("/run/lbd/lbd.sock")
     assert config.node.drained is False
+    assert config.node.stop_linger == 0.5
     assert config.cluster == ClusterConfig()
     assert config.cluster.enabled is False
     assert config.pools == config.l2_advertisements == config.bgp_peers == ()
@@ -137,6 +138,8 @@ def test_table_where_an_array_of_tables_is_expected() -> None:
         ('[node]\nlabels = { a = 1 }\n', "node: labels: a: expected a string, got an integer (1)"),
         ('[node]\ndrained = 1\n', "node: drained: expected a boolean, got an integer (1)"),
         ('[node]\nstate_dir = 5\n', "node: state_dir: expected a string, got an integer (5)"),
+        ('[node]\nname = "n1"\nstop_linger = -0.1\n', "node: stop_linger: -0.1 must be at least 0 seconds"),
+        ('[node]\nname = "n1"\nstop_linger = 11\n', "node: stop_linger: 11 must be at most 10 seconds"),
         ('[cluster]\njoin = "10.0.0.1"\nallow_plaintext = true\n', 'cluster: join: expected an array, got a string ("10.0.0.1")'),
         ('[cluster]\njoin = ["10.0.0.1:99999"]\nallow_plaintext = true\n',
          'cluster: join[0]: "10.0.0.1:99999": the port 99999 is out of range 1..65535'),
@@ -168,6 +171,7 @@ labels = { zone = "a", "topology.example/rack" = "r2" }
 state_dir = "state"
 control_socket = "/run/x.sock"
 drained = true
+stop_linger = 0
 
 [cluster]
 bind = "10.77.0.1"
@@ -181,6 +185,7 @@ failback_delay = "never"
     assert config.node.labels == {"zone": "a", "topology.example/rack": "r2"}
     assert config.node.state_dir == Path("/srv/lbd/state"), "relative paths are relative to the config file"
     assert config.node.drained is True
+    assert config.node.stop_linger == 0
     cluster = config.cluster
     assert cluster.enabled is True
     assert cluster.bind == "10.77.0.1:7946"

@@ -77,6 +77,7 @@ class FakeBgp:
         self.rec = rec
         self.routes: list[object] = []
         self.closing = False
+        self.withdrawn_routes = 0  # as BgpAnnouncer: what withdraw_all() took back (the stop's linger)
 
     async def set_peers(self, peers: Any, profiles: Any = ()) -> None:
         pass
@@ -88,6 +89,7 @@ class FakeBgp:
 
     def withdraw_all(self) -> None:
         self.closing = True
+        self.withdrawn_routes = len(self.routes)
         self.routes = []
         self.rec.add("bgp.withdraw_all")
 
