@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 from lbd.forward import maglev
+from lbd.forward.tablecache import sized_lru
 from lbd.config.schema import ForwardingConfig
 from lbd.model import Allocation, Backend, IPInterface, PortSpec, ServiceSpec
 
@@ -205,12 +206,12 @@ class Desired:
         return out
 
 
-@functools.lru_cache(maxsize=256)
+@sized_lru(len)
 def _bucket_ids(table: maglev.MaglevTable, ids: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(map(ids.__getitem__, table.entries))
 
 
-@functools.lru_cache(maxsize=256)
+@sized_lru(lambda table: table.size)
 def _table(weights: tuple[tuple[str, int], ...], size: int) -> maglev.MaglevTable:
     return maglev.build(dict(weights), size)
 
@@ -396,7 +397,7 @@ def _port_table(group: "_Group", weights: dict[str, int], size: int) -> tuple[ma
     return table, tuple(chain_of.get(n, "") for n in table.backends)
 
 
-@functools.lru_cache(maxsize=256)
+@sized_lru(lambda table: table.size)
 def _table_sorted(names: tuple[str, ...], weights: tuple[int, ...], size: int) -> maglev.MaglevTable:
     return maglev.build_sorted(names, weights, size)
 
