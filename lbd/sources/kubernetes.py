@@ -123,6 +123,10 @@ class KubernetesSource(Source):
         self._annotating: dict[str, str] = {}  # uid -> annotation value written, not yet seen in the watch
         self._background: set[asyncio.Task] = set()
         self._announcing: set[str] = set()  # uids with an announcement write in flight
+        # Set while no report is writing statuses: announcement workers wait for it
+        # before each write, so a new Service's address never queues behind a burst of them.
+        self._writes_idle = asyncio.Event()
+        self._writes_idle.set()
         self.announce_writes = 0
         self.client: Any = None
         self.services: Informer | None = None
@@ -334,10 +338,13 @@ class KubernetesSource(Source):
                 jobs.append(partial(self._event, svc, "DeprecatedAnnotation", "deprecated annotations "
                                     + ", ".join(keys) + ": use the metallb.io/ prefix", sem))
         self._inflight.update(writes)
+        if writes:
+            self._writes_idle.clear()
         try:
             await drain(jobs, self.write_concurrency)
         finally:
             self._inflight.difference_update(writes)
+            self._writes_idle.set()
         # Who announces: after the status writes, in the background, so that a
         # burst of owner changes never delays an address reaching a Service.
         pending = [(key, uid, nodes) for key, uid, nodes in announce
@@ -372,6 +379,7 @@ class KubernetesSource(Source):
 
         async def one(key: tuple[str, str], uid: str, nodes: tuple[str, ...]) -> None:
             try:
+                await self._writes_idle.wait()  # statuses first
                 # The object as it is now (the status write in between replaced it).
                 svc = store.get(key)
                 if svc is not None and json_object(svc.get("metadata")).get("uid", uid) == uid:
