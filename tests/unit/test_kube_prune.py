@@ -341,3 +341,44 @@ async def test_announcements_wait_while_statuses_are_written() -> None:
     assert api.patches == [("/api/v1/namespaces/ns/services/svc-1",
                             {"metadata": {"annotations": {"lbd.io/announcing-nodes": "n1"}}})]
     assert src.announce_writes == 1 and src._announcing == set()
+
+
+async def test_a_settled_service_is_skipped_until_its_object_or_result_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    src = source()
+    src.is_writer = True
+    assert src.services is not None
+    src.client = api = Api(src)
+    obj = full_service(1)
+    obj["metadata"]["annotations"]["lbd.io/announcing-nodes"] = "n1"
+    src.services.store[("ns", "svc-1")] = prune(obj, SERVICE_SHAPE)
+    src._announced["uid-1"] = ("n1",)
+    result = ServiceResult(addresses=(ipaddress.ip_address("10.77.0.1"),), pool="web", nodes=("n1",))
+    checks: list[str] = []
+    real = src._up_to_date
+    monkeypatch.setattr(src, "_up_to_date", lambda svc, uid, desired: checks.append(uid) or real(svc, uid, desired))
+    await src.report({"ns/svc-1": result})
+    assert checks == ["uid-1"] and api.patches == []  # up to date, announced: settled
+    await src.report({"ns/svc-1": ServiceResult(addresses=result.addresses, pool="web", nodes=("n1",))})
+    assert checks == ["uid-1"]  # an equal result for the same object: skipped
+    # A new result (another address): written.
+    moved = ServiceResult(addresses=(ipaddress.ip_address("10.77.0.2"),), pool="web", nodes=("n1",))
+    await src.report({"ns/svc-1": moved})
+    assert len(checks) == 3 and api.patches[-1][0].endswith("/svc-1/status")  # report's check and _write's
+    # A write that fails is not settled: the next report tries again.
+    src._written.clear()
+
+    class Failing(Api):
+        async def request(self, method: str, path: str, *, body: Any = None, **kw: Any) -> dict:
+            raise ApiError(500, "InternalError", "etcd is sad")
+
+    src.client = Failing(src)
+    src.log.warning = lambda *a, **kw: None  # type: ignore[method-assign]
+    await src.report({"ns/svc-1": moved})
+    await src.report({"ns/svc-1": moved})
+    assert len(checks) == 7 and "ns/svc-1" not in src._settled
+    # The object replaced by a watch event (the same content): looked at again.
+    src.client = api
+    src.services.store[("ns", "svc-1")] = prune(obj, SERVICE_SHAPE)
+    await src.report({"ns/svc-1": result})
+    assert len(checks) == 8 and "ns/svc-1" in src._settled
