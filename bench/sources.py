@@ -2,6 +2,18 @@
 
 Run: ``python bench/sources.py [--services 5000] [--runs 1]``.
 
+A/B against another tree of lbd (the pre-library code, say), in one run so that
+the machine's load falls on both alike::
+
+    git worktree add --detach /tmp/lbd-prelib 6f27615   # the last commit before lightkube
+    python bench/sources.py --services 5000 --baseline-tree /tmp/lbd-prelib --runs 3
+
+Each pair runs this tree (A) and the baseline (B) one after the other, each
+in a fresh process (peak RSS is per process), alternating which goes first
+(A B, B A, A B, ...); both use this tree's emulator and harness. It prints
+every run, then per figure the range of A, of B, and of the per-pair ratio
+A/B.
+
 The emulator runs in its own process (``python -m tests.kubeapi_emulator
 --services N``) so its memory and CPU do not count against lbd's. This process
 plays the daemon: a ``SourceManager`` runs the kubernetes source (writer), and
@@ -12,9 +24,15 @@ status subresource). Measured:
 - time from the source's start until all N Services have addresses (allocated
   by ipam) and until all have ``status.loadBalancer.ingress`` written (checked
   by listing them from the API server);
-- this process's peak RSS, and its growth over the baseline after imports;
-- with the N Services in place, the time for one new Service (created through
-  the API) to get its address written into its status (median of 5).
+- with who-announces (issue 12), until every Service's annotation is written
+  (its nodeAssigned Event is written just before);
+- this process's peak RSS, and its growth over the baseline after imports
+  (taken after the announcements: their burst is part of the peak);
+- the CPU seconds this process and the emulator spent until all statuses
+  were written (a load-independent view of the same work);
+- with the N Services in place (and announced), the time for one new Service
+  (created through the API) to get its address written into its status
+  (median of 5).
 """
 
 from __future__ import annotations
@@ -32,21 +50,48 @@ import tempfile
 import time
 from pathlib import Path
 
+from types import SimpleNamespace
+from typing import Any
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
-from lbd.ipam import allocate  # noqa: E402
-from lbd.config.schema import AddressRange, PoolConfig, SourceConfig  # noqa: E402
-from lbd.model import Allocation  # noqa: E402
-from lbd.sources.base import ServiceResult  # noqa: E402
-from lbd.sources.kubernetes import KubernetesSource  # noqa: E402
-from lbd.sources.manager import SourceManager  # noqa: E402
-
 TOKEN = "bench-token"
-POOL = PoolConfig("bench", (AddressRange(ipaddress.ip_address("10.77.0.0"), ipaddress.ip_address("10.77.255.255"),
-                                         "10.77.0.0/16"),))
+FIGURES = ("all_allocated_s", "all_status_written_s", "cpu_to_all_written_s", "emulator_cpu_to_all_written_s",
+           "all_announced_s", "peak_rss_mib", "rss_growth_mib", "one_new_service_ms_median", "one_new_service_ms_max")
+L: Any = SimpleNamespace()  # the lbd names the harness uses, from the tree under test (import_lbd)
+
+
+def import_lbd(tree: Path) -> None:
+    """Import lbd from ``tree`` (this checkout or an older one: the names moved over time)."""
+    sys.path.insert(0, str(tree))
+    import lbd
+
+    assert Path(lbd.__file__).resolve().is_relative_to(tree.resolve()), f"lbd came from {lbd.__file__}"
+    from lbd.ipam import allocate
+    from lbd.model import Allocation
+    from lbd.sources.base import ServiceResult
+    from lbd.sources.kubernetes import KubernetesSource
+    from lbd.sources.manager import SourceManager
+
+    try:
+        from lbd.config.schema import AddressRange, PoolConfig, SourceConfig
+    except ImportError:  # before lbd/config/schema.py
+        from lbd.model import AddressRange, PoolConfig, SourceConfig  # type: ignore[no-redef]
+    L.__dict__.update(allocate=allocate, Allocation=Allocation, ServiceResult=ServiceResult,
+                      KubernetesSource=KubernetesSource, SourceManager=SourceManager, SourceConfig=SourceConfig)
+    L.POOL = PoolConfig("bench", (AddressRange(ipaddress.ip_address("10.77.0.0"),
+                                               ipaddress.ip_address("10.77.255.255"), "10.77.0.0/16"),))
+
+
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of this process, or of ``pid``: unlike wall time, barely moved by load."""
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib() -> float:
@@ -58,8 +103,8 @@ class Daemonish:
 
     def __init__(self) -> None:
         self.wake = asyncio.Event()
-        self.mgr = SourceManager(node_name="bench-node", on_change=self.wake.set)
-        self.allocations: dict[str, Allocation] = {}
+        self.mgr = L.SourceManager(node_name="bench-node", on_change=self.wake.set)
+        self.allocations: dict[str, Any] = {}
         self.allocated_at: dict[str, float] = {}
         self.passes = 0
 
@@ -73,14 +118,14 @@ class Daemonish:
                 pass
             self.wake.clear()
             services = self.mgr.services()
-            result = allocate([POOL], services, self.allocations)
+            result = L.allocate([L.POOL], services, self.allocations)
             self.allocations = result.allocations
             now = time.perf_counter()
             for name in result.allocations:
                 self.allocated_at.setdefault(name, now)
-            results = {name: ServiceResult(addresses=a.addresses, pool=a.pool, nodes=("bench-node",))
+            results = {name: L.ServiceResult(addresses=a.addresses, pool=a.pool, nodes=("bench-node",))
                        for name, a in result.allocations.items()}
-            results.update({name: ServiceResult(pending=why) for name, why in result.pending.items()})
+            results.update({name: L.ServiceResult(pending=why) for name, why in result.pending.items()})
             await self.mgr.report(results)
             self.passes += 1
 
@@ -106,12 +151,13 @@ async def run_once(n: int) -> dict[str, float]:
             # The daemon validates the source's options when it loads its config (which
             # imports the client library); that happens before any source starts.
             options = {"kubeconfig": str(kubeconfig)}
-            assert KubernetesSource.validate(options) == []
+            assert L.KubernetesSource.validate(options) == []
             baseline = rss_mib()
+            cpu0, emu_cpu0 = cpu_s(), cpu_s(emu.pid)
             d = Daemonish()
             loop_task = asyncio.create_task(d.loop())
             t0 = time.perf_counter()
-            await d.mgr.reconfigure([SourceConfig("kubernetes", "k8s", options)])
+            await d.mgr.reconfigure([L.SourceConfig("kubernetes", "k8s", options)])
             d.mgr.set_writer(True)
             out: dict[str, float] = {}
             async with aiohttp.ClientSession() as session:
@@ -127,8 +173,21 @@ async def run_once(n: int) -> dict[str, float]:
                     assert time.perf_counter() < deadline, f"timed out: {source.status_writes}/{n} written"
                     await asyncio.sleep(0.01)
                 out["all_status_written_s"] = time.perf_counter() - t0
+                # CPU to get there, ours (lbd + this harness's allocate) and the emulator's: how
+                # much work the writes took, which load does not stretch the way it stretches time.
+                out["cpu_to_all_written_s"] = cpu_s() - cpu0
+                out["emulator_cpu_to_all_written_s"] = cpu_s(emu.pid) - emu_cpu0
+                out["status_409s"] = getattr(source, "conflicts", -1)  # -1: a tree that does not count them
                 written, total = await count_ingress(session, url)
                 assert written == total == n, f"the API server shows {written}/{total} with an address"
+                # Who announces (a tree with it): the nodeAssigned Event and the annotation per
+                # Service, written in the background after the statuses. The new-Service figure
+                # below is for a settled source, so wait for them (a figure of their own).
+                while getattr(source, "announce_writes", n) < n:
+                    assert time.perf_counter() < deadline, f"timed out: {source.announce_writes}/{n} announced"
+                    await asyncio.sleep(0.05)
+                if hasattr(source, "announce_writes"):
+                    out["all_announced_s"] = time.perf_counter() - t0
                 out["peak_rss_mib"] = rss_mib()
                 out["rss_growth_mib"] = rss_mib() - baseline
                 await asyncio.sleep(1.0)  # settle: the watch catches up with our writes
@@ -164,16 +223,56 @@ async def run_once(n: int) -> dict[str, float]:
             emu.wait(timeout=10)
 
 
+def run_child(tree: Path, n: int) -> dict[str, float]:
+    """One run in a fresh process importing lbd from ``tree``."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--services", str(n), "--tree", str(tree)],
+                          capture_output=True, text=True, timeout=1200)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"run of {tree} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def ab(n: int, pairs: int, tree: Path, baseline: Path) -> None:
+    rows: list[tuple[dict, dict]] = []
+    for pair in range(pairs):
+        order = [("A", tree), ("B", baseline)]
+        if pair % 2:
+            order.reverse()  # A B, B A, ...: neither side always runs on the warmer (or busier) machine
+        got = {}
+        for label, side_tree in order:
+            got[label] = run_child(side_tree, n)
+            print(json.dumps({"pair": pair, "side": label, "tree": str(side_tree), **got[label]}), flush=True)
+        rows.append((got["A"], got["B"]))
+    summary: dict[str, Any] = {"services": n, "pairs": pairs, "A": str(tree), "B": str(baseline)}
+    for key in FIGURES:
+        a = [r[0][key] for r in rows if key in r[0]]
+        b = [r[1][key] for r in rows if key in r[1]]
+        ratios = [x / y for x, y in zip(a, b) if y]
+        if a and b:
+            summary[key] = {"A": [min(a), max(a)], "B": [min(b), max(b)],
+                            "A/B": [round(min(ratios), 2), round(max(ratios), 2)],
+                            "A/B median": round(statistics.median(ratios), 2)}
+    print(json.dumps(summary, indent=1), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=5000)
-    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=1, help="runs (with --baseline-tree: A/B pairs)")
+    parser.add_argument("--tree", type=Path, default=ROOT,
+                        help="import lbd from this checkout (default: this one); with --baseline-tree, side A")
+    parser.add_argument("--baseline-tree", type=Path, help="run A/B pairs: this tree against that one")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    if args.baseline_tree is not None:
+        ab(args.services, args.runs, args.tree.resolve(), args.baseline_tree.resolve())
+        return
     import logging
 
     import structlog
 
+    import_lbd(args.tree.resolve())
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     for run in range(args.runs):
         figures = asyncio.run(run_once(args.services))

@@ -15,6 +15,9 @@ from lbd.backoff import capped_backoff
 from lbd.sources.kube_translate import json_array, json_object
 
 
+MAX_LIST_PAGES = 10_000  # 5 million objects at 500 a page: past this, a server that never stops paging
+
+
 def describe_error(exc: BaseException, path: str) -> str:
     """One operator-readable line for a failed request: what failed and why.
 
@@ -42,7 +45,8 @@ class Informer:
     def __init__(self, client: Any, path: str, *, on_change: Callable[[], None],
                  on_health: Callable[[str, str | None], bool], log: Any, watch_timeout: float,
                  backoff_initial: float = 0.5, backoff_max: float = 30.0,
-                 store: dict[tuple[str, str], dict] | None = None, namespace: str | None = None) -> None:
+                 store: dict[tuple[str, str], dict] | None = None, namespace: str | None = None,
+                 trim: Callable[[dict], dict] | None = None, page_size: int = 500) -> None:
         self.client = client
         self.path = path
         self.on_change = on_change
@@ -55,6 +59,12 @@ class Informer:
         # and owns the keys of its namespace.
         self.store: dict[tuple[str, str], dict] = store if store is not None else {}
         self.namespace = namespace
+        # Objects are stored as ``trim`` returns them (kube_translate.prune: only what
+        # lbd reads), so the store holds a fraction of what the API server sends.
+        self.trim = trim or (lambda obj: obj)
+        # Lists are read in pages (client-go's reflector asks for 500): the full
+        # JSON of one page, not of every object at once, is what a list costs.
+        self.page_size = page_size
         self.resource_version: str | None = None
         self.synced = False
         self.relists = 0
@@ -65,15 +75,30 @@ class Informer:
         return (str(meta.get("namespace", "")), str(meta.get("name", "")))
 
     async def _list(self) -> None:
-        result = await self.client.request("GET", self.path)
-        fresh = {self.key(o): o for o in json_array(result.get("items")) if isinstance(o, dict)}
+        fresh: dict[tuple[str, str], dict] = {}
+        params: dict[str, str] = {"limit": str(self.page_size)} if self.page_size else {}
+        for _ in range(MAX_LIST_PAGES):
+            result = await self.client.request("GET", self.path, params=params)
+            for o in json_array(result.get("items")):
+                if isinstance(o, dict):
+                    fresh[self.key(o)] = self.trim(o)
+            meta = json_object(result.get("metadata"))
+            token = meta.get("continue")
+            if not token or not isinstance(token, str):
+                break
+            # Every page of one list is at the first page's resourceVersion; an
+            # expired continue token is a 410, which re-lists from the start.
+            params = {"limit": str(self.page_size), "continue": token}
+            del result
+        else:
+            raise ValueError(f"a list of more than {MAX_LIST_PAGES} pages")  # hostile: retried with backoff
         if self.namespace is None:
             self.store.clear()
         else:
             for key in [k for k in self.store if k[0] == self.namespace]:
                 del self.store[key]
         self.store.update(fresh)  # one step: no await between clear and update
-        self.resource_version = (result.get("metadata") or {}).get("resourceVersion")
+        self.resource_version = meta.get("resourceVersion")
         self.synced = True
         self.relists += 1
         self.on_health(self.path, None)
@@ -152,7 +177,7 @@ class Informer:
         if not obj:
             return False
         if kind in ("ADDED", "MODIFIED"):
-            self.store[self.key(obj)] = obj
+            self.store[self.key(obj)] = self.trim(obj)  # type: ignore[arg-type]
         elif kind == "DELETED":
             self.store.pop(self.key(obj), None)
         else:

@@ -9,8 +9,9 @@ reads them, so Services move between the two unchanged.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 from lbd.model import Backend, Family, IPAddress, PortSpec, ServiceSpec
 
@@ -18,6 +19,8 @@ DEFAULT_CLASS = "lbd.io/lbd"
 ANNOTATION_PREFIXES = ("metallb.io/", "metallb.universe.tf/")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 FAMILIES = {"IPv4": Family.IPV4, "IPv6": Family.IPV6}
+# A key -> True (keep whole), a nested shape, or a tuple of key prefixes to keep (see prune).
+Shape = Mapping[str, Union[bool, tuple, "Shape"]]
 
 
 class ServiceError(ValueError):
@@ -33,6 +36,72 @@ def json_object(value: Any) -> Mapping[str, Any]:
 
 def json_array(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+# What lbd reads of each kind, and nothing else, is what the informers keep
+# (``prune``). A Service parsed from one watch event is ~5.9 KB of dicts and
+# strings here (and far more in a real cluster: managedFields, the
+# last-applied-configuration annotation); pruned, ~1.5 KB, its keys shared.
+# A field a function in this module starts reading must be added here:
+# tests/unit/test_kube_prune.py checks every reader against pruned objects.
+ANNOTATION_KEEP = ANNOTATION_PREFIXES + ("lbd.io/",)
+PORT_SHAPE: Shape = {"name": True, "protocol": True, "port": True}
+SERVICE_SHAPE: Shape = {
+    "metadata": {"name": True, "namespace": True, "uid": True, "resourceVersion": True, "labels": True,
+                 "annotations": ANNOTATION_KEEP},
+    "spec": {"type": True, "loadBalancerClass": True, "loadBalancerIP": True, "ports": PORT_SHAPE,
+             "ipFamilies": True, "externalTrafficPolicy": True, "selector": True},
+    "status": {"loadBalancer": {"ingress": {"ip": True}}},
+}
+SLICE_SHAPE: Shape = {
+    "metadata": {"name": True, "namespace": True, "resourceVersion": True, "labels": True},
+    "addressType": True,
+    "endpoints": {"addresses": True, "conditions": {"ready": True}, "nodeName": True},
+    "ports": PORT_SHAPE,
+}
+NODE_SHAPE: Shape = {"metadata": {"name": True, "resourceVersion": True, "labels": True}}
+
+
+def prune(value: Any, shape: "Shape") -> Any:
+    """``value`` reduced to the keys ``shape`` names, with shared (interned) key strings.
+
+    A shape maps a key to ``True`` (keep the value whole), to a nested shape
+    (applied to an object, or to each element of an array), or to a tuple of
+    prefixes (keep the object's keys that start with one). Anything that is not
+    the JSON type a shape expects is kept as it is: the readers treat it as
+    they treated the unpruned object (``json_object`` and ``json_array``
+    turn it into {} or []), so hostile input means the same pruned or not.
+    """
+    if isinstance(value, list):
+        return [prune(item, shape) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, sub in shape.items():
+        if key not in value:
+            continue
+        item = value[key]
+        if sub is True:
+            out[key] = _interned(item)
+        elif isinstance(sub, tuple):
+            out[key] = {_key(k): v for k, v in item.items() if isinstance(k, str) and k.startswith(sub)} \
+                if isinstance(item, dict) else item
+        else:
+            out[key] = prune(item, sub)
+    return out
+
+
+def _key(k: Any) -> Any:
+    return sys.intern(k) if type(k) is str else k
+
+
+def _interned(value: Any) -> Any:
+    """A JSON value with its object keys interned: 5,000 Services share one "app" key, not 5,000."""
+    if isinstance(value, dict):
+        return {_key(k): _interned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interned(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from functools import partial
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from lbd.config.schema import SourceConfig
 from lbd.model import ServiceSpec
@@ -63,12 +64,16 @@ from lbd.sources.base import ConfigOutcome, Publish, ServiceResult, Source, Sour
 from lbd.sources.kube_informer import Informer, describe_error
 from lbd.sources.kube_translate import (
     DEFAULT_CLASS,
+    NODE_SHAPE,
+    SERVICE_SHAPE,
+    SLICE_SHAPE,
     ClassFilter,
     ServiceError,
     backends_by_service,
     deprecated_annotations,
     ingress_ips,
     json_object,
+    prune,
     ready_nodes_by_service,
     service_to_spec,
 )
@@ -99,6 +104,19 @@ def metallb_order(obj: Mapping[str, Any]) -> tuple[str, str]:
     """The order resources reach the converter: oldest first (pools are tried in that order)."""
     meta = json_object(obj.get("metadata"))
     return (str(meta.get("creationTimestamp", "")), str(meta.get("name", "")))
+
+
+_NO_NODES: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One Service as the last snapshot mapped it; reused while rv and inputs are unchanged."""
+
+    rv: Any
+    ready: frozenset[str]
+    value: ServiceSpec | ServiceError | None  # None: not ours (type, class)
+    deprecated: list[str]
 
 
 class KubernetesSource(Source):
@@ -153,6 +171,10 @@ class KubernetesSource(Source):
         self._annotating: dict[str, str] = {}  # uid -> annotation value written, not yet seen in the watch
         self._background: set[asyncio.Task] = set()
         self._announcing: set[str] = set()  # uids with an announcement write in flight
+        # Set while no report is writing statuses: announcement workers wait for it
+        # before each write, so a new Service's address never queues behind a burst of them.
+        self._writes_idle = asyncio.Event()
+        self._writes_idle.set()
         self.announce_writes = 0
         self.client: Any = None
         self.services: Informer | None = None
@@ -162,13 +184,17 @@ class KubernetesSource(Source):
         self._health: dict[str, str] = {}
         self._published: list[ServiceSpec] | None = None
         self.invalid: dict[str, str] = {}  # local name -> why it is not allocated
-        self._spec_cache: dict[tuple[str, str], Any] = {}
+        self._spec_cache: dict[tuple[str, str], _Entry] = {}
+        self._nodes_sig: Any = None
         self.deprecated: dict[str, list[str]] = {}  # local name -> old-prefix annotations in use
         self._evented: set[tuple[str, str, str]] = set()  # (uid, reason, message) already emitted
         self._written: dict[str, tuple[str, list[str]]] = {}  # uid -> (resourceVersion written over, ips)
         self._inflight: set[str] = set()
+        # local name -> (the object, the result, uid) of a report that had nothing to do for it
+        self._settled: dict[str, tuple[Mapping[str, Any], ServiceResult, str]] = {}
         self._failed: dict[str, str] = {}  # uid -> the allocation failure last reported
         self.status_writes = 0
+        self.conflicts = 0  # status writes refused with 409 (stale resourceVersion) and retried
         self.publishes = 0
 
     def _credentials(self) -> Any:
@@ -199,6 +225,29 @@ class KubernetesSource(Source):
         unique = list(dict.fromkeys(causes))
         self.context.set_error("; ".join(unique) or None)
 
+    def _informers(self) -> list[Informer]:
+        """Services, EndpointSlices and Nodes: cluster-wide, or one informer per namespace of the filter."""
+
+        def mk(path: str, shape: Any, store: dict | None = None, namespace: str | None = None) -> Informer:
+            return Informer(self.client, path, on_change=self._dirty.set, on_health=self._on_health, log=self.log,
+                            watch_timeout=self.watch_timeout, store=store, namespace=namespace,
+                            trim=lambda obj: prune(obj, shape))
+
+        self.nodes = mk("/api/v1/nodes", NODE_SHAPE)
+        if not self.namespaces:
+            self.services = mk("/api/v1/services", SERVICE_SHAPE)
+            self.slices = mk("/apis/discovery.k8s.io/v1/endpointslices", SLICE_SHAPE)
+            return [self.services, self.slices, self.nodes]
+        # Only these namespaces: list/watch each (a namespaced Role is then enough
+        # for Services and EndpointSlices); the stores are shared per resource.
+        svc_store: dict = {}
+        slice_store: dict = {}
+        svcs = [mk(f"/api/v1/namespaces/{ns}/services", SERVICE_SHAPE, svc_store, ns) for ns in self.namespaces]
+        slices = [mk(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", SLICE_SHAPE, slice_store, ns)
+                  for ns in self.namespaces]
+        self.services, self.slices = svcs[0], slices[0]
+        return [*svcs, *slices, self.nodes]
+
     async def run(self, publish: Publish) -> None:
         from lbd.sources.kube_client import KubeClient, KubeConfigError
 
@@ -209,27 +258,10 @@ class KubernetesSource(Source):
             self.context.set_error(f"bad kubeconfig: {exc}")
             raise
         self.client = KubeClient(conn, user_agent=f"lbd/{self.context.node_name}")
+        # Full objects (no pruning) for what the converter and the namespace labels read.
         mk = lambda path: Informer(self.client, path, on_change=self._dirty.set, on_health=self._on_health,  # noqa: E731
                                    log=self.log, watch_timeout=self.watch_timeout)
-        self.nodes = mk("/api/v1/nodes")
-        if not self.namespaces:
-            self.services = mk("/api/v1/services")
-            self.slices = mk("/apis/discovery.k8s.io/v1/endpointslices")
-            informers = [self.services, self.slices, self.nodes]
-        else:
-            # Only these namespaces: list/watch each (a namespaced Role is then enough
-            # for Services and EndpointSlices); the stores are shared per resource.
-            svc_store: dict = {}
-            slice_store: dict = {}
-            svcs = [Informer(self.client, f"/api/v1/namespaces/{ns}/services", on_change=self._dirty.set,
-                             on_health=self._on_health, log=self.log, watch_timeout=self.watch_timeout,
-                             store=svc_store, namespace=ns) for ns in self.namespaces]
-            slices = [Informer(self.client, f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
-                               on_change=self._dirty.set, on_health=self._on_health, log=self.log,
-                               watch_timeout=self.watch_timeout, store=slice_store, namespace=ns)
-                      for ns in self.namespaces]
-            self.services, self.slices = svcs[0], slices[0]
-            informers = [*svcs, *slices, self.nodes]
+        informers = self._informers()
         if self.metallb_resources:
             try:
                 self.metallb = [mk(path) for path in await self._metallb_paths()]
@@ -359,34 +391,37 @@ class KubernetesSource(Source):
             if EXCLUDE_LABEL in json_object(json_object(n.get("metadata")).get("labels")))
         ready = ready_nodes_by_service(self.slices.store)
         nodes_sig = (excluded, all_nodes if excluded else None)
+        nodes_same = nodes_sig == self._nodes_sig  # once per snapshot, not once per Service
+        self._nodes_sig = nodes_sig
         out: list[ServiceSpec] = []
         invalid: dict[str, str] = {}
         deprecated: dict[str, list[str]] = {}
         backends = backends_by_service(self.services.store, self.slices.store) if self.forward else {}
-        cache: dict[tuple[str, str], tuple[Any, frozenset[str], Any, ServiceSpec | ServiceError]] = {}
+        cache: dict[tuple[str, str], _Entry] = {}
+        old_cache = self._spec_cache
         for key in sorted(self.services.store):
             svc = self.services.store[key]
-            if not self.filter.wants(svc):
-                continue
-            # Each status write we make comes back as a MODIFIED event: reuse the
-            # spec of a Service whose object and inputs did not change, so a
-            # burst of writes does not remap all 5,000 Services each time.
+            # Each status write we make comes back as a MODIFIED event: a Service
+            # whose object (resourceVersion) and inputs did not change reuses its
+            # entry whole (filter, spec, old annotations), so the snapshot that a
+            # burst of 5,000 write echoes asks for costs a lookup per Service
+            # (it was ~30 ms of mapping each time, and the CPU the writes needed).
             rv = json_object(svc.get("metadata")).get("resourceVersion")
-            ready_here = frozenset(ready.get(key, ()))
-            hit = self._spec_cache.get(key)
-            if hit is not None and hit[0] == rv and rv is not None and hit[1] == ready_here and hit[2] == nodes_sig:
-                value = hit[3]
+            ready_here = ready.get(key, _NO_NODES)
+            hit = old_cache.get(key)
+            if hit is not None and nodes_same and rv is not None and hit.rv == rv and hit.ready == ready_here:
+                entry = hit
             else:
-                try:
-                    value = service_to_spec(svc, ready_nodes=ready_here, all_nodes=all_nodes, excluded=excluded)
-                except ServiceError as exc:
-                    value = exc
-            cache[key] = (rv, ready_here, nodes_sig, value)
-            old = deprecated_annotations(json_object(svc.get("metadata")))
-            if old:
-                deprecated[f"{key[0]}/{key[1]}"] = old
+                entry = self._entry(svc, rv, frozenset(ready_here), all_nodes, excluded)
+            cache[key] = entry
+            value = entry.value
+            if value is None:
+                continue
+            local = f"{key[0]}/{key[1]}"
+            if entry.deprecated:
+                deprecated[local] = entry.deprecated
             if isinstance(value, ServiceError):
-                invalid[f"{key[0]}/{key[1]}"] = str(value)
+                invalid[local] = str(value)
             elif self.forward:
                 out.append(replace(value, backends=backends.get(key, ())))
             else:
@@ -403,56 +438,93 @@ class KubernetesSource(Source):
         self.invalid = invalid
         return out
 
+    def _entry(self, svc: Mapping[str, Any], rv: Any, ready_here: frozenset[str], all_nodes: frozenset[str],
+               excluded: frozenset[str]) -> "_Entry":
+        if not self.filter.wants(svc):
+            return _Entry(rv, ready_here, None, [])
+        value: ServiceSpec | ServiceError
+        try:
+            value = service_to_spec(svc, ready_nodes=ready_here, all_nodes=all_nodes, excluded=excluded)
+        except ServiceError as exc:
+            value = exc
+        return _Entry(rv, ready_here, value, deprecated_annotations(json_object(svc.get("metadata"))))
+
     # -- results back to the API -----------------------------------------
 
     async def report(self, results: Mapping[str, ServiceResult]) -> None:
         if not self.is_writer or self.services is None or self.client is None:
             return
         sem = asyncio.Semaphore(self.write_concurrency)
-        jobs = []
+        jobs: list[Callable[[], Awaitable[None]]] = []  # made into coroutines only as workers take them
+        writes: list[str] = []
         announce = []
+        quiet: dict[str, tuple[Mapping[str, Any], ServiceResult, str]] = {}  # nothing queued for these
         for local, result in results.items():
             ns, _, name = local.partition("/")
             svc = self.services.store.get((ns, name))
             if svc is None:
                 continue
+            prev = self._settled.get(local)
+            if prev is not None and prev[0] is svc and prev[1] == result:
+                # The same object (no watch event since) and the same result as a report that
+                # found nothing to write or announce: still nothing. The daemon reports every
+                # Service every pass; this keeps a pass at 5,000 from costing ~30 ms here.
+                quiet[local] = prev
+                continue
+            queued = len(jobs)
             uid = svc["metadata"].get("uid", local)
             desired = [str(a) for a in result.addresses]
             if not result.addresses and result.pending:
                 message = f"Failed to allocate IP for \"{local}\": {result.pending}"
                 if self._failed.get(uid) != message:
                     self._failed[uid] = message
-                    jobs.append(self._event(svc, "AllocationFailed", message, sem))
+                    jobs.append(partial(self._event, svc, "AllocationFailed", message, sem))
             elif result.addresses:
                 self._failed.pop(uid, None)
             if result.addresses:
-                announce.append((svc, uid, tuple(result.nodes)))
-            if uid in self._inflight or self._up_to_date(svc, uid, desired):
+                announce.append(((ns, name), uid, tuple(result.nodes)))
+            if uid in self._inflight:
                 continue
-            jobs.append(self._write(ns, name, uid, svc, desired, sem))
+            if self._up_to_date(svc, uid, desired):
+                if len(jobs) == queued:
+                    quiet[local] = (svc, result, uid)
+                continue
+            # By key, not the object: the write reads the store when it runs (the newest
+            # resourceVersion, fewer 409s), and 5,000 queued writes pin no old objects.
+            writes.append(uid)
+            jobs.append(partial(self._write, ns, name, uid, desired, sem))
         for local, why in self.invalid.items():
             ns, _, name = local.partition("/")
             svc = self.services.store.get((ns, name))
             if svc is not None:
-                jobs.append(self._event(svc, "InvalidService", why, sem))
+                jobs.append(partial(self._event, svc, "InvalidService", why, sem))
         for local, keys in self.deprecated.items():
             ns, _, name = local.partition("/")
             svc = self.services.store.get((ns, name))
             if svc is not None:
                 # MetalLB still reads the old prefix and warns the same way.
-                jobs.append(self._event(svc, "DeprecatedAnnotation", "deprecated annotations "
-                                        + ", ".join(keys) + ": use the metallb.io/ prefix", sem))
-        if jobs:
-            await asyncio.gather(*jobs)
+                jobs.append(partial(self._event, svc, "DeprecatedAnnotation", "deprecated annotations "
+                                    + ", ".join(keys) + ": use the metallb.io/ prefix", sem))
+        self._inflight.update(writes)
+        if writes:
+            self._writes_idle.clear()
+        try:
+            await drain(jobs, self.write_concurrency)
+        finally:
+            self._inflight.difference_update(writes)
+            self._writes_idle.set()
         # Who announces: after the status writes, in the background, so that a
         # burst of owner changes never delays an address reaching a Service.
-        pending = [(svc, uid, nodes) for svc, uid, nodes in announce
-                   if uid not in self._announcing and self._needs_announce(svc, uid, nodes)]
+        store = self.services.store
+        pending = [(key, uid, nodes) for key, uid, nodes in announce
+                   if uid not in self._announcing and key in store and self._needs_announce(store[key], uid, nodes)]
         if pending:
             self._announcing.update(uid for _, uid, _ in pending)
             task = asyncio.get_running_loop().create_task(self._announce_all(pending))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        # Settled: written, announced, nothing in flight that could still fail and need a retry.
+        self._settled = {local: v for local, v in quiet.items() if v[2] not in self._announcing}
 
     # -- who announces -----------------------------------------------------
 
@@ -471,21 +543,25 @@ class KubernetesSource(Source):
         # between changes the resourceVersion too): do not write twice.
         return self._annotating.get(uid) == value
 
-    async def _announce_all(self, pending: list[tuple[Mapping[str, Any], str, tuple[str, ...]]]) -> None:
+    async def _announce_all(self, pending: list[tuple[tuple[str, str], str, tuple[str, ...]]]) -> None:
+        assert self.services is not None
+        store = self.services.store
         sem = asyncio.Semaphore(max(1, self.write_concurrency // 2))
-        todo = iter(pending)
 
-        async def worker() -> None:
-            # A few workers over the list, not one task per Service: 5,000 at
-            # once cost ~35 MiB of coroutines for work that is rate-bound anyway.
-            for svc, uid, nodes in todo:
-                try:
+        async def one(key: tuple[str, str], uid: str, nodes: tuple[str, ...]) -> None:
+            try:
+                await self._writes_idle.wait()  # statuses first
+                # The object as it is now (the status write in between replaced it).
+                svc = store.get(key)
+                if svc is not None and json_object(svc.get("metadata")).get("uid", uid) == uid:
                     await self._announce(svc, uid, nodes, sem)
-                finally:
-                    self._announcing.discard(uid)
+            finally:
+                self._announcing.discard(uid)
 
         try:
-            await asyncio.gather(*(worker() for _ in range(max(1, self.write_concurrency // 2))))
+            # A few workers over the list, not one task per Service: 5,000 at
+            # once cost ~35 MiB of coroutines for work that is rate-bound anyway.
+            await drain([partial(one, *item) for item in pending], max(1, self.write_concurrency // 2))
         finally:
             self._announcing.difference_update(uid for _, uid, _ in pending)
 
@@ -549,13 +625,14 @@ class KubernetesSource(Source):
         written = self._written.get(uid)
         return written is not None and written[0] == svc["metadata"].get("resourceVersion") and written[1] == desired
 
-    async def _write(self, ns: str, name: str, uid: str, svc: Mapping[str, Any], desired: list[str],
-                     sem: asyncio.Semaphore) -> None:
+    async def _write(self, ns: str, name: str, uid: str, desired: list[str], sem: asyncio.Semaphore) -> None:
         from lbd.sources.kube_client import ApiError
 
+        assert self.services is not None
         path = f"/api/v1/namespaces/{ns}/services/{name}/status"
-        current: Mapping[str, Any] = svc
-        self._inflight.add(uid)
+        current = self.services.store.get((ns, name))
+        if current is None or current["metadata"].get("uid", uid) != uid or self._up_to_date(current, uid, desired):
+            return  # deleted, replaced, or written since this write was queued
         try:
             async with sem:
                 for _ in range(4):
@@ -567,6 +644,7 @@ class KubernetesSource(Source):
                                                   content_type="application/merge-patch+json")
                     except ApiError as exc:
                         if exc.code == 409:  # stale resourceVersion: re-read, re-check, retry
+                            self.conflicts += 1
                             current = await self.client.request("GET", f"/api/v1/namespaces/{ns}/services/{name}")
                             if current["metadata"].get("uid") != uid or ingress_ips(current) == desired:
                                 return
@@ -574,7 +652,7 @@ class KubernetesSource(Source):
                         if exc.code == 404:
                             return
                         raise
-                    self._written[uid] = (str(svc["metadata"].get("resourceVersion")), desired)
+                    self._written[uid] = (str(rv), desired)
                     self.status_writes += 1
                     self._write_health("status", None)
                     self.log.info("kube_status_written", service=f"{ns}/{name}", ingress=desired)
@@ -583,8 +661,6 @@ class KubernetesSource(Source):
             raise
         except Exception as exc:  # retried on the next report
             self._write_health("status", exc, f"{ns}/{name}")
-        finally:
-            self._inflight.discard(uid)
 
     def _event_body(self, involved: Mapping[str, Any], reason: str, message: str, kind: str) -> dict[str, Any]:
         """A core/v1 Event about ``involved`` (a Service, or a MetalLB resource in live mode)."""
@@ -624,3 +700,18 @@ class KubernetesSource(Source):
             if reason == NODE_ASSIGNED:
                 self._announced.pop(uid, None)
             self._write_health("events", exc, f"{meta['namespace']}/{meta['name']}")
+
+
+async def drain(jobs: Iterable[Callable[[], Awaitable[None]]], workers: int) -> None:
+    """Run ``jobs`` with at most ``workers`` at a time; a job's coroutine exists only while it runs.
+
+    ``asyncio.gather`` over 5,000 coroutines holds 5,000 frames (and what they
+    reference) for the whole burst; the writes are rate-bound by the API server anyway.
+    """
+    todo = iter(jobs)
+
+    async def worker() -> None:
+        for job in todo:
+            await job()
+
+    await asyncio.gather(*(worker() for _ in range(max(1, workers))))
