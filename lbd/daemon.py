@@ -44,6 +44,7 @@ from lbd.sources.manager import SourceManager
 from lbd.sources.registry import validate_source
 from lbd.sources.static import static_source_config
 from lbd.state import PersistedState, StateError, StateStore, StateWriter
+from lbd.writeback import ResultBook, service_results
 from lbd import metrics as m
 from lbd.looplag import LoopLagProbe
 
@@ -239,6 +240,8 @@ class Daemon:
         self._pass: asyncio.Future[bool] | None = None  # the reconcile pass running now, if any
         self._interrupted = False  # a stop cancelled a pass: addresses it was binding may be left over
         self._bgp_first = True  # the BGP announcer has not been given a table yet
+        self._results = ResultBook()  # what the write-back hands the sources, kept per change
+        self._touched: set[str] | None = None  # services re-decided since the last write-back (None: all)
 
     def _control_commands(self) -> dict[str, Handler]:
         """What ``lbd-ctl`` may ask over the control socket, by command name."""
@@ -362,6 +365,11 @@ class Daemon:
                 eligible_since=self.coordinator.eligible_since(),
             )
         )
+        # The write-back recomputes the services these decisions list (all after a full pass).
+        if self.planner.full:
+            self._touched = None
+        elif self._touched is not None:
+            self._touched |= self.planner.touched_services()
         # Only the VIPs the incremental planner re-decided can have changed owner (O(k)).
         changes = self.planner.owner_changes()
         report_owner_changes({before.vip: before.owner for before, _ in changes}, [after for _, after in changes],
@@ -422,7 +430,12 @@ class Daemon:
             self._writer = writer
             self.sources.set_writer(writer)
             log.info("status_writer", writer=writer)
-        await self.sources.report(await asyncio.to_thread(self.results))
+        # Only the services this pass touched are recomputed and fanned out (issue 9); all of
+        # them after a full planner pass (every FULL_PASS_INTERVAL, and on config edits).
+        touched, self._touched = self._touched, set()
+        changed = self._results.update(self.services, self.allocations, self.pending, self.plan.decisions,
+                                       self.planner.decision, touched)
+        await self.sources.report(self._results.results, changed)
 
     def _observe_hooks(self, members: list[Member], observed: Observation | None = None) -> None:
         """Hook events from the state this pass converged to (level-triggered: once per transition);
@@ -435,21 +448,8 @@ class Daemon:
             log.exception("hook_observe_failed")
 
     def results(self) -> dict[str, ServiceResult]:
-        owners: dict[str, list[str]] = {}
-        for decision in self.plan.decisions:
-            for service in decision.services:
-                nodes = owners.setdefault(service, [])
-                if decision.owner and decision.owner not in nodes:
-                    nodes.append(decision.owner)
-        out: dict[str, ServiceResult] = {}
-        for name in self.services:
-            allocation = self.allocations.get(name)
-            if allocation is not None:
-                out[name] = ServiceResult(addresses=allocation.addresses, pool=allocation.pool,
-                                          nodes=tuple(owners.get(name, ())))
-            else:
-                out[name] = ServiceResult(pending=self.pending.get(name, "not allocated"))
-        return out
+        """Every service's result now, from scratch (the write-back keeps them per change)."""
+        return service_results(self.services, self.allocations, self.pending, self.plan.decisions)
 
     def persist(self) -> None:
         """Have the state written soon: a snapshot now, encoded and written off the loop,

@@ -42,16 +42,15 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from dataclasses import dataclass, field
-from itertools import compress, count
-from operator import attrgetter, is_not, or_
-from typing import AbstractSet, Hashable, Iterable, Mapping, Sequence, TypeVar
+from operator import attrgetter
+from typing import AbstractSet, Mapping, Sequence
 
 from lbd import pools as poolmath
 from lbd.config.schema import PoolConfig
+from lbd.delta import changed_keys
 from lbd.model import Allocation, Family, IPAddress, ServiceSpec
 from lbd.selectors import matches
 
-_K = TypeVar("_K", bound=Hashable)
 
 __all__ = [
     "AllocationChange",
@@ -838,34 +837,6 @@ class IncrementalAllocator:
             allocations = dict(zip(names, map(allocations.__getitem__, names)))
         result.allocations = allocations
         return result
-
-
-_MISSING = object()
-
-
-def changed_keys(old: Mapping[_K, object], new: Mapping[_K, object]) -> set[_K]:
-    """Keys whose value differs between ``old`` and ``new`` (added and removed ones included).
-
-    Between two passes the mappings are mostly the very same (key, value) objects in the same
-    order: ``old == new`` runs at C speed and short-cuts on identical values; when they differ,
-    C-speed iterators skip the common prefix and suffix of identical entries and only the
-    window between them is compared in Python (a few entries for a change of a few keys)."""
-    if old == new:
-        return set()
-    old_keys, new_keys, old_values, new_values = list(old), list(new), list(old.values()), list(new.values())
-    short = min(len(old_keys), len(new_keys))
-
-    def same(keys: Iterable[object], other_keys: Iterable[object], values: Iterable[object],
-             other_values: Iterable[object]) -> int:
-        differs = map(or_, map(is_not, keys, other_keys), map(is_not, values, other_values))
-        return next(compress(count(), differs), short)
-
-    head = same(old_keys, new_keys, old_values, new_values)
-    tail = min(same(reversed(old_keys), reversed(new_keys), reversed(old_values), reversed(new_values)), short - head)
-    # Outside the windows both hold the same keys, so a key inside one window is not outside the other.
-    window = set(old_keys[head:len(old_keys) - tail]) | set(new_keys[head:len(new_keys) - tail])
-    return {key for key in window if (was := old.get(key, _MISSING)) is not (now := new.get(key, _MISSING))
-            and (was is _MISSING or now is _MISSING or was != now)}
 
 
 def pool_usage(pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation]) -> dict[str, PoolUsage]:

@@ -51,6 +51,7 @@ from typing import Callable
 
 import structlog
 
+from lbd.delta import changed_keys
 from lbd.model import Allocation, IPAddress
 from lbd.safefile import NotRegularFileError, read_regular_file
 
@@ -249,7 +250,6 @@ class StateEncoder:
 
     def encode(self, state: PersistedState) -> bytes:
         _check_json(state.extra, "extra")
-        from lbd.ipam import changed_keys  # (lbd.ipam pulls in the config schema; only a writer needs it)
 
         allocations = dict(state.allocations)
         changed = changed_keys(self._allocations, allocations)

@@ -30,7 +30,7 @@ import bisect
 from itertools import chain
 from typing import Generic, Hashable, Iterable, TypeVar
 
-from lbd.ipam import changed_keys
+from lbd.delta import changed_keys
 from lbd.model import Allocation, ExportRoute, IPAddress, L2Intent, L2Mode, Member, Plan, ServiceSpec, VipDecision
 from lbd.planner import decide_vip, vip_input, vip_order, VipOutcome
 from lbd.planner.bgp import RouteMerge
@@ -163,6 +163,20 @@ class IncrementalPlanner:
                 decisions=tuple(self._decisions.values()),
             )
         return self._plan
+
+    def decision(self, vip: IPAddress) -> VipDecision | None:
+        """The current decision of ``vip`` (None: not allocated to anyone)."""
+        outcome = self._outcomes.get(vip)
+        return outcome.decision if outcome is not None else None
+
+    def touched_services(self) -> set[str]:
+        """The services listed by the decisions the last call re-decided, before and after."""
+        names: set[str] = set()
+        for vip in self.changed:
+            for decision in (self.previous.get(vip), self.decision(vip)):
+                if decision is not None:
+                    names.update(decision.services)
+        return names
 
     def owner_changes(self) -> list[tuple[VipDecision, VipDecision]]:
         """(before, after) of every VIP whose layer-2 owner the last call changed, in VIP order."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 import structlog
 
@@ -67,6 +68,7 @@ class SourceManager:
         self._running: dict[str, _Running] = {}
         self._is_writer = False
         self._merged: list[ServiceSpec] = []
+        self._results: dict[str, dict[str, ServiceResult]] = {}  # the last report's, by source and local name
         self._closed = False
 
     # -- public API -------------------------------------------------------
@@ -121,17 +123,35 @@ class SourceManager:
             entry.task = asyncio.create_task(self._supervise(entry), name=f"lbd-source-{name}")
         self._remerge()
 
-    async def report(self, results: Mapping[str, ServiceResult]) -> None:
-        """Fan allocation results (by full name) out to their sources' ``report``."""
-        by_source: dict[str, dict[str, ServiceResult]] = {}
-        for full, result in results.items():
-            source_name, sep, local = full.partition("/")
-            if sep and source_name in self._running:
-                by_source.setdefault(source_name, {})[local] = result
+    async def report(self, results: Mapping[str, ServiceResult], changed: Iterable[str] | None = None) -> None:
+        """Fan allocation results (by full name) out to their sources' ``report``.
+
+        ``changed``: the only names whose result differs from the last call's (None: any
+        may). The per-source mappings are then updated for those names alone, so a change
+        of one service costs the same with 100,000 present (issue 9); each source is still
+        called after every pass (a source retries its failed writes then)."""
+        if changed is None:
+            by_source: dict[str, dict[str, ServiceResult]] = {}
+            for full, result in results.items():
+                source_name, sep, local = full.partition("/")
+                if sep:
+                    by_source.setdefault(source_name, {})[local] = result
+            self._results = by_source
+        else:
+            for full in changed:
+                source_name, sep, local = full.partition("/")
+                if not sep:
+                    continue
+                result = results.get(full)
+                if result is not None:
+                    self._results.setdefault(source_name, {})[local] = result
+                else:
+                    self._results.get(source_name, {}).pop(local, None)
         calls = []
         for name, entry in self._running.items():
             if entry.source is not None:
-                calls.append(self._report_one(name, entry.source, by_source.get(name, {})))
+                # A read-only view (no copy): valid for the call; a source that keeps results copies them.
+                calls.append(self._report_one(name, entry.source, MappingProxyType(self._results.get(name, {}))))
         if calls:
             await asyncio.gather(*calls)
 
