@@ -265,12 +265,13 @@ class Daemon:
 
     def services_now(self) -> dict[str, ServiceSpec]:
         """Every source's services, plus stand-ins for sources not heard from yet."""
-        services = {spec.name: spec for spec in self.sources.services()}
+        services = dict(self.sources.services_map())  # a C-speed copy, not a rebuild (issue 9)
         starting = {s["name"] for s in self.sources.status() if s.get("state") == "starting"}
-        for name, allocation in self.allocations.items():
-            source = name.partition("/")[0]
-            if name not in services and source in starting:
-                services[name] = ghost_spec(allocation)
+        if starting:  # (only at start: not a walk of every allocation on every pass)
+            for name, allocation in self.allocations.items():
+                source = name.partition("/")[0]
+                if name not in services and source in starting:
+                    services[name] = ghost_spec(allocation)
         return services
 
     # -- the loop -----------------------------------------------------------
