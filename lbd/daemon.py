@@ -26,6 +26,7 @@ import lbd
 from lbd.config import ConfigError, parse_config
 from lbd.control import ControlError, ControlServer, Handler, peer_credentials
 from lbd.coordination import Coordinator, Handover, LocalCoordinator
+from lbd.delta import changed_keys
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, Observation, observe
 from lbd.ipam import pool_usage
 from lbd.kernel.interfaces import InterfaceInventory
@@ -337,7 +338,7 @@ class Daemon:
         drained, the services failing here (health checks, or no backend to forward to:
         ``withdraw``) and the VIPs it holds as of the last pass."""
         failing = frozenset(
-            name for name, spec in self.services.items()
+            name for name, spec in self._checked_or_forwarded().items()
             if spec.health_check is not None and self.health is not None and self.health.healthy(name) is not True
         ) | withdraw
         return Member(
@@ -540,8 +541,23 @@ class Daemon:
 
     # -- pieces that come and go with the config ------------------------------
 
+    def _checked_or_forwarded(self) -> Mapping[str, ServiceSpec]:
+        """The services with a health check or backends, kept per change of ``self.services``
+        (issue 9: three walks of every service on every pass, before the plan)."""
+        index: dict[str, ServiceSpec] = getattr(self, "_special", None) or {}  # (tests: no __init__)
+        seen: Mapping[str, ServiceSpec] = getattr(self, "_special_of", None) or {}
+        for name in changed_keys(seen, self.services):
+            spec = self.services.get(name)
+            if spec is not None and (spec.health_check is not None or spec.backends):
+                index[name] = spec
+            else:
+                index.pop(name, None)
+        self._special, self._special_of = index, dict(self.services)
+        return index
+
     def _configure_health(self) -> None:
-        checks = {name: spec.health_check for name, spec in self.services.items() if spec.health_check is not None}
+        checks = {name: spec.health_check for name, spec in self._checked_or_forwarded().items()
+                  if spec.health_check is not None}
         if checks and self.health is None:
             from lbd.health import HealthChecker
 
@@ -556,7 +572,7 @@ class Daemon:
         node taking a VIP over forwards each flow where the old owner did. The
         services to withdraw from this node (no healthy backend here) are returned.
         """
-        forwarded = {name: spec for name, spec in self.services.items() if spec.backends}
+        forwarded = {name: spec for name, spec in self._checked_or_forwarded().items() if spec.backends}
         if not forwarded and self.forwarder is None:
             return frozenset()
         from lbd.forward.forwarder import Forwarder
