@@ -319,7 +319,12 @@ class Daemon:
     def _allocate(self, config: Config) -> None:
         """Allocate addresses to the services the sources give now; persist what changed."""
         self.services = self.services_now()
-        result, notes = self.coordinator.allocate(config, list(self.services.values()), self.allocations)
+        self._take_hints()
+        # By name (no re-index), with the names the sources changed (no comparison of every service).
+        result, notes = self.coordinator.allocate(config, self.services, self.allocations, changed=self._alloc_hint)
+        self._alloc_hint = set()
+        touched = self.coordinator.touched()
+        self._plan_hint = None if touched is None or self._plan_hint is None else self._plan_hint | touched
         for note in notes:
             log.warning("allocation_note", detail=note)
         for change in result.changes:
@@ -332,6 +337,28 @@ class Daemon:
             if self.pending.get(name) != reason:
                 log.warning("service_pending", service=name, reason=reason)
         self.pending = result.pending
+
+    def _take_hints(self) -> None:
+        """Add the names the sources changed since the last pass to the allocator's and the
+        planner's hints (issue 9). Each hint is cleared once its consumer ran, so a pass that
+        fails half-way loses nothing; None (compare everything) after a source was added or
+        removed, and while stand-ins for a starting source come and go. Also None every
+        FULL_PASS_INTERVAL, and whenever the services are not the sources' (their count
+        differs): the level-triggered safety net covers the hints too."""
+        changed = self.sources.take_changes()
+        starting = any(s.get("state") == "starting" for s in self.sources.status())
+        now = time.monotonic()
+        stale = now - getattr(self, "_hints_since", -FULL_PASS_INTERVAL) >= FULL_PASS_INTERVAL
+        if (changed is None or starting or getattr(self, "_starting", True) or stale
+                or len(self.services) != len(self.sources.services_map())):
+            if stale:
+                self._hints_since = now
+            self._alloc_hint = self._plan_hint = None
+        else:
+            alloc, plan = getattr(self, "_alloc_hint", None), getattr(self, "_plan_hint", None)
+            self._alloc_hint = None if alloc is None else alloc | changed
+            self._plan_hint = None if plan is None else plan | changed
+        self._starting = starting
 
     def _local_member(self, config: Config, interfaces: Sequence[LocalInterface], withdraw: frozenset[str]) -> Member:
         """This node as the planner and the cluster see it: labels, usable interfaces,
@@ -365,8 +392,10 @@ class Daemon:
                 members=members,
                 now=time.monotonic(),
                 eligible_since=self.coordinator.eligible_since(),
-            )
+            ),
+            hint=getattr(self, "_plan_hint", None),
         )
+        self._plan_hint = set()
         # The write-back recomputes the services these decisions list (all after a full pass).
         if self.planner.full:
             self._touched = None

@@ -94,6 +94,7 @@ class SourceManager:
         self._is_writer = False
         self._merged: dict[str, ServiceSpec] = {}  # every source's services by full name
         self._results: dict[str, dict[str, ServiceResult]] = {}  # the last report's, by source and local name
+        self._taken: set[str] | None = None  # names changed since take_changes() (None: unknown, all)
         self._closed = False
 
     # -- public API -------------------------------------------------------
@@ -101,6 +102,13 @@ class SourceManager:
     def services(self) -> list[ServiceSpec]:
         """Every source's last good snapshot merged, sorted by full name."""
         return [self._merged[name] for name in sorted(self._merged)]
+
+    def take_changes(self) -> set[str] | None:
+        """The full names whose service changed since the last call (None: any may have: the
+        first call, and after sources were added or removed); the daemon's hint to the
+        allocator and planner, so that they need not compare 100,000 services (issue 9)."""
+        taken, self._taken = self._taken, set()
+        return taken
 
     def services_map(self) -> Mapping[str, ServiceSpec]:
         """The same services by full name, kept up to date per change (a read-only view, no
@@ -400,6 +408,8 @@ class SourceManager:
         self._set_state(entry)
         if changed:
             snapshot = entry.snapshot or {}
+            if self._taken is not None:
+                self._taken |= changed
             for full in changed:
                 spec = snapshot.get(full)
                 if spec is not None:
@@ -417,6 +427,7 @@ class SourceManager:
                 merged.update(snap)
         if merged != self._merged:
             self._merged = merged
+            self._taken = None
             self._changed()
 
     def _changed(self) -> None:

@@ -124,6 +124,8 @@ async def test_one_changed_file_among_many_is_a_delta_of_one_service(tmp_path: P
             original(entry, upserts, removed)
 
         manager._publish_changes = spy  # type: ignore[method-assign]
+        assert manager.take_changes() is None, "sources were added: unknown"
+        assert manager.take_changes() == set()
         (tmp_path / ".new.tmp").write_text(text(["extra"], "p"))
         (tmp_path / ".new.tmp").rename(tmp_path / "new.toml")
         for _ in range(500):
@@ -131,12 +133,14 @@ async def test_one_changed_file_among_many_is_a_delta_of_one_service(tmp_path: P
                 break
             await asyncio.sleep(0.01)
         assert "drop/extra" in manager.services_map() and calls == [(1, 0)]
+        assert manager.take_changes() == {"drop/extra"}  # the daemon's hint to allocator and planner
         (tmp_path / "new.toml").unlink()
         for _ in range(500):
             if "drop/extra" not in manager.services_map():
                 break
             await asyncio.sleep(0.01)
         assert "drop/extra" not in manager.services_map() and calls == [(1, 0), (0, 1)]
+        assert manager.take_changes() == {"drop/extra"}
         assert len(manager.services_map()) == 1000
     finally:
         await manager.close()
