@@ -128,13 +128,16 @@ def run(n: int, changes: int) -> dict[str, list[float]]:
                 delta = (([ServiceSpec(name=f"c{i // 2}", pool="bgp")], []) if adding else ([], [f"c{i // 2}"]))
             else:
                 delta = ([], [])
-            services = step("source", lambda: (publisher.changes(*delta), dict(manager.services_map()))[1], record)
-            result = step("allocate", lambda: allocator.allocate(cfg.pools, services, allocations),  # by name, as the daemon
+            services, hint = step("source", lambda: (publisher.changes(*delta), dict(manager.services_map()),
+                                                     manager.take_changes())[1:], record)
+            # By name, with the sources' changed names as the hint, as the daemon does.
+            result = step("allocate", lambda: allocator.allocate(cfg.pools, services, allocations, changed=hint),
                           record)
             allocations = result.allocations
             inp = PlannerInput(config=cfg, node="n1", allocations=allocations, services=services, members=members,
                                now=float(i + 1))
-            the_plan = step("plan", lambda: planner.plan(inp), record)
+            plan_hint = None if hint is None or allocator.touched is None else hint | allocator.touched
+            the_plan = step("plan", lambda: planner.plan(inp, hint=plan_hint), record)
             step("bgp", lambda: announcer.apply(the_plan.bgp), record)
             touched = None if planner.full else planner.touched_services()
             step("write-back", lambda: loop.run_until_complete(report(book.results, book.update(

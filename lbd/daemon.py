@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+METRICS_INTERVAL = 1.0  # the gauges follow the passes at most this often (seconds)
 RESYNC_INTERVAL = 10.0  # a full pass even when nothing said it changed (interfaces, lost events)
 DEBOUNCE = 0.01  # coalesce a burst of triggers into one pass
 LOOP_LAG_INTERVAL = 0.1  # the loop-lag probe's period: cheap, and stalls that matter are longer
@@ -305,8 +306,7 @@ class Daemon:
             self.coordinator.update_local(replace(me, holds=held_now))
         await self._write_back(config)
         self.last_reconcile = time.time()
-        await asyncio.to_thread(m.update, pools=config.pools, allocations=self.allocations, pending=self.pending,
-                                plan=self.plan, drained=self.drained)
+        self._metrics_soon()
         try:
             # The observation (a few dicts over every VIP) off the loop; the dispatch on it.
             bgp = self.bgp.status() if self.bgp is not None else []  # the sessions live on the loop
@@ -315,6 +315,28 @@ class Daemon:
             log.exception("hook_observe_failed")
         else:
             self._observe_hooks(members, observed)
+
+    def _metrics_soon(self) -> None:
+        """Have the gauges follow this pass, at most every METRICS_INTERVAL (a task, in a worker
+        thread): a pass per change at 100,000 services no longer counts every VIP each time,
+        and the next change never waits for it (issue 9). Scrapes come every 15 s or so."""
+        self._metrics_dirty = True
+        task: asyncio.Task[None] | None = getattr(self, "_metrics_task", None)
+        if task is None or task.done():
+            self._metrics_task = asyncio.ensure_future(self._update_metrics())
+
+    async def _update_metrics(self) -> None:
+        while self._metrics_dirty:
+            wait = getattr(self, "_metrics_at", -METRICS_INTERVAL) + METRICS_INTERVAL - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._metrics_dirty = False
+            self._metrics_at = time.monotonic()
+            try:
+                await asyncio.to_thread(m.update, pools=self.config.pools, allocations=self.allocations,
+                                        pending=self.pending, plan=self.plan, drained=self.drained)
+            except Exception:  # noqa: BLE001 - metrics are a side channel: the next pass tries again
+                log.exception("metrics_update_failed")
 
     def _allocate(self, config: Config) -> None:
         """Allocate addresses to the services the sources give now; persist what changed."""
@@ -325,6 +347,7 @@ class Daemon:
         self._alloc_hint = set()
         touched = self.coordinator.touched()
         self._plan_hint = None if touched is None or self._plan_hint is None else self._plan_hint | touched
+        self._wb_hint = None if touched is None or self._wb_hint is None else self._wb_hint | touched
         for note in notes:
             log.warning("allocation_note", detail=note)
         for change in result.changes:
@@ -353,11 +376,13 @@ class Daemon:
                 or len(self.services) != len(self.sources.services_map())):
             if stale:
                 self._hints_since = now
-            self._alloc_hint = self._plan_hint = None
+            self._alloc_hint = self._plan_hint = self._wb_hint = None
         else:
             alloc, plan = getattr(self, "_alloc_hint", None), getattr(self, "_plan_hint", None)
+            wb = getattr(self, "_wb_hint", None)
             self._alloc_hint = None if alloc is None else alloc | changed
             self._plan_hint = None if plan is None else plan | changed
+            self._wb_hint = None if wb is None else wb | changed
         self._starting = starting
 
     def _local_member(self, config: Config, interfaces: Sequence[LocalInterface], withdraw: frozenset[str]) -> Member:
@@ -464,8 +489,9 @@ class Daemon:
         # Only the services this pass touched are recomputed and fanned out (issue 9); all of
         # them after a full planner pass (every FULL_PASS_INTERVAL, and on config edits).
         touched, self._touched = self._touched, set()
+        hint, self._wb_hint = getattr(self, "_wb_hint", None), set()
         changed = self._results.update(self.services, self.allocations, self.pending, self.plan.decisions,
-                                       self.planner.decision, touched)
+                                       self.planner.decision, touched, hint)
         await self.sources.report(self._results.results, changed)
 
     def _observe_hooks(self, members: list[Member], observed: Observation | None = None) -> None:
@@ -853,8 +879,9 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self.notifier.stopping()
-        for task in self._tasks:
-            task.cancel()
+        for task in [*self._tasks, getattr(self, "_metrics_task", None)]:
+            if task is not None:
+                task.cancel()
         clustered = not isinstance(self.coordinator, LocalCoordinator)
         if self.bgp is not None and not self._restarting:
             # Withdrawal, BFD AdminDown, Cease, acknowledged by each router, all

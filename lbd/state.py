@@ -251,7 +251,7 @@ class StateEncoder:
     def encode(self, state: PersistedState) -> bytes:
         _check_json(state.extra, "extra")
 
-        allocations = dict(state.allocations)
+        allocations = state.allocations  # kept, not copied: a PersistedState is a snapshot (persist copies)
         changed = changed_keys(self._allocations, allocations)
         if len(changed) > 64:  # many (the first write): texts by name, then one C-speed sort
             texts = self._texts

@@ -62,21 +62,25 @@ class ResultBook:
     def update(self, services: Mapping[str, ServiceSpec], allocations: Mapping[str, Allocation],
                pending: Mapping[str, str], decisions: Iterable[VipDecision],
                decision: Callable[[IPAddress], VipDecision | None],
-               touched: Iterable[str] | None) -> set[str] | None:
+               touched: Iterable[str] | None, hint: Iterable[str] | None = None) -> set[str] | None:
         """Bring ``results`` up to date; return the names whose result changed (None: all were
         recomputed). ``decisions``: the plan's, in VIP order (read only when ``touched`` is
         None); ``decision(vip)``: the current decision of one VIP; ``touched``: the services
         listed by the decisions re-decided since the last call, before and after (None: any
-        may have changed)."""
+        may have changed); ``hint``: the services whose spec or allocation may have changed
+        since the last call (None: found by comparing every service, C speed but O(N)).
+        The mappings are kept, not copied: the caller replaces them, never changes them in place."""
         if touched is None:
             names: set[str] | None = None
         else:
             names = set(touched)
-            names |= changed_keys(self._services, services)
-            names |= changed_keys(self._allocations, allocations)
-            names |= changed_keys(self._pending, pending)
-        # Copies: the caller may change its mappings in place; these are C-speed.
-        self._services, self._allocations, self._pending = dict(services), dict(allocations), dict(pending)
+            if hint is None:
+                names |= changed_keys(self._services, services)
+                names |= changed_keys(self._allocations, allocations)
+            else:
+                names.update(hint)
+            names |= changed_keys(self._pending, pending)  # (the pending services: few)
+        self._services, self._allocations, self._pending = services, allocations, pending
         if names is None:
             self.results = service_results(services, allocations, pending, decisions)
             return None

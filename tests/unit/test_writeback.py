@@ -54,9 +54,12 @@ class World:
         self.choices: dict[IPAddress, tuple[str | None, list[str]]] = {}
         self.decisions: dict[IPAddress, VipDecision] = {}
         self.touched: set[str] | None = None  # the first pass computes everything
+        self.hint: set[str] = set()  # the services whose spec or allocation an event set (the daemon's hint)
 
     def apply(self, event: tuple) -> None:
         kind = event[0]
+        if kind in ("spec", "unspec", "alloc", "unalloc"):
+            self.hint.add(event[1])
         # New mappings each pass, as the daemon's steps hand them over (unchanged values are the same objects).
         self.services, self.allocations, self.pending = dict(self.services), dict(self.allocations), dict(self.pending)
         if kind == "spec":
@@ -99,8 +102,8 @@ class World:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.lists(st.lists(EVENT, min_size=1, max_size=4), min_size=1, max_size=15))
-def test_result_book_equals_from_scratch_after_every_pass(passes: list[list[tuple]]) -> None:
+@given(st.lists(st.lists(EVENT, min_size=1, max_size=4), min_size=1, max_size=15), st.booleans())
+def test_result_book_equals_from_scratch_after_every_pass(passes: list[list[tuple]], hinted: bool) -> None:
     book = ResultBook()
     world = World()
     previous: dict[str, ServiceResult] = {}
@@ -108,8 +111,9 @@ def test_result_book_equals_from_scratch_after_every_pass(passes: list[list[tupl
         for event in events:
             world.apply(event)
         touched = world.finish()
+        hint, world.hint = (world.hint if hinted else None), set()
         changed = book.update(world.services, world.allocations, world.pending, world.ordered(),
-                              world.decisions.get, touched)
+                              world.decisions.get, touched, hint)
         expected = service_results(world.services, world.allocations, world.pending, world.ordered())
         assert book.results == expected
         if changed is not None:  # exactly the names whose result differs from the last pass
