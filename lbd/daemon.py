@@ -64,7 +64,7 @@ log = structlog.get_logger(__name__)
 
 METRICS_INTERVAL = 1.0  # the gauges follow the passes at most this often (seconds)
 RESYNC_INTERVAL = 10.0  # a full pass even when nothing said it changed (interfaces, lost events)
-DEBOUNCE = 0.01  # coalesce a burst of triggers into one pass
+DEBOUNCE = 0.002  # coalesce a burst of triggers into one pass (in the latency of every change, issue 9)
 LOOP_LAG_INTERVAL = 0.1  # the loop-lag probe's period: cheap, and stalls that matter are longer
 LOOP_STALL_WARNING = 0.25  # log a stall this long: half memberlist's LAN probe timeout
 FIRST_BGP_BATCH = 256  # the first pass's first BGP batch; each next one is 4x larger

@@ -109,7 +109,7 @@ class DirectorySource(Source):
     # A deletion waits this long (from its event) before it withdraws anything: editors that
     # rename the old file away and write the new one produce "gone" then "written" for the
     # same name within milliseconds, which nets to a re-read.
-    gone_grace = 0.05
+    gone_grace = 0.02
 
     @classmethod
     def validate(cls, options: Mapping[str, Any]) -> list[str]:

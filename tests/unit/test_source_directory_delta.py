@@ -144,3 +144,51 @@ async def test_one_changed_file_among_many_is_a_delta_of_one_service(tmp_path: P
         assert len(manager.services_map()) == 1000
     finally:
         await manager.close()
+
+
+async def test_a_removal_waits_its_grace_and_a_quick_replacement_withdraws_nothing(tmp_path: Path) -> None:
+    (tmp_path / "web.toml").write_text(text(["web"], "p"))
+    snapshots: list[set[str]] = []
+
+    class Keep(Recorder):
+        def __call__(self, snapshot) -> None:  # type: ignore[no-untyped-def]
+            super().__call__(snapshot)
+            snapshots.append(set(self.state))
+
+        def changes(self, upserts, removed) -> None:  # type: ignore[no-untyped-def]
+            super().changes(upserts, removed)
+            snapshots.append(set(self.state))
+
+    source = DirectorySource(SourceConfig("directory", "drop", {"path": str(tmp_path), "rescan_interval": 60}),
+                             SourceContext(node_name="n1"))
+    task = asyncio.create_task(source.run(Keep()))
+    try:
+        for _ in range(200):
+            if snapshots:
+                break
+            await asyncio.sleep(0.01)
+        assert snapshots == [{"web"}]
+        # An editor's save: the old file renamed away, the new one written in its place.
+        (tmp_path / "web.toml").rename(tmp_path / "web.toml~")
+        (tmp_path / ".web.tmp").write_text(text(["web"], "q"))
+        (tmp_path / ".web.tmp").rename(tmp_path / "web.toml")
+        for _ in range(100):
+            if len(snapshots) > 1:
+                break
+            await asyncio.sleep(0.01)
+        assert all("web" in s for s in snapshots), "a save must never withdraw the service"
+        (tmp_path / "web.toml").unlink()
+        loop = asyncio.get_running_loop()
+        removed_at = loop.time()
+        for _ in range(200):
+            if "web" not in snapshots[-1]:
+                break
+            await asyncio.sleep(0.002)
+        assert "web" not in snapshots[-1]
+        assert loop.time() - removed_at >= DirectorySource.gone_grace * 0.9, "withdrawn before its grace"
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
