@@ -268,7 +268,7 @@ class Daemon:
 
     def services_now(self) -> dict[str, ServiceSpec]:
         """Every source's services, plus stand-ins for sources not heard from yet."""
-        services = dict(self.sources.services_map())  # a C-speed copy, not a rebuild (issue 9)
+        services = self.sources.services_copy()  # a C-speed copy, not a rebuild (issue 9)
         starting = {s["name"] for s in self.sources.status() if s.get("state") == "starting"}
         if starting:  # (only at start: not a walk of every allocation on every pass)
             for name, allocation in self.allocations.items():
@@ -618,13 +618,16 @@ class Daemon:
         (issue 9: three walks of every service on every pass, before the plan)."""
         index: dict[str, ServiceSpec] = getattr(self, "_special", None) or {}  # (tests: no __init__)
         seen: Mapping[str, ServiceSpec] = getattr(self, "_special_of", None) or {}
+        if seen is self.services:
+            return index  # asked again in the same pass
         for name in changed_keys(seen, self.services):
             spec = self.services.get(name)
             if spec is not None and (spec.health_check is not None or spec.backends):
                 index[name] = spec
             else:
                 index.pop(name, None)
-        self._special, self._special_of = index, dict(self.services)
+        # The mapping itself, not a copy: the daemon replaces self.services each pass, never changes it.
+        self._special, self._special_of = index, self.services
         return index
 
     def _configure_health(self) -> None:

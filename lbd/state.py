@@ -47,7 +47,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import structlog
 
@@ -243,46 +243,88 @@ class StateEncoder:
     ``encode_state``. Not thread-safe: one writer uses it at a time (``StateWriter``).
     """
 
+    chunk = 1024  # names per chunk of joined text: a change re-joins one chunk, not the table
+
     def __init__(self) -> None:
-        self._allocations: dict[str, Allocation] = {}
-        self._names: list[str] = []  # sorted, as json.dumps(sort_keys=True) orders them
+        self._allocations: Mapping[str, Allocation] = {}
         self._texts: dict[str, str] = {}
+        # The names in sorted order (as json.dumps(sort_keys=True) orders them), in chunks; each
+        # chunk's joined text is kept until a name in it changes.
+        self._chunks: list[list[str]] = []
+        self._firsts: list[str] = []  # each chunk's first name
+        self._joined: list[bytes | None] = []
 
     def encode(self, state: PersistedState) -> bytes:
         _check_json(state.extra, "extra")
 
         allocations = state.allocations  # kept, not copied: a PersistedState is a snapshot (persist copies)
         changed = changed_keys(self._allocations, allocations)
+        texts = self._texts
         if len(changed) > 64:  # many (the first write): texts by name, then one C-speed sort
-            texts = self._texts
             for name in changed:
                 alloc = allocations.get(name)
                 if alloc is None:
                     texts.pop(name, None)
                 else:
                     texts[name] = _fragment(name, alloc)
-            self._names = sorted(allocations)
+            names = sorted(allocations)
+            self._chunks = [names[i:i + self.chunk] for i in range(0, len(names), self.chunk)]
+            self._firsts = [c[0] for c in self._chunks]
+            self._joined = [None] * len(self._chunks)
             changed = set()
         for name in changed:
             alloc = allocations.get(name)
-            i = bisect.bisect_left(self._names, name)
-            present = i < len(self._names) and self._names[i] == name
             if alloc is None:
-                if present:
-                    del self._names[i]
-                self._texts.pop(name, None)
-                continue
-            if not present:
-                self._names.insert(i, name)
-            self._texts[name] = _fragment(name, alloc)
+                if texts.pop(name, None) is not None:
+                    self._remove(name)
+            else:
+                if name not in texts:
+                    self._insert(name)
+                else:
+                    self._joined[self._locate(name)] = None
+                texts[name] = _fragment(name, alloc)
         self._allocations = allocations
         rest = json.dumps({"drained": bool(state.drained), "extra": state.extra, "version": FORMAT_VERSION},
                           indent=1, sort_keys=True, allow_nan=False)
-        if self._names:
-            table = '{\n "allocations": {\n' + ",\n".join(map(self._texts.__getitem__, self._names)) + "\n },\n"
+        if not self._chunks:
+            return ('{\n "allocations": {},\n' + rest[2:] + "\n").encode("utf-8")
+        parts = [b'{\n "allocations": {\n']
+        for i, joined in enumerate(self._joined):
+            if joined is None:  # the texts are ASCII (json's ensure_ascii, addresses)
+                joined = self._joined[i] = ",\n".join(map(texts.__getitem__, self._chunks[i])).encode("ascii")
+            if i:
+                parts.append(b",\n")
+            parts.append(joined)
+        parts.append(("\n },\n" + rest[2:] + "\n").encode("utf-8"))
+        return b"".join(parts)  # one copy of the table
+
+    def _locate(self, name: str) -> int:
+        return max(bisect.bisect_right(self._firsts, name) - 1, 0)
+
+    def _insert(self, name: str) -> None:
+        if not self._chunks:
+            self._chunks, self._firsts, self._joined = [[name]], [name], [None]
+            return
+        i = self._locate(name)
+        chunk = self._chunks[i]
+        bisect.insort(chunk, name)
+        self._firsts[i] = chunk[0]
+        self._joined[i] = None
+        if len(chunk) > 2 * self.chunk:  # split: chunks stay small
+            half = len(chunk) // 2
+            self._chunks[i:i + 1] = [chunk[:half], chunk[half:]]
+            self._firsts[i:i + 1] = [chunk[0], chunk[half]]
+            self._joined[i:i + 1] = [None, None]
+
+    def _remove(self, name: str) -> None:
+        i = self._locate(name)
+        chunk = self._chunks[i]
+        del chunk[bisect.bisect_left(chunk, name)]
+        if chunk:
+            self._firsts[i] = chunk[0]
+            self._joined[i] = None
         else:
-            table = '{\n "allocations": {},\n'
-        return (table + rest[2:] + "\n").encode("utf-8")
+            del self._chunks[i], self._firsts[i], self._joined[i]
 
 
 # ---------------------------------------------------------------------------

@@ -110,6 +110,10 @@ class SourceManager:
         taken, self._taken = self._taken, set()
         return taken
 
+    def services_copy(self) -> dict[str, ServiceSpec]:
+        """A copy of ``services_map()`` (dict.copy: C speed, the fastest path)."""
+        return self._merged.copy()
+
     def services_map(self) -> Mapping[str, ServiceSpec]:
         """The same services by full name, kept up to date per change (a read-only view, no
         copy: the daemon takes it on every pass, issue 9). Not sorted."""

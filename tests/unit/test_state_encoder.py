@@ -27,6 +27,7 @@ STEP = st.tuples(st.lists(ALLOCATION, max_size=4), st.lists(NAMES, max_size=3), 
 @given(st.lists(STEP, min_size=1, max_size=12))
 def test_incremental_encoding_equals_encode_state_after_every_step(steps: list) -> None:
     encoder = StateEncoder()
+    encoder.chunk = 2  # tiny chunks: inserts split them, removals empty them
     allocations: dict[str, Allocation] = {}
     for sets, removes, drained, extra in steps:
         allocations = dict(allocations)  # a new table each pass, unchanged entries the same objects
@@ -69,6 +70,7 @@ def test_store_writes_what_encode_state_would(tmp_path: Path) -> None:
 @given(st.integers(65, 200), st.lists(st.integers(0, 199), max_size=80), st.integers(0, 199))
 def test_many_changes_at_once_take_the_bulk_path_and_still_match(n: int, removed: list[int], added: int) -> None:
     encoder = StateEncoder()
+    encoder.chunk = 16
     allocations = {f"s/{i:03}": Allocation(f"s/{i:03}", "lan", (A(f"10.77.{i // 250}.{i % 250 + 1}"),))
                    for i in range(n)}
     assert encoder.encode(PersistedState(allocations=allocations)) == encode_state(PersistedState(allocations=allocations))
