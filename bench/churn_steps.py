@@ -12,6 +12,8 @@ The steps, in the daemon's order, each timed on its own (median and max over ``-
 - ``plan``: ``IncrementalPlanner``;
 - ``bgp``: ``BgpAnnouncer.apply`` of the plan's table to one peer whose Adj-RIB-Out is
   Established (a packer, no socket): the UPDATE's bytes are built;
+- (after the first pass the live objects are frozen out of the cyclic collector, as the
+  daemon does);
 - then, after the UPDATE (off its critical path): ``write-back`` (``ResultBook`` and the
   manager's fan-out), ``state`` (``StateEncoder``: the file's bytes; the write and fsync are
   in a worker thread and not timed), ``metrics`` (``lbd.metrics.update``) and ``hooks``
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import statistics
 import sys
@@ -128,7 +131,7 @@ def run(n: int, changes: int) -> dict[str, list[float]]:
                 delta = (([ServiceSpec(name=f"c{i // 2}", pool="bgp")], []) if adding else ([], [f"c{i // 2}"]))
             else:
                 delta = ([], [])
-            services, hint = step("source", lambda: (publisher.changes(*delta), dict(manager.services_map()),
+            services, hint = step("source", lambda: (publisher.changes(*delta), manager.services_copy(),
                                                      manager.take_changes())[1:], record)
             # By name, with the sources' changed names as the hint, as the daemon does.
             result = step("allocate", lambda: allocator.allocate(cfg.pools, services, allocations, changed=hint),
@@ -141,7 +144,8 @@ def run(n: int, changes: int) -> dict[str, list[float]]:
             step("bgp", lambda: announcer.apply(the_plan.bgp), record)
             touched = None if planner.full else planner.touched_services()
             step("write-back", lambda: loop.run_until_complete(report(book.results, book.update(
-                services, allocations, result.pending, the_plan.decisions, planner.decision, touched))), record)
+                services, allocations, result.pending, the_plan.decisions, planner.decision, touched,
+                plan_hint))), record)
             step("state", lambda: encoder.encode(PersistedState(allocations=dict(allocations))), record)
             step("metrics", lambda: metrics.update(pools=cfg.pools, allocations=allocations, pending=result.pending,
                                                    plan=the_plan, drained=False), record)
@@ -152,6 +156,8 @@ def run(n: int, changes: int) -> dict[str, list[float]]:
                 if record:
                     times["hooks"][-1] += time.perf_counter() - start
             seen = now
+            if i < 0:
+                gc.freeze()  # as the daemon does after a full pass (Daemon._settle_garbage)
             if record:
                 assert not allocator.full and not planner.full, "a change took the full path"
                 assert len(peer.rib.advertised) == len(services), "the router would not hold every route"
