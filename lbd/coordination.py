@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import AbstractSet, Any, Awaitable, Callable, Mapping, Sequence
 
 from lbd.ipam import AllocationResult, IncrementalAllocator
 from lbd.config.schema import Config
@@ -62,10 +62,21 @@ class Coordinator(abc.ABC):
     def restore(self, allocations: Mapping[str, Allocation], extra: Mapping[str, object]) -> None:
         """The persisted state at start."""
 
-    def allocate(self, config: Config, services: Sequence[ServiceSpec],
-                 previous: Mapping[str, Allocation]) -> tuple[AllocationResult, list[str]]:
-        """This round's allocations (and notes worth a warning). A single node allocates alone."""
-        return self._allocator.allocate(config.pools, list(services), previous, namespaces=config.namespaces), []
+    def allocate(self, config: Config, services: Sequence[ServiceSpec] | Mapping[str, ServiceSpec],
+                 previous: Mapping[str, Allocation],
+                 changed: AbstractSet[str] | None = None) -> tuple[AllocationResult, list[str]]:
+        """This round's allocations (and notes worth a warning). A single node allocates alone.
+        ``services``: a sequence, or a mapping by name (each key its spec's name): the
+        allocator then takes it as it is, with no copy or re-index (issue 9). ``changed``:
+        the services whose spec may differ from the last call's (None: unknown)."""
+        if not isinstance(services, Mapping):
+            services = list(services)
+        return self._allocator.allocate(config.pools, services, previous, namespaces=config.namespaces,
+                                        changed=changed), []
+
+    def touched(self) -> set[str] | None:
+        """The services whose allocation the last ``allocate`` changed (None: unknown)."""
+        return self._allocator.touched
 
     def allocator(self) -> str:
         """The node that allocates (and writes results back to sources)."""

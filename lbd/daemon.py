@@ -28,6 +28,7 @@ import lbd
 from lbd.config import ConfigError
 from lbd.control import ControlError, ControlServer, Handler, peer_credentials
 from lbd.coordination import Coordinator, Handover, LocalCoordinator
+from lbd.delta import changed_keys
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, Observation, observe
 from lbd.ipam import pool_usage
 from lbd.kernel.interfaces import InterfaceInventory
@@ -49,6 +50,7 @@ from lbd.sources.manager import SourceManager
 from lbd.sources.registry import validate_source
 from lbd.sources.static import static_source_config
 from lbd.state import PersistedState, StateError, StateStore, StateWriter
+from lbd.writeback import ResultBook, service_results
 from lbd import metrics as m
 from lbd.looplag import LoopLagProbe
 
@@ -66,8 +68,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+METRICS_INTERVAL = 1.0  # the gauges follow the passes at most this often (seconds)
 RESYNC_INTERVAL = 10.0  # a full pass even when nothing said it changed (interfaces, lost events)
-DEBOUNCE = 0.01  # coalesce a burst of triggers into one pass
+DEBOUNCE = 0.002  # coalesce a burst of triggers into one pass (in the latency of every change, issue 9)
 LOOP_LAG_INTERVAL = 0.1  # the loop-lag probe's period: cheap, and stalls that matter are longer
 LOOP_STALL_WARNING = 0.25  # log a stall this long: half memberlist's LAN probe timeout
 SOURCE_START_GRACE = 2.0  # wait this long at start for every source's first snapshot
@@ -259,6 +262,8 @@ class Daemon:
         self._interrupted = False  # a stop cancelled a pass: addresses it was binding may be left over
         self._bgp_first = True  # the BGP announcer has not been given a table yet
         self.manage_gc = False  # the first pass without the cyclic GC, then freeze (run_daemon: on)
+        self._results = ResultBook()  # what the write-back hands the sources, kept per change
+        self._touched: set[str] | None = None  # services re-decided since the last write-back (None: all)
 
     def _control_commands(self) -> dict[str, Handler]:
         """What ``lbd-ctl`` may ask over the control socket, by command name."""
@@ -282,12 +287,13 @@ class Daemon:
 
     def services_now(self) -> dict[str, ServiceSpec]:
         """Every source's services, plus stand-ins for sources not heard from yet."""
-        services = {spec.name: spec for spec in self.sources.services()}
+        services = self.sources.services_copy()  # a C-speed copy, not a rebuild (issue 9)
         starting = {s["name"] for s in self.sources.status() if s.get("state") == "starting"}
-        for name, allocation in self.allocations.items():
-            source = name.partition("/")[0]
-            if name not in services and source in starting:
-                services[name] = ghost_spec(allocation)
+        if starting:  # (only at start: not a walk of every allocation on every pass)
+            for name, allocation in self.allocations.items():
+                source = name.partition("/")[0]
+                if name not in services and source in starting:
+                    services[name] = ghost_spec(allocation)
         return services
 
     # -- the loop -----------------------------------------------------------
@@ -322,8 +328,9 @@ class Daemon:
             self.coordinator.update_local(replace(me, holds=held_now))
         await self._write_back(config)
         self.last_reconcile = time.time()
-        await asyncio.to_thread(m.update, pools=config.pools, allocations=self.allocations, pending=self.pending,
-                                plan=self.plan, drained=self.drained)
+        self._metrics_soon()
+        if self.planner.full:
+            await asyncio.to_thread(self._settle_garbage)
         try:
             # The observation (a few dicts over every VIP) off the loop; the dispatch on it.
             bgp = self.bgp.status() if self.bgp is not None else []  # the sessions live on the loop
@@ -333,10 +340,52 @@ class Daemon:
         else:
             self._observe_hooks(members, observed)
 
+    def _settle_garbage(self) -> None:
+        """After a full pass: what lives now is the table (100,000 services, allocations and
+        decisions, millions of objects), and will live on. Freeze it out of the cyclic
+        collector, so that a change's pass never waits for a generation-2 collection walking
+        all of it (hundreds of milliseconds at 100,000 services, in the middle of one change,
+        issue 9). Frozen cyclic garbage is not lost for good: every later full pass (every
+        FULL_PASS_INTERVAL, and config edits) unfreezes, collects everything once, and freezes
+        again. Objects freed by reference counting are freed as usual."""
+        if getattr(self, "_frozen", False):
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
+        self._frozen = True
+
+    def _metrics_soon(self) -> None:
+        """Have the gauges follow this pass, at most every METRICS_INTERVAL (a task, in a worker
+        thread): a pass per change at 100,000 services no longer counts every VIP each time,
+        and the next change never waits for it (issue 9). Scrapes come every 15 s or so."""
+        self._metrics_dirty = True
+        task: asyncio.Task[None] | None = getattr(self, "_metrics_task", None)
+        if task is None or task.done():
+            self._metrics_task = asyncio.ensure_future(self._update_metrics())
+
+    async def _update_metrics(self) -> None:
+        while self._metrics_dirty:
+            wait = getattr(self, "_metrics_at", -METRICS_INTERVAL) + METRICS_INTERVAL - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._metrics_dirty = False
+            self._metrics_at = time.monotonic()
+            try:
+                await asyncio.to_thread(m.update, pools=self.config.pools, allocations=self.allocations,
+                                        pending=self.pending, plan=self.plan, drained=self.drained)
+            except Exception:  # noqa: BLE001 - metrics are a side channel: the next pass tries again
+                log.exception("metrics_update_failed")
+
     def _allocate(self, config: Config) -> None:
         """Allocate addresses to the services the sources give now; persist what changed."""
         self.services = self.services_now()
-        result, notes = self.coordinator.allocate(config, list(self.services.values()), self.allocations)
+        self._take_hints()
+        # By name (no re-index), with the names the sources changed (no comparison of every service).
+        result, notes = self.coordinator.allocate(config, self.services, self.allocations, changed=self._alloc_hint)
+        self._alloc_hint = set()
+        touched = self.coordinator.touched()
+        self._plan_hint = None if touched is None or self._plan_hint is None else self._plan_hint | touched
+        self._wb_hint = None if touched is None or self._wb_hint is None else self._wb_hint | touched
         for note in notes:
             log.warning("allocation_note", detail=note)
         for change in result.changes:
@@ -350,12 +399,36 @@ class Daemon:
                 log.warning("service_pending", service=name, reason=reason)
         self.pending = result.pending
 
+    def _take_hints(self) -> None:
+        """Add the names the sources changed since the last pass to the allocator's and the
+        planner's hints (issue 9). Each hint is cleared once its consumer ran, so a pass that
+        fails half-way loses nothing; None (compare everything) after a source was added or
+        removed, and while stand-ins for a starting source come and go. Also None every
+        FULL_PASS_INTERVAL, and whenever the services are not the sources' (their count
+        differs): the level-triggered safety net covers the hints too."""
+        changed = self.sources.take_changes()
+        starting = any(s.get("state") == "starting" for s in self.sources.status())
+        now = time.monotonic()
+        stale = now - getattr(self, "_hints_since", -FULL_PASS_INTERVAL) >= FULL_PASS_INTERVAL
+        if (changed is None or starting or getattr(self, "_starting", True) or stale
+                or len(self.services) != len(self.sources.services_map())):
+            if stale:
+                self._hints_since = now
+            self._alloc_hint = self._plan_hint = self._wb_hint = None
+        else:
+            alloc, plan = getattr(self, "_alloc_hint", None), getattr(self, "_plan_hint", None)
+            wb = getattr(self, "_wb_hint", None)
+            self._alloc_hint = None if alloc is None else alloc | changed
+            self._plan_hint = None if plan is None else plan | changed
+            self._wb_hint = None if wb is None else wb | changed
+        self._starting = starting
+
     def _local_member(self, config: Config, interfaces: Sequence[LocalInterface], withdraw: frozenset[str]) -> Member:
         """This node as the planner and the cluster see it: labels, usable interfaces,
         drained, the services failing here (health checks, or no backend to forward to:
         ``withdraw``) and the VIPs it holds as of the last pass."""
         failing = frozenset(
-            name for name, spec in self.services.items()
+            name for name, spec in self._checked_or_forwarded().items()
             if spec.health_check is not None and self.health is not None and self.health.healthy(name) is not True
         ) | withdraw
         return Member(
@@ -384,8 +457,15 @@ class Daemon:
                 members=members,
                 now=time.monotonic(),
                 eligible_since=self.coordinator.eligible_since(),
-            )
+            ),
+            hint=getattr(self, "_plan_hint", None),
         )
+        self._plan_hint = set()
+        # The write-back recomputes the services these decisions list (all after a full pass).
+        if self.planner.full:
+            self._touched = None
+        elif self._touched is not None:
+            self._touched |= self.planner.touched_services()
         # Only the VIPs the incremental planner re-decided can have changed owner (O(k)).
         changes = self.planner.owner_changes()
         report_owner_changes({before.vip: before.owner for before, _ in changes}, [after for _, after in changes],
@@ -465,7 +545,13 @@ class Daemon:
             self._writer = writer
             self.sources.set_writer(writer)
             log.info("status_writer", writer=writer)
-        await self.sources.report(await asyncio.to_thread(self.results))
+        # Only the services this pass touched are recomputed and fanned out (issue 9); all of
+        # them after a full planner pass (every FULL_PASS_INTERVAL, and on config edits).
+        touched, self._touched = self._touched, set()
+        hint, self._wb_hint = getattr(self, "_wb_hint", None), set()
+        changed = self._results.update(self.services, self.allocations, self.pending, self.plan.decisions,
+                                       self.planner.decision, touched, hint)
+        await self.sources.report(self._results.results, changed)
 
     def _observe_hooks(self, members: list[Member], observed: Observation | None = None) -> None:
         """Hook events from the state this pass converged to (level-triggered: once per transition);
@@ -478,23 +564,8 @@ class Daemon:
             log.exception("hook_observe_failed")
 
     def results(self) -> dict[str, ServiceResult]:
-        owners: dict[str, list[str]] = {}
-        for decision in self.plan.decisions:
-            if not decision.owner:
-                continue  # (BGP VIPs have none: no list per service for nothing, 100,000 at start-up)
-            for service in decision.services:
-                nodes = owners.setdefault(service, [])
-                if decision.owner not in nodes:
-                    nodes.append(decision.owner)
-        out: dict[str, ServiceResult] = {}
-        for name in self.services:
-            allocation = self.allocations.get(name)
-            if allocation is not None:
-                out[name] = ServiceResult(addresses=allocation.addresses, pool=allocation.pool,
-                                          nodes=tuple(owners.get(name, ())))
-            else:
-                out[name] = ServiceResult(pending=self.pending.get(name, "not allocated"))
-        return out
+        """Every service's result now, from scratch (the write-back keeps them per change)."""
+        return service_results(self.services, self.allocations, self.pending, self.plan.decisions)
 
     def persist(self) -> None:
         """Have the state written soon: a snapshot now, encoded and written off the loop,
@@ -584,8 +655,26 @@ class Daemon:
 
     # -- pieces that come and go with the config ------------------------------
 
+    def _checked_or_forwarded(self) -> Mapping[str, ServiceSpec]:
+        """The services with a health check or backends, kept per change of ``self.services``
+        (issue 9: three walks of every service on every pass, before the plan)."""
+        index: dict[str, ServiceSpec] = getattr(self, "_special", None) or {}  # (tests: no __init__)
+        seen: Mapping[str, ServiceSpec] = getattr(self, "_special_of", None) or {}
+        if seen is self.services:
+            return index  # asked again in the same pass
+        for name in changed_keys(seen, self.services):
+            spec = self.services.get(name)
+            if spec is not None and (spec.health_check is not None or spec.backends):
+                index[name] = spec
+            else:
+                index.pop(name, None)
+        # The mapping itself, not a copy: the daemon replaces self.services each pass, never changes it.
+        self._special, self._special_of = index, self.services
+        return index
+
     def _configure_health(self) -> None:
-        checks = {name: spec.health_check for name, spec in self.services.items() if spec.health_check is not None}
+        checks = {name: spec.health_check for name, spec in self._checked_or_forwarded().items()
+                  if spec.health_check is not None}
         if checks and self.health is None:
             from lbd.health import HealthChecker
 
@@ -600,7 +689,7 @@ class Daemon:
         node taking a VIP over forwards each flow where the old owner did. The
         services to withdraw from this node (no healthy backend here) are returned.
         """
-        forwarded = {name: spec for name, spec in self.services.items() if spec.backends}
+        forwarded = {name: spec for name, spec in self._checked_or_forwarded().items() if spec.backends}
         if not forwarded and self.forwarder is None:
             return frozenset()
         from lbd.forward.forwarder import Forwarder
@@ -1008,8 +1097,9 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self.notifier.stopping()
-        for task in self._tasks:
-            task.cancel()
+        for task in [*self._tasks, getattr(self, "_metrics_task", None)]:
+            if task is not None:
+                task.cancel()
         clustered = not isinstance(self.coordinator, LocalCoordinator)
         acked_at: float | None = None
         if self.bgp is not None and not self._restarting:

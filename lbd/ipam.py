@@ -42,16 +42,15 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from dataclasses import dataclass, field
-from itertools import compress, count
-from operator import attrgetter, is_not, or_
-from typing import AbstractSet, Hashable, Iterable, Mapping, Sequence, TypeVar
+from operator import attrgetter
+from typing import AbstractSet, Mapping, Sequence
 
 from lbd import pools as poolmath
 from lbd.config.schema import PoolConfig
+from lbd.delta import changed_keys
 from lbd.model import Allocation, Family, IPAddress, ServiceSpec
 from lbd.selectors import matches
 
-_K = TypeVar("_K", bound=Hashable)
 
 __all__ = [
     "AllocationChange",
@@ -781,18 +780,34 @@ class IncrementalAllocator:
         self._pending: dict[str, str] = {}
         self._ports: dict[str, frozenset[_Port]] = {}  # holders' ports, for releases
         self.full = True  # whether the last call ran the full round
+        self.touched: set[str] | None = None  # services whose allocation the last call changed (None: any)
 
-    def allocate(self, pools: Sequence[PoolConfig], services: Sequence[ServiceSpec],
+    def allocate(self, pools: Sequence[PoolConfig], services: Sequence[ServiceSpec] | Mapping[str, ServiceSpec],
                  previous: Mapping[str, Allocation], *, precedence: Mapping[str, int] | None = None,
-                 namespaces: Mapping[str, Mapping[str, str]] | None = None) -> AllocationResult:
-        """``allocate(pools, services, previous, precedence=, namespaces=)``, incrementally."""
+                 namespaces: Mapping[str, Mapping[str, str]] | None = None,
+                 changed: AbstractSet[str] | None = None) -> AllocationResult:
+        """``allocate(pools, services, previous, precedence=, namespaces=)``, incrementally.
+
+        ``services`` may be a mapping by name (each key its spec's name; not changed in place
+        afterwards): taken as it is, without re-indexing 100,000 specs on every change.
+        ``changed``: the names whose spec may differ from the last call's (a superset; the
+        caller knows them from its sources' deltas); None: found by comparing (C speed, but
+        O(N)). ``touched`` then names the services whose allocation this call changed (None
+        after a full round)."""
         inputs = (_items(pools), precedence, namespaces)
-        specs, duplicates = _specs_quickly(services)
+        if isinstance(services, Mapping):
+            specs, duplicates = services, set()
+        else:
+            specs, duplicates = _specs_quickly(services)
         result = None
-        if self._round is not None and not duplicates and inputs == self._inputs and previous == self._allocations:
-            result = self._increment(self._round, specs)
+        if self._round is not None and not duplicates and inputs == self._inputs and (
+                previous is self._allocations or previous == self._allocations):
+            result = self._increment(self._round, specs, changed)
         self.full = result is None
+        self.touched = None if result is None else self._touched_now
         if result is None:
+            if isinstance(services, Mapping):
+                services = list(services.values())
             run = _Round(pools, services, previous, precedence, namespaces)
             run.all_passes()
             result = run.sorted_result()
@@ -802,9 +817,14 @@ class IncrementalAllocator:
         self._allocations, self._pending = result.allocations, result.pending
         return result
 
-    def _increment(self, run: _Round, specs: dict[str, ServiceSpec]) -> AllocationResult | None:
+    def _increment(self, run: _Round, specs: Mapping[str, ServiceSpec],
+                   hint: AbstractSet[str] | None = None) -> AllocationResult | None:
         """The next result from the last one, or None when only a full round can tell."""
-        changed = changed_keys(run.specs, specs)
+        if hint is None:
+            changed = changed_keys(run.specs, specs)
+        else:  # changed_keys over the hinted names alone
+            changed = {name for name in hint if (was := run.specs.get(name)) is not (now := specs.get(name))
+                       and (was is None or now is None or was != now)}
         held = self._allocations
         if any(name in specs and name in held for name in changed):
             return None  # an allocated service changed: pass 1 may keep, move or release others too
@@ -842,35 +862,8 @@ class IncrementalAllocator:
             allocations.update(granted)
             allocations = dict(zip(names, map(allocations.__getitem__, names)))
         result.allocations = allocations
+        self._touched_now = set(removed) | granted.keys()
         return result
-
-
-_MISSING = object()
-
-
-def changed_keys(old: Mapping[_K, object], new: Mapping[_K, object]) -> set[_K]:
-    """Keys whose value differs between ``old`` and ``new`` (added and removed ones included).
-
-    Between two passes the mappings are mostly the very same (key, value) objects in the same
-    order: ``old == new`` runs at C speed and short-cuts on identical values; when they differ,
-    C-speed iterators skip the common prefix and suffix of identical entries and only the
-    window between them is compared in Python (a few entries for a change of a few keys)."""
-    if old == new:
-        return set()
-    old_keys, new_keys, old_values, new_values = list(old), list(new), list(old.values()), list(new.values())
-    short = min(len(old_keys), len(new_keys))
-
-    def same(keys: Iterable[object], other_keys: Iterable[object], values: Iterable[object],
-             other_values: Iterable[object]) -> int:
-        differs = map(or_, map(is_not, keys, other_keys), map(is_not, values, other_values))
-        return next(compress(count(), differs), short)
-
-    head = same(old_keys, new_keys, old_values, new_values)
-    tail = min(same(reversed(old_keys), reversed(new_keys), reversed(old_values), reversed(new_values)), short - head)
-    # Outside the windows both hold the same keys, so a key inside one window is not outside the other.
-    window = set(old_keys[head:len(old_keys) - tail]) | set(new_keys[head:len(new_keys) - tail])
-    return {key for key in window if (was := old.get(key, _MISSING)) is not (now := new.get(key, _MISSING))
-            and (was is _MISSING or now is _MISSING or was != now)}
 
 
 def pool_usage(pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation]) -> dict[str, PoolUsage]:

@@ -14,6 +14,9 @@ of its gauges, and keeping it beside them leaves the daemon a single ``metrics``
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from itertools import chain
+from operator import attrgetter
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -92,16 +95,16 @@ def update(*, pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation]
                 POOL_USED.labels(usage.pool, family).set(counts.used)
     states = {"announced": 0, "pending": len(pending), "allocated": len(allocations)}
     # One pass over the decisions, not one per service: that was O(services x VIPs), minutes
-    # with the event loop blocked at 20,000 services (issue 9).
-    here = {name for d in plan.decisions if d.announced_here for name in d.services}
-    states["announced"] = sum(1 for name in allocations if name in here)
+    # with the event loop blocked at 20,000 services (issue 9); and at C speed (filter,
+    # attrgetter, chain, set operations; no Python bytecode per VIP), a few milliseconds at
+    # 100,000, after the pass's announcements.
+    here = set(chain.from_iterable(map(attrgetter("services"), filter(attrgetter("announced_here"), plan.decisions))))
+    states["announced"] = len(here & allocations.keys())
     for state, count in states.items():
         SERVICES.labels(state).set(count)
-    modes = {mode.value: 0 for mode in L2Mode}  # every mode's series exists, at 0 when unused
-    for intent in plan.l2:
-        modes[intent.mode.value] += 1
-    for mode, count in modes.items():
-        VIPS_ANNOUNCED.labels(mode).set(count)
+    counted = Tally(map(attrgetter("mode"), plan.l2))  # collections.Counter: counts at C speed
+    for mode in L2Mode:  # every mode's series exists, at 0 when unused
+        VIPS_ANNOUNCED.labels(mode.value).set(counted.get(mode, 0))
     VIPS_ANNOUNCED.labels("bgp").set(len(plan.bgp))
     VIPS_ANNOUNCED.labels("export").set(len(plan.exports))
     DRAINED.set(1 if drained else 0)

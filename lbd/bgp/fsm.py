@@ -271,6 +271,17 @@ class Session:
                 self._send_initial(now)
         return self._flush()
 
+    def update_routes(self, changes: Mapping[IPNetwork, RouteAttrs | None], now: float) -> list[Event]:
+        """``set_routes`` for a few routes (None: withdraw): the diff looks at these alone.
+        Only after a first ``set_routes`` (the table is complete)."""
+        self.rib.update_desired(changes)
+        if self.state == State.ESTABLISHED:
+            if self.rib.initial_sent:
+                self._write_updates(self.rib.diff(), now)
+            else:
+                self._send_initial(now)
+        return self._flush()
+
     def close_collision(self, now: float) -> list[Event]:
         """Close this connection as the loser of a collision (RFC 4271 §6.8)."""
         self._auto_restart = False

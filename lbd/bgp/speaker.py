@@ -18,7 +18,7 @@ import socket
 import struct
 import termios
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import structlog
 
@@ -122,6 +122,11 @@ class PeerSpeaker:
     def set_routes(self, routes: dict[IPNetwork, RouteAttrs]) -> None:
         if not self._stopped and not self._withdrawn:
             self._run(self.session, self.session.set_routes(routes, self.now()))
+
+    def update_routes(self, changes: Mapping[IPNetwork, RouteAttrs | None]) -> None:
+        """A few routes changed (None: withdrawn) since the last ``set_routes``."""
+        if not self._stopped and not self._withdrawn:
+            self._run(self.session, self.session.update_routes(changes, self.now()))
 
     def withdraw_all(self) -> None:
         """Send an UPDATE withdrawing every route now (a graceful stop's first

@@ -34,7 +34,7 @@ import ipaddress
 import random
 import time
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import AbstractSet, Any, Callable, Mapping, Sequence
 
 import structlog
 
@@ -323,9 +323,16 @@ class ClusterCoordinator(Coordinator):
 
     # -- allocation ---------------------------------------------------------
 
-    def allocate(self, config: Config, services: Sequence[ServiceSpec],
-                 previous: Mapping[str, Allocation]) -> tuple[AllocationResult, list[str]]:
-        """The cluster's allocations; only the allocator writes the table."""
+    def touched(self) -> set[str] | None:
+        """Unknown: the gossiped table also changes with other nodes' allocations."""
+        return None
+
+    def allocate(self, config: Config, services: Sequence[ServiceSpec] | Mapping[str, ServiceSpec],
+                 previous: Mapping[str, Allocation],
+                 changed: AbstractSet[str] | None = None) -> tuple[AllocationResult, list[str]]:
+        """The cluster's allocations; only the allocator writes the table (``changed`` unused)."""
+        if isinstance(services, Mapping):  # (by name, as the daemon holds them)
+            services = list(services.values())
         live, conflicts = self.table.live()
         notes = []
         for conflict in conflicts:

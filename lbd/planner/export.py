@@ -68,9 +68,16 @@ def local_route_prefixes(vips: Iterable[IPAddress]) -> list[ipaddress.IPv4Networ
     traffic for a VIP another node or nobody serves).
     """
     out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for version in (4, 6):
-        nets = [ipaddress.ip_network(v) for v in vips if v.version == version]
-        out.extend(ipaddress.collapse_addresses(nets))
+    for version, address in ((4, ipaddress.IPv4Address), (6, ipaddress.IPv6Address)):
+        # On integers: the maximal runs of consecutive addresses, each summarized into its fewest
+        # CIDRs (what collapse_addresses gives, without building a network per VIP from its text:
+        # tens of milliseconds per re-collapsed block of 256 on a loaded machine, issue 9).
+        ints = sorted({int(v) for v in vips if v.version == version})
+        start = 0
+        for i in range(1, len(ints) + 1):
+            if i == len(ints) or ints[i] != ints[i - 1] + 1:
+                out.extend(ipaddress.summarize_address_range(address(ints[start]), address(ints[i - 1])))
+                start = i
     return out
 
 

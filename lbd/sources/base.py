@@ -11,9 +11,13 @@ and configured by a ``[[source]]`` table::
 Its life: ``validate(options)`` at config load (no I/O), then
 ``__init__(config, context)``, then ``run(publish)`` as a task for as long as
 the source is configured. ``run`` calls ``publish`` with the COMPLETE set of
-services it knows whenever that set changes (a snapshot, never a delta): the
-manager is level-triggered and keeps each source's last good snapshot when the
-source fails.
+services it knows whenever that set changes (a snapshot): the manager is
+level-triggered and keeps each source's last good snapshot when the source
+fails. Once it has published a complete snapshot, a source that knows what
+changed may call ``publish.changes(upserts, removed)`` instead: the services
+added or changed and the names removed, applied to its last snapshot in work
+proportional to the delta (issue 9; the directory source does). A plain
+callable without ``changes`` (a test) gets complete snapshots only.
 
 Names in a snapshot are local to the source (``web``, ``default/web``); the
 manager prefixes ``<source name>/`` so that two sources can never collide.

@@ -282,16 +282,16 @@ async def test_planning_and_allocation_run_off_the_loop(tmp_path: Path, monkeypa
     d = await daemon_with(tmp_path, 20)
     real_plan = d.planner.plan
 
-    def recording_plan(inputs):  # type: ignore[no-untyped-def]
+    def recording_plan(inputs, **kwargs):  # type: ignore[no-untyped-def]
         threads["plan"] = threading.current_thread().name
-        return real_plan(inputs)
+        return real_plan(inputs, **kwargs)
 
     d.planner.plan = recording_plan  # type: ignore[method-assign]
     real_allocate = d.coordinator.allocate
 
-    def recording_allocate(*args):  # type: ignore[no-untyped-def]
+    def recording_allocate(*args, **kwargs):  # type: ignore[no-untyped-def]
         threads["allocate"] = threading.current_thread().name
-        return real_allocate(*args)
+        return real_allocate(*args, **kwargs)
 
     d.coordinator.allocate = recording_allocate  # type: ignore[method-assign]
     try:

@@ -61,13 +61,22 @@ def replay(sequence):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(events, max_size=30))
-def test_incremental_allocation_equals_allocate_after_every_event(sequence):
+@given(st.lists(events, max_size=30), st.sampled_from(["list", "by name", "by name, hinted"]))
+def test_incremental_allocation_equals_allocate_after_every_event(sequence, given_as):
     allocator = IncrementalAllocator()
     previous: dict = {}
     for event, variant, services in replay(sequence):
         expected = allocate(pools(variant), list(services.values()), previous)
-        got = allocator.allocate(pools(variant), list(services.values()), previous)
+        before = dict(previous)
+        # The daemon hands its services over by name (a new dict each pass) with the names its
+        # sources changed; others as a list.
+        given_services = dict(services) if given_as != "list" else list(services.values())
+        hint = {event[1].name if event[0] == "set" else event[1]} if given_as.endswith("hinted") and (
+            event[0] != "pools") else None
+        got = allocator.allocate(pools(variant), given_services, previous, changed=hint)
+        if allocator.touched is not None:  # every service whose allocation changed is named
+            assert {n for n in before.keys() | got.allocations.keys()
+                    if before.get(n) != got.allocations.get(n)} <= allocator.touched
         assert got.allocations == expected.allocations, event
         assert list(got.allocations) == list(expected.allocations)
         assert got.pending == expected.pending, event

@@ -243,3 +243,29 @@ def test_local_route_cover_equals_the_minimal_cover(ops):
             (cover.add if add else cover.discard)(vip)
         present = present | vips if add else present - vips
         assert cover.routes() == local_accept_routes(present)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(events, max_size=40), st.lists(st.sampled_from(["s0", "s1", "s2", "x"]), max_size=3))
+def test_incremental_plan_with_a_hint_equals_plan(sequence, extra):
+    """The daemon's hint (the services whose allocation or spec changed, from its sources'
+    deltas and the allocator; a superset is allowed) gives the same plan as comparing."""
+    world = World()
+    planner = IncrementalPlanner()
+    last = None
+    start = [("svc", "s0", "l2", None, 80, False, None), ("member", "n2", "join")]
+    for event in [*start, *sequence]:
+        world.apply(event)
+        inp = world.inputs()
+        hint = None
+        if last is not None:
+            hint = {n for n in last.allocations.keys() | inp.allocations.keys()
+                    if last.allocations.get(n) != inp.allocations.get(n)}
+            hint |= {n for n in last.services.keys() | inp.services.keys() if last.services.get(n) != inp.services.get(n)}
+            hint |= set(extra)
+        got = planner.plan(inp, hint=hint)
+        expected = plan(inp)
+        assert got.decisions == expected.decisions, event
+        assert (got.l2, got.bgp, got.exports) == (expected.l2, expected.bgp, expected.exports), event
+        world.last_l2 = got.l2
+        last = inp
