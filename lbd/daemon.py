@@ -458,9 +458,12 @@ class Daemon:
                 now=time.monotonic(),
                 eligible_since=self.coordinator.eligible_since(),
             ),
-            hint=getattr(self, "_plan_hint", None),
+            # A first-pass batch plans a part of the allocations: the hint (what changed since
+            # the last plan of them all) does not cover the part a batch adds, so a batch, and
+            # the plan after it, compare the mappings instead.
+            hint=None if allocations is not None else getattr(self, "_plan_hint", None),
         )
-        self._plan_hint = set()
+        self._plan_hint = None if allocations is not None else set()
         # The write-back recomputes the services these decisions list (all after a full pass).
         if self.planner.full:
             self._touched = None
