@@ -223,7 +223,7 @@ async def test_daemon_refuses_a_cluster_change_that_readdresses(daemon):
         == "applied"
     # A service holding 10.77.2.5 from the cluster's pool (as a source would publish it) ...
     spec = replace(daemon.services_now()["static/a"], name="k8s/default/b", pool="lan")
-    daemon.sources._merged.append(spec)
+    daemon.sources._merged[spec.name] = spec
     daemon.allocations["k8s/default/b"] = Allocation(service="k8s/default/b", pool="lan",
                                                 addresses=(ipaddress.ip_address("10.77.2.5"),))
     # ... and an edit that shrinks the pool under it: refused like a file reload would be.
