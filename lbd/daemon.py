@@ -31,6 +31,7 @@ from lbd.ipam import pool_usage
 from lbd.kernel.interfaces import InterfaceInventory
 from lbd.kernel.netlink import Netlink
 from lbd.l2.announcer import L2Announcer
+from lbd.l2.pacer import DEFAULT_RATE, DEFAULT_TAKEOVER_RATE
 from lbd.config.schema import Config
 from lbd.model import (Allocation, BgpRoute, ExportRoute, Family, IPAddress, Member, MemberState, Plan, ServiceSpec,
                        VipDecision)
@@ -651,8 +652,10 @@ class Daemon:
         await self._configure_export()
         await self.coordinator.configure(self.config)
         self.hooks.set_hooks(self.config.hooks)
-        # One packets/s cap for the node's announcer: the lowest announce_rate configured.
-        self.l2.set_rate(min((a.announce_rate for a in self.config.l2_advertisements), default=1000))
+        # One packets/s cap for the node's announcer: the lowest announce_rate configured; the
+        # same for the first packets of takeovers, which have their own (lbd.l2.pacer).
+        self.l2.set_rate(min((a.announce_rate for a in self.config.l2_advertisements), default=DEFAULT_RATE),
+                         min((a.takeover_rate for a in self.config.l2_advertisements), default=DEFAULT_TAKEOVER_RATE))
 
     async def _apply(self, config: Config) -> None:
         self.config = config

@@ -15,8 +15,9 @@ Addresses are added and removed in pipelined batches (``AddressBinder.bind_many`
 many netlink requests in flight, acks gathered), not one round trip per VIP.
 
 Gratuitous ARP / unsolicited NA go through one scheduler task per announcer
-(``lbd.l2.pacer.AnnounceScheduler``), paced under ``announce_rate`` packets/s,
-not one asyncio task per VIP.
+(``lbd.l2.pacer.AnnounceScheduler``), not one asyncio task per VIP: the first
+packet of each takeover paced under ``takeover_rate`` packets/s, the rest of
+the bursts and the periodic repeats under ``announce_rate``.
 
 Errors are per VIP: logged, counted, shown in ``status()`` and retried on the
 next ``apply``; they never escape. Per-VIP lines are debug; info gets one
@@ -39,7 +40,7 @@ from lbd.kernel.interfaces import InterfaceInventory, holds, list_interfaces
 from lbd.kernel.netlink import Netlink
 from lbd.l2 import arp, metrics, ndp, rawsock
 from lbd.l2.frame import mac_to_bytes
-from lbd.l2.pacer import DEFAULT_RATE, AnnounceScheduler
+from lbd.l2.pacer import DEFAULT_RATE, DEFAULT_TAKEOVER_RATE, AnnounceScheduler
 from lbd.l2.responder import Responder
 from lbd.model import IPAddress, L2Intent, L2Mode, LocalInterface
 
@@ -77,6 +78,7 @@ class L2Announcer:
         burst_spacing: float = BURST_SPACING,
         wall_clock: Callable[[], float] = time.time,
         announce_rate: float = DEFAULT_RATE,
+        takeover_rate: float = DEFAULT_TAKEOVER_RATE,
         inventory: InterfaceInventory | None = None,
     ) -> None:
         self._nl = netlink
@@ -92,7 +94,7 @@ class L2Announcer:
         self._binder: AddressBinder | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self._sched: AnnounceScheduler[IPAddress] = AnnounceScheduler(announce_rate, burst_spacing)
+        self._sched: AnnounceScheduler[IPAddress] = AnnounceScheduler(announce_rate, burst_spacing, takeover_rate)
         self._sched_task: asyncio.Task[None] | None = None
         self._sched_wake = asyncio.Event()
 
@@ -144,10 +146,16 @@ class L2Announcer:
                 continue
             self._start_announcing(entry)
 
-    def set_rate(self, rate: float) -> None:
-        """The packets-per-second cap of every announcement (from ``announce_rate``)."""
-        if rate != self._sched.rate:
+    def set_rate(self, rate: float, takeover_rate: float | None = None) -> None:
+        """The packets-per-second caps: of burst repeats and periodic announcements
+        (``announce_rate``), and of the first packet of each takeover (``takeover_rate``)."""
+        changed = rate != self._sched.rate
+        if changed:
             self._sched.set_rate(rate)
+        if takeover_rate is not None and takeover_rate != self._sched.takeover_rate:
+            self._sched.set_takeover_rate(takeover_rate)
+            changed = True
+        if changed:
             self._kick()
 
     def status(self) -> list[dict[str, object]]:
