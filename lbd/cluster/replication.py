@@ -141,11 +141,61 @@ def _age_key(entry: TableEntry) -> tuple[int, str, str]:
     return (entry.created, entry.origin, entry.service)
 
 
+class _Entries(dict[str, TableEntry]):
+    """The table's entries, counting their changes: what ``live`` and ``encode`` derive from
+    them is kept until the next change (issue 9: at 10,000 services, re-deriving both on every
+    pass and every push-pull held a node's event loop for tenths of a second, and a node
+    reconnecting to a dead peer push-pulls every second)."""
+
+    changes = 0
+
+    def __setitem__(self, key: str, value: TableEntry) -> None:
+        self.changes += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.changes += 1
+        super().__delitem__(key)
+
+    def pop(self, *args: object) -> object:  # type: ignore[override]
+        self.changes += 1
+        return super().pop(*args)  # type: ignore[arg-type]
+
+    def popitem(self) -> tuple[str, TableEntry]:
+        self.changes += 1
+        return super().popitem()
+
+    def clear(self) -> None:
+        self.changes += 1
+        super().clear()
+
+    def update(self, *args: object, **kwargs: TableEntry) -> None:  # type: ignore[override]
+        self.changes += 1
+        super().update(*args, **kwargs)  # type: ignore[arg-type]
+
+    def setdefault(self, key: str, default: TableEntry) -> TableEntry:  # type: ignore[override]
+        self.changes += 1
+        return super().setdefault(key, default)
+
+
 @dataclass
 class AllocationTable:
     node: str
-    entries: dict[str, TableEntry] = field(default_factory=dict)
+    entries: dict[str, TableEntry] = field(default_factory=_Entries)
     clock: int = 0  # the hybrid logical clock's last value (ms)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.entries, _Entries):
+            self.entries = _Entries(self.entries)
+        self._live: tuple[object, dict[str, Allocation], list[Conflict]] | None = None
+        self._encoded: tuple[object, bytes] | None = None
+
+    def _version(self) -> object:
+        """Changes whenever ``entries`` does (also when it is replaced by another dict)."""
+        entries = self.entries
+        if not isinstance(entries, _Entries):
+            entries = self.entries = _Entries(entries)
+        return (id(entries), entries.changes)
 
     # -- clock --------------------------------------------------------------
 
@@ -166,7 +216,14 @@ class AllocationTable:
     # -- reading ------------------------------------------------------------
 
     def live(self) -> tuple[dict[str, Allocation], list[Conflict]]:
-        """The conflict-free allocations, and the conflicts resolved to get them."""
+        """The conflict-free allocations, and the conflicts resolved to get them (worked out
+        again only after the entries changed; the caller gets its own dict and list)."""
+        version = self._version()
+        if self._live is None or self._live[0] != version:
+            self._live = (version, *self._live_now())
+        return dict(self._live[1]), list(self._live[2])
+
+    def _live_now(self) -> tuple[dict[str, Allocation], list[Conflict]]:
         accepted: dict[str, TableEntry] = {}
         holders: dict[IPAddress, list[TableEntry]] = {}
         conflicts: list[Conflict] = []
@@ -257,10 +314,18 @@ class AllocationTable:
         nodes add to push-pull (the node facts, "nf") without hiding the table
         from older ones.
         """
-        chosen = list(self.entries.values()) if entries is None else list(entries)
-        body: dict[str, object] = {"v": 1, "clock": self.clock, "e": [e.to_json() for e in chosen]}
-        body.update(extra or {})
-        return json.dumps(body, separators=(",", ":")).encode()
+        if entries is None:
+            # The whole table: its entries' JSON is kept until they change.
+            version = self._version()
+            if self._encoded is None or self._encoded[0] != version:
+                self._encoded = (version, json.dumps([e.to_json() for e in self.entries.values()],
+                                                     separators=(",", ":")).encode())
+            body = {"v": 1, "clock": self.clock, "e": None, **(extra or {})}
+            head, _, tail = json.dumps(body, separators=(",", ":")).encode().partition(b'"e":null')
+            return head + b'"e":' + self._encoded[1] + tail
+        body_: dict[str, object] = {"v": 1, "clock": self.clock, "e": [e.to_json() for e in entries]}
+        body_.update(extra or {})
+        return json.dumps(body_, separators=(",", ":")).encode()
 
     @staticmethod
     def decode(data: bytes) -> tuple[int, list[TableEntry]]:
