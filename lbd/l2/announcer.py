@@ -31,7 +31,7 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass
-from typing import Iterable, Callable, Sequence
+from typing import Any, Iterable, Callable, Sequence
 
 import structlog
 
@@ -62,6 +62,11 @@ class _Entry:
     gratuitous_sent: int = 0
     last_error: str | None = None
     errors: int = 0
+    # Built on the first announcement and kept (issue 9: the announce loop sends thousands a
+    # second on a takeover, on the event loop): the frames for ``frames_mac``, the metric's child.
+    frames: tuple[bytes, ...] = ()
+    frames_mac: bytes = b""
+    sent_counter: Any = None
 
 
 def _key(intent: L2Intent) -> tuple[str, str]:
@@ -355,11 +360,14 @@ class L2Announcer:
             sock = self._senders.get(ifname)
             if sock is None:
                 sock = self._senders[ifname] = rawsock.open_sender(ifname)
-            frames = self._frames(entry)
+            if not entry.frames or entry.frames_mac != entry.mac:
+                entry.frames, entry.frames_mac = tuple(self._frames(entry)), entry.mac
+                entry.sent_counter = metrics.GRATUITOUS_SENT.labels(vip=str(entry.intent.vip), interface=ifname)
+            frames = entry.frames
             for frame in frames:
                 sock.send(frame)
             entry.gratuitous_sent += len(frames)
-            metrics.GRATUITOUS_SENT.labels(vip=str(entry.intent.vip), interface=ifname).inc(len(frames))
+            entry.sent_counter.inc(len(frames))
         except OSError as exc:
             self._fail(entry, "gratuitous_send_failed", exc)
 
@@ -379,7 +387,11 @@ class L2Announcer:
             self._sched_task = asyncio.create_task(self._announce_loop(), name="l2-announce")
 
     async def _announce_loop(self) -> None:
-        """The one task that sends every VIP's announcements, as the scheduler paces them."""
+        """The one task that sends every VIP's announcements, as the scheduler paces them.
+
+        It sleeps on one event, set by a new schedule (``_kick``) or by a timer at the
+        scheduler's next wake (``call_at``: no task per wake, as ``wait_for`` would make)."""
+        loop = asyncio.get_running_loop()
         while True:
             now = self._now()
             for vip in self._sched.poll(now):
@@ -388,13 +400,12 @@ class L2Announcer:
                     self._send_announcement(entry)
             wake = self._sched.next_wake(now)
             self._sched_wake.clear()
+            timer = loop.call_at(wake, self._sched_wake.set) if wake is not None else None
             try:
-                if wake is None:
-                    await self._sched_wake.wait()
-                else:
-                    await asyncio.wait_for(self._sched_wake.wait(), max(0.0, wake - self._now()))
-            except asyncio.TimeoutError:
-                pass
+                await self._sched_wake.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     # -- address lifetime refresh ---------------------------------------------
 
