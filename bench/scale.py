@@ -872,20 +872,25 @@ def failover_run(lab: Lab, nodes: int, n: int, scratch: Path, timeout: float, an
                        'failback_delay = 0\nallow_plaintext = true\n')
             daemons[name] = LbdNode(host, scratch / f"failover-{nodes}", l2_config(n, name, announce_rate, cluster),
                                     name=name).start(wait=False)
-        # Settled: every VIP bound on exactly one node, the same holders twice in a row 2 s apart.
+        # Settled: every VIP bound on exactly one node, the same holders twice in a row 2 s apart,
+        # and no member declared dead by anyone meanwhile (a loaded machine makes the cluster
+        # flap: a fault in the middle of a flap measures the flap, not the failover).
         held: dict[str, set[str]] = {}
         previous: dict[str, set[str]] | None = None
+        deaths_before = -1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, d in daemons.items():
                 if not d.running():
                     raise RuntimeError(f"lbd on {name} exited: {d.log()[-600:]}")
             held = {name: node_vips(host) for name, host in hosts.items()}
+            deaths = sum(d.log().count('"member_dead"') for d in daemons.values())
             total = sum(len(v) for v in held.values())
             distinct = len(set().union(*held.values()))
-            if total == n and distinct == n and held == previous:
+            if total == n and distinct == n and held == previous and deaths == deaths_before:
                 break
             previous = held if distinct == n and total == n else None
+            deaths_before = deaths
             time.sleep(2)
         else:
             result.note = f"not settled after {timeout:.0f} s: {sum(len(v) for v in held.values())} bound"
