@@ -39,12 +39,15 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import random
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+
+import structlog
 
 from lbd.cluster import nodemeta, wire
 from lbd.cluster.profiles import Profile, get_profile
@@ -185,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--limit", type=float, default=120.0, help="simulated seconds allowed to converge or detect")
     args = ap.parse_args(argv)
+    # The cores log every failed push-pull and suspicion at info: 200 nodes' worth is noise here.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if not 3 <= args.nodes <= 254:
         raise SystemExit("--nodes: 3 to 254")
     started = time.monotonic()

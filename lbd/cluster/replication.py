@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from lbd.ipam import sharing_conflict
 from lbd.model import Allocation, Family, IPAddress, PortSpec, ServiceSpec
@@ -87,6 +87,26 @@ class TableEntry:
     def from_json(raw: object) -> "TableEntry":
         if not isinstance(raw, dict):
             raise TableError("entry is not an object")
+        # The same entry arrives in every push-pull: one parsed and checked before is taken
+        # as it was (issue 9: 10,000 entries re-parsed held the event loop for tenths of a
+        # second). Only entries that passed every check below are remembered.
+        try:
+            # With each value's type: true == 1 == 1.0 as keys, and only 1 is a valid stamp.
+            key = tuple((k, type(v), tuple(v) if type(v) is list else v) for k, v in raw.items())
+            known = _ENTRIES.get(key)
+        except TypeError:  # an unhashable value (a nested object): not a valid entry anyway
+            key, known = None, None
+        if known is not None:
+            return known
+        entry = TableEntry._from_json(raw)
+        if key is not None:
+            if len(_ENTRIES) >= _ENTRIES_MAX:
+                _ENTRIES.clear()
+            _ENTRIES[key] = entry
+        return entry
+
+    @staticmethod
+    def _from_json(raw: dict[str, Any]) -> "TableEntry":
         try:
             service, pool, origin = raw["s"], raw["p"], raw["o"]
             created, updated = raw["c"], raw["u"]
@@ -102,7 +122,7 @@ class TableEntry:
         if not isinstance(addresses, list) or len(addresses) > 2:
             raise TableError("entry addresses must be a list of at most two addresses")
         try:
-            parsed = tuple(ipaddress.ip_address(a) for a in addresses if isinstance(a, str))
+            parsed = tuple(_address(a) for a in addresses if isinstance(a, str))
         except ValueError as exc:
             raise TableError(f"entry address: {exc}") from None
         if len(parsed) != len(addresses):
@@ -135,6 +155,27 @@ class Conflict:
 
     def __str__(self) -> str:
         return f"{self.address}: kept by {self.winner} (older allocation), {self.loser} will be re-allocated"
+
+
+# Entries parsed and checked, by their JSON object's items (see TableEntry.from_json).
+_ENTRIES: dict[tuple[tuple[str, type, Any], ...], "TableEntry"] = {}
+_ENTRIES_MAX = 1 << 18
+
+# Parsed addresses by their text: every push-pull carries the whole table, and parsing 10,000
+# addresses with ipaddress held the receiving node's event loop for tenths of a second
+# (issue 9). Bounded: emptied when full (a hostile table of random addresses costs a re-parse).
+_ADDRESSES: dict[str, IPAddress] = {}
+_ADDRESSES_MAX = 1 << 18
+
+
+def _address(text: str) -> IPAddress:
+    address = _ADDRESSES.get(text)
+    if address is None:
+        address = ipaddress.ip_address(text)  # ValueError: not an address
+        if len(_ADDRESSES) >= _ADDRESSES_MAX:
+            _ADDRESSES.clear()
+        _ADDRESSES[text] = address
+    return address
 
 
 def _age_key(entry: TableEntry) -> tuple[int, str, str]:

@@ -162,3 +162,14 @@ def test_live_and_encode_are_kept_until_the_entries_change() -> None:
         mine, _ = t.live()
         mine.clear()  # the caller's own copy
         assert t.live() == fresh.live()
+
+
+def test_an_entry_seen_before_is_not_a_pass_for_a_malformed_one() -> None:
+    """Entries are remembered once checked (every push-pull carries the whole table); a
+    malformed one equal to a good one under ``==`` (true == 1) is still refused."""
+    good = {"s": "web", "p": "p", "a": ["10.77.0.5"], "c": 1, "u": 1, "o": "n1"}
+    first = TableEntry.from_json(dict(good))
+    assert TableEntry.from_json(dict(good)) is first
+    for bad in ({**good, "c": True}, {**good, "u": 1.0}, {**good, "a": ["10.77.0.5", "x"]}, {**good, "a": [{"x": 1}]}):
+        with pytest.raises(TableError):
+            TableEntry.from_json(bad)
