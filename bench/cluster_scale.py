@@ -29,7 +29,7 @@ nothing in steady state; every push-pull interval (30 s, scaled by memberlist's
 ``pushPullScale``: x4 at 200 nodes, so 120 s) a node sends its full state to one peer and
 answers one peer's on average, each a push-pull of ``n`` node entries.
 
-    python bench/cluster_scale.py [--nodes 200] [--profiles lan,default] [--window 240]
+    python bench/cluster_scale.py [--nodes 200] [--profiles lan,default] [--window SECONDS]
         [--crashes 5] [--loss 0.0] [--seed 1]
 
 Needs no root and no network: it is all in one process.
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=200)
     ap.add_argument("--profiles", default="lan,default")
-    ap.add_argument("--window", type=float, default=240.0, help="steady-state seconds (simulated) for bandwidth")
+    ap.add_argument("--window", type=float, help="steady-state seconds (simulated) for bandwidth "
+                    "(default: two push-pull intervals of the profile at this size, 240 s for lan at 200 nodes)")
     ap.add_argument("--crashes", type=int, default=5)
     ap.add_argument("--loss", type=float, default=0.0, help="random packet loss, 0..1")
     ap.add_argument("--seed", type=int, default=1)
@@ -196,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in [p for p in args.profiles.split(",") if p]:
         print(f"# {name}: {args.nodes} simulated nodes ...", flush=True)
-        r = run_profile(name, args.nodes, args.window, args.crashes, args.seed, args.loss, args.limit)
+        window = args.window or 2 * get_profile(name).push_pull_scale(args.nodes)
+        r = run_profile(name, args.nodes, window, args.crashes, args.seed, args.loss, args.limit)
         results.append(r)
-        print(f"#   done in {r.wall_s:.0f} s of wall time", flush=True)
+        print(f"#   done in {r.wall_s:.0f} s of wall time (window {window:.0f} s): {r}", flush=True)
     exp = expected_memberlist_lan(args.nodes)
     print()
     print(f"Simulated cluster (component: SWIM cores on lbd.testing.cluster_sim, no daemon), {args.nodes} nodes, "
