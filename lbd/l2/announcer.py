@@ -151,6 +151,17 @@ class L2Announcer:
                 continue
             self._start_announcing(entry)
 
+    async def takeovers_sent(self, timeout: float) -> bool:
+        """Wait until the first announcement of every VIP taken over is out (at most ``timeout``
+        seconds); whether it is. The daemon waits so before starting CPU-heavy work (a full
+        re-decision in a worker thread takes the GIL from this loop, which sends them)."""
+        deadline = self._now() + timeout
+        while self._sched.takeovers_pending():
+            if self._now() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
     def set_rate(self, rate: float, takeover_rate: float | None = None) -> None:
         """The packets-per-second caps: of burst repeats and periodic announcements
         (``announce_rate``), and of the first packet of each takeover (``takeover_rate``)."""

@@ -147,6 +147,12 @@ class AnnounceScheduler(Generic[K]):
         """Forget ``key``: its pending packets are never sent."""
         self._states.pop(key, None)
 
+    def takeovers_pending(self) -> bool:
+        """Whether a takeover's first packet is still to go."""
+        heap = self._heaps[FIRST]
+        self._drop_stale(heap)
+        return bool(heap)
+
     def active(self, key: K) -> bool:
         state = self._states.get(key)
         return state is not None and state.pending

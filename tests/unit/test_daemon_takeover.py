@@ -38,6 +38,10 @@ class RecordingL2:
     async def apply(self, intents: Any) -> None:
         self.applied.append(list(intents))
 
+    async def takeovers_sent(self, timeout: float) -> bool:
+        self.applied.append(["sent"])
+        return True
+
 
 async def test_a_dead_members_vips_are_applied_before_the_full_replan(tmp_path: Path) -> None:
     d = Daemon(load_config(config_file(tmp_path)))
@@ -64,7 +68,7 @@ async def test_a_dead_members_vips_are_applied_before_the_full_replan(tmp_path: 
 
         dead = [replace(m, state=MemberState.DEAD) if m.name == "n2" else m for m in members]
         await d._take_over(config, dead)
-        assert len(l2.applied) == 1
+        assert len(l2.applied) == 2 and l2.applied[1] == ["sent"]  # then waits for their first packets
         early = {i.vip for i in l2.applied[0]}
         # What it held, plus its share of n2's VIPs, before any full re-decision...
         assert d.plan is before and mine < early and early - mine <= n2s

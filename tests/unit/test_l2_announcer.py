@@ -392,3 +392,14 @@ async def test_announcements_are_paced_by_one_scheduler_under_the_rate_cap(sent:
     await asyncio.sleep(0.2)
     assert len(sent) == count
     await ann.close()
+
+
+async def test_takeovers_sent_waits_for_every_first_packet(sent: list[bytes]) -> None:
+    nl = FakeNetlink()
+    ann = make(nl, announce_rate=1000, takeover_rate=40)
+    vips = [ipaddress.ip_address(f"10.77.0.{100 + i}") for i in range(10)]
+    await ann.apply([intent(v, burst=1) for v in vips])
+    assert not await ann.takeovers_sent(0.01)  # 40/s: not all ten within 10 ms
+    assert await ann.takeovers_sent(5.0)
+    assert {arp.parse_arp(f).sender_ip for f in sent if f[12:14] == b"\x08\x06"} == set(vips)
+    await ann.close()

@@ -143,3 +143,17 @@ def test_rates_must_be_positive_and_can_change() -> None:
         seen.add(vip)
     assert len(firsts) == len(seconds) == 100
     assert max_per_second(firsts) <= 20 and max_per_second(seconds) <= 10
+
+
+def test_takeovers_pending_until_every_first_packet_is_out() -> None:
+    s: AnnounceScheduler[int] = AnnounceScheduler(1000, burst_spacing=0.1, takeover_rate=100)
+    assert not s.takeovers_pending()
+    for vip in range(20):
+        s.schedule(vip, 0.0, burst=3, interval=10.0)
+    s.cancel(19)  # withdrawn: not waited for
+    log: list[tuple[float, int]] = []
+    run(s, 0.0, 0.05, log)
+    assert s.takeovers_pending()  # 100/s: 5 or 6 of 19 in 50 ms
+    run(s, 0.05, 0.5, log)
+    assert not s.takeovers_pending()  # repeats and periodic ones do not count
+    assert {vip for _, vip in log} == set(range(19))
