@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import ipaddress
 import json
 import os
@@ -149,8 +150,9 @@ def addr_monitor(nets: Sequence[ipaddress.IPv4Network], max_seconds: float) -> i
     return 0
 
 
-def arp_monitor(ifname: str, nets: Sequence[ipaddress.IPv4Network], max_seconds: float) -> int:
-    """Print ``<unix time> g <address>`` for the first gratuitous ARP seen for each address in ``nets``."""
+def arp_monitor(ifname: str, nets: Sequence[ipaddress.IPv4Network], max_seconds: float, every: bool = False) -> int:
+    """Print ``<unix time> g <address>`` for the first gratuitous ARP seen for each address in ``nets``
+    (``every``: ``<unix time> g <address> <sender MAC>`` for each one)."""
     inside = _in_nets(nets)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
     seen: set[bytes] = set()
@@ -165,9 +167,10 @@ def arp_monitor(ifname: str, nets: Sequence[ipaddress.IPv4Network], max_seconds:
             if len(frame) < 42 or frame[12:14] != b"\x08\x06":
                 continue
             sender, target = frame[28:32], frame[38:42]
-            if sender == target and sender not in seen and inside(sender):
+            if sender == target and (every or sender not in seen) and inside(sender):
                 seen.add(sender)
-                lines.append(f"{time.time():.6f} g {socket.inet_ntoa(sender)}\n")
+                mac = f" {frame[22:28].hex(':')}" if every else ""
+                lines.append(f"{time.time():.6f} g {socket.inet_ntoa(sender)}{mac}\n")
         if lines:
             out.write("".join(lines))
             out.flush()
@@ -225,12 +228,13 @@ def _helper_main(argv: list[str]) -> int:
     ap.add_argument("--port", type=int, default=9999)
     ap.add_argument("--interval", type=float, default=0.01)
     ap.add_argument("--max-seconds", type=float, default=600.0)
+    ap.add_argument("--every", action="store_true", help="_arp-monitor: every gratuitous ARP, with its sender MAC")
     a = ap.parse_args(argv)
     nets = [ipaddress.IPv4Network(n) for n in a.net]
     if a.helper == "_addr-monitor":
         return addr_monitor(nets, a.max_seconds)
     if a.helper == "_arp-monitor":
-        return arp_monitor(a.ifname, nets, a.max_seconds)
+        return arp_monitor(a.ifname, nets, a.max_seconds, a.every)
     return udp_probe(Path(a.vips_file).read_text().split(), a.port, a.exclude, a.max_seconds, a.interval)
 
 
@@ -553,14 +557,17 @@ def bgp_run(lab: Lab, n: int, source: str, churn: int, timeout: float, scratch: 
         router.stop()
 
 
-def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """``py-spy record`` on the daemon (collapsed stacks, 100 Hz, not pausing it), until it exits.
+def start_profiler(pid: int, out: Path, duration: float | None = None) -> subprocess.Popen[bytes]:
+    """``py-spy record`` on the daemon (collapsed stacks, 100 Hz, not pausing it), until it exits
+    (or for ``duration`` seconds).
 
     Read the result with ``python bench/scale.py profile-summary FILE``.
     """
     py_spy = Path(sys.executable).parent / "py-spy"
     proc = subprocess.Popen([str(py_spy), "record", "--pid", str(pid), "--rate", "100", "--nonblocking",
-                             "--format", "raw", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             "--format", "raw", "-o", str(out),
+                             *(["--duration", str(int(duration))] if duration else [])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     return proc
 
@@ -822,6 +829,10 @@ class FailoverResult:
     sample_p50: float | None = None
     sample_max: float | None = None
     duplicates: int = 0
+    detected: float | None = None  # fault -> the first survivor declares the victim dead (its log)
+    garp_p50: float | None = None  # fault -> each moved VIP's first gratuitous ARP at the client
+    garp_all: float | None = None
+    garps: int = 0
     note: str = ""
 
 
@@ -832,8 +843,26 @@ def node_vips(host: Host) -> set[str]:
             if any(ipaddress.IPv4Address(a["local"]) in net for net in nets)}
 
 
+def first_death(daemons: dict[str, LbdNode], survivors: list[str], victim: str, since: float) -> float | None:
+    """Seconds from ``since`` to the first survivor's ``member_dead`` line about ``victim``."""
+    times = []
+    for name in survivors:
+        for line in daemons[name].log().splitlines():
+            if '"member_dead"' not in line or f'"member": "{victim}"' not in line:
+                continue
+            try:
+                stamp = json.loads(line)["timestamp"]
+            except (ValueError, KeyError):
+                continue
+            t = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            if t >= since:
+                times.append(t - since)
+                break
+    return min(times) if times else None
+
+
 def failover_run(lab: Lab, nodes: int, n: int, scratch: Path, timeout: float, announce_rate: int,
-                 sample_size: int = 100) -> FailoverResult:
+                 sample_size: int = 100, py_spy: bool = False) -> FailoverResult:
     result = FailoverResult(nodes=nodes, vips=n)
     addresses = {f"n{i}": f"10.77.0.{10 + i}" for i in range(1, nodes + 1)}
     hosts = {name: lab.add_host(name, [f"{addr}/{L2_PREFIXLEN}"]) for name, addr in addresses.items()}
@@ -852,20 +881,25 @@ def failover_run(lab: Lab, nodes: int, n: int, scratch: Path, timeout: float, an
                        'failback_delay = 0\nallow_plaintext = true\n')
             daemons[name] = LbdNode(host, scratch / f"failover-{nodes}", l2_config(n, name, announce_rate, cluster),
                                     name=name).start(wait=False)
-        # Settled: every VIP bound on exactly one node, the same holders twice in a row 2 s apart.
+        # Settled: every VIP bound on exactly one node, the same holders twice in a row 2 s apart,
+        # and no member declared dead by anyone meanwhile (a loaded machine makes the cluster
+        # flap: a fault in the middle of a flap measures the flap, not the failover).
         held: dict[str, set[str]] = {}
         previous: dict[str, set[str]] | None = None
+        deaths_before = -1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, d in daemons.items():
                 if not d.running():
                     raise RuntimeError(f"lbd on {name} exited: {d.log()[-600:]}")
             held = {name: node_vips(host) for name, host in hosts.items()}
+            deaths = sum(d.log().count('"member_dead"') for d in daemons.values())
             total = sum(len(v) for v in held.values())
             distinct = len(set().union(*held.values()))
-            if total == n and distinct == n and held == previous:
+            if total == n and distinct == n and held == previous and deaths == deaths_before:
                 break
             previous = held if distinct == n and total == n else None
+            deaths_before = deaths
             time.sleep(2)
         else:
             result.note = f"not settled after {timeout:.0f} s: {sum(len(v) for v in held.values())} bound"
@@ -894,9 +928,26 @@ def failover_run(lab: Lab, nodes: int, n: int, scratch: Path, timeout: float, an
         probe = EventStream(client, ["_udp-probe", "--vips-file", str(vips_file), "--exclude", victim,
                                      "--interval", "0.005", "--max-seconds", "30"], "failover probe")
         # The fault: a dead host sends nothing, not even a last packet; then its daemon dies.
+        garps = EventStream(client, ["_arp-monitor", "--every", "--ifname", client.ifname,
+                                     *sum((["--net", p] for p in L2_POOL), []), "--max-seconds", "120"], "ARP monitor")
+        victim_mac = hosts[victim].mac.lower()
+        profiles = {}
+        if py_spy:  # the survivors, from just before the fault, for 10 s
+            for name in survivors[:2]:
+                out = scratch / f"py-spy-{nodes}-{name}.txt"
+                profiles[name] = (start_profiler(daemons[name].proc.pid, out, 10), out)  # type: ignore[union-attr]
+            time.sleep(1.0)
         t_fault = time.time()
         lab.set_link(hosts[victim], up=False)
         daemons[victim].send_signal(signal.SIGKILL)
+
+        def survivors_garps() -> dict[str, float]:
+            first: dict[str, float] = {}
+            for line in garps.snapshot():
+                t, _, addr, mac = line.split()
+                if float(t) >= t_fault and mac != victim_mac and addr in moving:
+                    first.setdefault(addr, float(t) - t_fault)
+            return first
 
         def rebound() -> dict[str, float]:
             first: dict[str, float] = {}
@@ -912,6 +963,21 @@ def failover_run(lab: Lab, nodes: int, n: int, scratch: Path, timeout: float, an
             result.all_rebound = max(got.values()) - t_fault
         wait_until(lambda: "done" in probe.snapshot(), 35, 0.05)
         probe.close()
+        wait_until(lambda: len(survivors_garps()) >= len(moving), 10, 0.1)
+        garps.close()
+        firsts = list(survivors_garps().values())
+        result.garps = len(firsts)
+        if firsts:
+            result.garp_p50 = statistics.median(firsts)
+            if len(firsts) >= len(moving):
+                result.garp_all = max(firsts)
+        result.detected = first_death(daemons, survivors, victim, t_fault)
+        for name, (proc, out) in profiles.items():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+            if out.exists():
+                say(f"# py-spy of survivor {name} (1 s before the fault to 9 s after): {out}\n"
+                    + profile_summary(out))
         answers = [float(line.split()[0]) - t_fault for line in probe.snapshot() if line != "done"]
         result.sample_answered = len(answers)
         if answers:
@@ -936,15 +1002,18 @@ def failover_part(args: argparse.Namespace, scratch: Path) -> list[str]:
     for nodes in args.nodes:
         say(f"# failover: {nodes} nodes, {args.failover_vips} VIPs ...")
         with Lab() as lab:
-            r = failover_run(lab, nodes, args.failover_vips, scratch, args.timeout, args.announce_rate)
+            r = failover_run(lab, nodes, args.failover_vips, scratch, args.timeout, args.announce_rate,
+                             py_spy=args.py_spy)
         results.append(r)
         say(f"#   {r}")
     report = ["Failover: the daemons end to end (lbd on every node, gossip, a client probing over UDP); "
               "the victim's link cut and its daemon SIGKILLed",
-              f"{'nodes':>5} {'VIPs':>6} {'victim held':>11} {'fault->all rebound':>18} {'sample answered':>15} "
+              f"{'nodes':>5} {'VIPs':>6} {'victim held':>11} {'fault->dead':>11} {'fault->all rebound':>18} "
+              f"{'GARP p50':>9} {'GARP all':>9} {'sample answered':>15} "
               f"{'sample p50':>10} {'sample max':>10} {'duplicates':>10} {'settle':>8}  note"]
     for r in results:
-        report.append(f"{r.nodes:>5} {r.vips:>6} {r.victim_vips:>11} {fmt(r.all_rebound):>18} "
+        report.append(f"{r.nodes:>5} {r.vips:>6} {r.victim_vips:>11} {fmt(r.detected):>11} {fmt(r.all_rebound):>18} "
+                      f"{fmt(r.garp_p50):>9} {fmt(r.garp_all):>9} "
                       f"{f'{r.sample_answered}/{r.sample}':>15} {fmt(r.sample_p50):>10} {fmt(r.sample_max):>10} "
                       f"{r.duplicates:>10} {fmt(r.settle_s, 's', 1):>8}  {r.note}")
         limit = GOALS.get(f"failover_{r.nodes}")

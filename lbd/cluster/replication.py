@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from lbd.ipam import sharing_conflict
 from lbd.model import Allocation, Family, IPAddress, PortSpec, ServiceSpec
@@ -87,6 +87,26 @@ class TableEntry:
     def from_json(raw: object) -> "TableEntry":
         if not isinstance(raw, dict):
             raise TableError("entry is not an object")
+        # The same entry arrives in every push-pull: one parsed and checked before is taken
+        # as it was (issue 9: 10,000 entries re-parsed held the event loop for tenths of a
+        # second). Only entries that passed every check below are remembered.
+        try:
+            # With each value's type: true == 1 == 1.0 as keys, and only 1 is a valid stamp.
+            key = tuple((k, type(v), tuple(v) if type(v) is list else v) for k, v in raw.items())
+            known = _ENTRIES.get(key)
+        except TypeError:  # an unhashable value (a nested object): not a valid entry anyway
+            key, known = None, None
+        if known is not None:
+            return known
+        entry = TableEntry._from_json(raw)
+        if key is not None:
+            if len(_ENTRIES) >= _ENTRIES_MAX:
+                _ENTRIES.clear()
+            _ENTRIES[key] = entry
+        return entry
+
+    @staticmethod
+    def _from_json(raw: dict[str, Any]) -> "TableEntry":
         try:
             service, pool, origin = raw["s"], raw["p"], raw["o"]
             created, updated = raw["c"], raw["u"]
@@ -102,7 +122,7 @@ class TableEntry:
         if not isinstance(addresses, list) or len(addresses) > 2:
             raise TableError("entry addresses must be a list of at most two addresses")
         try:
-            parsed = tuple(ipaddress.ip_address(a) for a in addresses if isinstance(a, str))
+            parsed = tuple(_address(a) for a in addresses if isinstance(a, str))
         except ValueError as exc:
             raise TableError(f"entry address: {exc}") from None
         if len(parsed) != len(addresses):
@@ -137,15 +157,86 @@ class Conflict:
         return f"{self.address}: kept by {self.winner} (older allocation), {self.loser} will be re-allocated"
 
 
+# Entries parsed and checked, by their JSON object's items (see TableEntry.from_json).
+_ENTRIES: dict[tuple[tuple[str, type, Any], ...], "TableEntry"] = {}
+_ENTRIES_MAX = 1 << 18
+
+# Parsed addresses by their text: every push-pull carries the whole table, and parsing 10,000
+# addresses with ipaddress held the receiving node's event loop for tenths of a second
+# (issue 9). Bounded: emptied when full (a hostile table of random addresses costs a re-parse).
+_ADDRESSES: dict[str, IPAddress] = {}
+_ADDRESSES_MAX = 1 << 18
+
+
+def _address(text: str) -> IPAddress:
+    address = _ADDRESSES.get(text)
+    if address is None:
+        address = ipaddress.ip_address(text)  # ValueError: not an address
+        if len(_ADDRESSES) >= _ADDRESSES_MAX:
+            _ADDRESSES.clear()
+        _ADDRESSES[text] = address
+    return address
+
+
 def _age_key(entry: TableEntry) -> tuple[int, str, str]:
     return (entry.created, entry.origin, entry.service)
+
+
+class _Entries(dict[str, TableEntry]):
+    """The table's entries, counting their changes: what ``live`` and ``encode`` derive from
+    them is kept until the next change (issue 9: at 10,000 services, re-deriving both on every
+    pass and every push-pull held a node's event loop for tenths of a second, and a node
+    reconnecting to a dead peer push-pulls every second)."""
+
+    changes = 0
+
+    def __setitem__(self, key: str, value: TableEntry) -> None:
+        self.changes += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.changes += 1
+        super().__delitem__(key)
+
+    def pop(self, *args: object) -> object:  # type: ignore[override]
+        self.changes += 1
+        return super().pop(*args)  # type: ignore[arg-type]
+
+    def popitem(self) -> tuple[str, TableEntry]:
+        self.changes += 1
+        return super().popitem()
+
+    def clear(self) -> None:
+        self.changes += 1
+        super().clear()
+
+    def update(self, *args: object, **kwargs: TableEntry) -> None:  # type: ignore[override]
+        self.changes += 1
+        super().update(*args, **kwargs)  # type: ignore[arg-type]
+
+    def setdefault(self, key: str, default: TableEntry) -> TableEntry:  # type: ignore[override]
+        self.changes += 1
+        return super().setdefault(key, default)
 
 
 @dataclass
 class AllocationTable:
     node: str
-    entries: dict[str, TableEntry] = field(default_factory=dict)
+    entries: dict[str, TableEntry] = field(default_factory=_Entries)
     clock: int = 0  # the hybrid logical clock's last value (ms)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.entries, _Entries):
+            self.entries = _Entries(self.entries)
+        self._live: tuple[object, dict[str, Allocation], list[Conflict]] | None = None
+        self._encoded: tuple[object, bytes] | None = None
+
+    def _version(self) -> object:
+        """Changes whenever ``entries`` does (also when it is replaced by another dict)."""
+        entries = self.entries
+        if not isinstance(entries, _Entries):
+            entries = self.entries = _Entries(entries)
+        return (id(entries), entries.changes)
 
     # -- clock --------------------------------------------------------------
 
@@ -166,7 +257,14 @@ class AllocationTable:
     # -- reading ------------------------------------------------------------
 
     def live(self) -> tuple[dict[str, Allocation], list[Conflict]]:
-        """The conflict-free allocations, and the conflicts resolved to get them."""
+        """The conflict-free allocations, and the conflicts resolved to get them (worked out
+        again only after the entries changed; the caller gets its own dict and list)."""
+        version = self._version()
+        if self._live is None or self._live[0] != version:
+            self._live = (version, *self._live_now())
+        return dict(self._live[1]), list(self._live[2])
+
+    def _live_now(self) -> tuple[dict[str, Allocation], list[Conflict]]:
         accepted: dict[str, TableEntry] = {}
         holders: dict[IPAddress, list[TableEntry]] = {}
         conflicts: list[Conflict] = []
@@ -257,10 +355,18 @@ class AllocationTable:
         nodes add to push-pull (the node facts, "nf") without hiding the table
         from older ones.
         """
-        chosen = list(self.entries.values()) if entries is None else list(entries)
-        body: dict[str, object] = {"v": 1, "clock": self.clock, "e": [e.to_json() for e in chosen]}
-        body.update(extra or {})
-        return json.dumps(body, separators=(",", ":")).encode()
+        if entries is None:
+            # The whole table: its entries' JSON is kept until they change.
+            version = self._version()
+            if self._encoded is None or self._encoded[0] != version:
+                self._encoded = (version, json.dumps([e.to_json() for e in self.entries.values()],
+                                                     separators=(",", ":")).encode())
+            body = {"v": 1, "clock": self.clock, "e": None, **(extra or {})}
+            head, _, tail = json.dumps(body, separators=(",", ":")).encode().partition(b'"e":null')
+            return head + b'"e":' + self._encoded[1] + tail
+        body_: dict[str, object] = {"v": 1, "clock": self.clock, "e": [e.to_json() for e in entries]}
+        body_.update(extra or {})
+        return json.dumps(body_, separators=(",", ":")).encode()
 
     @staticmethod
     def decode(data: bytes) -> tuple[int, list[TableEntry]]:

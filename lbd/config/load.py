@@ -80,7 +80,7 @@ POOL_KEYS = ("name", "addresses", "auto_assign", "avoid_buggy_ips", "labels", "s
 SERVICE_ALLOCATION_KEYS = ("priority", "namespaces", "namespace_selectors", "service_selectors")
 NAMESPACE_KEYS = ("name", "labels")
 L2_KEYS = ("name", "pools", "interfaces", "node_selector", "mode", "announce_burst", "announce_interval",
-           "pool_selectors", "announce_rate")
+           "pool_selectors", "announce_rate", "takeover_rate")
 EXPORT_KEYS = ("name", "table", "pools", "protocol", "metric", "interface", "node_selector", "allow_main_table",
                "accept")
 LOG_KEYS = ("level", "format")
@@ -441,12 +441,13 @@ def _l2_advertisements(errors: Errors, doc: dict) -> list[tuple[str, L2Advertise
         burst = t.integer("announce_burst", defaults.announce_burst, lo=1, hi=100)
         interval = t.seconds("announce_interval", defaults.announce_interval)
         rate = t.integer("announce_rate", defaults.announce_rate, lo=1, hi=1_000_000)
+        takeover_rate = t.integer("takeover_rate", defaults.takeover_rate, lo=1, hi=1_000_000)
         if name is None or not names.claim(name, i):
             continue
         out.append((label, L2AdvertisementConfig(
             name=name, pools=pools, interfaces=tuple(interfaces), node_selector=node_selector, mode=mode,
             announce_burst=burst, announce_interval=interval, pool_selectors=pool_selectors,
-            announce_rate=rate,
+            announce_rate=rate, takeover_rate=takeover_rate,
         )))
     return out
 

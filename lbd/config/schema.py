@@ -96,6 +96,8 @@ class L2AdvertisementConfig(_Selected):
     announce_interval: float = 10.0  # periodic refresh in seconds; 0 disables
     pool_selectors: Selectors = ()  # pools whose labels match any, besides ``pools``
     announce_rate: int = 1000  # gratuitous packets/s cap; the node's announcer uses the lowest (issue 9)
+    # Cap on the first packet of each takeover, a budget of its own (lbd.l2.pacer); the lowest wins.
+    takeover_rate: int = 10_000
 
     _SELECTOR_FIELDS = ("node_selector", "pool_selectors")
 

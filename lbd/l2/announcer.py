@@ -15,8 +15,9 @@ Addresses are added and removed in pipelined batches (``AddressBinder.bind_many`
 many netlink requests in flight, acks gathered), not one round trip per VIP.
 
 Gratuitous ARP / unsolicited NA go through one scheduler task per announcer
-(``lbd.l2.pacer.AnnounceScheduler``), paced under ``announce_rate`` packets/s,
-not one asyncio task per VIP.
+(``lbd.l2.pacer.AnnounceScheduler``), not one asyncio task per VIP: the first
+packet of each takeover paced under ``takeover_rate`` packets/s, the rest of
+the bursts and the periodic repeats under ``announce_rate``.
 
 Errors are per VIP: logged, counted, shown in ``status()`` and retried on the
 next ``apply``; they never escape. Per-VIP lines are debug; info gets one
@@ -30,7 +31,7 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass
-from typing import Iterable, Callable, Sequence
+from typing import Any, Iterable, Callable, Sequence
 
 import structlog
 
@@ -39,7 +40,7 @@ from lbd.kernel.interfaces import InterfaceInventory, holds, list_interfaces
 from lbd.kernel.netlink import Netlink
 from lbd.l2 import arp, metrics, ndp, rawsock
 from lbd.l2.frame import mac_to_bytes
-from lbd.l2.pacer import DEFAULT_RATE, AnnounceScheduler
+from lbd.l2.pacer import DEFAULT_RATE, DEFAULT_TAKEOVER_RATE, AnnounceScheduler
 from lbd.l2.responder import Responder
 from lbd.model import IPAddress, L2Intent, L2Mode, LocalInterface
 
@@ -61,6 +62,11 @@ class _Entry:
     gratuitous_sent: int = 0
     last_error: str | None = None
     errors: int = 0
+    # Built on the first announcement and kept (issue 9: the announce loop sends thousands a
+    # second on a takeover, on the event loop): the frames for ``frames_mac``, the metric's child.
+    frames: tuple[bytes, ...] = ()
+    frames_mac: bytes = b""
+    sent_counter: Any = None
 
 
 def _key(intent: L2Intent) -> tuple[str, str]:
@@ -77,6 +83,7 @@ class L2Announcer:
         burst_spacing: float = BURST_SPACING,
         wall_clock: Callable[[], float] = time.time,
         announce_rate: float = DEFAULT_RATE,
+        takeover_rate: float = DEFAULT_TAKEOVER_RATE,
         inventory: InterfaceInventory | None = None,
     ) -> None:
         self._nl = netlink
@@ -92,7 +99,7 @@ class L2Announcer:
         self._binder: AddressBinder | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self._sched: AnnounceScheduler[IPAddress] = AnnounceScheduler(announce_rate, burst_spacing)
+        self._sched: AnnounceScheduler[IPAddress] = AnnounceScheduler(announce_rate, burst_spacing, takeover_rate)
         self._sched_task: asyncio.Task[None] | None = None
         self._sched_wake = asyncio.Event()
 
@@ -144,10 +151,27 @@ class L2Announcer:
                 continue
             self._start_announcing(entry)
 
-    def set_rate(self, rate: float) -> None:
-        """The packets-per-second cap of every announcement (from ``announce_rate``)."""
-        if rate != self._sched.rate:
+    async def takeovers_sent(self, timeout: float) -> bool:
+        """Wait until the first announcement of every VIP taken over is out (at most ``timeout``
+        seconds); whether it is. The daemon waits so before starting CPU-heavy work (a full
+        re-decision in a worker thread takes the GIL from this loop, which sends them)."""
+        deadline = self._now() + timeout
+        while self._sched.takeovers_pending():
+            if self._now() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    def set_rate(self, rate: float, takeover_rate: float | None = None) -> None:
+        """The packets-per-second caps: of burst repeats and periodic announcements
+        (``announce_rate``), and of the first packet of each takeover (``takeover_rate``)."""
+        changed = rate != self._sched.rate
+        if changed:
             self._sched.set_rate(rate)
+        if takeover_rate is not None and takeover_rate != self._sched.takeover_rate:
+            self._sched.set_takeover_rate(takeover_rate)
+            changed = True
+        if changed:
             self._kick()
 
     def status(self) -> list[dict[str, object]]:
@@ -347,11 +371,14 @@ class L2Announcer:
             sock = self._senders.get(ifname)
             if sock is None:
                 sock = self._senders[ifname] = rawsock.open_sender(ifname)
-            frames = self._frames(entry)
+            if not entry.frames or entry.frames_mac != entry.mac:
+                entry.frames, entry.frames_mac = tuple(self._frames(entry)), entry.mac
+                entry.sent_counter = metrics.GRATUITOUS_SENT.labels(vip=str(entry.intent.vip), interface=ifname)
+            frames = entry.frames
             for frame in frames:
                 sock.send(frame)
             entry.gratuitous_sent += len(frames)
-            metrics.GRATUITOUS_SENT.labels(vip=str(entry.intent.vip), interface=ifname).inc(len(frames))
+            entry.sent_counter.inc(len(frames))
         except OSError as exc:
             self._fail(entry, "gratuitous_send_failed", exc)
 
@@ -371,7 +398,11 @@ class L2Announcer:
             self._sched_task = asyncio.create_task(self._announce_loop(), name="l2-announce")
 
     async def _announce_loop(self) -> None:
-        """The one task that sends every VIP's announcements, as the scheduler paces them."""
+        """The one task that sends every VIP's announcements, as the scheduler paces them.
+
+        It sleeps on one event, set by a new schedule (``_kick``) or by a timer at the
+        scheduler's next wake (``call_at``: no task per wake, as ``wait_for`` would make)."""
+        loop = asyncio.get_running_loop()
         while True:
             now = self._now()
             for vip in self._sched.poll(now):
@@ -380,13 +411,12 @@ class L2Announcer:
                     self._send_announcement(entry)
             wake = self._sched.next_wake(now)
             self._sched_wake.clear()
+            timer = loop.call_at(wake, self._sched_wake.set) if wake is not None else None
             try:
-                if wake is None:
-                    await self._sched_wake.wait()
-                else:
-                    await asyncio.wait_for(self._sched_wake.wait(), max(0.0, wake - self._now()))
-            except asyncio.TimeoutError:
-                pass
+                await self._sched_wake.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     # -- address lifetime refresh ---------------------------------------------
 

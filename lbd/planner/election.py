@@ -13,14 +13,37 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from lbd.model import IPAddress, IPInterface
 
 
 def rank(vip: IPAddress, nodes: Iterable[str]) -> list[str]:
     """Nodes in election order for ``vip``: lowest sha256(node#vip) first."""
-    return sorted(nodes, key=lambda node: (hashlib.sha256(f"{node}#{vip}".encode()).digest(), node))
+    suffix = f"#{vip}".encode()  # the VIP's text once, not once per node (issue 9: 20 nodes)
+    sha256 = hashlib.sha256
+    return sorted(nodes, key=lambda node: (sha256(node.encode() + suffix).digest(), node))
+
+
+# A member's interfaces, sorted by name with their networks, per mapping: the planner asks for
+# every member and every VIP (20 members x 10,000 VIPs a re-decision), and a member's mapping
+# is the same object from pass to pass. Keyed by id, the mapping kept so the id is not reused.
+_SORTED: dict[int, tuple[Mapping[str, Sequence[IPInterface]], tuple[tuple[str, tuple[tuple[int, Any], ...]], ...]]] = {}
+_SORTED_MAX = 4096
+
+
+def _sorted_interfaces(
+    interfaces: Mapping[str, Sequence[IPInterface]],
+) -> tuple[tuple[str, tuple[tuple[int, Any], ...]], ...]:
+    hit = _SORTED.get(id(interfaces))
+    if hit is not None and hit[0] is interfaces:
+        return hit[1]
+    items = tuple((name, tuple((net.version, net.network) for net in networks))
+                  for name, networks in sorted(interfaces.items()))
+    if len(_SORTED) >= _SORTED_MAX:
+        _SORTED.clear()
+    _SORTED[id(interfaces)] = (interfaces, items)
+    return items
 
 
 def fitting_interfaces(
@@ -29,13 +52,9 @@ def fitting_interfaces(
     allowed: Sequence[str] = (),
 ) -> list[str]:
     """Interfaces whose connected subnet holds ``vip`` (only ``allowed`` ones if given), sorted."""
-    names = []
-    for name, networks in sorted(interfaces.items()):
-        if allowed and name not in allowed:
-            continue
-        if any(net.version == vip.version and vip in net.network for net in networks):
-            names.append(name)
-    return names
+    version = vip.version
+    return [name for name, networks in _sorted_interfaces(interfaces)
+            if (not allowed or name in allowed) and any(v == version and vip in net for v, net in networks)]
 
 
 def describe_interfaces(interfaces: Mapping[str, Sequence[IPInterface]]) -> str:

@@ -39,7 +39,8 @@ def plan_l2(view: NodeView, vip: VipInput) -> L2Plan | None:
     if not ads:
         return None
     eligible, refusals = _candidates(view, vip, ads)
-    holders = [m.name for m in view.members.values() if str(vip.vip) in m.holds]
+    text = str(vip.vip)
+    holders = [m.name for m in view.members.values() if text in m.holds]
     election = elect(vip.vip, eligible, holders, view.eligible_since, view.now, view.config.cluster.failback_delay)
     owner = election.owner
     if owner is None:
@@ -49,7 +50,7 @@ def plan_l2(view: NodeView, vip: VipInput) -> L2Plan | None:
     intent: L2Intent | None = None
     if owner == view.node:
         intent = _intent(view.me, vip, ads)
-    elif owner is not None and _hands_over(view, vip, owner):
+    elif owner is not None and _hands_over(view, vip, owner, text):
         intent = _intent(view.me, vip, ads)
         if intent is not None:
             reasons.append(f"l2: handing over to {owner}")
@@ -74,16 +75,16 @@ def _candidates(view: NodeView, vip: VipInput, ads: Sequence[L2AdvertisementConf
     return eligible, refusals
 
 
-def _hands_over(view: NodeView, vip: VipInput, owner: str) -> bool:
+def _hands_over(view: NodeView, vip: VipInput, owner: str, text: str) -> bool:
     """Whether this node, which lost ``vip`` to ``owner``, keeps announcing it until the
     owner holds it: it holds it now, could still serve it (a drain alone does not stop
     it) and the owner does not announce it yet."""
-    if str(vip.vip) not in view.me.holds:
+    if text not in view.me.holds:
         return False
     if refusal(replace(view.me, drained=False), vip.specs) is not None:
         return False
     new_owner = view.members.get(owner)
-    return new_owner is not None and str(vip.vip) not in new_owner.holds
+    return new_owner is not None and text not in new_owner.holds
 
 
 def _intent(me: Member, vip: VipInput, ads: Sequence[L2AdvertisementConfig]) -> L2Intent | None:
@@ -107,7 +108,7 @@ def _fit(
 ) -> tuple[L2AdvertisementConfig, str] | None:
     """The first advertisement selecting ``member`` with an interface that fits ``vip``."""
     for ad in ads:
-        if not matches(ad.node_selector, member.labels):
+        if ad.node_selector and not matches(ad.node_selector, member.labels):  # none: every node
             continue
         names = fitting_interfaces(vip, member.interfaces, ad.interfaces)
         if names:

@@ -7,6 +7,10 @@ crashed. TCP streams are reliable but each lost segment costs a 200 ms
 retransmission (Linux's minimum RTO), failing once past the request deadline.
 ``stall(name, until)`` freezes a node as a starved event loop would: its
 packets wait in the socket buffer and are handled when it wakes.
+
+Every node's sent bytes are counted (``sent``: UDP payloads and stream
+requests and replies, without IP/UDP/TCP headers), so a benchmark can report
+gossip bandwidth per node (bench/cluster_scale.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,20 @@ from lbd.cluster.profiles import DEFAULT, Profile
 from lbd.cluster.swim import Swim
 
 TCP_RTO = 0.2
+
+
+@dataclass
+class Traffic:
+    """What one node sent: UDP packets and stream (TCP) messages, payload bytes."""
+
+    udp_packets: int = 0
+    udp_bytes: int = 0
+    streams: int = 0  # requests and replies
+    stream_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.udp_bytes + self.stream_bytes
 
 
 @dataclass
@@ -56,6 +74,7 @@ class SimNetwork:
         self._seq = itertools.count()
         self.packets = 0
         self.dropped = 0
+        self.sent: dict[str, Traffic] = {}
 
     # -- building -----------------------------------------------------------
 
@@ -66,6 +85,7 @@ class SimNetwork:
                     rng=random.Random(self.rng.random()), **kwargs)  # type: ignore[arg-type]
         self.nodes[name] = SimNode(core, addr)
         self.by_addr[addr] = name
+        self.sent.setdefault(name, Traffic())
         self._drain(name)
         return core
 
@@ -120,6 +140,9 @@ class SimNetwork:
 
     def _send_packet(self, src: str, action: SendPacket) -> None:
         self.packets += 1
+        traffic = self.sent[src]
+        traffic.udp_packets += 1
+        traffic.udp_bytes += len(action.data)
         dst = self.by_addr.get(action.addr)
         if dst is None or not self._reachable(src, dst):
             self.dropped += 1
@@ -156,6 +179,8 @@ class SimNetwork:
     def _stream(self, src: str, req: StreamRequest) -> None:
         dst = self.by_addr.get(req.addr)
         src_addr = self.nodes[src].addr
+        self.sent[src].streams += 1
+        self.sent[src].stream_bytes += len(req.data)
 
         def fail() -> None:
             if self.nodes[src].up:
@@ -179,6 +204,9 @@ class SimNetwork:
             self._drain(dst)
             if not req.expect_reply:
                 return
+            if reply is not None:
+                self.sent[dst].streams += 1
+                self.sent[dst].stream_bytes += len(reply)
             t_rep = self.now + self._segment_time()
             if reply is None or t_rep > req.deadline:
                 self._at(max(req.deadline, self.now), fail)

@@ -81,16 +81,18 @@ auto_assign = "yes"
 pools = ["nope"]
 announce_burst = 0
 announce_rate = 0
+takeover_rate = 0
 
 [log]
 level = "verbose"
 """)
-    assert len(found) == 7, found
+    assert len(found) == 8, found
     has_error(found, 'cluster: profile: "wan" is not one of "default", "fast", "lan" (did you mean \'lan\'?)')
     assert any("pool \"b\": addresses[0]" in m and "host bits set" in m for m in found)
     has_error(found, 'pool "b": auto_assign: expected a boolean, got a string ("yes"); write true without quotes')
     has_error(found, "l2_advertisement[0]: announce_burst: 0 is out of range 1..100")
     has_error(found, "l2_advertisement[0]: announce_rate: 0 is out of range 1..1000000")
+    has_error(found, "l2_advertisement[0]: takeover_rate: 0 is out of range 1..1000000")
     has_error(found, 'l2_advertisement[0]: pools: no pool is named "nope"')
     has_error(found, 'log: level: "verbose" is not one of "debug", "info", "warning", "error"')
 
@@ -364,12 +366,13 @@ mode = "responder"
 announce_burst = 5
 announce_interval = 0
 announce_rate = 200
+takeover_rate = 3000
 """)
     first, second = config.l2_advertisements
     assert first == L2AdvertisementConfig(name="l2-0")
     assert second == L2AdvertisementConfig(
         name="lan-resp", pools=("lan",), interfaces=("eth0", "br-lan.10"), node_selector={"rack": "r1"},
-        mode="responder", announce_burst=5, announce_interval=0.0, announce_rate=200,
+        mode="responder", announce_burst=5, announce_interval=0.0, announce_rate=200, takeover_rate=3000,
     )
 
 

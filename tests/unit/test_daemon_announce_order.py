@@ -44,7 +44,7 @@ class SlowL2:
         self.bound: set[object] = set()
         self.leftover = False  # a bind was cut short: the kernel may hold an unrecorded address
 
-    def set_rate(self, rate: float) -> None:  # the announce_rate cap: nothing is sent here
+    def set_rate(self, rate: float, takeover_rate: float | None = None) -> None:  # the caps: nothing is sent here
         pass
 
     async def apply(self, intents: Any) -> None:

@@ -222,7 +222,7 @@ class BatchBgp:
 
 
 class NoL2:
-    def set_rate(self, rate: float) -> None:
+    def set_rate(self, rate: float, takeover_rate: float | None = None) -> None:
         pass
 
     async def apply(self, intents: object) -> None:

@@ -361,6 +361,20 @@ def test_address_request_wire_format_and_acks() -> None:
         encode_addr_request(AddrRequest("move", 7, ipaddress.ip_address("10.88.0.9"), 32), seq=1)
 
 
+async def test_takeover_rate_caps_the_first_packets(sent: list[bytes]) -> None:
+    nl = FakeNetlink()
+    ann = make(nl, announce_rate=1000, takeover_rate=20)
+    vips = [ipaddress.ip_address(f"10.77.0.{100 + i}") for i in range(10)]
+    await ann.apply([intent(v, burst=1) for v in vips])
+    await asyncio.sleep(0.3)
+    firsts = {arp.parse_arp(f).sender_ip for f in sent if f[12:14] == b"\x08\x06"}
+    assert 3 <= len(firsts) <= 8  # ~1 + 0.3 s x 20/s of the 10
+    ann.set_rate(1000, takeover_rate=10_000)  # raised: the rest go at once
+    await asyncio.sleep(0.1)
+    assert {arp.parse_arp(f).sender_ip for f in sent if f[12:14] == b"\x08\x06"} == set(vips)
+    await ann.close()
+
+
 async def test_announcements_are_paced_by_one_scheduler_under_the_rate_cap(sent: list[bytes]) -> None:
     nl = FakeNetlink()
     ann = make(nl, announce_rate=20)
@@ -368,12 +382,24 @@ async def test_announcements_are_paced_by_one_scheduler_under_the_rate_cap(sent:
     await ann.apply([intent(v, burst=3) for v in vips])
     await asyncio.sleep(0.3)
     pairs = [arp.parse_arp(f) for f in sent if f[12:14] == b"\x08\x06"][::2]  # one request+reply per announcement
-    assert 5 <= len(pairs) <= 9  # ~1 + 0.3 s x 20/s, never the 30 of unpaced bursts
+    # Every VIP's first packet at once (takeover_rate, 10,000/s by default), before any repeat;
+    # the repeats at ~1 + 0.3 s x 20/s: never the 30 of unpaced bursts.
+    assert [p.sender_ip for p in pairs[:10]] == vips
+    assert 10 + 3 <= len(pairs) <= 10 + 9
     await asyncio.sleep(0.4)
-    pairs = [arp.parse_arp(f) for f in sent if f[12:14] == b"\x08\x06"][::2]
-    assert [p.sender_ip for p in pairs[:10]] == vips  # every VIP's first packet before any repeat
     await ann.apply([])  # withdrawal cancels what is still pending
     count = len(sent)
     await asyncio.sleep(0.2)
     assert len(sent) == count
+    await ann.close()
+
+
+async def test_takeovers_sent_waits_for_every_first_packet(sent: list[bytes]) -> None:
+    nl = FakeNetlink()
+    ann = make(nl, announce_rate=1000, takeover_rate=40)
+    vips = [ipaddress.ip_address(f"10.77.0.{100 + i}") for i in range(10)]
+    await ann.apply([intent(v, burst=1) for v in vips])
+    assert not await ann.takeovers_sent(0.01)  # 40/s: not all ten within 10 ms
+    assert await ann.takeovers_sent(5.0)
+    assert {arp.parse_arp(f).sender_ip for f in sent if f[12:14] == b"\x08\x06"} == set(vips)
     await ann.close()

@@ -34,27 +34,43 @@ def max_per_second(times: list[float]) -> int:
     return worst
 
 
-def test_ten_thousand_takeovers_are_paced_and_first_packets_go_first() -> None:
-    rate, n = 1000, 10_000
-    s: AnnounceScheduler[int] = AnnounceScheduler(rate, burst_spacing=0.1)
+def test_ten_thousand_takeovers_first_packets_have_their_own_cap() -> None:
+    rate, takeover, n = 1000, 10_000, 10_000
+    s: AnnounceScheduler[int] = AnnounceScheduler(rate, burst_spacing=0.1, takeover_rate=takeover)
     log: list[tuple[float, int]] = []
     for vip in range(n):
         s.schedule(vip, 0.0, burst=3, interval=10.0)
     run(s, 0.0, 60.0, log)
-    times = [t for t, _ in log]
-    assert max_per_second(times) <= rate
     first: dict[int, float] = {}
+    repeats: list[float] = []
     for t, vip in log:
-        first.setdefault(vip, t)
+        if vip in first:
+            repeats.append(t)
+        else:
+            first[vip] = t
     assert len(first) == n
-    assert max(first.values()) <= n / rate + 1e-6
+    # Every VIP's first packet within n / takeover_rate, under its own cap...
+    assert max(first.values()) <= n / takeover + 1e-6
+    assert max_per_second(sorted(first.values())) <= takeover
+    # ... and the rest of the bursts and the repeats under announce_rate.
+    assert max_per_second(repeats) <= rate
     counts = Counter(vip for _, vip in log)
     assert all(c >= 3 for c in counts.values())  # the burst of 3 reached every VIP (then periodic)
 
 
-def test_new_vips_go_before_periodic_repeats_of_old_ones() -> None:
+def test_a_low_takeover_rate_holds() -> None:
+    s: AnnounceScheduler[int] = AnnounceScheduler(1000, burst_spacing=0.1, takeover_rate=100)
+    log: list[tuple[float, int]] = []
+    for vip in range(1000):
+        s.schedule(vip, 0.0, burst=1, interval=0.0)
+    run(s, 0.0, 60.0, log)
+    assert len(log) == 1000 and max_per_second([t for t, _ in log]) <= 100
+    assert max(t for t, _ in log) >= 9.0  # 1,000 first packets at 100/s: about 10 s
+
+
+def test_takeovers_do_not_wait_behind_a_backlog_of_repeats() -> None:
     rate = 100
-    s: AnnounceScheduler[int] = AnnounceScheduler(rate, burst_spacing=0.1)
+    s: AnnounceScheduler[int] = AnnounceScheduler(rate, burst_spacing=0.1, takeover_rate=1000)
     log: list[tuple[float, int]] = []
     for vip in range(500):  # old VIPs, periodic every second: more than the cap can carry
         s.schedule(vip, 0.0, burst=1, interval=1.0)
@@ -63,9 +79,9 @@ def test_new_vips_go_before_periodic_repeats_of_old_ones() -> None:
     for vip in range(1000, 1050):
         s.schedule(vip, now, burst=1, interval=0.0)
     run(s, now, now + 5.0, log)
-    order = [vip for _, vip in log]
-    assert order[:50] == list(range(1000, 1050))  # every new VIP ahead of the backlog of repeats
-    assert max_per_second([t for t, _ in log]) <= rate
+    new = [t for t, vip in log if vip >= 1000]
+    assert len(new) == 50 and max(new) <= now + 0.05  # all at once: their own budget (50/s-slice of 1000/s)
+    assert max_per_second([t for t, vip in log if vip < 1000]) <= rate
 
 
 def test_withdrawal_cancels_pending_packets() -> None:
@@ -103,15 +119,41 @@ def test_burst_then_interval_and_interval_changes() -> None:
     assert [round(t, 3) for t, _ in log] == [111.0, 111.1]
 
 
-def test_rate_must_be_positive_and_can_change() -> None:
+def test_rates_must_be_positive_and_can_change() -> None:
     with pytest.raises(ValueError):
         AnnounceScheduler(0)
+    with pytest.raises(ValueError):
+        AnnounceScheduler(1000, takeover_rate=0)
     s: AnnounceScheduler[int] = AnnounceScheduler(1000)
     with pytest.raises(ValueError):
         s.set_rate(-1)
+    with pytest.raises(ValueError):
+        s.set_takeover_rate(0)
     s.set_rate(10)
+    s.set_takeover_rate(20)
+    assert (s.rate, s.takeover_rate) == (10, 20)
     for vip in range(100):
-        s.schedule(vip, 0.0, burst=1, interval=0.0)
+        s.schedule(vip, 0.0, burst=2, interval=0.0)
     log: list[tuple[float, int]] = []
     run(s, 0.0, 20.0, log)
-    assert len(log) == 100 and max_per_second([t for t, _ in log]) <= 10
+    seen: set[int] = set()
+    firsts, seconds = [], []
+    for t, vip in log:
+        (seconds if vip in seen else firsts).append(t)
+        seen.add(vip)
+    assert len(firsts) == len(seconds) == 100
+    assert max_per_second(firsts) <= 20 and max_per_second(seconds) <= 10
+
+
+def test_takeovers_pending_until_every_first_packet_is_out() -> None:
+    s: AnnounceScheduler[int] = AnnounceScheduler(1000, burst_spacing=0.1, takeover_rate=100)
+    assert not s.takeovers_pending()
+    for vip in range(20):
+        s.schedule(vip, 0.0, burst=3, interval=10.0)
+    s.cancel(19)  # withdrawn: not waited for
+    log: list[tuple[float, int]] = []
+    run(s, 0.0, 0.05, log)
+    assert s.takeovers_pending()  # 100/s: 5 or 6 of 19 in 50 ms
+    run(s, 0.05, 0.5, log)
+    assert not s.takeovers_pending()  # repeats and periodic ones do not count
+    assert {vip for _, vip in log} == set(range(19))

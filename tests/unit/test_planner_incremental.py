@@ -13,15 +13,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from lbd.hooks import Observation, observe, transitions
 from lbd.ipam import allocate
-from lbd.model import Allocation, Family, Member, MemberState, PortSpec, ServiceSpec
+from lbd.model import Allocation, Family, Member, MemberState, Plan, PortSpec, ServiceSpec
 from lbd.config.schema import AddressRange, BgpAdvertisementConfig, BgpPeerConfig, ClusterConfig, Config, L2AdvertisementConfig, NodeConfig, PoolConfig, RouteExportConfig
 from lbd.planner import PlannerInput, held_vips, plan
 from lbd.planner.export import LocalRouteCover, local_accept_routes
-from lbd.planner.incremental import IncrementalPlanner
+from lbd.planner.incremental import IncrementalPlanner, _scope as config_scope
 from lbd.selectors import LabelSelector
 
 ip = ipaddress.ip_address
@@ -162,6 +162,8 @@ def as_maps(observation: Observation) -> Observation:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(events, max_size=40))
+@example([("member", "n3", "join"), *(("svc", f"s{i}", "l2", None, 80, True, None) for i in range(1, 8)),
+          ("member", "n2", "die"), ("member", "n2", "join"), ("member", "n3", "leave")])  # takeovers, twice
 def test_incremental_plan_equals_plan_after_every_event(sequence):
     """...and the hooks' events, found from the changed decisions only, equal the events of
     the whole observations."""
@@ -173,6 +175,7 @@ def test_incremental_plan_equals_plan_after_every_event(sequence):
         world.apply(event)
         inp = world.inputs()
         expected = plan(inp)
+        check_takeovers(planner, inp, expected)
         got = planner.plan(inp)
         assert got.decisions == expected.decisions, event
         assert got.l2 == expected.l2, event
@@ -183,6 +186,51 @@ def test_incremental_plan_equals_plan_after_every_event(sequence):
         if seen is not None:
             assert transitions(seen, now) == transitions(as_maps(seen), as_maps(now)), event
         seen = now
+
+
+def check_takeovers(planner: IncrementalPlanner, inp: PlannerInput, expected: Plan) -> None:
+    """``takeovers`` gives exactly the layer-2 intents the full plan gives for the VIPs whose
+    owner (in the last plan) is no longer alive, their services unchanged."""
+    takeovers = planner.takeovers(inp)
+    assert set(takeovers) <= set(expected.l2)
+    if not planner._members or config_scope(inp) != planner._scope:
+        assert takeovers == []
+        return
+    alive = {m.name for m in inp.members if m.state == MemberState.ALIVE}
+    before = planner.plan_so_far()
+    lost = {d.owner for d in before.decisions if d.owner is not None and d.owner not in alive and d.owner != "n1"}
+    stable = {a for name, alloc in inp.allocations.items()
+              if planner._allocations.get(name) == alloc and planner._services.get(name) == inp.services.get(name)
+              for a in alloc.addresses}
+    unstable = {a for name, alloc in planner._allocations.items() for a in alloc.addresses} - stable
+    unstable |= {a for alloc in inp.allocations.values() for a in alloc.addresses} - stable
+    want = {i for i in expected.l2 if i.mode.announced and i.vip not in unstable
+            and any(d.vip == i.vip and d.owner in lost for d in before.decisions)}
+    assert set(takeovers) == want
+
+
+def test_takeovers_are_the_dead_members_vips_that_fall_here_decided_alone():
+    """Three nodes, many layer-2 VIPs; one dies: ``takeovers`` decides only its VIPs and gives
+    this node's share of them, the same intents the full re-decision gives."""
+    world = World()
+    planner = IncrementalPlanner()
+    world.apply(("member", "n2", "join"))
+    world.apply(("member", "n3", "join"))
+    for name in SERVICES:
+        world.apply(("svc", name, "l2", None, 80, True, None))
+    first = planner.plan(world.inputs())
+    assert planner.takeovers(world.inputs()) == []  # nothing died
+    owned_by_n2 = {d.vip for d in first.decisions if d.owner == "n2"}
+    assert owned_by_n2
+    world.apply(("member", "n2", "die"))
+    inp = world.inputs()
+    takeovers = planner.takeovers(inp)
+    assert planner.plan_so_far() is first  # read-only
+    full = planner.plan(inp)
+    here = {i.vip for i in full.l2 if i.mode.announced}
+    assert {i.vip for i in takeovers} == owned_by_n2 & here
+    assert set(takeovers) <= set(full.l2)
+    assert planner.takeovers(inp) == []  # planned: nothing left to take over
 
 
 def test_an_unrelated_change_redecides_only_its_vips():

@@ -128,3 +128,48 @@ def test_entry_from_json_rejects_precisely(raw):
 def test_entry_errors_are_precise(raw, message):
     with pytest.raises(TableError, match=message):
         TableEntry.from_json(raw)
+
+
+def test_live_and_encode_are_kept_until_the_entries_change() -> None:
+    """Both are derived once per change of the entries (every pass and every push-pull read
+    them), and always equal what the entries say now, whichever way they changed."""
+    import json as _json
+
+    def reference(table: AllocationTable, extra: dict[str, str] | None) -> bytes:
+        body: dict[str, object] = {"v": 1, "clock": table.clock, "e": [e.to_json() for e in table.entries.values()]}
+        body.update(extra or {})
+        return _json.dumps(body, separators=(",", ":")).encode()
+
+    ip = ipaddress.ip_address
+    t = AllocationTable("n1")
+    t.record({f"s{i}": Allocation(f"s{i}", "p", (ip(f"10.77.0.{i + 1}"),)) for i in range(5)}, {}, 1000)
+    steps = [
+        lambda: None,
+        lambda: t.entries.__setitem__("x", TableEntry("x", "p", (ip("10.77.0.99"),), 5, 5, "n2")),
+        lambda: t.merge([TableEntry("s1", "p", (), 1, 2000, "n2")]),
+        lambda: t.record({"s2": Allocation("s2", "p", (ip("10.77.0.50"),))}, {}, 3000),
+        lambda: t.entries.pop("x"),
+        lambda: setattr(t, "entries", {"y": TableEntry("y", "p", (ip("10.77.0.7"),), 1, 1, "n3")}),
+        lambda: t.collect_garbage(10**12),
+    ]
+    for step in steps:
+        step()
+        for extra in (None, {"nf": "AAE="}):
+            assert t.encode(extra=extra) == reference(t, extra)
+            assert AllocationTable.decode_with_extra(t.encode(extra=extra))[1] == list(t.entries.values())
+        fresh = AllocationTable("n1", entries=dict(t.entries), clock=t.clock)
+        assert t.live() == fresh.live()
+        mine, _ = t.live()
+        mine.clear()  # the caller's own copy
+        assert t.live() == fresh.live()
+
+
+def test_an_entry_seen_before_is_not_a_pass_for_a_malformed_one() -> None:
+    """Entries are remembered once checked (every push-pull carries the whole table); a
+    malformed one equal to a good one under ``==`` (true == 1) is still refused."""
+    good = {"s": "web", "p": "p", "a": ["10.77.0.5"], "c": 1, "u": 1, "o": "n1"}
+    first = TableEntry.from_json(dict(good))
+    assert TableEntry.from_json(dict(good)) is first
+    for bad in ({**good, "c": True}, {**good, "u": 1.0}, {**good, "a": ["10.77.0.5", "x"]}, {**good, "a": [{"x": 1}]}):
+        with pytest.raises(TableError):
+            TableEntry.from_json(bad)
