@@ -264,17 +264,16 @@ class Session:
         Established session sends nothing, not even End-of-RIB.
         """
         self.rib.set_desired(routes)
-        if self.state == State.ESTABLISHED:
-            if self.rib.initial_sent:
-                self._write_updates(self.rib.diff(), now)
-            else:
-                self._send_initial(now)
-        return self._flush()
+        return self._send_desired(now)
 
     def update_routes(self, changes: Mapping[IPNetwork, RouteAttrs | None], now: float) -> list[Event]:
         """``set_routes`` for a few routes (None: withdraw): the diff looks at these alone.
         Only after a first ``set_routes`` (the table is complete)."""
         self.rib.update_desired(changes)
+        return self._send_desired(now)
+
+    def _send_desired(self, now: float) -> list[Event]:
+        """What the desired Adj-RIB-Out now asks for: its difference, or the first table."""
         if self.state == State.ESTABLISHED:
             if self.rib.initial_sent:
                 self._write_updates(self.rib.diff(), now)

@@ -373,15 +373,8 @@ class KubernetesSource(Source):
         event = self._event_body({"apiVersion": ref.api_version, "kind": ref.kind, "namespace": ref.namespace,
                                   "name": ref.name, "uid": ref.uid, "resourceVersion": ref.resource_version},
                                  reason, message[:1024], "Warning")
-        try:
-            async with sem:
-                await self.client.request("POST", f"/api/v1/namespaces/{ref.namespace}/events", body=event)
-            self._write_health("events", None)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        if not await self._post_event(ref.namespace, event, sem, str(ref)):
             self._evented.discard(key)
-            self._write_health("events", exc, str(ref))
 
     def snapshot(self) -> list[ServiceSpec]:
         assert self.services and self.slices and self.nodes
@@ -687,19 +680,25 @@ class KubernetesSource(Source):
         event = self._event_body({"apiVersion": "v1", "kind": "Service", "namespace": meta["namespace"],
                                   "name": meta["name"], "uid": uid, "resourceVersion": meta.get("resourceVersion")},
                                  reason, message, kind)
-        try:
-            async with sem:
-                await self.client.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
-            self._write_health("events", None)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        if not await self._post_event(meta["namespace"], event, sem, f"{meta['namespace']}/{meta['name']}"):
             self._evented.discard(key)  # try again on the next report
             if reason == "AllocationFailed":
                 self._failed.pop(uid, None)
             if reason == NODE_ASSIGNED:
                 self._announced.pop(uid, None)
-            self._write_health("events", exc, f"{meta['namespace']}/{meta['name']}")
+
+    async def _post_event(self, namespace: str, event: Mapping[str, Any], sem: asyncio.Semaphore, about: str) -> bool:
+        """POST one Event; False (the failure counted in the source's health) when it did not go."""
+        try:
+            async with sem:
+                await self.client.request("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._write_health("events", exc, about)
+            return False
+        self._write_health("events", None)
+        return True
 
 
 async def drain(jobs: Iterable[Callable[[], Awaitable[None]]], workers: int) -> None:
