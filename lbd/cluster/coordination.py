@@ -56,6 +56,15 @@ log = structlog.get_logger(__name__)
 TABLE_MESSAGE = b"lbd1T"  # user message: table entries (a delta, or the whole table)
 FACTS_MESSAGE = b"lbd1F"  # user message: node facts (records, a delta or a request; lbd.cluster.facts)
 FACTS_STATE_KEY = "nf"  # the node facts in the push-pull table JSON (base64), which older nodes ignore
+# Push-pull carries a digest of the allocation table, and the whole table only now and then
+# (issue 9: 0.9 MB of JSON at 10,000 services, every push-pull, both ways). A peer whose
+# digest differs from ours after the merge gets our whole table at once, over TCP
+# (``send_user``), as it gets it after a large change; both ends do so, so both converge.
+TABLE_DIGEST_KEY = "td"  # push-pull JSON: the sender's ``AllocationTable.digest`` (older nodes ignore it)
+TABLE_SENDER_KEY = "tn"  # push-pull JSON: the sender's node name, to send it our table on a mismatch
+FULL_TABLE_EVERY = 6  # every 6th push-pull (and every join) carries the whole table anyway: the safety net
+TABLE_RESEND_INTERVAL = 5.0  # at most one whole table to one peer per this many seconds on mismatches
+LEGACY_PEER_HOLD = 120.0  # after a push-pull without a digest (an older lbd), send whole tables this long
 FACTS_REPAIR_INTERVAL = 0.25  # how often to look for facts records we are behind on
 DELTA_BUDGET = 1000  # bytes of entries per UDP broadcast (memberlist packets are 1400 bytes)
 MAX_DELTA_BROADCASTS = 8  # beyond this, send the whole table over TCP to each member
@@ -395,11 +404,47 @@ class ClusterCoordinator(Coordinator):
     def _local_state(self, join: bool) -> bytes:
         # The node facts ride in the table's JSON under a key older nodes ignore, so they still
         # read the table from a newer node's push-pull (docs/cluster.md, "Node facts").
-        extra = {FACTS_STATE_KEY: base64.b64encode(self.facts.state()).decode()}
-        return TABLE_MESSAGE + self.table.encode(extra=extra)
+        extra = {FACTS_STATE_KEY: base64.b64encode(self.facts.state()).decode(),
+                 TABLE_DIGEST_KEY: self.table.digest(), TABLE_SENDER_KEY: self.name}
+        self._push_pulls = getattr(self, "_push_pulls", 0) + 1
+        whole = (join or self._push_pulls % FULL_TABLE_EVERY == 0
+                 or time.monotonic() < getattr(self, "_legacy_until", 0.0))
+        return TABLE_MESSAGE + (self.table.encode(extra=extra) if whole else self.table.encode((), extra=extra))
 
     def _merge_remote_state(self, data: bytes, join: bool) -> None:
-        self._merge_payload(data, "push_pull")
+        extra = self._merge_payload(data, "push_pull")
+        if extra is None:
+            return
+        digest = extra.get(TABLE_DIGEST_KEY)
+        if digest is None:
+            # An older lbd: it sends and reads whole tables in push-pull only.
+            self._legacy_until = time.monotonic() + LEGACY_PEER_HOLD
+        elif digest != self.table.digest():
+            self._send_table_to(extra.get(TABLE_SENDER_KEY))
+
+    def _send_table_to(self, name: object) -> None:
+        """Our whole table to the member ``name`` (its push-pull's digest differs from ours),
+        at most once per TABLE_RESEND_INTERVAL to each (``name`` is hostile input)."""
+        if not isinstance(name, str) or name == self.name:
+            return
+        now = time.monotonic()
+        sent: dict[str, float] = self.__dict__.setdefault("_table_sent_at", {})
+        if now - sent.get(name, -TABLE_RESEND_INTERVAL) < TABLE_RESEND_INTERVAL:
+            return
+        target = next((i.addr for i in self.gossip.members()
+                       if i.name == name and i.state in (MemberState.ALIVE, MemberState.SUSPECT)), None)
+        if target is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a test driving the coordinator by hand): the next push-pull tries again
+        sent[name] = now
+        asyncio.ensure_future(self._send_table(target))
+
+    async def _send_table(self, target: Any) -> None:
+        if await self.gossip.send_user(target, TABLE_MESSAGE + self.table.encode()) is not True:
+            log.warning("table_send_failed", targets=[target])
 
     def _user(self, message: UserPayload) -> None:
         if message.payload.startswith(FACTS_MESSAGE):
@@ -407,14 +452,15 @@ class ClusterCoordinator(Coordinator):
             return
         self._merge_payload(message.payload, "message")
 
-    def _merge_payload(self, data: bytes, via: str) -> None:
+    def _merge_payload(self, data: bytes, via: str) -> dict[str, str] | None:
+        """Merge a table message; return its extra fields (None: not a table, or malformed)."""
         if not data.startswith(TABLE_MESSAGE):
-            return  # someone else's user message (serf events, ...)
+            return None  # someone else's user message (serf events, ...)
         try:
             _, entries, extra = AllocationTable.decode_with_extra(data[len(TABLE_MESSAGE):])
         except TableError as exc:
             log.warning("table_message_rejected", via=via, error=str(exc))
-            return
+            return None
         if FACTS_STATE_KEY in extra:
             try:
                 state = base64.b64decode(extra[FACTS_STATE_KEY], validate=True)
@@ -435,6 +481,7 @@ class ClusterCoordinator(Coordinator):
             TABLE_UPDATES.inc(len(adopted))
             self._state_dirty = True
             self._on_change()
+        return extra
 
     # -- lifecycle ----------------------------------------------------------
 

@@ -19,6 +19,7 @@ log and count it.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass, field, replace
@@ -230,6 +231,7 @@ class AllocationTable:
             self.entries = _Entries(self.entries)
         self._live: tuple[object, dict[str, Allocation], list[Conflict]] | None = None
         self._encoded: tuple[object, bytes] | None = None
+        self._digest: tuple[object, str] | None = None
 
     def _version(self) -> object:
         """Changes whenever ``entries`` does (also when it is replaced by another dict)."""
@@ -367,6 +369,16 @@ class AllocationTable:
         body_: dict[str, object] = {"v": 1, "clock": self.clock, "e": [e.to_json() for e in entries]}
         body_.update(extra or {})
         return json.dumps(body_, separators=(",", ":")).encode()
+
+    def digest(self) -> str:
+        """A digest of every entry, whatever their order (replicas insert in different orders):
+        equal on two replicas that hold the same entries. Push-pull sends it instead of the
+        whole table (``lbd.cluster.coordination``); worked out again only after a change."""
+        version = self._version()
+        if self._digest is None or self._digest[0] != version:
+            lines = sorted(json.dumps(e.to_json(), separators=(",", ":")) for e in self.entries.values())
+            self._digest = (version, hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32])
+        return self._digest[1]
 
     @staticmethod
     def decode(data: bytes) -> tuple[int, list[TableEntry]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from lbd.cluster import nodemeta
 from lbd.cluster.coordination import TABLE_MESSAGE, ClusterCoordinator
 from lbd.cluster.events import MemberInfo
+from lbd.cluster.transport import UserPayload
 from lbd.config import parse_config
 from lbd.coordination import Handover
 from lbd.model import Member, MemberState, ServiceSpec
@@ -35,6 +36,7 @@ class FakeGossip:
         self.infos: dict[str, MemberInfo] = {}
         self.meta = b""
         self.broadcasts: list[bytes] = []
+        self.sent: list[tuple[str, bytes]] = []
         self.decrypt_failures = 0
 
     def add(self, name: str, meta: bytes, state: MemberState = MemberState.ALIVE) -> None:
@@ -49,6 +51,10 @@ class FakeGossip:
 
     def broadcast_user(self, payload: bytes) -> None:
         self.broadcasts.append(payload)
+
+    async def send_user(self, addr: str, payload: bytes) -> bool:
+        self.sent.append((addr, payload))
+        return True
 
     def stats(self) -> dict[str, object]:
         return {"decrypt_failures": self.decrypt_failures}
@@ -249,7 +255,7 @@ def test_push_pull_state_is_still_a_table_for_older_nodes_and_carries_the_facts(
     cm, fake = membership()
     cm.allocate(CONFIG, [ServiceSpec(name="a")], {})
     cm.update_local(Member(name="n1", interfaces=LAN, holds=("10.77.0.100",), failing=frozenset({"static/b"})))
-    state = cm._local_state(False)  # noqa: SLF001
+    state = cm._local_state(True)  # noqa: SLF001 - a join's push-pull carries the whole table
     assert state.startswith(TABLE_MESSAGE)
     # What a node before the facts records does with it: the table, the facts key ignored.
     from lbd.cluster.replication import AllocationTable
@@ -266,3 +272,88 @@ def test_push_pull_state_is_still_a_table_for_older_nodes_and_carries_the_facts(
     other._merge_remote_state(state, False)  # noqa: SLF001
     seen = next(m for m in other.members() if m.name == "n1")
     assert seen.holds == ("10.77.0.100",) and seen.failing == {"static/b"} and seen.holds_known
+
+
+def peer(name: str) -> tuple[ClusterCoordinator, FakeGossip]:
+    other = ClusterCoordinator(parse_config(CONFIG_TEXT.replace('name = "n1"', f'name = "{name}"'), Path("/dev/null")))
+    gossip = FakeGossip()
+    other.gossip = gossip  # type: ignore[assignment]
+    other._started = True  # noqa: SLF001
+    return other, gossip
+
+
+def entries_of(state: bytes) -> list[str]:
+    from lbd.cluster.replication import AllocationTable
+
+    _, entries = AllocationTable.decode(state[len(TABLE_MESSAGE):])
+    return [e.service for e in entries]
+
+
+def test_push_pull_carries_a_digest_and_the_whole_table_only_now_and_then():
+    """Issue 9: 0.9 MB of table in every push-pull at 10,000 services. A digest every time;
+    the whole table at a join and every FULL_TABLE_EVERY-th push-pull."""
+    import json as json_mod
+
+    from lbd.cluster.coordination import FULL_TABLE_EVERY, TABLE_DIGEST_KEY, TABLE_SENDER_KEY
+
+    cm, _ = membership()
+    cm.allocate(CONFIG, [ServiceSpec(name="a")], {})
+    states = [cm._local_state(False) for _ in range(2 * FULL_TABLE_EVERY)]  # noqa: SLF001
+    whole = [i for i, state in enumerate(states) if entries_of(state) == ["a"]]
+    assert whole == [FULL_TABLE_EVERY - 1, 2 * FULL_TABLE_EVERY - 1]  # the 6th and the 12th
+    assert all(entries_of(state) == [] for i, state in enumerate(states) if i not in whole)
+    for state in states:
+        raw = json_mod.loads(state[len(TABLE_MESSAGE):])
+        assert raw[TABLE_DIGEST_KEY] == cm.table.digest() and raw[TABLE_SENDER_KEY] == "n1"
+    assert entries_of(cm._local_state(True)) == ["a"]  # noqa: SLF001
+
+
+def test_a_push_pull_without_a_digest_makes_ours_whole_for_older_nodes():
+    cm, _ = membership()
+    cm.allocate(CONFIG, [ServiceSpec(name="a")], {})
+    old, _ = peer("n2")
+    old._merge_remote_state(TABLE_MESSAGE + cm.table.encode(), False)  # noqa: SLF001 - no digest: an older lbd
+    assert set(old.table.entries) == {"a"}
+    old.allocate(CONFIG, [ServiceSpec(name="a")], {})
+    assert all(entries_of(old._local_state(False)) == ["a"] for _ in range(3))  # noqa: SLF001
+
+
+async def test_replicas_with_different_tables_converge_through_digests():
+    """A digest that differs after the merge sends our whole table to the sender (over
+    TCP, once per TABLE_RESEND_INTERVAL); both ends do it, so both converge. Equal
+    digests send nothing."""
+    import asyncio
+
+    from lbd.cluster.replication import TableEntry
+
+    n1, g1 = membership()
+    n2, g2 = peer("n2")
+    g1.add("n2", meta())
+    g2.add("n1", meta())
+    n1.table.merge([TableEntry("a", "p", (ipaddress.ip_address("10.77.0.100"),), 1000, 1000, "n1")])
+    n2.table.merge([TableEntry("b", "p", (ipaddress.ip_address("10.77.0.101"),), 1001, 1001, "n2")])
+    # A push-pull: each sends its state (digest only), each merges the other's.
+    s1, s2 = n1._local_state(False), n2._local_state(False)  # noqa: SLF001
+    assert entries_of(s1) == entries_of(s2) == []
+    n2._merge_remote_state(s1, False)  # noqa: SLF001
+    n1._merge_remote_state(s2, False)  # noqa: SLF001
+    n2._merge_remote_state(s1, False)  # noqa: SLF001 - again at once: not sent twice
+    await asyncio.sleep(0)
+    assert [addr for addr, _ in g1.sent] == ["10.77.0.1:7946"] and len(g2.sent) == 1
+    n2._user(UserPayload(g1.sent[0][1], ("10.77.0.1", 7946)))  # noqa: SLF001
+    n1._user(UserPayload(g2.sent[0][1], ("10.77.0.1", 7946)))  # noqa: SLF001
+    assert set(n1.table.entries) == set(n2.table.entries) == {"a", "b"}
+    assert n1.table.digest() == n2.table.digest()
+    g1.sent.clear()
+    g2.sent.clear()
+    n1._merge_remote_state(n2._local_state(False), False)  # noqa: SLF001
+    await asyncio.sleep(0)
+    assert g1.sent == [] and g2.sent == []
+    # Hostile: a digest that names no member, or ourselves, sends nothing.
+    import json as json_mod
+
+    raw = json_mod.loads(s2[len(TABLE_MESSAGE):])
+    for name in ("nobody", "n1", "x" * 300):
+        n1._merge_remote_state(TABLE_MESSAGE + json_mod.dumps({**raw, "td": "0", "tn": name}).encode(), False)  # noqa: SLF001
+    await asyncio.sleep(0)
+    assert g1.sent == []

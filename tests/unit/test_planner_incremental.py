@@ -164,6 +164,10 @@ def as_maps(observation: Observation) -> Observation:
 @given(st.lists(events, max_size=40))
 @example([("member", "n3", "join"), *(("svc", f"s{i}", "l2", None, 80, True, None) for i in range(1, 8)),
           ("member", "n2", "die"), ("member", "n2", "join"), ("member", "n3", "leave")])  # takeovers, twice
+@example([("member", "n3", "join"), *(("since", n, 100.0) for n in ("n1", "n2", "n3")),
+          *(("svc", f"s{i}", "l2", None, 80, True, None) for i in range(1, 8)), ("tick", 0.0),
+          ("holds", "n3", list(range(12))),  # failback due: n3 hands most of them over
+          ("member", "n3", "die")])  # a holder that is not the owner in the last plan dies
 def test_incremental_plan_equals_plan_after_every_event(sequence):
     """...and the hooks' events, found from the changed decisions only, equal the events of
     the whole observations."""
@@ -198,14 +202,18 @@ def check_takeovers(planner: IncrementalPlanner, inp: PlannerInput, expected: Pl
         return
     alive = {m.name for m in inp.members if m.state == MemberState.ALIVE}
     before = planner.plan_so_far()
-    lost = {d.owner for d in before.decisions if d.owner is not None and d.owner not in alive and d.owner != "n1"}
+    # Members alive in the last plan's view and no longer: the VIPs they owned then, and the
+    # VIPs they hold (in that view or now: after a flap the last plan may name another owner).
+    lost = {name for name, m in planner._members.items()
+            if m.state == MemberState.ALIVE and name not in alive and name != "n1"}
+    held = {ip(text) for m in [*planner._members.values(), *inp.members] if m.name in lost for text in m.holds}
     stable = {a for name, alloc in inp.allocations.items()
               if planner._allocations.get(name) == alloc and planner._services.get(name) == inp.services.get(name)
               for a in alloc.addresses}
     unstable = {a for name, alloc in planner._allocations.items() for a in alloc.addresses} - stable
     unstable |= {a for alloc in inp.allocations.values() for a in alloc.addresses} - stable
     want = {i for i in expected.l2 if i.mode.announced and i.vip not in unstable
-            and any(d.vip == i.vip and d.owner in lost for d in before.decisions)}
+            and any(d.vip == i.vip and (d.owner in lost or d.vip in held) for d in before.decisions)}
     assert set(takeovers) == want
 
 
@@ -231,6 +239,33 @@ def test_takeovers_are_the_dead_members_vips_that_fall_here_decided_alone():
     assert {i.vip for i in takeovers} == owned_by_n2 & here
     assert set(takeovers) <= set(full.l2)
     assert planner.takeovers(inp) == []  # planned: nothing left to take over
+
+
+def test_takeovers_follow_the_holds_when_the_last_plan_is_stale():
+    """After a flap or a stalled loop the gossip is ahead of the last plan: VIPs the last plan
+    gave a live member were taken by the member that then died. ``takeovers`` decides the VIPs
+    the dead member holds too, and gives this node's share, as the full plan does."""
+    world = World()
+    planner = IncrementalPlanner()
+    world.apply(("config", 1))  # failback disabled: the current holder keeps a VIP
+    world.apply(("member", "n2", "join"))
+    world.apply(("member", "n3", "join"))
+    for name in SERVICES:
+        world.apply(("svc", name, "l2", None, 80, True, None))
+    world.inputs()  # allocate
+    world.apply(("holds", "n2", list(range(64))))  # n2 holds every VIP: it owns them all
+    first = planner.plan(world.inputs())
+    assert {d.owner for d in first.decisions} == {"n2"}
+    # Gossip, no pass in between: n2 hands everything to n3, then n3 dies.
+    world.members["n3"] = replace(world.members["n3"], holds=world.members["n2"].holds)
+    world.members["n2"] = replace(world.members["n2"], holds=())
+    world.apply(("member", "n3", "die"))
+    inp = world.inputs()
+    takeovers = planner.takeovers(inp)
+    full = planner.plan(inp)
+    here = {i for i in full.l2 if i.mode.announced}
+    assert here  # n1 ranks first for some of them: they would have waited for the full plan
+    assert set(takeovers) == here
 
 
 def test_an_unrelated_change_redecides_only_its_vips():

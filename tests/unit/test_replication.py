@@ -173,3 +173,23 @@ def test_an_entry_seen_before_is_not_a_pass_for_a_malformed_one() -> None:
     for bad in ({**good, "c": True}, {**good, "u": 1.0}, {**good, "a": ["10.77.0.5", "x"]}, {**good, "a": [{"x": 1}]}):
         with pytest.raises(TableError):
             TableEntry.from_json(bad)
+
+
+def test_digest_is_the_same_for_the_same_entries_in_any_order_and_follows_changes():
+    """Push-pull compares replicas by digest (issue 9): insertion order differs between them."""
+    import ipaddress as ipa
+
+    from lbd.cluster.replication import AllocationTable as Table, TableEntry as Entry
+
+    a = Entry("a", "p", (ipa.ip_address("10.77.0.100"),), 1000, 1000, "n1")
+    b = Entry("b", "p", (ipa.ip_address("10.77.0.101"),), 1001, 1001, "n2")
+    one, two = Table("n1"), Table("n2")
+    one.merge([a, b])
+    two.merge([b, a])
+    assert one.digest() == two.digest()
+    before = one.digest()
+    one.merge([Entry("a", "p", (), 1000, 1002, "n1")])  # released
+    assert one.digest() != before
+    two.merge([Entry("a", "p", (), 1000, 1002, "n1")])
+    assert one.digest() == two.digest()
+    assert Table("n3").digest() != before
