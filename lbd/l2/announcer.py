@@ -39,6 +39,7 @@ from lbd.kernel.binding import DEFAULT_LIFETIME, AddressBinder
 from lbd.kernel.interfaces import InterfaceInventory, holds, list_interfaces
 from lbd.kernel.netlink import Netlink
 from lbd.l2 import arp, metrics, ndp, rawsock
+from lbd.l2.diff import diff_intents
 from lbd.l2.frame import mac_to_bytes
 from lbd.l2.pacer import DEFAULT_RATE, DEFAULT_TAKEOVER_RATE, AnnounceScheduler
 from lbd.l2.responder import Responder
@@ -67,10 +68,6 @@ class _Entry:
     frames: tuple[bytes, ...] = ()
     frames_mac: bytes = b""
     sent_counter: Any = None
-
-
-def _key(intent: L2Intent) -> tuple[str, str]:
-    return (intent.interface, intent.mode)
 
 
 class L2Announcer:
@@ -107,32 +104,27 @@ class L2Announcer:
 
     async def apply(self, intents: Sequence[L2Intent]) -> None:
         async with self._lock:
-            desired: dict[IPAddress, L2Intent] = {}
-            for intent in intents:
-                if intent.vip in desired and _key(desired[intent.vip]) != _key(intent):
-                    log.warning("l2_duplicate_intent", vip=str(intent.vip), kept=desired[intent.vip].interface, dropped=intent.interface)
-                    continue
-                desired.setdefault(intent.vip, intent)
-            stale = [vip for vip, entry in self._entries.items()
-                     if vip not in desired or _key(desired[vip]) != _key(entry.intent)]
-            await self._withdraw_many(stale)
+            plan = diff_intents(self._entries, intents)
+            for kept, dropped in plan.dropped:
+                log.warning("l2_duplicate_intent", vip=str(kept.vip), kept=kept.interface, dropped=dropped.interface)
+            await self._withdraw_many(list(plan.withdraw))
+            for intent in plan.keep:
+                entry = self._entries[intent.vip]
+                old_interval = entry.intent.announce_interval
+                entry.intent = intent  # burst/interval/services changes apply from now on
+                if intent.mode.announced and (intent.announce_interval != old_interval or (
+                        intent.announce_interval > 0 and not self._sched.active(intent.vip))):
+                    # Periodic announcements changed (or were off and are now on): no new burst.
+                    self._sched.set_interval(intent.vip, self._now(), intent.announce_interval)
+                    self._kick()
             inventory: list[LocalInterface] | None = None
             pending: list[_Entry] = []
-            for vip, intent in desired.items():
-                entry = self._entries.get(vip)
-                if entry is not None and entry.ready:
-                    old_interval = entry.intent.announce_interval
-                    entry.intent = intent  # burst/interval/services changes apply from now on
-                    if intent.mode.announced and (intent.announce_interval != old_interval or (
-                            intent.announce_interval > 0 and not self._sched.active(vip))):
-                        # Periodic announcements changed (or were off and are now on): no new burst.
-                        self._sched.set_interval(vip, self._now(), intent.announce_interval)
-                        self._kick()
-                    continue
+            for intent in plan.takeover:
                 if inventory is None:
                     inventory = await self._inventory()
+                entry = self._entries.get(intent.vip)
                 if entry is None:
-                    entry = self._entries[vip] = _Entry(intent=intent, since=self._wall())
+                    entry = self._entries[intent.vip] = _Entry(intent=intent, since=self._wall())
                 entry.intent = intent
                 pending.append(entry)
             if pending:
