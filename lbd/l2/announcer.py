@@ -316,30 +316,38 @@ class L2Announcer:
                     self._fail(entry, "vip_unbind_failed", OSError(error))
         names = []
         for entry in entries:
-            self._after_withdraw(entry)
-            if entry.ready or entry.bound or entry.responding:
+            applied = entry.ready or entry.bound or entry.responding
+            self._after_withdraw(entry, applied)
+            if applied:
                 names.append(str(entry.intent.vip))
         if names:
             log.info("l2_withdrawn", withdrawn=len(names), first=names[:5])
 
-    def _after_withdraw(self, entry: _Entry) -> None:
+    def _after_withdraw(self, entry: _Entry, applied: bool) -> None:
         vip = entry.intent.vip
         ifname = entry.intent.interface
-        if entry.responding:
-            responder = self._responders.get(ifname)
-            if responder is not None:
-                responder.remove(vip)
-                if responder.vips == 0:
-                    responder.close()
-                    del self._responders[ifname]
+        self._stop_responding(entry)
         if not any(e.intent.interface == ifname for e in self._entries.values()):
             sock = self._senders.pop(ifname, None)
             if sock is not None:
                 sock.close()
         # Like MetalLB, nothing is sent on losing ownership: the new owner's
         # announcements replace the neighbours' entries.
-        if entry.ready or entry.bound or entry.responding:
+        if applied:
             log.debug("vip_withdrawn", vip=str(vip), interface=ifname, mode=entry.intent.mode)
+
+    def _stop_responding(self, entry: _Entry) -> None:
+        """The responder no longer answers for the VIP; the last one out closes it."""
+        if not entry.responding:
+            return
+        ifname = entry.intent.interface
+        responder = self._responders.get(ifname)
+        if responder is not None:
+            responder.remove(entry.intent.vip)
+            if responder.vips == 0:
+                responder.close()
+                del self._responders[ifname]
+        entry.responding = False
 
     def _fail(self, entry: _Entry, event: str, exc: BaseException) -> None:
         entry.errors += 1
@@ -413,7 +421,7 @@ class L2Announcer:
     # -- address lifetime refresh ---------------------------------------------
 
     def _ensure_refresh(self) -> None:
-        if self._refresh_task is None and any(e.bound for e in self._entries.values()):
+        if self._refresh_task is None and any(e.bound or e.responding for e in self._entries.values()):
             self._refresh_task = asyncio.create_task(self._refresh_loop(), name="l2-address-refresh")
 
     async def _refresh_loop(self) -> None:
@@ -423,8 +431,10 @@ class L2Announcer:
                 await self._refresh_once()
 
     async def _refresh_once(self) -> None:
-        """Renew every bound address's lifetime (and re-add one someone removed)."""
+        """Renew every bound address's lifetime (and re-add one someone removed), and check
+        that every responder VIP's interface is still the link it was taken over on."""
         binder = await self._get_binder()
+        await self._check_responding()
         bound = [e for e in self._entries.values() if e.bound and e.ifindex is not None]
         try:
             results = await binder.bind_many([(e.ifindex, e.intent.vip) for e in bound])  # type: ignore[misc]
@@ -439,6 +449,33 @@ class L2Announcer:
                 entry.ready = entry.bound = False
                 self._sched.cancel(entry.intent.vip)
                 self._update_gauge()
+
+    async def _check_responding(self) -> None:
+        """A responder VIP has no address whose refresh would fail when its interface goes:
+        the responder would go on listening on a link that is gone (or, after a flap, on the
+        old index of a link that came back), the VIP shown announced and answered by nobody,
+        and no pass would retake it. Forget it instead, so the next apply() redoes the takeover
+        (the inventory read is the shared, notification-kept one: no dump per refresh)."""
+        responding = [e for e in self._entries.values() if e.responding]
+        if not responding:
+            return
+        try:
+            await self._get_binder()
+            interfaces = await (self._shared_inventory.get() if self._shared_inventory is not None
+                                else list_interfaces(self._nl))
+        except Exception as exc:  # noqa: BLE001 - unknown is not gone: check at the next refresh
+            metrics.ERRORS.inc()
+            log.warning("interface_inventory_failed", error=str(exc))
+            return
+        links = {i.name: i.index for i in interfaces}
+        for entry in responding:
+            if links.get(entry.intent.interface) == entry.ifindex:
+                continue
+            self._stop_responding(entry)
+            entry.ready = False
+            self._sched.cancel(entry.intent.vip)
+            self._fail(entry, "vip_refresh_failed", LookupError(f"interface {entry.intent.interface} is gone or was replaced"))
+        self._update_gauge()
 
     # -- plumbing -------------------------------------------------------------
 

@@ -46,8 +46,11 @@ VIPS = [IP(a) for a in ("10.77.0.10", "10.77.0.11", "10.77.0.12", "10.77.1.10", 
 class FakeKernel:
     """Addresses per interface, as rtnetlink would keep them; counts address requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, eth1: bool = True) -> None:
+        self.links = dict(LINKS)
         self.addrs: dict[tuple[int, str], tuple[int, int | None]] = dict(FOREIGN)
+        if not eth1:
+            self.unplug()
         self.fail_next: dict[str, int] = {}  # address -> errno for its next add (one shot)
         self.requests = 0  # address adds/deletes asked, batched or not
 
@@ -55,7 +58,7 @@ class FakeKernel:
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if method == "get_links":
             return [{"index": i, "flags": (IFF_UP | IFF_LOOPBACK) if n == "lo" else (IFF_UP | IFF_BROADCAST),
-                     "IFLA_IFNAME": n, "IFLA_ADDRESS": MACS.get(i, "00:00:00:00:00:00")} for n, i in LINKS.items()]
+                     "IFLA_IFNAME": n, "IFLA_ADDRESS": MACS.get(i, "00:00:00:00:00:00")} for n, i in self.links.items()]
         if method == "get_addr":
             out = []
             for (index, address), (prefixlen, proto) in self.addrs.items():
@@ -75,7 +78,7 @@ class FakeKernel:
 
     def _request(self, op: str, index: int, address: str, prefixlen: int, proto: int) -> int:
         self.requests += 1
-        if index not in LINKS.values():
+        if index not in self.links.values():
             return errno.ENODEV
         if op == "del":
             return 0 if self.addrs.pop((index, address), None) is not None else errno.EADDRNOTAVAIL
@@ -87,6 +90,20 @@ class FakeKernel:
 
     async def aclose(self) -> None:
         pass
+
+    def unplug(self) -> None:
+        """eth1 goes away, and every address on it with it (as the kernel does)."""
+        self.links.pop("eth1", None)
+        self.addrs = {k: v for k, v in self.addrs.items() if k[0] != LINKS["eth1"]}
+
+    def plug(self) -> None:
+        """eth1 is back, with its own subnet configured again (lbd's VIPs are not)."""
+        self.links["eth1"] = LINKS["eth1"]
+        self.addrs.update({k: v for k, v in FOREIGN.items() if k[0] == LINKS["eth1"]})
+
+    def foreign(self) -> dict[tuple[int, str], tuple[int, int | None]]:
+        """The addresses of others this kernel should hold."""
+        return {k: v for k, v in FOREIGN.items() if k[0] in self.links.values()}
 
     def ours(self) -> dict[tuple[int, str], tuple[int, int | None]]:
         return {k: v for k, v in self.addrs.items() if k not in FOREIGN}
@@ -128,9 +145,10 @@ class Announcer(L2Announcer):
     """The real announcer; only the name-to-index lookup of ``local`` mode asks the fake kernel."""
 
     async def _ifindex(self, ifname: str) -> int:
-        if ifname not in LINKS:
+        links = self._nl.links  # type: ignore[union-attr]
+        if ifname not in links:
             raise OSError(errno.ENODEV, f"no such device: {ifname}")
-        return LINKS[ifname]
+        return links[ifname]
 
 
 @pytest.fixture(autouse=True)
@@ -153,8 +171,8 @@ def view(ann: L2Announcer, kernel: FakeKernel) -> tuple[Any, ...]:
     return kernel.ours(), responding, rows
 
 
-async def fresh_view(desired: list[L2Intent]) -> tuple[Any, ...]:
-    kernel = FakeKernel()
+async def fresh_view(desired: list[L2Intent], eth1: bool = True) -> tuple[Any, ...]:
+    kernel = FakeKernel(eth1)
     ann = make(kernel)
     try:
         await ann.apply(desired)
@@ -214,6 +232,8 @@ STEP = st.one_of(
     st.tuples(st.just("fail"), DESIRED, st.sampled_from([str(v) for v in VIPS]), st.sampled_from([errno.EEXIST, errno.ENODEV])),
     st.tuples(st.just("vanish"), DESIRED, st.sampled_from(VIPS)),
     st.tuples(st.just("restart"), DESIRED),
+    st.tuples(st.just("unplug"), DESIRED),  # eth1 goes away (its addresses with it)
+    st.tuples(st.just("plug"), DESIRED),
 )
 
 
@@ -236,6 +256,10 @@ async def _run_steps(steps: list[tuple]) -> None:
             elif kind == "vanish":
                 for key in [k for k in kernel.ours() if k[1] == str(step[2])]:
                     del kernel.addrs[key]
+            elif kind == "unplug":
+                kernel.unplug()
+            elif kind == "plug":
+                kernel.plug()
             elif kind == "restart":
                 await abandon(ann)
                 ann = make(kernel)
@@ -252,11 +276,12 @@ async def _run_steps(steps: list[tuple]) -> None:
                            if v not in previous or v not in wanted or intent_key(previous[v]) != intent_key(wanted[v])}
                 retried = not_ready & {v for v in wanted if v not in changed}
                 assert kernel.requests - before <= 2 * len(changed) + len(retried), (changed, retried)
-            expected = await fresh_view(desired)
-            if kind not in ("fail", "vanish"):
+            expected = await fresh_view(desired, "eth1" in kernel.links)
+            if kind not in ("fail", "vanish", "unplug", "plug"):
                 assert view(ann, kernel) == expected
             else:
-                # The retry: the lifetime refresh re-adds what vanished, the next pass retakes what failed.
+                # The retry: the lifetime refresh re-adds what vanished (and finds what went with its
+                # interface: ENODEV), the next pass retakes what failed.
                 await ann._refresh_once()  # noqa: SLF001
                 await ann.apply(desired)
                 assert view(ann, kernel) == expected
@@ -265,11 +290,11 @@ async def _run_steps(steps: list[tuple]) -> None:
             before = kernel.requests
             await ann.apply(desired)
             assert kernel.requests == before
-            assert {k: v for k, v in kernel.addrs.items() if k in FOREIGN} == FOREIGN
+            assert {k: v for k, v in kernel.addrs.items() if k in FOREIGN} == kernel.foreign()
             previous = wanted
     finally:
         await ann.close()
-    assert kernel.addrs == FOREIGN  # close() withdrew everything lbd added, and only that
+    assert kernel.addrs == kernel.foreign()  # close() withdrew everything lbd added, and only that
 
 
 async def test_a_step_on_a_large_table_costs_the_change_not_the_table() -> None:
@@ -303,5 +328,32 @@ async def test_a_foreign_address_equal_to_a_vip_is_left_alone() -> None:
         await ann.apply([L2Intent(IP("10.77.0.200"), "eth0", L2Mode.BIND, ("s",), 1, 0.0)])
         await ann.apply([])
         assert kernel.addrs[(2, "10.77.0.200")] == FOREIGN[(2, "10.77.0.200")]
+    finally:
+        await ann.close()
+
+
+async def test_a_responder_vip_whose_interface_went_away_is_retaken_after_the_refresh() -> None:
+    """Found by the property test: a responder VIP has no address whose refresh fails with
+    ENODEV, so it stayed 'announced' on a link that was gone (and, after a flap, on its old
+    index) and no pass retook it. The refresh now checks the link; the next apply retakes."""
+    kernel = FakeKernel()
+    ann = make(kernel)
+    vip = IP("10.77.1.10")
+    desired = [L2Intent(vip, "eth1", L2Mode.RESPONDER, ("s",), 1, 0.0)]
+    try:
+        await ann.apply(desired)
+        assert [r["state"] for r in ann.status()] == ["announced"]
+        kernel.unplug()
+        await ann._refresh_once()  # noqa: SLF001
+        assert [r["state"] for r in ann.status()] == ["error"]
+        assert "eth1" not in ann._responders  # noqa: SLF001 - the last VIP out closed it
+        await ann.apply(desired)
+        assert [r["state"] for r in ann.status()] == ["error"]  # eth1 is still gone
+        kernel.plug()
+        await ann.apply(desired)
+        assert [r["state"] for r in ann.status()] == ["announced"]
+        assert ann._responders["eth1"].vips_set == {vip}  # noqa: SLF001
+        await ann._refresh_once()  # noqa: SLF001 - the same link: nothing to redo
+        assert [r["state"] for r in ann.status()] == ["announced"]
     finally:
         await ann.close()
