@@ -39,6 +39,7 @@ from lbd.kernel.binding import DEFAULT_LIFETIME, AddressBinder
 from lbd.kernel.interfaces import InterfaceInventory, holds, list_interfaces
 from lbd.kernel.netlink import Netlink
 from lbd.l2 import arp, metrics, ndp, rawsock
+from lbd.l2.diff import diff_intents
 from lbd.l2.frame import mac_to_bytes
 from lbd.l2.pacer import DEFAULT_RATE, DEFAULT_TAKEOVER_RATE, AnnounceScheduler
 from lbd.l2.responder import Responder
@@ -67,10 +68,6 @@ class _Entry:
     frames: tuple[bytes, ...] = ()
     frames_mac: bytes = b""
     sent_counter: Any = None
-
-
-def _key(intent: L2Intent) -> tuple[str, str]:
-    return (intent.interface, intent.mode)
 
 
 class L2Announcer:
@@ -107,32 +104,27 @@ class L2Announcer:
 
     async def apply(self, intents: Sequence[L2Intent]) -> None:
         async with self._lock:
-            desired: dict[IPAddress, L2Intent] = {}
-            for intent in intents:
-                if intent.vip in desired and _key(desired[intent.vip]) != _key(intent):
-                    log.warning("l2_duplicate_intent", vip=str(intent.vip), kept=desired[intent.vip].interface, dropped=intent.interface)
-                    continue
-                desired.setdefault(intent.vip, intent)
-            stale = [vip for vip, entry in self._entries.items()
-                     if vip not in desired or _key(desired[vip]) != _key(entry.intent)]
-            await self._withdraw_many(stale)
+            plan = diff_intents(self._entries, intents)
+            for kept, dropped in plan.dropped:
+                log.warning("l2_duplicate_intent", vip=str(kept.vip), kept=kept.interface, dropped=dropped.interface)
+            await self._withdraw_many(list(plan.withdraw))
+            for intent in plan.keep:
+                entry = self._entries[intent.vip]
+                old_interval = entry.intent.announce_interval
+                entry.intent = intent  # burst/interval/services changes apply from now on
+                if intent.mode.announced and (intent.announce_interval != old_interval or (
+                        intent.announce_interval > 0 and not self._sched.active(intent.vip))):
+                    # Periodic announcements changed (or were off and are now on): no new burst.
+                    self._sched.set_interval(intent.vip, self._now(), intent.announce_interval)
+                    self._kick()
             inventory: list[LocalInterface] | None = None
             pending: list[_Entry] = []
-            for vip, intent in desired.items():
-                entry = self._entries.get(vip)
-                if entry is not None and entry.ready:
-                    old_interval = entry.intent.announce_interval
-                    entry.intent = intent  # burst/interval/services changes apply from now on
-                    if intent.mode.announced and (intent.announce_interval != old_interval or (
-                            intent.announce_interval > 0 and not self._sched.active(vip))):
-                        # Periodic announcements changed (or were off and are now on): no new burst.
-                        self._sched.set_interval(vip, self._now(), intent.announce_interval)
-                        self._kick()
-                    continue
+            for intent in plan.takeover:
                 if inventory is None:
                     inventory = await self._inventory()
+                entry = self._entries.get(intent.vip)
                 if entry is None:
-                    entry = self._entries[vip] = _Entry(intent=intent, since=self._wall())
+                    entry = self._entries[intent.vip] = _Entry(intent=intent, since=self._wall())
                 entry.intent = intent
                 pending.append(entry)
             if pending:
@@ -324,30 +316,38 @@ class L2Announcer:
                     self._fail(entry, "vip_unbind_failed", OSError(error))
         names = []
         for entry in entries:
-            self._after_withdraw(entry)
-            if entry.ready or entry.bound or entry.responding:
+            applied = entry.ready or entry.bound or entry.responding
+            self._after_withdraw(entry, applied)
+            if applied:
                 names.append(str(entry.intent.vip))
         if names:
             log.info("l2_withdrawn", withdrawn=len(names), first=names[:5])
 
-    def _after_withdraw(self, entry: _Entry) -> None:
+    def _after_withdraw(self, entry: _Entry, applied: bool) -> None:
         vip = entry.intent.vip
         ifname = entry.intent.interface
-        if entry.responding:
-            responder = self._responders.get(ifname)
-            if responder is not None:
-                responder.remove(vip)
-                if responder.vips == 0:
-                    responder.close()
-                    del self._responders[ifname]
+        self._stop_responding(entry)
         if not any(e.intent.interface == ifname for e in self._entries.values()):
             sock = self._senders.pop(ifname, None)
             if sock is not None:
                 sock.close()
         # Like MetalLB, nothing is sent on losing ownership: the new owner's
         # announcements replace the neighbours' entries.
-        if entry.ready or entry.bound or entry.responding:
+        if applied:
             log.debug("vip_withdrawn", vip=str(vip), interface=ifname, mode=entry.intent.mode)
+
+    def _stop_responding(self, entry: _Entry) -> None:
+        """The responder no longer answers for the VIP; the last one out closes it."""
+        if not entry.responding:
+            return
+        ifname = entry.intent.interface
+        responder = self._responders.get(ifname)
+        if responder is not None:
+            responder.remove(entry.intent.vip)
+            if responder.vips == 0:
+                responder.close()
+                del self._responders[ifname]
+        entry.responding = False
 
     def _fail(self, entry: _Entry, event: str, exc: BaseException) -> None:
         entry.errors += 1
@@ -421,7 +421,7 @@ class L2Announcer:
     # -- address lifetime refresh ---------------------------------------------
 
     def _ensure_refresh(self) -> None:
-        if self._refresh_task is None and any(e.bound for e in self._entries.values()):
+        if self._refresh_task is None and any(e.bound or e.responding for e in self._entries.values()):
             self._refresh_task = asyncio.create_task(self._refresh_loop(), name="l2-address-refresh")
 
     async def _refresh_loop(self) -> None:
@@ -431,8 +431,10 @@ class L2Announcer:
                 await self._refresh_once()
 
     async def _refresh_once(self) -> None:
-        """Renew every bound address's lifetime (and re-add one someone removed)."""
+        """Renew every bound address's lifetime (and re-add one someone removed), and check
+        that every responder VIP's interface is still the link it was taken over on."""
         binder = await self._get_binder()
+        await self._check_responding()
         bound = [e for e in self._entries.values() if e.bound and e.ifindex is not None]
         try:
             results = await binder.bind_many([(e.ifindex, e.intent.vip) for e in bound])  # type: ignore[misc]
@@ -447,6 +449,33 @@ class L2Announcer:
                 entry.ready = entry.bound = False
                 self._sched.cancel(entry.intent.vip)
                 self._update_gauge()
+
+    async def _check_responding(self) -> None:
+        """A responder VIP has no address whose refresh would fail when its interface goes:
+        the responder would go on listening on a link that is gone (or, after a flap, on the
+        old index of a link that came back), the VIP shown announced and answered by nobody,
+        and no pass would retake it. Forget it instead, so the next apply() redoes the takeover
+        (the inventory read is the shared, notification-kept one: no dump per refresh)."""
+        responding = [e for e in self._entries.values() if e.responding]
+        if not responding:
+            return
+        try:
+            await self._get_binder()
+            interfaces = await (self._shared_inventory.get() if self._shared_inventory is not None
+                                else list_interfaces(self._nl))
+        except Exception as exc:  # noqa: BLE001 - unknown is not gone: check at the next refresh
+            metrics.ERRORS.inc()
+            log.warning("interface_inventory_failed", error=str(exc))
+            return
+        links = {i.name: i.index for i in interfaces}
+        for entry in responding:
+            if links.get(entry.intent.interface) == entry.ifindex:
+                continue
+            self._stop_responding(entry)
+            entry.ready = False
+            self._sched.cancel(entry.intent.vip)
+            self._fail(entry, "vip_refresh_failed", LookupError(f"interface {entry.intent.interface} is gone or was replaced"))
+        self._update_gauge()
 
     # -- plumbing -------------------------------------------------------------
 
