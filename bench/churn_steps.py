@@ -23,6 +23,8 @@ The steps, in the daemon's order, each timed on its own (median and max over ``-
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import asyncio
 import gc
 import ipaddress
@@ -96,7 +98,7 @@ class OneRib:
         return SimpleNamespace(state=State.ESTABLISHED, advertised=self.rib.advertised)
 
 
-def run(n: int, changes: int) -> dict[str, list[float]]:
+def run(n: int, changes: int, profiler: "cProfile.Profile | None" = None) -> dict[str, list[float]]:
     cfg = config()
     members = [Member(name="n1")]
     manager = SourceManager(node_name="n1")
@@ -113,10 +115,14 @@ def run(n: int, changes: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {step: [] for step in CRITICAL + AFTER}
 
     def step(name: str, fn: Callable[[], object], record: bool) -> object:
+        if record and profiler is not None and name in CRITICAL:
+            profiler.enable()
         start = time.perf_counter()
         out = fn()
         if record:
             times[name].append(time.perf_counter() - start)
+        if profiler is not None:
+            profiler.disable()
         return out
 
     async def report(results, changed) -> None:  # type: ignore[no-untyped-def]
@@ -170,10 +176,15 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--changes", type=int, default=40)
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the steps to the UPDATE of the measured changes (slower: times inflate)")
     args = parser.parse_args()
     for size in map(int, args.sizes.split(",")):
         start = time.perf_counter()
-        times = run(size, args.changes)
+        profiler = cProfile.Profile() if args.profile else None
+        times = run(size, args.changes, profiler)
+        if profiler is not None:
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         print(f"{size:,} services, one added or removed ({args.changes} changes; setup and first pass "
               f"{time.perf_counter() - start - sum(map(sum, times.values())):.1f} s):")
         for group, steps in (("to the UPDATE", CRITICAL), ("after it", AFTER)):

@@ -478,7 +478,8 @@ def bgp_config(n: int, source: str, dropins: Path, per_file: int) -> str:
 
 
 def bgp_run(lab: Lab, n: int, source: str, churn: int, timeout: float, scratch: Path, per_file: int,
-            profile: bool = False, churn_budget: float = 120.0, stop_early: bool = False) -> BgpResult:
+            profile: bool = False, churn_budget: float = 120.0, stop_early: bool = False,
+            profile_churn: bool = False) -> BgpResult:
     """One daemon start with N services to a fresh BIRD router; churn (directory); SIGTERM
     (``stop_early``: as soon as the router holds the first routes, in the middle of the first pass)."""
     result = BgpResult(n=n, source=source)
@@ -496,7 +497,7 @@ def bgp_run(lab: Lab, n: int, source: str, churn: int, timeout: float, scratch: 
         t0 = time.monotonic()
         lbd.start(wait=False)
         assert lbd.proc is not None
-        if profile:
+        if profile and not profile_churn:
             profiler = start_profiler(lbd.proc.pid, workdir / "py-spy.txt")
         deadline = t0 + timeout
         count = 0
@@ -528,6 +529,8 @@ def bgp_run(lab: Lab, n: int, source: str, churn: int, timeout: float, scratch: 
             # wait for the daemon's "ready" line (bounded) before reading VmHWM again below.
             wait_until(lambda: '"ready"' in lbd.log() or not lbd.running(), 120)
         if result.start_to_all is not None and churn and source == "directory":
+            if profile and profile_churn:  # the churn alone, not the start-up before it
+                profiler = start_profiler(lbd.proc.pid, workdir / "py-spy.txt")
             result.churn_ms, result.churn_failed = bgp_churn(bird, proto, dropins, n, churn, churn_budget)
         if result.start_to_all is not None:
             _cpu, result.rss_mib = tree_usage(lbd.proc.pid)  # the peak, churn included
@@ -640,7 +643,8 @@ def bgp_part(args: argparse.Namespace, scratch: Path) -> list[str]:
             for source in args.sources:
                 say(f"# bgp: N={n} source={source} ...")
                 r = bgp_run(lab, n, source, args.churn, args.timeout, scratch, args.per_file, args.py_spy,
-                            args.churn_seconds, stop_early=args.sigterm_first)
+                            args.churn_seconds, stop_early=args.sigterm_first,
+                            profile_churn=args.py_spy_churn)
                 results.append(r)
                 say(f"#   {r}" if not r.churn_ms else f"#   start->all {r.start_to_all} churn p50 "
                     f"{statistics.median(r.churn_ms):.1f} ms")
@@ -1041,6 +1045,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sigterm-first", action="store_true",
                     help="bgp: SIGTERM as soon as the router holds the first routes (mid first pass)")
     ap.add_argument("--py-spy", action="store_true", help="record each BGP run's daemon with py-spy (venv's)")
+    ap.add_argument("--py-spy-churn", action="store_true",
+                    help="with --py-spy: record the churn alone (from the first change to SIGTERM)")
     ap.add_argument("--l2-n", type=int, action="append", help="L2 VIP counts (default 2000 and 10000)")
     ap.add_argument("--announce-rate", type=int, default=1000, help="[[l2_advertisement]] announce_rate (lbd's default)")
     ap.add_argument("--nodes", type=int, action="append", help="failover cluster sizes (default 3; 20 as well if asked)")

@@ -18,7 +18,7 @@ import stat
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, AbstractSet, Any, Mapping, Sequence
 
 import structlog
 
@@ -394,8 +394,12 @@ class Daemon:
         for change in result.changes:
             log.warning("allocation_changed", service=change.service, change=str(change))
             m.ALLOCATION_CHANGES.inc()
-        if result.allocations != self.allocations or self.coordinator.state_dirty():
-            self.allocations = result.allocations
+        # Whether any allocation changed: the allocator says which (a comparison of 100,000
+        # allocations otherwise, issue 9). The result is taken either way, so that the next
+        # call finds its own last result (``previous is``), not an equal copy.
+        differs = result.allocations != self.allocations if touched is None else bool(touched)
+        self.allocations = result.allocations
+        if differs or self.coordinator.state_dirty():
             self.persist()
         for name, reason in result.pending.items():
             if self.pending.get(name) != reason:
@@ -417,13 +421,16 @@ class Daemon:
                 or len(self.services) != len(self.sources.services_map())):
             if stale:
                 self._hints_since = now
-            self._alloc_hint = self._plan_hint = self._wb_hint = None
+            self._alloc_hint = self._plan_hint = self._wb_hint = self._special_hint = None
         else:
             alloc, plan = getattr(self, "_alloc_hint", None), getattr(self, "_plan_hint", None)
-            wb = getattr(self, "_wb_hint", None)
+            wb, special = getattr(self, "_wb_hint", None), getattr(self, "_special_hint", None)
             self._alloc_hint = None if alloc is None else alloc | changed
             self._plan_hint = None if plan is None else plan | changed
             self._wb_hint = None if wb is None else wb | changed
+            # (the index of services with a health check or backends: not the allocator's touched ones)
+            self._special_hint = None if special is None else special | changed
+        self._special_hint_for = self.services
         self._starting = starting
 
     def _local_member(self, config: Config, interfaces: Sequence[LocalInterface], withdraw: frozenset[str]) -> Member:
@@ -602,7 +609,9 @@ class Daemon:
             return
         self.extra_state.update(self.coordinator.persisted_extra())
         self._extra_changed = False
-        self.state_writer.submit(PersistedState(allocations=dict(self.allocations), drained=self.drained,
+        # self.allocations itself, not a copy (2 ms at 100,000 on the loop, per change): each
+        # pass replaces the mapping, none changes one in place (IncrementalAllocator).
+        self.state_writer.submit(PersistedState(allocations=self.allocations, drained=self.drained,
                                                 extra=dict(self.extra_state)))
 
     async def _final_write(self) -> None:
@@ -685,7 +694,15 @@ class Daemon:
         seen: Mapping[str, ServiceSpec] = getattr(self, "_special_of", None) or {}
         if seen is self.services:
             return index  # asked again in the same pass
-        for name in changed_keys(seen, self.services):
+        # The names the sources changed since the index was last brought up to date (the
+        # pass's hint, ``_take_hints``, if it was taken for these very services), else a
+        # comparison (C speed, but O(N) on the loop before the plan: 5 ms at 100,000, issue 9).
+        hint: set[str] | None = getattr(self, "_special_hint", None)
+        if hint is None or not seen or getattr(self, "_special_hint_for", None) is not self.services:
+            names: AbstractSet[str] = changed_keys(seen, self.services)
+        else:
+            names = hint
+        for name in names:
             spec = self.services.get(name)
             if spec is not None and (spec.health_check is not None or spec.backends):
                 index[name] = spec
@@ -693,6 +710,7 @@ class Daemon:
                 index.pop(name, None)
         # The mapping itself, not a copy: the daemon replaces self.services each pass, never changes it.
         self._special, self._special_of = index, self.services
+        self._special_hint = set()  # the index is up to date with self.services
         return index
 
     def _configure_health(self) -> None:

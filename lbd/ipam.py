@@ -769,8 +769,11 @@ class IncrementalAllocator:
     result is still valid (it was made under these rules), the removed services release
     theirs, and the services without an address (pending ones and new ones) run pass 3 in
     name order against the book, as ``allocate`` would. Anything else runs ``allocate``'s
-    full round (and keeps its book). The result equals ``allocate``'s, and the allocations
-    of unchanged services are the same objects, so the planner's change detection is cheap.
+    full round (and keeps its book). The result equals ``allocate``'s as a mapping (after an
+    increment the new services come last, not in name order), and the allocations of
+    unchanged services are the same objects, so the planner's change detection is cheap.
+    A result's mapping is never changed afterwards (the next call makes a new one, or
+    returns the very same one when nothing changed).
     """
 
     def __init__(self) -> None:
@@ -852,15 +855,16 @@ class IncrementalAllocator:
                 run.book.hold(req, pool, address)
             granted[name] = Allocation(name, pool, addresses)
             self._ports[name] = req.ports
-        allocations = dict(held)
-        for name in removed:
-            del allocations[name]
-        if granted:
-            names = list(allocations)
-            for name in granted:
-                bisect.insort(names, name)
+        if removed or granted:
+            # A new mapping (the last one may still be read, e.g. by the gauges' thread), with the
+            # new services after the others: keeping the name order took a rebuild of the whole
+            # dict, 16 ms per change at 100,000 (issue 9); no consumer reads it in order.
+            allocations = held.copy()
+            for name in removed:
+                del allocations[name]
             allocations.update(granted)
-            allocations = dict(zip(names, map(allocations.__getitem__, names)))
+        else:  # nothing changed (a pending service still pending): the very same mapping
+            allocations = held
         result.allocations = allocations
         self._touched_now = set(removed) | granted.keys()
         return result

@@ -58,6 +58,11 @@ log = structlog.get_logger(__name__)
 _DEFAULT_METRIC = {4: 0, 6: 1024}
 
 
+# The kernel's tables are read again (dumped) at least this often (seconds), and after any
+# failed change; in between, a route removed or added behind lbd's back is noticed late by
+# at most this long (the daemon passes at least every RESYNC_INTERVAL, 10 s).
+REREAD_INTERVAL = 5.0
+
 RTN_UNICAST, RTN_LOCAL = 1, 2  # rtm_type values (include/uapi/linux/rtnetlink.h)
 RT_SCOPE_HOST = 254
 _KINDS = {"unicast": RTN_UNICAST, "local": RTN_LOCAL}
@@ -177,8 +182,15 @@ class RouteExporter:
     """
 
     def __init__(self, scopes: Iterable[tuple[int, int]] = (), *, netns: str | None = None,
-                 netlink: Netlink | None = None) -> None:
+                 netlink: Netlink | None = None, reread_interval: float | None = None) -> None:
         self._scopes: set[tuple[int, int]] = set(scopes)
+        # Between two reads of the kernel's tables (a dump each, both before and after a
+        # change: tens of milliseconds per pass, before the BGP UPDATE of a churned VIP,
+        # issue 9), apply trusts the last read and its own acknowledged changes.
+        self.reread_interval = REREAD_INTERVAL if reread_interval is None else reread_interval
+        self._read_at: float | None = None  # when the kernel was last read (monotonic); None: read next time
+        self._read_scopes: frozenset[tuple[int, int]] = frozenset()  # the scopes that read covered
+        self._ifindexes: dict[str, int | None] = {}  # interface indexes found by that read's apply
         self._netns = netns
         # The daemon's shared lbd.kernel.netlink.Netlink (a thread-held IPRoute): pyroute2's
         # AsyncIPRoute cannot open its socket under uvloop.
@@ -255,7 +267,12 @@ class RouteExporter:
 
     async def _apply(self, routes: Sequence[ExportRoute]) -> None:
         ipr = await self._socket()
-        cache: dict[str, int | None] = {}
+        now = time.monotonic()
+        # Until this apply succeeds, the next one reads the kernel again (an exception, or
+        # anything unexpected, must not leave a stale view trusted).
+        read_at, self._read_at = self._read_at, None
+        recent = read_at is not None and now - read_at < self.reread_interval
+        cache: dict[str, int | None] = dict(self._ifindexes) if recent else {}
         desired: list[KernelRoute] = []
         missing: set[str] = set()
         for r in routes:
@@ -278,7 +295,11 @@ class RouteExporter:
             log.error("route_export_interface_missing", interface=name)
         self._status.missing_interfaces = missing
 
-        current = await self._read_current(ipr)
+        if recent and not missing and self._read_scopes == frozenset(self._scopes):
+            current = list(self._status.installed.values())  # the last read, and our changes since
+        else:
+            current = await self._read_current(ipr)
+            read_at, self._read_scopes = now, frozenset(self._scopes)
         plan = diff_routes(desired, current)
         conflicts: dict[str, str] = {}
         errors: list[str] = []
@@ -298,11 +319,24 @@ class RouteExporter:
         self._status.last_error = errors[-1] if errors else None
         self._status.applies += 1
         self._status.last_apply = time.time()
-        # What the kernel holds now (read back: the truth, not our intent).
-        after = await self._read_current(ipr) if not plan.empty else current
-        self._status.installed = {r.key: r for r in after}
+        if plan.empty:
+            installed = {r.key: r for r in current}
+        elif errors or conflicts:
+            # What the kernel holds now (read back: the truth, not our intent).
+            installed = {r.key: r for r in await self._read_current(ipr)}
+            read_at, self._read_scopes = time.monotonic(), frozenset(self._scopes)
+        else:  # every change acknowledged: the kernel holds what was read, changed by them
+            installed = {r.key: r for r in current}
+            for route in plan.remove:
+                installed.pop(route.key, None)
+            for route in (*plan.replace, *plan.install):
+                installed[route.key] = route
+        after = list(installed.values())
+        self._status.installed = installed
         for table in {t for t, _ in self._scopes}:
             ROUTES_INSTALLED.labels(table=str(table)).set(sum(1 for r in after if r.table == table))
+        self._ifindexes = {name: index for name, index in cache.items() if index is not None}
+        self._read_at = read_at
         if not plan.empty:
             log.info(
                 "route_export_applied",
@@ -353,6 +387,7 @@ class RouteExporter:
         async with self._lock:
             try:
                 self._scopes = {(t, p) for t, p in self._scopes if t not in keep}
+                self._read_at = None  # the last apply: from what the kernel holds now
                 await self._apply(())
             finally:
                 if self._ipr is not None:

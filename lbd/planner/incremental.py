@@ -106,6 +106,14 @@ def _own_shape(inp: PlannerInput) -> tuple[object, ...] | None:
     return _shape(mine[-1]) if mine else None
 
 
+def _put(mapping: dict[str, V], name: str, value: V | None) -> None:
+    """``mapping[name] = value``, or no entry for None."""
+    if value is None:
+        mapping.pop(name, None)
+    else:
+        mapping[name] = value
+
+
 def _differs(was: object, now: object) -> bool:
     return was is not now and (was is None or now is None or was != now)
 
@@ -272,21 +280,28 @@ class IncrementalPlanner:
         return changes
 
     def _reindex(self, inp: PlannerInput, full: bool, hint: AbstractSet[str] | None = None) -> set[IPAddress]:
-        """Update the indexes to ``inp``; return the VIPs to re-decide."""
-        allocations = dict(inp.allocations)
-        services = dict(inp.services)
-        if full:
-            names = set(allocations)
-        elif hint is None:
-            names = changed_keys(self._allocations, allocations) | changed_keys(self._services, services)
+        """Update the indexes to ``inp``; return the VIPs to re-decide.
+
+        With a hint, the planner's own mappings are updated in place for the hinted names
+        alone: outside the hint the caller's mappings equal them (the hint's contract), and
+        two copies of 100,000 entries cost 17 ms per change (issue 9)."""
+        if full or hint is None:
+            allocations = given_allocations = dict(inp.allocations)
+            services = dict(inp.services)
+            if full:
+                names = set(allocations)
+            else:
+                names = changed_keys(self._allocations, allocations) | changed_keys(self._services, services)
         else:  # changed_keys of both mappings over the hinted names alone
+            allocations, services = self._allocations, self._services
+            given_allocations, given_services = inp.allocations, inp.services
             names = {name for name in hint
-                     if _differs(self._allocations.get(name), allocations.get(name))
-                     or _differs(self._services.get(name), services.get(name))}
+                     if _differs(allocations.get(name), given_allocations.get(name))
+                     or _differs(services.get(name), given_services.get(name))}
         dirty: set[IPAddress] = set(self._timed)
         for name in names:
             old = self._allocations.get(name)
-            new = allocations.get(name)
+            new = given_allocations.get(name)
             for vip in old.addresses if old is not None else ():
                 dirty.add(vip)
                 holders = self._vip_services.get(vip)
@@ -300,6 +315,10 @@ class IncrementalPlanner:
         for vip in dirty:
             if vip in self._vip_services and not self._vip_services[vip]:
                 del self._vip_services[vip]
+        if allocations is self._allocations:  # hinted: the changed names alone, in place
+            for name in names:
+                _put(allocations, name, given_allocations.get(name))
+                _put(services, name, given_services.get(name))
         self._allocations, self._services = allocations, services
         if not full:
             dirty |= self._member_changes(inp.members)

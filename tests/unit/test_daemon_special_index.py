@@ -38,3 +38,43 @@ def test_index_equals_the_walk_of_every_service(passes: list[dict[str, str]]) ->
         daemon.services = services
         want = {n: s for n, s in services.items() if s.health_check is not None or s.backends}
         assert dict(daemon._checked_or_forwarded()) == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.dictionaries(st.sampled_from(NAMES), st.sampled_from(KINDS + ["gone"]), max_size=4),
+                          st.sets(st.sampled_from(NAMES), max_size=2), st.booleans()),
+                min_size=1, max_size=10))
+def test_hinted_index_equals_the_walk_of_every_service(passes: list[tuple[dict[str, str], set[str], bool]]) -> None:
+    """With the pass's hint (the names the sources changed, a superset allowed, as
+    ``_take_hints`` leaves it), the index is brought up to date over those names alone, and
+    still equals the walk; a hint taken for other services than the daemon's is not used."""
+    daemon = Daemon.__new__(Daemon)
+    daemon.services = {}
+    daemon._special_hint = None  # the first pass compares everything
+    for changes, extra, stale in passes:
+        services = dict(daemon.services)
+        for name, kind in changes.items():
+            if kind == "gone":
+                services.pop(name, None)
+            else:
+                services[name] = spec(name, kind)
+        daemon.services = services
+        hint = daemon._special_hint
+        daemon._special_hint = None if hint is None else hint | set(changes) | extra
+        # ``stale``: the hint was taken for an older mapping (it must then be ignored)
+        daemon._special_hint_for = {} if stale else services
+        want = {n: s for n, s in services.items() if s.health_check is not None or s.backends}
+        assert dict(daemon._checked_or_forwarded()) == want
+        assert daemon._special_hint == set()  # consumed
+
+
+def test_the_hint_limits_the_work_to_its_names() -> None:
+    """A spec changed outside the hint is not looked at (the hint is trusted): proof the
+    hinted path does not compare every service."""
+    daemon = Daemon.__new__(Daemon)
+    daemon.services = {"s/0": spec("s/0", "plain"), "s/1": spec("s/1", "plain")}
+    daemon._special_hint = None
+    assert dict(daemon._checked_or_forwarded()) == {}
+    services = {"s/0": spec("s/0", "checked"), "s/1": spec("s/1", "checked")}
+    daemon.services, daemon._special_hint, daemon._special_hint_for = services, {"s/1"}, services
+    assert set(daemon._checked_or_forwarded()) == {"s/1"}

@@ -350,5 +350,9 @@ def test_incremental_plan_with_a_hint_equals_plan(sequence, extra):
         expected = plan(inp)
         assert got.decisions == expected.decisions, event
         assert (got.l2, got.bgp, got.exports) == (expected.l2, expected.bgp, expected.exports), event
+        # A hinted plan updates the planner's own mappings in place, for the hinted names
+        # alone (no copies of 100,000 entries): they must still equal the inputs, and be its own.
+        assert planner._allocations == dict(inp.allocations) and planner._services == dict(inp.services), event
+        assert planner._allocations is not inp.allocations and planner._services is not inp.services
         world.last_l2 = got.l2
         last = inp
