@@ -264,7 +264,22 @@ def _request(spec: ServiceSpec) -> _Request | str:
             wanted = ", ".join(x.value for x in families)
             return f"requested address {a} is {_family_name(f)} but the service's ip families are {wanted}"
         requested[f] = a
-    return _Request(spec, tuple(families), requested, pool, frozenset(ports) if ports else _NO_PORTS)
+    return _Request(spec, tuple(families), requested, pool, _shared_ports(frozenset(ports)) if ports else _NO_PORTS)
+
+
+_PORT_SETS: dict[frozenset[_Port], frozenset[_Port]] = {}
+_PORT_SETS_MAX = 4096  # distinct sets kept for sharing; past it, new ones are not (bounded)
+
+
+def _shared_ports(ports: frozenset[_Port]) -> frozenset[_Port]:
+    """One object for equal port sets: 100,000 services on tcp/443 hold one set, not one
+    each (about 270 bytes a service, kept by the allocator per holder; issue 9)."""
+    shared = _PORT_SETS.get(ports)
+    if shared is not None:
+        return shared
+    if len(_PORT_SETS) < _PORT_SETS_MAX:
+        _PORT_SETS[ports] = ports
+    return ports
 
 
 # ---------------------------------------------------------------------------
@@ -379,7 +394,9 @@ class _Book:
             self.taken[family].add(int(address))
             self.used[(pool, family)] = self.used.get((pool, family), 0) + 1
         if not req.ports <= use.ports:
-            use.ports = use.ports | req.ports  # a new set: _NO_PORTS and others' sets stay as they are
+            # A new set (_NO_PORTS and others' sets stay as they are); the first holder's own
+            # (shared, frozen) when the address had none.
+            use.ports = req.ports if not use.ports else use.ports | req.ports
         if len(use.services) == 0 and req.spec.share_key:
             key = (req.spec.share_key, req.spec.backend_key, pool, Family.of(address))
             self.shared.setdefault(key, _ShareGroup()).insert(address, frozenset(use.ports))
