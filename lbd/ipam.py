@@ -891,7 +891,8 @@ def pool_usage(pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation
     pool (config order) in which it is usable.
 
     The daemon asks on every pass (metrics, status): the counts of the last call are kept
-    and only the allocations that changed since are counted again (issue 9).
+    and only the allocations that changed since are counted again (issue 9). A ``dict`` of
+    allocations is kept for that comparison as it is: pass a new one, never change it in place.
     """
     return _USAGE.usage(pools, allocations)
 
@@ -909,7 +910,9 @@ class _UsageCounts:
         valid = [p for p in _items(pools) if isinstance(p, PoolConfig)]
         if valid != self.pools:
             self.pools, self.allocations, self.holders, self.used = valid, {}, {}, {}
-        current = dict(allocations)
+        # Kept as given, not copied (one dict of 100,000 less, issue 9): the daemon's
+        # allocations are a new dict whenever they change, never changed in place.
+        current = allocations if type(allocations) is dict else dict(allocations)
         for name in changed_keys(self.allocations, current):
             self._count(self.allocations.get(name), -1)
             self._count(current.get(name), 1)
