@@ -403,7 +403,8 @@ class _Book:
         use.services = (*use.services, req.spec.name)
 
     def release(self, name: str, addresses: Sequence[IPAddress], ports_of: Mapping[str, frozenset[_Port]]) -> None:
-        """Undo ``hold`` of ``name`` on ``addresses`` (``ports_of``: the other holders' ports)."""
+        """Undo ``hold`` of ``name`` on ``addresses`` (``ports_of``: the other holders' ports;
+        a holder it lacks has none)."""
         for address in addresses:
             use = self.uses[address]
             i = use.services.index(name)  # (ValueError as list.remove: not a holder)
@@ -411,7 +412,7 @@ class _Book:
             family = Family.of(address)
             group = self.shared.get((use.share_key, use.backend_key, use.pool, family)) if use.share_key else None
             if use.services:
-                use.ports = set().union(*(ports_of[other] for other in use.services))
+                use.ports = set().union(*(ports_of.get(other, _NO_PORTS) for other in use.services))
                 if group is not None:
                     group.ports_shrank(address)
                 continue
@@ -796,7 +797,9 @@ class IncrementalAllocator:
         self._inputs: tuple[list[PoolConfig], object, object] | None = None
         self._allocations: dict[str, Allocation] = {}
         self._pending: dict[str, str] = {}
-        self._ports: dict[str, frozenset[_Port]] = {}  # holders' ports, for releases
+        # Holders' ports, for releases; only the holders that have some (issue 9: at 100,000
+        # services without ports, no dict of 100,000 empty sets).
+        self._ports: dict[str, frozenset[_Port]] = {}
         self.full = True  # whether the last call ran the full round
         self.touched: set[str] | None = None  # services whose allocation the last call changed (None: any)
 
@@ -830,7 +833,8 @@ class IncrementalAllocator:
             run.all_passes()
             result = run.sorted_result()
             self._round, self._inputs = run, inputs
-            self._ports = {name: req.ports for name, req in run.requests.items() if name in result.allocations}
+            self._ports = {name: req.ports for name, req in run.requests.items()
+                           if req.ports and name in result.allocations}
             run.requests = {}  # only the round needs them (the increments make their own): 100,000 of them
         self._allocations, self._pending = result.allocations, result.pending
         return result
@@ -850,7 +854,7 @@ class IncrementalAllocator:
         result = AllocationResult()
         for name in removed:
             old = held[name]
-            del self._ports[name]
+            self._ports.pop(name, None)
             run.book.release(name, old.addresses, self._ports)
             result.changes.append(AllocationChange(name, "released", old.addresses, (), "the service was removed",
                                                    old_pool=old.pool))
@@ -869,7 +873,8 @@ class IncrementalAllocator:
             for address in addresses:
                 run.book.hold(req, pool, address)
             granted[name] = Allocation(name, pool, addresses)
-            self._ports[name] = req.ports
+            if req.ports:
+                self._ports[name] = req.ports
         allocations = dict(held)
         for name in removed:
             del allocations[name]
