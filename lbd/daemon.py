@@ -1364,8 +1364,10 @@ class Daemon:
 def run_daemon(config: Config) -> int:
     """Entry point of ``lbd run`` with a validated config: set up logging, run on uvloop."""
     from lbd.logsetup import setup_logging
+    from lbd.memtune import tune_malloc
 
     setup_logging(config.log)
+    tune_malloc()  # big tables mapped on their own: no heap holes left by their resizes (issue 9)
     try:
         import uvloop
 

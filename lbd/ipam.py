@@ -139,7 +139,7 @@ class _Use:
     share_key: str | None
     backend_key: str
     ports: AbstractSet[_Port]  # never changed in place (shared: _NO_PORTS)
-    services: list[str]
+    services: tuple[str, ...]  # a tuple: 48 bytes for the usual one holder, a list ~90 (issue 9)
 
 
 def _conflict(share_key: str | None, backend_key: str, ports: frozenset[_Port], use: _Use) -> str | None:
@@ -155,7 +155,7 @@ def _conflict(share_key: str | None, backend_key: str, ports: frozenset[_Port], 
 
 def sharing_conflict(a: ServiceSpec, b: ServiceSpec) -> str | None:
     """Why ``a`` and ``b`` may not share an address, or None if they may."""
-    use = _Use("", b.share_key, b.backend_key, set(_ports(b)), [b.name])
+    use = _Use("", b.share_key, b.backend_key, set(_ports(b)), (b.name,))
     return _conflict(a.share_key, a.backend_key, _ports(a), use)
 
 
@@ -264,7 +264,22 @@ def _request(spec: ServiceSpec) -> _Request | str:
             wanted = ", ".join(x.value for x in families)
             return f"requested address {a} is {_family_name(f)} but the service's ip families are {wanted}"
         requested[f] = a
-    return _Request(spec, tuple(families), requested, pool, frozenset(ports) if ports else _NO_PORTS)
+    return _Request(spec, tuple(families), requested, pool, _shared_ports(frozenset(ports)) if ports else _NO_PORTS)
+
+
+_PORT_SETS: dict[frozenset[_Port], frozenset[_Port]] = {}
+_PORT_SETS_MAX = 4096  # distinct sets kept for sharing; past it, new ones are not (bounded)
+
+
+def _shared_ports(ports: frozenset[_Port]) -> frozenset[_Port]:
+    """One object for equal port sets: 100,000 services on tcp/443 hold one set, not one
+    each (about 270 bytes a service, kept by the allocator per holder; issue 9)."""
+    shared = _PORT_SETS.get(ports)
+    if shared is not None:
+        return shared
+    if len(_PORT_SETS) < _PORT_SETS_MAX:
+        _PORT_SETS[ports] = ports
+    return ports
 
 
 # ---------------------------------------------------------------------------
@@ -374,26 +389,30 @@ class _Book:
         use = self.uses.get(address)
         if use is None:
             family = Family.of(address)
-            use = _Use(pool, req.spec.share_key, req.spec.backend_key, _NO_PORTS, [])
+            use = _Use(pool, req.spec.share_key, req.spec.backend_key, _NO_PORTS, ())
             self.uses[address] = use
             self.taken[family].add(int(address))
             self.used[(pool, family)] = self.used.get((pool, family), 0) + 1
         if not req.ports <= use.ports:
-            use.ports = use.ports | req.ports  # a new set: _NO_PORTS and others' sets stay as they are
+            # A new set (_NO_PORTS and others' sets stay as they are); the first holder's own
+            # (shared, frozen) when the address had none.
+            use.ports = req.ports if not use.ports else use.ports | req.ports
         if len(use.services) == 0 and req.spec.share_key:
             key = (req.spec.share_key, req.spec.backend_key, pool, Family.of(address))
             self.shared.setdefault(key, _ShareGroup()).insert(address, frozenset(use.ports))
-        use.services.append(req.spec.name)
+        use.services = (*use.services, req.spec.name)
 
     def release(self, name: str, addresses: Sequence[IPAddress], ports_of: Mapping[str, frozenset[_Port]]) -> None:
-        """Undo ``hold`` of ``name`` on ``addresses`` (``ports_of``: the other holders' ports)."""
+        """Undo ``hold`` of ``name`` on ``addresses`` (``ports_of``: the other holders' ports;
+        a holder it lacks has none)."""
         for address in addresses:
             use = self.uses[address]
-            use.services.remove(name)
+            i = use.services.index(name)  # (ValueError as list.remove: not a holder)
+            use.services = use.services[:i] + use.services[i + 1:]
             family = Family.of(address)
             group = self.shared.get((use.share_key, use.backend_key, use.pool, family)) if use.share_key else None
             if use.services:
-                use.ports = set().union(*(ports_of[other] for other in use.services))
+                use.ports = set().union(*(ports_of.get(other, _NO_PORTS) for other in use.services))
                 if group is not None:
                     group.ports_shrank(address)
                 continue
@@ -781,7 +800,9 @@ class IncrementalAllocator:
         self._inputs: tuple[list[PoolConfig], object, object] | None = None
         self._allocations: dict[str, Allocation] = {}
         self._pending: dict[str, str] = {}
-        self._ports: dict[str, frozenset[_Port]] = {}  # holders' ports, for releases
+        # Holders' ports, for releases; only the holders that have some (issue 9: at 100,000
+        # services without ports, no dict of 100,000 empty sets).
+        self._ports: dict[str, frozenset[_Port]] = {}
         self.full = True  # whether the last call ran the full round
         self.touched: set[str] | None = None  # services whose allocation the last call changed (None: any)
 
@@ -815,7 +836,8 @@ class IncrementalAllocator:
             run.all_passes()
             result = run.sorted_result()
             self._round, self._inputs = run, inputs
-            self._ports = {name: req.ports for name, req in run.requests.items() if name in result.allocations}
+            self._ports = {name: req.ports for name, req in run.requests.items()
+                           if req.ports and name in result.allocations}
             run.requests = {}  # only the round needs them (the increments make their own): 100,000 of them
         self._allocations, self._pending = result.allocations, result.pending
         return result
@@ -835,7 +857,7 @@ class IncrementalAllocator:
         result = AllocationResult()
         for name in removed:
             old = held[name]
-            del self._ports[name]
+            self._ports.pop(name, None)
             run.book.release(name, old.addresses, self._ports)
             result.changes.append(AllocationChange(name, "released", old.addresses, (), "the service was removed",
                                                    old_pool=old.pool))
@@ -854,7 +876,8 @@ class IncrementalAllocator:
             for address in addresses:
                 run.book.hold(req, pool, address)
             granted[name] = Allocation(name, pool, addresses)
-            self._ports[name] = req.ports
+            if req.ports:
+                self._ports[name] = req.ports
         if removed or granted:
             # A new mapping (the last one may still be read, e.g. by the gauges' thread), with the
             # new services after the others: keeping the name order took a rebuild of the whole
@@ -877,7 +900,8 @@ def pool_usage(pools: Sequence[PoolConfig], allocations: Mapping[str, Allocation
     pool (config order) in which it is usable.
 
     The daemon asks on every pass (metrics, status): the counts of the last call are kept
-    and only the allocations that changed since are counted again (issue 9).
+    and only the allocations that changed since are counted again (issue 9). A ``dict`` of
+    allocations is kept for that comparison as it is: pass a new one, never change it in place.
     """
     return _USAGE.usage(pools, allocations)
 
@@ -895,7 +919,9 @@ class _UsageCounts:
         valid = [p for p in _items(pools) if isinstance(p, PoolConfig)]
         if valid != self.pools:
             self.pools, self.allocations, self.holders, self.used = valid, {}, {}, {}
-        current = dict(allocations)
+        # Kept as given, not copied (one dict of 100,000 less, issue 9): the daemon's
+        # allocations are a new dict whenever they change, never changed in place.
+        current = allocations if type(allocations) is dict else dict(allocations)
         for name in changed_keys(self.allocations, current):
             self._count(self.allocations.get(name), -1)
             self._count(current.get(name), 1)

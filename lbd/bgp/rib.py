@@ -56,7 +56,10 @@ class AdjRibOut:
         return self._packer is not None
 
     def set_desired(self, routes: Mapping[IPNetwork, RouteAttrs]) -> None:
-        self._desired = dict(routes)
+        """The whole desired table. A ``dict`` is kept as it is, not copied (issue 9: the
+        announcer's table of 100,000 routes, held once): its owner changes it afterwards only
+        together with :meth:`update_desired` (which then finds its entries already there)."""
+        self._desired = routes if type(routes) is dict else dict(routes)
         self._touched = None
         self.ready = True
 

@@ -161,6 +161,25 @@ def test_the_peer_converges_to_the_desired_table(tables: list[dict[IPNetwork, Ro
         assert dict(rib.advertised) == table
 
 
+def test_the_desired_table_is_the_owners_dict_changed_with_update_desired() -> None:
+    """``set_desired`` keeps the owner's dict (the announcer's table: no second copy of
+    100,000 routes, issue 9). The owner changes it in place and then tells the RIB which
+    prefixes it changed: the diff still sends exactly those, and advertised stays apart."""
+    table = routes(3)
+    rib = opened(table)
+    assert rib.desired is table
+    peer_view = received(rib.initial()[0])
+    first, second, _ = list(table)
+    table[first] = RouteAttrs(communities=((7, 7),))  # the owner's own change, first
+    del table[second]
+    rib.update_desired({first: table[first], second: None})
+    batch = rib.diff()
+    assert batch is not None and (batch.announced, batch.withdrawn) == (1, 1)
+    peer_view = received(batch, peer_view)
+    assert peer_view == table and dict(rib.advertised) == table and rib.advertised is not table
+    assert rib.diff() is None
+
+
 # ------------------------------------------------- what an Established session sends
 
 

@@ -479,3 +479,18 @@ def test_malformed_pools_never_raise() -> None:
     assert addrs(r, "s/1") == ["192.168.1.48"]
     assert r.pending == {"s/2": 'pool "bad" has no IPv4 addresses'}
     assert pool_usage([bad, worse], r.allocations)["bad"].total == 0
+
+
+def test_equal_port_sets_are_one_object_in_the_book() -> None:
+    """100,000 services on tcp/443 hold one port set in the allocator, not one each (issue 9);
+    the allocations are those of distinct sets."""
+    from lbd.ipam import _Round, _request
+
+    a, b = svc("s/a", "tcp/443"), svc("s/b", "TCP/443")
+    ra, rb = _request(a), _request(b)
+    assert not isinstance(ra, str) and not isinstance(rb, str)
+    assert ra.ports == frozenset({("tcp", 443)}) and ra.ports is rb.ports
+    run = _Round([pool("p", "10.0.0.0/30")], [a, b], {}, None, None)
+    run.all_passes()
+    uses = list(run.book.uses.values())
+    assert len(uses) == 2 and all(u.ports is ra.ports for u in uses)
