@@ -3,6 +3,15 @@
 List, then watch from the list's resourceVersion with bookmarks; on 410 Gone a re-list replaces
 the store. While the API server is unreachable the store stays as it is, and the informer retries
 with capped, jittered backoff.
+
+Which list, as client-go's reflector does it: the first list asks for ``resourceVersion=0``
+("Any" in https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-versions: always
+served from the API server's watch cache, no etcd read) with ``limit``. The watch cache ignores
+``limit`` at resourceVersion 0 (kube-apiserver's cacher, ``computeListLimit``; client-go's
+reflector keeps its pager on for that reason), so a cluster answers in one response; a server
+without the watch cache answers in pages, which are followed. After a 410 the re-list is a
+consistent one (no resourceVersion: "Most Recent"), paged: "0" could serve a cache older than the
+version that just expired.
 """
 
 from __future__ import annotations
@@ -62,10 +71,13 @@ class Informer:
         # Objects are stored as ``trim`` returns them (kube_translate.prune: only what
         # lbd reads), so the store holds a fraction of what the API server sends.
         self.trim = trim or (lambda obj: obj)
-        # Lists are read in pages (client-go's reflector asks for 500): the full
-        # JSON of one page, not of every object at once, is what a list costs.
+        # Lists ask for pages (client-go's reflector asks for 500): where the server
+        # pages (a consistent re-list, or no watch cache), the JSON of one page,
+        # not of every object at once, is what a list costs.
         self.page_size = page_size
         self.resource_version: str | None = None
+        # The next list is a consistent read (after a 410), not resourceVersion=0.
+        self.list_consistent = False
         self.synced = False
         self.relists = 0
 
@@ -77,6 +89,8 @@ class Informer:
     async def _list(self) -> None:
         fresh: dict[tuple[str, str], dict] = {}
         params: dict[str, str] = {"limit": str(self.page_size)} if self.page_size else {}
+        if not self.list_consistent:
+            params["resourceVersion"] = "0"
         for _ in range(MAX_LIST_PAGES):
             result = await self.client.request("GET", self.path, params=params)
             for o in json_array(result.get("items")):
@@ -87,7 +101,9 @@ class Informer:
             if not token or not isinstance(token, str):
                 break
             # Every page of one list is at the first page's resourceVersion; an
-            # expired continue token is a 410, which re-lists from the start.
+            # expired continue token is a 410, which re-lists from the start. No
+            # resourceVersion with a continue token (the API server refuses a
+            # non-zero one; client-go's pager drops it too).
             params = {"limit": str(self.page_size), "continue": token}
             del result
         else:
@@ -99,6 +115,7 @@ class Informer:
                 del self.store[key]
         self.store.update(fresh)  # one step: no await between clear and update
         self.resource_version = meta.get("resourceVersion")
+        self.list_consistent = False
         self.synced = True
         self.relists += 1
         self.on_health(self.path, None)
@@ -144,6 +161,7 @@ class Informer:
         # is replaced in one step so unchanged objects cause no churn.
         self.log.info("watch_expired_relisting", path=self.path, resource_version=self.resource_version)
         self.resource_version = None
+        self.list_consistent = True
 
     def retry_delay(self, failures: int) -> float:
         return capped_backoff(max(1, failures), self.backoff_initial, self.backoff_max, jitter=0.2)
