@@ -355,3 +355,18 @@ async def test_start_without_a_watch_cache_pages_and_an_expired_page_relists(run
     # its 2nd page was a 410: the re-list is consistent (no resourceVersion), paged, from the start
     assert [q.get("resourceVersion") for q in lists[2:]] == [None, None, None] and "continue" not in lists[2]
     assert len(r.snapshots) == 1, "the expired list published nothing partial"
+
+
+async def test_first_snapshot_is_not_debounced_later_ones_are(emu, kubeconfig):
+    r = Runner(emu, kubeconfig)
+    r.source.debounce = 60.0  # far longer than the test waits
+    r.start()
+    try:
+        # every list complete: nothing to batch, the first snapshot is published at once
+        await r.until(lambda: "default/web" in r.last, timeout=15)
+        emu.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "later", "namespace": "default"},
+                    "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}})
+        await asyncio.sleep(1.0)
+        assert "default/later" not in r.last and len(r.snapshots) == 1  # a watch event waits the debounce
+    finally:
+        await r.stop()
