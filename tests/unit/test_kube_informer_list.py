@@ -146,3 +146,26 @@ async def test_a_410_on_a_continue_page_relists_from_the_start(watch_cache: bool
     assert len(inf.store) == 1200
     # the pages of the expired list never reached the store: it held the last complete list
     assert set(store_during) <= {0, 1200}
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+async def test_a_list_is_trimmed_without_the_cyclic_gc_and_leaves_it_as_found(enabled_before: bool) -> None:
+    import gc
+
+    seen: list[bool] = []
+    server = Server(3, watch_cache=True)
+    inf = kube_informer.Informer(server, "/api/v1/services", on_change=lambda: None, on_health=lambda p, e: True,
+                                 log=_Log(), watch_timeout=5, trim=lambda o: seen.append(gc.isenabled()) or o)
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled_before else gc.disable)()
+        await inf._list()
+        assert seen == [False, False, False] and len(inf.store) == 3
+        assert gc.isenabled() is enabled_before
+        # a trim that raises (a bug) leaves the collector as it was too
+        inf.trim = lambda o: 1 / 0
+        with pytest.raises(ZeroDivisionError):
+            await inf._list()
+        assert gc.isenabled() is enabled_before
+    finally:
+        (gc.enable if was else gc.disable)()
