@@ -15,7 +15,9 @@ every run, then per figure the range of A, of B, and of the per-pair ratio
 A/B.
 
 The emulator runs in its own process (``python -m tests.kubeapi_emulator
---services N``) so its memory and CPU do not count against lbd's. This process
+--services N``) so its memory and CPU do not count against lbd's. Like an
+API server it serves lists at ``resourceVersion=0`` whole from its "watch
+cache"; ``--no-watch-cache`` makes it page them (a server with the cache off). This process
 plays the daemon: a ``SourceManager`` runs the kubernetes source (writer), and
 on every snapshot change the services are allocated with ``lbd.ipam.allocate``
 from a /16 pool and the results reported back (status written through the
@@ -138,12 +140,13 @@ async def count_ingress(session: aiohttp.ClientSession, url: str) -> tuple[int, 
     return sum(1 for s in items if s.get("status", {}).get("loadBalancer", {}).get("ingress")), len(items)
 
 
-async def run_once(n: int) -> dict[str, float]:
+async def run_once(n: int, watch_cache: bool = True) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         kubeconfig = Path(tmp) / "kubeconfig"
         emu = subprocess.Popen(
             [sys.executable, "-m", "tests.kubeapi_emulator", "--services", str(n), "--token", TOKEN,
-             "--kubeconfig", str(kubeconfig), "--bookmark-interval", "5"],
+             "--kubeconfig", str(kubeconfig), "--bookmark-interval", "5",
+             *([] if watch_cache else ["--no-watch-cache"])],
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
         try:
             assert emu.stdout is not None
@@ -223,9 +226,10 @@ async def run_once(n: int) -> dict[str, float]:
             emu.wait(timeout=10)
 
 
-def run_child(tree: Path, n: int) -> dict[str, float]:
+def run_child(tree: Path, n: int, watch_cache: bool = True) -> dict[str, float]:
     """One run in a fresh process importing lbd from ``tree``."""
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--services", str(n), "--tree", str(tree)],
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--services", str(n), "--tree", str(tree),
+                           *([] if watch_cache else ["--no-watch-cache"])],
                           capture_output=True, text=True, timeout=1200)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -233,7 +237,7 @@ def run_child(tree: Path, n: int) -> dict[str, float]:
     return json.loads(lines[-1])
 
 
-def ab(n: int, pairs: int, tree: Path, baseline: Path) -> None:
+def ab(n: int, pairs: int, tree: Path, baseline: Path, watch_cache: bool = True) -> None:
     rows: list[tuple[dict, dict]] = []
     for pair in range(pairs):
         order = [("A", tree), ("B", baseline)]
@@ -241,10 +245,10 @@ def ab(n: int, pairs: int, tree: Path, baseline: Path) -> None:
             order.reverse()  # A B, B A, ...: neither side always runs on the warmer (or busier) machine
         got = {}
         for label, side_tree in order:
-            got[label] = run_child(side_tree, n)
+            got[label] = run_child(side_tree, n, watch_cache)
             print(json.dumps({"pair": pair, "side": label, "tree": str(side_tree), **got[label]}), flush=True)
         rows.append((got["A"], got["B"]))
-    summary: dict[str, Any] = {"services": n, "pairs": pairs, "A": str(tree), "B": str(baseline)}
+    summary: dict[str, Any] = {"services": n, "pairs": pairs, "A": str(tree), "B": str(baseline), "watch_cache": watch_cache}
     for key in FIGURES:
         a = [r[0][key] for r in rows if key in r[0]]
         b = [r[1][key] for r in rows if key in r[1]]
@@ -263,10 +267,12 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=ROOT,
                         help="import lbd from this checkout (default: this one); with --baseline-tree, side A")
     parser.add_argument("--baseline-tree", type=Path, help="run A/B pairs: this tree against that one")
+    parser.add_argument("--no-watch-cache", action="store_true",
+                        help="the emulator pages lists at resourceVersion=0 too (an API server without its watch cache)")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if args.baseline_tree is not None:
-        ab(args.services, args.runs, args.tree.resolve(), args.baseline_tree.resolve())
+        ab(args.services, args.runs, args.tree.resolve(), args.baseline_tree.resolve(), not args.no_watch_cache)
         return
     import logging
 
@@ -275,7 +281,7 @@ def main() -> None:
     import_lbd(args.tree.resolve())
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     for run in range(args.runs):
-        figures = asyncio.run(run_once(args.services))
+        figures = asyncio.run(run_once(args.services, not args.no_watch_cache))
         if run:  # ru_maxrss is the process's peak: only the first run's growth means anything
             figures.pop("rss_growth_mib")
         print(json.dumps({"run": run, "services": args.services,

@@ -27,6 +27,12 @@ in https://kubernetes.io/docs/reference/using-api/api-concepts/:
   a minimal OpenAPI v3, Table responses for ``Accept: ...;as=Table``, label
   and field selectors, ``limit``/``continue``, Service defaulting, no-op
   writes that change nothing;
+- lists at ``resourceVersion=0`` are served whole, ``limit`` ignored, as the
+  API server's watch cache serves them (kube-apiserver's cacher,
+  ``computeListLimit``: "the limit is ignored for requests that set RV == 0");
+  with ``watch_cache = False`` (``--no-watch-cache``) they are paged like
+  the others, as a server with its watch cache off pages them. A continue
+  token can be expired (``expire_continue_tokens``): 410 Expired;
 - auth: bearer tokens (token -> user), mTLS (``client_ca``; the certificate's
   CN is the user), RBAC (``rbac``: user -> ClusterRole rules, 403 Status worded
   like the API server's); 401 Status otherwise;
@@ -354,6 +360,7 @@ class ApiServerEmulator:
         self.watchers: list[_Watcher] = []
         self.status_writes: dict[tuple[str, str], int] = {}
         self.requests: list[tuple[str, str]] = []
+        self.lists: list[tuple[str, dict[str, str]]] = []  # every list's path and query
         self.fail_status_writes_with_conflict = 0  # test hook: answer the next N status writes 409
         self.watch_delay = 0.0  # test hook: the watch cache lags writes by this many seconds
         self.garbage_watches = 0  # test hook: the next N watch streams send a non-JSON line and end
@@ -361,6 +368,8 @@ class ApiServerEmulator:
         self.watch_error_events: list[dict] = []  # test hook: the next watches send this ERROR Status and end
         self.huge_line_watches = 0  # test hook: the next N watches send an endless line (no newline)
         self.huge_line_mib = 80
+        self.watch_cache = True  # lists at resourceVersion=0 ignore limit, as the watch cache serves them
+        self.expire_continue_tokens = 0  # test hook: the next N lists with a continue token answer 410 Expired
         self.users_seen: list[str] = []
         self.denied: list[str] = []  # every 403 message sent
         self._cluster_ip = 0  # allocated from 10.97.0.0/16 (the synthetic services use 10.96.0.0/16)
@@ -690,6 +699,7 @@ class ApiServerEmulator:
                     match = self._matcher(request)
                     if watching:
                         return await self._watch(request, r, namespace, match)
+                    self.lists.append((request.path, dict(request.query)))
                     listed = self._list(r, namespace, match, request.query)
                     if wants_table(request):  # kubectl get: server-side printing
                         return web.json_response(table(r.kind, listed["items"], listed["metadata"]))
@@ -735,6 +745,8 @@ class ApiServerEmulator:
         except KeyError:
             return web.json_response(status_obj(404, "NotFound", f'{r.plural} "{name}" not found',
                                                 name=name, kind=r.plural), status=404)
+        except ExpiredError as exc:
+            return web.json_response(status_obj(410, "Expired", str(exc)), status=410)
         except ConflictError:
             return web.json_response(status_obj(
                 409, "Conflict", f'Operation cannot be fulfilled on {r.plural} "{name}": the object has been '
@@ -763,6 +775,10 @@ class ApiServerEmulator:
                  if (namespace is None or ns == namespace) and (match is None or match(o))]
         meta: dict[str, Any] = {"resourceVersion": str(self.rv)}
         token = query.get("continue")
+        if token and self.expire_continue_tokens > 0:
+            self.expire_continue_tokens -= 1
+            raise ExpiredError("The provided continue parameter is too old to display a consistent list result. "
+                               "You can start a new list without the continue parameter.")
         if token:
             try:
                 state = json.loads(base64.urlsafe_b64decode(token.encode()))
@@ -771,6 +787,8 @@ class ApiServerEmulator:
                 raise ValueError("continue key is not valid") from None
             items = [o for o in items if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > after]
         limit = int(query.get("limit") or 0)
+        if not token and self.watch_cache and query.get("resourceVersion") == "0":
+            limit = 0  # served from the watch cache, which ignores limit at resourceVersion 0
         if limit > 0 and len(items) > limit:
             last = items[limit - 1]["metadata"]
             meta["continue"] = base64.urlsafe_b64encode(json.dumps(
@@ -875,6 +893,10 @@ class ApiServerEmulator:
 
 class ConflictError(Exception):
     pass
+
+
+class ExpiredError(Exception):
+    """410 Expired: a continue token too old to serve."""
 
 
 def default_service(svc: dict, emu: "ApiServerEmulator") -> None:
@@ -1031,6 +1053,7 @@ def synthetic_services(count: int, namespace: str = "bench") -> list[dict]:
 
 async def _main(args: argparse.Namespace) -> None:
     emu = ApiServerEmulator(token=args.token, bookmark_interval=args.bookmark_interval, tls=args.tls)
+    emu.watch_cache = not args.no_watch_cache
     if args.manifests:
         emu.load_manifests(args.manifests)
     for svc in synthetic_services(args.services):
@@ -1052,6 +1075,8 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=0, help="add N synthetic LoadBalancer Services")
     parser.add_argument("--bookmark-interval", type=float, default=1.0)
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a fresh self-signed certificate")
+    parser.add_argument("--no-watch-cache", action="store_true",
+                        help="page lists at resourceVersion=0 too (an API server with its watch cache off)")
     try:
         asyncio.run(_main(parser.parse_args()))
     except KeyboardInterrupt:

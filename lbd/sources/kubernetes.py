@@ -120,7 +120,7 @@ class _Entry:
 
 
 class KubernetesSource(Source):
-    debounce = 0.05  # batch watch events (the initial list, a rollout) into one snapshot
+    debounce = 0.05  # batch watch events (a rollout) into one snapshot; not the first, from complete lists
 
     @classmethod
     def validate(cls, options: Mapping[str, Any]) -> list[str]:
@@ -286,7 +286,9 @@ class KubernetesSource(Source):
                     tasks.append(asyncio.create_task(self.namespace_informer.run(), name="lbd-kube-namespaces"))
                 if not self._dirty.is_set():
                     continue
-                await asyncio.sleep(self.debounce)
+                if self._published is not None or not all(i.synced for i in informers):
+                    await asyncio.sleep(self.debounce)
+                # else the first snapshot, every list complete: nothing to batch, publish now
                 self._dirty.clear()
                 if self.metallb and all(i.synced for i in self.metallb):
                     signature = self._metallb_signature()

@@ -306,6 +306,29 @@ async def test_label_and_field_selectors_and_pagination(emu, http):
     assert status == 400
 
 
+async def test_resource_version_0_lists_are_whole_as_from_the_watch_cache(emu, http):
+    _, everything = await get(http, emu, "/api/v1/services")
+    assert len(everything["items"]) > 2
+    # The watch cache ignores limit at resourceVersion=0 (kube-apiserver's cacher).
+    _, whole = await get(http, emu, "/api/v1/services", limit="2", resourceVersion="0")
+    assert whole["items"] == everything["items"] and "continue" not in whole["metadata"]
+    # Without a resourceVersion the list is paged; so is one at 0 with the watch cache off.
+    _, paged = await get(http, emu, "/api/v1/services", limit="2")
+    assert len(paged["items"]) == 2 and paged["metadata"]["continue"]
+    emu.watch_cache = False
+    _, paged0 = await get(http, emu, "/api/v1/services", limit="2", resourceVersion="0")
+    assert len(paged0["items"]) == 2 and paged0["metadata"]["continue"]
+    # An expired continue token is a 410 Expired Status, as the API server answers it.
+    emu.expire_continue_tokens = 1
+    async with http.get(emu.url + "/api/v1/services",
+                        params={"limit": "2", "continue": paged0["metadata"]["continue"]}) as resp:
+        assert resp.status == 410 and (await resp.json())["reason"] == "Expired"
+    _, rest = await get(http, emu, "/api/v1/services", limit="100", **{"continue": paged0["metadata"]["continue"]})
+    assert [s["metadata"]["name"] for s in paged0["items"] + rest["items"]] == \
+        [s["metadata"]["name"] for s in everything["items"]]
+    assert [q.get("resourceVersion") for _, q in emu.lists[:4]] == [None, "0", None, "0"]
+
+
 async def test_watch_errors_as_http_status_and_events(emu, http):
     emu.watch_http_errors = [410, 504]
     for code in (410, 504):

@@ -16,7 +16,7 @@ from lbd.model import Family  # noqa: E402
 # import it as tests.kubeapi_emulator however pytest was started. (No conftest.py
 # here: a second "conftest" module would shadow tests/conftest.py's helpers.)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.kubeapi_emulator import ApiServerEmulator, write_kubeconfig  # noqa: E402
+from tests.kubeapi_emulator import ApiServerEmulator, synthetic_services, write_kubeconfig  # noqa: E402
 from tests.k8s.kube_harness import Runner  # noqa: E402
 
 MANIFESTS = Path(__file__).parent / "manifests"
@@ -328,3 +328,45 @@ async def test_owner_change_new_event_and_annotation(run, emu):
         await r.source.report(r.results())
         await asyncio.sleep(0.1)
     assert r.source.announce_writes == writes + len(r.last), "one annotation write per Service, no repeats"
+
+
+def service_lists(emu: ApiServerEmulator) -> list[dict[str, str]]:
+    return [q for path, q in emu.lists if path == "/api/v1/services"]
+
+
+async def test_start_lists_once_from_the_watch_cache(run, emu):
+    for svc in synthetic_services(1200, namespace="default"):
+        emu.create(svc)
+    r = run()
+    await r.until(lambda: len(r.snapshots) > 0 and len(r.last) > 1200, timeout=30)
+    # resourceVersion=0 with limit: the watch cache answers in one response
+    assert service_lists(emu) == [{"limit": "500", "resourceVersion": "0"}]
+
+
+async def test_start_without_a_watch_cache_pages_and_an_expired_page_relists(run, emu):
+    emu.watch_cache = False
+    emu.expire_continue_tokens = 1
+    for svc in synthetic_services(1200, namespace="default"):
+        emu.create(svc)
+    r = run()
+    await r.until(lambda: len(r.snapshots) > 0 and len(r.last) > 1200, timeout=30)
+    lists = service_lists(emu)
+    assert lists[:2] == [{"limit": "500", "resourceVersion": "0"}, {"limit": "500", "continue": lists[1]["continue"]}]
+    # its 2nd page was a 410: the re-list is consistent (no resourceVersion), paged, from the start
+    assert [q.get("resourceVersion") for q in lists[2:]] == [None, None, None] and "continue" not in lists[2]
+    assert len(r.snapshots) == 1, "the expired list published nothing partial"
+
+
+async def test_first_snapshot_is_not_debounced_later_ones_are(emu, kubeconfig):
+    r = Runner(emu, kubeconfig)
+    r.source.debounce = 60.0  # far longer than the test waits
+    r.start()
+    try:
+        # every list complete: nothing to batch, the first snapshot is published at once
+        await r.until(lambda: "default/web" in r.last, timeout=15)
+        emu.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "later", "namespace": "default"},
+                    "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}})
+        await asyncio.sleep(1.0)
+        assert "default/later" not in r.last and len(r.snapshots) == 1  # a watch event waits the debounce
+    finally:
+        await r.stop()

@@ -167,6 +167,8 @@ async def test_list_is_paged_and_pruned() -> None:
     await inf._list()
     assert [c.get("limit") for c in client.calls] == ["5", "5", "5"]
     assert [c.get("continue") for c in client.calls] == [None, "5", "10"]
+    # resourceVersion=0 on the first page only (a server without a watch cache pages it)
+    assert [c.get("resourceVersion") for c in client.calls] == ["0", None, None]
     assert len(inf.store) == 11 and inf.resource_version == "555" and inf.synced
     assert all("managedFields" not in o["metadata"] for o in inf.store.values())
     # Watch events are pruned too.
