@@ -111,7 +111,10 @@ def test_crash_is_detected_within_detection_time() -> None:
         assert wait_for(lambda: any(e.failure for _, e in events), 5)
         (at, event), = [(t, e) for t, e in events if e.failure]
         assert event.diag.label == "control-detection-time-expired"
-        assert at - t0 < 0.15 + 0.2  # detection time plus generous scheduling slack
+        # Detected by the detection timer (150 ms here), not by anything slower: a bound far
+        # above it, since a loaded CI host can delay a thread that runs without real-time
+        # priority by hundreds of milliseconds (the timing itself is bench/bfd_timing.py's).
+        assert at - t0 < 1.5
     finally:
         a.close()
         b.close()
