@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import os
 import signal
-import stat
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +28,6 @@ from lbd.control import ControlError, ControlServer, Handler, peer_credentials
 from lbd.coordination import Coordinator, Handover, LocalCoordinator
 from lbd.delta import changed_keys
 from lbd.hooks import HookDispatcher, HookEvent, HookRunner, Observation, observe
-from lbd.ipam import pool_usage
 from lbd.kernel.interfaces import InterfaceInventory
 from lbd.kernel.netlink import Netlink
 from lbd.l2.announcer import L2Announcer
@@ -38,8 +35,8 @@ from lbd.liveconfig import merged_config
 from lbd.metallb.live import ClusterDocument, attribute, changed_resources, cluster_document
 from lbd.l2.pacer import DEFAULT_RATE, DEFAULT_TAKEOVER_RATE
 from lbd.config.schema import Config
-from lbd.model import (Allocation, Backend, BgpRoute, ExportRoute, Family, IPAddress, Member, MemberState, Plan,
-                       ServiceSpec, VipDecision)
+from lbd.model import (Allocation, Backend, BgpRoute, ExportRoute, IPAddress, Member, MemberState, Plan,
+                       ServiceSpec)
 from lbd.planner import PlannerInput, held_vips
 from lbd.planner.batches import first_pass_batches
 from lbd.planner.incremental import FULL_PASS_INTERVAL, IncrementalPlanner
@@ -51,6 +48,10 @@ from lbd.sources.manager import SourceManager
 from lbd.sources.registry import validate_source
 from lbd.sources.static import static_source_config
 from lbd.state import PersistedState, StateError, StateStore, StateWriter
+from lbd.configfile import read_config_text
+from lbd.owner_changes import report_owner_changes
+from lbd.restore import ghost_spec, restored_state
+from lbd.status_rows import pool_rows, service_rows
 from lbd.writeback import ResultBook, service_results
 from lbd import metrics as m
 from lbd.looplag import LoopLagProbe
@@ -80,80 +81,11 @@ EXIT_RESTART = 75  # exit status after a stop-for-restart; the systemd unit rest
 RESTART_WINDOW = 300.0  # a start this soon after a stop-for-restart is a graceful restart (RFC 4724)
 
 
-MAX_CONFIG_BYTES = 64 << 20
 # Live mode: the MetalLB resources last applied, per source, so that a restart starts with the
 # cluster's pools (and keeps their allocations) before the API server answers. 0600: a BGPPeer
 # may hold an inline password.
 CLUSTER_FILE = "metallb-{source}.json"
 MAX_CLUSTER_BYTES = 16 << 20
-
-
-def may_read(st: os.stat_result, uid: int | None, gid: int | None) -> bool:
-    """Whether ``uid``/``gid`` (None: unknown) may read a file with ``st``, by its mode bits."""
-    if uid == 0:
-        return True
-    if uid is not None and st.st_uid == uid:
-        return bool(st.st_mode & stat.S_IRUSR)
-    if gid is not None and st.st_gid == gid:
-        return bool(st.st_mode & stat.S_IRGRP)
-    return bool(st.st_mode & stat.S_IROTH)
-
-
-def read_config_text(path: Path, uid: int | None = 0, gid: int | None = 0) -> str:
-    """A config file's text, read without blocking on a FIFO or device; ConfigError otherwise."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError([f"{path}: not a regular file"])
-        if not may_read(st, uid, gid):
-            raise ConfigError([f"{path}: cannot read: the requesting user may not read it"])
-        if st.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB"])
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError([f"{path}: line {line}: the file is not valid UTF-8"]) from None
-
-
-def ghost_spec(allocation: Allocation) -> ServiceSpec:
-    """A stand-in for a service whose source has not spoken yet since start.
-
-    It keeps the service's addresses (sticky, announced, not given to anyone
-    else) until the source publishes its first snapshot.
-    """
-    families = tuple(dict.fromkeys(Family.of(a) for a in allocation.addresses)) or (Family.IPV4,)
-    return ServiceSpec(
-        name=allocation.service,
-        pool=allocation.pool,
-        addresses=allocation.addresses,
-        ip_families=families,
-        share_key="lbd-restored:" + ",".join(map(str, allocation.addresses)),
-        placeholder=True,
-    )
-
-
-def restored_state(persisted: PersistedState, config: Config) -> tuple[dict[str, Allocation], bool, dict[str, object]]:
-    """What the daemon starts from: ``(allocations, drained, extra)``.
-
-    The persisted allocations are the allocator's ``previous`` on the first pass:
-    forgetting them would let every service get a new address at each restart
-    (the first free one of its pool) instead of keeping its own. Drained by
-    ``lbd-ctl drain`` (persisted) or by ``[node] drained = true`` in the config.
-    """
-    return dict(persisted.allocations), persisted.drained or config.node.drained, dict(persisted.extra)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -162,41 +94,6 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-OWNER_CHANGES_SHOWN = 10  # the owner changes named in a pass's info summary; the rest are counted
-
-
-def report_owner_changes(previous: Mapping[IPAddress, str | None], decisions: Sequence[VipDecision],
-                         members: Sequence[Member]) -> dict[str, int]:
-    """Count and log the VIPs whose owner changed in one pass (previous owner by VIP ->
-    ``decisions``): one debug line per VIP, one info summary per pass (issue 9: a failover
-    of thousands of VIPs must not JSON-encode thousands of info lines inside the pass).
-
-    A change is a ``failover`` when the old owner is no longer alive, else a ``move``.
-    Returns the counts by kind."""
-    alive = {mb.name for mb in members if mb.state == MemberState.ALIVE}
-    counts = {"failover": 0, "move": 0}
-    shown: list[dict[str, object]] = []
-    for decision in decisions:
-        if decision.vip not in previous:
-            continue
-        before = previous[decision.vip]
-        if before == decision.owner:
-            continue
-        kind = "failover" if before is not None and before not in alive else "move"
-        counts[kind] += 1
-        log.debug("vip_owner_changed", vip=str(decision.vip), old=before, new=decision.owner, kind=kind,
-                  reason=decision.reason)
-        if len(shown) < OWNER_CHANGES_SHOWN:
-            shown.append({"vip": str(decision.vip), "old": before, "new": decision.owner, "kind": kind,
-                          "reason": decision.reason})
-    for kind, count in counts.items():
-        if count:
-            m.OWNER_CHANGES.labels(kind).inc(count)
-    if shown:
-        log.info("vip_owners_changed", failover=counts["failover"], move=counts["move"], first=shown)
-    return counts
 
 
 class Daemon:
@@ -1225,8 +1122,9 @@ class Daemon:
             "last_reload": self.last_reload,
             "reconcile_error": self.reconcile_error,
             "last_reconcile": self.last_reconcile,
-            "pools": self._pool_rows(),
-            "services": self._service_rows(),
+            "pools": pool_rows(self.config.pools, self.allocations),
+            "services": service_rows(self.services, self.allocations, self.pending, self.plan.decisions,
+                                     self.forwarder.status() if self.forwarder is not None else None),
             "vips": [
                 {"vip": str(d.vip), "services": list(d.services), "pool": d.pool, "owner": d.owner,
                  "interface": d.interface, "announced_here": d.announced_here, "modes": list(d.modes),
@@ -1241,67 +1139,6 @@ class Daemon:
             "sources": self.sources.status(),
             "members": self.coordinator.status(),
         }
-
-    def _pool_rows(self) -> list[dict[str, Any]]:
-        """Used and total addresses per pool and family."""
-        return [
-            {"name": u.pool,
-             "ipv4": {"used": u.ipv4.used, "total": u.ipv4.total},
-             "ipv6": {"used": u.ipv6.used, "total": u.ipv6.total}}
-            for u in pool_usage(self.config.pools, self.allocations).values()
-        ]
-
-    def _service_rows(self) -> list[dict[str, Any]]:
-        """One row per service known, allocated or pending, by name."""
-        decisions: dict[str, list[VipDecision]] = {}
-        for decision in self.plan.decisions:
-            for service in decision.services:
-                decisions.setdefault(service, []).append(decision)
-        rows = []
-        for name in sorted(set(self.services) | set(self.allocations) | set(self.pending)):
-            row = self._service_row(name, decisions.get(name, []))
-            if self.forwarder is not None and name in self.services and self.services[name].backends:
-                self._forward_row(row, self.services[name])
-            rows.append(row)
-        return rows
-
-    def _service_row(self, name: str, mine: list[VipDecision]) -> dict[str, Any]:
-        """A service's addresses, owners and state ("announced" here, "standby" elsewhere,
-        "not-announced", or "pending"), with the reasons of its VIPs' decisions."""
-        allocation = self.allocations.get(name)
-        row: dict[str, Any] = {"name": name, "addresses": [], "pool": None, "state": "pending",
-                               "owner": None, "interface": None, "reason": self.pending.get(name)}
-        if allocation is None:
-            return row
-        row["addresses"] = [str(a) for a in allocation.addresses]
-        row["pool"] = allocation.pool
-        here = [d for d in mine if d.announced_here]
-        owners = sorted({d.owner for d in mine if d.owner})
-        row["owner"] = ",".join(owners) or None
-        row["interface"] = ",".join(sorted({d.interface for d in here if d.interface})) or None
-        if here:
-            row["state"] = "announced"
-        elif owners:
-            row["state"] = "standby"
-        else:
-            row["state"] = "not-announced"
-        row["reason"] = "; ".join(dict.fromkeys(d.reason for d in mine)) or None
-        row["modes"] = sorted({mode for d in mine for mode in d.modes})
-        return row
-
-    def _forward_row(self, row: dict[str, Any], spec: ServiceSpec) -> None:
-        status = self.forwarder.status()
-        row["forward"] = spec.forward + (" snat" if spec.snat else "")
-        row["backends"] = status["services"].get(spec.name, [])
-        reason = status["no_backend"].get(spec.name)
-        if reason:
-            action = ("VIP withdrawn from this node" if spec.on_no_backend == "withdraw"
-                      else "VIP kept (on_no_backend = keep): no flow is forwarded")
-            row["forward_reason"] = f"{reason}: {action}"
-            row["reason"] = "; ".join(r for r in (row.get("reason"), row["forward_reason"]) if r)
-        if spec.forward == "nat" and status.get("ip_forward") is False:
-            row["reason"] = "; ".join(r for r in (row.get("reason"), "net.ipv4.ip_forward is 0: nat forwarding "
-                                                  "cannot work on this node") if r)
 
     async def _cmd_bgp(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
         return self.bgp.status() if self.bgp is not None else []

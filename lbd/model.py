@@ -95,7 +95,7 @@ class ServiceSpec:
     # The namespace's labels when the source knows them; None: the config's [[namespace]] table.
     namespace_labels: Mapping[str, str] | None = None
     # A stand-in for a restored allocation whose source has not spoken yet
-    # (lbd.daemon.ghost_spec): its namespace and labels are unknown, so pool
+    # (lbd.restore.ghost_spec): its namespace and labels are unknown, so pool
     # restrictions are not checked against it.
     placeholder: bool = False
     # L4 forwarding (docs/forwarding.md): empty backends: lbd does not forward this service.

@@ -15,7 +15,8 @@ from structlog.testing import capture_logs
 
 from lbd import metrics as m
 from lbd.config import load_config
-from lbd.daemon import OWNER_CHANGES_SHOWN, Daemon, report_owner_changes
+from lbd.daemon import Daemon
+from lbd.owner_changes import OWNER_CHANGES_SHOWN, report_owner_changes
 from lbd.looplag import LoopLagProbe
 from lbd.kernel.interfaces import (LBD_ADDR_PROTO, RTM_DELADDR, RTM_NEWADDR, RTM_NEWLINK, RTM_DELLINK,
                                    InterfaceInventory, inventory_changed)

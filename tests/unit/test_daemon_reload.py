@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from lbd.config import load_config
-from lbd.daemon import Daemon, may_read, read_config_text
+from lbd.configfile import may_read, read_config_text
+from lbd.daemon import Daemon
 from lbd.config import ConfigError
 from lbd.sdnotify import Notifier
 

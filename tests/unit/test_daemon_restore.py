@@ -1,7 +1,7 @@
 """The daemon starts from its persisted allocations: each service keeps its address across a restart.
 
 Before this test only a lab test noticed a daemon that forgot them at start
-(issue 10). The decision is ``lbd.daemon.restored_state``; the second test goes
+(issue 10). The decision is ``lbd.restore.restored_state``; the second test goes
 through ``Daemon.__init__`` to the allocator's first pass, without touching the
 network (no reconcile: nothing is bound or announced).
 """
@@ -13,7 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from lbd.config import parse_config
-from lbd.daemon import Daemon, restored_state
+from lbd.daemon import Daemon
+from lbd.restore import restored_state
 from lbd.model import Allocation
 from lbd.state import PersistedState, StateStore
 
