@@ -365,6 +365,8 @@ class Daemon:
         before re-deciding every VIP (``IncrementalPlanner.takeovers``; issue 9: the full
         re-decision of 10,000 VIPs took a second while they answered nowhere). Additive: the
         full plan that follows withdraws whatever it decides otherwise."""
+        if not self.planner.lost_members(members, config.node.name):
+            return  # nobody died (every change's pass): no thread hand-off on its way to the UPDATE
         takeovers = await asyncio.to_thread(self.planner.takeovers, self._planner_input(config, members))
         if takeovers:
             taken = {i.vip for i in takeovers}

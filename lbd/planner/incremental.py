@@ -229,9 +229,7 @@ class IncrementalPlanner:
         VIPs whose services changed since (``plan`` decides those)."""
         if not self._members or _scope(inp) != self._scope:
             return []
-        now_alive = {m.name for m in inp.members if m.state == MemberState.ALIVE}
-        lost = {name for name, m in self._members.items()
-                if m.state == MemberState.ALIVE and name not in now_alive and name != inp.node}
+        lost = self.lost_members(inp.members, inp.node)
         if not lost:
             return []
         # VIPs of services changed since the last plan are left to ``plan`` (at C speed when
@@ -253,6 +251,14 @@ class IncrementalPlanner:
             if decided.announced is not None:
                 out.append(decided.announced)
         return out
+
+    def lost_members(self, members: Iterable[Member], node: str) -> set[str]:
+        """The members alive in the last plan's view and not alive in ``members`` (``node``
+        aside): what ``takeovers`` acts on. O(members): the daemon asks it on the loop, and
+        hands ``takeovers`` to a thread only when someone died."""
+        now_alive = {m.name for m in members if m.state == MemberState.ALIVE}
+        return {name for name, m in self._members.items()
+                if m.state == MemberState.ALIVE and name not in now_alive and name != node}
 
     def _held_by(self, lost: AbstractSet[str], members: Iterable[Member]) -> set[IPAddress]:
         """The allocated VIPs that the ``lost`` members hold, as the last plan's view and

@@ -63,11 +63,18 @@ async def test_a_dead_members_vips_are_applied_before_the_full_replan(tmp_path: 
         l2 = RecordingL2()
         d.l2 = l2  # type: ignore[assignment]
 
+        calls: list[object] = []
+        real = d.planner.takeovers
+        d.planner.takeovers = lambda inp: calls.append(inp) or real(inp)  # type: ignore[method-assign]
         await d._take_over(config, members)  # nobody died: nothing to do early
-        assert l2.applied == []
+        assert l2.applied == [] and calls == []  # not even a thread hand-off (every change's pass)
+        assert d.planner.lost_members(members, "n1") == set()
+        assert d.planner.lost_members([replace(m, state=MemberState.DEAD) if m.name == "n3" else m
+                                       for m in members], "n1") == {"n3"}
 
         dead = [replace(m, state=MemberState.DEAD) if m.name == "n2" else m for m in members]
         await d._take_over(config, dead)
+        assert len(calls) == 1
         assert len(l2.applied) == 2 and l2.applied[1] == ["sent"]  # then waits for their first packets
         early = {i.vip for i in l2.applied[0]}
         # What it held, plus its share of n2's VIPs, before any full re-decision...
