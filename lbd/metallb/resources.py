@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterable, Mapping
 from lbd.metallb.model import DEFAULT_NAMESPACE, Conversion, Entry, Resource, as_list
 
 PASSWORD_DIR = "/etc/lbd/bgp-passwords"  # where password_file references point
+# A Kubernetes object name (DNS-1123 subdomain): safe as one file name, never "." or "..".
+_PATH_SAFE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -234,7 +236,12 @@ def _peer(conv: Conversion, r: Resource, secrets: Mapping[str, Resource]) -> Non
     if spec.get("password"):
         e.table["password"] = str(spec["password"])
     secret = spec.get("passwordSecret")
-    if isinstance(secret, Mapping) and secret.get("name"):
+    if isinstance(secret, Mapping) and secret.get("name") and not _PATH_SAFE_NAME.fullmatch(r.name):
+        # The peer's name becomes a file name below PASSWORD_DIR: an API server admits only
+        # DNS-1123 names, but a file or a hostile server could say "../../etc/shadow".
+        conv.warn(r, f"passwordSecret: the peer name {r.name!r} is not a DNS-1123 name, so no password_file "
+                     "was made for it: set password_file by hand", e)
+    elif isinstance(secret, Mapping) and secret.get("name"):
         ns = secret.get("namespace") or r.namespace or DEFAULT_NAMESPACE
         path = f"{PASSWORD_DIR}/{r.name}"
         e.table["password_file"] = path

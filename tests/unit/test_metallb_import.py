@@ -204,6 +204,22 @@ data: {password: c2VjcmV0}
     assert str(cfg.bgp_peers[0].password_file) == "/etc/lbd/bgp-passwords/gw"
 
 
+def test_a_peer_name_that_could_leave_the_password_directory_makes_no_password_file() -> None:
+    """The peer's name becomes a file name (live mode reads it from the cluster): a name that is
+    not DNS-1123 (a path, a dot-dot) gets a warning, never a path outside the directory."""
+    for name in ("../../etc/shadow", "..", "a/b", "Upper"):
+        text = f"""
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {{name: "{name}", namespace: metallb-system}}
+spec: {{myASN: 64512, peerASN: 64513, peerAddress: 10.88.0.1, passwordSecret: {{name: s}}}}
+"""
+        conversion = convert(load_documents(text, "peer.yaml"))
+        (peer,) = conversion.document()["bgp_peer"]
+        assert "password_file" not in peer, name
+        assert any("not a DNS-1123 name" in w for w in conversion.warnings), name
+
+
 def test_v1beta1_peer_and_ibgp_multihop_warning() -> None:
     text = """
 apiVersion: metallb.io/v1beta1
